@@ -1,0 +1,79 @@
+"""Virtual time.
+
+The machine's clock is derived from retired guest instructions (and jumps forward when the CPU
+halts), never from the host clock, so two runs of the same guest see the same times and give the
+same output. Devices (PIT, RTC, LAPIC timer) arm `Timer`s on it; the run loop asks for the next
+deadline to size its instruction slices and calls `advance_to()`.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+from typing import Callable
+
+NS_PER_SEC = 1_000_000_000
+
+
+class Timer:
+    __slots__ = ("clock", "callback", "deadline", "_seq", "name")
+
+    def __init__(self, clock: "VirtualClock", callback: Callable[[], None], name: str = "timer"):
+        self.clock = clock
+        self.callback = callback
+        self.deadline: int | None = None
+        self._seq = -1
+        self.name = name
+
+    def arm(self, deadline_ns: int) -> None:
+        """(Re)arm to fire when virtual time reaches `deadline_ns` (absolute)."""
+        self.deadline = int(deadline_ns)
+        self._seq = next(self.clock._counter)
+        heapq.heappush(self.clock._heap, (self.deadline, self._seq, self))
+
+    def arm_in(self, delta_ns: int) -> None:
+        self.arm(self.clock.now + max(0, int(delta_ns)))
+
+    def cancel(self) -> None:
+        self.deadline = None
+        self._seq = -1
+
+    @property
+    def armed(self) -> bool:
+        return self.deadline is not None
+
+
+class VirtualClock:
+    def __init__(self):
+        self.now = 0                       # ns since power-on
+        self._heap: list[tuple[int, int, Timer]] = []
+        self._counter = itertools.count()
+
+    def timer(self, callback: Callable[[], None], name: str = "timer") -> Timer:
+        return Timer(self, callback, name)
+
+    def _prune(self) -> None:
+        heap = self._heap
+        while heap and heap[0][2]._seq != heap[0][1]:
+            heapq.heappop(heap)            # cancelled or re-armed since this entry was pushed
+
+    def next_deadline(self) -> int | None:
+        self._prune()
+        return self._heap[0][0] if self._heap else None
+
+    def advance_to(self, ns: int) -> None:
+        """Move time forward to `ns`, firing every timer whose deadline has passed, in order."""
+        if ns > self.now:
+            self.now = ns
+        heap = self._heap
+        while True:
+            self._prune()
+            if not heap or heap[0][0] > self.now:
+                return
+            _, _, t = heapq.heappop(heap)
+            t.deadline = None
+            t._seq = -1
+            t.callback()
+
+    def advance(self, delta_ns: int) -> None:
+        self.advance_to(self.now + delta_ns)
