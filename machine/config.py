@@ -1,0 +1,60 @@
+"""What the command line (or a Python user) asks the board to build. Plain data, no behaviour:
+`cli.py` fills it from QEMU-style options, `pc.Machine` builds a PC from it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+MiB = 1024 * 1024
+
+
+@dataclass
+class CharDev:
+    """Where a character device's output goes (QEMU's -serial / -chardev backends we support).
+    kind: 'stdio' | 'file' | 'null' (QEMU's 'none' and 'null' both discard)."""
+    kind: str = "null"
+    path: Path | None = None
+
+
+@dataclass
+class DriveConfig:
+    """One -drive. `interface` is 'virtio' (the board adds a virtio-blk-pci for it) or 'none'
+    (a -device names it by `id`)."""
+    file: Path | None = None
+    format: str = "raw"
+    interface: str = "virtio"
+    id: str | None = None
+    readonly: bool = False
+    cache: str = "writeback"          # writeback | writethrough | none | unsafe
+    discard: str = "ignore"           # ignore | unmap
+    snapshot: bool = False
+
+
+@dataclass
+class DeviceConfig:
+    """One -device DRIVER,prop=value,...; properties stay strings until the device parses them
+    (so the device reports its own bad values, with QEMU's property names)."""
+    driver: str
+    props: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class MachineConfig:
+    ram_size: int = 128 * MiB
+    bios: Path | None = None            # None: the bundled firmware (firmware/out/bios.bin)
+    kernel: Path | None = None          # Multiboot v1 ELF32, loaded by the firmware via fw_cfg
+    append: str = ""                    # -append; the guest sees "<kernel path> <append>"
+    serial: CharDev = field(default_factory=lambda: CharDev("stdio"))
+    debugcon: CharDev = field(default_factory=CharDev)   # port 0x402 output (firmware progress)
+    drives: list[DriveConfig] = field(default_factory=list)
+    devices: list[DeviceConfig] = field(default_factory=list)
+    no_reboot: bool = False             # guest reset -> exit instead of rebooting
+    snapshot: bool = False              # -snapshot: every drive writes to a throw-away overlay
+    boot_menu: bool | None = None       # -boot menu=on|off (through fw_cfg)
+    trace: list[str] = field(default_factory=list)      # -trace patterns
+    log: list[str] = field(default_factory=list)        # -d categories
+    logfile: Path | None = None         # -D
+    gdb: str | None = None              # -gdb tcp:HOST:PORT (-s is tcp::1234)
+    start_stopped: bool = False         # -S
+    monitor: str | None = None          # -monitor stdio
