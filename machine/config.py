@@ -9,6 +9,11 @@ from pathlib import Path
 MiB = 1024 * 1024
 
 
+class ConfigError(Exception):
+    """Bad host input (an option, a property, an image file). The message is the one line the
+    user sees, QEMU style; the command line exits with status 1."""
+
+
 @dataclass
 class CharDev:
     """Where a character device's output goes (QEMU's -serial / -chardev backends we support).
