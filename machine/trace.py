@@ -24,6 +24,9 @@ _patterns: list[str] = []
 _categories: set[str] = set()
 _out: TextIO = sys.stderr
 _listeners: list[Callable[[str, dict], None]] = []
+# Patterns enabled for listeners only (device breakpoints, the Python API): such events reach
+# add_listener() callbacks but are not printed.
+_listen_patterns: list[str] = []
 
 LOG_CATEGORIES = {
     "guest_errors": "report guest errors: bad register accesses, spec violations, unmapped accesses",
@@ -36,20 +39,22 @@ LOG_CATEGORIES = {
 
 
 class Event:
-    __slots__ = ("name", "fmt", "enabled")
+    __slots__ = ("name", "fmt", "enabled", "printed")
 
     def __init__(self, name: str, fmt: str = ""):
         if name in _events:
             raise ValueError(f"trace event {name} defined twice")
         self.name = name
         self.fmt = fmt
-        self.enabled = _matches(name)
+        self.printed = _matches(name)
+        self.enabled = self.printed or _listened(name)
         _events[name] = self
 
     def emit(self, **fields) -> None:
-        text = self.fmt.format(**fields) if self.fmt else " ".join(f"{k}={v}" for k, v in fields.items())
-        _out.write(f"{self.name} {text}\n")
-        _out.flush()
+        if self.printed:
+            text = self.fmt.format(**fields) if self.fmt else " ".join(f"{k}={v}" for k, v in fields.items())
+            _out.write(f"{self.name} {text}\n")
+            _out.flush()
         for fn in _listeners:
             fn(self.name, fields)
 
@@ -58,9 +63,14 @@ def _matches(name: str) -> bool:
     return any(fnmatch.fnmatchcase(name, p) for p in _patterns)
 
 
+def _listened(name: str) -> bool:
+    return any(fnmatch.fnmatchcase(name, p) for p in _listen_patterns)
+
+
 def _refresh() -> None:
     for ev in _events.values():
-        ev.enabled = _matches(ev.name)
+        ev.printed = _matches(ev.name)
+        ev.enabled = ev.printed or _listened(ev.name)
 
 
 def enable(pattern: str) -> None:
@@ -71,8 +81,22 @@ def enable(pattern: str) -> None:
 
 def disable_all() -> None:
     _patterns.clear()
+    _listen_patterns.clear()
     _categories.clear()
     _refresh()
+
+
+def listen(pattern: str) -> None:
+    """Enable the events matching `pattern` for listeners only (not printed). Pair each call
+    with one unlisten(pattern)."""
+    _listen_patterns.append(pattern)
+    _refresh()
+
+
+def unlisten(pattern: str) -> None:
+    if pattern in _listen_patterns:
+        _listen_patterns.remove(pattern)
+        _refresh()
 
 
 def events() -> dict[str, Event]:
