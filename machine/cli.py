@@ -1,0 +1,826 @@
+"""The command line: QEMU's option syntax, for the subset this machine supports, parsed into a
+`MachineConfig`; then `main()` builds the board and runs it.
+
+QEMU's syntax, so users' habits and scripts carry over: single-dash long options (a double dash
+works too), `-opt value`, comma-separated `key=value` suboptions where `,,` is a literal comma,
+and an implied first key (`-device virtio-blk-pci,drive=d0` means `driver=virtio-blk-pci`).
+
+Every mistake in host input is a `ConfigError` whose message names the offending option as typed
+(`-drive file=x.img: Could not open 'x.img': No such file or directory`); `main()` prints it as one
+line prefixed by the program name and exits with status 1, as QEMU does.
+
+With no -kernel and no -bios, the machine boots the bundled virtio-blk self-test guest (see
+`bundled_defaults`).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import stat
+import sys
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from machine import trace
+from machine.config import CharDev, ConfigError, DeviceConfig, DriveConfig, MachineConfig, MiB
+
+PROG = "machine"
+VERSION = "0.1.0"
+
+MULTIBOOT_MAGIC = 0x1BADB002
+MULTIBOOT_SEARCH = 8192          # the Multiboot v1 header lies in the first 8 KiB, 4-aligned
+BUNDLED_IMAGE_SIZE = 64 * MiB
+MIN_RAM = 2 * MiB                # below this the PC RAM layout does not fit
+MAX_RAM = 1024 * 1024 * MiB      # 1 TiB: a typo guard, far above anything a test needs
+RAM_ALIGN = 8192                 # QEMU rounds -m up to 8 KiB
+
+
+class CliExit(Exception):
+    """Not an error: an informational option (-h, -version, -d help, ...) asks to print `text`
+    and exit with `status`."""
+
+    def __init__(self, text: str, status: int = 0):
+        super().__init__(text)
+        self.text = text
+        self.status = status
+
+
+# --------------------------------------------------------------------------- value parsing
+
+_SIZE_RE = re.compile(r"^\s*(0x[0-9a-f]+|\d+(?:\.\d*)?|\.\d+)\s*([bkmgtpe]?)\s*$", re.IGNORECASE)
+_SIZE_UNITS = {"b": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40, "p": 1 << 50,
+               "e": 1 << 60}
+
+
+def parse_size(text: str, default_unit: int = MiB) -> int:
+    """QEMU's size syntax: a number with an optional suffix B, K, M, G, T, P or E (binary
+    multiples, any case); a bare number counts `default_unit`s (MiB for -m, as in QEMU).
+    Raises ValueError."""
+    m = _SIZE_RE.match(text)
+    if not m:
+        raise ValueError(text)
+    number, suffix = m.group(1), m.group(2).lower()
+    unit = _SIZE_UNITS[suffix] if suffix else default_unit
+    if number.lower().startswith("0x"):
+        value = int(number, 16) * unit
+    elif "." in number:
+        if unit == 1:
+            raise ValueError(text)       # a fraction of a byte
+        value = int(float(number) * unit)
+    else:
+        value = int(number) * unit
+    if value >= 1 << 64:
+        raise ValueError(text)
+    return value
+
+
+def split_suboptions(text: str, implied: str | None = None) -> list[tuple[str, str]]:
+    """Split QEMU's `a=1,b=2` syntax into (key, value) pairs, in order.
+
+    `,,` is a literal comma. A first item without `=` is the value of the `implied` key (when the
+    option has one); any other item without `=` is a flag meaning `key=on`, as in QEMU."""
+    items: list[str] = []
+    current: list[str] = []
+    i = 0
+    while i < len(text):
+        ch = text[i]
+        if ch == ",":
+            if text.startswith(",,", i):
+                current.append(",")
+                i += 2
+                continue
+            items.append("".join(current))
+            current = []
+        else:
+            current.append(ch)
+        i += 1
+    items.append("".join(current))
+
+    pairs: list[tuple[str, str]] = []
+    for n, item in enumerate(items):
+        key, eq, value = item.partition("=")
+        if eq:
+            pairs.append((key, value))
+        elif n == 0 and implied is not None:
+            pairs.append((implied, item))
+        elif item:
+            pairs.append((item, "on"))
+        # An empty item (a trailing comma) is ignored, as QEMU does.
+    return pairs
+
+
+_BOOL_WORDS = {"on": True, "yes": True, "true": True, "y": True,
+               "off": False, "no": False, "false": False, "n": False}
+
+
+def _parse_bool(name: str, value: str) -> bool:
+    try:
+        return _BOOL_WORDS[value]
+    except KeyError:
+        raise _OptError(f"Parameter '{name}' expects 'on' or 'off'") from None
+
+
+def _parse_int(name: str, value: str) -> int:
+    try:
+        return int(value, 0)
+    except ValueError:
+        raise _OptError(f"Parameter '{name}' expects a number") from None
+
+
+class _OptError(Exception):
+    """A problem with the current option's value; the parser prefixes the option as typed."""
+
+
+# --------------------------------------------------------------------------- host file checks
+
+def _describe_oserror(path: str | os.PathLike, err: OSError) -> str:
+    return f"Could not open '{os.fspath(path)}': {err.strerror or err}"
+
+
+def _check_readable_file(path: str) -> os.stat_result:
+    """The file exists, is not a directory and can be opened for reading."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError as err:
+        raise _OptError(_describe_oserror(path, err)) from None
+    try:
+        st = os.fstat(fd)
+    finally:
+        os.close(fd)
+    if stat.S_ISDIR(st.st_mode):
+        raise _OptError(f"Could not open '{path}': Is a directory")
+    return st
+
+
+def _check_output_file(path: str) -> None:
+    """An output file (-serial file:, -D, -chardev file) can be created or truncated later.
+    Checked without creating it, so that parsing has no side effects."""
+    if not path:
+        raise _OptError("no filename given")
+    p = Path(path)
+    if p.is_dir():
+        raise _OptError(f"Could not open '{path}': Is a directory")
+    if p.exists():
+        if not os.access(p, os.W_OK):
+            raise _OptError(f"Could not open '{path}': Permission denied")
+        return
+    parent = p.parent if str(p.parent) else Path(".")
+    if not parent.is_dir():
+        raise _OptError(f"Could not open '{path}': No such file or directory")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise _OptError(f"Could not open '{path}': Permission denied")
+
+
+def check_multiboot_kernel(path: str) -> None:
+    """The firmware loads Multiboot v1 ELF32 kernels only: look for the Multiboot header (magic,
+    flags, checksum summing to zero) at a 4-aligned offset in the first 8 KiB, and an ELF32 file.
+    Raises ValueError with the reason."""
+    with open(path, "rb") as f:
+        head = f.read(MULTIBOOT_SEARCH + 12)
+    found = False
+    for off in range(0, min(len(head) - 11, MULTIBOOT_SEARCH), 4):
+        magic = int.from_bytes(head[off:off + 4], "little")
+        if magic != MULTIBOOT_MAGIC:
+            continue
+        flags = int.from_bytes(head[off + 4:off + 8], "little")
+        checksum = int.from_bytes(head[off + 8:off + 12], "little")
+        if (magic + flags + checksum) & 0xFFFFFFFF == 0:
+            found = True
+            break
+    if not found:
+        raise ValueError("not a Multiboot kernel (no Multiboot header with a valid checksum "
+                         "in the first 8192 bytes)")
+    if head[:4] != b"\x7fELF" or head[4] != 1:
+        raise ValueError("the Multiboot kernel is not an ELF32 file "
+                         "(this machine's firmware loads ELF kernels only)")
+
+
+# --------------------------------------------------------------------------- the option table
+
+@dataclass(frozen=True)
+class Option:
+    name: str                     # without the leading dash
+    arg: str | None               # the argument's name in --help, None for a flag
+    help: str
+    handler: str                  # the _Parser method that applies it
+
+
+OPTIONS: dict[str, Option] = {}
+
+
+def _opt(names: str, arg: str | None, help_text: str, handler: str) -> None:
+    for name in names.split("|"):
+        OPTIONS[name] = Option(name, arg, help_text, handler)
+
+
+_opt("h|help", None, "print this help and exit", "opt_help")
+_opt("version", None, "print the version and exit", "opt_version")
+_opt("machine|M", "[type=]pc[,accel=tcg]", "the machine type: only 'pc' (i440FX + PIIX3)", "opt_machine")
+_opt("accel", "tcg", "the accelerator: only 'tcg' (the CPU is emulated by Unicorn)", "opt_accel")
+_opt("cpu", "Haswell", "the CPU model: only Haswell (Unicorn's model)", "opt_cpu")
+_opt("smp", "1", "the number of CPUs: only 1", "opt_smp")
+_opt("m", "[size=]SIZE", "RAM size; a bare number is MiB, suffixes K M G T (default 128M)", "opt_m")
+_opt("bios", "FILE", "firmware image (default: the bundled firmware)", "opt_bios")
+_opt("kernel", "FILE", "Multiboot v1 ELF32 kernel to boot (default: the bundled self-test guest)",
+     "opt_kernel")
+_opt("append", "CMDLINE", "the kernel command line (the guest sees 'FILE CMDLINE')", "opt_append")
+_opt("drive", "file=IMG[,format=raw][,if=virtio|none][,id=ID][,readonly=on|off]"
+     "[,cache=writeback|writethrough|none|unsafe][,discard=unmap|ignore][,snapshot=on|off]",
+     "a raw disk image; if=virtio adds a virtio-blk-pci for it", "opt_drive")
+_opt("device", "DRIVER[,prop=value...]",
+     "add a device: virtio-blk-pci,drive=ID[,...], isa-debug-exit[,iobase=0xf4,iosize=0x04], "
+     "isa-debugcon,iobase=0x402,chardev=ID ('-device help' lists them)", "opt_device")
+_opt("chardev", "file,id=ID,path=FILE | stdio,id=ID | null,id=ID",
+     "a character backend for -device isa-debugcon or -serial chardev:ID", "opt_chardev")
+_opt("serial", "stdio|file:PATH|chardev:ID|null|none", "where COM1 goes (default stdio)", "opt_serial")
+_opt("debugcon", "stdio|file:PATH|chardev:ID|null|none",
+     "where the debug console at port 0x402 goes", "opt_debugcon")
+_opt("display", "none", "the display: only 'none' (there is no graphics card)", "opt_display")
+_opt("nographic", None, "no display, COM1 on stdio", "opt_nographic")
+_opt("monitor", "stdio|none", "the monitor", "opt_monitor")
+_opt("no-reboot", None, "exit instead of rebooting when the guest resets", "opt_no_reboot")
+_opt("snapshot", None, "write every drive to a throw-away overlay, never to the image", "opt_snapshot")
+_opt("boot", "[menu=on|off]", "firmware boot options (order=, splash-time= ... accepted, ignored)",
+     "opt_boot")
+_opt("d", "ITEM[,ITEM...]", "log items: " + ",".join(trace.LOG_CATEGORIES) + " ('-d help')", "opt_d")
+_opt("D", "FILE", "write the -d log and trace output to FILE (default stderr)", "opt_D")
+_opt("trace", "[enable=]PATTERN | events=FILE", "enable trace events matching a glob pattern",
+     "opt_trace")
+_opt("gdb", "tcp:[HOST]:PORT", "wait for a gdb connection on HOST:PORT", "opt_gdb")
+_opt("s", None, "shorthand for -gdb tcp::1234", "opt_s")
+_opt("S", None, "do not start the CPU at start-up (continue from gdb or the monitor)", "opt_S")
+
+# QEMU options a user may well type that this machine does not implement: refused by name, so
+# the user learns it is a limitation rather than a typo.
+UNSUPPORTED = frozenset("""
+    enable-kvm no-kvm xen-domid hda hdb hdc hdd fda fdb cdrom mtdblock sd pflash blockdev
+    netdev nic net usb usbdevice vga full-screen g sdl vnc spice curses k audiodev soundhw
+    initrd dtb fw_cfg option-rom rtc icount object numa global name uuid pidfile daemonize
+    loadvm incoming qmp qmp-pretty mon parallel virtfs fsdev mem-path mem-prealloc overcommit
+    watchdog-action action semihosting semihosting-config plugin L sandbox runas chroot msg
+    preconfig no-shutdown no-hpet no-acpi acpitable smbios singlestep nodefaults
+    no-user-config readconfig writeconfig add-fd set iscsi tpmdev chardev-help portrait rotate
+    alt-grab ctrl-grab no-quit no-frame show-cursor win2k-hack boot-menu device-help
+    machine-help echr bt seed trace-unassigned accel-help kernel-irqchip
+""".split())
+
+_ACCEL_REFUSED = {"kvm", "hvf", "whpx", "xen", "nvmm", "hax", "qtest"}
+_QEMU_FORMATS = {"qcow2", "qcow", "vmdk", "vdi", "vhdx", "vpc", "qed", "luks", "dmg", "parallels",
+                 "bochs", "cloop", "vvfat", "file", "host_device", "nbd"}
+_CACHE_MODES = {"writeback", "writethrough", "none", "unsafe"}
+_DISCARD = {"unmap": "unmap", "on": "unmap", "ignore": "ignore", "off": "ignore"}
+DEVICES = {
+    "virtio-blk-pci": "virtio block device on PCI (drive=ID; serial, num-queues, queue-size, ...)",
+    "isa-debug-exit": "write V to the port and the machine exits with status (V << 1) | 1",
+    "isa-debugcon": "debug console: bytes written to port 0x402 go to a chardev",
+}
+_DEVICE_ALIASES = {"virtio-blk": "virtio-blk-pci"}
+_BOOT_IGNORED = {"order", "once", "splash", "splash-time", "reboot-timeout", "strict"}
+
+
+def usage() -> str:
+    """The --help text: every supported option, generated from the table."""
+    lines = [f"usage: {PROG} [options]",
+             "",
+             "A PC (i440FX, 16550A COM1, virtio-blk-pci) in Python; options use QEMU's syntax.",
+             "With no -kernel and no -bios it boots the bundled virtio-blk self-test guest on a",
+             "fresh 64 MiB image and exits 0 when every test passes.",
+             ""]
+    seen: set[str] = set()
+    for opt in OPTIONS.values():
+        if opt.handler in seen:
+            continue
+        seen.add(opt.handler)
+        names = ", ".join(f"-{o.name}" for o in OPTIONS.values() if o.handler == opt.handler)
+        head = f"{names} {opt.arg}" if opt.arg else names
+        lines.append(f"  {head}")
+        lines.append(f"        {opt.help}")
+    lines += ["",
+              "Not supported (refused with a message): other machine types, -smp > 1, -enable-kvm,",
+              "other accelerators and CPU models, other disk formats, other devices."]
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- the parser
+
+@dataclass
+class _DeviceRef:
+    """A -device kept with the option text that created it, for errors found at the end."""
+    where: str
+    config: DeviceConfig
+
+
+@dataclass
+class _Parser:
+    config: MachineConfig = field(default_factory=MachineConfig)
+    chardevs: dict[str, CharDev] = field(default_factory=dict)
+    devices: list[_DeviceRef] = field(default_factory=list)
+    device_ids: set[str] = field(default_factory=set)
+    drive_ids: dict[str, DriveConfig] = field(default_factory=dict)
+    drive_count: int = 0
+    claimed_drives: set[str] = field(default_factory=set)
+    # -serial/-debugcon chardev:ID and isa-debugcon chardev=ID resolve once every -chardev is known.
+    pending_chardevs: list[tuple[str, str, Callable[[CharDev], None]]] = field(default_factory=list)
+    serial_given: bool = False
+    nographic: bool = False
+    monitor_where: str = ""
+
+    # ---- driving
+
+    def parse(self, argv: list[str]) -> MachineConfig:
+        i = 0
+        while i < len(argv):
+            typed = argv[i]
+            i += 1
+            if not typed.startswith("-") or typed == "-":
+                # QEMU treats a bare word as the disk image (-hda); we do not.
+                raise ConfigError(f"{typed}: a disk image must be given with "
+                                  "-drive file=IMAGE,format=raw,if=virtio")
+            name = typed[2:] if typed.startswith("--") else typed[1:]
+            opt = OPTIONS.get(name)
+            if opt is None:
+                if name in UNSUPPORTED:
+                    raise ConfigError(f"{typed}: option not supported by this machine")
+                raise ConfigError(f"{typed}: invalid option")
+            if opt.arg is None:
+                where = typed
+                args: tuple[str, ...] = ()
+            else:
+                if i >= len(argv):
+                    raise ConfigError(f"{typed}: requires an argument")
+                where = f"{typed} {argv[i]}"
+                args = (argv[i],)
+                i += 1
+            try:
+                getattr(self, opt.handler)(*args)
+            except _OptError as err:
+                raise ConfigError(f"{where}: {err}") from None
+        self.finish()
+        return self.config
+
+    def finish(self) -> None:
+        for where, ident, apply in self.pending_chardevs:
+            dev = self.chardevs.get(ident)
+            if dev is None:
+                raise ConfigError(f"{where}: chardev '{ident}' not found")
+            apply(dev)
+        cfg = self.config
+        if self.nographic and not self.serial_given:
+            cfg.serial = CharDev("stdio")
+        for ref in self.devices:
+            try:
+                self.finish_device(ref.config)
+            except _OptError as err:
+                raise ConfigError(f"{ref.where}: {err}") from None
+        if cfg.monitor == "stdio" and cfg.serial.kind == "stdio":
+            raise ConfigError(f"{self.monitor_where}: cannot use stdio by multiple character "
+                              "devices (COM1 is on stdio: add -serial none or a file)")
+        if cfg.append and cfg.kernel is None and cfg.bios is not None:
+            raise ConfigError("-append only allowed with -kernel option")
+
+    def finish_device(self, dev: DeviceConfig) -> None:
+        if dev.driver != "virtio-blk-pci":
+            return
+        ident = dev.props.get("drive")
+        if not ident:
+            raise _OptError("drive property not set")
+        drive = self.drive_ids.get(ident)
+        if drive is None:
+            raise _OptError(f"Property 'virtio-blk-device.drive' can't find value '{ident}'")
+        if drive.interface != "none" or ident in self.claimed_drives:
+            raise _OptError(f"Property 'virtio-blk-device.drive' can't take value '{ident}', "
+                            "it's in use")
+        self.claimed_drives.add(ident)
+
+    @staticmethod
+    def keys(pairs: list[tuple[str, str]], allowed: set[str] | frozenset[str]) -> dict[str, str]:
+        out: dict[str, str] = {}
+        for key, value in pairs:
+            if key not in allowed:
+                raise _OptError(f"Invalid parameter '{key}'")
+            out[key] = value          # the last one wins, as in QEMU
+        return out
+
+    # ---- informational options
+
+    def opt_help(self) -> None:
+        raise CliExit(usage())
+
+    def opt_version(self) -> None:
+        raise CliExit(f"{PROG} version {VERSION} (an x86 PC emulator with QEMU's option syntax)")
+
+    # ---- machine, accelerator, CPU
+
+    def opt_machine(self, arg: str) -> None:
+        opts = self.keys(split_suboptions(arg, "type"), {"type", "accel"})
+        mtype = opts.get("type", "pc")
+        if mtype == "help":
+            raise CliExit("Supported machines are:\npc                   Standard PC (i440FX + PIIX, 1996)")
+        if mtype != "pc" and not mtype.startswith("pc-i440fx-"):
+            raise _OptError(f"machine type '{mtype}' is not supported by this machine (only 'pc')")
+        if "accel" in opts:
+            self.check_accel(opts["accel"])
+
+    def opt_accel(self, arg: str) -> None:
+        opts = self.keys(split_suboptions(arg, "accel"), {"accel", "thread"})
+        self.check_accel(opts.get("accel", ""))
+
+    @staticmethod
+    def check_accel(name: str) -> None:
+        for accel in name.split(":"):      # QEMU's legacy "kvm:tcg" fallback list
+            if accel == "tcg":
+                continue
+            if accel in _ACCEL_REFUSED:
+                raise _OptError(f"accelerator '{accel}' is not supported by this machine "
+                                "(only tcg: the CPU is emulated)")
+            raise _OptError(f"invalid accelerator '{accel}'")
+
+    def opt_cpu(self, arg: str) -> None:
+        pairs = split_suboptions(arg, "model")
+        if len(pairs) != 1 or pairs[0][1].lower() != "haswell":
+            raise _OptError(f"CPU model '{arg}' is not supported by this machine "
+                            "(the CPU is Unicorn's fixed Haswell model)")
+
+    def opt_smp(self, arg: str) -> None:
+        opts = self.keys(split_suboptions(arg, "cpus"),
+                         {"cpus", "maxcpus", "sockets", "dies", "clusters", "cores", "threads"})
+        for key, value in opts.items():
+            if _parse_int(key, value) != 1:
+                raise _OptError("only 1 CPU is supported by this machine")
+
+    # ---- memory, firmware, kernel
+
+    def opt_m(self, arg: str) -> None:
+        opts = self.keys(split_suboptions(arg, "size"), {"size"})
+        text = opts.get("size", "")
+        try:
+            size = parse_size(text)
+        except ValueError:
+            raise _OptError("Parameter 'size' expects a non-negative number below 2^64; "
+                            "optional suffix K, M, G, T, P or E") from None
+        size = (size + RAM_ALIGN - 1) // RAM_ALIGN * RAM_ALIGN
+        if size < MIN_RAM:
+            raise _OptError("RAM size must be at least 2 MiB")
+        if size > MAX_RAM:
+            raise _OptError("ram size too large")
+        self.config.ram_size = size
+
+    def opt_bios(self, arg: str) -> None:
+        _check_readable_file(arg)
+        self.config.bios = Path(arg)
+
+    def opt_kernel(self, arg: str) -> None:
+        _check_readable_file(arg)
+        try:
+            check_multiboot_kernel(arg)
+        except OSError as err:
+            raise _OptError(_describe_oserror(arg, err)) from None
+        except ValueError as err:
+            raise _OptError(str(err)) from None
+        self.config.kernel = Path(arg)      # as typed: the guest's command line starts with it
+
+    def opt_append(self, arg: str) -> None:
+        self.config.append = arg
+
+    # ---- block
+
+    def opt_drive(self, arg: str) -> None:
+        opts = self.keys(split_suboptions(arg, "file"),
+                         {"file", "format", "if", "id", "readonly", "read-only", "cache",
+                          "discard", "snapshot", "media"})
+        drive = DriveConfig()
+        fmt = opts.get("format", "raw")
+        if fmt != "raw":
+            if fmt in _QEMU_FORMATS:
+                raise _OptError(f"format '{fmt}' is not supported by this machine (only raw)")
+            raise _OptError(f"Unknown driver '{fmt}'")
+        interface = opts.get("if", "virtio")
+        if interface not in ("virtio", "none"):
+            if interface in ("ide", "scsi", "floppy", "pflash", "mtd", "sd", "xen"):
+                raise _OptError(f"if={interface} is not supported by this machine "
+                                "(use if=virtio or if=none with -device virtio-blk-pci)")
+            raise _OptError(f"unsupported bus type '{interface}'")
+        drive.interface = interface
+        if opts.get("media", "disk") != "disk":
+            raise _OptError(f"media={opts['media']} is not supported by this machine (only disk)")
+        for key in ("readonly", "read-only"):
+            if key in opts:
+                drive.readonly = _parse_bool("read-only", opts[key])
+        cache = opts.get("cache", "writeback")
+        if cache not in _CACHE_MODES:
+            raise _OptError("invalid cache option")
+        drive.cache = cache
+        discard = opts.get("discard", "ignore")
+        if discard not in _DISCARD:
+            raise _OptError(f"Invalid discard option '{discard}'")
+        drive.discard = _DISCARD[discard]
+        if "snapshot" in opts:
+            drive.snapshot = _parse_bool("snapshot", opts["snapshot"])
+
+        ident = opts.get("id")
+        if ident is not None:
+            if not re.fullmatch(r"[A-Za-z][A-Za-z0-9_.-]*", ident):
+                raise _OptError(f"Parameter 'id' expects an identifier")
+            if ident in self.drive_ids:
+                raise _OptError(f"Duplicate ID '{ident}' for drive")
+        else:
+            ident = f"{interface}{self.drive_count}"    # QEMU's generated name, e.g. virtio0
+        drive.id = ident
+        self.drive_count += 1
+
+        path = opts.get("file")
+        if not path:
+            raise _OptError("file= is required (an empty drive is not supported)")
+        st = _check_readable_file(path)
+        if not (drive.readonly or drive.snapshot or self.config.snapshot):
+            if not os.access(path, os.W_OK):
+                raise _OptError(f"Could not open '{path}': Permission denied")
+        if stat.S_ISREG(st.st_mode) and st.st_size % 512:
+            raise _OptError(f"image '{path}' is {st.st_size} bytes, not a multiple of "
+                            "the 512-byte sector size")
+        drive.file = Path(path)
+        self.config.drives.append(drive)
+        self.drive_ids[ident] = drive
+
+    def opt_snapshot(self) -> None:
+        self.config.snapshot = True
+
+    # ---- devices and character backends
+
+    def opt_device(self, arg: str) -> None:
+        pairs = split_suboptions(arg, "driver")
+        driver = pairs[0][1] if pairs and pairs[0][0] == "driver" else ""
+        if driver == "help":
+            raise CliExit("\n".join(f"name \"{n}\", {d}" for n, d in DEVICES.items()))
+        driver = _DEVICE_ALIASES.get(driver, driver)
+        if not driver:
+            raise _OptError("Parameter 'driver' is missing")
+        if driver not in DEVICES:
+            raise _OptError(f"'{driver}' is not a valid device model name")
+        props = dict(pairs[1:])
+        ident = props.pop("id", None)
+        if ident is not None:
+            if ident in self.device_ids:
+                raise _OptError(f"Duplicate device ID '{ident}'")
+            self.device_ids.add(ident)
+        if driver == "isa-debugcon":
+            self.debugcon_device(arg, props)
+            return
+        if driver == "isa-debug-exit":
+            self.keys(list(props.items()), {"iobase", "iosize"})
+            for key, value in props.items():
+                _parse_int(key, value)
+        dev = DeviceConfig(driver, props)
+        self.config.devices.append(dev)
+        self.devices.append(_DeviceRef(f"-device {arg}", dev))
+
+    def debugcon_device(self, arg: str, props: dict[str, str]) -> None:
+        # The board has one debug console, at port 0x402 where the firmware writes. QEMU's
+        # default iobase is 0xe9, so an isa-debugcon without iobase=0x402 would behave
+        # differently here than under QEMU: refuse it rather than silently move it.
+        self.keys(list(props.items()), {"iobase", "chardev"})
+        if _parse_int("iobase", props.get("iobase", "0xe9")) != 0x402:
+            raise _OptError("only iobase=0x402 is supported by this machine "
+                            "(QEMU's default is 0xe9)")
+        ident = props.get("chardev")
+        if not ident:
+            raise _OptError("Property 'isa-debugcon.chardev' is required")
+        self.pending_chardevs.append((f"-device {arg}", ident, self.set_debugcon))
+
+    def set_debugcon(self, dev: CharDev) -> None:
+        self.config.debugcon = dev
+
+    def opt_chardev(self, arg: str) -> None:
+        pairs = split_suboptions(arg, "backend")
+        backend = pairs[0][1] if pairs and pairs[0][0] == "backend" else ""
+        if backend == "help":
+            raise CliExit("Available chardev backend types:\n  file\n  null\n  stdio")
+        allowed = {"backend", "id", "path"} if backend == "file" else {"backend", "id"}
+        if backend not in ("file", "null", "stdio"):
+            raise _OptError(f"'{backend}' is not a valid char driver name")
+        opts = self.keys(pairs, allowed)
+        ident = opts.get("id")
+        if not ident:
+            raise _OptError("Parameter 'id' is missing")
+        if ident in self.chardevs:
+            raise _OptError(f"Duplicate ID '{ident}' for chardev")
+        if backend == "file":
+            path = opts.get("path", "")
+            if not path:
+                raise _OptError("chardev: file: no filename given")
+            _check_output_file(path)
+            self.chardevs[ident] = CharDev("file", Path(path))
+        else:
+            self.chardevs[ident] = CharDev(backend)
+
+    def chardev_spec(self, where: str, spec: str, apply: Callable[[CharDev], None]) -> None:
+        """QEMU's legacy chardev syntax used by -serial and -debugcon."""
+        if spec in ("stdio", "null", "none"):
+            apply(CharDev("stdio" if spec == "stdio" else "null"))
+        elif spec.startswith("file:"):
+            path = spec[5:]
+            _check_output_file(path)
+            apply(CharDev("file", Path(path)))
+        elif spec.startswith("chardev:"):
+            self.pending_chardevs.append((where, spec[8:], apply))
+        else:
+            raise _OptError(f"'{spec}' is not a valid char driver "
+                            "(supported: stdio, file:PATH, chardev:ID, null, none)")
+
+    def opt_serial(self, arg: str) -> None:
+        if self.serial_given:
+            raise _OptError("only one serial port (COM1) is supported by this machine")
+        self.serial_given = True
+        self.chardev_spec(f"-serial {arg}", arg, self.set_serial)
+
+    def set_serial(self, dev: CharDev) -> None:
+        self.config.serial = dev
+
+    def opt_debugcon(self, arg: str) -> None:
+        self.chardev_spec(f"-debugcon {arg}", arg, self.set_debugcon)
+
+    def opt_display(self, arg: str) -> None:
+        if split_suboptions(arg, "type")[0][1] != "none":
+            raise _OptError(f"display '{arg}' is not supported by this machine "
+                            "(only none: use the serial console)")
+
+    def opt_nographic(self) -> None:
+        self.nographic = True
+
+    def opt_monitor(self, arg: str) -> None:
+        if arg == "stdio":
+            self.config.monitor = "stdio"
+        elif arg in ("none", "null"):
+            self.config.monitor = None
+        else:
+            raise _OptError(f"monitor '{arg}' is not supported by this machine "
+                            "(only stdio or none)")
+        self.monitor_where = f"-monitor {arg}"
+
+    def opt_no_reboot(self) -> None:
+        self.config.no_reboot = True
+
+    def opt_boot(self, arg: str) -> None:
+        opts = self.keys(split_suboptions(arg, "order"), {"menu"} | _BOOT_IGNORED)
+        if "menu" in opts:
+            self.config.boot_menu = _parse_bool("boot.menu", opts["menu"])
+
+    # ---- logging, tracing, debugging
+
+    def opt_d(self, arg: str) -> None:
+        items = [item for item in arg.split(",") if item]
+        if "help" in items:
+            raise CliExit("Log items (comma separated):\n" + "\n".join(
+                f"{name:<15} {text}" for name, text in trace.LOG_CATEGORIES.items()))
+        for item in items:
+            if item.startswith("trace:"):          # QEMU's -d trace:PATTERN
+                self.config.trace.append(item[6:])
+                continue
+            if item not in trace.LOG_CATEGORIES:
+                raise _OptError(f"unknown log item '{item}' (see -d help)")
+            if item not in self.config.log:
+                self.config.log.append(item)
+
+    def opt_D(self, arg: str) -> None:
+        _check_output_file(arg)
+        self.config.logfile = Path(arg)
+
+    def opt_trace(self, arg: str) -> None:
+        opts = self.keys(split_suboptions(arg, "enable"), {"enable", "events"})
+        if "enable" in opts:
+            if not opts["enable"]:
+                raise _OptError("Parameter 'enable' expects a pattern")
+            self.config.trace.append(opts["enable"])
+        if "events" in opts:
+            path = opts["events"]
+            _check_readable_file(path)
+            try:
+                text = Path(path).read_text(errors="replace")
+            except OSError as err:
+                raise _OptError(_describe_oserror(path, err)) from None
+            for line in text.splitlines():
+                line = line.strip()
+                if line and not line.startswith("#"):
+                    self.config.trace.append(line)
+
+    def opt_gdb(self, arg: str) -> None:
+        if arg == "none":
+            self.config.gdb = None
+            return
+        m = re.fullmatch(r"tcp:([^:,]*):(\d+)", arg)
+        if not m or not 0 < int(m.group(2)) < 65536:
+            raise _OptError(f"'{arg}' is not a valid gdb address (use tcp:[HOST]:PORT)")
+        self.config.gdb = arg
+
+    def opt_s(self) -> None:
+        self.config.gdb = "tcp::1234"
+
+    def opt_S(self) -> None:
+        self.config.start_stopped = True
+
+
+def parse_args(argv: list[str]) -> MachineConfig:
+    """Parse QEMU-style options (without the program name) into a MachineConfig.
+    Raises ConfigError (bad input: the message is the line to show) or CliExit (-h, -version,
+    '-d help', ...)."""
+    return _Parser().parse(list(argv))
+
+
+# --------------------------------------------------------------------------- the bundled guest
+
+@dataclass
+class BundledRun:
+    """What `bundled_defaults` added, so main() can undo and interpret it."""
+    temp_image: Path | None = None
+    map_status: bool = False          # we added the isa-debug-exit: map the self-test status
+
+
+def uses_bundled_guest(config: MachineConfig) -> bool:
+    """With neither -kernel nor -bios, the machine boots the bundled self-test guest."""
+    return config.kernel is None and config.bios is None
+
+
+def bundled_defaults(config: MachineConfig) -> BundledRun:
+    """Fill in the bundled guest's defaults for whatever the user did not give: the guest
+    kernel, an isa-debug-exit at 0xf4, a fresh 64 MiB raw image, -no-reboot. (-serial stdio and
+    -display none are the defaults anyway.) Builds the guest with the C toolchain if needed."""
+    from machine.toolchain import ensure_built
+
+    run = BundledRun()
+    config.kernel = ensure_built("guest", "out/guest.elf")
+    config.no_reboot = True
+    if not any(dev.driver == "isa-debug-exit" for dev in config.devices):
+        config.devices.append(DeviceConfig("isa-debug-exit", {"iobase": "0xf4", "iosize": "0x04"}))
+        run.map_status = True
+    if not config.drives:
+        fd, name = tempfile.mkstemp(prefix="machine-", suffix=".img")
+        try:
+            os.ftruncate(fd, BUNDLED_IMAGE_SIZE)
+        finally:
+            os.close(fd)
+        run.temp_image = Path(name)
+        config.drives.append(DriveConfig(file=run.temp_image, format="raw", interface="virtio",
+                                         id="virtio0"))
+    return run
+
+
+def selftest_status(status: int) -> int:
+    """Map the machine's exit status for the default run so that a passing self-test gives 0.
+
+    The guest reports through isa-debug-exit: it writes V (0 = every test passed, else a failure
+    code) and the machine exits with (V << 1) | 1, as QEMU does. So an odd status gives V back;
+    an even one means the guest stopped without reporting (e.g. a reset under -no-reboot,
+    status 0), which is a failure: 2, or the status itself when it is already non-zero."""
+    if status & 1:
+        return (status >> 1) & 0xFF
+    return status if status else 2
+
+
+# --------------------------------------------------------------------------- main
+
+def _error(message: str) -> int:
+    print(f"{PROG}: {message}", file=sys.stderr)
+    return 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse, build the board, run it; returns the exit status. Host-input errors print one
+    line on stderr and give status 1, never a traceback."""
+    from machine.toolchain import ToolchainError
+
+    argv = sys.argv[1:] if argv is None else list(argv)
+    bundled = BundledRun()
+    try:
+        try:
+            config = parse_args(argv)
+        except CliExit as done:
+            print(done.text)
+            return done.status
+        if uses_bundled_guest(config):
+            bundled = bundled_defaults(config)
+        try:
+            from machine.pc import Machine
+        except ModuleNotFoundError as err:
+            if err.name not in ("machine.pc",):
+                raise
+            return _error("the board (machine.pc) is not available in this build")
+        status = Machine(config).run()
+        return selftest_status(status) if bundled.map_status else status
+    except (ConfigError, ToolchainError) as err:
+        return _error(str(err))
+    except OSError as err:
+        if err.filename is not None:
+            return _error(_describe_oserror(err.filename, err))
+        return _error(err.strerror or str(err))
+    except KeyboardInterrupt:
+        print(f"{PROG}: terminating on signal 2", file=sys.stderr)
+        return 130
+    finally:
+        if bundled.temp_image is not None:
+            try:
+                bundled.temp_image.unlink()
+            except OSError:
+                pass
