@@ -1,0 +1,303 @@
+"""Every dependency on Unicorn 2.1.4 *internals*, in one place, checked at start-up.
+
+Unicorn's public API cannot do four things a PC needs, so we reach under it:
+
+1. Segment loads on a UC_MODE_64 engine. That engine's `reg_write(CS/DS/ES/SS)` only changes the
+   selector; with the engine's API mode switched to UC_MODE_32 for the one call, Unicorn performs
+   a full descriptor load (real-mode base = sel<<4, or a GDT/LDT lookup in protected mode).
+   `struct uc_struct` starts with `{uc_arch arch; uc_mode mode;}`, so the mode is the int at +4.
+2. The raw CPU state (`uc_context_save` copies CPUX86State byte for byte): the exception error
+   code and the "was it `int n`" flag (not exposed by the API), `old_exception`, which Unicorn never
+   resets (without the reset the 2nd contributory fault becomes #DF and the 3rd a triple fault),
+   `hflags` (CPL, the STI/MOV SS interrupt shadow, CPU mode bits) and the segment caches.
+3. `uc_struct.emu_counter`: how many instructions the last `emu_start(count=N)` retired, so
+   virtual time is exact and deterministic.
+4. The RDTSC instruction hook, which libunicorn supports but the 2.1.4 binding's `hook_add`
+   rejects; it is registered through the binding's private hook-add helper.
+
+Also here: ctypes wrappers for `uc_vmem_read/write/translate` (exported by libunicorn 2.1.4,
+absent from its Python binding), which walk the guest page tables.
+
+`self_test()` verifies each of these on a scratch engine and raises `UnsupportedUnicorn` with one
+clear message on any other Unicorn build. Nothing else in the project may import these offsets.
+"""
+
+from __future__ import annotations
+
+import ctypes
+
+import unicorn
+from unicorn import Uc, UcError
+from unicorn import unicorn_const as UC
+from unicorn import x86_const as X86
+
+REQUIRED_VERSION = "2.1.4"
+
+# Offsets measured on unicorn 2.1.4 (x86-64 Linux wheel); verified by self_test().
+UC_STRUCT_ARCH = 0
+UC_STRUCT_MODE = 4
+UC_STRUCT_EMU_COUNTER = 1368
+CONTEXT_SIZE = 5608            # uc_context_size() for an x86 engine
+CONTEXT_DATA = 40              # struct uc_context header before the CPUX86State copy
+# Offsets inside the CPUX86State copy:
+ENV_HFLAGS = 176
+ENV_SEGS = 184                 # SegmentCache[6]: ES CS SS DS FS GS, 24 bytes each
+SEG_SIZE = 24                  # {u32 selector; u64 base; u32 limit; u32 flags}
+ENV_ERROR_CODE = 5384
+ENV_EXCEPTION_IS_INT = 5388
+ENV_EXCEPTION_NEXT_EIP = 5392
+ENV_OLD_EXCEPTION = 5496
+
+# hflags bits (QEMU target/i386/cpu.h)
+HF_CPL_MASK = 0x3
+HF_INHIBIT_IRQ = 1 << 3
+HF_CS32 = 1 << 4
+HF_SS32 = 1 << 5
+HF_PE = 1 << 7
+HF_LMA = 1 << 14
+HF_CS64 = 1 << 15
+
+SEG_ES, SEG_CS, SEG_SS, SEG_DS, SEG_FS, SEG_GS = range(6)
+
+
+class UnsupportedUnicorn(RuntimeError):
+    """The installed Unicorn is not the exact build whose internals we rely on."""
+
+
+_uclib = unicorn.unicorn_py3.unicorn.uclib
+_uclib.uc_vmem_read.restype = ctypes.c_int
+_uclib.uc_vmem_read.argtypes = [ctypes.c_void_p, ctypes.c_uint64, ctypes.c_int, ctypes.c_void_p, ctypes.c_size_t]
+_uclib.uc_vmem_write.restype = ctypes.c_int
+_uclib.uc_vmem_write.argtypes = [ctypes.c_void_p, ctypes.c_uint64, ctypes.c_int, ctypes.c_void_p, ctypes.c_size_t]
+_uclib.uc_vmem_translate.restype = ctypes.c_int
+_uclib.uc_vmem_translate.argtypes = [ctypes.c_void_p, ctypes.c_uint64, ctypes.c_int, ctypes.POINTER(ctypes.c_uint64)]
+_uclib.uc_context_save.restype = ctypes.c_int
+_uclib.uc_context_restore.restype = ctypes.c_int
+_uclib.uc_reg_read.restype = ctypes.c_int
+_uclib.uc_reg_read.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_void_p]
+_uclib.uc_reg_write.restype = ctypes.c_int
+_uclib.uc_reg_write.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_void_p]
+
+
+def handle(uc: Uc) -> int:
+    return uc._uch.value
+
+
+# ------------------------------------------------------------------------------------------
+# 1. API mode switch for segment loads
+# ------------------------------------------------------------------------------------------
+
+def _mode_cell(uc: Uc) -> ctypes.c_int:
+    return ctypes.c_int.from_address(handle(uc) + UC_STRUCT_MODE)
+
+
+def load_seg(uc: Uc, reg: int, selector: int) -> None:
+    """Load a segment register the way the CPU does (real mode: base = sel<<4; protected/long
+    mode: descriptor from the GDT/LDT, with Unicorn's privilege checks). Raises UcError when the
+    load would fault."""
+    cell = _mode_cell(uc)
+    cell.value = UC.UC_MODE_32
+    try:
+        uc.reg_write(reg, selector)
+    finally:
+        cell.value = UC.UC_MODE_64
+
+
+# ------------------------------------------------------------------------------------------
+# 3. retired-instruction counter
+# ------------------------------------------------------------------------------------------
+
+def emu_counter(uc: Uc) -> ctypes.c_uint64:
+    """A live view of `uc->emu_counter` (instructions counted by the last emu_start(count>0)).
+    Unicorn counts one past the budget when the budget is exhausted (the counting hook fires
+    on the instruction it then refuses to run)."""
+    return ctypes.c_uint64.from_address(handle(uc) + UC_STRUCT_EMU_COUNTER)
+
+
+# ------------------------------------------------------------------------------------------
+# 2. raw CPU state
+# ------------------------------------------------------------------------------------------
+
+class RawState:
+    """The CPUX86State bytes, read with one `uc_context_save` (about 1 µs) and optionally written
+    back. Usable inside hooks."""
+
+    def __init__(self, uc: Uc):
+        self._uch = uc._uch
+        self._ctx = ctypes.c_void_p()
+        err = _uclib.uc_context_alloc(self._uch, ctypes.byref(self._ctx))
+        if err != UC.UC_ERR_OK:
+            raise UcError(err)
+        self._data = self._ctx.value + CONTEXT_DATA
+        self._i32 = lambda off: ctypes.c_int32.from_address(self._data + off)
+        self._u32 = lambda off: ctypes.c_uint32.from_address(self._data + off)
+        self._u64 = lambda off: ctypes.c_uint64.from_address(self._data + off)
+        self._hflags = ctypes.c_uint32.from_address(self._data + ENV_HFLAGS)
+
+    def __del__(self):
+        try:
+            _uclib.uc_context_free(self._ctx)
+        except Exception:
+            pass
+
+    def save(self) -> "RawState":
+        _uclib.uc_context_save(self._uch, self._ctx)
+        return self
+
+    def restore(self) -> None:
+        _uclib.uc_context_restore(self._uch, self._ctx)
+
+    # -- after save() ----------------------------------------------------------------------
+    @property
+    def hflags(self) -> int:
+        return self._hflags.value
+
+    @hflags.setter
+    def hflags(self, value: int) -> None:
+        self._hflags.value = value
+
+    def exception_info(self) -> tuple[int, bool]:
+        """(error_code, was_int_n) of the exception being raised."""
+        return self._i32(ENV_ERROR_CODE).value & 0xFFFFFFFF, bool(self._i32(ENV_EXCEPTION_IS_INT).value)
+
+    def seg(self, index: int) -> tuple[int, int, int, int]:
+        """(selector, base, limit, flags) of segment `index` (SEG_ES..SEG_GS)."""
+        off = ENV_SEGS + SEG_SIZE * index
+        return (self._u32(off).value, self._u64(off + 8).value,
+                self._u32(off + 16).value, self._u32(off + 20).value)
+
+    def clear_old_exception(self) -> None:
+        self._i32(ENV_OLD_EXCEPTION).value = -1
+
+
+def take_exception_info(raw: RawState) -> tuple[int, bool]:
+    """Inside an interrupt hook: read (error_code, was_int_n) and reset `old_exception` so the
+    next fault is not promoted to #DF (Unicorn never runs the code that resets it)."""
+    raw.save()
+    info = raw.exception_info()
+    raw.clear_old_exception()
+    raw.restore()
+    return info
+
+
+def set_cpl(raw: RawState, cpl: int) -> None:
+    """Force the CPL bits of hflags (for a privilege-changing interrupt: Unicorn refuses to load
+    a DPL0 SS/CS while CPL=3; the CPU itself would, as part of the gate transfer)."""
+    raw.save()
+    raw.hflags = (raw.hflags & ~HF_CPL_MASK) | (cpl & 3)
+    raw.restore()
+
+
+# ------------------------------------------------------------------------------------------
+# 4. RDTSC hook
+# ------------------------------------------------------------------------------------------
+
+def hook_rdtsc(uc: Uc, fn) -> int:
+    """Hook RDTSC: `fn(uc) -> int` returns the 64-bit time stamp to put in EDX:EAX."""
+    from unicorn.unicorn_py3.arch.intel import HOOK_INSN_CPUID_CFUNC
+    from unicorn.unicorn_py3.unicorn import uccallback
+
+    @uccallback(uc, HOOK_INSN_CPUID_CFUNC)
+    def _rdtsc(uc_, _key):
+        tsc = fn(uc_)
+        uc_.reg_write(X86.UC_X86_REG_RAX, tsc & 0xFFFFFFFF)
+        uc_.reg_write(X86.UC_X86_REG_RDX, (tsc >> 32) & 0xFFFFFFFF)
+        return 1                  # skip the native (host TSC) instruction
+
+    return uc._Uc__do_hook_add(UC.UC_HOOK_INSN, _rdtsc, 1, 0, ctypes.c_int(X86.UC_X86_INS_RDTSC))
+
+
+# ------------------------------------------------------------------------------------------
+# vmem: virtual-address access through the guest page tables
+# ------------------------------------------------------------------------------------------
+
+def vmem_read(uc: Uc, vaddr: int, size: int, prot: int = UC.UC_PROT_READ) -> bytes | None:
+    buf = ctypes.create_string_buffer(size)
+    if _uclib.uc_vmem_read(uc._uch, vaddr, prot, buf, size) != UC.UC_ERR_OK:
+        return None
+    return buf.raw
+
+
+def vmem_write(uc: Uc, vaddr: int, data: bytes, prot: int = UC.UC_PROT_WRITE) -> bool:
+    buf = ctypes.create_string_buffer(bytes(data), len(data))
+    return _uclib.uc_vmem_write(uc._uch, vaddr, prot, buf, len(data)) == UC.UC_ERR_OK
+
+
+def vmem_translate(uc: Uc, vaddr: int, prot: int = UC.UC_PROT_READ) -> int | None:
+    out = ctypes.c_uint64()
+    if _uclib.uc_vmem_translate(uc._uch, vaddr, prot, ctypes.byref(out)) != UC.UC_ERR_OK:
+        return None
+    return out.value
+
+
+class RawReg:
+    """Register access through raw ctypes (about 1 µs, against 3 µs for the binding)."""
+
+    __slots__ = ("_uch", "_val", "_ref")
+
+    def __init__(self, uc: Uc):
+        self._uch = uc._uch
+        self._val = ctypes.c_uint64()
+        self._ref = ctypes.byref(self._val)
+
+    def read(self, reg: int) -> int:
+        self._val.value = 0
+        _uclib.uc_reg_read(self._uch, reg, self._ref)
+        return self._val.value
+
+    def write(self, reg: int, value: int) -> None:
+        self._val.value = value & 0xFFFFFFFFFFFFFFFF
+        _uclib.uc_reg_write(self._uch, reg, self._ref)
+
+
+# ------------------------------------------------------------------------------------------
+# start-up self-test
+# ------------------------------------------------------------------------------------------
+
+_checked = False
+
+
+def self_test() -> None:
+    """Refuse to run on anything but the Unicorn build these offsets were measured on."""
+    global _checked
+    if _checked:
+        return
+    found = getattr(unicorn, "__version__", "?")
+    problem = None
+    if found != REQUIRED_VERSION:
+        problem = f"found unicorn {found}"
+    else:
+        try:
+            problem = _probe()
+        except Exception as exc:           # any surprise means the internals moved
+            problem = f"internal probe failed ({exc})"
+    if problem:
+        raise UnsupportedUnicorn(
+            f"this emulator needs exactly unicorn {REQUIRED_VERSION} (it relies on that build's "
+            f"internal layout); {problem}. Install it with: pip install unicorn=={REQUIRED_VERSION}")
+    _checked = True
+
+
+def _probe() -> str | None:
+    uc = Uc(UC.UC_ARCH_X86, UC.UC_MODE_64)
+    h = handle(uc)
+    if ctypes.c_int.from_address(h + UC_STRUCT_ARCH).value != UC.UC_ARCH_X86:
+        return "uc_struct.arch is not where expected"
+    if ctypes.c_int.from_address(h + UC_STRUCT_MODE).value != UC.UC_MODE_64:
+        return "uc_struct.mode is not where expected"
+    if _uclib.uc_context_size(uc._uch) != CONTEXT_SIZE:
+        return "the CPU context has a different size"
+    # Code: nop x5; hlt. Run with count=3 and check the counter and the segment cache layout.
+    uc.mem_map(0x1000, 0x1000)
+    uc.mem_write(0x1000, b"\x90" * 5 + b"\xf4")
+    uc.emu_start(0x1000, 0x2000, count=3)
+    if emu_counter(uc).value not in (3, 4):
+        return "uc_struct.emu_counter is not where expected"
+    raw = RawState(uc)
+    uc.reg_write(X86.UC_X86_REG_FS_BASE, 0x123456789A)
+    raw.save()
+    if raw.seg(SEG_FS)[1] != 0x123456789A:
+        return "the segment cache is not where expected"
+    if not raw.hflags & HF_LMA:
+        return "hflags is not where expected"
+    return None
