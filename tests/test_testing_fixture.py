@@ -1,0 +1,109 @@
+"""The `boot` pytest fixture (machine/testing.py): process handling with a stand-in program, the
+plugin registration, and a real boot of the hello test kernel once the board exists."""
+
+import importlib.util
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from machine.testing import Boot, boot  # noqa: F401  (the fixture, used by name below)
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def stand_in(code: str) -> Boot:
+    """A Boot whose 'machine' is a tiny Python program, to exercise the process handling."""
+    return Boot(program=[sys.executable, "-c", code])
+
+
+def test_image_is_sparse_sized_and_prefilled(tmp_path):
+    img = Boot.image(tmp_path / "d.img", size="16M", data=b"TEST")
+    assert img.stat().st_size == 16 * 1024 * 1024
+    assert img.read_bytes()[:8] == b"TEST\0\0\0\0"
+    assert Boot.image(tmp_path / "e.img", size=4096).stat().st_size == 4096
+    with pytest.raises(ValueError):
+        Boot.image(tmp_path / "f.img", size=1000)
+
+
+def test_run_collects_output_and_status():
+    b = stand_in("import sys; data = sys.stdin.read(); print('got', data);"
+                 "print('err', file=sys.stderr); sys.exit(3)")
+    run = b("-x", input="hello", timeout=30)
+    assert run.exit_status == 3 and run.serial == "got hello\n" and run.stderr == "err\n"
+    assert run.args == ["-x"]
+
+
+def test_timeout_kills_and_fails_clearly():
+    b = stand_in("import time; print('booting', flush=True); time.sleep(600)")
+    with pytest.raises(pytest.fail.Exception, match=r"did not exit within 0.5 s(.|\n)*booting"):
+        b(timeout=0.5)
+    assert all(h.proc.poll() is not None for h in b._running)
+
+
+def test_wait_for_a_long_running_guest():
+    b = stand_in("import sys, time; print('ready', flush=True); line = sys.stdin.readline();"
+                 "print('echo ' + line.strip(), flush=True); time.sleep(600)")
+    try:
+        h = b.start()
+        assert "ready" in h.wait_for("ready", timeout=30)
+        h.send("ping\n")
+        h.wait_for("echo ping", timeout=30)
+        with pytest.raises(pytest.fail.Exception, match="not seen within 0.2 s"):
+            h.wait_for("never", timeout=0.2)
+        assert h.exit_status is None
+    finally:
+        b.close()
+    assert h.exit_status is not None
+
+
+def test_wait_for_fails_when_the_machine_exits_first():
+    b = stand_in("print('bye')")
+    h = b.start()
+    with pytest.raises(pytest.fail.Exception, match="exited with status 0 before printing 'ok'"):
+        h.wait_for("ok", timeout=30)
+
+
+def test_registered_as_a_pytest_plugin(tmp_path):
+    """A user's test suite gets the fixture through `-p machine.testing` (what the conftest
+    line `pytest_plugins = ["machine.testing"]` and the pytest11 entry point both do)."""
+    (tmp_path / "test_user.py").write_text(
+        "def test_uses_fixture(boot, tmp_path):\n"
+        "    disk = boot.image(tmp_path / 'd.img', size='1M', data=b'X')\n"
+        "    assert disk.read_bytes()[:1] == b'X'\n")
+    env_path = str(ROOT)
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "machine.testing",
+                           "-p", "no:cacheprovider", str(tmp_path / "test_user.py")],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=120,
+                          env={**__import__("os").environ, "PYTHONPATH": env_path})
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "1 passed" in proc.stdout
+
+
+def _hello_kernel() -> Path:
+    if importlib.util.find_spec("machine.pc") is None:
+        pytest.skip("the board (machine/pc.py) is not in the tree yet")
+    if not (ROOT / "tests" / "kernels").is_dir():
+        pytest.skip("the hello test kernel (tests/kernels) is not in the tree yet")
+    from machine.toolchain import ToolchainError, ensure_built
+    try:
+        return ensure_built("tests/kernels", "out/hello.elf")
+    except ToolchainError as err:
+        pytest.skip(str(err))
+
+
+def test_boot_hello_kernel(boot, tmp_path):
+    kernel = _hello_kernel()
+    run = boot("-kernel", kernel, "-append", "exit=5", "-display", "none", "-no-reboot",
+               "-device", "isa-debug-exit,iobase=0xf4,iosize=0x04", timeout=120)
+    assert run.exit_status == (5 << 1) | 1, run
+    assert run.serial, run
+
+
+def test_boot_hello_kernel_wait_for(boot):
+    kernel = _hello_kernel()
+    h = boot.start("-kernel", kernel, "-append", "exit=0", "-display", "none", "-no-reboot",
+                   "-device", "isa-debug-exit,iobase=0xf4,iosize=0x04")
+    assert h.wait_for(f"{kernel}", timeout=120)     # the kernel echoes its command line
+    assert h.wait(timeout=120).exit_status == 1
