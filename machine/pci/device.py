@@ -76,6 +76,11 @@ BAR_IO = 0x1
 BAR_MEM_64 = 0x4
 BAR_MEM_PREFETCH = 0x8
 
+# QEMU gives every emulated PCI function this subsystem ID; SeaBIOS reads it on 00:00.0 to tell
+# it is running on QEMU (only its boot messages depend on it). The chipset functions use it too.
+QEMU_SUBSYSTEM_VENDOR_ID = 0x1AF4
+QEMU_SUBSYSTEM_ID = 0x1100
+
 IO_SPACE_END = 0x10000
 # x86-64 defines at most 52 physical address bits; a BAR placed above that cannot be reached.
 PHYS_ADDR_LIMIT = 1 << 52
