@@ -1,0 +1,588 @@
+"""What a debugger needs from a machine, as one small protocol.
+
+The gdb stub, the monitor and the Python API talk to a `DebugTarget`, never to Unicorn or the
+board directly, so they can be tested against a fake target and the board can change under them.
+`MachineTarget` (at the bottom) adapts the real `machine.pc.Machine`.
+
+Addresses handed to a target are guest *virtual* (linear when paging is off) unless a method
+says physical; memory access goes through the guest's page tables and refuses MMIO (a debugger
+read must never trigger a device side effect).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Protocol
+
+
+class DebugAccessError(Exception):
+    """A debugger memory or register access the target refuses (unmapped page, MMIO, unknown
+    register). gdb gets an error reply; the monitor prints the message."""
+
+
+# Why the guest stopped. Kept as plain strings so stops read well in tests and logs.
+STOP_BREAKPOINT = "breakpoint"      # a software/hardware breakpoint at `pc`
+STOP_WATCHPOINT = "watchpoint"      # `watch_kind` ('watch'|'rwatch'|'awatch') at data `addr`
+STOP_STEP = "step"                  # one instruction done
+STOP_INTERRUPT = "interrupt"        # ^C, or a stop asked for from outside (monitor 'stop')
+STOP_DEVICE = "device"              # a device breakpoint fired; `message` says which and why
+STOP_EXITED = "exited"              # the guest asked to exit (isa-debug-exit, -no-reboot reset)
+STOP_FAULT = "fault"                # a fatal guest fault (triple fault, HLT with IF=0); `message` is the report
+STOP_RESET = "reset"                # the guest reset the machine (it keeps running)
+STOP_LIMIT = "limit"                # the instruction budget given to resume() ran out
+
+WATCH_KINDS = ("watch", "rwatch", "awatch")     # gdb's names: write, read, access
+
+
+@dataclass
+class Stop:
+    kind: str
+    pc: int = 0
+    addr: int = 0                   # data address of a watchpoint hit
+    watch_kind: str = ""
+    exit_status: int | None = None  # process exit status for STOP_EXITED / STOP_FAULT
+    message: str = ""               # human-readable detail (device breakpoint, fault report)
+    extra: dict = field(default_factory=dict)
+
+
+PollFn = Callable[[], "str | None"]
+"""Called between instruction slices while the target runs; returns a reason to stop (e.g.
+'interrupt') or None to keep going. Must not block."""
+
+
+class DebugTarget(Protocol):
+    arch: str                                   # 'i386' or 'x86-64': picks gdb's target description
+
+    def read_registers(self) -> dict[str, int]: ...
+    def write_register(self, name: str, value: int) -> None: ...
+    def read_memory(self, vaddr: int, length: int) -> bytes: ...          # DebugAccessError
+    def write_memory(self, vaddr: int, data: bytes) -> None: ...         # DebugAccessError
+    def read_physical(self, paddr: int, length: int) -> bytes: ...       # RAM only
+    def translate(self, vaddr: int) -> int | None: ...
+    def add_breakpoint(self, addr: int) -> None: ...
+    def remove_breakpoint(self, addr: int) -> None: ...
+    def add_watchpoint(self, addr: int, length: int, kind: str) -> bool: ...   # False: unsupported
+    def remove_watchpoint(self, addr: int, length: int, kind: str) -> None: ...
+    def step(self, irqs: bool = False) -> Stop: ...
+    def resume(self, poll: PollFn, max_instructions: int | None = None) -> Stop: ...
+    def request_stop(self, reason: str, message: str = "") -> None: ...
+    def reset(self) -> None: ...
+
+
+# ----------------------------------------------------------------------------------------------
+# Adapter for the real board
+# ----------------------------------------------------------------------------------------------
+
+_WATCH_STEP_BUDGET = 1 << 62
+
+
+class MachineTarget:
+    """`DebugTarget` over `machine.pc.Machine`.
+
+    Breakpoints go to the CPU's code hooks. Watchpoints use the CPU's own memory hooks when it
+    offers `add_watchpoint`; otherwise write watchpoints are done here by running one
+    instruction at a time and comparing the watched bytes (slow, but exact and with devices,
+    timers and interrupts still running), and read/access watchpoints are refused.
+    """
+
+    def __init__(self, machine, arch: str = "i386"):
+        self.machine = machine
+        self.cpu = machine.cpu
+        self.arch = arch
+        self._poll: PollFn | None = None
+        self._pending: tuple[str, str] | None = None
+        self._breakpoints: set[int] = set()
+        self._soft_watch: dict[tuple[int, int, str], bytes] = {}
+        self._hw_watch = hasattr(self.cpu, "add_watchpoint")
+        machine.add_poll_hook(self._poll_hook)
+
+    # -- registers and memory -------------------------------------------------------------------
+    def read_registers(self) -> dict[str, int]:
+        return dict(self.cpu.read_registers())
+
+    def write_register(self, name: str, value: int) -> None:
+        try:
+            self.cpu.write_register(name, value)
+        except (KeyError, ValueError) as exc:
+            raise DebugAccessError(f"cannot write register {name}: {exc}") from None
+
+    def read_memory(self, vaddr: int, length: int) -> bytes:
+        try:
+            data = self.cpu.read_virtual(vaddr, length)
+        except Exception as exc:        # the CPU layer's own error types: all mean "refused"
+            raise DebugAccessError(f"cannot access memory at {vaddr:#x}: {exc}") from None
+        if data is None or len(data) != length:
+            raise DebugAccessError(f"cannot access memory at {vaddr:#x}")
+        return bytes(data)
+
+    def write_memory(self, vaddr: int, data: bytes) -> None:
+        try:
+            ok = self.cpu.write_virtual(vaddr, bytes(data))
+        except Exception as exc:
+            raise DebugAccessError(f"cannot access memory at {vaddr:#x}: {exc}") from None
+        if ok is False:
+            raise DebugAccessError(f"cannot access memory at {vaddr:#x}")
+
+    def read_physical(self, paddr: int, length: int) -> bytes:
+        try:
+            return self.machine.mem.read(paddr, length)
+        except Exception as exc:
+            raise DebugAccessError(f"cannot access physical memory at {paddr:#x}: {exc}") from None
+
+    def translate(self, vaddr: int) -> int | None:
+        try:
+            return self.cpu.translate(vaddr)
+        except Exception:
+            return None
+
+    # -- breakpoints and watchpoints -----------------------------------------------------------
+    def add_breakpoint(self, addr: int) -> None:
+        if addr not in self._breakpoints:
+            self._breakpoints.add(addr)
+            self.cpu.add_breakpoint(addr)
+
+    def remove_breakpoint(self, addr: int) -> None:
+        if addr in self._breakpoints:
+            self._breakpoints.discard(addr)
+            self.cpu.remove_breakpoint(addr)
+
+    def add_watchpoint(self, addr: int, length: int, kind: str) -> bool:
+        if self._hw_watch:
+            return bool(self.cpu.add_watchpoint(addr, length, kind) is not False)
+        if kind != "watch":
+            return False
+        try:
+            self._soft_watch[(addr, length, kind)] = self.read_memory(addr, length)
+        except DebugAccessError:
+            return False
+        return True
+
+    def remove_watchpoint(self, addr: int, length: int, kind: str) -> None:
+        if self._hw_watch:
+            self.cpu.remove_watchpoint(addr, length, kind)
+        else:
+            self._soft_watch.pop((addr, length, kind), None)
+
+    # -- execution --------------------------------------------------------------------------------
+    def pc(self) -> int:
+        regs = self.cpu.read_registers()
+        return regs.get("eip", regs.get("rip", 0))
+
+    def request_stop(self, reason: str, message: str = "") -> None:
+        """Stop as soon as the CPU allows: at the end of the current instruction when called
+        from inside a device callback (if the CPU offers that), else at the end of the slice."""
+        self._pending = (reason, message)
+        precise = getattr(self.cpu, "stop_after_instruction", None) or \
+            getattr(self.machine, "stop_after_instruction", None)
+        if precise is not None:
+            precise(reason)
+        else:
+            self.machine.request_stop(reason)
+
+    def _poll_hook(self) -> None:
+        if self._poll is None:
+            return
+        reason = self._poll()
+        if reason:
+            self._pending = self._pending or (reason, "")
+            self.machine.request_stop(reason)
+
+    def step(self, irqs: bool = False) -> Stop:
+        self._pending = None
+        if irqs:
+            # One instruction through the board's loop: pending interrupts get delivered.
+            result = self.machine.run(max_instructions=1)
+            stop = self._classify(result)
+            if stop.kind not in (STOP_LIMIT, STOP_INTERRUPT):
+                return stop
+        else:
+            result = self.cpu.step()
+            stop = self._classify(result) if result is not None else None
+            if stop is not None and stop.kind in (STOP_EXITED, STOP_FAULT, STOP_DEVICE):
+                return stop
+        return Stop(STOP_STEP, pc=self.pc())
+
+    def resume(self, poll: PollFn, max_instructions: int | None = None) -> Stop:
+        self._pending = None
+        self._poll = poll
+        try:
+            if self._soft_watch:
+                return self._resume_watching(poll, max_instructions)
+            result = self.machine.run(max_instructions=max_instructions)
+            return self._classify(result)
+        finally:
+            self._poll = None
+
+    def _resume_watching(self, poll: PollFn, max_instructions: int | None) -> Stop:
+        budget = _WATCH_STEP_BUDGET if max_instructions is None else max_instructions
+        n = 0
+        while n < budget:
+            result = self.machine.run(max_instructions=1)
+            n += 1
+            stop = self._classify(result)
+            if stop.kind not in (STOP_LIMIT,):
+                return stop
+            for (addr, length, kind), old in list(self._soft_watch.items()):
+                try:
+                    new = self.read_memory(addr, length)
+                except DebugAccessError:
+                    continue
+                if new != old:
+                    self._soft_watch[(addr, length, kind)] = new
+                    return Stop(STOP_WATCHPOINT, pc=self.pc(), addr=addr, watch_kind=kind)
+            if n & 0x3FF == 0:
+                reason = poll()
+                if reason:
+                    return Stop(STOP_INTERRUPT, pc=self.pc(), message=reason)
+        return Stop(STOP_LIMIT, pc=self.pc())
+
+    def reset(self) -> None:
+        reset = getattr(self.machine, "reset", None)
+        if reset is not None:
+            reset()
+        else:
+            self.machine.request_stop("reset")
+
+    def _classify(self, result) -> Stop:
+        """Turn whatever the board's run()/step() returned into a Stop."""
+        pc = self.pc()
+        pending, self._pending = self._pending, None
+        kind = _result_kind(result)
+        status = _result_status(result)
+        message = _result_message(result)
+        if kind in ("exit", "exited", "shutdown", "poweroff", "quit"):
+            return Stop(STOP_EXITED, pc=pc, exit_status=status if status is not None else 0, message=message)
+        if kind in ("fault", "fatal", "triple_fault", "dead", "halted_dead", "error"):
+            return Stop(STOP_FAULT, pc=pc, exit_status=status if status is not None else 2, message=message)
+        if kind == "watchpoint":
+            return Stop(STOP_WATCHPOINT, pc=pc, addr=getattr(result, "addr", 0) or 0,
+                        watch_kind=getattr(result, "watch_kind", "watch") or "watch")
+        if pending is not None:
+            reason, msg = pending
+            if reason == "device":
+                return Stop(STOP_DEVICE, pc=pc, message=msg)
+            if reason == "reset":
+                return Stop(STOP_RESET, pc=pc, message=msg)
+            return Stop(STOP_INTERRUPT, pc=pc, message=msg or reason)
+        if kind == "breakpoint" or pc in self._breakpoints:
+            return Stop(STOP_BREAKPOINT, pc=pc)
+        if kind in ("reset", "reboot"):
+            return Stop(STOP_RESET, pc=pc, message=message)
+        if kind in ("limit", "budget", "instructions", "max_instructions"):
+            return Stop(STOP_LIMIT, pc=pc)
+        if result is None:
+            return Stop(STOP_LIMIT, pc=pc)
+        if isinstance(result, int) and not isinstance(result, bool):
+            return Stop(STOP_EXITED, pc=pc, exit_status=result)
+        return Stop(STOP_INTERRUPT, pc=pc, message=message or kind)
+
+
+def _result_kind(result) -> str:
+    if result is None or isinstance(result, int):
+        return ""
+    if isinstance(result, str):
+        return result.lower()
+    for attr in ("kind", "reason", "name"):
+        value = getattr(result, attr, None)
+        if isinstance(value, str):
+            return value.lower()
+        if value is not None and hasattr(value, "name"):
+            return str(value.name).lower()
+    return type(result).__name__.lower()
+
+
+def _result_status(result) -> int | None:
+    if isinstance(result, int) and not isinstance(result, bool):
+        return result
+    for attr in ("exit_status", "status", "code"):
+        value = getattr(result, attr, None)
+        if isinstance(value, int):
+            return value
+    return None
+
+
+def _result_message(result) -> str:
+    for attr in ("message", "report", "detail"):
+        value = getattr(result, attr, None)
+        if isinstance(value, str):
+            return value
+    return ""
+
+
+# ----------------------------------------------------------------------------------------------
+# The debug loop: gdb, the monitor console and device breakpoints around one target
+# ----------------------------------------------------------------------------------------------
+
+class MonitorConsole:
+    """`-monitor stdio`: a line-oriented monitor on a pair of file descriptors, read without
+    blocking between slices and blocking while the guest is stopped."""
+
+    PROMPT = "(qemu) "
+
+    def __init__(self, infd: int, out):
+        self.infd = infd
+        self.out = out
+        self.buf = b""
+        self.closed = False
+
+    def greet(self) -> None:
+        self.write("machine monitor - type 'help' for more information\n" + self.PROMPT)
+
+    def write(self, text: str) -> None:
+        try:
+            self.out.write(text)
+            self.out.flush()
+        except (OSError, ValueError):
+            pass
+
+    def read_lines(self) -> list[str]:
+        import os
+        try:
+            data = os.read(self.infd, 4096)
+        except (BlockingIOError, InterruptedError):
+            return []
+        except OSError:
+            data = b""
+        if not data:
+            self.closed = True          # EOF: stop watching, keep the guest running
+            return []
+        self.buf += data
+        *lines, self.buf = self.buf.split(b"\n")
+        return [ln.decode("utf-8", "replace").rstrip("\r") for ln in lines]
+
+
+class Debugger:
+    """Owns the run loop while a debugger is configured (`-s`/`-gdb`, `-S`, `-monitor stdio`).
+
+    `run()` returns the process exit status, like `Machine.run()`. While the guest runs, the
+    target calls `_poll` between instruction slices (one `select` with timeout 0); while it is
+    stopped, `_wait_stopped` blocks in `select` on the gdb sockets and the monitor console.
+    """
+
+    def __init__(self, target, machine=None, gdb=None, console: MonitorConsole | None = None,
+                 start_stopped: bool = False):
+        from .breakpoints import DeviceBreakpoints
+        from .monitor import Monitor
+        self.target = target
+        self.machine = machine
+        self.gdb = gdb
+        self.console = console
+        self.start_stopped = start_stopped
+        self.breakpoints = DeviceBreakpoints(self._device_hit)
+        self.monitor = Monitor(target, machine, self.breakpoints, on_quit=self._quit,
+                               on_reset=self._reset, on_stop=self._console_stop,
+                               on_cont=self._console_cont)
+        if gdb is not None:
+            # gdb has its own continue/^C; `monitor stop|cont` there would confuse its state.
+            gdb_monitor = Monitor(target, machine, self.breakpoints, on_quit=self._quit,
+                                  on_reset=self._reset)
+            gdb.monitor = gdb_monitor.execute
+        self.quit_requested = False
+        self._reset_pending = False
+        self._cont_requested = False
+        self._stop_requested = False
+        self.running = False
+        self.exit_status = 0
+        self._dead: Stop | None = None      # a fatal fault gdb is looking at
+
+    # -- callbacks ----------------------------------------------------------------------------------
+    def _device_hit(self, bp, message: str) -> None:
+        self.target.request_stop("device", message)
+
+    def _quit(self) -> None:
+        self.quit_requested = True
+        if self.running:
+            self.target.request_stop("quit")
+
+    def _reset(self) -> None:
+        if self.running:
+            self._reset_pending = True
+            self.target.request_stop("reset")
+        else:
+            self.target.reset()
+
+    def _console_stop(self) -> None:
+        if self.running:
+            self._stop_requested = True
+
+    def _console_cont(self) -> None:
+        self._cont_requested = True
+
+    # -- polling while running ----------------------------------------------------------------------
+    def _poll(self) -> str | None:
+        reason = self.gdb.poll() if self.gdb is not None else None
+        if reason:
+            return reason
+        if self.console is not None and not self.console.closed:
+            import select
+            r, _, _ = select.select([self.console.infd], [], [], 0)
+            if r:
+                self._console_lines()
+        if self.quit_requested:
+            return "quit"
+        if self._reset_pending:
+            return "reset"
+        if self._stop_requested:
+            self._stop_requested = False
+            return "interrupt"
+        return None
+
+    def _console_lines(self) -> None:
+        for line in self.console.read_lines():
+            out = self.monitor.execute(line)
+            self.console.write(out + self.console.PROMPT)
+
+    # -- waiting while stopped ----------------------------------------------------------------------
+    def _can_resume(self) -> bool:
+        return (self.gdb is not None) or (self.console is not None and not self.console.closed)
+
+    def _wait_stopped(self):
+        """Block until gdb or the console gives the guest back; returns an Action."""
+        import select
+        from .gdbstub import Action
+        self._cont_requested = False
+        while True:
+            if self.quit_requested:
+                return Action("kill")
+            if not self._can_resume():
+                return Action("continue")
+            fds = list(self.gdb.fds()) if self.gdb is not None else []
+            if self.console is not None and not self.console.closed:
+                fds.append(self.console.infd)
+            readable, _, _ = select.select(fds, [], [])
+            if self.console is not None and self.console.infd in readable:
+                self._console_lines()
+                if self._cont_requested:
+                    self._cont_requested = False
+                    return Action("continue")
+            if self.gdb is not None and any(s in readable for s in self.gdb.fds()):
+                action = self.gdb.on_readable(readable)
+                if action is not None:
+                    if action.kind == "detach" and self.console is not None and not self.gdb.has_client:
+                        # QEMU resumes the guest when gdb detaches.
+                        return Action("continue")
+                    return action
+
+    # -- the loop -----------------------------------------------------------------------------------
+    def run(self) -> int:
+        if self.console is not None:
+            self.console.greet()
+        stopped = self.start_stopped
+        if self.gdb is not None:
+            self.gdb.last_stop = Stop(STOP_STEP, pc=self._pc())
+        try:
+            while True:
+                if self.quit_requested:
+                    return self.exit_status
+                if stopped:
+                    action = self._wait_stopped()
+                    if action.kind == "kill":
+                        return self.exit_status
+                    if self._dead is not None:
+                        # Nothing can run after a fatal fault: the machine ends here.
+                        self.gdb.report_exit(Stop(STOP_EXITED, exit_status=self.exit_status))
+                        return self.exit_status
+                    if action.kind == "step":
+                        stop = self.target.step(irqs=action.irqs)
+                        if self._handle(stop):
+                            return self.exit_status
+                        continue
+                    stopped = False
+                self.running = True
+                try:
+                    stop = self.target.resume(self._poll)
+                finally:
+                    self.running = False
+                done = self._handle(stop)
+                if done:
+                    return self.exit_status
+                stopped = self._stopped_after(stop)
+        finally:
+            if self.gdb is not None:
+                self.gdb.close()
+
+    def _pc(self) -> int:
+        try:
+            regs = self.target.read_registers()
+        except Exception:
+            return 0
+        return regs.get("eip", regs.get("rip", 0))
+
+    def _handle(self, stop: Stop) -> bool:
+        """Report a stop; True when the machine is finished."""
+        if stop.kind == STOP_EXITED:
+            self.exit_status = stop.exit_status or 0
+            if self.gdb is not None:
+                self.gdb.report_exit(stop)
+            return True
+        if stop.kind == STOP_FAULT:
+            self.exit_status = stop.exit_status if stop.exit_status is not None else 2
+            if self.gdb is not None and self.gdb.has_client and self.gdb.waiting:
+                # Let the user look at the corpse; the next resume ends the machine.
+                self.gdb.report_stop(stop)
+                self._dead = stop
+                return False
+            if self.console is not None and stop.message:
+                self.console.write("\n" + stop.message.rstrip("\n") + "\n")
+            return True
+        if stop.kind == STOP_RESET and self._reset_pending:
+            self._reset_pending = False
+            self.target.reset()
+            return False
+        if stop.kind in (STOP_RESET, STOP_LIMIT):
+            return False
+        if stop.message == "quit" or self.quit_requested:
+            return True
+        if stop.message == "attach":
+            if self.gdb is not None:
+                self.gdb.last_stop = Stop(STOP_INTERRUPT, pc=stop.pc)
+            return False
+        if self.gdb is not None:
+            self.gdb.report_stop(stop)
+        if self.console is not None and (stop.message or stop.kind != STOP_STEP):
+            what = stop.message if stop.kind == STOP_DEVICE else f"stopped ({stop.kind}) at {stop.pc:#x}"
+            self.console.write(f"\n{what}\n{self.console.PROMPT}")
+        return False
+
+    def _stopped_after(self, stop: Stop) -> bool:
+        if self._dead is not None:
+            return True
+        return stop.kind not in (STOP_RESET, STOP_LIMIT) and self._can_resume()
+
+
+def elf_arch(path) -> str:
+    """'x86-64' for an ELF64 file, else 'i386' (what gdb needs to hear for a 32-bit guest)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(5)
+    except (OSError, TypeError):
+        return "i386"
+    return "x86-64" if head[:4] == b"\x7fELF" and head[4] == 2 else "i386"
+
+
+def attach_debugger(machine, config) -> "Debugger | None":
+    """Wire `-gdb`/`-s`, `-S` and `-monitor stdio` around a built machine. Returns None when
+    none is asked for (then nothing of the debugger exists and `machine.run()` runs alone);
+    otherwise a Debugger whose `run()` replaces `machine.run()`."""
+    import sys
+    from ..config import ConfigError
+    from .gdbstub import GdbStub, parse_gdb_address
+    monitor = (config.monitor or "none").lower()
+    if monitor not in ("stdio", "none", "null", "vc"):
+        raise ConfigError(f"-monitor {config.monitor}: only 'stdio' and 'none' are supported")
+    if not config.gdb and not config.start_stopped and monitor != "stdio":
+        return None
+    target = MachineTarget(machine, arch="i386")
+    gdb = None
+    if config.gdb and config.gdb.lower() != "none":
+        try:
+            host, port = parse_gdb_address(config.gdb)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+        gdb = GdbStub(target, host=host, port=port)
+        try:
+            gdb.listen()
+        except OSError as exc:
+            raise ConfigError(f"-gdb {config.gdb}: Failed to bind socket: {exc.strerror or exc}") from None
+    console = MonitorConsole(sys.stdin.fileno(), sys.stdout) if monitor == "stdio" else None
+    return Debugger(target, machine, gdb=gdb, console=console, start_stopped=config.start_stopped)
