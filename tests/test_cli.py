@@ -371,3 +371,62 @@ def test_bundled_defaults_fill_only_what_is_missing(files, monkeypatch):
     assert run.temp_image is None and not run.map_status
     assert [d.file for d in cfg.drives] == [Path("d.img")] and len(cfg.devices) == 1
     assert not cli.uses_bundled_guest(parse_args(["-kernel", "k.elf"]))
+
+
+# ------------------------------------------------------------------ main() with a stand-in board
+
+class FakeMachine:
+    """Records the config main() hands over and returns a chosen status."""
+    status = 1
+    seen = []
+    error: Exception | None = None
+
+    def __init__(self, config):
+        if FakeMachine.error is not None:
+            raise FakeMachine.error
+        self.config = config
+        FakeMachine.seen.append(config)
+
+    def run(self):
+        assert self.config.drives[0].file.exists()
+        return FakeMachine.status
+
+
+@pytest.fixture
+def fake_board(files, monkeypatch):
+    import types
+    import machine.toolchain
+    module = types.ModuleType("machine.pc")
+    module.Machine = FakeMachine
+    monkeypatch.setitem(sys.modules, "machine.pc", module)
+    monkeypatch.setattr(machine.toolchain, "ensure_built", lambda d, t: files / "k.elf")
+    FakeMachine.seen, FakeMachine.error = [], None
+    return FakeMachine
+
+
+@pytest.mark.parametrize("status,expected", [(1, 0), (3, 1), (0, 2)])
+def test_main_default_run_maps_selftest_status(fake_board, capsys, status, expected):
+    fake_board.status = status
+    assert main([]) == expected
+    (cfg,) = fake_board.seen
+    assert not cfg.drives[0].file.exists()        # the temporary image is gone afterwards
+    assert cfg.no_reboot and cfg.devices[0].props == {"iobase": "0xf4", "iosize": "0x04"}
+
+
+def test_main_explicit_debug_exit_returns_qemu_status(fake_board):
+    fake_board.status = 1
+    assert main(["-kernel", "k.elf", "-drive", "file=d.img",
+                 "-device", "isa-debug-exit,iobase=0xf4,iosize=0x04"]) == 1
+    fake_board.status = 7
+    assert main(["-device", "isa-debug-exit,iobase=0xf4,iosize=0x04"]) == 7   # bundled guest too
+
+
+def test_main_board_errors_are_one_line(fake_board, capsys):
+    fake_board.error = ConfigError("-device virtio-blk-pci: Property 'queue-size' must be a power of 2")
+    assert main(["-kernel", "k.elf", "-drive", "file=d.img"]) == 1
+    assert capsys.readouterr().err == \
+        "machine: -device virtio-blk-pci: Property 'queue-size' must be a power of 2\n"
+    fake_board.error = FileNotFoundError(2, "No such file or directory", "gone.img")
+    assert main(["-kernel", "k.elf", "-drive", "file=d.img"]) == 1
+    assert capsys.readouterr().err == \
+        "machine: Could not open 'gone.img': No such file or directory\n"
