@@ -1,1 +1,59 @@
-"""block"""
+"""Block backends: where a disk's bytes live (a raw image file, or a throw-away overlay on one).
+
+`open_drive()` turns a -drive into a backend, or a ConfigError with the one line the user sees.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+
+from ..config import ConfigError, DriveConfig
+from .lock import try_lock
+from .raw import SECTOR, BlockBackend, RawImage
+from .snapshot import SnapshotOverlay
+
+__all__ = ["BlockBackend", "RawImage", "SnapshotOverlay", "open_drive", "SECTOR"]
+
+CACHE_MODES = ("writeback", "writethrough", "none", "unsafe")
+DISCARD_MODES = {"ignore": False, "off": False, "unmap": True, "on": True}
+
+
+def open_drive(drive: DriveConfig, *, snapshot: bool = False) -> BlockBackend:
+    """Open the image of one -drive. `snapshot` (or drive.snapshot) puts a throw-away overlay on
+    top; the image itself is then opened read-only and never modified."""
+    if drive.file is None:
+        raise ConfigError("drive has no file= (an empty drive is not supported)")
+    path = str(drive.file)
+    if drive.format != "raw":
+        raise ConfigError(f"drive format '{drive.format}' is not supported (only 'raw')")
+    if drive.cache not in CACHE_MODES:
+        raise ConfigError(f"invalid cache option '{drive.cache}'")
+    if drive.discard not in DISCARD_MODES:
+        raise ConfigError(f"invalid discard option '{drive.discard}'")
+    use_overlay = snapshot or drive.snapshot
+    read_only = drive.readonly or use_overlay
+    try:
+        fd = os.open(path, (os.O_RDONLY if read_only else os.O_RDWR) | os.O_CLOEXEC)
+    except OSError as e:
+        raise ConfigError(f"Could not open '{path}': {e.strerror}") from None
+    try:
+        st = os.fstat(fd)
+        if stat.S_ISDIR(st.st_mode):
+            raise ConfigError(f"Could not open '{path}': Is a directory")
+        size = st.st_size if stat.S_ISREG(st.st_mode) else os.lseek(fd, 0, os.SEEK_END)
+        if size % SECTOR:
+            raise ConfigError(f"'{path}': image size {size} is not a multiple of {SECTOR} bytes")
+        if not try_lock(fd, exclusive=not read_only):
+            what = "write" if not read_only else "shared \"write\""
+            raise ConfigError(f"Failed to get {what} lock on '{path}': is another process using the image?")
+    except BaseException:
+        os.close(fd)
+        raise
+    raw = RawImage(fd, size, read_only=read_only, filename=path, cache=drive.cache,
+                   discard_unmap=DISCARD_MODES[drive.discard])
+    if use_overlay:
+        overlay = SnapshotOverlay(raw)
+        overlay.read_only = drive.readonly
+        return overlay
+    return raw

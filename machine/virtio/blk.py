@@ -1,0 +1,371 @@
+"""virtio-blk (VIRTIO 1.2 section 5.2): config space, feature set and request handling.
+
+Requests complete synchronously inside the queue notify: the request is parsed from the chain
+(header gathered from any number of readable descriptors into one host copy, status = the last
+byte of the last writable descriptor), data moves straight between the image and guest RAM
+views, the status byte is written and the chain is put on the used ring with len = the exact
+number of bytes written. Structural violations (no header, no status) are ring errors
+(DEVICE_NEEDS_RESET, as QEMU's virtio_error); everything else gets OK/IOERR/UNSUPP.
+"""
+
+from __future__ import annotations
+
+import struct
+
+from .. import trace
+from ..block import BlockBackend
+from ..config import ConfigError
+from ..memory import GuestMemory
+from . import props as P
+from .device import VIRTIO_QUEUE_MAX, VirtioDevice, bit
+from .queue import QUEUE_MAX_SIZE, Chain, SplitQueue, VirtqueueError, is_power_of_2
+
+VIRTIO_ID_BLOCK = 2
+
+# Feature bits (5.2.3)
+VIRTIO_BLK_F_SIZE_MAX = 1
+VIRTIO_BLK_F_SEG_MAX = 2
+VIRTIO_BLK_F_GEOMETRY = 4
+VIRTIO_BLK_F_RO = 5
+VIRTIO_BLK_F_BLK_SIZE = 6
+VIRTIO_BLK_F_FLUSH = 9
+VIRTIO_BLK_F_TOPOLOGY = 10
+VIRTIO_BLK_F_CONFIG_WCE = 11
+VIRTIO_BLK_F_MQ = 12
+VIRTIO_BLK_F_DISCARD = 13
+VIRTIO_BLK_F_WRITE_ZEROES = 14
+
+# Request types and status (5.2.6)
+VIRTIO_BLK_T_IN = 0
+VIRTIO_BLK_T_OUT = 1
+VIRTIO_BLK_T_FLUSH = 4
+VIRTIO_BLK_T_GET_ID = 8
+VIRTIO_BLK_T_DISCARD = 11
+VIRTIO_BLK_T_WRITE_ZEROES = 13
+VIRTIO_BLK_S_OK = 0
+VIRTIO_BLK_S_IOERR = 1
+VIRTIO_BLK_S_UNSUPP = 2
+VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP = 1
+VIRTIO_BLK_ID_BYTES = 20
+
+SECTOR = 512
+# 0x7fffffff bytes rounded down to sectors: QEMU's default for the discard/write-zeroes maxima.
+REQUEST_MAX_SECTORS = 0x7FFFFE00 >> 9
+
+CONFIG = struct.Struct("<QIIHBBIBBHIBBHIIIIIB3x")     # struct virtio_blk_config up to write_zeroes_may_unmap
+CONFIG_SIZE = CONFIG.size                             # 60, as QEMU with discard + write-zeroes
+OFF_WRITEBACK = 32
+_HDR = struct.Struct("<IIQ")
+_SEG = struct.Struct("<QII")
+
+EV_READ = trace.Event("virtio_blk_handle_read", "vdev={vdev} req={req} sector={sector} nsectors={nsectors}")
+EV_WRITE = trace.Event("virtio_blk_handle_write", "vdev={vdev} req={req} sector={sector} nsectors={nsectors}")
+EV_COMPLETE = trace.Event("virtio_blk_req_complete", "vdev={vdev} req={req} status={status}")
+
+
+def _gather(mem: GuestMemory, segs: list[tuple[int, int]], skip: int, length: int) -> bytes:
+    """`length` bytes starting `skip` bytes into the scattered buffer, copied once."""
+    out = bytearray()
+    for addr, n in segs:
+        if skip >= n:
+            skip -= n
+            continue
+        take = min(n - skip, length - len(out))
+        out += mem.read(addr + skip, take)
+        skip = 0
+        if len(out) == length:
+            break
+    return bytes(out)
+
+
+def _tail(segs: list[tuple[int, int]], skip: int) -> list[tuple[int, int]]:
+    """The segments after the first `skip` bytes."""
+    out = []
+    for addr, n in segs:
+        if skip >= n:
+            skip -= n
+            continue
+        out.append((addr + skip, n - skip))
+        skip = 0
+    return out
+
+
+class VirtioBlk(VirtioDevice):
+    """A virtio-blk device on a BlockBackend. `props` are QEMU's -device property strings."""
+
+    PROPERTIES = ("num-queues", "queue-size", "serial", "logical_block_size", "physical_block_size",
+                  "min_io_size", "opt_io_size", "config-wce", "discard", "write-zeroes",
+                  "max-discard-sectors", "max-write-zeroes-sectors", "cyls", "heads", "secs",
+                  "seg-max-adjust")
+
+    def __init__(self, backend: BlockBackend, mem: GuestMemory, props: dict[str, str] | None = None):
+        super().__init__("virtio-blk", VIRTIO_ID_BLOCK, mem)
+        self.backend = backend
+        self.props = dict(props or {})
+        self.flush_failed = False      # a failed fdatasync poisons every later FLUSH (QEMU does too)
+
+    # -- realize -----------------------------------------------------------------------------------
+    def realize(self) -> None:
+        p = self.props
+        unknown = sorted(set(p) - set(self.PROPERTIES))
+        if unknown:
+            raise ConfigError(f"virtio-blk: unknown property '{unknown[0]}'")
+        nq = P.parse_int("num-queues", p.get("num-queues", "1"), 1, VIRTIO_QUEUE_MAX)
+        qsize = P.parse_int("queue-size", p.get("queue-size", "256"), 2, QUEUE_MAX_SIZE)
+        if not is_power_of_2(qsize):
+            raise ConfigError("queue-size property must be a power of 2")
+        lbs = P.parse_size("logical_block_size", p.get("logical_block_size", "512"), 512, 32768)
+        pbs = P.parse_size("physical_block_size", p.get("physical_block_size", str(lbs)), 512, 32768)
+        for name, v in (("logical_block_size", lbs), ("physical_block_size", pbs)):
+            if not is_power_of_2(v):
+                raise ConfigError(f"Property {name} must be a power of 2")
+        if pbs < lbs:
+            raise ConfigError("physical_block_size must not be smaller than logical_block_size")
+        min_io = P.parse_size("min_io_size", p.get("min_io_size", "0"), 0, 0xFFFF * lbs)
+        opt_io = P.parse_size("opt_io_size", p.get("opt_io_size", "0"), 0, 0xFFFFFFFF * lbs)
+        wce = P.parse_bool("config-wce", p.get("config-wce", "on"))
+        discard = P.parse_bool("discard", p.get("discard", "on"))
+        wzeroes = P.parse_bool("write-zeroes", p.get("write-zeroes", "on"))
+        seg_adjust = P.parse_bool("seg-max-adjust", p.get("seg-max-adjust", "on"))
+        max_discard = P.parse_int("max-discard-sectors", p.get("max-discard-sectors", str(REQUEST_MAX_SECTORS)),
+                                  1, REQUEST_MAX_SECTORS)
+        max_wz = P.parse_int("max-write-zeroes-sectors", p.get("max-write-zeroes-sectors", str(REQUEST_MAX_SECTORS)),
+                             1, REQUEST_MAX_SECTORS)
+        serial = p.get("serial", "")
+        self.serial = serial.encode("utf-8", "replace")[:VIRTIO_BLK_ID_BYTES]   # QEMU truncates too
+        self.lbs = lbs
+        self.capacity = self.backend.size // SECTOR
+        if self.backend.size % lbs:
+            raise ConfigError(f"image size {self.backend.size} is not a multiple of logical_block_size {lbs}")
+        self.max_discard, self.max_wz = max_discard, max_wz
+
+        cyls = min(self.capacity // (16 * 63), 16383)
+        cyls = P.parse_int("cyls", p.get("cyls", str(cyls)), 0, 65535)
+        heads = P.parse_int("heads", p.get("heads", "16"), 0, 255)
+        secs = P.parse_int("secs", p.get("secs", "63"), 0, 255)
+
+        f = self.host_features
+        f |= bit(VIRTIO_BLK_F_SEG_MAX) | bit(VIRTIO_BLK_F_GEOMETRY) | bit(VIRTIO_BLK_F_BLK_SIZE)
+        f |= bit(VIRTIO_BLK_F_FLUSH) | bit(VIRTIO_BLK_F_TOPOLOGY)
+        # SIZE_MAX is not offered, as QEMU's default (size_max = 0): SeaBIOS multiplies
+        # size_max by seg_max in 32 bits when both are offered.
+        if wce:
+            f |= bit(VIRTIO_BLK_F_CONFIG_WCE)
+        if nq > 1:
+            f |= bit(VIRTIO_BLK_F_MQ)
+        if discard:
+            f |= bit(VIRTIO_BLK_F_DISCARD)
+        if wzeroes:
+            f |= bit(VIRTIO_BLK_F_WRITE_ZEROES)
+        if self.backend.read_only:
+            f |= bit(VIRTIO_BLK_F_RO)
+        self.host_features = f
+
+        self.default_writeback = 0 if self.backend.cache == "writethrough" else 1
+        phys_exp = (pbs // lbs).bit_length() - 1
+        self.config = bytearray(CONFIG.pack(
+            self.capacity, 0, qsize - 2 if seg_adjust else 126,
+            cyls, heads, secs, lbs,
+            phys_exp, 0, min_io // lbs, opt_io // lbs,
+            self.default_writeback, 0, nq,
+            max_discard, 1, lbs // SECTOR,
+            max_wz, 1, 1))
+        for _ in range(nq):
+            self.add_queue(qsize, self.handle_queue)
+
+    # -- negotiation and config --------------------------------------------------------------------
+    def features_ok(self, features: int) -> bool:
+        # 5.2.5.1: CONFIG_WCE without FLUSH means the device starts in writethrough mode.
+        if features >> VIRTIO_BLK_F_CONFIG_WCE & 1 and not features >> VIRTIO_BLK_F_FLUSH & 1:
+            self.config[OFF_WRITEBACK] = 0
+        return True
+
+    def device_reset(self) -> None:
+        self.config[OFF_WRITEBACK] = self.default_writeback
+
+    def write_config(self, offset: int, size: int, value: int) -> None:
+        """Only `writeback` is writable, and only once CONFIG_WCE is negotiated (5.2.4)."""
+        if offset == OFF_WRITEBACK and size == 1 and self.has_feature(VIRTIO_BLK_F_CONFIG_WCE):
+            self.config[OFF_WRITEBACK] = 1 if value & 0xFF else 0
+            return
+        trace.guest_error(f"virtio-blk: config write {offset:#x}+{size} = {value:#x} ignored")
+
+    def writeback(self) -> bool:
+        """Is the volatile write cache on? (5.2.6.2: which writes must be stable at completion)"""
+        if self.has_feature(VIRTIO_BLK_F_CONFIG_WCE):
+            return bool(self.config[OFF_WRITEBACK])
+        return self.has_feature(VIRTIO_BLK_F_FLUSH)
+
+    @property
+    def read_only(self) -> bool:
+        return self.backend.read_only
+
+    # -- the queue handler ---------------------------------------------------------------------------
+    def handle_queue(self, q: SplitQueue) -> None:
+        used = False
+        while True:
+            q.suppress_kicks(True)
+            while (chain := q.pop()) is not None:
+                q.push(chain.head, self.handle_request(chain))
+                used = True
+            q.suppress_kicks(False)
+            if not q.has_pending():     # buffers added while kicks were off
+                break
+        if used:
+            self.notify(q)
+
+    def handle_request(self, chain: Chain) -> int:
+        """Carry out one request; returns used.len (bytes written to the guest, status included)."""
+        if not chain.readable or not chain.writable:
+            raise VirtqueueError("virtio-blk missing headers")
+        if chain.readable_len < _HDR.size:
+            raise VirtqueueError("virtio-blk request outhdr too short")
+        mem = self.mem
+        rtype, _ioprio, sector = _HDR.unpack(_gather(mem, chain.readable, 0, _HDR.size))
+        last_addr, last_len = chain.writable[-1]
+        status_addr = last_addr + last_len - 1
+        written = 0
+        if rtype == VIRTIO_BLK_T_IN:
+            segs = chain.writable[:-1]
+            if last_len > 1:
+                segs.append((last_addr, last_len - 1))
+            status, written = self._read(chain.head, sector, segs, chain.writable_len - 1)
+        elif rtype == VIRTIO_BLK_T_OUT:
+            status = self._write(chain.head, sector, _tail(chain.readable, _HDR.size),
+                                 chain.readable_len - _HDR.size)
+        elif rtype == VIRTIO_BLK_T_FLUSH:
+            status = self._flush()
+        elif rtype == VIRTIO_BLK_T_GET_ID:
+            segs = chain.writable[:-1]
+            if last_len > 1:
+                segs.append((last_addr, last_len - 1))
+            written = self._get_id(segs, chain.writable_len - 1)
+            status = VIRTIO_BLK_S_OK
+        elif rtype in (VIRTIO_BLK_T_DISCARD, VIRTIO_BLK_T_WRITE_ZEROES):
+            status = self._discard_or_zero(rtype, chain)
+        else:
+            # Unknown types, legacy SCSI commands and the legacy BARRIER bit (QEMU masks it out
+            # and carries on; the spec defines no such type for 1.x devices).
+            status = VIRTIO_BLK_S_UNSUPP
+        mem.write_u8(status_addr, status)
+        if EV_COMPLETE.enabled:
+            EV_COMPLETE.emit(vdev=self.name, req=chain.head, status=status)
+        return written + 1
+
+    def _range_ok(self, sector: int, nbytes: int) -> bool:
+        """Sector ranges in exact integer arithmetic (no wrap-around): aligned to the logical
+        block size and wholly inside the disk."""
+        if nbytes % SECTOR or nbytes % self.lbs or sector % (self.lbs // SECTOR):
+            return False
+        n = nbytes // SECTOR
+        return sector <= self.capacity and n <= self.capacity - sector
+
+    def _sync_if_writethrough(self) -> bool:
+        if self.writeback() or self.backend.cache == "unsafe":
+            return True
+        try:
+            self.backend.flush()
+        except OSError as e:
+            self.flush_failed = True
+            trace.guest_error(f"virtio-blk: sync failed: {e}")
+            return False
+        return True
+
+    def _read(self, req: int, sector: int, segs: list[tuple[int, int]], nbytes: int) -> tuple[int, int]:
+        if EV_READ.enabled:
+            EV_READ.emit(vdev=self.name, req=req, sector=sector, nsectors=nbytes // SECTOR)
+        if not self._range_ok(sector, nbytes):
+            return VIRTIO_BLK_S_IOERR, 0
+        if not nbytes:
+            return VIRTIO_BLK_S_OK, 0
+        mem = self.mem
+        views = [mem.view(a, n) for a, n in segs]
+        try:
+            got = self.backend.readv(sector * SECTOR, views)
+        except OSError as e:
+            trace.guest_error(f"virtio-blk: read error: {e}")
+            return VIRTIO_BLK_S_IOERR, 0
+        left = got
+        for a, n in segs:                      # tell the CPU which guest bytes changed
+            if left <= 0:
+                break
+            mem.notify_write(a, min(n, left))
+            left -= n
+        return (VIRTIO_BLK_S_OK if got == nbytes else VIRTIO_BLK_S_IOERR), got
+
+    def _write(self, req: int, sector: int, segs: list[tuple[int, int]], nbytes: int) -> int:
+        if EV_WRITE.enabled:
+            EV_WRITE.emit(vdev=self.name, req=req, sector=sector, nsectors=nbytes // SECTOR)
+        if self.backend.read_only:
+            return VIRTIO_BLK_S_IOERR          # 5.2.6.2: and MUST NOT write any data
+        if not self._range_ok(sector, nbytes):
+            return VIRTIO_BLK_S_IOERR
+        if not nbytes:
+            return VIRTIO_BLK_S_OK
+        mem = self.mem
+        try:
+            done = self.backend.writev(sector * SECTOR, [mem.view(a, n) for a, n in segs])
+        except OSError as e:
+            trace.guest_error(f"virtio-blk: write error: {e}")
+            return VIRTIO_BLK_S_IOERR
+        if done != nbytes or not self._sync_if_writethrough():
+            return VIRTIO_BLK_S_IOERR
+        return VIRTIO_BLK_S_OK
+
+    def _flush(self) -> int:
+        """FLUSH reaches stable storage before completing OK. The sector field is ignored (as
+        QEMU). Served even if FLUSH was not negotiated: it is always safe to flush."""
+        if self.flush_failed:
+            return VIRTIO_BLK_S_IOERR
+        if self.backend.cache == "unsafe":
+            return VIRTIO_BLK_S_OK             # cache=unsafe: flushes are ignored, as QEMU
+        try:
+            self.backend.flush()
+        except OSError as e:
+            # After a failed fdatasync the kernel may have dropped the dirty pages and a retry
+            # would "succeed"; so every later flush must fail too.
+            self.flush_failed = True
+            trace.guest_error(f"virtio-blk: flush failed: {e}")
+            return VIRTIO_BLK_S_IOERR
+        return VIRTIO_BLK_S_OK
+
+    def _get_id(self, segs: list[tuple[int, int]], room: int) -> int:
+        """The serial as a 20-byte, NUL-padded field, cut to the buffer: at most 20 bytes."""
+        ident = self.serial.ljust(VIRTIO_BLK_ID_BYTES, b"\0")[:min(room, VIRTIO_BLK_ID_BYTES)]
+        pos = 0
+        for a, n in segs:
+            if pos >= len(ident):
+                break
+            chunk = ident[pos:pos + n]
+            self.mem.write(a, chunk)
+            pos += len(chunk)
+        return pos
+
+    def _discard_or_zero(self, rtype: int, chain: Chain) -> int:
+        discard = rtype == VIRTIO_BLK_T_DISCARD
+        if not self.has_feature(VIRTIO_BLK_F_DISCARD if discard else VIRTIO_BLK_F_WRITE_ZEROES):
+            return VIRTIO_BLK_S_UNSUPP
+        payload = chain.readable_len - _HDR.size
+        if payload < _SEG.size:
+            raise VirtqueueError("virtio-blk discard/write_zeroes header too short")
+        if payload > _SEG.size:                # more segments than max_*_seg (1), as QEMU
+            return VIRTIO_BLK_S_UNSUPP
+        sector, nsect, flags = _SEG.unpack(_gather(self.mem, chain.readable, _HDR.size, _SEG.size))
+        if flags & ~VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP or (discard and flags):
+            return VIRTIO_BLK_S_UNSUPP         # 5.2.6.2: unknown flags; unmap on discard
+        if self.backend.read_only:
+            return VIRTIO_BLK_S_IOERR
+        if nsect > (self.max_discard if discard else self.max_wz):
+            return VIRTIO_BLK_S_IOERR
+        if not self._range_ok(sector, nsect * SECTOR):
+            return VIRTIO_BLK_S_IOERR
+        try:
+            if discard:
+                self.backend.discard(sector * SECTOR, nsect * SECTOR)
+            else:
+                self.backend.write_zeroes(sector * SECTOR, nsect * SECTOR,
+                                          bool(flags & VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP))
+        except OSError as e:
+            trace.guest_error(f"virtio-blk: {'discard' if discard else 'write zeroes'} failed: {e}")
+            return VIRTIO_BLK_S_IOERR
+        return VIRTIO_BLK_S_OK if self._sync_if_writethrough() else VIRTIO_BLK_S_IOERR

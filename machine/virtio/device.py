@@ -1,0 +1,305 @@
+"""The transport-independent virtio device (VIRTIO 1.2 chapters 2-3): feature negotiation, the
+device status state machine, config space with its generation counter, reset, the queues and
+the error state (DEVICE_NEEDS_RESET).
+
+A transport (virtio/pci.py) owns the registers and calls in here; it learns about interrupts
+through `interrupt_changed`, which it sets, and gates DMA through `dma_allowed` (PCI bus
+mastering). Devices subclass `VirtioDevice` and implement `realize()`, `features_ok()`,
+`device_reset()` and `write_config()`.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from .. import trace
+from ..config import ConfigError
+from ..memory import GuestMemory, GuestMemoryError, ones
+from .queue import QUEUE_MAX_SIZE, SplitQueue, VirtqueueError, is_power_of_2
+
+# Device status bits (2.1)
+ACKNOWLEDGE = 1
+DRIVER = 2
+DRIVER_OK = 4
+FEATURES_OK = 8
+DEVICE_NEEDS_RESET = 64
+FAILED = 128
+
+# Transport/ring feature bits (6)
+VIRTIO_F_NOTIFY_ON_EMPTY = 24      # legacy only
+VIRTIO_F_ANY_LAYOUT = 27           # legacy only; always true for modern devices
+VIRTIO_F_INDIRECT_DESC = 28
+VIRTIO_F_EVENT_IDX = 29
+VIRTIO_F_BAD_FEATURE = 30          # legacy: a driver that sets it is broken
+VIRTIO_F_VERSION_1 = 32
+
+# ISR bits (4.1.4.5)
+ISR_QUEUE = 1
+ISR_CONFIG = 2
+
+VIRTIO_QUEUE_MAX = 1024            # queues per device, as QEMU
+
+EV_SET_STATUS = trace.Event("virtio_set_status", "vdev={vdev} val={val}")
+EV_QUEUE_NOTIFY = trace.Event("virtio_queue_notify", "vdev={vdev} n={n}")
+EV_NOTIFY = trace.Event("virtio_notify", "vdev={vdev} vq={vq}")
+EV_CONFIG_NOTIFY = trace.Event("virtio_notify_config", "vdev={vdev}")
+EV_ERROR = trace.Event("virtio_error", "vdev={vdev} {msg}")
+EV_FEATURES = trace.Event("virtio_set_features", "vdev={vdev} features={features:#x}")
+
+
+def bit(n: int) -> int:
+    return 1 << n
+
+
+class VirtioDevice:
+    """Base of every virtio device model. Public, read-only for debuggers: `status`,
+    `host_features`, `guest_features`, `queues`, `isr`, `broken`, `config`."""
+
+    def __init__(self, name: str, device_id: int, mem: GuestMemory):
+        self.name = name
+        self.device_id = device_id
+        self.mem = mem
+        self.host_features = bit(VIRTIO_F_VERSION_1) | bit(VIRTIO_F_INDIRECT_DESC) | bit(VIRTIO_F_EVENT_IDX)
+        self.guest_features = 0
+        self.status = 0
+        self.isr = 0
+        self.broken = False
+        self.config = bytearray()
+        self.config_generation = 0
+        self.queues: list[SplitQueue] = []
+        # Hooks the transport sets.
+        self.interrupt_changed: Callable[[], None] = lambda: None
+        self.dma_allowed: Callable[[], bool] = lambda: True
+
+    # -- building (realize time) ---------------------------------------------------------------
+    def add_queue(self, size: int, handler: Callable[[SplitQueue], None]) -> SplitQueue:
+        """Create queue number len(queues), of at most `size` entries; `handler(queue)` runs
+        when the driver notifies it. Bad sizes are a configuration error, not a crash."""
+        if len(self.queues) >= VIRTIO_QUEUE_MAX:
+            raise ConfigError(f"{self.name}: too many virtqueues (at most {VIRTIO_QUEUE_MAX})")
+        if not is_power_of_2(size) or size > QUEUE_MAX_SIZE:
+            raise ConfigError(f"{self.name}: queue size {size} must be a power of 2 between 1 and {QUEUE_MAX_SIZE}")
+        q = SplitQueue(len(self.queues), size, handler, self.mem)
+        self.queues.append(q)
+        return q
+
+    def realize(self) -> None:
+        """Validate properties, build config space and queues. Subclasses override."""
+
+    def has_feature(self, n: int) -> bool:
+        return bool(self.guest_features >> n & 1)
+
+    # -- feature negotiation ---------------------------------------------------------------------
+    def set_guest_features(self, value: int) -> None:
+        """A driver feature write (both halves assembled). Ignored once FEATURES_OK (or, for a
+        legacy driver, DRIVER_OK) is set; bits we never offered are kept so that FEATURES_OK can
+        refuse them, as the spec requires, instead of silently masking."""
+        if self.status & (FEATURES_OK | DRIVER_OK):
+            trace.guest_error(f"{self.name}: feature write {value:#x} after FEATURES_OK ignored")
+            return
+        self.guest_features = value & 0xFFFFFFFFFFFFFFFF
+        if EV_FEATURES.enabled:
+            EV_FEATURES.emit(vdev=self.name, features=self.guest_features)
+
+    def set_legacy_features(self, value: int) -> None:
+        """Legacy interface: 32 feature bits, the write takes effect (masked to what we offer)."""
+        if self.status & DRIVER_OK:
+            trace.guest_error(f"{self.name}: legacy feature write after DRIVER_OK ignored")
+            return
+        if value & bit(VIRTIO_F_BAD_FEATURE):
+            trace.guest_error(f"{self.name}: driver set VIRTIO_F_BAD_FEATURE")
+        self.guest_features = value & self.host_features & 0xFFFFFFFF
+
+    def features_ok(self, features: int) -> bool:
+        """Device-specific veto on a feature set (and the place to act on it)."""
+        return True
+
+    # -- status ---------------------------------------------------------------------------------
+    def set_status(self, value: int, *, modern: bool = True) -> None:
+        """A driver write of device_status. 0 resets. On the modern interface FEATURES_OK is
+        refused (not set) for a set we cannot honour; DRIVER_OK needs FEATURES_OK."""
+        value &= 0xFF
+        if EV_SET_STATUS.enabled:
+            EV_SET_STATUS.emit(vdev=self.name, val=value)
+        if value == 0:
+            self.reset()
+            return
+        old = self.status
+        if old & ~value & ~DEVICE_NEEDS_RESET:
+            # 2.1.2: the driver MUST NOT clear a status bit (other than by reset).
+            trace.guest_error(f"{self.name}: status write {value:#x} clears bits of {old:#x}; ignored")
+            return
+        value = (value & ~DEVICE_NEEDS_RESET) | (old & DEVICE_NEEDS_RESET)   # that bit is ours
+        if value & FEATURES_OK and not old & FEATURES_OK and modern:
+            if not self._negotiate(self.guest_features):
+                value &= ~FEATURES_OK
+        if value & DRIVER_OK and not old & DRIVER_OK:
+            if modern and not value & FEATURES_OK:
+                trace.guest_error(f"{self.name}: DRIVER_OK without FEATURES_OK ignored")
+                value &= ~DRIVER_OK
+            elif not modern:
+                self._negotiate_legacy()
+        self.status = value
+        if value & DRIVER_OK and not old & DRIVER_OK:
+            self._driver_ok()
+
+    def _negotiate(self, features: int) -> bool:
+        if features & ~self.host_features:
+            trace.guest_error(f"{self.name}: driver accepted features {features & ~self.host_features:#x} never offered")
+            return False
+        if not features >> VIRTIO_F_VERSION_1 & 1:
+            trace.guest_error(f"{self.name}: modern interface without VIRTIO_F_VERSION_1")
+            return False
+        if not self.features_ok(features):
+            return False
+        self._apply_ring_features()
+        return True
+
+    def _negotiate_legacy(self) -> None:
+        self.features_ok(self.guest_features)
+        self._apply_ring_features()
+
+    def _apply_ring_features(self) -> None:
+        for q in self.queues:
+            q.event_idx = self.has_feature(VIRTIO_F_EVENT_IDX)
+            q.indirect = self.has_feature(VIRTIO_F_INDIRECT_DESC)
+
+    def _driver_ok(self) -> None:
+        """Activate every enabled queue, then run kicks that arrived early (2.7.13.3: buffers
+        are not consumed before DRIVER_OK)."""
+        for q in self.queues:
+            if q.enabled and not q.active:
+                try:
+                    q.activate()
+                except VirtqueueError as e:
+                    self.virtio_error(str(e))
+                    return
+        for q in self.queues:
+            if q.pending_kick:
+                q.pending_kick = False
+                self.queue_notify(q.index)
+
+    def enable_queue(self, q: SplitQueue) -> None:
+        """The driver enabled a queue (queue_enable=1 or a legacy PFN): check its rings now."""
+        q.enabled = True
+        try:
+            q.activate()
+        except VirtqueueError as e:
+            q.active = False
+            self.virtio_error(str(e))
+
+    # -- reset ----------------------------------------------------------------------------------
+    def reset(self) -> None:
+        """Device reset (2.4). Requests complete synchronously inside a notify, so nothing is in
+        flight here: once this returns, no old request can touch memory or interrupt."""
+        self.device_reset()
+        self.status = 0
+        self.guest_features = 0
+        self.broken = False
+        for q in self.queues:
+            q.reset()
+        if self.isr:
+            self.isr = 0
+            self.interrupt_changed()
+
+    def device_reset(self) -> None:
+        """Device-specific part of reset (e.g. restore config fields the driver may write)."""
+
+    # -- errors -----------------------------------------------------------------------------------
+    def virtio_error(self, msg: str) -> None:
+        """The guest broke the protocol: the device stops using its queues until reset, sets
+        DEVICE_NEEDS_RESET (a VERSION_1 concept) and raises a config change notification if the
+        driver is live (2.1.1). Like QEMU's virtio_error."""
+        trace.guest_error(f"{self.name}: {msg}")
+        if EV_ERROR.enabled:
+            EV_ERROR.emit(vdev=self.name, msg=msg)
+        self.broken = True
+        if self.has_feature(VIRTIO_F_VERSION_1):
+            self.status |= DEVICE_NEEDS_RESET
+        if self.status & DRIVER_OK:
+            self.notify_config()
+
+    # -- notifications ----------------------------------------------------------------------------
+    def queue_notify(self, n: int) -> None:
+        """The driver kicked queue `n` (an untrusted number)."""
+        if EV_QUEUE_NOTIFY.enabled:
+            EV_QUEUE_NOTIFY.emit(vdev=self.name, n=n)
+        if not 0 <= n < len(self.queues):
+            trace.guest_error(f"{self.name}: notify for queue {n} which does not exist")
+            return
+        q = self.queues[n]
+        if self.broken or self.status & FAILED:
+            return
+        if not self.status & DRIVER_OK:
+            q.pending_kick = True
+            return
+        if not q.active:
+            trace.guest_error(f"{self.name}: notify for queue {n} which is not enabled")
+            return
+        if not self.dma_allowed():
+            trace.guest_error(f"{self.name}: notify while bus mastering is off; ignored")
+            return
+        try:
+            q.handler(q)
+        except (VirtqueueError, GuestMemoryError) as e:
+            self.virtio_error(str(e))
+
+    def notify(self, q: SplitQueue) -> None:
+        """Used buffer notification for `q`, unless the driver suppressed it."""
+        if self.broken:
+            return
+        if not q.should_notify():
+            return
+        if EV_NOTIFY.enabled:
+            EV_NOTIFY.emit(vdev=self.name, vq=q.index)
+        self.isr |= ISR_QUEUE
+        self.interrupt_changed()
+
+    def notify_config(self) -> None:
+        if EV_CONFIG_NOTIFY.enabled:
+            EV_CONFIG_NOTIFY.emit(vdev=self.name)
+        self.isr |= ISR_CONFIG
+        self.interrupt_changed()
+
+    def read_isr(self) -> int:
+        """Read-to-clear (4.1.4.5)."""
+        value = self.isr
+        if value:
+            self.isr = 0
+            self.interrupt_changed()
+        return value
+
+    # -- device configuration space ---------------------------------------------------------------
+    def config_read(self, offset: int, size: int) -> int:
+        """Little-endian read; outside the structure reads all-ones (as QEMU)."""
+        if offset < 0 or offset + size > len(self.config):
+            trace.guest_error(f"{self.name}: config read {offset:#x}+{size} outside {len(self.config)} bytes")
+            return ones(size)
+        return int.from_bytes(self.config[offset:offset + size], "little")
+
+    def config_write(self, offset: int, size: int, value: int) -> None:
+        if offset < 0 or offset + size > len(self.config):
+            trace.guest_error(f"{self.name}: config write {offset:#x}+{size} outside {len(self.config)} bytes ignored")
+            return
+        self.write_config(offset, size, value)
+
+    def write_config(self, offset: int, size: int, value: int) -> None:
+        """Device-specific config write (fields are read-only unless the device says so)."""
+        trace.guest_error(f"{self.name}: write to read-only config {offset:#x} ignored")
+
+    def config_changed(self) -> None:
+        """The device changed its config: new generation, and tell a live driver (2.4.1)."""
+        self.config_generation = (self.config_generation + 1) & 0xFF
+        if self.status & DRIVER_OK:
+            self.notify_config()
+
+    # -- inspection ---------------------------------------------------------------------------------
+    def peek_chain(self, queue: int, pos: int | None = None):
+        """Decode (without consuming) the chain at avail position `pos` of `queue` (default: the
+        next one the device would take). Returns a Chain, or the VirtqueueError describing why
+        it is malformed."""
+        q = self.queues[queue]
+        try:
+            return q.peek(q.last_avail_idx if pos is None else pos)
+        except VirtqueueError as e:
+            return e

@@ -1,0 +1,252 @@
+"""Split virtqueues (VIRTIO 1.2 section 2.7): plain queue state, a bounded chain walker, and the
+used-ring / notification-suppression bookkeeping.
+
+Every field the guest controls is read exactly once into a Python int; the walker is a loop (no
+recursion) bounded by the table it walks. Any spec violation raises `VirtqueueError`; the device
+core turns that into DEVICE_NEEDS_RESET (QEMU's `virtio_error`). The rings themselves are checked
+once, when the queue is activated, to lie wholly in guest RAM; after that their host offsets are
+cached, which is safe because the size and addresses of an active queue are frozen.
+"""
+
+from __future__ import annotations
+
+import struct
+from typing import Callable
+
+from ..memory import GuestMemory, GuestMemoryError
+
+VIRTQ_DESC_F_NEXT = 1
+VIRTQ_DESC_F_WRITE = 2
+VIRTQ_DESC_F_INDIRECT = 4
+VIRTQ_AVAIL_F_NO_INTERRUPT = 1
+VIRTQ_USED_F_NO_NOTIFY = 1
+
+QUEUE_MAX_SIZE = 1024          # as QEMU's VIRTQUEUE_MAX_SIZE; the spec allows up to 32768
+INDIRECT_MAX = 1024            # entries in one indirect table (bounds work per chain)
+MAX_CHAIN_BYTES = 1 << 32      # spec: a chain describes at most 2^32 bytes
+
+_DESC = struct.Struct("<QIHH")
+_U16 = struct.Struct("<H")
+_ELEM = struct.Struct("<II")
+
+
+class VirtqueueError(Exception):
+    """The guest broke the ring protocol; the message says how (QEMU's wording where it has one)."""
+
+
+class Chain:
+    """One descriptor chain, already walked and checked: device-readable buffers first, then
+    device-writable ones, as (guest address, length) pairs wholly inside RAM."""
+    __slots__ = ("head", "readable", "writable", "readable_len", "writable_len")
+
+    def __init__(self, head: int):
+        self.head = head
+        self.readable: list[tuple[int, int]] = []
+        self.writable: list[tuple[int, int]] = []
+        self.readable_len = 0
+        self.writable_len = 0
+
+    def __repr__(self) -> str:
+        r = " ".join(f"{a:#x}+{n}" for a, n in self.readable)
+        w = " ".join(f"{a:#x}+{n}" for a, n in self.writable)
+        return f"Chain(head={self.head} out=[{r}] in=[{w}])"
+
+
+def is_power_of_2(n: int) -> bool:
+    return n > 0 and n & (n - 1) == 0
+
+
+class SplitQueue:
+    """A split virtqueue. The transport writes `size`, `desc_addr`, `avail_addr`, `used_addr`
+    and `enabled`; the device pops chains and pushes completions."""
+
+    def __init__(self, index: int, max_size: int, handler: Callable[["SplitQueue"], None], mem: GuestMemory):
+        self.index = index
+        self.max_size = max_size
+        self.handler = handler
+        self.mem = mem
+        self.reset()
+
+    def reset(self) -> None:
+        self.size = self.max_size
+        self.enabled = False
+        self.desc_addr = self.avail_addr = self.used_addr = 0
+        self.last_avail_idx = 0
+        self.used_idx = 0
+        self.inflight: set[int] = set()
+        self.event_idx = False            # VIRTIO_F_RING_EVENT_IDX negotiated
+        self.indirect = False             # VIRTIO_F_INDIRECT_DESC negotiated
+        self.active = False               # rings checked and host offsets cached
+        self.pending_kick = False         # kicked before DRIVER_OK: handled when it comes
+        self._signalled_used = 0
+        self._signalled_valid = False
+        self._d = self._a = self._u = 0
+
+    @property
+    def inflight_count(self) -> int:
+        return len(self.inflight)
+
+    # -- set-up ----------------------------------------------------------------------------
+    def ring_sizes(self) -> tuple[int, int, int]:
+        n = self.size
+        return 16 * n, 6 + 2 * n, 6 + 8 * n
+
+    def activate(self) -> None:
+        """Check the ring layout (spec 2.7 alignment, wholly in RAM) and cache host offsets."""
+        n = self.size
+        if not is_power_of_2(n) or n > self.max_size:
+            raise VirtqueueError(f"queue {self.index}: bad size {n}")
+        if self.desc_addr % 16 or self.avail_addr % 2 or self.used_addr % 4:
+            raise VirtqueueError(f"queue {self.index}: misaligned rings desc={self.desc_addr:#x} "
+                                 f"avail={self.avail_addr:#x} used={self.used_addr:#x}")
+        dsz, asz, usz = self.ring_sizes()
+        try:
+            self._d = self.mem.host_offset(self.desc_addr, dsz)
+            self._a = self.mem.host_offset(self.avail_addr, asz)
+            self._u = self.mem.host_offset(self.used_addr, usz)
+        except GuestMemoryError as e:
+            raise VirtqueueError(f"queue {self.index}: cannot map rings ({e})") from None
+        self.active = True
+
+    # -- reading the avail ring ------------------------------------------------------------
+    def avail_idx(self) -> int:
+        return _U16.unpack_from(self.mem.buf, self._a + 2)[0]
+
+    def has_pending(self) -> bool:
+        return self.active and self.avail_idx() != self.last_avail_idx
+
+    def pop(self) -> Chain | None:
+        """The next available chain, or None. Raises VirtqueueError on a protocol violation."""
+        buf = self.mem.buf
+        size = self.size
+        last = self.last_avail_idx
+        idx = _U16.unpack_from(buf, self._a + 2)[0]
+        pending = (idx - last) & 0xFFFF
+        if pending == 0:
+            return None
+        if pending > size:
+            raise VirtqueueError(f"Guest moved avail index from {last} to {idx}")
+        if len(self.inflight) >= size:
+            raise VirtqueueError("Virtqueue size exceeded")
+        head = _U16.unpack_from(buf, self._a + 4 + 2 * (last % size))[0]
+        if head >= size:
+            raise VirtqueueError(f"Guest says index {head} is available")
+        if head in self.inflight:
+            raise VirtqueueError(f"head {head} made available while already in flight")
+        chain = self.walk(head)
+        self.last_avail_idx = (last + 1) & 0xFFFF
+        self.inflight.add(head)
+        return chain
+
+    def walk(self, head: int) -> Chain:
+        """Follow a chain from `head` through the table (and at most one indirect table)."""
+        mem = self.mem
+        buf = mem.buf
+        host_offset = mem.host_offset
+        chain = Chain(head)
+        readable, writable = chain.readable, chain.writable
+        rlen = wlen = 0
+        table = self._d
+        limit = self.size
+        in_indirect = False
+        i = head
+        count = 0
+        while True:
+            count += 1
+            if count > limit:
+                raise VirtqueueError("Looped descriptor")
+            addr, length, flags, nxt = _DESC.unpack_from(buf, table + 16 * i)
+            if flags & VIRTQ_DESC_F_INDIRECT:
+                if in_indirect:
+                    raise VirtqueueError("nested indirect descriptor")
+                if not self.indirect:
+                    raise VirtqueueError("indirect descriptor but VIRTIO_F_INDIRECT_DESC not negotiated")
+                if flags & VIRTQ_DESC_F_NEXT:
+                    raise VirtqueueError("indirect descriptor with NEXT set")
+                if length == 0 or length % 16:
+                    raise VirtqueueError(f"Invalid size for indirect buffer table ({length})")
+                if length // 16 > INDIRECT_MAX:
+                    raise VirtqueueError(f"indirect table of {length // 16} entries is too large")
+                try:
+                    table = host_offset(addr, length)
+                except GuestMemoryError:
+                    raise VirtqueueError(f"Cannot map indirect buffer {addr:#x}+{length:#x}") from None
+                limit = length // 16
+                in_indirect = True
+                i = 0
+                count = 0
+                continue
+            if length == 0:
+                raise VirtqueueError("zero sized buffers are not allowed")
+            try:
+                host_offset(addr, length)
+            except GuestMemoryError:
+                raise VirtqueueError(f"bogus descriptor {addr:#x}+{length:#x} (not RAM)") from None
+            if flags & VIRTQ_DESC_F_WRITE:
+                writable.append((addr, length))
+                wlen += length
+            else:
+                if writable:
+                    raise VirtqueueError("Incorrect order for descriptors")
+                readable.append((addr, length))
+                rlen += length
+            if rlen + wlen > MAX_CHAIN_BYTES:
+                raise VirtqueueError("descriptor chain longer than 4 GiB")
+            if not flags & VIRTQ_DESC_F_NEXT:
+                break
+            i = nxt
+            if i >= limit:
+                raise VirtqueueError(f"Desc next is {i}")
+        chain.readable_len = rlen
+        chain.writable_len = wlen
+        return chain
+
+    def peek(self, pos: int) -> Chain:
+        """Decode the chain at avail ring position `pos` (a free-running u16 index) without
+        consuming it: for debuggers and monitors. Raises VirtqueueError if it is malformed."""
+        if not self.active:
+            raise VirtqueueError(f"queue {self.index} is not active")
+        head = _U16.unpack_from(self.mem.buf, self._a + 4 + 2 * (pos % self.size))[0]
+        if head >= self.size:
+            raise VirtqueueError(f"Guest says index {head} is available")
+        return self.walk(head)
+
+    # -- the used ring -----------------------------------------------------------------------
+    def push(self, head: int, length: int) -> None:
+        """Complete `head` with `length` = bytes the device wrote. len is stored before idx."""
+        self.inflight.discard(head)
+        mem = self.mem
+        slot = 4 + 8 * (self.used_idx % self.size)
+        _ELEM.pack_into(mem.buf, self._u + slot, head, length)
+        mem.notify_write(self.used_addr + slot, 8)
+        self.used_idx = (self.used_idx + 1) & 0xFFFF
+        _U16.pack_into(mem.buf, self._u + 2, self.used_idx)
+        mem.notify_write(self.used_addr + 2, 2)
+
+    def should_notify(self) -> bool:
+        """May the device interrupt for the buffers used since the last interrupt? (2.7.7/2.7.10)
+        With EVENT_IDX: only if used_event lies in the range just published; without: unless
+        the driver set NO_INTERRUPT. used_event/flags only gate interrupts, never index memory."""
+        buf = self.mem.buf
+        if self.event_idx:
+            new = self.used_idx
+            old = self._signalled_used
+            valid = self._signalled_valid
+            self._signalled_used = new
+            self._signalled_valid = True
+            used_event = _U16.unpack_from(buf, self._a + 4 + 2 * self.size)[0]
+            return not valid or ((new - used_event - 1) & 0xFFFF) < ((new - old) & 0xFFFF)
+        return not (_U16.unpack_from(buf, self._a)[0] & VIRTQ_AVAIL_F_NO_INTERRUPT)
+
+    def suppress_kicks(self, suppress: bool) -> None:
+        """Tell the driver whether to kick: used->flags NO_NOTIFY, or with EVENT_IDX avail_event
+        (ask for a kick once the driver moves past the avail index we have seen)."""
+        mem = self.mem
+        if self.event_idx:
+            if not suppress:
+                off = 4 + 8 * self.size
+                _U16.pack_into(mem.buf, self._u + off, self.avail_idx())
+                mem.notify_write(self.used_addr + off, 2)
+            return
+        _U16.pack_into(mem.buf, self._u, VIRTQ_USED_F_NO_NOTIFY if suppress else 0)
+        mem.notify_write(self.used_addr, 2)
