@@ -26,6 +26,9 @@ class PciBus:
         self.memory_map = memory_map
         self.io = io
         self.devices: dict[int, PciDevice] = {}
+        # Ports the host bridge claims before anything reaches the bus (0xCF8-0xCFF): an I/O BAR
+        # placed over them cannot decode, or the guest would lose config access for good.
+        self.host_ports: list[tuple[int, int]] = []
         self._router: IntxRouter | None = None
         # Last level of every INTx pin, so a router connected late (or replaced) starts right.
         self._intx_levels: dict[int, bool] = {}
@@ -51,6 +54,10 @@ class PciBus:
 
     def device(self, slot: int, function: int = 0) -> PciDevice | None:
         return self.devices.get((slot << 3) | function)
+
+    def claims_port_range(self, base: int, size: int) -> bool:
+        """True if the host bridge owns any port of [base, base+size)."""
+        return any(b < base + size and base < b + n for b, n in self.host_ports)
 
     # -- configuration cycles (guest-reachable) ------------------------------------------------
     def config_read(self, bus: int, devfn: int, offset: int, size: int) -> int:

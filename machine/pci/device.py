@@ -289,6 +289,9 @@ class PciDevice:
             # 0 is "not assigned"; all address bits set means the BAR is being sized.
             if base == 0 or base == lo_mask or base + bar.size > IO_SPACE_END:
                 return None
+            if self.bus is not None and self.bus.claims_port_range(base, bar.size):
+                trace.guest_error(f"{self.name}: I/O BAR{bar.index} at {base:#x} overlaps the host bridge: not decoded")
+                return None
             return base
         if not cmd & CMD_MEMORY:
             return None

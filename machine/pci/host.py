@@ -38,6 +38,7 @@ class PciConfigIo:
 
     def __init__(self, bus: PciBus, on_reset: Callable[[], None] | None = None):
         self.bus = bus
+        bus.host_ports.append((self.BASE, self.SIZE))
         self.on_reset = on_reset
         self.address = 0
         self.rcr = 0
