@@ -786,6 +786,37 @@ def _error(message: str) -> int:
     return 1
 
 
+def run_machine(config: MachineConfig) -> int:
+    """Build the board from `config` and run it (under the debugger when -gdb, -s, -S or
+    -monitor stdio ask for one); returns the machine's exit status."""
+    try:
+        from machine.pc import Machine
+    except ModuleNotFoundError as err:
+        if err.name != "machine.pc":
+            raise
+        raise ConfigError("the board (machine.pc) is not available in this build") from None
+    logfile = None
+    if config.logfile is not None:
+        # -D: the -d log and trace output go to the file instead of stderr, as in QEMU.
+        logfile = open(config.logfile, "w", buffering=1)
+        trace.set_output(logfile)
+    machine = None
+    try:
+        machine = Machine(config)
+        if config.gdb or config.start_stopped or config.monitor == "stdio":
+            from machine.debug.target import attach_debugger
+            debugger = attach_debugger(machine, config)
+            if debugger is not None:
+                return debugger.run()
+        return machine.run()
+    finally:
+        if machine is not None and hasattr(machine, "close"):
+            machine.close()
+        if logfile is not None:
+            trace.set_output(sys.stderr)
+            logfile.close()
+
+
 def main(argv: list[str] | None = None) -> int:
     """Parse, build the board, run it; returns the exit status. Host-input errors print one
     line on stderr and give status 1, never a traceback."""
@@ -801,13 +832,7 @@ def main(argv: list[str] | None = None) -> int:
             return done.status
         if uses_bundled_guest(config):
             bundled = bundled_defaults(config)
-        try:
-            from machine.pc import Machine
-        except ModuleNotFoundError as err:
-            if err.name not in ("machine.pc",):
-                raise
-            return _error("the board (machine.pc) is not available in this build")
-        status = Machine(config).run()
+        status = run_machine(config)
         return selftest_status(status) if bundled.map_status else status
     except (ConfigError, ToolchainError) as err:
         return _error(str(err))
