@@ -2,6 +2,8 @@
 reset control register at 0xCF9, all driven through an IoSpace as a guest would."""
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from machine.irq import IrqLine
 from machine.memory import IoSpace, MemoryMap
@@ -194,3 +196,20 @@ def test_plug_refuses_conflicts(b):
         b.bus.plug(I440fx(), 32)
     assert b.bus.device(1) is b.isa and b.bus.device(1, 1) is None
     assert b.bus.devices[0x08] is b.isa
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.booleans(), st.integers(0xCF8, 0xCFF), st.sampled_from([1, 2, 4]),
+                          st.one_of(st.integers(0, 0xFFFFFFFF),
+                                    st.sampled_from([0x80000000, 0x80000800, 0x80000060, 0x80000058, 0x06]))),
+                max_size=60))
+def test_random_port_traffic_never_raises(ops):
+    b = Board()
+    for is_write, port, size, value in ops:
+        if is_write:
+            b.io.write(port, size, value)
+        else:
+            assert 0 <= b.io.read(port, size) <= (1 << (8 * size)) - 1
+    # The chipset's identity survives anything the guest does.
+    assert b.rd(0, 0, 0x00) == 0x12378086 and b.rd(1, 0, 0x00) == 0x70008086
+    assert b.rd(1, 0, 0x60) & 0x70707070 == 0
