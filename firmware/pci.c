@@ -30,6 +30,9 @@
 #define IO_WINDOW_START    0xC000u
 #define IO_WINDOW_END      0x10000u
 #define MEM_WINDOW_END     0xFEC00000u
+/* Memory BARs get at least a page each, so no two devices share a page (emulators and
+ * hypervisors map MMIO page by page). */
+#define MEM_MIN_SPAN       0x1000u
 
 /* PIIX3 PCI-to-ISA bridge: PIRQ[A-D] route control registers and the ELCR ports. */
 #define PIIX3_VENDOR       0x8086
@@ -56,6 +59,7 @@ struct pci_bar {
     uint8_t prefetch;
     uint8_t assigned;
     uint32_t size;
+    uint32_t span;              /* address space reserved: size, or a page for small memory BARs */
     uint32_t addr;
 };
 
@@ -122,8 +126,10 @@ static void add_bar(uint16_t func, uint8_t index, uint8_t kind, uint8_t prefetch
     if (!mask || nbars == MAX_BARS)
         return;
     /* The size is the lowest writable address bit (I/O BARs may hard-wire the top 16 bits). */
+    uint32_t size = mask & -mask;
+    uint32_t span = kind != BAR_KIND_IO && size < MEM_MIN_SPAN ? MEM_MIN_SPAN : size;
     bars[nbars++] = (struct pci_bar){ .func = func, .index = index, .kind = kind,
-                                      .prefetch = prefetch, .size = mask & -mask };
+                                      .prefetch = prefetch, .size = size, .span = span };
 }
 
 /* Size every BAR of one function.  Decoding is off meanwhile, so the all-ones probe value never
@@ -145,7 +151,7 @@ static void size_bars(uint16_t fi)
             uint32_t hi = probe_bar(bdf, off + 4, 0xFFFFFFFF);
             uint32_t mask = v & ~15u;
             if (!mask && hi)
-                dbg_printf("pci: %02x.%u BAR%d needs 4 GiB or more: left unassigned\n",
+                dbg_printf("pci: 00:%02x.%u BAR%d needs 4 GiB or more: left unassigned\n",
                            bdf >> 3, bdf & 7, i);
             else
                 add_bar(fi, i, BAR_KIND_MEM64, !!(old & BAR_MEM_PREFETCH), mask);
@@ -196,7 +202,7 @@ static int largest_unassigned(bool io)
     for (uint32_t i = 0; i < nbars; i++) {
         if (bars[i].assigned || (bars[i].kind == BAR_KIND_IO) != io)
             continue;
-        if (best < 0 || bars[i].size > bars[best].size)
+        if (best < 0 || bars[i].span > bars[best].span)
             best = i;
     }
     return best;
@@ -209,25 +215,25 @@ static void assign_bars(void)
     int i;
     while ((i = largest_unassigned(true)) >= 0) {
         struct pci_bar *b = &bars[i];
-        uint32_t addr = (io + b->size - 1) & -b->size;
+        uint32_t addr = (io + b->span - 1) & -b->span;
         b->assigned = 1;
-        if (addr + b->size > IO_WINDOW_END || addr < io) {
-            dbg_printf("pci: no I/O space for %02x.%u BAR%u (0x%x bytes)\n",
+        if (addr + b->span > IO_WINDOW_END || addr < io) {
+            dbg_printf("pci: no I/O space for 00:%02x.%u BAR%u (0x%x bytes)\n",
                        funcs[b->func].bdf >> 3, funcs[b->func].bdf & 7, b->index, b->size);
             continue;
         }
         b->addr = addr;
-        io = addr + b->size;
+        io = addr + b->span;
     }
 
     uint64_t low = memmap_low_ram_top();
     uint32_t mem = MEM_WINDOW_END;
     while ((i = largest_unassigned(false)) >= 0) {
         struct pci_bar *b = &bars[i];
-        uint32_t addr = (mem - b->size) & -b->size;
+        uint32_t addr = (mem - b->span) & -b->span;
         b->assigned = 1;
-        if (b->size > mem || addr < low) {
-            dbg_printf("pci: no memory space for %02x.%u BAR%u (0x%x bytes)\n",
+        if (b->span > mem || addr < low) {
+            dbg_printf("pci: no memory space for 00:%02x.%u BAR%u (0x%x bytes)\n",
                        funcs[b->func].bdf >> 3, funcs[b->func].bdf & 7, b->index, b->size);
             continue;
         }
@@ -286,9 +292,14 @@ static void set_irq_and_enable(struct pci_func *f)
         f->irq = pirq_irq[((f->bdf >> 3) - 1 + f->pin - 1) & 3];
         cfg_write8(f->bdf, PCI_INTERRUPT_LINE, f->irq);
     }
-    uint16_t cmd = cfg_read16(f->bdf, PCI_COMMAND);
-    cfg_write16(f->bdf, PCI_COMMAND,
-                cmd | PCI_COMMAND_IO | PCI_COMMAND_MEMORY | PCI_COMMAND_MASTER);
+    /* A BAR left at 0 for lack of space must not decode: keep that space type off. */
+    uint16_t enable = PCI_COMMAND_IO | PCI_COMMAND_MEMORY | PCI_COMMAND_MASTER;
+    for (uint32_t i = 0; i < nbars; i++) {
+        const struct pci_bar *b = &bars[i];
+        if (&funcs[b->func] == f && !b->addr && b->kind != BAR_KIND_ROM)
+            enable &= b->kind == BAR_KIND_IO ? ~PCI_COMMAND_IO : ~PCI_COMMAND_MEMORY;
+    }
+    cfg_write16(f->bdf, PCI_COMMAND, cfg_read16(f->bdf, PCI_COMMAND) | enable);
 }
 
 static void log_func(const struct pci_func *f, uint32_t fi)

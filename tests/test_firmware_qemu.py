@@ -171,6 +171,9 @@ def check_pci_log(log: str) -> dict[tuple[int, int], dict]:
                 assert IO_WINDOW[0] <= addr and addr + size <= IO_WINDOW[1], where
             else:
                 assert RAM_MIB << 20 <= addr and addr + size <= MEM_WINDOW_END, where
+            if kind != "io":        # a page at least, so no two memory BARs share a page
+                assert addr % 0x1000 == 0, where
+                size = max(size, 0x1000)
             ranges["io" if kind == "io" else "mem"].append((addr, addr + size, where))
         if f["pin"]:
             assert f["irq"] == PIRQ_IRQ[(slot - 1 + f["pin"] - 1) & 3], (slot, fn)
@@ -257,6 +260,27 @@ def test_pci_programming_seen_by_devices(halted_qemu, tmp_path, bios):
                 assert bars[name] == (addr, size), (key, name)
         if f["pin"]:
             assert irq == f["irq"], key
+
+
+def big_host() -> bool:
+    meminfo = Path("/proc/meminfo")
+    if not meminfo.exists():
+        return False
+    total_kib = int(re.search(r"MemTotal:\s+(\d+)", meminfo.read_text()).group(1))
+    return total_kib >= 8 << 20
+
+
+@pytest.mark.skipif(not big_host(), reason="needs a host with 8 GiB of RAM (4 GiB of guest RAM and BAR)")
+def test_bar_without_space_stays_disabled(halted_qemu, bios):
+    """2 GiB of RAM leaves less than 2 GiB below 0xFEC00000: a 2 GiB BAR cannot fit. It must be
+    reported and the function's memory decoding left off (QEMU then shows no BAR mapped)."""
+    vm = halted_qemu("-bios", str(bios), "-m", "2048",
+                     "-object", "memory-backend-ram,id=m0,size=2G",
+                     "-device", "ivshmem-plain,memdev=m0,addr=03.0")
+    log = vm.wait_halted()
+    assert "pci: no memory space for 00:03.0 BAR2 (0x80000000 bytes)" in log
+    dev = next(d for bus in vm.qmp("query-pci") for d in bus["devices"] if d["slot"] == 3)
+    assert [r["address"] for r in dev["regions"]] == [-1, -1]
 
 
 # ---- Kernels the firmware must refuse ---------------------------------------------------------
