@@ -278,6 +278,10 @@ DEVICES = {
     "isa-debugcon": "debug console: bytes written to port 0x402 go to a chardev",
 }
 _DEVICE_ALIASES = {"virtio-blk": "virtio-blk-pci"}
+# -machine properties naming hardware this PC does not have (accepted only as =off), and
+# host-side tuning that does not change what the guest sees (accepted, ignored).
+_MACHINE_ABSENT = frozenset({"usb", "vmport", "smm", "hpet", "acpi", "graphics", "sata"})
+_MACHINE_HOST_ONLY = frozenset({"dump-guest-core", "mem-merge"})
 _BOOT_IGNORED = {"order", "once", "splash", "splash-time", "reboot-timeout", "strict"}
 
 
@@ -287,7 +291,8 @@ def usage() -> str:
              "",
              "A PC (i440FX, 16550A COM1, virtio-blk-pci) in Python; options use QEMU's syntax.",
              "With no -kernel and no -bios it boots the bundled virtio-blk self-test guest on a",
-             "fresh 64 MiB image and exits 0 when every test passes.",
+             "fresh 64 MiB image (or on the -drive given, which the self-test writes to) and",
+             "exits 0 when every test passes, 1 or more when one fails.",
              ""]
     seen: set[str] = set()
     for opt in OPTIONS.values():
@@ -322,6 +327,7 @@ class _Parser:
     drive_ids: dict[str, DriveConfig] = field(default_factory=dict)
     drive_count: int = 0
     claimed_drives: set[str] = field(default_factory=set)
+    drive_where: list[str] = field(default_factory=list)     # the -drive text of each drive
     # -serial/-debugcon chardev:ID and isa-debugcon chardev=ID resolve once every -chardev is known.
     pending_chardevs: list[tuple[str, str, Callable[[CharDev], None]]] = field(default_factory=list)
     serial_given: bool = False
@@ -368,6 +374,11 @@ class _Parser:
                 raise ConfigError(f"{where}: chardev '{ident}' not found")
             apply(dev)
         cfg = self.config
+        for where, drive in zip(self.drive_where, cfg.drives):
+            # Checked here, not at the -drive, because -snapshot may come after it.
+            writes = not (drive.readonly or drive.snapshot or cfg.snapshot)
+            if writes and not os.access(drive.file, os.W_OK):
+                raise ConfigError(f"{where}: Could not open '{drive.file}': Permission denied")
         if self.nographic and not self.serial_given:
             cfg.serial = CharDev("stdio")
         for ref in self.devices:
@@ -415,7 +426,14 @@ class _Parser:
     # ---- machine, accelerator, CPU
 
     def opt_machine(self, arg: str) -> None:
-        opts = self.keys(split_suboptions(arg, "type"), {"type", "accel"})
+        opts = self.keys(split_suboptions(arg, "type"),
+                         {"type", "accel"} | _MACHINE_ABSENT | _MACHINE_HOST_ONLY)
+        for key in _MACHINE_ABSENT & opts.keys():
+            if _parse_bool(key, opts[key]):
+                raise _OptError(f"{key}={opts[key]} is not supported by this machine "
+                                f"(it has no {key})")
+        for key in _MACHINE_HOST_ONLY & opts.keys():
+            _parse_bool(key, opts[key])
         mtype = opts.get("type", "pc")
         if mtype == "help":
             raise CliExit("Supported machines are:\npc                   Standard PC (i440FX + PIIX, 1996)")
@@ -427,6 +445,8 @@ class _Parser:
     def opt_accel(self, arg: str) -> None:
         opts = self.keys(split_suboptions(arg, "accel"), {"accel", "thread"})
         self.check_accel(opts.get("accel", ""))
+        if opts.get("thread", "single") not in ("single", "multi"):
+            raise _OptError(f"Invalid value '{opts['thread']}' for thread")
 
     @staticmethod
     def check_accel(name: str) -> None:
@@ -535,14 +555,12 @@ class _Parser:
         if not path:
             raise _OptError("file= is required (an empty drive is not supported)")
         st = _check_readable_file(path)
-        if not (drive.readonly or drive.snapshot or self.config.snapshot):
-            if not os.access(path, os.W_OK):
-                raise _OptError(f"Could not open '{path}': Permission denied")
         if stat.S_ISREG(st.st_mode) and st.st_size % 512:
             raise _OptError(f"image '{path}' is {st.st_size} bytes, not a multiple of "
                             "the 512-byte sector size")
         drive.file = Path(path)
         self.config.drives.append(drive)
+        self.drive_where.append(f"-drive {arg}")
         self.drive_ids[ident] = drive
 
     def opt_snapshot(self) -> None:
@@ -626,6 +644,9 @@ class _Parser:
             apply(CharDev("file", Path(path)))
         elif spec.startswith("chardev:"):
             self.pending_chardevs.append((where, spec[8:], apply))
+        elif spec.startswith("mon:"):
+            raise _OptError(f"'{spec}' (the monitor multiplexed on a serial port) is not "
+                            "supported by this machine: use -serial stdio and -monitor none")
         else:
             raise _OptError(f"'{spec}' is not a valid char driver "
                             "(supported: stdio, file:PATH, chardev:ID, null, none)")

@@ -188,16 +188,6 @@ def test_isa_debug_exit(files):
     assert cfg.devices[0].props == {"iobase": "0xf4", "iosize": "0x04"}
 
 
-def test_readonly_image_accepted_when_not_written(files):
-    img = files / "ro.img"
-    img.write_bytes(bytes(512))
-    img.chmod(0o444)
-    if os.access(img, os.W_OK):
-        pytest.skip("running as root: file permissions are not enforced")
-    assert parse_args(["-drive", "file=ro.img,readonly=on"]).drives[0].readonly
-    assert parse_args(["-snapshot", "-drive", "file=ro.img"]).drives[0].file == Path("ro.img")
-
-
 # ------------------------------------------------------------------ informational options
 
 def test_help_lists_every_option(capsys):
@@ -430,3 +420,24 @@ def test_main_board_errors_are_one_line(fake_board, capsys):
     assert main(["-kernel", "k.elf", "-drive", "file=d.img"]) == 1
     assert capsys.readouterr().err == \
         "machine: Could not open 'gone.img': No such file or directory\n"
+
+
+def test_machine_properties_for_absent_hardware(files, capsys):
+    assert parse_args(["-machine", "pc,usb=off,vmport=off,hpet=off,dump-guest-core=on"]) \
+        == parse_args([])
+    assert main(["-machine", "pc,usb=on"]) == 1
+    assert "usb=on is not supported by this machine" in capsys.readouterr().err
+    assert main(["-serial", "mon:stdio"]) == 1
+    assert "the monitor multiplexed on a serial port" in capsys.readouterr().err
+
+
+def test_write_permission_checked_after_snapshot(files, monkeypatch):
+    writable = {"d.img": False}
+    real_access = os.access
+    monkeypatch.setattr(os, "access", lambda p, mode: writable.get(str(p), real_access(p, mode))
+                        if mode == os.W_OK else real_access(p, mode))
+    with pytest.raises(ConfigError, match=r"^-drive file=d.img: Could not open 'd.img': "
+                                          r"Permission denied$"):
+        parse_args(["-drive", "file=d.img"])
+    assert parse_args(["-drive", "file=d.img", "-snapshot"]).snapshot
+    assert parse_args(["-drive", "file=d.img,readonly=on"]).drives[0].readonly
