@@ -282,6 +282,10 @@ _DEVICE_ALIASES = {"virtio-blk": "virtio-blk-pci"}
 # host-side tuning that does not change what the guest sees (accepted, ignored).
 _MACHINE_ABSENT = frozenset({"usb", "vmport", "smm", "hpet", "acpi", "graphics", "sata"})
 _MACHINE_HOST_ONLY = frozenset({"dump-guest-core", "mem-merge"})
+# QEMU -d items about its own translator or host side, which have no meaning here.
+_QEMU_LOG_ITEMS = frozenset({"out_asm", "op", "op_opt", "op_ind", "op_plugin", "pcall", "mmu",
+                             "page", "nochain", "plugin", "strace", "tid", "fpu", "vpu",
+                             "cpu_reset", "invalid_mem"})
 _BOOT_IGNORED = {"order", "once", "splash", "splash-time", "reboot-timeout", "strict"}
 
 
@@ -700,10 +704,15 @@ class _Parser:
             if item.startswith("trace:"):          # QEMU's -d trace:PATTERN
                 self.config.trace.append(item[6:])
                 continue
-            if item not in trace.LOG_CATEGORIES:
-                raise _OptError(f"unknown log item '{item}' (see -d help)")
-            if item not in self.config.log:
-                self.config.log.append(item)
+            names = list(trace.LOG_CATEGORIES) if item == "all" else [item]
+            for name in names:
+                if name in _QEMU_LOG_ITEMS:
+                    raise _OptError(f"log item '{name}' is not supported by this machine "
+                                    "(see -d help)")
+                if name not in trace.LOG_CATEGORIES:
+                    raise _OptError(f"unknown log item '{name}' (see -d help)")
+                if name not in self.config.log:
+                    self.config.log.append(name)
 
     def opt_D(self, arg: str) -> None:
         _check_output_file(arg)

@@ -139,6 +139,7 @@ def test_log_and_trace(files):
                       "-D", "log.txt", "-trace", "virtio_*", "-trace", "enable=pci_*",
                       "-trace", "events=events"])
     assert cfg.log == ["int", "guest_errors", "in_asm", "exec", "cpu", "unimp"]
+    assert sorted(parse_args(["-d", "all"]).log) == sorted(cli.trace.LOG_CATEGORIES)
     assert cfg.logfile == Path("log.txt")
     assert cfg.trace == ["fw_cfg*", "virtio_*", "pci_*", "virtio_blk_*", "pci_cfg_write"]
 
@@ -283,6 +284,7 @@ ERRORS = [
     (["-boot", "menu=maybe"], "-boot menu=maybe: Parameter 'boot.menu' expects 'on' or 'off'"),
     (["-boot", "menu=on,foo=1"], "Invalid parameter 'foo'"),
     (["-d", "foo"], "-d foo: unknown log item 'foo'"),
+    (["-d", "int,out_asm"], "-d int,out_asm: log item 'out_asm' is not supported by this machine"),
     (["-D", "nodir/log"], "-D nodir/log: Could not open 'nodir/log': No such file"),
     (["-trace", "events=nofile"], "-trace events=nofile: Could not open 'nofile'"),
     (["-trace", "enable=x,file=y"], "Invalid parameter 'file'"),
