@@ -41,14 +41,20 @@ _EVENT_TYPES = {
 STATUS_FEATURES_OK = 8
 STATUS_NEEDS_RESET = 0x40
 
-# Which trace events each kind of breakpoint listens to.
+# Which trace events each kind of breakpoint listens to. Requests are seen at
+# `virtio_blk_req_complete` (one event for every request type; the type and sectors are read back
+# from the chain the device just took, see RequestResolver): requests complete synchronously
+# inside the driver's notify, so this stops the guest at the same instruction as an event at the
+# start of the request would. Without a machine to read chains from, the per-type
+# `virtio_blk_handle_*` events are used (read and write only).
 _KIND_EVENTS = {
-    "request": ("virtio_blk_handle_*", "virtio_blk_request*"),
+    "request": ("virtio_blk_req_complete", "virtio_blk_request*"),
     "notify": ("virtio_queue_notify",),
     "status": ("virtio_set_status",),
-    "features": ("virtio_set_status", "virtio_set_features*"),
-    "needs-reset": ("virtio_error", "virtio_set_status", "virtio_needs_reset*"),
+    "features": ("virtio_set_status",),
+    "needs-reset": ("virtio_error",),
 }
+_REQUEST_EVENTS_NO_RESOLVER = ("virtio_blk_handle_*", "virtio_blk_request*")
 KINDS = tuple(_KIND_EVENTS)
 
 
@@ -94,6 +100,8 @@ class DeviceBreakpoint:
     queue: int | None = None
     hits: int = 0
     events: tuple[str, ...] = field(default=())
+    resolver: "Callable[[str, dict], tuple[int, int | None, int] | None] | None" = None
+    last_status: dict = field(default_factory=dict)      # per device, for FEATURES_OK edges
 
     def describe(self) -> str:
         parts = [self.device, self.kind]
@@ -126,37 +134,44 @@ class DeviceBreakpoint:
         if self.kind == "status":
             return f"status write {status:#04x}" if name == "virtio_set_status" and status is not None else None
         if self.kind == "features":
-            if name.startswith("virtio_set_features"):
-                return "features negotiated " + " ".join(f"{k}={v}" for k, v in fields.items())
-            if name == "virtio_set_status" and status is not None and status & STATUS_FEATURES_OK:
-                return f"features negotiated (status {status:#04x}: FEATURES_OK)"
+            if name != "virtio_set_status" or status is None:
+                return None
+            key = _device_name(dev) if dev is not None else ""
+            before = self.last_status.get(key, 0)
+            self.last_status[key] = status
+            if status & STATUS_FEATURES_OK and not before & STATUS_FEATURES_OK:
+                return f"feature negotiation (FEATURES_OK written, status {status:#04x})"
             return None
         if self.kind == "needs-reset":
-            if name == "virtio_error" or name.startswith("virtio_needs_reset"):
+            if name == "virtio_error":
                 reason = _field(fields, "msg", "reason", "message", default="")
                 return f"device needs reset: {reason}".rstrip(": ")
-            if name == "virtio_set_status" and status is not None and status & STATUS_NEEDS_RESET:
-                return f"device needs reset (status {status:#04x})"
         return None
 
     def _match_request(self, name: str, fields: dict) -> str | None:
-        if name.endswith(("complete", "_done", "_ret")):
-            return None
-        rtype = _EVENT_TYPES.get(name)
-        if rtype is None:
-            rtype = _int(_field(fields, "type", "req_type"))
-        if rtype is None:
-            return None
+        count = None
+        if name == "virtio_blk_req_complete":
+            found = self.resolver(name, fields) if self.resolver is not None else None
+            if found is None:
+                return None
+            rtype, sector, count = found
+        else:
+            rtype = _EVENT_TYPES.get(name)
+            if rtype is None:
+                rtype = _int(_field(fields, "type", "req_type"))
+            if rtype is None:
+                return None
+            sector = _int(_field(fields, "sector", "offset"))
         if self.type is not None and rtype != self.type:
             return None
-        sector = _int(_field(fields, "sector", "offset"))
+        if rtype not in (0, 1):
+            sector = None if name == "virtio_blk_req_complete" else sector
         if self.sectors is not None:
             if sector is None:
                 return None
-            count = _int(_field(fields, "nsectors", "nsector", "count", "sectors"))
-            if not count:
-                size = _int(_field(fields, "size", "len", "length"))
-                count = max(1, ((size or 512) + 511) // 512)
+            if count is None:
+                count = _int(_field(fields, "nsectors", "nsector", "count", "sectors"))
+            count = max(1, count or 1)
             lo, hi = self.sectors
             if sector > hi or sector + count - 1 < lo:
                 return None
@@ -171,8 +186,10 @@ class DeviceBreakpoints:
     instruction): it must only ask for a stop, never run the guest or block.
     """
 
-    def __init__(self, on_hit: Callable[[DeviceBreakpoint, str], None]):
+    def __init__(self, on_hit: Callable[[DeviceBreakpoint, str], None],
+                 resolver: "RequestResolver | None" = None):
         self.on_hit = on_hit
+        self.resolver = resolver
         self.items: dict[int, DeviceBreakpoint] = {}
         self._next = 1
         self._listening = False
@@ -184,7 +201,10 @@ class DeviceBreakpoints:
         device, kind, args = words[0], words[1], words[2:]
         if kind not in _KIND_EVENTS:
             raise BreakpointError(f"unknown device event '{kind}' (one of: {', '.join(KINDS)})")
-        bp = DeviceBreakpoint(self._next, device, kind, events=_KIND_EVENTS[kind])
+        events = _KIND_EVENTS[kind]
+        if kind == "request" and self.resolver is None:
+            events = _REQUEST_EVENTS_NO_RESOLVER
+        bp = DeviceBreakpoint(self._next, device, kind, events=events, resolver=self.resolver)
         for arg in args:
             key, sep, value = arg.partition("=")
             if not sep:
@@ -255,3 +275,44 @@ class DeviceBreakpoints:
         for bp in self.items.values():
             lines.append(f"{bp.number:<4} {bp.hits:<5} {bp.describe()}")
         return "\n".join(lines) + "\n"
+
+
+class RequestResolver:
+    """Reads back, at `virtio_blk_req_complete`, which request the device just carried out:
+    (type, sector, sector count) from the chain at the avail position the device last took,
+    using the device's own read-only `peek_chain`. `devices(name)` lists the virtio devices
+    called `name` (the `vdev` of the event)."""
+
+    def __init__(self, devices: Callable[[str], list]):
+        self.devices = devices
+
+    def __call__(self, name: str, fields: dict):
+        head = _int(fields.get("req"))
+        vname = _device_name(fields.get("vdev", ""))
+        for vdev in self.devices(vname):
+            for i, q in enumerate(getattr(vdev, "queues", [])):
+                if not getattr(q, "active", True) or not getattr(q, "size", 0):
+                    continue
+                try:
+                    chain = vdev.peek_chain(i, (q.last_avail_idx - 1) & 0xFFFF)
+                except Exception:           # a queue being torn down: nothing to learn
+                    continue
+                if getattr(chain, "head", None) != head or not getattr(chain, "readable", None):
+                    continue
+                header = b""
+                for addr, length in chain.readable:
+                    header += bytes(vdev.mem.read(addr, min(length, 16 - len(header))))
+                    if len(header) >= 16:
+                        break
+                if len(header) < 16:
+                    return None
+                rtype = int.from_bytes(header[0:4], "little")
+                sector = int.from_bytes(header[8:16], "little")
+                if rtype == 0:
+                    count = max(0, chain.writable_len - 1) // 512
+                elif rtype == 1:
+                    count = max(0, chain.readable_len - 16) // 512
+                else:
+                    count = 1
+                return rtype, sector, count
+        return None

@@ -361,14 +361,15 @@ class Debugger:
 
     def __init__(self, target, machine=None, gdb=None, console: MonitorConsole | None = None,
                  start_stopped: bool = False):
-        from .breakpoints import DeviceBreakpoints
+        from .breakpoints import DeviceBreakpoints, RequestResolver
         from .monitor import Monitor
         self.target = target
         self.machine = machine
         self.gdb = gdb
         self.console = console
         self.start_stopped = start_stopped
-        self.breakpoints = DeviceBreakpoints(self._device_hit)
+        resolver = RequestResolver(self._virtio_named) if machine is not None else None
+        self.breakpoints = DeviceBreakpoints(self._device_hit, resolver)
         self.monitor = Monitor(target, machine, self.breakpoints, on_quit=self._quit,
                                on_reset=self._reset, on_stop=self._console_stop,
                                on_cont=self._console_cont)
@@ -386,6 +387,10 @@ class Debugger:
         self._dead: Stop | None = None      # a fatal fault gdb is looking at
 
     # -- callbacks ----------------------------------------------------------------------------------
+    def _virtio_named(self, name: str) -> list:
+        return [vdev for _, vdev, _ in self.monitor.virtio_devices()
+                if getattr(vdev, "name", None) == name]
+
     def _device_hit(self, bp, message: str) -> None:
         self.target.request_stop("device", message)
 
