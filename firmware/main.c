@@ -18,6 +18,7 @@ void fw_main(void)
 
     uint64_t ram = fwcfg_read_u64(FW_CFG_RAM_SIZE);
     dbg_printf("ram: 0x%llx bytes (%u MiB)\n", ram, (uint32_t)(ram >> 20));
+    dbg_printf("cpus: %u\n", fwcfg_read_u32(FW_CFG_NB_CPUS) & 0xFFFF);   /* a u16 item */
     memmap_init(ram);
 
     pci_setup();

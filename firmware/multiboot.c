@@ -163,7 +163,7 @@ static void check_segment(const struct kernel_source *k, const struct elf32_phdr
 }
 
 /* Load segments in file order so the fw_cfg item is read front to back without rewinding. */
-static void load_segments(const struct kernel_source *k, struct fwcfg_stream *s, uint32_t n)
+static void load_segments(struct fwcfg_stream *s, uint32_t n)
 {
     bool done[MAX_PHDRS] = { false };
     for (;;) {
@@ -182,7 +182,6 @@ static void load_segments(const struct kernel_source *k, struct fwcfg_stream *s,
         fwcfg_stream_read_at(s, ph->offset, (void *)ph->paddr, ph->filesz);
         memset((uint8_t *)ph->paddr + ph->filesz, 0, ph->memsz - ph->filesz);
     }
-    (void)k;
 }
 
 /* The entry point is virtual; for a kernel linked higher-half it is translated through the
@@ -254,7 +253,7 @@ void multiboot_boot(void)
         fatal("kernel ELF has no loadable segment");
     uint32_t phys_entry = entry_address(entry, phnum);
 
-    load_segments(&k, &s, phnum);
+    load_segments(&s, phnum);
     read_cmdline();
     build_mbi();
 

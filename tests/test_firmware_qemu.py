@@ -222,6 +222,7 @@ def test_firmware_boots_hello(tmp_path, bios, hello, dma):
 
     assert f"fw_cfg: {'DMA' if dma else 'port I/O'}" in log
     assert f"ram: 0x{RAM_MIB << 20:x} bytes ({RAM_MIB} MiB)" in log
+    assert "cpus: 1" in log
     check_pci_log(log)
     assert "pic: vectors 0x08/0x70, all IRQs masked but the cascade" in log
     entry, segs = elf_entry_and_segments(hello)
