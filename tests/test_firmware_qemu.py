@@ -90,13 +90,13 @@ class HaltedQemu:
             time.sleep(0.02)
         pytest.fail(f"the firmware did not halt:\n{text}")
 
-    def qmp(self, command: str) -> object:
+    def qmp(self, command: str, **arguments) -> object:
         with socket.socket(socket.AF_UNIX) as s:
             s.connect(str(self.qmp_path))
             f = s.makefile("rw")
             json.loads(f.readline())                        # greeting
-            for cmd in ("qmp_capabilities", command):
-                f.write(json.dumps({"execute": cmd}) + "\n")
+            for cmd, args in (("qmp_capabilities", {}), (command, arguments)):
+                f.write(json.dumps({"execute": cmd, "arguments": args}) + "\n")
                 f.flush()
                 while True:
                     reply = json.loads(f.readline())
@@ -261,6 +261,12 @@ def test_pci_programming_seen_by_devices(halted_qemu, tmp_path, bios):
                 assert bars[name] == (addr, size), (key, name)
         if f["pin"]:
             assert irq == f["irq"], key
+
+    # Both 8259s as the firmware left them: vector bases, masks, and IRQ 10/11 level-triggered
+    pics = dict(re.findall(r"^(pic[01]): (.*)$", vm.qmp("human-monitor-command",
+                                                          **{"command-line": "info pic"}), re.M))
+    assert re.search(r"imr=fb .*irq_base=08 .*elcr=00", pics["pic0"])
+    assert re.search(r"imr=ff .*irq_base=70 .*elcr=0c", pics["pic1"])
 
 
 def big_host() -> bool:
