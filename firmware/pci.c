@@ -208,6 +208,17 @@ static int largest_unassigned(bool io)
     return best;
 }
 
+static void log_no_space(const struct pci_bar *b, const char *space)
+{
+    const struct pci_func *f = &funcs[b->func];
+    dbg_printf("pci: no %s space for 00:%02x.%u ", space, f->bdf >> 3, f->bdf & 7);
+    if (b->kind == BAR_KIND_ROM)
+        dbg_printf("ROM");
+    else
+        dbg_printf("BAR%u", b->index);
+    dbg_printf(" (0x%x bytes)\n", b->size);
+}
+
 /* Largest first keeps every BAR naturally aligned with no gaps between power-of-two sizes. */
 static void assign_bars(void)
 {
@@ -218,8 +229,7 @@ static void assign_bars(void)
         uint32_t addr = (io + b->span - 1) & -b->span;
         b->assigned = 1;
         if (addr + b->span > IO_WINDOW_END || addr < io) {
-            dbg_printf("pci: no I/O space for 00:%02x.%u BAR%u (0x%x bytes)\n",
-                       funcs[b->func].bdf >> 3, funcs[b->func].bdf & 7, b->index, b->size);
+            log_no_space(b, "I/O");
             continue;
         }
         b->addr = addr;
@@ -232,9 +242,8 @@ static void assign_bars(void)
         struct pci_bar *b = &bars[i];
         uint32_t addr = (mem - b->span) & -b->span;
         b->assigned = 1;
-        if (b->span > mem || addr < low) {
-            dbg_printf("pci: no memory space for 00:%02x.%u BAR%u (0x%x bytes)\n",
-                       funcs[b->func].bdf >> 3, funcs[b->func].bdf & 7, b->index, b->size);
+        if (b->span > mem || addr < low || !addr) {
+            log_no_space(b, "memory");
             continue;
         }
         b->addr = addr;
