@@ -1,0 +1,341 @@
+"""virtio-blk requests end to end through the PCI transport: every request type and status, the
+feature combinations that change behaviour, and the spec's rules for bad requests."""
+
+import os
+import struct
+
+import pytest
+
+from virtio_driver import (F_EVENT_IDX, F_INDIRECT, F_VERSION_1, S_IOERR, S_OK, S_UNSUPP, T_DISCARD,
+                           T_FLUSH, T_GET_ID, T_IN, T_OUT, T_WRITE_ZEROES, Bench, pattern)
+from machine.virtio import blk as B
+
+SECT = 512
+
+
+@pytest.fixture
+def make(tmp_path):
+    made = []
+
+    def _make(**kw):
+        b = Bench(tmp_path, **kw)
+        made.append(b)
+        return b
+    yield _make
+    for b in made:
+        b.close()
+
+
+def seg(sector, n, flags=0):
+    return struct.pack("<QII", sector, n, flags)
+
+
+LAYOUTS = {
+    "three_descriptors": dict(rcuts=[16], wcuts=None),
+    "header_split_4_12_data_by_sector": dict(rcuts=[4, 12, 512], wcuts=[512]),
+    "header_and_data_in_one": dict(rcuts=None, wcuts=None),
+    "every_piece_tiny": dict(rcuts=[1, 3, 12, 100, 300], wcuts=[1, 100, 411, 512]),
+}
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("indirect", [False, True])
+def test_read_and_write_roundtrip_in_any_descriptor_layout(make, layout, indirect):
+    b = make().start()
+    cuts = LAYOUTS[layout]
+    data = pattern(2048, seed=5)
+    _, st, used_len = b.run(T_OUT, 8, out=data, rcuts=cuts["rcuts"], indirect=indirect)
+    assert (st, used_len) == (S_OK, 1)
+    assert b.image()[8 * SECT:8 * SECT + 2048] == data
+    got, st, used_len = b.run(T_IN, 8, in_len=2048, wcuts=cuts["wcuts"], indirect=indirect)
+    assert (got, st, used_len) == (data, S_OK, 2049)
+
+
+def test_read_used_len_is_data_plus_status_exactly(make):
+    b = make().start()
+    got, st, used_len = b.run(T_IN, 0, in_len=4096)
+    assert st == S_OK and used_len == 4097 and got == pattern(1 << 20)[:4096]
+
+
+def test_legacy_interface_reads_and_writes(make):
+    b = make(legacy=True).start()
+    assert b.vdev.guest_features >> F_VERSION_1 & 1 == 0
+    _, st, _ = b.run(T_OUT, 1, out=b"L" * 512)
+    assert st == S_OK and b.image()[512:1024] == b"L" * 512
+    got, st, n = b.run(T_IN, 1, in_len=512)
+    assert (got, st, n) == (b"L" * 512, S_OK, 513)
+
+
+def test_modern_only_device_works(make):
+    b = make(props={"disable-legacy": "on"}).start()
+    got, st, _ = b.run(T_IN, 2, in_len=512)
+    assert st == S_OK and got == pattern(1 << 20)[1024:1536]
+
+
+def test_get_id_writes_the_20_byte_serial(make):
+    b = make(props={"serial": "SN-1234"}).start()
+    got, st, n = b.run(T_GET_ID, in_len=20)
+    assert (got, st, n) == (b"SN-1234".ljust(20, b"\0"), S_OK, 21)
+
+
+def test_get_id_with_short_buffer_writes_only_what_fits(make):
+    b = make(props={"serial": "ABCDEFGHIJKLMNOPQRSTUVWXYZ"}).start()
+    got, st, n = b.run(T_GET_ID, in_len=8)
+    assert (got, st, n) == (b"ABCDEFGH", S_OK, 9)
+
+
+def test_get_id_with_long_buffer_writes_at_most_20_bytes(make):
+    b = make(props={"serial": "ABCDEFGHIJKLMNOPQRSTUVWXYZ"}).start()
+    got, st, n = b.run(T_GET_ID, in_len=64)
+    assert got[:20] == b"ABCDEFGHIJKLMNOPQRST" and got[20:] == b"\xee" * 44 and (st, n) == (S_OK, 21)
+
+
+def test_unknown_request_types_are_unsupp(make):
+    b = make().start()
+    for t in (2, 3, 5, 7, 0xDEADBEEF, 0x80000000, 0x80000001):
+        _, st, n = b.run(t, 0, in_len=0)
+        assert (st, n) == (S_UNSUPP, 1), t
+
+
+def test_ioprio_is_ignored(make):
+    b = make().start()
+    req = b.blk.submit(T_IN, 0, in_len=512)
+    b.mem.write_u32(req.readable[0][0] + 4, 0xFFFFFFFF)
+    b.drv.kick(0)
+    assert b.vqs[0].get_used() == [(req.head, 513)] and b.blk.result(req)[1] == S_OK
+
+
+@pytest.mark.parametrize("sector,nbytes,status", [
+    (2048, 0, S_OK),                 # exactly at the end, nothing to do
+    (2047, 512, S_OK),               # the last sector
+    (2047, 1024, S_IOERR),           # one sector past the end
+    (2049, 512, S_IOERR),            # starts past the end
+    (2**64 - 1, 512, S_IOERR),       # sector + n wraps in 64 bits
+    (2**55, 512, S_IOERR),           # sector * 512 overflows 64 bits
+    (0, 100, S_IOERR),               # not a multiple of 512
+])
+def test_sector_ranges_are_checked_without_overflow(make, sector, nbytes, status):
+    b = make().start()          # 1 MiB: 2048 sectors
+    before = b.image()
+    got, st, n = b.run(T_IN, sector, in_len=nbytes)
+    assert st == status and n == (nbytes + 1 if status == S_OK else 1)
+    _, st, _ = b.run(T_OUT, sector, out=b"w" * nbytes)
+    assert st == status
+    if status != S_OK:
+        assert b.image() == before
+
+
+def test_logical_block_size_4k_rejects_unaligned_requests(make):
+    b = make(props={"logical_block_size": "4K"}).start()
+    assert b.drv.cfg_read(20, 4) == 4096
+    assert b.run(T_IN, 1, in_len=4096)[1] == S_IOERR       # sector not 4 KiB aligned
+    assert b.run(T_IN, 8, in_len=512)[1] == S_IOERR        # length not a block multiple
+    assert b.run(T_IN, 8, in_len=4096)[1] == S_OK
+
+
+def test_read_only_drive_offers_ro_and_fails_every_write_with_image_unchanged(make):
+    b = make(readonly=True).start()
+    assert b.vdev.guest_features >> B.VIRTIO_BLK_F_RO & 1
+    before = b.image()
+    assert b.run(T_OUT, 0, out=b"x" * 512)[1:] == (S_IOERR, 1)
+    assert b.run(T_WRITE_ZEROES, 0, out=seg(0, 8))[1] == S_IOERR
+    assert b.run(T_DISCARD, 0, out=seg(0, 8))[1] == S_IOERR
+    assert b.run(T_IN, 0, in_len=512)[1] == S_OK
+    assert b.image() == before
+
+
+def test_read_only_enforced_even_if_driver_does_not_ack_ro(make):
+    b = make(readonly=True)
+    offered = b.drv.device_features()
+    b.start(features=offered & ~(1 << B.VIRTIO_BLK_F_RO))
+    before = b.image()
+    assert b.run(T_OUT, 0, out=b"x" * 512)[1] == S_IOERR
+    assert b.image() == before
+
+
+def test_flush_reaches_fdatasync_before_completing(make, monkeypatch):
+    b = make().start()
+    calls = []
+    real = os.fdatasync
+    monkeypatch.setattr(os, "fdatasync", lambda fd: (calls.append(fd), real(fd))[1])
+    assert b.run(T_FLUSH, 0)[1:] == (S_OK, 1)
+    assert calls == [b.backend.fd]
+
+
+def test_flush_with_nonzero_sector_and_data_still_flushes_ok(make, monkeypatch):
+    b = make().start()
+    calls = []
+    monkeypatch.setattr(os, "fdatasync", lambda fd: calls.append(fd))
+    assert b.run(T_FLUSH, 77, out=b"z" * 512, in_len=512)[1] == S_OK and calls
+
+
+def test_flush_not_negotiated_still_flushes(make, monkeypatch):
+    b = make()
+    b.start(features=b.drv.device_features() & ~(1 << B.VIRTIO_BLK_F_FLUSH))
+    calls = []
+    monkeypatch.setattr(os, "fdatasync", lambda fd: calls.append(fd))
+    assert b.run(T_FLUSH, 0)[1] == S_OK and calls
+
+
+def test_failed_fdatasync_makes_every_later_flush_fail(make, monkeypatch):
+    b = make().start()
+    def boom(fd):
+        raise OSError(5, "Input/output error")
+    monkeypatch.setattr(os, "fdatasync", boom)
+    assert b.run(T_FLUSH, 0)[1] == S_IOERR
+    monkeypatch.setattr(os, "fdatasync", lambda fd: None)
+    assert b.run(T_FLUSH, 0)[1] == S_IOERR
+    assert b.run(T_FLUSH, 0)[1] == S_IOERR
+
+
+def test_writeback_mode_does_not_sync_each_write(make, monkeypatch):
+    b = make().start()
+    assert b.drv.cfg_read(B.OFF_WRITEBACK, 1) == 1
+    calls = []
+    monkeypatch.setattr(os, "fdatasync", lambda fd: calls.append(fd))
+    assert b.run(T_OUT, 0, out=b"a" * 512)[1] == S_OK and calls == []
+
+
+def test_driver_switching_wce_off_makes_each_write_durable(make, monkeypatch):
+    b = make().start()
+    b.drv.cfg_write(B.OFF_WRITEBACK, 1, 0)
+    assert b.drv.cfg_read(B.OFF_WRITEBACK, 1) == 0
+    calls = []
+    monkeypatch.setattr(os, "fdatasync", lambda fd: calls.append(fd))
+    assert b.run(T_OUT, 0, out=b"a" * 512)[1] == S_OK and len(calls) == 1
+    b.drv.cfg_write(B.OFF_WRITEBACK, 1, 1)
+    assert b.run(T_OUT, 0, out=b"a" * 512)[1] == S_OK and len(calls) == 1
+
+
+def test_cache_writethrough_starts_with_writeback_0_and_syncs_writes(make, monkeypatch):
+    b = make(cache="writethrough").start()
+    assert b.drv.cfg_read(B.OFF_WRITEBACK, 1) == 0
+    calls = []
+    monkeypatch.setattr(os, "fdatasync", lambda fd: calls.append(fd))
+    b.run(T_OUT, 0, out=b"a" * 512)
+    assert len(calls) == 1
+
+
+def test_writeback_field_is_read_only_without_config_wce(make):
+    b = make()
+    b.start(features=b.drv.device_features() & ~(1 << B.VIRTIO_BLK_F_CONFIG_WCE))
+    b.drv.cfg_write(B.OFF_WRITEBACK, 1, 0)
+    assert b.drv.cfg_read(B.OFF_WRITEBACK, 1) == 1
+
+
+def test_config_wce_without_flush_starts_in_writethrough(make):
+    b = make()
+    b.start(features=b.drv.device_features() & ~(1 << B.VIRTIO_BLK_F_FLUSH))
+    assert b.drv.cfg_read(B.OFF_WRITEBACK, 1) == 0
+
+
+def test_neither_flush_nor_wce_negotiated_means_writethrough(make, monkeypatch):
+    b = make()
+    f = b.drv.device_features() & ~(1 << B.VIRTIO_BLK_F_FLUSH) & ~(1 << B.VIRTIO_BLK_F_CONFIG_WCE)
+    b.start(features=f)
+    calls = []
+    monkeypatch.setattr(os, "fdatasync", lambda fd: calls.append(fd))
+    b.run(T_OUT, 0, out=b"a" * 512)
+    assert len(calls) == 1
+
+
+def test_short_host_write_is_ioerr(make, monkeypatch):
+    b = make().start()
+    monkeypatch.setattr(b.backend, "writev", lambda off, bufs: 100)
+    assert b.run(T_OUT, 0, out=b"a" * 512)[1] == S_IOERR
+
+
+def test_host_read_error_is_ioerr(make, monkeypatch):
+    b = make().start()
+    def fail(off, bufs):
+        raise OSError(5, "EIO")
+    monkeypatch.setattr(b.backend, "readv", fail)
+    assert b.run(T_IN, 0, in_len=512)[1:] == (S_IOERR, 1)
+
+
+def test_write_zeroes_zeroes_the_range(make):
+    b = make().start()
+    assert b.run(T_WRITE_ZEROES, 0, out=seg(4, 2))[1:] == (S_OK, 1)
+    img = b.image()
+    assert img[4 * SECT:6 * SECT] == bytes(1024) and img[6 * SECT:7 * SECT] == pattern(1 << 20)[6 * SECT:7 * SECT]
+
+
+def test_write_zeroes_with_unmap_flag_reads_back_zeroes(make):
+    b = make(discard="unmap").start()
+    assert b.run(T_WRITE_ZEROES, 0, out=seg(8, 8, 1))[1] == S_OK
+    assert b.run(T_IN, 8, in_len=4096)[0] == bytes(4096)
+
+
+def test_discard_with_discard_unmap_punches_a_hole(make):
+    b = make(discard="unmap").start()
+    assert b.run(T_DISCARD, 0, out=seg(0, 8))[1] == S_OK
+    assert b.image()[:4096] == bytes(4096)
+
+
+def test_discard_with_discard_ignore_completes_ok_and_keeps_data(make):
+    b = make().start()
+    before = b.image()
+    assert b.run(T_DISCARD, 0, out=seg(0, 8))[1] == S_OK
+    assert b.image() == before
+
+
+@pytest.mark.parametrize("rtype,payload,status", [
+    (T_DISCARD, seg(0, 8, 1), S_UNSUPP),             # unmap flag on discard
+    (T_DISCARD, seg(0, 8, 2), S_UNSUPP),             # unknown flag
+    (T_WRITE_ZEROES, seg(0, 8, ~1 & 0xFFFFFFFF), S_UNSUPP),
+    (T_WRITE_ZEROES, seg(0, 1) + seg(4, 1), S_UNSUPP),   # two segments, max_seg is 1
+    (T_DISCARD, seg(0, 0xFFFFFFFF), S_IOERR),         # more than max_discard_sectors
+    (T_WRITE_ZEROES, seg(2049, 1), S_IOERR),          # sector = capacity + 1
+    (T_WRITE_ZEROES, seg(2047, 2), S_IOERR),          # runs past the end
+    (T_WRITE_ZEROES, seg(2**64 - 1, 2), S_IOERR),     # sector + n wraps
+])
+def test_bad_discard_and_write_zeroes_segments(make, rtype, payload, status):
+    b = make().start()
+    before = b.image()
+    assert b.run(rtype, 0, out=payload)[1] == status
+    assert b.image() == before
+
+
+def test_discard_and_write_zeroes_unsupp_when_not_negotiated(make):
+    b = make()
+    f = b.drv.device_features() & ~(1 << B.VIRTIO_BLK_F_DISCARD) & ~(1 << B.VIRTIO_BLK_F_WRITE_ZEROES)
+    b.start(features=f)
+    assert b.run(T_DISCARD, 0, out=seg(0, 1))[1] == S_UNSUPP
+    assert b.run(T_WRITE_ZEROES, 0, out=seg(0, 1))[1] == S_UNSUPP
+
+
+def test_discard_and_write_zeroes_not_offered_when_disabled(make):
+    b = make(props={"discard": "off", "write-zeroes": "false"})
+    f = b.drv.device_features()
+    assert not f >> B.VIRTIO_BLK_F_DISCARD & 1 and not f >> B.VIRTIO_BLK_F_WRITE_ZEROES & 1
+
+
+def test_short_discard_payload_sets_needs_reset(make):
+    b = make().start()
+    b.blk.submit(T_DISCARD, 0, out=b"\0" * 8)
+    b.drv.kick(0)
+    assert b.needs_reset and b.vqs[0].get_used() == []
+
+
+def test_multiqueue_requests_complete_on_their_own_queue(make):
+    b = make(props={"num-queues": "4"})
+    assert b.drv.device_features() >> B.VIRTIO_BLK_F_MQ & 1
+    b.start(nqueues=4)
+    assert b.drv.cfg_read(34, 2) == 4
+    for q in (3, 0, 2, 1):
+        got, st, _ = b.run(T_IN, q, q=q, in_len=512)
+        assert st == S_OK and got == pattern(1 << 20)[q * SECT:(q + 1) * SECT]
+    assert all(vq.used_idx() == 1 for vq in b.vqs)
+
+
+@pytest.mark.parametrize("features", ["none", "indirect", "event_idx", "both"])
+def test_feature_combinations_all_serve_requests(make, features):
+    b = make()
+    f = b.drv.device_features() & ~((1 << F_INDIRECT) | (1 << F_EVENT_IDX))
+    if features in ("indirect", "both"):
+        f |= 1 << F_INDIRECT
+    if features in ("event_idx", "both"):
+        f |= 1 << F_EVENT_IDX
+    b.start(features=f)
+    assert b.run(T_OUT, 3, out=b"q" * 1024, indirect=features in ("indirect", "both"))[1] == S_OK
+    assert b.run(T_IN, 3, in_len=1024)[0] == b"q" * 1024
