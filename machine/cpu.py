@@ -160,6 +160,8 @@ class Cpu:
         self._bp_skip: int | None = None
         self._dead_hooks: list = []                         # callbacks kept alive after hook_del
         self._dynamic_hook: int | None = None
+        self._in_io = False
+        self._stop_after_io = False
         self.paging = False
 
         self._map_ram()
@@ -527,6 +529,12 @@ class Cpu:
         dynamic-hook mode; otherwise the stop comes at the next translated block or slice end."""
         if self._stop_cause is None:
             self._stop_cause = "stop"
+        if self._in_io:
+            self._stop_after_io = True
+        else:
+            self._arm_stop_hook()
+
+    def _arm_stop_hook(self) -> None:
         if self._stop_hook is None:
             self._stop_hook = self.uc.hook_add(UC.UC_HOOK_CODE, self._on_stop_hook)
 
@@ -608,20 +616,46 @@ class Cpu:
             or ui.vmem_read(self.uc, (lin - 1) & 0xFFFFFFFFFFFFFFFF, 1)
         return b == b"\xf4"
 
-    def _fatal(self, kind: str, message: str) -> None:
+    def _fatal(self, kind: str, message: str, back: int = 0) -> None:
         """From inside a hook: end the run with a report (delivery is impossible)."""
-        self._fatal_report = self.fault_report(message)
+        self._fatal_report = self.fault_report(message, back)
         self._stop_cause = kind
         self.uc.emu_stop()
 
     # -------------------------------------------------------------------------------------
     # hooks: port I/O, CPUID, RDTSC, interrupts
     # -------------------------------------------------------------------------------------
+    # A stop requested from an IN/OUT callback (isa-debug-exit, a reset port) is made exact:
+    # there RIP is the I/O instruction itself, so we move RIP past it and stop; Unicorn leaves
+    # the block at once and nothing after the OUT runs or replays.
     def _on_in(self, uc, port, size, _ud) -> int:
-        return self.io.read(port, size)
+        self._in_io = True
+        try:
+            return self.io.read(port, size)
+        finally:
+            self._in_io = False
+            if self._stop_after_io:
+                self._finish_io_stop()
 
     def _on_out(self, uc, port, size, value, _ud) -> None:
-        self.io.write(port, size, value)
+        self._in_io = True
+        try:
+            self.io.write(port, size, value)
+        finally:
+            self._in_io = False
+            if self._stop_after_io:
+                self._finish_io_stop()
+
+    def _finish_io_stop(self) -> None:
+        self._stop_after_io = False
+        rip = self._reg.read(_REG_RIP)
+        code = ui.vmem_read(self.uc, self.linear_pc(), 15, UC.UC_PROT_EXEC) or b""
+        length = _io_insn_length(code)
+        if length is None:                      # string I/O: fall back to the code hook
+            self._arm_stop_hook()
+            return
+        self._reg.write(_REG_RIP, rip + length)
+        self.uc.emu_stop()
 
     def _on_cpuid(self, uc, _ud) -> int:
         reg = self._reg
@@ -652,19 +686,26 @@ class Cpu:
     def deliver_exception(self, vector: int, error_code: int | None, software: bool = False) -> None:
         """Deliver a CPU exception or `int n` (from a hook), escalating a failed delivery to #DF
         and a failed #DF to a triple fault."""
+        back = self._trap_length() if software else 0
         try:
             self.deliver(vector, error_code, software=software)
             return
         except _DeliveryFault as first:
             if vector == VEC_DF:
-                self._fatal("triple_fault", f"triple fault: cannot deliver #DF ({first})")
+                self._fatal("triple_fault", f"triple fault: cannot deliver #DF ({first})", back)
                 return
             reason = str(first)
         try:
             self.deliver(VEC_DF, 0)
         except _DeliveryFault as second:
             self._fatal("triple_fault", f"triple fault: cannot deliver vector {vector:#x} ({reason}), "
-                                        f"then #DF ({second})")
+                                        f"then #DF ({second})", back)
+
+    def _trap_length(self) -> int:
+        """Length of the `int n` / int3 / into / int1 that RIP has just passed."""
+        lin = self.linear_pc()
+        two = ui.vmem_read(self.uc, lin - 2, 2, UC.UC_PROT_EXEC) or b""
+        return 2 if two[:1] == b"\xcd" else 1
 
     def deliver_irq(self, vector: int) -> bool:
         """Deliver a hardware interrupt between slices (the caller checked IF and the shadow).
@@ -886,13 +927,16 @@ class Cpu:
     # -------------------------------------------------------------------------------------
     # fatal fault report
     # -------------------------------------------------------------------------------------
-    def fault_report(self, why: str) -> str:
-        """A short, human-readable report: why, CPU mode, CS:EIP, the instruction, registers."""
+    def fault_report(self, why: str, back: int = 0) -> str:
+        """A short, human-readable report: why, CPU mode, CS:EIP, the instruction, registers.
+        `back`: the instruction of interest starts that many bytes before RIP (a trap such as
+        `int n` or HLT leaves RIP after the instruction)."""
         from .debug import disasm
         try:
             regs = self.read_registers()
             bits = self.code_bits()
-            lin = self.linear_pc()
+            lin = self.linear_pc() - back
+            regs["rip"] -= back
             mode = self.mode
         except Exception as exc:                 # the report must never itself fail
             return f"{why}\n(registers unavailable: {exc})"
@@ -924,6 +968,24 @@ class Cpu:
         lines.append(" ".join(f"{s.upper()}={regs[s]:04x}" for s in ("cs", "ds", "es", "ss", "fs", "gs")))
         lines.append(f"GDT={regs['gdtr_base']:x}/{regs['gdtr_limit']:x} IDT={regs['idtr_base']:x}/{regs['idtr_limit']:x}")
         return "\n".join(lines)
+
+
+_PREFIXES = frozenset((0x66, 0x67, 0xF2, 0xF3, 0x26, 0x2E, 0x36, 0x3E, 0x64, 0x65, 0xF0))
+
+
+def _io_insn_length(code: bytes) -> int | None:
+    """Length of the IN/OUT instruction at the start of `code`; None for INS/OUTS (or junk)."""
+    i = 0
+    while i < len(code) and code[i] in _PREFIXES:
+        i += 1
+    if i >= len(code):
+        return None
+    op = code[i]
+    if op in (0xE4, 0xE5, 0xE6, 0xE7):
+        return i + 2
+    if op in (0xEC, 0xED, 0xEE, 0xEF):
+        return i + 1
+    return None
 
 
 def _open_bus_read(uc, offset, size, _ud) -> int:

@@ -1,0 +1,254 @@
+"""Interrupt and exception delivery through the IVT (real mode) and the IDT (protected and long
+mode), as a guest sees it: handlers run, frames and error codes are right, iret returns."""
+
+from asm import LONG_MODE, PM32_PROLOGUE, build_machine, result
+
+
+def test_power_on_state_and_reset_vector(tmp_path):
+    m = build_machine(tmp_path, "hlt")
+    regs = m.cpu.read_registers()
+    assert m.cpu.mode == "real"
+    assert (regs["cs"], regs["rip"]) == (0xF000, 0xFFF0)
+    assert m.cpu.linear_pc() == 0xFFFF0
+    assert m.cpu.segment("cs")[1] == 0xF0000
+    m.step()                                   # the ROM's far jump at F000:FFF0
+    regs = m.cpu.read_registers()
+    assert (regs["cs"], regs["rip"]) == (0xF000, 0)
+    m.step()                                   # the stub's jump to the program in RAM
+    regs = m.cpu.read_registers()
+    assert (regs["cs"], regs["rip"]) == (0, 0x8000)
+    assert m.instructions == 2
+
+
+def test_real_mode_int_through_ivt(tmp_path):
+    m = build_machine(tmp_path, """
+        xor %ax, %ax
+        mov %ax, %ds
+        mov %ax, %ss
+        mov $0x7000, %sp
+        movw $handler, 0x30 * 4
+        movw $0, 0x30 * 4 + 2
+        sti
+        mov $0x1111, %bx
+        int $0x30
+    after:
+        pushf
+        pop %ax
+        mov %ax, RESULTS + 8           # flags after iret: IF restored
+        mov %bx, RESULTS + 12
+        EXIT 0
+    handler:
+        mov %sp, %bp
+        mov (%bp), %ax
+        mov %ax, RESULTS               # return IP
+        mov 4(%bp), %ax
+        mov %ax, RESULTS + 4           # pushed FLAGS
+        pushf
+        pop %ax
+        mov %ax, RESULTS + 16          # FLAGS inside the handler: IF clear
+        mov $0x2222, %bx
+        iret
+    """)
+    assert m.run(1_000_000) == 1
+    labels_after = result(m, 0) & 0xFFFF
+    assert 0x8000 < labels_after < 0x8100
+    assert result(m, 1) & 0x200                       # pushed FLAGS had IF
+    assert not result(m, 4) & 0x200                   # handler runs with IF=0
+    assert result(m, 2) & 0x200                       # iret restored IF
+    assert result(m, 3) & 0xFFFF == 0x2222
+
+
+PM_EXCEPTIONS = """
+main:
+    SETGATE 0x30, h_int30
+    SETGATE 6, h_ud
+    SETGATE 13, h_gp
+    SETGATE 0, h_de
+    SETGATE 14, h_pf
+    int $0x30
+after_int:
+    movl $after_int, RESULTS + 4
+ud_site:
+    ud2
+    mov $0x1238, %ax
+gp_site:
+    mov %ax, %ds                # beyond the GDT limit: #GP(0x1238)
+    xor %edx, %edx
+    mov $7, %eax
+    xor %ecx, %ecx
+de_site1:
+    div %ecx                    # #DE, handler sets ecx=1 and retries
+    movl %eax, RESULTS + 32
+    xor %edx, %edx
+    mov $9, %eax
+    xor %ecx, %ecx
+de_site2:
+    div %ecx                    # a second #DE must not turn into #DF
+    movl %eax, RESULTS + 36
+    # paging: identity map 4 MiB with one 4 MiB page, leave PD[1] not present
+    mov $0x50000, %edi
+    xor %eax, %eax
+    mov $1024, %ecx
+    rep stosl
+    movl $0x83, 0x50000
+    mov %cr4, %eax
+    or $0x10, %eax              # PSE
+    mov %eax, %cr4
+    mov $0x50000, %eax
+    mov %eax, %cr3
+    mov %cr0, %eax
+    or $0x80000000, %eax
+    mov %eax, %cr0
+pf_site:
+    movl $0xabcd, 0x400010      # PD[1] not present: #PF, handler maps it and retries
+    mov 0x400010, %eax
+    mov %eax, RESULTS + 56
+    EXIT 0
+
+h_int30:
+    mov (%esp), %eax
+    mov %eax, RESULTS
+    iret
+h_ud:
+    mov (%esp), %eax
+    mov %eax, RESULTS + 8
+    addl $2, (%esp)
+    iret
+h_gp:
+    pop %eax                    # error code
+    mov %eax, RESULTS + 12
+    mov (%esp), %eax
+    mov %eax, RESULTS + 16
+    addl $2, (%esp)
+    iret
+h_de:
+    incl RESULTS + 40           # count #DE
+    push %eax
+    mov 4(%esp), %eax
+    mov %eax, RESULTS + 20
+    pop %eax
+    mov $1, %ecx
+    iret
+h_pf:
+    pop %eax
+    mov %eax, RESULTS + 44      # error code
+    mov %cr2, %eax
+    mov %eax, RESULTS + 48
+    mov (%esp), %eax
+    mov %eax, RESULTS + 52
+    movl $0x400083, 0x50004     # map PD[1]
+    invlpg 0x400010
+    iret
+"""
+
+
+def test_protected_mode_int_and_faults(tmp_path):
+    m = build_machine(tmp_path, PM_EXCEPTIONS, prologue=PM32_PROLOGUE)
+    assert m.run(2_000_000) == 1, m.stop_reason
+    after_int = result(m, 1)
+    assert result(m, 0) == after_int                  # int n: return address = next instruction
+    ud_site = after_int + 10                          # after the 10-byte movl
+    assert result(m, 2) == ud_site                    # #UD: saved EIP = the ud2
+    assert result(m, 3) == 0x1238                     # #GP error code = the selector
+    assert result(m, 4) == ud_site + 2 + 4            # #GP at gp_site (after mov $0x1238,%ax)
+    assert result(m, 8) == 7 and result(m, 9) == 9    # both divisions completed after retry
+    assert result(m, 10) == 2                         # two #DE, neither became #DF
+    assert result(m, 11) == 0x2                       # #PF: write to a not-present page
+    assert result(m, 12) == 0x400010                  # CR2
+    assert result(m, 14) == 0xABCD                    # the retried store landed
+    assert m.cpu.mode == "protected" and m.cpu.paging
+
+
+def test_long_mode_delivery(tmp_path):
+    m = build_machine(tmp_path, LONG_MODE + """
+    main64:
+        SETGATE64 0x40, h40
+        SETGATE64 13, h_gp
+        mov $0x90008, %rsp             # misaligned: the CPU aligns the frame to 16 bytes
+        movabs $0x1122334455667788, %rbx
+        int $0x40
+        movabs $0x8000000000000000, %rax
+        mov (%rax), %rbx               # non-canonical: #GP(0)
+        EXIT 0
+    h40:
+        mov %rsp, RESULTS
+        mov (%rsp), %rax
+        mov %rax, RESULTS + 8          # return RIP
+        mov 24(%rsp), %rax
+        mov %rax, RESULTS + 16         # saved RSP
+        mov %rbx, RESULTS + 24
+        iretq
+    h_gp:
+        pop %rax
+        mov %rax, RESULTS + 32         # error code
+        addq $3, (%rsp)                # skip the 3-byte mov
+        iretq
+    """, prologue=PM32_PROLOGUE)
+    assert m.run(2_000_000) == 1, m.stop_reason
+    assert m.cpu.mode == "long"
+    assert m.mem.read_u64(0x3000) == 0x90000 - 40    # 5-qword frame below the aligned RSP
+    assert m.mem.read_u64(0x3000 + 16) == 0x90008
+    assert m.mem.read_u64(0x3000 + 24) == 0x1122334455667788
+    assert m.mem.read_u64(0x3000 + 32) == 0
+
+
+def test_triple_fault_reports_and_exits_2_with_no_reboot(tmp_path, capsys):
+    m = build_machine(tmp_path, """
+        lidtl bad_idtr
+        sti
+        int $0x21
+    bad_idtr:
+        .word 0
+        .long 0
+    """, prologue="")
+    status = m.run(1_000_000)
+    err = capsys.readouterr().err
+    assert status == 2
+    assert m.stop_reason.kind == "fault"
+    assert "triple fault" in err
+    assert "real mode" in err and "CS:EIP = 0000:" in err
+    assert "int 0x21" in err                          # the faulting instruction, disassembled
+
+
+def test_triple_fault_resets_without_no_reboot(tmp_path):
+    # Each boot increments a counter in RAM (RAM survives a reset); the third boot exits.
+    m = build_machine(tmp_path, """
+        xor %ax, %ax
+        mov %ax, %ds
+        incw RESULTS
+        cmpw $3, RESULTS
+        je done
+        lidtl bad_idtr
+        int $0x21
+    done:
+        EXIT 5
+    bad_idtr:
+        .word 0
+        .long 0
+    """, no_reboot=False)
+    assert m.run(1_000_000) == 11
+    assert m.resets == 2
+
+
+def test_hlt_with_interrupts_disabled_is_fatal(tmp_path, capsys):
+    m = build_machine(tmp_path, "cli\n hlt\n")
+    assert m.run(1_000_000) == 2
+    err = capsys.readouterr().err
+    assert "HLT with IF=0" in err
+    assert "hlt" in err
+
+
+def test_protected_mode_gate_not_present_becomes_double_fault(tmp_path):
+    m = build_machine(tmp_path, """
+    main:
+        SETGATE 8, h_df
+        int $0x31                # gate 0x31 not present -> #DF
+        EXIT 9
+    h_df:
+        pop %eax
+        mov %eax, RESULTS        # #DF error code is 0
+        movl $1, RESULTS + 4
+        EXIT 0
+    """, prologue=PM32_PROLOGUE)
+    assert m.run(1_000_000) == 1
+    assert result(m, 1) == 1 and result(m, 0) == 0
