@@ -150,7 +150,10 @@ static const struct elf32_ehdr *check_elf(const struct kernel_source *k, uint32_
 static void check_segment(const struct kernel_source *k, const struct elf32_phdr *ph)
 {
     uint64_t start = ph->paddr, end = start + ph->memsz;
-    if (ph->filesz > ph->memsz || (uint64_t)ph->offset + ph->filesz > k->size)
+    if (ph->filesz > ph->memsz)
+        fatal("kernel segment at 0x%x has more file bytes (0x%x) than memory (0x%x)",
+              ph->paddr, ph->filesz, ph->memsz);
+    if ((uint64_t)ph->offset + ph->filesz > k->size)
         fatal("kernel segment at 0x%x: file range 0x%x+0x%x is outside the %u-byte file",
               ph->paddr, ph->offset, ph->filesz, k->size);
     if (end > 0x100000000ull)
