@@ -187,9 +187,11 @@ class DeviceBreakpoints:
     """
 
     def __init__(self, on_hit: Callable[[DeviceBreakpoint, str], None],
-                 resolver: "RequestResolver | None" = None):
+                 resolver: "RequestResolver | None" = None,
+                 on_change: Callable[[int], None] | None = None):
         self.on_hit = on_hit
         self.resolver = resolver
+        self.on_change = on_change        # on_change(count) after every add/delete
         self.items: dict[int, DeviceBreakpoint] = {}
         self._next = 1
         self._listening = False
@@ -257,6 +259,8 @@ class DeviceBreakpoints:
         elif not want and self._listening:
             trace.remove_listener(self.listener)
         self._listening = want
+        if self.on_change is not None:
+            self.on_change(len(self.items))
 
     def listener(self, name: str, fields: dict) -> None:
         for bp in list(self.items.values()):

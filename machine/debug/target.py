@@ -73,16 +73,18 @@ class DebugTarget(Protocol):
 # Adapter for the real board
 # ----------------------------------------------------------------------------------------------
 
-_WATCH_STEP_BUDGET = 1 << 62
+_WATCH_POLL_EVERY = 1024        # instructions between host polls while stepping for watchpoints
 
 
 class MachineTarget:
-    """`DebugTarget` over `machine.pc.Machine`.
+    """`DebugTarget` over `machine.pc.Machine` (its `run()`/`step()`/`stop_reason`, and the
+    CPU's registers, virtual memory and code-hook breakpoints).
 
-    Breakpoints go to the CPU's code hooks. Watchpoints use the CPU's own memory hooks when it
-    offers `add_watchpoint`; otherwise write watchpoints are done here by running one
-    instruction at a time and comparing the watched bytes (slow, but exact and with devices,
-    timers and interrupts still running), and read/access watchpoints are refused.
+    Watchpoints: the CPU layer offers no data hooks, so write watchpoints are done here by
+    running one instruction at a time through the board's loop (devices, timers and interrupts
+    keep working) and comparing the watched bytes: exact, but far slower than free running, and
+    only while a watchpoint exists. Read/access watchpoints would need memory hooks in the CPU
+    layer; a CPU that grows `add_watchpoint(addr, len, kind)` is used instead automatically.
     """
 
     def __init__(self, machine, arch: str = "i386"):
@@ -108,20 +110,15 @@ class MachineTarget:
 
     def read_memory(self, vaddr: int, length: int) -> bytes:
         try:
-            data = self.cpu.read_virtual(vaddr, length)
-        except Exception as exc:        # the CPU layer's own error types: all mean "refused"
+            return bytes(self.cpu.read_virtual(vaddr, length))
+        except (ValueError, OverflowError) as exc:     # MemoryAccessError is a ValueError
             raise DebugAccessError(f"cannot access memory at {vaddr:#x}: {exc}") from None
-        if data is None or len(data) != length:
-            raise DebugAccessError(f"cannot access memory at {vaddr:#x}")
-        return bytes(data)
 
     def write_memory(self, vaddr: int, data: bytes) -> None:
         try:
-            ok = self.cpu.write_virtual(vaddr, bytes(data))
-        except Exception as exc:
+            self.cpu.write_virtual(vaddr, bytes(data))
+        except (ValueError, OverflowError) as exc:
             raise DebugAccessError(f"cannot access memory at {vaddr:#x}: {exc}") from None
-        if ok is False:
-            raise DebugAccessError(f"cannot access memory at {vaddr:#x}")
 
     def read_physical(self, paddr: int, length: int) -> bytes:
         try:
@@ -130,25 +127,20 @@ class MachineTarget:
             raise DebugAccessError(f"cannot access physical memory at {paddr:#x}: {exc}") from None
 
     def translate(self, vaddr: int) -> int | None:
-        try:
-            return self.cpu.translate(vaddr)
-        except Exception:
-            return None
+        return self.cpu.translate(vaddr)
 
     # -- breakpoints and watchpoints -----------------------------------------------------------
     def add_breakpoint(self, addr: int) -> None:
-        if addr not in self._breakpoints:
-            self._breakpoints.add(addr)
-            self.cpu.add_breakpoint(addr)
+        self._breakpoints.add(addr)
+        self.cpu.add_breakpoint(addr)
 
     def remove_breakpoint(self, addr: int) -> None:
-        if addr in self._breakpoints:
-            self._breakpoints.discard(addr)
-            self.cpu.remove_breakpoint(addr)
+        self._breakpoints.discard(addr)
+        self.cpu.remove_breakpoint(addr)
 
     def add_watchpoint(self, addr: int, length: int, kind: str) -> bool:
         if self._hw_watch:
-            return bool(self.cpu.add_watchpoint(addr, length, kind) is not False)
+            return self.cpu.add_watchpoint(addr, length, kind) is not False
         if kind != "watch":
             return False
         try:
@@ -163,44 +155,48 @@ class MachineTarget:
         else:
             self._soft_watch.pop((addr, length, kind), None)
 
+    def set_precise_stops(self, on: bool) -> None:
+        """Device breakpoints stop at the end of the very instruction that reached the device
+        only in the CPU's dynamic-hook mode (it costs speed, so only while they exist)."""
+        dyn = getattr(self.cpu, "set_dynamic_hooks", None)
+        if dyn is not None:
+            dyn(on)
+
     # -- execution --------------------------------------------------------------------------------
     def pc(self) -> int:
-        regs = self.cpu.read_registers()
-        return regs.get("eip", regs.get("rip", 0))
+        return self.cpu.linear_pc() if hasattr(self.cpu, "linear_pc") else self.cpu.read_registers()["eip"]
 
     def request_stop(self, reason: str, message: str = "") -> None:
-        """Stop as soon as the CPU allows: at the end of the current instruction when called
-        from inside a device callback (if the CPU offers that), else at the end of the slice."""
-        self._pending = (reason, message)
-        precise = getattr(self.cpu, "stop_after_instruction", None) or \
-            getattr(self.machine, "stop_after_instruction", None)
-        if precise is not None:
-            precise(reason)
-        else:
-            self.machine.request_stop(reason)
+        """Callable from a device callback: the board stops cleanly after the current instruction."""
+        if self._pending is None:
+            self._pending = (reason, message)
+        self.machine.request_stop(reason)
 
     def _poll_hook(self) -> None:
         if self._poll is None:
             return
         reason = self._poll()
         if reason:
-            self._pending = self._pending or (reason, "")
-            self.machine.request_stop(reason)
+            self.request_stop(reason)
+
+    def _collect(self) -> Stop | None:
+        """After a step: an exit, reset or device stop the stepped instruction caused is still
+        queued in the board; a zero-instruction run() hands it over."""
+        self.machine.run(max_instructions=0)
+        stop = self._classify(self.machine.stop_reason)
+        return None if stop.kind == STOP_LIMIT else stop
 
     def step(self, irqs: bool = False) -> Stop:
         self._pending = None
         if irqs:
-            # One instruction through the board's loop: pending interrupts get delivered.
-            result = self.machine.run(max_instructions=1)
-            stop = self._classify(result)
-            if stop.kind not in (STOP_LIMIT, STOP_INTERRUPT):
-                return stop
+            self.machine.run(max_instructions=1)     # pending interrupts are delivered first
+            reason = self.machine.stop_reason
         else:
-            result = self.cpu.step()
-            stop = self._classify(result) if result is not None else None
-            if stop is not None and stop.kind in (STOP_EXITED, STOP_FAULT, STOP_DEVICE):
-                return stop
-        return Stop(STOP_STEP, pc=self.pc())
+            reason = self.machine.step()
+        stop = self._classify(reason)
+        if stop.kind in (STOP_LIMIT, STOP_STEP):
+            stop = self._collect() or Stop(STOP_STEP, pc=self.pc())
+        return stop
 
     def resume(self, poll: PollFn, max_instructions: int | None = None) -> Stop:
         self._pending = None
@@ -208,105 +204,71 @@ class MachineTarget:
         try:
             if self._soft_watch:
                 return self._resume_watching(poll, max_instructions)
-            result = self.machine.run(max_instructions=max_instructions)
-            return self._classify(result)
+            self.machine.run(max_instructions=max_instructions)
+            return self._classify(self.machine.stop_reason)
         finally:
             self._poll = None
 
     def _resume_watching(self, poll: PollFn, max_instructions: int | None) -> Stop:
-        budget = _WATCH_STEP_BUDGET if max_instructions is None else max_instructions
         n = 0
-        while n < budget:
-            result = self.machine.run(max_instructions=1)
+        first = True
+        while max_instructions is None or n < max_instructions:
+            pc = self.pc()
+            if not first and pc in self._breakpoints:
+                return Stop(STOP_BREAKPOINT, pc=pc)
+            first = False
+            self.machine.run(max_instructions=1)
             n += 1
-            stop = self._classify(result)
-            if stop.kind not in (STOP_LIMIT,):
+            stop = self._classify(self.machine.stop_reason)
+            if stop.kind == STOP_BREAKPOINT:         # the board stopped before a breakpoint
                 return stop
-            for (addr, length, kind), old in list(self._soft_watch.items()):
+            for key, old in list(self._soft_watch.items()):
                 try:
-                    new = self.read_memory(addr, length)
+                    new = self.read_memory(key[0], key[1])
                 except DebugAccessError:
                     continue
                 if new != old:
-                    self._soft_watch[(addr, length, kind)] = new
-                    return Stop(STOP_WATCHPOINT, pc=self.pc(), addr=addr, watch_kind=kind)
-            if n & 0x3FF == 0:
+                    self._soft_watch[key] = new
+                    if stop.kind in (STOP_LIMIT, STOP_STEP):
+                        return Stop(STOP_WATCHPOINT, pc=self.pc(), addr=key[0], watch_kind=key[2])
+            if stop.kind not in (STOP_LIMIT, STOP_STEP):
+                return stop
+            if n % _WATCH_POLL_EVERY == 0:
                 reason = poll()
                 if reason:
                     return Stop(STOP_INTERRUPT, pc=self.pc(), message=reason)
         return Stop(STOP_LIMIT, pc=self.pc())
 
     def reset(self) -> None:
-        reset = getattr(self.machine, "reset", None)
-        if reset is not None:
-            reset()
-        else:
-            self.machine.request_stop("reset")
+        self.machine.reset()
 
-    def _classify(self, result) -> Stop:
-        """Turn whatever the board's run()/step() returned into a Stop."""
-        pc = self.pc()
+    def _classify(self, reason) -> Stop:
+        """The board's StopReason as a debugger Stop."""
         pending, self._pending = self._pending, None
-        kind = _result_kind(result)
-        status = _result_status(result)
-        message = _result_message(result)
-        if kind in ("exit", "exited", "shutdown", "poweroff", "quit"):
-            return Stop(STOP_EXITED, pc=pc, exit_status=status if status is not None else 0, message=message)
-        if kind in ("fault", "fatal", "triple_fault", "dead", "halted_dead", "error"):
-            return Stop(STOP_FAULT, pc=pc, exit_status=status if status is not None else 2, message=message)
-        if kind == "watchpoint":
-            return Stop(STOP_WATCHPOINT, pc=pc, addr=getattr(result, "addr", 0) or 0,
-                        watch_kind=getattr(result, "watch_kind", "watch") or "watch")
+        kind = getattr(reason, "kind", "limit")
+        message = getattr(reason, "message", "") or ""
+        status = getattr(reason, "exit_status", 0)
+        if kind == "exited":
+            return Stop(STOP_EXITED, pc=self.pc(), exit_status=status, message=message)
+        if kind == "fault":
+            return Stop(STOP_FAULT, pc=self.pc(), exit_status=status, message=message)
+        if kind == "breakpoint":
+            return Stop(STOP_BREAKPOINT, pc=getattr(reason, "address", 0) or self.pc())
+        if kind == "step":
+            return Stop(STOP_STEP, pc=self.pc())
+        if kind == "limit":
+            return Stop(STOP_LIMIT, pc=self.pc())
+        # A stop request: ours (device breakpoint, ^C, attach, quit, reset) or someone else's.
         if pending is not None:
-            reason, msg = pending
-            if reason == "device":
-                return Stop(STOP_DEVICE, pc=pc, message=msg)
-            if reason == "reset":
-                return Stop(STOP_RESET, pc=pc, message=msg)
-            return Stop(STOP_INTERRUPT, pc=pc, message=msg or reason)
-        if kind == "breakpoint" or pc in self._breakpoints:
-            return Stop(STOP_BREAKPOINT, pc=pc)
-        if kind in ("reset", "reboot"):
-            return Stop(STOP_RESET, pc=pc, message=message)
-        if kind in ("limit", "budget", "instructions", "max_instructions"):
-            return Stop(STOP_LIMIT, pc=pc)
-        if result is None:
-            return Stop(STOP_LIMIT, pc=pc)
-        if isinstance(result, int) and not isinstance(result, bool):
-            return Stop(STOP_EXITED, pc=pc, exit_status=result)
-        return Stop(STOP_INTERRUPT, pc=pc, message=message or kind)
-
-
-def _result_kind(result) -> str:
-    if result is None or isinstance(result, int):
-        return ""
-    if isinstance(result, str):
-        return result.lower()
-    for attr in ("kind", "reason", "name"):
-        value = getattr(result, attr, None)
-        if isinstance(value, str):
-            return value.lower()
-        if value is not None and hasattr(value, "name"):
-            return str(value.name).lower()
-    return type(result).__name__.lower()
-
-
-def _result_status(result) -> int | None:
-    if isinstance(result, int) and not isinstance(result, bool):
-        return result
-    for attr in ("exit_status", "status", "code"):
-        value = getattr(result, attr, None)
-        if isinstance(value, int):
-            return value
-    return None
-
-
-def _result_message(result) -> str:
-    for attr in ("message", "report", "detail"):
-        value = getattr(result, attr, None)
-        if isinstance(value, str):
-            return value
-    return ""
+            why, text = pending
+            if why == "device":
+                return Stop(STOP_DEVICE, pc=self.pc(), message=text)
+            if why == "reset":
+                return Stop(STOP_RESET, pc=self.pc())
+            return Stop(STOP_INTERRUPT, pc=self.pc(), message=why)
+        if message == "device":
+            return Stop(STOP_DEVICE, pc=self.pc(), message="device breakpoint")
+        return Stop(STOP_INTERRUPT, pc=self.pc(), message=message)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -369,7 +331,9 @@ class Debugger:
         self.console = console
         self.start_stopped = start_stopped
         resolver = RequestResolver(self._virtio_named) if machine is not None else None
-        self.breakpoints = DeviceBreakpoints(self._device_hit, resolver)
+        precise = getattr(target, "set_precise_stops", None)
+        self.breakpoints = DeviceBreakpoints(self._device_hit, resolver,
+                                             on_change=(lambda n: precise(n > 0)) if precise else None)
         self.monitor = Monitor(target, machine, self.breakpoints, on_quit=self._quit,
                                on_reset=self._reset, on_stop=self._console_stop,
                                on_cont=self._console_cont)
@@ -527,7 +491,7 @@ class Debugger:
                 self.gdb.report_stop(stop)
                 self._dead = stop
                 return False
-            if self.console is not None and stop.message:
+            if self.console is not None and stop.message and self.machine is None:
                 self.console.write("\n" + stop.message.rstrip("\n") + "\n")
             return True
         if stop.kind == STOP_RESET and self._reset_pending:
