@@ -1,0 +1,490 @@
+"""The virtio-pci transport: IDs, BARs and capabilities, the common cfg and legacy header
+registers, ISR/INTx, the PCI_CFG window, reset, and what bad register writes must do."""
+
+import pytest
+
+from virtio_driver import (ACK, DRIVER, DRIVER_OK, F_EVENT_IDX, F_VERSION_1, FAILED, FEATURES_OK, NEEDS_RESET,
+                           S_OK, T_IN, T_OUT, Bench, BlkRequests, Vring, pattern)
+from machine.block import open_drive
+from machine.config import ConfigError, DriveConfig
+from machine.memory import GuestMemory, IoSpace, MemoryMap
+from machine.pci.bus import PciBus
+from machine.virtio.pci import create_virtio_blk_pci
+
+
+@pytest.fixture
+def make(tmp_path):
+    made = []
+
+    def _make(**kw):
+        b = Bench(tmp_path, **kw)
+        made.append(b)
+        return b
+    yield _make
+    for b in made:
+        b.close()
+
+
+def cfg(dev, off, size):
+    return dev.config_read(off, size)
+
+
+# -- identity -----------------------------------------------------------------------------------------
+
+def test_transitional_by_default_legacy_ids_both_bars_and_five_caps(make):
+    dev = make().dev
+    assert (cfg(dev, 0, 2), cfg(dev, 2, 2), cfg(dev, 8, 1)) == (0x1AF4, 0x1001, 0)
+    assert (cfg(dev, 0x2C, 2), cfg(dev, 0x2E, 2)) == (0x1AF4, 2)
+    assert cfg(dev, 0x08, 4) >> 8 == 0x010000 and cfg(dev, 0x3D, 1) == 1
+    assert cfg(dev, 0x10, 4) & 1 == 1                                  # BAR0: I/O
+    assert cfg(dev, 0x20, 4) & 0xF == 0xC                              # BAR4: 64-bit prefetchable
+    dev.config_write(0x20, 4, 0xFFFFFFFF)
+    assert cfg(dev, 0x20, 4) & ~0xF & 0xFFFFFFFF == 0xFFFFC000          # 16 KiB
+    dev.config_write(0x10, 4, 0xFFFFFFFF)
+    assert cfg(dev, 0x10, 4) & 0xFFFF == 0xFF81                         # 128 ports
+    assert sorted(make().drv.caps) == [1, 2, 3, 4, 5]
+
+
+def test_modern_only_uses_1042_revision_1(make):
+    b = make(props={"disable-legacy": "on"})
+    assert (cfg(b.dev, 2, 2), cfg(b.dev, 8, 1)) == (0x1042, 1)
+    assert b.dev.bars[0] is None and b.dev.bars[4] is not None
+
+
+def test_legacy_only_has_no_capabilities(make):
+    b = make(props={"disable-modern": "on"}, legacy=True)
+    assert cfg(b.dev, 2, 2) == 0x1001 and b.dev.bars[4] is None and cfg(b.dev, 0x34, 1) == 0
+    assert cfg(b.dev, 6, 2) & 0x10 == 0
+
+
+def test_capabilities_point_into_bar4_pages_with_notify_multiplier(make):
+    drv = make().drv
+    assert {t: (c[1], c[2]) for t, c in drv.caps.items() if t != 5} == {
+        1: (4, 0x0), 3: (4, 0x1000), 4: (4, 0x2000), 2: (4, 0x3000)}
+    assert drv.notify_mult == 4
+
+
+@pytest.mark.parametrize("props,msg", [
+    ({"disable-legacy": "on", "disable-modern": "on"}, "neither modern nor legacy"),
+    ({"bogus": "1"}, "bogus"),
+    ({"queue-size": "100"}, "power of 2"),
+    ({"queue-size": "2048"}, "queue-size"),
+    ({"num-queues": "0"}, "num-queues"),
+    ({"config-wce": "maybe"}, "config-wce"),
+    ({"logical_block_size": "1000"}, "logical_block_size"),
+    ({"disable-legacy": "sometimes"}, "disable-legacy"),
+])
+def test_bad_properties_are_config_errors(tmp_path, props, msg):
+    p = tmp_path / "d.img"
+    p.write_bytes(bytes(4096))
+    be = open_drive(DriveConfig(file=p))
+    try:
+        with pytest.raises(ConfigError, match=msg):
+            create_virtio_blk_pci(be, props, GuestMemory(4 << 20))
+    finally:
+        be.close()
+
+
+def test_board_level_properties_are_accepted(make):
+    make(props={"drive": "d0", "id": "v0", "bootindex": "1", "addr": "0x5", "ioeventfd": "off"})
+
+
+def test_config_space_matches_the_disk_and_properties(make):
+    b = make(disk_size=8 << 20, props={"physical_block_size": "4096", "serial": "x"}).start()
+    d = b.drv
+    assert d.cfg_read(0, 4) | d.cfg_read(4, 4) << 32 == 16384
+    assert d.cfg_read(12, 4) == 254                              # seg_max = queue size - 2
+    assert (d.cfg_read(16, 2), d.cfg_read(18, 1), d.cfg_read(19, 1)) == (16, 16, 63)
+    assert d.cfg_read(20, 4) == 512 and d.cfg_read(24, 1) == 3   # blk_size, physical_block_exp
+    assert d.cfg_read(32, 1) == 1 and d.cfg_read(34, 2) == 1     # writeback, num_queues
+    assert d.cfg_read(40, 4) == 1 and d.cfg_read(44, 4) == 1     # max_discard_seg, alignment
+    assert d.cfg_read(52, 4) == 1 and d.cfg_read(56, 1) == 1
+
+
+def test_legacy_config_at_offset_20_and_queue_num(make):
+    b = make(legacy=True)
+    assert b.drv.cfg_read(0, 4) == 2048
+    b.drv.bar.write(0x0E, 2, 0)
+    assert b.drv.bar.read(0x0C, 2) == 256
+    b.drv.bar.write(0x0E, 2, 7)
+    assert b.drv.bar.read(0x0C, 2) == 0
+
+
+def test_legacy_offers_any_layout_but_not_version_1(make):
+    b = make(legacy=True)
+    f = b.drv.device_features()
+    assert f >> 27 & 1 and f & (1 << 28) and f & (1 << 29)
+
+
+# -- status and features -------------------------------------------------------------------------------
+
+def test_features_ok_refused_for_features_never_offered(make):
+    b = make()
+    b.drv.set_status(ACK | DRIVER)
+    b.drv.write_features(b.drv.device_features() | (1 << 34))     # PACKED: not offered
+    b.drv.set_status(ACK | DRIVER | FEATURES_OK)
+    assert b.drv.status == ACK | DRIVER
+
+
+def test_features_ok_refused_without_version_1_on_modern(make):
+    b = make()
+    b.drv.set_status(ACK | DRIVER)
+    b.drv.write_features(b.drv.device_features() & ~(1 << F_VERSION_1))
+    b.drv.set_status(ACK | DRIVER | FEATURES_OK)
+    assert not b.drv.status & FEATURES_OK
+
+
+def test_feature_writes_after_features_ok_are_ignored(make):
+    b = make().start(driver_ok=False)
+    before = b.vdev.guest_features
+    b.drv.write_features(0)
+    assert b.vdev.guest_features == before
+
+
+def test_feature_select_beyond_1_reads_0_and_ignores_writes(make):
+    b = make()
+    b.drv.common_write(0x00, 4, 0xFFFFFFFF)
+    assert b.drv.common_read(0x04, 4) == 0
+    b.drv.common_write(0x08, 4, 7)
+    b.drv.common_write(0x0C, 4, 0xFFFFFFFF)
+    assert b.vdev.guest_features == 0
+
+
+def test_status_writes_clearing_bits_are_ignored(make):
+    b = make().start()
+    b.drv.set_status(ACK | DRIVER_OK)
+    assert b.drv.status == ACK | DRIVER | FEATURES_OK | DRIVER_OK
+
+
+def test_driver_ok_without_features_ok_is_refused(make):
+    b = make()
+    b.drv.set_status(ACK | DRIVER | DRIVER_OK)
+    assert b.drv.status == ACK | DRIVER
+
+
+def test_failed_status_stops_processing(make):
+    b = make().start()
+    b.drv.set_status(b.drv.status | FAILED)
+    b.blk.submit(T_IN, 0, in_len=512)
+    b.drv.kick(0)
+    assert b.vqs[0].used_idx() == 0
+
+
+def test_read_only_registers_ignore_writes(make):
+    b = make().start(driver_ok=False)
+    d = b.drv
+    snapshot = [d.common_read(o, s) for o, s in ((0x04, 4), (0x12, 2), (0x15, 1), (0x1E, 2))]
+    for o, s in ((0x04, 4), (0x12, 2), (0x15, 1), (0x1E, 2)):
+        d.common_write(o, s, 0x5A5A5A5A & ((1 << 8 * s) - 1))
+    assert [d.common_read(o, s) for o, s in ((0x04, 4), (0x12, 2), (0x15, 1), (0x1E, 2))] == snapshot
+
+
+def test_pci_header_ids_are_read_only(make):
+    dev = make().dev
+    for off in (0x00, 0x02, 0x08, 0x2C, 0x2E):
+        before = cfg(dev, off, 2)
+        dev.config_write(off, 2, 0x1234)
+        assert cfg(dev, off, 2) == before
+
+
+def test_config_accesses_outside_256_bytes_or_odd_sizes_read_ones(make):
+    dev = make().dev
+    assert cfg(dev, 0x100, 4) == 0xFFFFFFFF and cfg(dev, 0xFE, 4) == 0xFFFFFFFF and cfg(dev, 0, 3) == 0xFFFFFFFF
+    dev.config_write(0x200, 4, 0)          # no exception
+
+
+# -- queue registers -------------------------------------------------------------------------------------
+
+def test_queue_select_beyond_num_queues_reads_size_0_and_ignores_writes(make):
+    b = make()
+    d = b.drv
+    d.common_write(0x16, 2, 0xFFFF)
+    assert d.common_read(0x18, 2) == 0 and d.common_read(0x1A, 2) == 0xFFFF and d.common_read(0x1C, 2) == 0
+    d.common_write(0x18, 2, 16)
+    d.common_write(0x1C, 2, 1)
+    d.write64(0x20, 0x100000)
+    assert all(not q.enabled and q.desc_addr == 0 for q in b.vdev.queues)
+
+
+@pytest.mark.parametrize("size", [0, 3, 100, 512, 0xFFFF])
+def test_bad_queue_sizes_are_refused(make, size):
+    b = make()
+    b.drv.common_write(0x16, 2, 0)
+    b.drv.common_write(0x18, 2, size)
+    assert b.drv.common_read(0x18, 2) == 256
+
+
+def test_smaller_power_of_two_queue_size_is_accepted_and_used(make):
+    b = make().start(size=16)
+    assert b.vdev.queues[0].size == 16
+    assert b.run(T_IN, 0, in_len=512)[1] == S_OK
+
+
+def test_queue_registers_are_frozen_once_enabled(make):
+    b = make().start(driver_ok=False)
+    q = b.vdev.queues[0]
+    d = b.drv
+    d.common_write(0x16, 2, 0)
+    before = (q.size, q.desc_addr, q.avail_addr, q.used_addr)
+    d.common_write(0x18, 2, 16)
+    d.write64(0x20, 0x200000)
+    d.write64(0x28, 0x200000)
+    d.write64(0x30, 0x200000)
+    assert (q.size, q.desc_addr, q.avail_addr, q.used_addr) == before
+
+
+def test_queue_enable_0_is_ignored(make):
+    b = make().start(driver_ok=False)
+    b.drv.common_write(0x16, 2, 0)
+    b.drv.common_write(0x1C, 2, 0)
+    assert b.drv.common_read(0x1C, 2) == 1
+
+
+def test_msix_vectors_read_no_vector(make):
+    d = make().drv
+    d.common_write(0x10, 2, 0)
+    d.common_write(0x16, 2, 0)
+    d.common_write(0x1A, 2, 1)
+    assert d.common_read(0x10, 2) == 0xFFFF and d.common_read(0x1A, 2) == 0xFFFF
+
+
+@pytest.mark.parametrize("what", ["misaligned_desc", "misaligned_used", "outside_ram", "in_pci_hole", "straddles_ram_end"])
+def test_bad_ring_addresses_set_needs_reset_at_enable(make, what):
+    b = make()
+    d = b.drv
+    d.set_status(ACK | DRIVER)
+    d.write_features(d.device_features())
+    d.set_status(ACK | DRIVER | FEATURES_OK)
+    desc, avail, used = 0x100000, 0x104000, 0x108000
+    if what == "misaligned_desc":
+        desc += 8
+    elif what == "misaligned_used":
+        used += 2
+    elif what == "outside_ram":
+        desc = 1 << 40
+    elif what == "in_pci_hole":
+        used = 0xFEBF0000
+    else:
+        avail = (4 << 20) - 16
+    d.common_write(0x16, 2, 0)
+    d.write64(0x20, desc)
+    d.write64(0x28, avail)
+    d.write64(0x30, used)
+    d.common_write(0x1C, 2, 1)
+    assert d.status & NEEDS_RESET and b.vdev.broken
+
+
+# -- notify, ISR, INTx -----------------------------------------------------------------------------------
+
+def test_interrupt_raises_intx_and_isr_read_clears_it(make):
+    b = make().start()
+    b.run(T_IN, 0, in_len=512)
+    assert b.dev.intx.level and b.dev.config_read(6, 2) & 0x8
+    assert b.drv.isr() == 1
+    assert not b.dev.intx.level and b.drv.isr() == 0
+
+
+@pytest.mark.parametrize("size", [1, 2, 4])
+def test_isr_is_read_to_clear_at_any_width_and_ignores_writes(make, size):
+    b = make().start()
+    b.run(T_IN, 0, in_len=512)
+    off = b.drv._off(3)
+    b.drv.bar.write(off, size, 0)
+    assert b.drv.bar.read(off, size) == 1 and b.drv.bar.read(off, size) == 0
+
+
+def test_no_interrupt_flag_suppresses_the_interrupt(make):
+    b = make()
+    b.start(features=b.drv.device_features() & ~(1 << F_EVENT_IDX))
+    b.vqs[0].set_avail_flags(1)
+    b.run(T_IN, 0, in_len=512)
+    assert b.vdev.isr == 0 and not b.dev.intx.level
+    assert b.vqs[0].used_flags() == 0          # kicks wanted again after processing
+
+
+def test_event_idx_interrupts_only_when_used_event_is_crossed(make):
+    b = make().start()
+    assert b.vdev.queues[0].event_idx
+    vq = b.vqs[0]
+    vq.set_used_event(0)
+    b.run(T_IN, 0, in_len=512)                   # used idx 0 -> 1 crosses used_event 0
+    assert b.drv.isr() == 1
+    vq.set_used_event(5)
+    b.run(T_IN, 0, in_len=512)                   # 1 -> 2: not yet
+    assert b.drv.isr() == 0
+    for _ in range(4):
+        b.run(T_IN, 0, in_len=512)               # ... -> 6 crosses 5
+    assert b.drv.isr() == 1
+    assert vq.avail_event() == vq.avail_idx      # device asks to be kicked for the next buffer
+
+
+def test_garbage_used_event_only_affects_interrupts(make):
+    b = make().start()
+    b.vqs[0].set_used_event(0xBEEF)
+    b.vqs[0].set_avail_flags(0xFFFF)
+    assert b.run(T_IN, 0, in_len=512)[1] == S_OK and not b.needs_reset
+
+
+def test_notify_for_missing_queue_or_unaligned_offset_is_ignored(make):
+    b = make().start()
+    b.blk.submit(T_IN, 0, in_len=512)
+    notify = b.drv._off(2)
+    for off in (4 * 1, 4 * 1000, 2, 0xFFC):
+        b.drv.bar.write(notify + off, 2, 0)
+    assert b.vqs[0].used_idx() == 0 and not b.needs_reset
+    b.drv.kick(0)
+    assert b.vqs[0].used_idx() == 1
+
+
+def test_notify_storm_without_buffers_does_nothing(make):
+    b = make().start()
+    for _ in range(2000):
+        b.drv.kick(0)
+    assert b.vqs[0].used_idx() == 0 and b.vdev.isr == 0
+
+
+def test_kick_before_driver_ok_is_deferred_until_driver_ok(make):
+    b = make().start(driver_ok=False)
+    blk = BlkRequests(b.vqs[0])
+    req = blk.submit(T_IN, 0, in_len=512)
+    b.drv.kick(0)
+    assert b.vqs[0].used_idx() == 0
+    b.drv.set_status(b.drv.status | DRIVER_OK)
+    assert b.vqs[0].get_used() == [(req.head, 513)]
+
+
+def test_no_dma_without_bus_mastering(make):
+    b = make().start()
+    b.dev.config_write(0x04, 2, 0x0003)
+    b.blk.submit(T_IN, 0, in_len=512)
+    b.drv.kick(0)
+    assert b.vqs[0].used_idx() == 0
+    b.dev.config_write(0x04, 2, 0x0007)
+    b.drv.kick(0)
+    assert b.vqs[0].used_idx() == 1
+
+
+def test_device_cfg_out_of_range_reads_ones_and_read_only_fields_ignore_writes(make):
+    d = make().start().drv
+    assert d.cfg_read(60, 4) == 0xFFFFFFFF and d.cfg_read(58, 4) == 0xFFFFFFFF and d.cfg_read(0xFFC, 4) == 0xFFFFFFFF
+    d.cfg_write(0, 4, 0)
+    d.cfg_write(12, 4, 0)
+    d.cfg_write(200, 4, 0)
+    assert d.cfg_read(0, 4) == 2048 and d.cfg_read(12, 4) == 254
+
+
+# -- reset -------------------------------------------------------------------------------------------------
+
+def test_reset_with_requests_pending_reads_back_0_and_touches_nothing_after(make):
+    b = make().start()
+    b.run(T_IN, 0, in_len=512)
+    b.drv.isr()
+    b.blk.submit(T_OUT, 0, out=b"R" * 512)
+    before = b.image()
+    b.drv.set_status(0)
+    assert b.drv.status == 0 and b.vdev.guest_features == 0
+    used_before = b.mem.read(b.vqs[0].used, 16)
+    b.drv.kick(0)
+    assert b.mem.read(b.vqs[0].used, 16) == used_before and b.image() == before
+    assert b.vdev.isr == 0 and not b.dev.intx.level
+    assert all(not q.enabled and q.last_avail_idx == 0 for q in b.vdev.queues)
+
+
+def test_reset_then_reinit_on_new_rings_leaves_old_rings_alone(make):
+    b = make().start()
+    old = b.vqs[0]
+    b.run(T_IN, 0, in_len=512)
+    snap = b.mem.read(old.used, 6 + 8 * old.size)
+    b.start()
+    assert b.run(T_IN, 1, in_len=512)[1] == S_OK
+    assert b.mem.read(old.used, 6 + 8 * old.size) == snap
+
+
+def test_repeated_resets_are_harmless(make):
+    b = make()
+    for _ in range(5):
+        b.drv.set_status(0)
+    b.start()
+    assert b.run(T_IN, 0, in_len=512)[1] == S_OK
+
+
+def test_legacy_pfn_0_resets_the_device(make):
+    b = make(legacy=True).start()
+    b.drv.bar.write(0x08, 4, 0)
+    assert b.drv.status == 0 and not b.vdev.queues[0].enabled
+
+
+def test_pci_reset_resets_the_virtio_device(make):
+    b = make().start()
+    b.dev.reset()
+    assert b.vdev.status == 0 and not b.vdev.queues[0].enabled
+
+
+def test_legacy_ring_layout_is_4096_aligned(make):
+    b = make(legacy=True).start()
+    q, vq = b.vdev.queues[0], b.vqs[0]
+    assert (q.desc_addr, q.avail_addr, q.used_addr) == (vq.desc, vq.avail, vq.used)
+    assert q.used_addr % 4096 == 0 and b.drv.bar.read(0x08, 4) == vq.desc >> 12
+
+
+# -- the PCI_CFG window and a plugged device -----------------------------------------------------------
+
+def test_pci_cfg_window_reads_and_writes_bar4(make):
+    b = make()
+    dev = b.dev
+    cap = b.drv.caps[5][0]
+    dev.config_write(cap + 4, 1, 4)           # bar
+    dev.config_write(cap + 8, 4, 0x12)        # num_queues in common cfg
+    dev.config_write(cap + 12, 4, 2)
+    assert dev.config_read(cap + 16, 4) & 0xFFFF == 1
+    dev.config_write(cap + 8, 4, 0x14)        # device_status
+    dev.config_write(cap + 12, 4, 1)
+    dev.config_write(cap + 16, 4, ACK)
+    assert b.drv.status == ACK
+
+
+@pytest.mark.parametrize("bar,off,length", [(7, 0, 4), (4, 0x4000, 4), (4, 0x3FFE, 4), (4, 1, 2), (4, 0, 3), (4, 0, 8)])
+def test_pci_cfg_window_with_bad_bar_offset_or_length_is_ignored(make, bar, off, length):
+    b = make()
+    dev = b.dev
+    cap = b.drv.caps[5][0]
+    dev.config_write(cap + 4, 1, bar)
+    dev.config_write(cap + 8, 4, off)
+    dev.config_write(cap + 12, 4, length)
+    dev.config_write(cap + 16, 4, 0xFFFFFFFF)
+    dev.config_read(cap + 16, 4)
+    assert b.drv.status == 0
+
+
+def test_plugged_device_serves_requests_through_the_memory_map(tmp_path):
+    p = tmp_path / "d.img"
+    p.write_bytes(pattern(1 << 20))
+    be = open_drive(DriveConfig(file=p))
+    mem = GuestMemory(16 << 20)
+    mm, io = MemoryMap(mem), IoSpace()
+    bus = PciBus(mm, io)
+    dev = create_virtio_blk_pci(be, {}, mem)
+    bus.plug(dev, 2)
+    dev.config_write(0x20, 4, 0xFEBF8000)
+    dev.config_write(0x24, 4, 0)
+    dev.config_write(0x10, 4, 0xC000)
+    dev.config_write(0x04, 2, 0x0007)
+    assert dev.bar_address(4) == 0xFEBF8000 and dev.bar_address(0) == 0xC000
+
+    class ViaMap:
+        def read(self, off, size):
+            return mm.read(0xFEBF8000 + off, size)
+
+        def write(self, off, size, value):
+            mm.write(0xFEBF8000 + off, size, value)
+
+    from virtio_driver import Allocator, ModernPci
+    drv = ModernPci(dev, mem, bar_ops=ViaMap())
+    [vq] = drv.init(Allocator(mem))
+    blk = BlkRequests(vq)
+    req = blk.submit(T_IN, 3, in_len=512)
+    drv.kick(0)
+    assert vq.get_used() == [(req.head, 513)] and blk.result(req) == (pattern(1 << 20)[1536:2048], 0)
+    # legacy header through the I/O space too
+    assert io.read(0xC000 + 0x12, 1) == drv.status
+    be.close()
