@@ -238,8 +238,11 @@ int vblk_wait(struct virtio_blk *b, uint16_t q, struct vblk_req *req)
     uint32_t spins = 0, start_tick = platform_ticks();
     for (;;) {
         vblk_reap(b, q);
-        if (req->done)
+        if (req->done) {
+            if (b->irq_mode)
+                vq_enable_interrupts(vq);   /* keep the next completion signalled */
             return req->status;
+        }
         if (!b->irq_mode) {
             if (++spins > POLL_SPINS)
                 return VBLK_TIMEOUT;
@@ -255,6 +258,23 @@ int vblk_wait(struct virtio_blk *b, uint16_t q, struct vblk_req *req)
         if (platform_ticks() - start_tick > IRQ_WAIT_TICKS)
             return VBLK_TIMEOUT;
     }
+}
+
+int vblk_wait_interrupt(struct virtio_blk *b, uint16_t q, struct vblk_req *req)
+{
+    struct virtqueue *vq = b->vqs[q];
+    uint32_t start_tick = platform_ticks();
+    while (!req->done) {
+        uint32_t seen = b->isr_queue_events;
+        while (b->isr_queue_events == seen) {
+            irq_wait();
+            if (platform_ticks() - start_tick > IRQ_WAIT_TICKS)
+                return VBLK_TIMEOUT;
+        }
+        vblk_reap(b, q);
+        vq_enable_interrupts(vq);   /* re-arm for the next used buffer */
+    }
+    return req->status;
 }
 
 int vblk_do(struct virtio_blk *b, uint16_t q, struct vblk_req *req, uint32_t type,

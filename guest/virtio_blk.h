@@ -118,6 +118,11 @@ int vblk_reap(struct virtio_blk *b, uint16_t q);
 /* Waits for `req` (polling or, in interrupt mode, sleeping in HLT); returns its status or
  * VBLK_TIMEOUT. */
 int vblk_wait(struct virtio_blk *b, uint16_t q, struct vblk_req *req);
+/* Interrupt mode only: sleeps until the device raises an interrupt with the ISR queue bit
+ * (even if the used ring already shows the completion), then reaps; repeats until `req` is
+ * done. The self-test uses it to prove completions are signalled, not just polled. Requires the
+ * used-buffer notification to have been armed before the request was made available. */
+int vblk_wait_interrupt(struct virtio_blk *b, uint16_t q, struct vblk_req *req);
 /* Submit + wait, with the default layout when `layout` is NULL. */
 int vblk_do(struct virtio_blk *b, uint16_t q, struct vblk_req *req, uint32_t type,
             uint64_t sector, void *data, uint32_t len, const struct vblk_layout *layout);
