@@ -1,0 +1,313 @@
+"""Split-ring protocol violations. Each one must put the device in DEVICE_NEEDS_RESET with a
+config interrupt, leave the used ring and the image alone, ignore kicks until reset, and work
+again after a reset (QEMU's virtio_error semantics)."""
+
+import struct
+
+import pytest
+
+from virtio_driver import (INDIRECT, NEXT, S_OK, T_IN, T_OUT, WRITE, Bench, BlkRequests, F_INDIRECT)
+from machine.memory import GuestMemory
+from machine.virtio.queue import SplitQueue, VirtqueueError
+
+HDR_IN = struct.pack("<IIQ", T_IN, 0, 0)
+HDR_OUT = struct.pack("<IIQ", T_OUT, 0, 0)
+
+
+@pytest.fixture
+def bench(tmp_path):
+    b = Bench(tmp_path).start()
+    yield b
+    b.close()
+
+
+def buf(b, data=b"", size=None):
+    n = size if size is not None else len(data)
+    a = b.alloc.alloc(n, 16)
+    if data:
+        b.mem.write(a, data)
+    return a
+
+
+def submit_raw(b, descs, head=0, table=None):
+    """Write raw descriptors (addr, len, flags, next) at indices 0.. of `table` (default: the
+    ring's table), make `head` available and kick."""
+    vq = b.vqs[0]
+    t = vq.desc if table is None else table
+    for i, d in enumerate(descs):
+        vq.write_desc(t, i, *d)
+    vq.publish(head)
+    b.drv.kick(0)
+
+
+def assert_broken(b, image_before):
+    assert b.needs_reset and b.vdev.broken
+    assert b.vdev.isr & 2 and b.dev.intx.level              # config change interrupt
+    assert b.vqs[0].used_idx() == 0
+    assert b.image() == image_before
+    # ignored until reset ...
+    BlkRequests(b.vqs[0]).submit(T_IN, 0, in_len=512)
+    b.drv.kick(0)
+    assert b.vqs[0].used_idx() == 0
+    # ... and fully working after one
+    b.start()
+    assert b.run(T_IN, 0, in_len=512)[1] == S_OK and not b.needs_reset
+
+
+def good_in(b):
+    return [(buf(b, HDR_IN), 16, NEXT, 1), (buf(b, size=512), 512, WRITE | NEXT, 2), (buf(b, size=1), 1, WRITE, 0)]
+
+
+def test_well_formed_raw_chain_completes(bench):
+    submit_raw(bench, good_in(bench))
+    assert bench.vqs[0].get_used() == [(0, 513)]
+
+
+def test_head_beyond_queue_size_needs_reset(bench):
+    before = bench.image()
+    d = good_in(bench)
+    submit_raw(bench, d, head=256)
+    assert_broken(bench, before)
+
+
+def test_next_beyond_queue_size_needs_reset(bench):
+    before = bench.image()
+    d = good_in(bench)
+    d[1] = d[1][:3] + (300,)
+    submit_raw(bench, d)
+    assert_broken(bench, before)
+
+
+@pytest.mark.parametrize("loop", ["self", "two_cycle", "back_to_head"])
+def test_descriptor_loops_terminate_with_needs_reset(bench, loop):
+    before = bench.image()
+    d = good_in(bench)
+    if loop == "self":
+        d[0] = (d[0][0], 16, NEXT, 0)
+    elif loop == "two_cycle":
+        d[2] = (d[2][0], 1, WRITE | NEXT, 1)
+    else:
+        d[1] = (d[1][0], 512, NEXT, 0)
+        d[0] = (d[0][0], 16, NEXT, 1)
+    submit_raw(bench, d)
+    assert_broken(bench, before)
+
+
+def test_zero_length_descriptor_needs_reset(bench):
+    before = bench.image()
+    d = good_in(bench)
+    d[1] = (d[1][0], 0, WRITE | NEXT, 2)
+    submit_raw(bench, d)
+    assert_broken(bench, before)
+
+
+@pytest.mark.parametrize("addr,length", [
+    (0x100000, 0xFFFFFFFF),             # huge length
+    ((4 << 20) - 256, 512),             # straddles the end of RAM
+    (0xA0000 - 16, 512),                # runs into the VGA hole
+    (0xFEBF8000, 512),                  # the device's own BAR: MMIO
+    (2**64 - 256, 512),                 # wraps the address space
+])
+def test_buffers_outside_ram_need_reset_and_no_mmio_is_touched(bench, addr, length):
+    before = bench.image()
+    d = good_in(bench)
+    d[1] = (addr, length, WRITE | NEXT, 2)
+    submit_raw(bench, d)
+    assert_broken(bench, before)
+
+
+def test_readable_after_writable_needs_reset(bench):
+    before = bench.image()
+    d = [(buf(bench, HDR_OUT), 16, NEXT, 1), (buf(bench, size=1), 1, WRITE | NEXT, 2),
+         (buf(bench, b"x" * 512), 512, NEXT, 3), (buf(bench, size=1), 1, WRITE, 0)]
+    submit_raw(bench, d)
+    assert_broken(bench, before)
+
+
+def test_chain_with_only_a_header_needs_reset(bench):
+    before = bench.image()
+    submit_raw(bench, [(buf(bench, HDR_IN), 16, 0, 0)])
+    assert_broken(bench, before)
+
+
+def test_header_in_a_writable_descriptor_needs_reset(bench):
+    before = bench.image()
+    submit_raw(bench, [(buf(bench, HDR_IN), 16, WRITE | NEXT, 1), (buf(bench, size=1), 1, WRITE, 0)])
+    assert_broken(bench, before)
+
+
+def test_readable_header_shorter_than_16_bytes_needs_reset(bench):
+    before = bench.image()
+    submit_raw(bench, [(buf(bench, HDR_IN[:8]), 8, NEXT, 1), (buf(bench, size=1), 1, WRITE, 0)])
+    assert_broken(bench, before)
+
+
+def test_status_in_same_descriptor_as_data_is_the_last_byte(bench):
+    a = buf(bench, size=513)
+    submit_raw(bench, [(buf(bench, HDR_IN), 16, NEXT, 1), (a, 513, WRITE, 0)])
+    assert bench.vqs[0].get_used() == [(0, 513)] and bench.mem.read(a + 512, 1) == b"\0"
+
+
+def test_in_request_never_writes_a_readable_data_buffer(bench):
+    data = buf(bench, b"\x11" * 512)
+    st = buf(bench, size=1)
+    submit_raw(bench, [(buf(bench, HDR_IN), 16, NEXT, 1), (data, 512, NEXT, 2), (st, 1, WRITE, 0)])
+    assert bench.vqs[0].get_used() == [(0, 1)] and bench.mem.read(data, 512) == b"\x11" * 512
+
+
+def test_out_request_never_takes_data_from_writable_buffers(bench):
+    before = bench.image()
+    wdata = buf(bench, b"\x22" * 512)
+    submit_raw(bench, [(buf(bench, HDR_OUT), 16, NEXT, 1), (wdata, 512, WRITE | NEXT, 2), (buf(bench, size=1), 1, WRITE, 0)])
+    assert bench.vqs[0].get_used() == [(0, 1)] and bench.image() == before
+
+
+def test_avail_index_jumping_more_than_queue_size_needs_reset(bench):
+    before = bench.image()
+    vq = bench.vqs[0]
+    for i, d in enumerate(good_in(bench)):
+        vq.write_desc(vq.desc, i, *d)
+    vq.set_avail_idx(257)
+    bench.drv.kick(0)
+    assert_broken(bench, before)
+
+
+@pytest.mark.parametrize("length", [0, 24, 8])
+def test_indirect_table_length_not_a_multiple_of_16_needs_reset(bench, length):
+    before = bench.image()
+    table = buf(bench, size=64)
+    submit_raw(bench, [(table, length, INDIRECT, 0)])
+    assert_broken(bench, before)
+
+
+def test_indirect_table_in_mmio_needs_reset(bench):
+    before = bench.image()
+    submit_raw(bench, [(0xFEBF8000, 48, INDIRECT, 0)])
+    assert_broken(bench, before)
+
+
+def test_indirect_without_the_feature_needs_reset(tmp_path):
+    b = Bench(tmp_path)
+    b.start(features=b.drv.device_features() & ~(1 << F_INDIRECT))
+    before = b.image()
+    table = buf(b, size=48)
+    vq = b.vqs[0]
+    for i, d in enumerate(good_in(b)):
+        vq.write_desc(table, i, *d)
+    submit_raw(b, [(table, 48, INDIRECT, 0)])
+    assert_broken(b, before)
+    b.close()
+
+
+def test_nested_indirect_needs_reset(bench):
+    before = bench.image()
+    inner = buf(bench, size=48)
+    outer = buf(bench, size=16)
+    bench.vqs[0].write_desc(outer, 0, inner, 48, INDIRECT, 0)
+    submit_raw(bench, [(outer, 16, INDIRECT, 0)])
+    assert_broken(bench, before)
+
+
+def test_indirect_with_next_set_needs_reset(bench):
+    before = bench.image()
+    table = buf(bench, size=48)
+    for i, d in enumerate(good_in(bench)):
+        bench.vqs[0].write_desc(table, i, *d)
+    submit_raw(bench, [(table, 48, INDIRECT | NEXT, 1), (buf(bench, size=1), 1, WRITE, 0)])
+    assert_broken(bench, before)
+
+
+def test_loop_inside_an_indirect_table_needs_reset(bench):
+    before = bench.image()
+    table = buf(bench, size=32)
+    vq = bench.vqs[0]
+    vq.write_desc(table, 0, buf(bench, HDR_IN), 16, NEXT, 1)
+    vq.write_desc(table, 1, buf(bench, size=8), 8, WRITE | NEXT, 0)
+    submit_raw(bench, [(table, 32, INDIRECT, 0)])
+    assert_broken(bench, before)
+
+
+def test_next_beyond_indirect_table_needs_reset(bench):
+    before = bench.image()
+    table = buf(bench, size=32)
+    vq = bench.vqs[0]
+    vq.write_desc(table, 0, buf(bench, HDR_IN), 16, NEXT, 2)
+    vq.write_desc(table, 1, buf(bench, size=8), 8, WRITE, 0)
+    submit_raw(bench, [(table, 32, INDIRECT, 0)])
+    assert_broken(bench, before)
+
+
+def test_oversized_indirect_table_needs_reset(bench):
+    before = bench.image()
+    submit_raw(bench, [(0x100000, 16 * 2048, INDIRECT, 0)])
+    assert_broken(bench, before)
+
+
+def test_direct_descriptors_followed_by_an_indirect_one_are_accepted(bench):
+    """2.7.5.3.2: the device handles normal chained descriptors followed by one indirect one."""
+    table = buf(bench, size=32)
+    vq = bench.vqs[0]
+    vq.write_desc(table, 0, buf(bench, size=512), 512, WRITE | NEXT, 1)
+    vq.write_desc(table, 1, buf(bench, size=1), 1, WRITE, 0)
+    submit_raw(bench, [(buf(bench, HDR_IN), 16, NEXT, 1), (table, 32, INDIRECT, 0)])
+    assert bench.vqs[0].get_used() == [(0, 513)] and not bench.needs_reset
+
+
+def test_peek_chain_decodes_without_consuming(bench):
+    vq = bench.vqs[0]
+    for i, d in enumerate(good_in(bench)):
+        vq.write_desc(vq.desc, i, *d)
+    vq.publish(0)
+    chain = bench.vdev.peek_chain(0)
+    assert chain.head == 0 and chain.readable_len == 16 and chain.writable_len == 513
+    assert bench.vdev.queues[0].last_avail_idx == 0
+    q = bench.vdev.queues[0]
+    assert (q.size, q.enabled, q.desc_addr, q.inflight_count) == (256, True, vq.desc, 0)
+
+
+# -- queue-level rules that synchronous completion cannot reach through the device --------------------
+
+def make_queue(size=4):
+    mem = GuestMemory(2 << 20)
+    q = SplitQueue(0, size, lambda q: None, mem)
+    q.desc_addr, q.avail_addr, q.used_addr = 0x100000, 0x101000, 0x102000
+    q.activate()
+    for i in range(size):
+        mem.write(0x100000 + 16 * i, struct.pack("<QIHH", 0x110000 + 0x100 * i, 16, 0, 0))
+    return q, mem
+
+
+def test_same_head_in_flight_twice_is_an_error():
+    q, mem = make_queue()
+    mem.write_u16(0x101004, 1)
+    mem.write_u16(0x101006, 1)
+    mem.write_u16(0x101002, 2)
+    assert q.pop().head == 1
+    with pytest.raises(VirtqueueError, match="in flight"):
+        q.pop()
+
+
+def test_more_chains_in_flight_than_queue_size_is_an_error():
+    q, mem = make_queue(size=2)
+    mem.write_u16(0x101004, 0)
+    mem.write_u16(0x101006, 1)
+    mem.write_u16(0x101002, 2)
+    q.pop(), q.pop()
+    q.push(0, 0)
+    mem.write_u16(0x101004, 0)       # slot 2 % 2
+    mem.write_u16(0x101002, 3)
+    q.pop()
+    mem.write_u16(0x101006, 1)       # head 1 is still in flight; 2 chains out = size
+    mem.write_u16(0x101002, 4)
+    with pytest.raises(VirtqueueError, match="size exceeded"):
+        q.pop()
+
+
+def test_used_ring_write_order_and_wraparound():
+    q, mem = make_queue(size=2)
+    for n in range(5):
+        mem.write_u16(0x101004 + 2 * (n % 2), n % 2)
+        mem.write_u16(0x101002, n + 1)
+        c = q.pop()
+        q.push(c.head, 7 + n)
+    assert mem.read_u16(0x102002) == 5 and struct.unpack("<II", mem.read(0x102004, 8)) == (0, 11)
