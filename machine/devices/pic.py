@@ -57,6 +57,9 @@ class Pic8259:
         self.elcr_mask = elcr_mask
         self.is_master = is_master
         self.elcr = 0
+        # The cascade input follows the slave's INT level: a slave request withdrawn before INTA
+        # takes the master's IR2 request with it (the 8259's "input must stay high until INTA").
+        self.level_inputs = 1 << CASCADE_IRQ if is_master else 0
         self.lines = 0                  # current input levels
         self.on_change = None           # set by DualPic: re-evaluate the cascade
         self._ops = ByteWideOps(RegisterBank(self, _CHIP_REGS, name, default=0xFF), 2)
@@ -77,7 +80,7 @@ class Pic8259:
         self.init_step = 0              # 0: running; 2, 3, 4: waiting for that ICW
         self.single = False
         self.icw4_needed = False
-        self.irr = self.lines & self.elcr
+        self.irr = self.lines & (self.elcr | self.level_inputs)
 
     # -- ops -----------------------------------------------------------------------------
     def read(self, offset: int, size: int) -> int:
@@ -89,13 +92,14 @@ class Pic8259:
     # -- inputs --------------------------------------------------------------------------
     def set_input(self, n: int, level: bool) -> None:
         bit = 1 << n
+        level_mode = (self.elcr | self.level_inputs) & bit
         if level:
-            if not self.lines & bit or self.elcr & bit:
+            if not self.lines & bit or level_mode:
                 self.irr |= bit         # rising edge, or level held
             self.lines |= bit
         else:
             self.lines &= ~bit
-            if self.elcr & bit:
+            if level_mode:
                 self.irr &= ~bit        # level mode: the request goes with the line
         self._changed()
 
@@ -122,7 +126,7 @@ class Pic8259:
     def ack(self, n: int) -> None:
         """INTA for input n: IRR -> ISR (or straight to done with automatic EOI)."""
         bit = 1 << n
-        if not self.elcr & bit:
+        if not (self.elcr | self.level_inputs) & bit:
             self.irr &= ~bit            # an edge request is consumed; a level one stays while held
         if self.auto_eoi:
             if self.rotate_on_aeoi:

@@ -1,0 +1,209 @@
+"""MC146818 RTC and CMOS memory, on virtual time."""
+
+import calendar
+
+import pytest
+
+from machine.clock import VirtualClock
+from machine.devices.cmos import Cmos
+from machine.irq import IrqLine
+
+START = calendar.timegm((2024, 3, 15, 13, 45, 30, 0, 0, 0))   # a Friday
+SEC = 1_000_000_000
+
+
+class Recorder:
+    def __init__(self, clock):
+        self.clock, self.rises = clock, []
+
+    def __call__(self, level):
+        if level:
+            self.rises.append(self.clock.now)
+
+
+def run_until(clock, t):
+    """Advance the way the run loop does: timer deadline by timer deadline."""
+    while True:
+        d = clock.next_deadline()
+        if d is None or d > t:
+            break
+        clock.advance_to(d)
+    clock.advance_to(t)
+
+
+def make(ram=128 << 20, cpus=1, start=START):
+    clock = VirtualClock()
+    rec = Recorder(clock)
+    irq = IrqLine("irq8", rec)
+    return Cmos(irq, clock, ram, cpus, start_time=start), clock, irq, rec
+
+
+def rd(dev, index):
+    dev.write(0, 1, 0x80 | index)                 # firmware always sets NMI-disable
+    return dev.read(1, 1)
+
+
+def wr(dev, index, value):
+    dev.write(0, 1, index)
+    dev.write(1, 1, value)
+
+
+def test_memory_bytes_128mib():
+    dev, *_ = make(128 << 20)
+    assert (rd(dev, 0x15), rd(dev, 0x16)) == (0x80, 0x02)              # 640 KiB base memory
+    assert (rd(dev, 0x17), rd(dev, 0x18)) == (0xFF, 0xFF)              # 127 MiB in KiB, capped
+    assert (rd(dev, 0x30), rd(dev, 0x31)) == (0xFF, 0xFF)
+    assert (rd(dev, 0x34), rd(dev, 0x35)) == (0x00, 0x07)              # 112 MiB / 64 KiB
+    assert [rd(dev, i) for i in (0x5B, 0x5C, 0x5D)] == [0, 0, 0]
+    assert rd(dev, 0x5F) == 0 and rd(dev, 0x10) == 0
+    assert rd(dev, 0x08) != 0xFF                                       # SeaBIOS's "CMOS present"
+
+
+def test_memory_bytes_4gib_and_cpus():
+    dev, *_ = make(4 << 30, cpus=4)
+    below = (0xC0000000 - (16 << 20)) >> 16                            # up to the PCI hole
+    assert rd(dev, 0x34) | rd(dev, 0x35) << 8 == below
+    above = rd(dev, 0x5B) | rd(dev, 0x5C) << 8 | rd(dev, 0x5D) << 16
+    assert above == ((4 << 30) - 0xC0000000) >> 16
+    assert rd(dev, 0x5F) == 3
+
+
+def test_small_machine_extended_memory():
+    dev, *_ = make(8 << 20)
+    assert rd(dev, 0x17) | rd(dev, 0x18) << 8 == 7 * 1024
+    assert rd(dev, 0x34) | rd(dev, 0x35) << 8 == 0
+
+
+def test_bcd_and_binary_and_12_hour():
+    dev, clock, *_ = make()
+    assert [rd(dev, i) for i in (0, 2, 4, 6, 7, 8, 9, 0x32)] == [0x30, 0x45, 0x13, 0x06, 0x15, 0x03, 0x24, 0x20]
+    assert rd(dev, 0x0B) == 0x02 and rd(dev, 0x0D) == 0x80
+    wr(dev, 0x0B, 0x06)                                               # binary, 24h
+    assert [rd(dev, i) for i in (0, 2, 4, 9, 0x32)] == [30, 45, 13, 24, 20]
+    wr(dev, 0x0B, 0x04)                                               # binary, 12h: 1 PM
+    assert rd(dev, 4) == 0x81
+    wr(dev, 0x0B, 0x00)                                               # BCD, 12h
+    assert rd(dev, 4) == 0x81
+
+
+def test_time_advances_with_virtual_time_only():
+    dev, clock, *_ = make()
+    assert rd(dev, 0) == 0x30
+    clock.advance(SEC - 1)
+    assert rd(dev, 0) == 0x30
+    clock.advance(1)
+    assert rd(dev, 0) == 0x31
+    clock.advance(30 * SEC)
+    assert (rd(dev, 0), rd(dev, 2)) == (0x01, 0x46)
+
+
+def test_setting_the_clock_with_set_bit():
+    dev, clock, *_ = make()
+    wr(dev, 0x0B, 0x82)                                               # SET: updates stop
+    wr(dev, 4, 0x23)
+    wr(dev, 2, 0x59)
+    wr(dev, 0, 0x58)
+    wr(dev, 7, 0x31)
+    wr(dev, 8, 0x12)
+    wr(dev, 9, 0x99)
+    wr(dev, 0x32, 0x19)
+    clock.advance(5 * SEC)
+    assert rd(dev, 0) == 0x58                                         # held while SET
+    wr(dev, 0x0B, 0x02)
+    clock.advance(2 * SEC)
+    assert [rd(dev, i) for i in (0, 2, 4, 7, 8, 9, 0x32)] == [0x00, 0x00, 0x00, 0x01, 0x01, 0x00, 0x20]
+    wr(dev, 8, 0x13)                                                  # invalid month: ignored
+    assert rd(dev, 8) == 0x01
+    wr(dev, 6, 0x03)                                                  # day of week is its own counter
+    assert rd(dev, 6) == 0x03
+
+
+def test_register_c_read_to_clear_and_periodic_irq_timing():
+    dev, clock, irq, rec = make(start=float(START))
+    wr(dev, 0x0A, 0x26)                                               # 1024 Hz
+    wr(dev, 0x0B, 0x42)                                               # PIE
+    period = SEC / 1024
+    for k in range(1, 6):
+        run_until(clock, int(k * period) + 2)
+        assert irq.level
+        c = rd(dev, 0x0C)
+        assert c & 0xC0 == 0xC0                                       # IRQF | PF
+        assert not irq.level and rd(dev, 0x0C) == 0                   # read-to-clear
+    assert [t - k * period for k, t in enumerate(rec.rises, 1)] == [0.5, 0, 0.5, 0, 0.5]   # whole ns
+    # Without reading C, IRQ8 stays asserted: one rising edge only.
+    clock.advance(10 * int(period))
+    assert len(rec.rises) == 6 and irq.level
+    wr(dev, 0x0B, 0x02)
+    rd(dev, 0x0C)
+    clock.advance(SEC)
+    assert len(rec.rises) == 6
+
+
+def test_rate_change_sets_new_period():
+    dev, clock, irq, rec = make()
+    wr(dev, 0x0A, 0x2F)                                               # 2 Hz
+    wr(dev, 0x0B, 0x42)
+    run_until(clock, SEC // 4)
+    assert rec.rises == []
+    run_until(clock, SEC)
+    rd(dev, 0x0C)
+    wr(dev, 0x0A, 0x2E)                                               # 4 Hz from here on
+    run_until(clock, 2 * SEC)
+    rd(dev, 0x0C)
+    assert rec.rises == [SEC // 2, 5 * SEC // 4]
+
+
+def test_pf_is_set_without_pie_but_no_interrupt():
+    dev, clock, irq, rec = make()
+    clock.advance(SEC // 100)
+    assert rd(dev, 0x0C) == 0x40                                      # PF alone, no IRQF
+    assert rec.rises == []
+
+
+def test_update_ended_interrupt_once_a_second_and_uip():
+    dev, clock, irq, rec = make(start=START + 0.25)
+    wr(dev, 0x0B, 0x12)                                               # UIE
+    for k in range(3):
+        run_until(clock, (k + 1) * SEC)
+        assert rd(dev, 0x0C) & 0x90 == 0x90
+    assert rec.rises == [750_000_000, 1_750_000_000, 2_750_000_000]
+    clock.advance_to(3_750_000_000 - 100_000)
+    assert rd(dev, 0x0A) & 0x80                                       # update about to happen
+    clock.advance_to(3_750_000_000 + 3_000_000)
+    assert not rd(dev, 0x0A) & 0x80
+    assert rd(dev, 0x0A) == 0x26
+
+
+def test_alarm_interrupt():
+    dev, clock, irq, rec = make()
+    wr(dev, 1, 0x35)
+    wr(dev, 3, 0xC0)                                                  # don't care
+    wr(dev, 5, 0xFF)
+    wr(dev, 0x0B, 0x22)                                               # AIE
+    run_until(clock, 10 * SEC)
+    assert rec.rises == [5 * SEC]
+    assert rd(dev, 0x0C) & 0xA0 == 0xA0
+
+
+def test_reset_clears_enables_but_keeps_memory_and_index_port_reads_ff():
+    dev, clock, irq, rec = make()
+    wr(dev, 0x40, 0x5A)
+    wr(dev, 0x0B, 0x52)
+    dev.reset()
+    assert rd(dev, 0x0B) == 0x02 and rd(dev, 0x40) == 0x5A and not irq.level
+    assert dev.read(0, 1) == 0xFF
+    dev.write(0, 2, 0x5A40)                                           # outw: index then data
+    assert rd(dev, 0x40) == 0x5A
+    wr(dev, 0x0D, 0)                                                  # read-only
+    assert rd(dev, 0x0D) == 0x80
+
+
+@pytest.mark.parametrize("value", [0xFF, 0x9A, 0x00])
+def test_garbage_time_writes_never_raise(value):
+    dev, *_ = make()
+    wr(dev, 0x0B, 0x82)
+    for index in (0, 2, 4, 6, 7, 8, 9, 0x32):
+        wr(dev, index, value)
+    wr(dev, 0x0B, 0x00)
+    for index in range(128):
+        rd(dev, index)
