@@ -58,7 +58,9 @@ class Channel:
         self.reset()
 
     def reset(self) -> None:
-        self.mode = 0
+        # The power-on mode is undefined; mode 3 with OUT high (as QEMU) means that programming
+        # the usual periodic modes makes no spurious OUT edge.
+        self.mode = 3
         self.rw = RW_WORD
         self.bcd = False
         self.reload = 0             # the count register as written (BCD digits in BCD mode)
@@ -282,7 +284,7 @@ class Pit:
             ch.reset()
         self.port61 = 0
         self._timer.cancel()
-        self.irq0.set(False)
+        self.irq0.set(self.channels[0].out(self.now_ticks()))
 
     def read(self, offset: int, size: int) -> int:
         return self._ops.read(offset, size)
