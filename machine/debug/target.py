@@ -467,6 +467,7 @@ class Debugger:
                     return self.exit_status
                 stopped = self._stopped_after(stop)
         finally:
+            self.breakpoints.clear()            # no trace listener outlives the session
             if self.gdb is not None:
                 self.gdb.close()
 

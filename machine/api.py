@@ -1,0 +1,362 @@
+"""Script a machine from Python: a notebook, a pytest test, a bisecting script.
+
+    from machine.api import Session
+
+    with Session.from_args(["-kernel", "guest/out/guest.elf",
+                            "-drive", "file=disk.img,format=raw,if=virtio",
+                            "-device", "isa-debug-exit,iobase=0xf4,iosize=0x04"]) as s:
+        s.run_until("vblk_init")                   # an ELF symbol of the guest
+        print(hex(s.registers["eip"]), s.read_u32("blk"))
+        s.break_on("virtio-blk request type=flush")
+        stop = s.run()                              # stops at the FLUSH
+        print(stop.message, s.monitor("info virtio-queue-status virtio-blk 0"))
+        s.run_until_serial("ok 5")
+        print(s.serial)                             # everything the guest printed so far
+        print(s.run().exit_status)                  # on to the guest's exit
+
+The options are the command line's (`machine.cli.parse_args`). The session captures COM1 in
+`serial` (still echoed when `-serial stdio` was given and echo=True). Every run takes an optional
+instruction budget (`max_instructions`) so a script can never hang on a stuck guest: the
+returned Stop then has kind 'limit'.
+"""
+
+from __future__ import annotations
+
+import struct
+import sys
+from pathlib import Path
+from typing import Callable
+
+from . import trace
+from .config import CharDev, MachineConfig
+from .debug.breakpoints import DeviceBreakpoint, DeviceBreakpoints, RequestResolver
+from .debug.monitor import Monitor
+from .debug.target import (MachineTarget, Stop, STOP_BREAKPOINT, STOP_DEVICE, STOP_EXITED,
+                           STOP_FAULT, STOP_INTERRUPT, STOP_LIMIT)
+
+
+class SessionError(Exception):
+    """A request the session cannot carry out (unknown symbol, machine already finished)."""
+
+
+# --------------------------------------------------------------------------------------------------
+# ELF symbols (the guest's own symbol table; ELF32 and ELF64, little-endian)
+# --------------------------------------------------------------------------------------------------
+
+SHT_SYMTAB = 2
+STT_OBJECT, STT_FUNC = 1, 2
+
+
+class ElfSymbols:
+    """name -> (address, size) for the functions and objects of an ELF file."""
+
+    def __init__(self, data: bytes):
+        self.symbols: dict[str, tuple[int, int]] = {}
+        if data[:4] != b"\x7fELF" or data[5] != 1:
+            raise ValueError("not a little-endian ELF file")
+        is64 = data[4] == 2
+        if is64:
+            shoff, = struct.unpack_from("<Q", data, 0x28)
+            shentsize, shnum = struct.unpack_from("<HH", data, 0x3A)
+        else:
+            shoff, = struct.unpack_from("<I", data, 0x20)
+            shentsize, shnum = struct.unpack_from("<HH", data, 0x2E)
+        sections = []
+        for i in range(shnum):
+            off = shoff + i * shentsize
+            if off + shentsize > len(data):
+                break
+            if is64:
+                _, stype, _, _, soff, ssize, link, _, _, entsize = struct.unpack_from("<IIQQQQIIQQ", data, off)
+            else:
+                _, stype, _, _, soff, ssize, link, _, _, entsize = struct.unpack_from("<IIIIIIIIII", data, off)
+            sections.append((stype, soff, ssize, link, entsize))
+        for stype, soff, ssize, link, entsize in sections:
+            if stype != SHT_SYMTAB or link >= len(sections):
+                continue
+            _, stroff, strsize, _, _ = sections[link]
+            strtab = data[stroff:stroff + strsize]
+            entsize = entsize or (24 if is64 else 16)
+            for pos in range(soff, min(soff + ssize, len(data)) - entsize + 1, entsize):
+                if is64:
+                    name, info, _, shndx, value, size = struct.unpack_from("<IBBHQQ", data, pos)
+                else:
+                    name, value, size, info, _, shndx = struct.unpack_from("<IIIBBH", data, pos)
+                if shndx == 0 or info & 0xF not in (STT_OBJECT, STT_FUNC, 0) or not name:
+                    continue
+                end = strtab.find(b"\0", name)
+                text = strtab[name:end if end >= 0 else len(strtab)].decode("utf-8", "replace")
+                if text and not text.startswith("."):
+                    # Global definitions win over local ones of the same name.
+                    if text not in self.symbols or info >> 4 == 1:
+                        self.symbols[text] = (value, size)
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> "ElfSymbols":
+        return cls(Path(path).read_bytes())
+
+    def __contains__(self, name: str) -> bool:
+        return name in self.symbols
+
+    def address(self, name: str) -> int:
+        try:
+            return self.symbols[name][0]
+        except KeyError:
+            raise SessionError(f"no symbol '{name}' in the guest") from None
+
+    def size(self, name: str) -> int:
+        return self.symbols[name][1]
+
+    def lookup(self, addr: int) -> str | None:
+        """'func+0x12' for an address inside a known symbol."""
+        best = None
+        for name, (value, size) in self.symbols.items():
+            if value <= addr < value + max(size, 1) and (best is None or value > best[1]):
+                best = (name, value)
+        if best is None:
+            return None
+        return best[0] if addr == best[1] else f"{best[0]}+{addr - best[1]:#x}"
+
+
+# --------------------------------------------------------------------------------------------------
+# The session
+# --------------------------------------------------------------------------------------------------
+
+class _SerialTap:
+    """Stands in for COM1's host output: keeps every byte, optionally passes it on."""
+
+    def __init__(self, forward, on_data: Callable[[], None]):
+        self.data = bytearray()
+        self.forward = forward
+        self.on_data = on_data
+
+    def write(self, b: bytes) -> int:
+        self.data += b
+        if self.forward is not None:
+            self.forward.write(b)
+        self.on_data()
+        return len(b)
+
+    def flush(self) -> None:
+        if self.forward is not None:
+            self.forward.flush()
+
+
+class Session:
+    """One machine under script control. Build it with `from_args` (command-line options) or
+    from a MachineConfig."""
+
+    def __init__(self, config: MachineConfig, *, echo: bool = False):
+        from .pc import Machine
+        self.config = config
+        echo_stdio = echo and config.serial.kind == "stdio"
+        if config.serial.kind == "stdio":
+            # The session owns the console: the text is captured (and echoed only if asked).
+            config.serial = CharDev("null")
+        self.machine = Machine(config)
+        self.target = MachineTarget(self.machine)
+        self.symbols = ElfSymbols.from_file(config.kernel) if config.kernel else ElfSymbols(_EMPTY_ELF)
+        self._serial_wait: str | None = None
+        self._serial_from = 0
+        uart = self.machine.devices.get("serial0")
+        self._tap = None
+        if uart is not None:
+            forward = uart.output if uart.output is not None else (sys.stdout.buffer if echo_stdio else None)
+            self._tap = _SerialTap(forward, self._serial_written)
+            uart.output = self._tap
+        self.breakpoints = DeviceBreakpoints(self._device_hit, RequestResolver(self._virtio_named),
+                                             on_change=lambda n: self.target.set_precise_stops(n > 0))
+        self._monitor = Monitor(self.target, self.machine, self.breakpoints,
+                                on_reset=self.target.reset)
+        self.last_stop: Stop | None = None
+        self.finished = False
+
+    @classmethod
+    def from_args(cls, argv: list[str], *, echo: bool = False) -> "Session":
+        """The same options as the command line (without the program name)."""
+        from .cli import parse_args
+        return cls(parse_args(list(argv)), echo=echo)
+
+    # -- context manager ------------------------------------------------------------------------
+    def __enter__(self) -> "Session":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self.breakpoints.clear()
+        close = getattr(self.machine, "close", None)
+        if close is not None:
+            close()
+
+    # -- running --------------------------------------------------------------------------------
+    def run(self, max_instructions: int | None = None) -> Stop:
+        """Run until the guest exits or faults, a breakpoint or device breakpoint hits, or the
+        budget runs out."""
+        if self.finished:
+            raise SessionError("the machine has finished (exit or fatal fault)")
+        stop = self.target.resume(lambda: None, max_instructions)
+        self.last_stop = stop
+        if stop.kind in (STOP_EXITED, STOP_FAULT):
+            self.finished = True
+        return stop
+
+    def run_until(self, where: str | int, max_instructions: int | None = None) -> Stop:
+        """Run until execution reaches a symbol or a (linear) address."""
+        addr = self.symbols.address(where) if isinstance(where, str) else where
+        temporary = addr not in self.target._breakpoints
+        if temporary:
+            self.target.add_breakpoint(addr)
+        try:
+            return self.run(max_instructions)
+        finally:
+            if temporary:
+                self.target.remove_breakpoint(addr)
+
+    def run_until_serial(self, text: str, max_instructions: int | None = None) -> Stop:
+        """Run until COM1 output (from now on) contains `text`; stops right after the byte that
+        completed it."""
+        if self._tap is None:
+            raise SessionError("this machine has no serial port")
+        self._serial_wait = text
+        self._serial_from = max(0, len(self._tap.data) - len(text) + 1)
+        self._serial_start = len(self._tap.data)
+        try:
+            return self.run(max_instructions)
+        finally:
+            self._serial_wait = None
+
+    def run_until_event(self, pattern: str, max_instructions: int | None = None,
+                        **match) -> tuple[Stop, dict | None]:
+        """Run until a trace event whose name matches the glob `pattern` (and whose fields equal
+        `match`) is emitted, e.g. run_until_event("virtio_queue_notify", n=0). Returns the stop
+        and the event's fields (None if something else stopped the guest first)."""
+        import fnmatch
+        seen: list[dict] = []
+
+        def listener(name: str, fields: dict) -> None:
+            if seen or not fnmatch.fnmatchcase(name, pattern):
+                return
+            if all(fields.get(k) == v for k, v in match.items()):
+                seen.append(dict(fields, event=name))
+                self.target.request_stop("device", f"trace event {name}")
+
+        trace.listen(pattern)
+        trace.add_listener(listener)
+        self.target.set_precise_stops(True)
+        try:
+            stop = self.run(max_instructions)
+        finally:
+            trace.remove_listener(listener)
+            trace.unlisten(pattern)
+            self.target.set_precise_stops(bool(self.breakpoints.items))
+        return stop, (seen[0] if seen else None)
+
+    def step(self, count: int = 1, *, irqs: bool = False) -> Stop:
+        """Execute `count` instructions (interrupt handlers are not entered unless irqs=True)."""
+        stop = None
+        for _ in range(count):
+            stop = self.target.step(irqs=irqs)
+            if stop.kind in (STOP_EXITED, STOP_FAULT, STOP_DEVICE):
+                self.finished = stop.kind != STOP_DEVICE
+                break
+        self.last_stop = stop
+        return stop
+
+    def break_at(self, where: str | int) -> int:
+        """A code breakpoint at a symbol or address; returns the address."""
+        addr = self.symbols.address(where) if isinstance(where, str) else where
+        self.target.add_breakpoint(addr)
+        return addr
+
+    def delete_break(self, where: str | int) -> None:
+        addr = self.symbols.address(where) if isinstance(where, str) else where
+        self.target.remove_breakpoint(addr)
+
+    def break_on(self, spec: str) -> DeviceBreakpoint:
+        """A device breakpoint, as the monitor's `break` takes it:
+        'virtio-blk request type=flush', 'virtio-blk notify queue=0', 'virtio-blk needs-reset'."""
+        return self.breakpoints.add(spec)
+
+    # -- looking at the machine ---------------------------------------------------------------
+    @property
+    def registers(self) -> dict[str, int]:
+        return self.target.read_registers()
+
+    @property
+    def pc(self) -> int:
+        return self.target.pc()
+
+    def where(self) -> str:
+        """The current PC as 'symbol+off' when the guest's symbols know it."""
+        pc = self.pc
+        return self.symbols.lookup(pc) or f"{pc:#x}"
+
+    def set_register(self, name: str, value: int) -> None:
+        self.target.write_register(name, value)
+
+    def _addr(self, where: str | int) -> int:
+        return self.symbols.address(where) if isinstance(where, str) else where
+
+    def read(self, where: str | int, length: int) -> bytes:
+        """Guest virtual memory (through the page tables; MMIO refused)."""
+        return self.target.read_memory(self._addr(where), length)
+
+    def write(self, where: str | int, data: bytes) -> None:
+        self.target.write_memory(self._addr(where), data)
+
+    def read_u32(self, where: str | int) -> int:
+        return struct.unpack("<I", self.read(where, 4))[0]
+
+    def read_u16(self, where: str | int) -> int:
+        return struct.unpack("<H", self.read(where, 2))[0]
+
+    def read_u8(self, where: str | int) -> int:
+        return self.read(where, 1)[0]
+
+    def read_physical(self, gpa: int, length: int) -> bytes:
+        return self.target.read_physical(gpa, length)
+
+    @property
+    def serial(self) -> str:
+        return self._tap.data.decode("utf-8", "replace") if self._tap is not None else ""
+
+    @property
+    def exit_status(self) -> int | None:
+        s = self.last_stop
+        return s.exit_status if s is not None and s.kind in (STOP_EXITED, STOP_FAULT) else None
+
+    def monitor(self, command: str) -> str:
+        """Any monitor command ('info pci', 'x /4xw 0x1000', 'info virtio-queue-status virtio-blk 0')."""
+        return self._monitor.execute(command)
+
+    def virtio_devices(self) -> list:
+        return [vdev for _, vdev, _ in self._monitor.virtio_devices()]
+
+    def queues(self, device: str = "virtio-blk") -> list:
+        """The virtqueue objects of a virtio device (size, enabled, desc/avail/used addresses,
+        last_avail_idx, used_idx...): live views, not copies."""
+        _, vdev = self._monitor._virtio(device)
+        return list(vdev.queues)
+
+    def virtio(self, device: str = "virtio-blk"):
+        """The VirtioDevice itself (status, host_features, guest_features, queues, peek_chain)."""
+        return self._monitor._virtio(device)[1]
+
+    # -- internals ---------------------------------------------------------------------------------
+    def _device_hit(self, bp, message: str) -> None:
+        self.target.request_stop("device", message)
+
+    def _virtio_named(self, name: str) -> list:
+        return [v for _, v, _ in self._monitor.virtio_devices() if getattr(v, "name", None) == name]
+
+    def _serial_written(self) -> None:
+        text = self._serial_wait
+        if text is not None and text.encode() in self._tap.data[self._serial_from:]:
+            self._serial_wait = None
+            self.target.request_stop("device", f"serial output {text!r}")
+
+
+# The smallest thing ElfSymbols accepts: a header with no sections (a session without -kernel).
+_EMPTY_ELF = b"\x7fELF\x01\x01\x01" + bytes(0x34 - 7)
