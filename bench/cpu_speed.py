@@ -1,0 +1,83 @@
+"""Guest instructions per second: a tight loop under Machine.run() against raw Unicorn running
+the same code, both with no hooks and count=0 (the engine's ceiling) and with count>0 (the
+instruction counting the run loop needs for virtual time), plus a RAM load/store loop.
+
+    python bench/cpu_speed.py [iterations]
+
+Not a test: numbers depend on the host. The ratio is what matters.
+"""
+
+from __future__ import annotations
+
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests"))
+
+from asm import COMMON_MACROS, PM32_PROLOGUE, PROGRAM_BASE, assemble, build_machine  # noqa: E402
+
+LOOPS = {
+    "alu": """
+    main:
+        mov $ITER, %ecx
+    1:  add %eax, %ebx
+        xor %ebx, %edx
+        dec %ecx
+        jnz 1b
+        EXIT 0
+    """,
+    "ram": """
+    main:
+        mov $ITER, %ecx
+    1:  mov 0x20000, %eax
+        add $1, %eax
+        mov %eax, 0x20000
+        dec %ecx
+        jnz 1b
+        EXIT 0
+    """,
+}
+
+
+def machine_rate(kind: str, iters: int) -> tuple[float, int]:
+    src = LOOPS[kind].replace("ITER", str(iters))
+    with tempfile.TemporaryDirectory() as tmp:
+        m = build_machine(Path(tmp), src, prologue=PM32_PROLOGUE)
+        t0 = time.perf_counter()
+        status = m.run()
+        dt = time.perf_counter() - t0
+    assert status == 1, status
+    return m.instructions / dt, m.instructions
+
+
+def raw_rate(kind: str, iters: int, count: int = 0) -> float:
+    from unicorn import UC_ARCH_X86, UC_MODE_32, Uc
+    code = assemble(".code32\n" + LOOPS[kind].replace("ITER", str(iters))
+                    .replace("EXIT 0", "hlt"), base=0x1000)
+    uc = Uc(UC_ARCH_X86, UC_MODE_32)
+    uc.mem_map(0, 0x100000)
+    uc.mem_write(0x1000, code)
+    t0 = time.perf_counter()
+    uc.emu_start(0x1000, 0x100000, count=count)
+    dt = time.perf_counter() - t0
+    return (iters * (5 if kind == "ram" else 4)) / dt
+
+
+def main() -> None:
+    iters = int(sys.argv[1]) if len(sys.argv) > 1 else 20_000_000
+    for kind in LOOPS:
+        n = iters if kind == "alu" else iters // 4
+        raw = raw_rate(kind, n)
+        counted = raw_rate(kind, n, count=1 << 40)
+        rate, count = machine_rate(kind, n)
+        print(f"{kind:4} loop: Machine.run {rate / 1e6:7.1f} M instr/s ({count} instructions); "
+              f"raw Unicorn {raw / 1e6:7.1f} M/s (ratio {rate / raw:.2f}); "
+              f"raw Unicorn with count>0 {counted / 1e6:7.1f} M/s (ratio {rate / counted:.2f})")
+
+
+if __name__ == "__main__":
+    main()
