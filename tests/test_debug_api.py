@@ -1,0 +1,92 @@
+"""The Python API (machine.api.Session) on the bundled virtio-blk guest."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+
+import pytest
+
+from machine.api import ElfSymbols, Session, SessionError
+from machine.debug.target import (STOP_BREAKPOINT, STOP_DEVICE, STOP_EXITED, STOP_LIMIT,
+                                  STOP_STEP, STOP_WATCHPOINT)
+
+
+@pytest.fixture(scope="module")
+def guest():
+    from machine.toolchain import ToolchainError, ensure_built
+    try:
+        return ensure_built("guest", "out/guest.elf")
+    except ToolchainError as exc:
+        pytest.skip(f"cannot build the guest: {exc}")
+
+
+@pytest.fixture
+def session(guest, tmp_path):
+    img = tmp_path / "d.img"
+    img.write_bytes(bytes(4 << 20))
+    s = Session.from_args(["-kernel", str(guest), "-append", "tests=init,flush,get_id",
+                           "-drive", f"file={img},format=raw,if=virtio", "-no-reboot",
+                           "-device", "isa-debug-exit,iobase=0xf4,iosize=0x04"])
+    yield s
+    s.close()
+
+
+def test_run_to_symbols_device_events_serial_and_exit(session):
+    s = session
+    stop = s.run_until("vblk_init")
+    assert stop.kind == STOP_BREAKPOINT and s.where() == "vblk_init"
+    assert s.registers["eip"] == s.symbols.address("vblk_init")
+    assert s.read_u8("initialised") == 0
+
+    bp = s.break_on("virtio-blk request type=flush")
+    stop = s.run()
+    assert stop.kind == STOP_DEVICE and stop.message.endswith("request flush")
+    assert bp.hits == 1
+    assert s.where().startswith("vpci_notify")            # right after the guest's kick
+    assert s.read_u8("initialised") == 1
+    q = s.queues("virtio-blk")[0]
+    assert q.enabled and q.used_idx == q.last_avail_idx >= 1
+    assert s.virtio().status & 0x4                         # DRIVER_OK
+    assert "last_avail_idx:" in s.monitor("info virtio-queue-status virtio-blk 0")
+
+    stop = s.run_until_serial("ok 2 - flush")
+    assert stop.kind == STOP_DEVICE and s.serial.endswith("ok 2 - flush")
+    stop, event = s.run_until_event("virtio_queue_notify", n=0)
+    assert event == {"vdev": "virtio-blk", "n": 0, "event": "virtio_queue_notify"}
+    assert s.step(2).kind == STOP_STEP
+
+    stop = s.run()
+    assert stop.kind == STOP_EXITED and s.exit_status == 1   # all passed: (0 << 1) | 1
+    assert "ok 3 - get_id" in s.serial and "# 0 of 3 tests failed" in s.serial
+    with pytest.raises(SessionError):
+        s.run()
+
+
+def test_instruction_budget_and_write_watchpoint(session):
+    s = session
+    stop = s.run(max_instructions=1000)
+    assert stop.kind == STOP_LIMIT and s.exit_status is None
+    s.run_until("t_init")
+    addr = s.symbols.address("initialised")
+    assert s.target.add_watchpoint(addr, 1, "watch")
+    stop = s.target.resume(lambda: None)
+    assert stop.kind == STOP_WATCHPOINT and stop.addr == addr
+    assert s.read_u8(addr) == 1 and s.where().startswith("t_init")
+    s.target.remove_watchpoint(addr, 1, "watch")
+    with pytest.raises(SessionError):
+        s.run_until("no_such_function")
+
+
+@pytest.mark.skipif(shutil.which("nm") is None, reason="binutils nm is not installed")
+def test_elf_symbols_agree_with_nm(guest):
+    syms = ElfSymbols.from_file(guest)
+    out = subprocess.run(["nm", str(guest)], stdout=subprocess.PIPE, text=True).stdout
+    checked = 0
+    for line in out.splitlines():
+        parts = line.split()
+        if len(parts) == 3 and parts[1] in "TtDdBb" and parts[2] in ("kmain", "vblk_init", "blk", "initialised"):
+            assert syms.address(parts[2]) == int(parts[0], 16)
+            checked += 1
+    assert checked == 4
+    assert syms.lookup(syms.address("kmain") + 3) == "kmain+0x3"
