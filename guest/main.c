@@ -21,7 +21,7 @@
  *   event_idx=0|1          accept VIRTIO_F_EVENT_IDX (default 1)
  *   indirect=0|1           accept VIRTIO_F_INDIRECT_DESC (default 1)
  *   queue_size=N           cap on each queue's size (modern interface only; default 1024)
- *   max_queues=N           use at most N request queues (default 8)
+ *   max_queues=N           use at most N request queues (default and most: 16)
  *   rw_max_kib=N           largest transfer in rw_sizes (default 256)
  *   pattern_lba=N pattern_sectors=N   region the "pattern" test writes and verifies
  *                          (default 0 and 2048)

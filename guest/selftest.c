@@ -3,7 +3,13 @@
  * the plain data pattern (pattern.h) on the sectors it touched, all inside the first
  * TEST_REGION sectors, so the image can be checked from the host afterwards. On a read-only
  * device (VIRTIO_BLK_F_RO) the same tests only read and verify: the host must have filled the
- * image with the pattern beforehand. */
+ * image with the pattern beforehand.
+ *
+ * Sectors each test uses (overlaps are harmless: every test leaves the same pattern behind):
+ *   rw_sizes 0..1581   segments 1600..1663   indirect 1700..1763   inflight 0..(queue size/3)
+ *   reset 1800..1815   interrupt 1816 + 8 per queue, 1900.., 1960..1967
+ *   multiqueue 1900 + 8 per queue (16 queues: ..2027)   out_of_range: the last sector
+ *   pattern: pattern_lba.. (default 0..2047) */
 #include "selftest.h"
 #include "cmdline.h"
 #include "heap.h"
@@ -487,7 +493,7 @@ static enum result t_interrupt(void)
     }
     /* 2. The normal driver path in interrupt mode (sleep only when nothing is used yet). */
     for (uint16_t q = 0; q < B->nvqs && r == PASS; q++)
-        r = rw_check(q, 1980 + 8u * q, buf, 4096, 0);
+        r = rw_check(q, 1816 + 8u * q, buf, 4096, 0);
     /* 3. Several in flight, completions signalled by interrupt. */
     if (r == PASS) {
         uint32_t n = B->vqs[0]->num_free / 3;

@@ -37,7 +37,7 @@
 #define VIRTIO_BLK_ID_BYTES 20     /* GET_ID answers with at most 20 bytes */
 #define SECTOR_SIZE         512    /* capacity and `sector` are always in 512-byte units */
 
-#define VBLK_MAX_QUEUES     8      /* request queues this driver uses at most */
+#define VBLK_MAX_QUEUES     16     /* request queues this driver uses at most */
 #define VBLK_MAX_SEGS       64     /* data descriptors per request at most */
 
 /* 5.2.6: the device-readable header of every request. */
