@@ -202,7 +202,9 @@ def test_reset_and_bad_access():
     init(pic)
     pic.elcr_ops.write(1, 1, 0x0C)
     pic.reset()
-    assert pic.elcr_ops.read(1, 1) == 0 and pic.master_ops.read(1, 1) == 0
+    assert pic.elcr_ops.read(1, 1) == 0 and pic.master_ops.read(1, 1) == 0xFF
+    pic.irq_line(3).pulse()
+    assert not pic.pending()                       # uninitialised: everything masked
     assert pic.master_ops.read(0, 4) & 0xFFFF0000 == 0xFFFF0000
     with pytest.raises(ValueError):
         pic.irq_line(16)

@@ -66,6 +66,14 @@ class Pic8259:
         self.reset()
 
     def reset(self) -> None:
+        """Power-on: everything masked until the guest initialises the chip (ICW1 unmasks), so
+        an uninitialised PIC never delivers an interrupt with a meaningless vector."""
+        self._initialise()
+        self.imr = 0xFF
+        self.init_step = 0
+
+    def _initialise(self) -> None:
+        """The ICW1 reset: edge sense, IMR, ISR and priority cleared, IRR selected for reads."""
         self.irr = 0
         self.isr = 0
         self.imr = 0
@@ -165,8 +173,7 @@ class Pic8259:
         self._changed()
 
     def _icw1(self, value: int) -> None:
-        # Edge sense reset: IMR, ISR and edge requests cleared, IR7 lowest, IRR selected for read.
-        self.reset()
+        self._initialise()
         self.single = bool(value & ICW1_SNGL)
         self.icw4_needed = bool(value & ICW1_IC4)
         self.init_step = 2
