@@ -86,8 +86,8 @@ static bool run(struct virtio_blk *b, const char *name, uint32_t type, bool rand
     if (ok)
         kprintf("bench %s bs=%u qd=%u bytes=%llu ops=%u ticks=%llu\n", name, bs, qd,
                 (unsigned long long)total * bs, total, (unsigned long long)ticks);
-    /* If something failed, requests may still be in flight: the reset at the end of the
-     * benchmark stops the device before their memory could be reused. */
+    /* If something failed, requests may still be in flight: the caller runs nothing more and
+     * resets the device, so their buffers are never reused while the device owns them. */
     heap_release(mark);
     return ok;
 }
@@ -110,17 +110,18 @@ bool bench_run(struct virtio_blk *b)
             uint32_t total = (uint32_t)udiv64(span, sizes[s] / SECTOR_SIZE, 0);
             if (total == 0)
                 continue;
+            /* Stop at the first failure: its requests may still be in flight. */
             for (int d = 0; d < 2; d++)
-                ok &= run(b, w == 0 ? "seqwrite" : "seqread",
-                          w == 0 ? VIRTIO_BLK_T_OUT : VIRTIO_BLK_T_IN, false, sizes[s],
-                          depths[d], total, span);
+                ok = ok && run(b, w == 0 ? "seqwrite" : "seqread",
+                               w == 0 ? VIRTIO_BLK_T_OUT : VIRTIO_BLK_T_IN, false, sizes[s],
+                               depths[d], total, span);
         }
     }
     if (b->ro)
         kprintf("# bench seqwrite skipped: the disk is read-only\n");
     if (span >= 8)
         for (int d = 0; d < 2; d++)
-            ok &= run(b, "randread", VIRTIO_BLK_T_IN, true, 4096, depths[d], ops, span);
+            ok = ok && run(b, "randread", VIRTIO_BLK_T_IN, true, 4096, depths[d], ops, span);
     vpci_reset(&b->vp);
     return ok;
 }

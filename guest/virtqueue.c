@@ -45,7 +45,6 @@ bool vq_setup(struct virtqueue *vq, struct virtio_pci *vp, uint16_t index, uint1
     vq->size = size;
     vq->event_idx = event_idx;
     vq->indirect = indirect;
-    vq->check_used_len = vp->modern;
     vq->desc = (struct virtq_desc *)mem;
     vq->avail = (struct virtq_avail *)((char *)mem + 16u * size);
     vq->used = (struct virtq_used *)((char *)mem + used_offset(size));
@@ -74,7 +73,7 @@ static void publish(struct virtqueue *vq, uint16_t head, void *cookie)
     vq->avail->ring[vq->avail_idx % vq->size] = head;
     wmb();                                          /* 2.7.13.3.1 */
     vq->avail_idx++;
-    vq->avail->idx = vq->avail_idx;
+    *(volatile uint16_t *)&vq->avail->idx = vq->avail_idx;     /* the device polls this */
 }
 
 int vq_add(struct virtqueue *vq, const struct vq_buf *bufs, int n, void *cookie)

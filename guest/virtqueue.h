@@ -61,7 +61,6 @@ struct virtqueue {
     uint16_t size;              /* number of descriptors (a power of 2) */
     bool event_idx;             /* VIRTIO_F_EVENT_IDX negotiated: use used_event/avail_event */
     bool indirect;              /* VIRTIO_F_INDIRECT_DESC negotiated */
-    bool check_used_len;        /* modern only: legacy devices may report len wrongly (2.7.8.2) */
 
     struct virtq_desc *desc;
     struct virtq_avail *avail;

@@ -88,15 +88,17 @@ def assert_pattern_written(image: Path) -> None:
     assert data[TEST_REGION * SECTOR:last * SECTOR].count(0) == (last - TEST_REGION) * SECTOR
 
 
-@pytest.mark.parametrize("props, transport", [
-    ("", "modern"),                                   # transitional: modern when offered
-    (",disable-legacy=on", "modern"),                 # modern-only (1af4:1042)
-    (",disable-modern=on", "legacy"),                 # legacy-only
+@pytest.mark.parametrize("props, transport, options", [
+    ("", "modern", ""),                               # transitional: modern when offered
+    (",disable-legacy=on", "modern", ""),             # modern-only (1af4:1042)
+    (",disable-modern=on", "legacy", ""),             # legacy-only
+    # modern without the optional ring features: NO_NOTIFY / NO_INTERRUPT flags, direct chains
+    (",disable-legacy=on", "modern", "event_idx=0 indirect=0"),
 ])
-def test_guest_passes_and_leaves_the_pattern(guest, tmp_path, props, transport):
+def test_guest_passes_and_leaves_the_pattern(guest, tmp_path, props, transport, options):
     image = blank_image(tmp_path / "disk.img")
     status, lines = run_guest(guest, image, f"expect_serial={SERIAL} expect_ro=0 "
-                              f"expect_sectors={IMAGE_BYTES // SECTOR}", props)
+                              f"expect_sectors={IMAGE_BYTES // SECTOR} {options}", props)
     results = assert_all_ok(status, lines)
     assert len(results) == 15 and results["read_only"] is None
     assert any(l.startswith(f"# transport={transport} ") for l in lines)
