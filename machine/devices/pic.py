@@ -50,9 +50,11 @@ def _priority(chip: "Pic8259", bits: int) -> int:
 
 
 class Pic8259:
-    """One 8259A. `output` is called with the new INT pin level when it may have changed."""
+    """One 8259A; its ops cover the command (+0) and data (+1) ports at `BASE`."""
+    SIZE = 2
 
-    def __init__(self, name: str, elcr_mask: int, is_master: bool):
+    def __init__(self, name: str, elcr_mask: int, is_master: bool, base: int):
+        self.BASE = base
         self.name = name
         self.elcr_mask = elcr_mask
         self.is_master = is_master
@@ -273,8 +275,8 @@ class DualPic:
 
     def __init__(self):
         # IRQ0, 1, 2 (master) and 8, 13 (slave) are edge-only on the PIIX: their ELCR bits are fixed 0.
-        self.master = Pic8259("pic-master", elcr_mask=0xF8, is_master=True)
-        self.slave = Pic8259("pic-slave", elcr_mask=0xDE, is_master=False)
+        self.master = Pic8259("pic-master", elcr_mask=0xF8, is_master=True, base=self.MASTER_BASE)
+        self.slave = Pic8259("pic-slave", elcr_mask=0xDE, is_master=False, base=self.SLAVE_BASE)
         self.slave.on_change = self._cascade
         self.master.on_change = self._master_changed
         # The board may set this to hear when INTR may have risen (e.g. to end an idle wait early).
