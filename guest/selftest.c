@@ -436,8 +436,15 @@ static enum result t_reset(void)
     if (need_region() != PASS)
         return FAIL;
     uint64_t features = B->features;
-    /* vblk_init starts with the reset: write 0, wait until status reads 0 (4.1.4.3.2). */
     initialised = false;
+    /* Write 0 to the status and wait until it reads back 0 (4.1.4.3.2); the device must then
+     * have forgotten its queues (2.4: reset returns it to its initial state). */
+    if (!vpci_reset(&B->vp))
+        FAILF("device status never read 0 after writing 0");
+    for (uint16_t q = 0; q < B->nvqs; q++)
+        if (vpci_queue_enabled(&B->vp, q))
+            FAILF("queue %u still enabled after reset", q);
+    /* Re-initialise from scratch: vblk_init runs the whole 3.1.1 sequence (resetting again). */
     if (vblk_init(B, why, sizeof why) < 0)
         return FAIL;
     initialised = true;

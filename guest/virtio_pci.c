@@ -310,6 +310,16 @@ void vpci_notify(struct virtio_pci *vp, uint16_t q)
     mmio_write16(a, q);
 }
 
+bool vpci_queue_enabled(struct virtio_pci *vp, uint16_t q)
+{
+    if (!vp->modern) {
+        outw(vp->io_base + LEGACY_QUEUE_SELECT, q);
+        return inl(vp->io_base + LEGACY_QUEUE_PFN) != 0;
+    }
+    mmio_write16(vp->common + COMMON_Q_SELECT, q);
+    return mmio_read16(vp->common + COMMON_Q_ENABLE) != 0;
+}
+
 uint8_t vpci_read_isr(struct virtio_pci *vp)
 {
     return vp->modern ? mmio_read8(vp->isr) : inb(vp->io_base + LEGACY_ISR);

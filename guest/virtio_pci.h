@@ -79,6 +79,9 @@ uint16_t vpci_queue_max_size(struct virtio_pci *vp, uint16_t q);
 bool vpci_queue_enable(struct virtio_pci *vp, uint16_t q, uint16_t size,
                        uint64_t desc, uint64_t avail, uint64_t used);
 void vpci_notify(struct virtio_pci *vp, uint16_t q);
+/* Whether the device considers queue q live: queue_enable (modern) or a non-zero QUEUE_PFN
+ * (legacy). A reset must clear it. */
+bool vpci_queue_enabled(struct virtio_pci *vp, uint16_t q);
 
 /* Reads and thereby clears the ISR status (4.1.4.5.1); deasserts the INTx line. */
 uint8_t vpci_read_isr(struct virtio_pci *vp);
