@@ -2,6 +2,7 @@
 
 import io
 import random
+import struct
 import sys
 
 import pytest
@@ -74,3 +75,27 @@ def _random_accesses(seed):
             clock.advance(rng.randrange(1, 5_000_000))
         if pic.pending():
             assert 0 <= pic.acknowledge() < 256
+
+
+def test_fw_cfg_random_dma_descriptors_stay_in_bounds():
+    rng = random.Random(7)
+    mem = GuestMemory(4 << 20)
+    fw = FwCfg(mem)
+    fw.add_file("etc/blob", bytes(range(256)) * 4)
+    writes = []
+    mem.add_write_listener(lambda gpa, n: writes.append((gpa, n)))
+    for _ in range(500):
+        desc = rng.choice((0x1000, (4 << 20) - 8, 0x9FFF8, rng.getrandbits(64)))
+        addr = rng.choice((0x2000, 0x9F000, (4 << 20) - 16, 0xA0000, rng.getrandbits(64)))
+        control = rng.getrandbits(32) & 0xFFFF001F
+        length = rng.choice((0, 1, 100, 4096, 0xFFFFFFFF, rng.getrandbits(32)))
+        if mem.contains(desc, 16):
+            mem.write(desc, struct.pack(">IIQ", control, length, addr))
+        writes.clear()
+        fw.write(4, 4, int.from_bytes(struct.pack(">Q", desc)[:4], "little"))
+        fw.write(8, 4, int.from_bytes(struct.pack(">Q", desc)[4:], "little"))
+        for gpa, n in writes:
+            assert mem.contains(gpa, n)
+            assert gpa == desc or (addr <= gpa and gpa + n <= addr + length)
+        if mem.contains(desc, 16) and writes:
+            assert mem.read_u32(desc) in (0, 0x01000000)          # big-endian 0 or ERROR
