@@ -18,7 +18,6 @@ from machine.devices.pic import DualPic
 from machine.devices.pit import Pit
 from machine.devices.port92 import Port92
 from machine.devices.serial import Uart16550
-from machine.irq import IrqLine
 from machine.memory import GuestMemory
 
 
