@@ -582,6 +582,28 @@ bool selftest_run(struct virtio_blk *b)
     char list[512] = "all";
     cmdline_get("tests", list, sizeof list);
     bool all = !strcmp(list, "all");
+    /* A misspelt test name must not pass silently by running nothing. */
+    for (const char *p = list; !all && *p;) {
+        char name[32];
+        size_t n = 0;
+        while (p[n] && p[n] != ',' && n + 1 < sizeof name) {
+            name[n] = p[n];
+            n++;
+        }
+        name[n] = '\0';
+        bool known = n == 0;
+        for (int i = 0; i < NTESTS && !known; i++)
+            known = !strcmp(name, tests[i].name);
+        if (!known) {
+            kprintf("Bail out! unknown test \"%s\" in tests=\n", name);
+            return false;
+        }
+        p += n;
+        while (*p && *p != ',')
+            p++;
+        if (*p == ',')
+            p++;
+    }
     bool selected[NTESTS];
     int planned = 0;
     for (int i = 0; i < NTESTS; i++) {

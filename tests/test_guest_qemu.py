@@ -152,6 +152,9 @@ def test_guest_reports_failure_status(guest, tmp_path):
     status, lines = run_guest(guest, image, "tests=get_id expect_serial=WRONG")
     assert status == FAILED
     assert any(l.startswith("not ok 2 - get_id # serial") for l in lines), "\n".join(lines)
+    status, lines = run_guest(guest, image, "tests=flush,flsh")        # a misspelt test name
+    assert status == FAILED
+    assert 'Bail out! unknown test "flsh" in tests=' in lines, "\n".join(lines)
 
 
 def test_guest_benchmark_lines(guest, tmp_path):
