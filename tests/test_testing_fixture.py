@@ -2,7 +2,6 @@
 plugin registration, and a real boot of the hello test kernel once the board exists."""
 
 import importlib.util
-import subprocess
 import sys
 from pathlib import Path
 
@@ -11,6 +10,7 @@ import pytest
 from machine.testing import Boot, boot  # noqa: F401  (the fixture, used by name below)
 
 ROOT = Path(__file__).resolve().parent.parent
+pytest_plugins = ["pytester"]
 
 
 def stand_in(code: str) -> Boot:
@@ -65,20 +65,17 @@ def test_wait_for_fails_when_the_machine_exits_first():
         h.wait_for("ok", timeout=30)
 
 
-def test_registered_as_a_pytest_plugin(tmp_path):
+def test_registered_as_a_pytest_plugin(pytester, monkeypatch):
     """A user's test suite gets the fixture through `-p machine.testing` (what the conftest
     line `pytest_plugins = ["machine.testing"]` and the pytest11 entry point both do)."""
-    (tmp_path / "test_user.py").write_text(
-        "def test_uses_fixture(boot, tmp_path):\n"
-        "    disk = boot.image(tmp_path / 'd.img', size='1M', data=b'X')\n"
-        "    assert disk.read_bytes()[:1] == b'X'\n")
-    env_path = str(ROOT)
-    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "machine.testing",
-                           "-p", "no:cacheprovider", str(tmp_path / "test_user.py")],
-                          cwd=tmp_path, capture_output=True, text=True, timeout=120,
-                          env={**__import__("os").environ, "PYTHONPATH": env_path})
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert "1 passed" in proc.stdout
+    pytester.makepyfile(test_user="""
+        def test_uses_fixture(boot, tmp_path):
+            disk = boot.image(tmp_path / "d.img", size="1M", data=b"X")
+            assert disk.read_bytes()[:1] == b"X"
+    """)
+    monkeypatch.setenv("PYTEST_DISABLE_PLUGIN_AUTOLOAD", "1")   # only what we name
+    result = pytester.runpytest_inprocess("-p", "machine.testing", "-p", "no:cacheprovider")
+    result.assert_outcomes(passed=1)
 
 
 def _hello_kernel() -> Path:
