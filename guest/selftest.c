@@ -6,7 +6,7 @@
  * image with the pattern beforehand.
  *
  * Sectors each test uses (overlaps are harmless: every test leaves the same pattern behind):
- *   rw_sizes 0..1581   segments 1600..1663   indirect 1700..1763   inflight 0..(queue size/3)
+ *   rw_sizes 0..1581   segments 1600..1663   indirect 1700..1763   inflight 0..(queue size - 1)
  *   reset 1800..1815   interrupt 1816 + 8 per queue, 1900.., 1960..1967
  *   multiqueue 1900 + 8 per queue (16 queues: ..2027)   out_of_range: the last sector
  *   pattern: pattern_lba.. (default 0..2047) */
@@ -229,7 +229,8 @@ static enum result t_indirect(void)
 /* Runs one batch of n one-sector requests in flight at once: all submitted, one kick, then
  * reaped in whatever order the device finishes them. */
 static enum result batch(uint16_t q, uint32_t type, uint64_t lba, uint32_t n,
-                         struct vblk_req *reqs, char *bufs, bool invert)
+                         struct vblk_req *reqs, char *bufs, bool invert,
+                         const struct vblk_layout *layout)
 {
     struct virtqueue *vq = B->vqs[q];
     for (uint32_t k = 0; k < n; k++) {
@@ -238,7 +239,7 @@ static enum result batch(uint16_t q, uint32_t type, uint64_t lba, uint32_t n,
             pattern_fill(buf, lba + k, 1, invert);
         else
             memset(buf, 0xCC, SECTOR_SIZE);
-        if (vblk_submit(B, q, &reqs[k], type, lba + k, buf, SECTOR_SIZE, 0, false) < 0) {
+        if (vblk_submit(B, q, &reqs[k], type, lba + k, buf, SECTOR_SIZE, layout, false) < 0) {
             /* Finish what was submitted, so later tests find an idle queue. */
             ksnprintf(why, sizeof why, "submit %u of %u failed with %u descriptors free", k, n,
                       vq->num_free);
@@ -304,19 +305,34 @@ static enum result t_inflight(void)
     uint32_t kicks0 = vq->kicks, supp0 = vq->kicks_suppressed;
     enum result r = PASS;
     if (!B->ro) {
-        r = batch(q, VIRTIO_BLK_T_OUT, 0, n, reqs, bufs, true);
+        r = batch(q, VIRTIO_BLK_T_OUT, 0, n, reqs, bufs, true, 0);
         if (r == PASS)
-            r = batch(q, VIRTIO_BLK_T_IN, 0, n, reqs, bufs, true);
+            r = batch(q, VIRTIO_BLK_T_IN, 0, n, reqs, bufs, true, 0);
         if (r == PASS)
-            r = batch(q, VIRTIO_BLK_T_OUT, 0, n, reqs, bufs, false);
+            r = batch(q, VIRTIO_BLK_T_OUT, 0, n, reqs, bufs, false, 0);
     }
     if (r == PASS)
-        r = batch(q, VIRTIO_BLK_T_IN, 0, n, reqs, bufs, false);
+        r = batch(q, VIRTIO_BLK_T_IN, 0, n, reqs, bufs, false, 0);
     if (r == PASS)
         r = overfill(q, n, reqs, bufs);
     kprintf("# inflight: %u requests per batch, queue size %u, notifications sent %u, "
             "suppressed %u\n", n, vq->size, vq->kicks - kicks0, vq->kicks_suppressed - supp0);
     heap_release(mark);
+    /* With indirect descriptors each request takes one ring slot: the whole avail ring fills. */
+    if (r == PASS && vblk_has(B, VIRTIO_F_INDIRECT_DESC) && vq->size <= TEST_REGION) {
+        static const struct vblk_layout indirect = { 1, true };
+        n = vq->size;
+        reqs = heap_alloc(n * sizeof *reqs, 64);
+        bufs = heap_alloc(n * SECTOR_SIZE, 4096);
+        if (!reqs || !bufs)
+            FAILF("out of memory for %u requests", n);
+        if (!B->ro)
+            r = batch(q, VIRTIO_BLK_T_OUT, 0, n, reqs, bufs, false, &indirect);
+        if (r == PASS)
+            r = batch(q, VIRTIO_BLK_T_IN, 0, n, reqs, bufs, false, &indirect);
+        kprintf("# inflight: %u indirect requests fill the ring\n", n);
+        heap_release(mark);
+    }
     return r;
 }
 
@@ -509,9 +525,9 @@ static enum result t_interrupt(void)
         struct vblk_req *reqs = heap_alloc(n * sizeof *reqs, 64);
         char *bufs = heap_alloc(n * SECTOR_SIZE, 4096);
         if (!B->ro)
-            r = batch(0, VIRTIO_BLK_T_OUT, 1960, n, reqs, bufs, false);
+            r = batch(0, VIRTIO_BLK_T_OUT, 1960, n, reqs, bufs, false, 0);
         if (r == PASS)
-            r = batch(0, VIRTIO_BLK_T_IN, 1960, n, reqs, bufs, false);
+            r = batch(0, VIRTIO_BLK_T_IN, 1960, n, reqs, bufs, false, 0);
     }
     heap_release(mark);
     vblk_set_irq_mode(B, false);
