@@ -61,7 +61,9 @@ static void *buffer_at(uint32_t len, uint32_t offset)
 /* One synchronous request, checking the status and (modern interface) the used length: the
  * device must report exactly the bytes it wrote, i.e. data + status byte for a read, just the
  * status byte for a write (2.7.8: len is the total written). Legacy devices are allowed to get
- * len wrong (2.7.8.2 legacy note), so it is not checked there. */
+ * len wrong (2.7.8.2 legacy note), so it is not checked there. Nor is it checked for failed
+ * requests: QEMU 7.2 then still reports the full writable length (data + status) although it
+ * wrote only the status byte, where the spec asks for the bytes actually written. */
 static enum result do_io(uint16_t q, uint32_t type, uint64_t lba, void *buf, uint32_t len,
                          const struct vblk_layout *layout, int want_status)
 {
