@@ -1,0 +1,149 @@
+"""Block backends: opening images (errors as one-line ConfigErrors), raw I/O on RAM views,
+hole punching, OFD image locking between two openers, and the snapshot overlay."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from machine.block import SnapshotOverlay, open_drive
+from machine.block.iov import preadv_full, split
+from machine.config import ConfigError, DriveConfig
+
+
+def image(tmp_path, data=None, name="d.img"):
+    p = tmp_path / name
+    p.write_bytes(data if data is not None else bytes(range(256)) * 64)   # 16 KiB
+    return p
+
+
+def test_missing_image_is_a_config_error(tmp_path):
+    with pytest.raises(ConfigError, match="Could not open .*No such file"):
+        open_drive(DriveConfig(file=tmp_path / "nope.img"))
+
+
+def test_size_not_a_multiple_of_512_is_a_config_error(tmp_path):
+    with pytest.raises(ConfigError, match="not a multiple of 512"):
+        open_drive(DriveConfig(file=image(tmp_path, b"x" * 1000)))
+
+
+def test_only_raw_format_is_accepted(tmp_path):
+    with pytest.raises(ConfigError, match="qcow2"):
+        open_drive(DriveConfig(file=image(tmp_path), format="qcow2"))
+
+
+def test_no_file_is_a_config_error():
+    with pytest.raises(ConfigError):
+        open_drive(DriveConfig(file=None))
+
+
+def test_raw_read_and_write_through_views(tmp_path):
+    p = image(tmp_path)
+    be = open_drive(DriveConfig(file=p))
+    buf = bytearray(1024)
+    mv = memoryview(buf)
+    assert be.readv(512, [mv[:100], mv[100:1024]]) == 1024 and bytes(buf) == p.read_bytes()[512:1536]
+    assert be.writev(0, [memoryview(b"A" * 512), memoryview(b"B" * 512)]) == 1024
+    assert p.read_bytes()[:1024] == b"A" * 512 + b"B" * 512
+    with pytest.raises(OSError):
+        be.writev(16384, [memoryview(b"x" * 512)])          # past the end
+    be.close()
+
+
+def test_read_only_drive_refuses_writes(tmp_path):
+    p = image(tmp_path)
+    be = open_drive(DriveConfig(file=p, readonly=True))
+    with pytest.raises(OSError):
+        be.writev(0, [memoryview(b"x" * 512)])
+    with pytest.raises(OSError):
+        be.write_zeroes(0, 512, False)
+    be.close()
+
+
+def test_discard_unmap_punches_a_hole_and_keeps_the_size(tmp_path):
+    p = image(tmp_path)
+    be = open_drive(DriveConfig(file=p, discard="unmap"))
+    be.discard(4096, 4096)
+    data = p.read_bytes()
+    assert len(data) == 16384 and data[4096:8192] == bytes(4096) and data[:4096] == (bytes(range(256)) * 16)
+    be.close()
+
+
+def test_second_writer_fails_with_a_lock_error_and_close_releases(tmp_path):
+    p = image(tmp_path)
+    first = open_drive(DriveConfig(file=p))
+    with pytest.raises(ConfigError, match='Failed to get .*lock'):
+        open_drive(DriveConfig(file=p))
+    with pytest.raises(ConfigError, match='lock'):
+        open_drive(DriveConfig(file=p, readonly=True))
+    first.close()
+    open_drive(DriveConfig(file=p)).close()
+
+
+def test_two_read_only_openers_share_the_image(tmp_path):
+    p = image(tmp_path)
+    a = open_drive(DriveConfig(file=p, readonly=True))
+    b = open_drive(DriveConfig(file=p, readonly=True))
+    with pytest.raises(ConfigError):
+        open_drive(DriveConfig(file=p))
+    a.close()
+    b.close()
+
+
+def test_lock_conflict_across_processes(tmp_path):
+    p = image(tmp_path)
+    holder = open_drive(DriveConfig(file=p))
+    code = ("import sys\nfrom machine.block import open_drive\nfrom machine.config import DriveConfig, ConfigError\n"
+            f"try:\n    open_drive(DriveConfig(file={str(p)!r}))\nexcept ConfigError as e:\n    print(e); sys.exit(3)\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                       cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    assert r.returncode == 3 and "lock" in r.stdout
+    holder.close()
+
+
+def test_snapshot_writes_go_to_the_overlay_and_the_image_never_changes(tmp_path):
+    p = image(tmp_path)
+    before = p.read_bytes()
+    be = open_drive(DriveConfig(file=p, snapshot=True))
+    assert isinstance(be, SnapshotOverlay) and not be.read_only
+    assert be.writev(1024, [memoryview(b"S" * 1024)]) == 1024
+    be.write_zeroes(4096, 512, True)
+    be.flush()
+    out = bytearray(8192)
+    mv = memoryview(out)
+    assert be.readv(0, [mv[:700], mv[700:]]) == 8192
+    expect = bytearray(before[:8192])
+    expect[1024:2048] = b"S" * 1024
+    expect[4096:4608] = bytes(512)
+    assert bytes(out) == bytes(expect)
+    assert p.read_bytes() == before
+    be.close()
+    assert p.read_bytes() == before
+
+
+def test_snapshot_does_not_take_the_write_lock(tmp_path):
+    p = image(tmp_path)
+    a = open_drive(DriveConfig(file=p, snapshot=True))
+    b = open_drive(DriveConfig(file=p, readonly=True))
+    a.close()
+    b.close()
+
+
+def test_bad_cache_and_discard_options(tmp_path):
+    p = image(tmp_path)
+    with pytest.raises(ConfigError, match="cache"):
+        open_drive(DriveConfig(file=p, cache="sometimes"))
+    with pytest.raises(ConfigError, match="discard"):
+        open_drive(DriveConfig(file=p, discard="maybe"))
+
+
+def test_iov_helpers_split_and_read_more_than_iov_max_buffers(tmp_path):
+    p = image(tmp_path)
+    fd = os.open(p, os.O_RDONLY)
+    buf = bytearray(2000)
+    views = [memoryview(buf)[i:i + 1] for i in range(2000)]
+    assert preadv_full(fd, views, 0) == 2000 and bytes(buf) == p.read_bytes()[:2000]
+    os.close(fd)
+    parts = split([memoryview(b"abc"), memoryview(b"defg")], 2, 3)
+    assert b"".join(bytes(x) for x in parts) == b"cde"
