@@ -162,6 +162,8 @@ class Cpu:
         self._dynamic_hook: int | None = None
         self._in_io = False
         self._stop_after_io = False
+        self._callback_depth = 0
+        self._flush_pending = False
         self.paging = False
 
         self._map_ram()
@@ -216,12 +218,25 @@ class Cpu:
     # MemoryMap backend ---------------------------------------------------------------------
     def map_mmio(self, region: MmioRegion) -> None:
         ops = region.ops
+        cpu = self
 
         def read(_uc, offset, size, _ud, _ops=ops):
-            return _ops.read(offset, size)
+            cpu._callback_depth += 1
+            try:
+                return _ops.read(offset, size)
+            finally:
+                cpu._callback_depth -= 1
+                if cpu._flush_pending:
+                    cpu._flush_now()
 
         def write(_uc, offset, size, value, _ud, _ops=ops):
-            _ops.write(offset, size, value)
+            cpu._callback_depth += 1
+            try:
+                _ops.write(offset, size, value)
+            finally:
+                cpu._callback_depth -= 1
+                if cpu._flush_pending:
+                    cpu._flush_now()
 
         self._drop_open_bus(region.base, region.size)
         try:
@@ -307,13 +322,22 @@ class Cpu:
     # Host writes into RAM (DMA, loaders, the debugger) are invisible to Unicorn's translated
     # code: drop it. ctl_remove_cache takes a virtual address, so with paging on (virtual !=
     # physical) the only safe choice is a full flush.
+    # Inside a device callback the flush is deferred to the callback's return (one flush for a
+    # whole DMA transfer and its ring updates, still before the guest's next instruction).
     def _on_host_write(self, gpa: int, length: int) -> None:
         if length <= 0:
             return
-        if self.paging:
-            self.uc.ctl_flush_tb()
-        else:
+        if not self.paging:
             self.uc.ctl_remove_cache(gpa, gpa + length)
+        elif self._callback_depth:
+            self._flush_pending = True
+        else:
+            self.uc.ctl_flush_tb()
+
+    def _flush_now(self) -> None:
+        if self._callback_depth == 0:
+            self._flush_pending = False
+            self.uc.ctl_flush_tb()
 
     def invalidate_code(self) -> None:
         self.uc.ctl_flush_tb()
@@ -350,7 +374,10 @@ class Cpu:
             self._rom[:] = self._rom_pristine
         self.paging = False
         self._stop_cause = None
+        self._stop_after_io = False
         self._bp_skip = None
+        if self._stop_hook is not None:
+            self._clear_stop_hook()
         uc.ctl_flush_tb()
 
     @property
@@ -630,19 +657,27 @@ class Cpu:
     # the block at once and nothing after the OUT runs or replays.
     def _on_in(self, uc, port, size, _ud) -> int:
         self._in_io = True
+        self._callback_depth += 1
         try:
             return self.io.read(port, size)
         finally:
             self._in_io = False
+            self._callback_depth -= 1
+            if self._flush_pending:
+                self._flush_now()
             if self._stop_after_io:
                 self._finish_io_stop()
 
     def _on_out(self, uc, port, size, value, _ud) -> None:
         self._in_io = True
+        self._callback_depth += 1
         try:
             self.io.write(port, size, value)
         finally:
             self._in_io = False
+            self._callback_depth -= 1
+            if self._flush_pending:
+                self._flush_now()
             if self._stop_after_io:
                 self._finish_io_stop()
 

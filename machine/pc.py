@@ -109,6 +109,7 @@ class Machine:
         self._stdin_fd: int | None = None
         self.irq_sources: list = []          # extra interrupt controllers polled before the LAPIC
         self.resets = 0
+        self._halted = False                 # HLT executed, waiting for an interrupt
 
         rom = self._firmware_image()
         rom_base = FOUR_GIB - len(rom)
@@ -386,6 +387,7 @@ class Machine:
         """System reset: CPU to the reset vector, every device to its power-on state (RAM keeps
         its contents, as on a real warm reset)."""
         self.cpu.reset()
+        self._halted = False
         seen = set()
         for dev in self.devices.values():
             if id(dev) in seen:
@@ -492,11 +494,25 @@ class Machine:
                     count = 1          # the instruction after STI/MOV SS runs first (e.g. the HLT)
                 else:
                     vector = self._acknowledge()
-                    if vector is not None and not cpu.deliver_irq(vector):
-                        if self.config.no_reboot:
-                            return self._fatal(cpu.fatal_report)
-                        self._reboot_after_triple_fault(cpu.fatal_report)
+                    if vector is not None:
+                        self._halted = False
+                        if not cpu.deliver_irq(vector):
+                            if self.config.no_reboot:
+                                return self._fatal(cpu.fatal_report)
+                            self._reboot_after_triple_fault(cpu.fatal_report)
                     continue
+            if self._halted:
+                # A halted CPU stays halted until an interrupt is delivered: timers that fire
+                # without raising one do not wake it.
+                deadline = clock.next_deadline()
+                if deadline is not None:
+                    clock.advance_to(deadline)       # idle: jump to the next timer event
+                    continue
+                if self._idle_wait():
+                    continue
+                return self._fatal(cpu.fault_report(
+                    "the CPU halted with interrupts enabled, but no timer is armed and no input can arrive",
+                    back=1))
             deadline = clock.next_deadline()
             if deadline is not None:
                 count = min(count, max(1, deadline - clock.now))
@@ -515,17 +531,8 @@ class Machine:
             if kind == "halt":
                 if not cpu.interrupts_enabled():
                     return self._fatal(cpu.fault_report("the CPU halted with interrupts disabled (HLT with IF=0)", back=1))
-                if self._irq_pending():
-                    continue
-                deadline = clock.next_deadline()
-                if deadline is not None:
-                    clock.advance_to(deadline)       # idle: jump to the next timer event
-                    continue
-                if self._idle_wait():
-                    continue
-                return self._fatal(cpu.fault_report(
-                    "the CPU halted with interrupts enabled, but no timer is armed and no input can arrive",
-                    back=1))
+                self._halted = True
+                continue
             if kind == "breakpoint":
                 return self._finish(StopReason(STOP_BREAKPOINT, 0, address=result.address))
             if kind == "triple_fault":
@@ -543,6 +550,7 @@ class Machine:
 
     def step(self) -> StopReason:
         """Execute one instruction (for the debugger); the clock advances by one."""
+        self._halted = False
         result = self.cpu.step()
         self.instructions += result.retired
         self.clock.advance_to(self.clock.now + result.retired)

@@ -333,3 +333,18 @@ def test_wrong_unicorn_version_is_refused(monkeypatch):
         ui.self_test()
     msg = str(info.value)
     assert "2.1.4" in msg and "2.1.3" in msg and "\n" not in msg
+
+
+@pytest.mark.parametrize("extra_deadline", [5, 40, 999_990, 2_500_000])
+def test_slicing_and_silent_timers_do_not_change_execution(tmp_path, extra_deadline):
+    # A timer that raises no interrupt cuts slices and ends idle jumps early, but must not wake
+    # the halted CPU nor change what runs.
+    m = build_machine(tmp_path, TICKS_PROGRAM)
+    ctl = FakeIrqController()
+    m.irq_sources.append(ctl)
+    periodic(m, ctl, 0x20, 1_000_000)
+    m.clock.timer(lambda: None, "silent").arm(extra_deadline)
+    assert m.run(10_000_000) == 1
+    reference, _ = run_ticks(tmp_path / "ref" if not (tmp_path / "ref").mkdir() else None)
+    assert m.instructions == reference.instructions
+    assert m.clock.now == reference.clock.now
