@@ -63,17 +63,30 @@ def test_run_to_symbols_device_events_serial_and_exit(session):
         s.run()
 
 
-def test_instruction_budget_and_write_watchpoint(session):
+def test_instruction_budget_and_write_watchpoints_see_cpu_and_device_writes(session):
     s = session
     stop = s.run(max_instructions=1000)
     assert stop.kind == STOP_LIMIT and s.exit_status is None
-    s.run_until("t_init")
-    addr = s.symbols.address("initialised")
-    assert s.target.add_watchpoint(addr, 1, "watch")
+    s.run_until("t_flush")
+    # t_flush's static request is one of these; its header is the first one written.
+    reqs = [s.symbols.address(n) for n in s.symbols.symbols if n.startswith("req.")]
+    for addr in reqs:
+        assert s.target.add_watchpoint(addr, 16, "watch")
     stop = s.target.resume(lambda: None)
-    assert stop.kind == STOP_WATCHPOINT and stop.addr == addr
-    assert s.read_u8(addr) == 1 and s.where().startswith("t_init")
-    s.target.remove_watchpoint(addr, 1, "watch")
+    assert stop.kind == STOP_WATCHPOINT and stop.addr in reqs
+    assert s.where().startswith("vblk_submit")
+    for addr in reqs:
+        s.target.remove_watchpoint(addr, 16, "watch")
+    status = stop.addr + 16                                   # vblk_req.status, after the header
+    assert s.target.add_watchpoint(status, 1, "watch")
+    for _ in range(3):                                        # the guest may preset it first
+        stop = s.target.resume(lambda: None)
+        assert stop.kind == STOP_WATCHPOINT
+        if s.where().startswith("vpci_notify"):
+            break
+    assert s.where().startswith("vpci_notify")                # the device's DMA, during the kick
+    assert s.read_u8(status) == 0                             # VIRTIO_BLK_S_OK
+    s.target.remove_watchpoint(status, 1, "watch")
     with pytest.raises(SessionError):
         s.run_until("no_such_function")
 
@@ -90,3 +103,21 @@ def test_elf_symbols_agree_with_nm(guest):
             checked += 1
     assert checked == 4
     assert syms.lookup(syms.address("kmain") + 3) == "kmain+0x3"
+
+
+def test_read_and_access_watchpoints_decode_the_instruction(session):
+    s = session
+    s.run_until("t_flush")
+    start = s.pc
+    addr = s.symbols.address("initialised")
+    assert s.target.add_watchpoint(addr, 1, "rwatch")
+    stop = s.target.resume(lambda: None)
+    assert stop.kind == STOP_WATCHPOINT and stop.watch_kind == "rwatch" and stop.addr == addr
+    assert s.where().startswith("t_flush") and s.pc != start     # stopped after the reading insn
+    s.target.remove_watchpoint(addr, 1, "rwatch")
+    ptr = s.symbols.address("B")
+    assert s.target.add_watchpoint(ptr, 4, "awatch")
+    stop = s.target.resume(lambda: None)
+    assert stop.kind == STOP_WATCHPOINT and stop.watch_kind == "awatch" and stop.addr == ptr
+    s.target.remove_watchpoint(ptr, 4, "awatch")
+    assert s.run().exit_status == 1                              # and on to a normal exit
