@@ -202,3 +202,15 @@ def test_reset_stops_irq0(setup):
     at_ticks(clock, 1000)
     assert edges.rises == [] and irq.level             # idle, OUT high
     assert pit.read(CTRL, 1) == 0xFF
+
+
+def test_new_count_in_mode2_takes_effect_at_the_end_of_the_period(setup):
+    pit, clock, irq, edges = setup
+    program(pit, 0, 2, 100)
+    at_ticks(clock, 30)
+    pit.write(0, 1, 50)
+    pit.write(0, 1, 0)                                 # new count 50 while running
+    assert read_count(pit, 0) == 70                    # the current period continues
+    at_ticks(clock, 260)
+    assert edges.rises == [ticks_to_ns(t) for t in (100, 150, 200, 250)]
+    assert read_count(pit, 0) == 40

@@ -8,10 +8,10 @@ channel 0 arms a Timer, for its next OUT edge. Channel 2's OUT shows in port 0x6
 TSC calibration spins on it), channel 1 is the DRAM refresh clock (port 0x61 bit 4 toggles every
 15.085 us of virtual time).
 
-Simplifications, all invisible to software that follows the datasheet's programming rules: a new
-count written to a running mode 2/3 counter takes effect at once (the chip waits for the end of
-the current period); the mode 3 count for odd values decrements evenly; a counter that has been
-given a control word but no count yet holds its last value.
+A new count written to a running mode 2/3 counter takes effect at the end of the current period,
+as on the chip. Simplifications, invisible to software that follows the datasheet's programming
+rules: the mode 3 count for odd values decrements evenly; a counter that has been given a control
+word but no count yet holds its last value.
 """
 
 from __future__ import annotations
@@ -51,7 +51,7 @@ def _from_bcd(v: int) -> int:
 class Channel:
     __slots__ = ("index", "mode", "rw", "bcd", "reload", "n", "armed", "start", "paused_at",
                  "triggered", "gate", "idle_count", "write_low", "low_byte", "read_high",
-                 "latched", "latch_high", "status")
+                 "latched", "latch_high", "status", "next_n", "switch_at")
 
     def __init__(self, index: int):
         self.index = index
@@ -77,12 +77,16 @@ class Channel:
         self.latched: int | None = None
         self.latch_high = False
         self.status: int | None = None
+        self.next_n = 0
+        self.switch_at: int | None = None   # modes 2/3: tick at which a newly written count takes over
 
     # -- derived state -------------------------------------------------------------------
     def elapsed(self, now: int) -> int | None:
         """Ticks counted so far, or None while not counting (no count, or waiting for a trigger)."""
         if not self.armed or (self.mode in (1, 5) and not self.triggered):
             return None
+        if self.switch_at is not None and now >= self.switch_at:
+            self.start, self.n, self.switch_at = self.switch_at, self.next_n, None
         if self.paused_at is not None:
             return self.paused_at
         return now - self.start
@@ -137,6 +141,7 @@ class Channel:
         self.armed = False
         self.triggered = False
         self.paused_at = None
+        self.switch_at = None
         self.write_low = False
         self.read_high = False
         self.latched = None
@@ -145,8 +150,15 @@ class Channel:
 
     def load(self, value: int, now: int) -> None:
         self.reload = value
-        n = _from_bcd(value) if self.bcd else value
-        self.n = n or (10000 if self.bcd else 0x10000)
+        n = (_from_bcd(value) if self.bcd else value) or (10000 if self.bcd else 0x10000)
+        d = self.elapsed(now)
+        if self.mode in (2, 3) and d is not None and self.paused_at is None:
+            # Running periodic counter: the new count is loaded at the end of this period.
+            self.next_n = n
+            self.switch_at = self.start + (d // self.n + 1) * self.n
+            return
+        self.n = n
+        self.switch_at = None
         self.armed = True
         self.start = now
         self.paused_at = None
@@ -177,6 +189,8 @@ class Channel:
             if not level:
                 self.paused_at = 0
             else:                       # a rising edge reloads and restarts
+                if self.switch_at is not None:
+                    self.n, self.switch_at = self.next_n, None
                 self.start = now
                 self.paused_at = None
 
