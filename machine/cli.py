@@ -69,7 +69,10 @@ def parse_size(text: str, default_unit: int = MiB) -> int:
     elif "." in number:
         if unit == 1:
             raise ValueError(text)       # a fraction of a byte
-        value = int(float(number) * unit)
+        try:
+            value = int(float(number) * unit)
+        except OverflowError:
+            raise ValueError(text) from None
     else:
         value = int(number) * unit
     if value >= 1 << 64:
@@ -341,6 +344,11 @@ class _Parser:
     # ---- driving
 
     def parse(self, argv: list[str]) -> MachineConfig:
+        for word in argv:
+            # A real command line cannot carry one (C strings); a Python caller's list can, and
+            # the OS calls would refuse it with ValueError rather than OSError.
+            if "\0" in word:
+                raise ConfigError(f"{one_line(word)}: an argument contains a NUL character")
         i = 0
         while i < len(argv):
             typed = argv[i]
@@ -811,8 +819,16 @@ def selftest_status(status: int) -> int:
 
 # --------------------------------------------------------------------------- main
 
+def one_line(message: str) -> str:
+    """The message with control characters (a newline typed inside an argument, say) escaped,
+    so an error is always exactly one line."""
+    if message.isprintable():
+        return message
+    return "".join(ch if ch.isprintable() else repr(ch)[1:-1] for ch in message)
+
+
 def _error(message: str) -> int:
-    print(f"{PROG}: {message}", file=sys.stderr)
+    print(f"{PROG}: {one_line(message)}", file=sys.stderr)
     return 1
 
 

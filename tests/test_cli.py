@@ -443,3 +443,41 @@ def test_write_permission_checked_after_snapshot(files, monkeypatch):
         parse_args(["-drive", "file=d.img"])
     assert parse_args(["-drive", "file=d.img", "-snapshot"]).snapshot
     assert parse_args(["-drive", "file=d.img,readonly=on"]).drives[0].readonly
+
+
+# ------------------------------------------------------------------ arbitrary input never crashes
+
+from hypothesis import HealthCheck, given, settings, strategies as st  # noqa: E402
+
+_options = st.sampled_from(sorted(f"-{name}" for name in cli.OPTIONS) + ["-foo", "--drive"])
+_values = st.one_of(
+    st.sampled_from(["pc", "q35", "1", "2", "128M", "1.5G", "9" * 30 + "E", "9" * 400 + ".5E",
+                     "file=d.img", "file=a\0b", "a\0b", "id=", ",,", ",", "=", "stdio", "file:",
+                     "file:a\nb", "chardev:", "tcp::0", "help", "virtio-blk-pci,drive=",
+                     "isa-debugcon,iobase=0x402,chardev=c", "events=", "file,id=c,path=x\0",
+                     "file=d.img,if=none,id=c", "virtio-blk-pci,drive=c", "k.elf", "."]),
+    st.text(max_size=12))
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(pairs=st.lists(st.tuples(_options, _values), max_size=4), tail=st.booleans())
+def test_any_argv_gives_a_config_or_a_one_line_error(files, pairs, tail):
+    argv = [word for pair in pairs for word in pair]
+    if tail and argv:
+        argv.pop()            # an option missing its value
+    try:
+        cfg = parse_args(argv)
+    except ConfigError as err:
+        assert str(err) and cli.one_line(str(err)).isprintable()
+    except CliExit:
+        pass
+    else:
+        assert cfg.ram_size >= 2 * MiB
+
+
+@pytest.mark.parametrize("args", [["-drive", "file=a\0b"], ["-kernel", "a\0b"], ["-bios", "a\0"],
+                                  ["-trace", "events=a\0"], ["-serial", "file:a\0"],
+                                  ["-m", "9" * 400 + ".5E"]])
+def test_nul_and_overflow_are_config_errors(args):
+    with pytest.raises(ConfigError):
+        parse_args(args)
