@@ -58,7 +58,7 @@ BUS_NS_PER_TICK = 1
 # Divide configuration register bits 3,1,0 -> divisor
 _DIVIDE = {0b000: 2, 0b001: 4, 0b010: 8, 0b011: 16, 0b100: 32, 0b101: 64, 0b110: 128, 0b111: 1}
 
-EV_TIMER = trace.Event("apic_timer_expired", "vector {vector}")
+EV_LOCAL_DELIVER = trace.Event("apic_local_deliver", "vector {vector} lvt {lvt:#x}")
 
 
 def _highest(bits: int) -> int:
@@ -173,6 +173,8 @@ class LocalApic:
         if entry & LVT_MASKED or not self.hw_enabled:
             return
         mode = entry & LVT_DELIVERY_MODE
+        if EV_LOCAL_DELIVER.enabled:
+            EV_LOCAL_DELIVER.emit(vector=index, lvt=entry)
         if mode == DM_FIXED:
             self._accept(entry & 0xFF, level=index in (LVT_LINT0, LVT_LINT1) and bool(entry & LVT_LEVEL))
         else:
@@ -223,8 +225,6 @@ class LocalApic:
             self._timer.cancel()
 
     def _on_timer(self) -> None:
-        if EV_TIMER.enabled:
-            EV_TIMER.emit(vector=self.lvt[LVT_TIMER] & 0xFF)
         self._fire_lvt(LVT_TIMER)
         if self.lvt[LVT_TIMER] & TIMER_PERIODIC:
             self._arm_timer()
