@@ -223,7 +223,8 @@ _opt("h|help", None, "print this help and exit", "opt_help")
 _opt("version", None, "print the version and exit", "opt_version")
 _opt("machine|M", "[type=]pc[,accel=tcg]", "the machine type: only 'pc' (i440FX + PIIX3)", "opt_machine")
 _opt("accel", "tcg", "the accelerator: only 'tcg' (the CPU is emulated by Unicorn)", "opt_accel")
-_opt("cpu", "Haswell", "the CPU model: only Haswell (Unicorn's model)", "opt_cpu")
+_opt("cpu", "MODEL", "refused: the CPU model is fixed (a family 6 CPU with SSE4.2, no AVX)",
+     "opt_cpu")
 _opt("smp", "1", "the number of CPUs: only 1", "opt_smp")
 _opt("m", "[size=]SIZE", "RAM size; a bare number is MiB, suffixes K M G T (default 128M)", "opt_m")
 _opt("bios", "FILE", "firmware image (default: the bundled firmware)", "opt_bios")
@@ -471,10 +472,10 @@ class _Parser:
             raise _OptError(f"invalid accelerator '{accel}'")
 
     def opt_cpu(self, arg: str) -> None:
-        pairs = split_suboptions(arg, "model")
-        if len(pairs) != 1 or pairs[0][1].lower() != "haswell":
-            raise _OptError(f"CPU model '{arg}' is not supported by this machine "
-                            "(the CPU is Unicorn's fixed Haswell model)")
+        # Our CPUID is the board's own fixed model, which matches none of QEMU's: accepting a
+        # name (even qemu64, QEMU's default) would promise the guest features it does not get.
+        raise _OptError(f"CPU model '{arg}' is not supported by this machine "
+                        "(its CPU model is fixed: leave -cpu out)")
 
     def opt_smp(self, arg: str) -> None:
         opts = self.keys(split_suboptions(arg, "cpus"),
