@@ -74,7 +74,18 @@ class MemoryAccessError(ValueError):
 
 
 class _DeliveryFault(Exception):
-    """Delivering an interrupt faulted (bad gate, unmapped stack ...): escalate to #DF."""
+    """Delivering an interrupt faulted. `vector`/`error` is the exception the CPU raises for it
+    (#GP, #NP with the IDT/selector error code), or vector None for faults we do not model in
+    detail (a page fault while pushing the frame): those go straight to #DF."""
+
+    def __init__(self, message: str, vector: int | None = None, error: int = 0):
+        super().__init__(message)
+        self.vector = vector
+        self.error = error
+
+
+CONTRIBUTORY = frozenset((0, 10, 11, 12, 13))
+VEC_NP, VEC_GP, VEC_PF = 11, 13, 14
 
 
 @dataclass
@@ -719,8 +730,9 @@ class Cpu:
         return self._stop_cause not in ("fatal", "triple_fault")
 
     def deliver_exception(self, vector: int, error_code: int | None, software: bool = False) -> None:
-        """Deliver a CPU exception or `int n` (from a hook), escalating a failed delivery to #DF
-        and a failed #DF to a triple fault."""
+        """Deliver a CPU exception or `int n` (from a hook). A delivery that faults raises that
+        fault in turn (#GP/#NP naming the IDT entry), or #DF for a contributory pair; a failed
+        #DF is a triple fault."""
         back = self._trap_length() if software else 0
         try:
             self.deliver(vector, error_code, software=software)
@@ -729,12 +741,23 @@ class Cpu:
             if vector == VEC_DF:
                 self._fatal("triple_fault", f"triple fault: cannot deliver #DF ({first})", back)
                 return
-            reason = str(first)
+            reason = f"cannot deliver vector {vector:#x} ({first})"
+            second, second_error = first.vector, first.error
+        # The fault raised while delivering is delivered in turn, unless the pair makes a
+        # double fault (contributory after contributory, or #PF then #PF/contributory).
+        benign_pair = second is not None and not (
+            (vector in CONTRIBUTORY and second in CONTRIBUTORY)
+            or (vector == VEC_PF and (second in CONTRIBUTORY or second == VEC_PF)))
+        if benign_pair:
+            try:
+                self.deliver(second, second_error)
+                return
+            except _DeliveryFault as again:
+                reason += f", then vector {second:#x} ({again})"
         try:
             self.deliver(VEC_DF, 0)
-        except _DeliveryFault as second:
-            self._fatal("triple_fault", f"triple fault: cannot deliver vector {vector:#x} ({reason}), "
-                                        f"then #DF ({second})", back)
+        except _DeliveryFault as df:
+            self._fatal("triple_fault", f"triple fault: {reason}, then #DF ({df})", back)
 
     def _trap_length(self) -> int:
         """Length of the `int n` / int3 / into / int1 that RIP has just passed."""
@@ -792,7 +815,8 @@ class Cpu:
         reg = self._reg
         _, ibase, ilimit, _ = self.uc.reg_read(X.UC_X86_REG_IDTR)
         if vector * 4 + 3 > ilimit:
-            raise _DeliveryFault(f"vector {vector:#x} is beyond the IVT limit {ilimit:#x}")
+            raise _DeliveryFault(f"vector {vector:#x} is beyond the IVT limit {ilimit:#x}",
+                                 VEC_GP, vector * 8 + 2)
         off, seg = struct.unpack("<HH", self._vread(ibase + vector * 4, 4))
         ss_sel, ss_base, _, _ = self._raw.seg(ui.SEG_SS)
         cs_sel = self._raw.seg(ui.SEG_CS)[0]
@@ -813,17 +837,18 @@ class Cpu:
         ui.load_seg(self.uc, X.UC_X86_REG_CS, seg)
         reg.write(_REG_RIP, off)
 
-    def _descriptor(self, selector: int) -> int:
+    def _descriptor(self, selector: int, ext: int) -> int:
         """The 8-byte GDT descriptor for `selector` (LDT selectors are not supported)."""
+        err = (selector & 0xFFFC) + ext
         if selector & 4:
-            raise _DeliveryFault(f"LDT selector {selector:#x} in a gate")
+            raise _DeliveryFault(f"LDT selector {selector:#x} in a gate", VEC_GP, err)
         _, gbase, glimit, _ = self.uc.reg_read(X.UC_X86_REG_GDTR)
         index = selector & ~7
         if index == 0 or index + 7 > glimit:
-            raise _DeliveryFault(f"selector {selector:#x} is null or beyond the GDT limit")
+            raise _DeliveryFault(f"selector {selector:#x} is null or beyond the GDT limit", VEC_GP, err)
         desc = struct.unpack("<Q", self._vread(gbase + index, 8))[0]
         if not desc >> 47 & 1:
-            raise _DeliveryFault(f"segment {selector:#x} is not present")
+            raise _DeliveryFault(f"segment {selector:#x} is not present", VEC_NP, err)
         return desc
 
     def _tss_base(self) -> int:
@@ -843,23 +868,26 @@ class Cpu:
     def _deliver_protected(self, vector: int, error_code: int | None, software: bool, hf: int) -> None:
         reg = self._reg
         _, ibase, ilimit, _ = self.uc.reg_read(X.UC_X86_REG_IDTR)
+        ext = 0 if software else 1
+        idt_err = vector * 8 + 2 + ext
         if vector * 8 + 7 > ilimit:
-            raise _DeliveryFault(f"vector {vector:#x} is beyond the IDT limit {ilimit:#x}")
+            raise _DeliveryFault(f"vector {vector:#x} is beyond the IDT limit {ilimit:#x}", VEC_GP, idt_err)
         gate = struct.unpack("<Q", self._vread(ibase + vector * 8, 8))[0]
         gtype = (gate >> 40) & 0x1F
         gdpl = (gate >> 45) & 3
-        if not gate >> 47 & 1:
-            raise _DeliveryFault(f"IDT gate {vector:#x} is not present")
         if gtype not in (0x06, 0x07, 0x0E, 0x0F):
-            raise _DeliveryFault(f"IDT gate {vector:#x} has unsupported type {gtype:#x}")
+            raise _DeliveryFault(f"IDT gate {vector:#x} has unsupported type {gtype:#x}", VEC_GP, idt_err)
         cpl = hf & ui.HF_CPL_MASK
         if software and gdpl < cpl:
-            raise _DeliveryFault(f"int {vector:#x} from CPL{cpl} through a DPL{gdpl} gate")
+            raise _DeliveryFault(f"int {vector:#x} from CPL{cpl} through a DPL{gdpl} gate", VEC_GP, idt_err)
+        if not gate >> 47 & 1:
+            raise _DeliveryFault(f"IDT gate {vector:#x} is not present", VEC_NP, idt_err)
         sel = (gate >> 16) & 0xFFFF
         offset = (gate & 0xFFFF) | ((gate >> 32) & 0xFFFF0000)
-        desc = self._descriptor(sel)
+        desc = self._descriptor(sel, ext)
         if not (desc >> 43 & 1):
-            raise _DeliveryFault(f"gate {vector:#x} points at a non-code segment {sel:#x}")
+            raise _DeliveryFault(f"gate {vector:#x} points at a non-code segment {sel:#x}",
+                                 VEC_GP, (sel & 0xFFFC) + ext)
         dpl = (desc >> 45) & 3
         conforming = bool(desc >> 42 & 1)
         wide = gtype & 0x8                      # 32-bit gate: 4-byte pushes
@@ -906,25 +934,29 @@ class Cpu:
     def _deliver_long(self, vector: int, error_code: int | None, software: bool, hf: int) -> None:
         reg = self._reg
         _, ibase, ilimit, _ = self.uc.reg_read(X.UC_X86_REG_IDTR)
+        ext = 0 if software else 1
+        idt_err = vector * 8 + 2 + ext      # the error code names the IDT entry (index << 3)
         if vector * 16 + 15 > ilimit:
-            raise _DeliveryFault(f"vector {vector:#x} is beyond the IDT limit {ilimit:#x}")
+            raise _DeliveryFault(f"vector {vector:#x} is beyond the IDT limit {ilimit:#x}", VEC_GP, idt_err)
         lo, hi = struct.unpack("<QQ", self._vread(ibase + vector * 16, 16))
         gtype = (lo >> 40) & 0x1F
         gdpl = (lo >> 45) & 3
-        if not lo >> 47 & 1:
-            raise _DeliveryFault(f"IDT gate {vector:#x} is not present")
         if gtype not in (0x0E, 0x0F):
-            raise _DeliveryFault(f"IDT gate {vector:#x} has type {gtype:#x} (not a 64-bit gate)")
+            raise _DeliveryFault(f"IDT gate {vector:#x} has type {gtype:#x} (not a 64-bit gate)",
+                                 VEC_GP, idt_err)
         cpl = hf & ui.HF_CPL_MASK
         if software and gdpl < cpl:
-            raise _DeliveryFault(f"int {vector:#x} from CPL{cpl} through a DPL{gdpl} gate")
+            raise _DeliveryFault(f"int {vector:#x} from CPL{cpl} through a DPL{gdpl} gate", VEC_GP, idt_err)
+        if not lo >> 47 & 1:
+            raise _DeliveryFault(f"IDT gate {vector:#x} is not present", VEC_NP, idt_err)
         sel = (lo >> 16) & 0xFFFF
         ist = (lo >> 32) & 7
         target = (lo & 0xFFFF) | ((lo >> 32) & 0xFFFF0000) | ((hi & 0xFFFFFFFF) << 32)
-        desc = self._descriptor(sel)
+        desc = self._descriptor(sel, ext)
         dpl = (desc >> 45) & 3
         if not (desc >> 43 & 1) or not (desc >> 53 & 1):
-            raise _DeliveryFault(f"gate {vector:#x} does not point at a 64-bit code segment")
+            raise _DeliveryFault(f"gate {vector:#x} does not point at a 64-bit code segment",
+                                 VEC_GP, (sel & 0xFFFC) + ext)
         flags = reg.read(_REG_EFLAGS)
         rip = reg.read(_REG_RIP)
         old_cs = self._raw.seg(ui.SEG_CS)[0]

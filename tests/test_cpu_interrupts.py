@@ -252,3 +252,73 @@ def test_protected_mode_gate_not_present_becomes_double_fault(tmp_path):
     """, prologue=PM32_PROLOGUE)
     assert m.run(1_000_000) == 1
     assert result(m, 1) == 1 and result(m, 0) == 0
+
+
+def test_ring3_to_ring0_through_tss_and_gate_dpl_check(tmp_path):
+    m = build_machine(tmp_path, """
+    .set TSS, 0x6000
+    main:
+        lgdt gdtr3
+        movl $0x60000, TSS + 4          # ESP0
+        movl $0x10, TSS + 8             # SS0
+        mov $0x28, %ax
+        ltr %ax
+        SETGATE 0x80, h80, 0xee00       # DPL3 interrupt gate: callable from ring 3
+        SETGATE 0x81, h80, 0x8e00       # DPL0 gate: `int` from ring 3 is a #GP
+        SETGATE 13, h_gp
+        push $0x23                      # to ring 3 with iret
+        push $0x50000
+        pushf
+        push $0x1b
+        push $user
+        iret
+    user:
+        mov $0x23, %ax
+        mov %ax, %ds
+        mov %ax, %es
+        mov $0x5a5a, %ebx
+        int $0x80
+        mov %ebx, RESULTS + 20          # back in ring 3 with the handler's EBX
+        mov %cs, %eax
+        mov %eax, RESULTS + 24
+        int $0x81
+        jmp .
+    h80:
+        mov %cs, %eax
+        mov %eax, RESULTS               # CS in the handler: 0x08
+        mov 4(%esp), %eax
+        mov %eax, RESULTS + 4           # saved CS: 0x1b
+        mov 12(%esp), %eax
+        mov %eax, RESULTS + 8           # saved ESP: 0x50000
+        mov 16(%esp), %eax
+        mov %eax, RESULTS + 12          # saved SS: 0x23
+        mov %esp, RESULTS + 16          # frame on the TSS stack
+        mov $0x1234, %ebx
+        iret
+    h_gp:
+        pop %eax
+        mov %eax, RESULTS + 28          # error code: IDT entry 0x81, IDT bit set
+        EXIT 0
+    .align 8
+    gdt3:
+        .quad 0
+        .quad 0x00cf9a000000ffff        # 0x08 ring-0 code
+        .quad 0x00cf92000000ffff        # 0x10 ring-0 data
+        .quad 0x00cffa000000ffff        # 0x18 ring-3 code
+        .quad 0x00cff2000000ffff        # 0x20 ring-3 data
+        .word 0x67, TSS & 0xffff        # 0x28 32-bit TSS at TSS
+        .byte (TSS >> 16) & 0xff, 0x89, 0, TSS >> 24
+    gdt3_end:
+    gdtr3:
+        .word gdt3_end - gdt3 - 1
+        .long gdt3
+    """, prologue=PM32_PROLOGUE)
+    assert m.run(100_000) == 1, m.stop_reason
+    assert result(m, 0) & 0xFFFF == 0x08
+    assert result(m, 1) == 0x1B
+    assert result(m, 2) == 0x50000
+    assert result(m, 3) == 0x23
+    assert result(m, 4) == 0x60000 - 20
+    assert result(m, 5) == 0x1234
+    assert result(m, 6) & 0xFFFF == 0x1B
+    assert result(m, 7) == 0x81 * 8 + 2
