@@ -266,7 +266,10 @@ class DeviceBreakpoints:
         for bp in list(self.items.values()):
             if name not in bp.events and not any(p.endswith("*") and name.startswith(p[:-1]) for p in bp.events):
                 continue
-            what = bp.matches(name, fields)
+            try:
+                what = bp.matches(name, fields)
+            except Exception:   # a debugger bug must not take the device (and guest) down
+                what = None
             if what is not None:
                 bp.hits += 1
                 self.on_hit(bp, f"device breakpoint {bp.number} ({bp.describe()}): {what}")
@@ -291,6 +294,12 @@ class RequestResolver:
         self.devices = devices
 
     def __call__(self, name: str, fields: dict):
+        try:
+            return self._resolve(fields)
+        except Exception:       # runs inside the device's callback: never break the device
+            return None
+
+    def _resolve(self, fields: dict):
         head = _int(fields.get("req"))
         vname = _device_name(fields.get("vdev", ""))
         for vdev in self.devices(vname):
@@ -304,7 +313,8 @@ class RequestResolver:
                 if getattr(chain, "head", None) != head or not getattr(chain, "readable", None):
                     continue
                 header = b""
-                for addr, length in chain.readable:
+                for seg in chain.readable:           # (addr, len[, host offset])
+                    addr, length = seg[0], seg[1]
                     header += bytes(vdev.mem.read(addr, min(length, 16 - len(header))))
                     if len(header) >= 16:
                         break

@@ -222,10 +222,17 @@ class Monitor:
             lines.append(" ".join(f"{n.upper()}={g(n) & 0xFFFFFFFF:08x}" for n in ("esi", "edi", "ebp", "esp")))
             lines.append(f"EIP={g('eip') & 0xFFFFFFFF:08x} EFL={g('eflags') & 0xFFFFFFFF:08x} "
                          f"{self._flags(g('eflags'))} CPL={g('cs') & 3}")
+        segment = getattr(getattr(self.machine, "cpu", None), "segment", None)
         for seg in ("es", "cs", "ss", "ds", "fs", "gs"):
-            base = r.get(f"{seg}_base")
-            limit = r.get(f"{seg}_limit")
-            tail = "" if base is None else f" {base:08x} {limit or 0:08x}"
+            tail = ""
+            if segment is not None:
+                try:
+                    _, base, limit, flags = segment(seg)
+                    tail = f" {base & 0xFFFFFFFF:08x} {limit & 0xFFFFFFFF:08x} {flags & 0xFFFFFFFF:08x}"
+                except Exception:
+                    tail = ""
+            elif r.get(f"{seg}_base") is not None:
+                tail = f" {r[seg + '_base']:08x} {r.get(seg + '_limit', 0):08x}"
             lines.append(f"{seg.upper():<3}={g(seg) & 0xFFFF:04x}{tail}")
         for pair in (("gdtr", "GDT"), ("idtr", "IDT")):
             base = r.get(pair[0] + "_base", r.get(pair[0]))
@@ -547,7 +554,10 @@ class Monitor:
 
     def _disasm(self, addr: int, count: int, read) -> str:
         from . import disasm
-        bits = {"real": 16, "long": 64}.get(getattr(getattr(self.machine, "cpu", None), "mode", ""), 32)
+        cpu = getattr(self.machine, "cpu", None)
+        code_bits = getattr(cpu, "code_bits", None)
+        bits = code_bits() if callable(code_bits) else \
+            {"real": 16, "long": 64}.get(getattr(cpu, "mode", ""), 32)
         data = b""
         for n in (count * 15, 64, 16):            # shrink if the tail crosses into unmapped memory
             try:
@@ -578,7 +588,10 @@ class Monitor:
         if tok.startswith("$") or tok.startswith("%"):
             regs = self.target.read_registers()
             name = tok[1:].lower()
-            if name == "pc":
+            if name == "pc":                # QEMU's $pc: the linear address (CS base + EIP)
+                pc = getattr(self.target, "pc", None)
+                if callable(pc):
+                    return pc()
                 name = "eip"
             if name not in regs and name[0] == "e" and "r" + name[1:] in regs:
                 name = "r" + name[1:]

@@ -381,6 +381,7 @@ class MonitorConsole:
         self.infd = infd
         self.out = out
         self.buf = b""
+        self.pending: list[str] = []       # typed-ahead lines after a `cont`, run once resumed
         self.closed = False
 
     def greet(self) -> None:
@@ -478,11 +479,14 @@ class Debugger:
         reason = self.gdb.poll() if self.gdb is not None else None
         if reason:
             return reason
-        if self.console is not None and not self.console.closed:
-            import select
-            r, _, _ = select.select([self.console.infd], [], [], 0)
-            if r:
-                self._console_lines()
+        if self.console is not None:
+            if self.console.pending:
+                self._console_lines(read=False)
+            if not self.console.closed:
+                import select
+                r, _, _ = select.select([self.console.infd], [], [], 0)
+                if r:
+                    self._console_lines()
         if self.quit_requested:
             return "quit"
         if self._reset_pending:
@@ -492,10 +496,18 @@ class Debugger:
             return "interrupt"
         return None
 
-    def _console_lines(self) -> None:
-        for line in self.console.read_lines():
+    def _console_lines(self, read: bool = True) -> None:
+        """Run the console's complete lines in order; a `cont` ends the batch (the lines typed
+        after it run once the guest is going again, as they would have been typed)."""
+        console = self.console
+        if read:
+            console.pending += console.read_lines()
+        while console.pending:
+            line = console.pending.pop(0)
             out = self.monitor.execute(line)
-            self.console.write(out + self.console.PROMPT)
+            console.write(out + console.PROMPT)
+            if self._cont_requested and not self.running:
+                break
 
     # -- waiting while stopped ----------------------------------------------------------------------
     def _can_resume(self) -> bool:
@@ -509,6 +521,12 @@ class Debugger:
         while True:
             if self.quit_requested:
                 return Action("kill")
+            if self.console is not None and self.console.pending:
+                self._console_lines(read=False)
+                if self._cont_requested:
+                    self._cont_requested = False
+                    return Action("continue")
+                continue
             if not self._can_resume():
                 return Action("continue")
             fds = list(self.gdb.fds()) if self.gdb is not None else []
