@@ -604,9 +604,10 @@ class Cpu:
             self._stop_cause = None
             self._clear_stop_hook()
         pc = self._reg.read(_REG_RIP)
-        lin = self.linear_pc()
-        if lin in self._breakpoints:
-            self._bp_skip = lin              # resuming at a breakpoint executes it once
+        if self._breakpoints:
+            lin = self.linear_pc()
+            if lin in self._breakpoints:
+                self._bp_skip = lin          # resuming at a breakpoint executes it once
         retired = 0
         while True:
             self._write_prot_addr = None

@@ -31,6 +31,8 @@ from unicorn import Uc, UcError
 from unicorn import unicorn_const as UC
 from unicorn import x86_const as X86
 
+from .config import ConfigError
+
 REQUIRED_VERSION = "2.1.4"
 
 # Offsets measured on unicorn 2.1.4 (x86-64 Linux wheel); verified by self_test().
@@ -60,8 +62,9 @@ HF_CS64 = 1 << 15
 SEG_ES, SEG_CS, SEG_SS, SEG_DS, SEG_FS, SEG_GS = range(6)
 
 
-class UnsupportedUnicorn(RuntimeError):
-    """The installed Unicorn is not the exact build whose internals we rely on."""
+class UnsupportedUnicorn(ConfigError):
+    """The installed Unicorn is not the exact build whose internals we rely on (a host
+    problem: the command line prints the one-line message and exits with status 1)."""
 
 
 _uclib = unicorn.unicorn_py3.unicorn.uclib

@@ -91,8 +91,9 @@ reset:
     incw 0x500                      # RAM survives a warm reset: count the boots
     cmpw $3, 0x500
     je finished
-    mov $1, %al
-    out %al, $0x92                  # fast reset through port 0x92
+    mov $RESET_PORT, %dx
+    mov $RESET_VALUE, %al
+    out %al, %dx                    # port 0x92 fast reset, or the PIIX3 reset control register
     cli
     hlt
 finished:
@@ -102,15 +103,25 @@ finished:
 """
 
 
-def test_guest_reset_with_no_reboot_exits_zero(tmp_path):
-    m = make(tmp_path, RESET_ROM, no_reboot=True, serial=CharDev("null"),
+RESET_PORTS = [(0x92, 0x01), (0xCF9, 0x06)]
+
+
+def reset_rom(port, value):
+    return f".set RESET_PORT, {port:#x}\n.set RESET_VALUE, {value:#x}\n" + RESET_ROM
+
+
+@pytest.mark.parametrize("port,value", RESET_PORTS)
+def test_guest_reset_with_no_reboot_exits_zero(tmp_path, port, value):
+    m = make(tmp_path, reset_rom(port, value), no_reboot=True, serial=CharDev("null"),
              devices=[DeviceConfig("isa-debug-exit", {})])
     assert m.run() == 0
     assert m.stop_reason.kind == "exited" and m.resets == 0
 
 
-def test_guest_reset_restarts_at_the_reset_vector(tmp_path):
-    m = make(tmp_path, RESET_ROM, serial=CharDev("null"), devices=[DeviceConfig("isa-debug-exit", {})])
+@pytest.mark.parametrize("port,value", RESET_PORTS)
+def test_guest_reset_restarts_at_the_reset_vector(tmp_path, port, value):
+    m = make(tmp_path, reset_rom(port, value), serial=CharDev("null"),
+             devices=[DeviceConfig("isa-debug-exit", {})])
     assert m.run() == 5
     assert m.resets == 2
 
