@@ -62,18 +62,22 @@ class VirtualClock:
         return self._heap[0][0] if self._heap else None
 
     def advance_to(self, ns: int) -> None:
-        """Move time forward to `ns`, firing every timer whose deadline has passed, in order."""
-        if ns > self.now:
-            self.now = ns
+        """Move time forward to `ns`, firing every timer whose deadline has passed, in order.
+        Each callback runs with `now` equal to its own deadline (a periodic timer re-arming from
+        `now` keeps its exact period), and time ends at `ns`."""
         heap = self._heap
         while True:
             self._prune()
-            if not heap or heap[0][0] > self.now:
-                return
-            _, _, t = heapq.heappop(heap)
+            if not heap or heap[0][0] > ns:
+                break
+            deadline, _, t = heapq.heappop(heap)
+            if deadline > self.now:
+                self.now = deadline
             t.deadline = None
             t._seq = -1
             t.callback()
+        if ns > self.now:
+            self.now = ns
 
     def advance(self, delta_ns: int) -> None:
         self.advance_to(self.now + delta_ns)

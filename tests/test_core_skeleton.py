@@ -120,3 +120,17 @@ def test_shared_line_is_wired_or():
     got = []
     line.connect(got.append)
     assert got == [True]
+
+
+def test_clock_runs_each_timer_at_its_own_deadline():
+    clk = VirtualClock()
+    seen = []
+
+    def tick():
+        seen.append(clk.now)
+        t.arm(clk.now + 100)             # periodic: re-arm from "now"
+
+    t = clk.timer(tick)
+    t.arm(100)
+    clk.advance_to(450)
+    assert seen == [100, 200, 300, 400] and clk.now == 450 and t.deadline == 500
