@@ -170,12 +170,26 @@ class Session:
                                 on_reset=self.target.reset)
         self.last_stop: Stop | None = None
         self.finished = False
+        self._temp_image: Path | None = None
 
     @classmethod
     def from_args(cls, argv: list[str], *, echo: bool = False) -> "Session":
-        """The same options as the command line (without the program name)."""
-        from .cli import parse_args
-        return cls(parse_args(list(argv)), echo=echo)
+        """The same options as the command line (without the program name). As on the command
+        line, with neither -kernel nor -bios the bundled self-test guest boots (on a temporary
+        image, removed by close())."""
+        from .cli import bundled_defaults, parse_args, uses_bundled_guest
+        config = parse_args(list(argv))
+        temp = None
+        if uses_bundled_guest(config):
+            temp = bundled_defaults(config).temp_image
+        try:
+            session = cls(config, echo=echo)
+        except BaseException:
+            if temp is not None:
+                temp.unlink(missing_ok=True)
+            raise
+        session._temp_image = temp
+        return session
 
     # -- context manager ------------------------------------------------------------------------
     def __enter__(self) -> "Session":
@@ -189,6 +203,9 @@ class Session:
         close = getattr(self.machine, "close", None)
         if close is not None:
             close()
+        if self._temp_image is not None:
+            self._temp_image.unlink(missing_ok=True)
+            self._temp_image = None
 
     # -- running --------------------------------------------------------------------------------
     def run(self, max_instructions: int | None = None) -> Stop:
@@ -205,7 +222,7 @@ class Session:
     def run_until(self, where: str | int, max_instructions: int | None = None) -> Stop:
         """Run until execution reaches a symbol or a (linear) address."""
         addr = self.symbols.address(where) if isinstance(where, str) else where
-        temporary = addr not in self.target._breakpoints
+        temporary = not self.target.has_breakpoint(addr)
         if temporary:
             self.target.add_breakpoint(addr)
         try:

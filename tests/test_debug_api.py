@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 
@@ -121,3 +122,13 @@ def test_read_and_access_watchpoints_decode_the_instruction(session):
     assert stop.kind == STOP_WATCHPOINT and stop.watch_kind == "awatch" and stop.addr == ptr
     s.target.remove_watchpoint(ptr, 4, "awatch")
     assert s.run().exit_status == 1                              # and on to a normal exit
+
+
+def test_no_options_boot_the_bundled_self_test(guest):
+    with Session.from_args([]) as s:
+        image = s._temp_image
+        assert image is not None and image.exists()
+        stop = s.run_until_serial("ok 1 - init")
+        assert stop.kind == STOP_DEVICE and re.search(r"^1\.\.\d+\r?$", s.serial, re.M)
+        assert s.symbols.address("kmain") > 0
+    assert not image.exists()

@@ -149,6 +149,9 @@ class MachineTarget:
         self._breakpoints.discard(addr)
         self.cpu.remove_breakpoint(addr)
 
+    def has_breakpoint(self, addr: int) -> bool:
+        return addr in self._breakpoints
+
     def add_watchpoint(self, addr: int, length: int, kind: str) -> bool:
         if self._hw_watch:
             return self.cpu.add_watchpoint(addr, length, kind) is not False
