@@ -32,6 +32,7 @@ class FakeTarget:
         self.on_kick = None
         self.executed = 0
         self.resets = 0
+        self.step_irqs: list[bool] = []
 
     # registers and memory
     def read_registers(self):
@@ -122,6 +123,7 @@ class FakeTarget:
         return None
 
     def step(self, irqs=False):
+        self.step_irqs.append(irqs)
         stop = self._execute()
         return stop or Stop(STOP_STEP, pc=self.regs["eip"])
 

@@ -243,3 +243,13 @@ def test_gdb_address_syntax():
     assert parse_gdb_address("1234") == ("127.0.0.1", 1234)
     with pytest.raises(ValueError):
         parse_gdb_address("tcp::notaport")
+
+
+def test_single_step_skips_interrupt_handlers_unless_asked(session):
+    target, c, *_ = session
+    assert c.ask("qqemu.sstepbits") == b"ENABLE=1,NOIRQ=2,NOTIMER=4"
+    assert c.ask("qqemu.sstep") == b"7"
+    assert c.ask("vCont;s:1") == b"T05thread:01;"
+    assert c.ask("Qqemu.sstep=1") == b"OK"                 # gdb: maint packet Qqemu.sstep=1
+    assert c.ask("s") == b"T05thread:01;"
+    assert target.step_irqs == [False, True]
