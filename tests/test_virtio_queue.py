@@ -311,3 +311,39 @@ def test_used_ring_write_order_and_wraparound():
         c = q.pop()
         q.push(c.head, 7 + n)
     assert mem.read_u16(0x102002) == 5 and struct.unpack("<II", mem.read(0x102004, 8)) == (0, 11)
+
+
+def test_add_queue_rejects_bad_sizes_and_too_many_queues_with_config_error():
+    from machine.config import ConfigError
+    from machine.virtio.device import VIRTIO_QUEUE_MAX, VirtioDevice
+    dev = VirtioDevice("test", 99, GuestMemory(2 << 20))
+    for size in (0, 3, 2048):
+        with pytest.raises(ConfigError):
+            dev.add_queue(size, lambda q: None)
+    for _ in range(VIRTIO_QUEUE_MAX):
+        dev.add_queue(2, lambda q: None)
+    with pytest.raises(ConfigError, match="too many"):
+        dev.add_queue(2, lambda q: None)
+
+
+def test_trace_events_use_qemu_names(bench):
+    import io
+    import sys
+    from machine import trace
+    seen = []
+
+    def listen(name, fields):
+        seen.append(name)
+    trace.add_listener(listen)
+    trace.set_output(io.StringIO())
+    try:
+        trace.enable("virtio_*")
+        bench.run(T_IN, 0, in_len=512)
+        bench.run(T_OUT, 0, out=b"x" * 512)
+        bench.drv.set_status(0)
+    finally:
+        trace.remove_listener(listen)
+        trace.set_output(sys.stderr)
+    for name in ("virtio_pci_notify_write", "virtio_queue_notify", "virtio_blk_handle_read",
+                 "virtio_blk_handle_write", "virtio_blk_req_complete", "virtio_notify", "virtio_set_status"):
+        assert name in seen, name

@@ -12,7 +12,7 @@ import ctypes.util
 import errno
 import os
 
-from .iov import preadv_full, pwritev_full
+from .iov import IOV_MAX, preadv_full, pwritev_full
 
 SECTOR = 512
 
@@ -85,13 +85,23 @@ class RawImage(BlockBackend):
             raise OSError(errno.EINVAL, f"range {offset}+{length} outside the image")
 
     def readv(self, offset: int, bufs: list[memoryview]) -> int:
-        self._check(offset, sum(len(b) for b in bufs))
+        length = sum(len(b) for b in bufs)
+        self._check(offset, length)
+        if len(bufs) <= IOV_MAX:            # one system call in the usual case
+            n = os.preadv(self.fd, bufs, offset)
+            if n == length:
+                return n
         return preadv_full(self.fd, bufs, offset)
 
     def writev(self, offset: int, bufs: list[memoryview]) -> int:
         if self.read_only:
             raise OSError(errno.EROFS, "read-only image")
-        self._check(offset, sum(len(b) for b in bufs))
+        length = sum(len(b) for b in bufs)
+        self._check(offset, length)
+        if len(bufs) <= IOV_MAX:
+            n = os.pwritev(self.fd, bufs, offset)
+            if n == length:
+                return n
         return pwritev_full(self.fd, bufs, offset)
 
     def flush(self) -> None:

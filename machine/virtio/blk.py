@@ -63,31 +63,43 @@ EV_WRITE = trace.Event("virtio_blk_handle_write", "vdev={vdev} req={req} sector=
 EV_COMPLETE = trace.Event("virtio_blk_req_complete", "vdev={vdev} req={req} status={status}")
 
 
-def _gather(mem: GuestMemory, segs: list[tuple[int, int]], skip: int, length: int) -> bytes:
+Seg = tuple[int, int, int]        # guest address, length, host offset (as queue.Chain gives them)
+
+
+def _gather(buf, segs: list[Seg], skip: int, length: int) -> bytes:
     """`length` bytes starting `skip` bytes into the scattered buffer, copied once."""
     out = bytearray()
-    for addr, n in segs:
+    for _addr, n, host in segs:
         if skip >= n:
             skip -= n
             continue
         take = min(n - skip, length - len(out))
-        out += mem.read(addr + skip, take)
+        out += buf[host + skip:host + skip + take]
         skip = 0
         if len(out) == length:
             break
     return bytes(out)
 
 
-def _tail(segs: list[tuple[int, int]], skip: int) -> list[tuple[int, int]]:
+def _tail(segs: list[Seg], skip: int) -> list[Seg]:
     """The segments after the first `skip` bytes."""
     out = []
-    for addr, n in segs:
+    for addr, n, host in segs:
         if skip >= n:
             skip -= n
             continue
-        out.append((addr + skip, n - skip))
+        out.append((addr + skip, n - skip, host + skip))
         skip = 0
     return out
+
+
+def _without_status(writable: list[Seg]) -> list[Seg]:
+    """The device-writable data: everything but the last byte (the status)."""
+    segs = writable[:-1]
+    addr, n, host = writable[-1]
+    if n > 1:
+        segs.append((addr, n - 1, host))
+    return segs
 
 
 class VirtioBlk(VirtioDevice):
@@ -103,6 +115,7 @@ class VirtioBlk(VirtioDevice):
         self.backend = backend
         self.props = dict(props or {})
         self.flush_failed = False      # a failed fdatasync poisons every later FLUSH (QEMU does too)
+        self._mv = memoryview(mem.buf)
 
     # -- realize -----------------------------------------------------------------------------------
     def realize(self) -> None:
@@ -221,25 +234,23 @@ class VirtioBlk(VirtioDevice):
         if chain.readable_len < _HDR.size:
             raise VirtqueueError("virtio-blk request outhdr too short")
         mem = self.mem
-        rtype, _ioprio, sector = _HDR.unpack(_gather(mem, chain.readable, 0, _HDR.size))
-        last_addr, last_len = chain.writable[-1]
-        status_addr = last_addr + last_len - 1
+        buf = mem.buf
+        first = chain.readable[0]
+        if first[1] >= _HDR.size:           # the usual case: the header in one descriptor
+            rtype, _ioprio, sector = _HDR.unpack_from(buf, first[2])
+        else:
+            rtype, _ioprio, sector = _HDR.unpack(_gather(buf, chain.readable, 0, _HDR.size))
         written = 0
         if rtype == VIRTIO_BLK_T_IN:
-            segs = chain.writable[:-1]
-            if last_len > 1:
-                segs.append((last_addr, last_len - 1))
-            status, written = self._read(chain.head, sector, segs, chain.writable_len - 1)
+            status, written = self._read(chain.head, sector, _without_status(chain.writable),
+                                         chain.writable_len - 1)
         elif rtype == VIRTIO_BLK_T_OUT:
             status = self._write(chain.head, sector, _tail(chain.readable, _HDR.size),
                                  chain.readable_len - _HDR.size)
         elif rtype == VIRTIO_BLK_T_FLUSH:
             status = self._flush()
         elif rtype == VIRTIO_BLK_T_GET_ID:
-            segs = chain.writable[:-1]
-            if last_len > 1:
-                segs.append((last_addr, last_len - 1))
-            written = self._get_id(segs, chain.writable_len - 1)
+            written = self._get_id(_without_status(chain.writable), chain.writable_len - 1)
             status = VIRTIO_BLK_S_OK
         elif rtype in (VIRTIO_BLK_T_DISCARD, VIRTIO_BLK_T_WRITE_ZEROES):
             status = self._discard_or_zero(rtype, chain)
@@ -247,7 +258,9 @@ class VirtioBlk(VirtioDevice):
             # Unknown types, legacy SCSI commands and the legacy BARRIER bit (QEMU masks it out
             # and carries on; the spec defines no such type for 1.x devices).
             status = VIRTIO_BLK_S_UNSUPP
-        mem.write_u8(status_addr, status)
+        last_addr, last_len, last_host = chain.writable[-1]
+        buf[last_host + last_len - 1] = status
+        mem.notify_write(last_addr + last_len - 1, 1)
         if EV_COMPLETE.enabled:
             EV_COMPLETE.emit(vdev=self.name, req=chain.head, status=status)
         return written + 1
@@ -271,29 +284,29 @@ class VirtioBlk(VirtioDevice):
             return False
         return True
 
-    def _read(self, req: int, sector: int, segs: list[tuple[int, int]], nbytes: int) -> tuple[int, int]:
+    def _read(self, req: int, sector: int, segs: list[Seg], nbytes: int) -> tuple[int, int]:
         if EV_READ.enabled:
             EV_READ.emit(vdev=self.name, req=req, sector=sector, nsectors=nbytes // SECTOR)
         if not self._range_ok(sector, nbytes):
             return VIRTIO_BLK_S_IOERR, 0
         if not nbytes:
             return VIRTIO_BLK_S_OK, 0
-        mem = self.mem
-        views = [mem.view(a, n) for a, n in segs]
+        mv = self._mv
         try:
-            got = self.backend.readv(sector * SECTOR, views)
+            got = self.backend.readv(sector * SECTOR, [mv[h:h + n] for _a, n, h in segs])
         except OSError as e:
             trace.guest_error(f"virtio-blk: read error: {e}")
             return VIRTIO_BLK_S_IOERR, 0
+        mem = self.mem
         left = got
-        for a, n in segs:                      # tell the CPU which guest bytes changed
+        for a, n, _h in segs:                  # tell the CPU which guest bytes changed
             if left <= 0:
                 break
             mem.notify_write(a, min(n, left))
             left -= n
         return (VIRTIO_BLK_S_OK if got == nbytes else VIRTIO_BLK_S_IOERR), got
 
-    def _write(self, req: int, sector: int, segs: list[tuple[int, int]], nbytes: int) -> int:
+    def _write(self, req: int, sector: int, segs: list[Seg], nbytes: int) -> int:
         if EV_WRITE.enabled:
             EV_WRITE.emit(vdev=self.name, req=req, sector=sector, nsectors=nbytes // SECTOR)
         if self.backend.read_only:
@@ -302,9 +315,9 @@ class VirtioBlk(VirtioDevice):
             return VIRTIO_BLK_S_IOERR
         if not nbytes:
             return VIRTIO_BLK_S_OK
-        mem = self.mem
+        mv = self._mv
         try:
-            done = self.backend.writev(sector * SECTOR, [mem.view(a, n) for a, n in segs])
+            done = self.backend.writev(sector * SECTOR, [mv[h:h + n] for _a, n, h in segs])
         except OSError as e:
             trace.guest_error(f"virtio-blk: write error: {e}")
             return VIRTIO_BLK_S_IOERR
@@ -329,11 +342,11 @@ class VirtioBlk(VirtioDevice):
             return VIRTIO_BLK_S_IOERR
         return VIRTIO_BLK_S_OK
 
-    def _get_id(self, segs: list[tuple[int, int]], room: int) -> int:
+    def _get_id(self, segs: list[Seg], room: int) -> int:
         """The serial as a 20-byte, NUL-padded field, cut to the buffer: at most 20 bytes."""
         ident = self.serial.ljust(VIRTIO_BLK_ID_BYTES, b"\0")[:min(room, VIRTIO_BLK_ID_BYTES)]
         pos = 0
-        for a, n in segs:
+        for a, n, _h in segs:
             if pos >= len(ident):
                 break
             chunk = ident[pos:pos + n]
@@ -350,7 +363,7 @@ class VirtioBlk(VirtioDevice):
             raise VirtqueueError("virtio-blk discard/write_zeroes header too short")
         if payload > _SEG.size:                # more segments than max_*_seg (1), as QEMU
             return VIRTIO_BLK_S_UNSUPP
-        sector, nsect, flags = _SEG.unpack(_gather(self.mem, chain.readable, _HDR.size, _SEG.size))
+        sector, nsect, flags = _SEG.unpack(_gather(self.mem.buf, chain.readable, _HDR.size, _SEG.size))
         if flags & ~VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP or (discard and flags):
             return VIRTIO_BLK_S_UNSUPP         # 5.2.6.2: unknown flags; unmap on discard
         if self.backend.read_only:
