@@ -377,6 +377,10 @@ class _Parser:
                 getattr(self, opt.handler)(*args)
             except _OptError as err:
                 raise ConfigError(f"{where}: {err}") from None
+            except OSError as err:         # a host path the OS refuses (too long, a loop, ...)
+                described = (_describe_oserror(err.filename, err) if err.filename is not None
+                             else err.strerror or str(err))
+                raise ConfigError(f"{where}: {described}") from None
         self.finish()
         return self.config
 

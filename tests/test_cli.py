@@ -460,7 +460,7 @@ _values = st.one_of(
     st.text(max_size=12))
 
 
-@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=200, deadline=None, database=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(pairs=st.lists(st.tuples(_options, _values), max_size=4), tail=st.booleans())
 def test_any_argv_gives_a_config_or_a_one_line_error(files, pairs, tail):
     argv = [word for pair in pairs for word in pair]
@@ -482,3 +482,8 @@ def test_any_argv_gives_a_config_or_a_one_line_error(files, pairs, tail):
 def test_nul_and_overflow_are_config_errors(args):
     with pytest.raises(ConfigError):
         parse_args(args)
+
+
+def test_host_path_the_os_refuses_is_a_config_error():
+    with pytest.raises(ConfigError, match=r"^-D 9+: Could not open '9+': File name too long$"):
+        parse_args(["-D", "9" * 5000])
