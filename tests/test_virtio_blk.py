@@ -339,3 +339,51 @@ def test_feature_combinations_all_serve_requests(make, features):
     b.start(features=f)
     assert b.run(T_OUT, 3, out=b"q" * 1024, indirect=features in ("indirect", "both"))[1] == S_OK
     assert b.run(T_IN, 3, in_len=1024)[0] == b"q" * 1024
+
+
+def test_snapshot_drive_accepts_writes_but_never_changes_the_image(make):
+    b = make(snapshot=True).start()
+    before = b.image()
+    assert not b.vdev.guest_features >> B.VIRTIO_BLK_F_RO & 1
+    assert b.run(T_OUT, 4, out=b"S" * 1024)[1] == S_OK
+    assert b.run(T_IN, 4, in_len=1024)[0] == b"S" * 1024
+    assert b.run(T_WRITE_ZEROES, 0, out=seg(0, 1))[1] == S_OK
+    assert b.run(T_IN, 0, in_len=512)[0] == bytes(512)
+    assert b.image() == before
+
+
+def test_read_into_buffer_overlapping_the_descriptor_table_is_memory_safe(make):
+    """The guest aims IN data at its own descriptor table: its problem, but the chain was
+    already copied, so the request completes and nothing outside the buffer changes."""
+    b = make().start()
+    vq = b.vqs[0]
+    hdr = b.alloc.alloc(16)
+    b.mem.write(hdr, struct.pack("<IIQ", T_IN, 0, 0))
+    st = b.alloc.alloc(1)
+    vq.write_desc(vq.desc, 0, hdr, 16, 1, 1)
+    vq.write_desc(vq.desc, 1, vq.desc, 512, 3, 2)      # 512 bytes over descriptors 0..31
+    vq.write_desc(vq.desc, 2, st, 1, 2, 0)
+    vq.publish(0)
+    b.drv.kick(0)
+    assert vq.get_used() == [(0, 513)] and b.mem.read(st, 1) == b"\0"
+    assert b.mem.read(vq.desc, 512) == pattern(1 << 20)[:512]
+
+
+def test_seabios_style_legacy_init_without_feature_write_then_polling(make):
+    """SeaBIOS (legacy): status 3, no guest-features write, PFN, status 7, NO_INTERRUPT, poll."""
+    b = make(legacy=True)
+    bar = b.drv.bar
+    bar.write(0x12, 1, 0)
+    bar.read(0x13, 1)
+    bar.write(0x12, 1, 3)
+    bar.read(0x00, 4)
+    bar.write(0x0E, 2, 0)
+    assert bar.read(0x0C, 2) == 256 and bar.read(0x08, 4) == 0
+    from virtio_driver import Vring
+    vq = Vring(b.mem, b.alloc, 256, legacy_align=4096)
+    bar.write(0x08, 4, vq.desc >> 12)
+    bar.write(0x12, 1, 7)
+    vq.set_avail_flags(1)
+    b.vqs = [vq]
+    got, st, _ = b.run(T_IN, 0, in_len=512)
+    assert st == S_OK and got == pattern(1 << 20)[:512] and b.vdev.isr == 0

@@ -488,3 +488,22 @@ def test_plugged_device_serves_requests_through_the_memory_map(tmp_path):
     # legacy header through the I/O space too
     assert io.read(0xC000 + 0x12, 1) == drv.status
     be.close()
+
+
+def test_bars_stop_decoding_when_memory_and_io_decode_are_off(tmp_path):
+    p = tmp_path / "d.img"
+    p.write_bytes(bytes(1 << 16))
+    be = open_drive(DriveConfig(file=p))
+    mem = GuestMemory(16 << 20)
+    mm, io = MemoryMap(mem), IoSpace()
+    dev = create_virtio_blk_pci(be, {}, mem)
+    PciBus(mm, io).plug(dev, 3)
+    dev.config_write(0x20, 4, 0xFEBF8000)
+    dev.config_write(0x10, 4, 0xC000)
+    dev.config_write(0x04, 2, 0x0003)
+    assert mm.read(0xFEBF8000 + 0x12, 2) == 1 and io.read(0xC000 + 0x0C, 2) == 256
+    dev.config_write(0x04, 2, 0x0000)
+    assert mm.read(0xFEBF8000 + 0x12, 2) == 0xFFFF and io.read(0xC000 + 0x0C, 2) == 0xFFFF
+    mm.write(0xFEBF8000 + 0x14, 1, 1)
+    assert dev.vdev.status == 0
+    be.close()
