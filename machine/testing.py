@@ -40,13 +40,20 @@ def _tail(text: str) -> str:
     return text if len(text) <= TAIL else "..." + text[-TAIL:]
 
 
+def _text(data: bytes) -> str:
+    """Serial bytes as text: UTF-8 (undecodable bytes replaced) with CR LF read as LF, since
+    guests send CR LF for a terminal and tests want to write "ok 1\n"."""
+    return data.decode("utf-8", "replace").replace("\r\n", "\n")
+
+
 @dataclass
 class MachineRun:
     """A finished boot."""
     args: list[str]
     exit_status: int
-    serial: str          # stdout: COM1 under -serial stdio (the default)
+    serial: str          # stdout as text: COM1 under -serial stdio (the default)
     stderr: str
+    serial_bytes: bytes = b""     # stdout exactly as the machine wrote it
 
     def __str__(self) -> str:
         return (f"machine {' '.join(self.args)} -> exit status {self.exit_status}\n"
@@ -88,12 +95,17 @@ class RunningMachine:
     @property
     def serial(self) -> str:
         with self._cond:
-            return self._out.decode("utf-8", "replace")
+            return _text(bytes(self._out))
+
+    @property
+    def serial_bytes(self) -> bytes:
+        with self._cond:
+            return bytes(self._out)
 
     @property
     def stderr(self) -> str:
         with self._cond:
-            return self._err.decode("utf-8", "replace")
+            return _text(bytes(self._err))
 
     @property
     def exit_status(self) -> int | None:
@@ -112,17 +124,15 @@ class RunningMachine:
     def wait_for(self, text: str, timeout: float = 30) -> str:
         """Wait until the serial output contains `text`; returns the output so far. Fails the
         test if the machine exits first or `timeout` seconds pass (the machine keeps running)."""
-        needle = text.encode()
         deadline = time.monotonic() + timeout
         with self._cond:
-            while needle not in self._out:
+            while not (found := text in _text(bytes(self._out))):
                 if self.proc.poll() is not None and not any(t.is_alive() for t in self._readers):
                     break
                 left = deadline - time.monotonic()
                 if left <= 0:
                     break
                 self._cond.wait(min(left, 0.2))
-            found = needle in self._out
         if not found:
             status = self.proc.poll()
             why = (f"machine exited with status {status} before printing {text!r}"
@@ -140,7 +150,8 @@ class RunningMachine:
                         pytrace=False)
         for t in self._readers:
             t.join(5)
-        return MachineRun(self.args, self.proc.returncode, self.serial, self.stderr)
+        return MachineRun(self.args, self.proc.returncode, self.serial, self.stderr,
+                          self.serial_bytes)
 
     def kill(self) -> None:
         if self.proc.poll() is None:

@@ -28,10 +28,11 @@ def test_image_is_sparse_sized_and_prefilled(tmp_path):
 
 
 def test_run_collects_output_and_status():
-    b = stand_in("import sys; data = sys.stdin.read(); print('got', data);"
+    b = stand_in("import sys; data = sys.stdin.read(); sys.stdout.write('got ' + data + '\\r\\n');"
                  "print('err', file=sys.stderr); sys.exit(3)")
     run = b("-x", input="hello", timeout=30)
     assert run.exit_status == 3 and run.serial == "got hello\n" and run.stderr == "err\n"
+    assert run.serial_bytes == b"got hello\r\n"          # CR LF as the guest sent it
     assert run.args == ["-x"]
 
 
@@ -95,7 +96,7 @@ def test_boot_hello_kernel(boot, tmp_path):
     run = boot("-kernel", kernel, "-append", "exit=5", "-display", "none", "-no-reboot",
                "-device", "isa-debug-exit,iobase=0xf4,iosize=0x04", timeout=120)
     assert run.exit_status == (5 << 1) | 1, run
-    assert "hello from multiboot" in run.serial and "exit 5" in run.serial, run
+    assert "hello from multiboot\n" in run.serial and "\nexit 5\n" in run.serial, run
 
 
 def test_boot_hello_kernel_wait_for(boot):
