@@ -31,8 +31,7 @@ from . import trace
 from .config import CharDev, MachineConfig
 from .debug.breakpoints import DeviceBreakpoint, DeviceBreakpoints, RequestResolver
 from .debug.monitor import Monitor
-from .debug.target import (MachineTarget, Stop, STOP_BREAKPOINT, STOP_DEVICE, STOP_EXITED,
-                           STOP_FAULT, STOP_INTERRUPT, STOP_LIMIT)
+from .debug.target import MachineTarget, Stop, STOP_DEVICE, STOP_EXITED, STOP_FAULT
 
 
 class SessionError(Exception):

@@ -14,7 +14,8 @@ import pytest
 
 from machine.cli import parse_args
 from machine.config import ConfigError
-from machine.debug.target import Debugger, MonitorConsole, attach_debugger
+from machine.debug.monitor import MonitorConsole
+from machine.debug.target import Debugger, attach_debugger
 
 gdb_missing = pytest.mark.skipif(shutil.which("gdb") is None, reason="gdb is not installed")
 

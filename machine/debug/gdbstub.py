@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from .target import (DebugAccessError, Stop, STOP_BREAKPOINT, STOP_DEVICE, STOP_EXITED,
-                     STOP_FAULT, STOP_INTERRUPT, STOP_STEP, STOP_WATCHPOINT)
+                     STOP_FAULT, STOP_INTERRUPT, STOP_WATCHPOINT)
 
 SIGINT = 2
 SIGTRAP = 5

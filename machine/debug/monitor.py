@@ -9,6 +9,7 @@ straight from guest RAM, BAR sizes from the device's BAR table (never by sizing 
 
 from __future__ import annotations
 
+import os
 import shlex
 import struct
 from typing import Callable
@@ -698,3 +699,41 @@ def _ring_addrs(vq) -> tuple[int, int, int]:
     return (int(_attr(vq, "desc_addr", "desc", "desc_table", default=0)),
             int(_attr(vq, "avail_addr", "avail", "driver_addr", "driver", default=0)),
             int(_attr(vq, "used_addr", "used", "device_addr", "device", default=0)))
+
+
+class MonitorConsole:
+    """`-monitor stdio`: a line-oriented monitor on a pair of file descriptors, read without
+    blocking between slices and blocking while the guest is stopped."""
+
+    PROMPT = "(qemu) "
+
+    def __init__(self, infd: int, out):
+        self.infd = infd
+        self.out = out
+        self.buf = b""
+        self.pending: list[str] = []       # typed-ahead lines after a `cont`, run once resumed
+        self.closed = False
+
+    def greet(self) -> None:
+        self.write("machine monitor - type 'help' for more information\n" + self.PROMPT)
+
+    def write(self, text: str) -> None:
+        try:
+            self.out.write(text)
+            self.out.flush()
+        except (OSError, ValueError):
+            pass
+
+    def read_lines(self) -> list[str]:
+        try:
+            data = os.read(self.infd, 4096)
+        except (BlockingIOError, InterruptedError):
+            return []
+        except OSError:
+            data = b""
+        if not data:
+            self.closed = True          # EOF: stop watching, keep the guest running
+            return []
+        self.buf += data
+        *lines, self.buf = self.buf.split(b"\n")
+        return [ln.decode("utf-8", "replace").rstrip("\r") for ln in lines]

@@ -374,45 +374,6 @@ def _reg_value(regs: dict[str, int], name: str) -> int:
 # The debug loop: gdb, the monitor console and device breakpoints around one target
 # ----------------------------------------------------------------------------------------------
 
-class MonitorConsole:
-    """`-monitor stdio`: a line-oriented monitor on a pair of file descriptors, read without
-    blocking between slices and blocking while the guest is stopped."""
-
-    PROMPT = "(qemu) "
-
-    def __init__(self, infd: int, out):
-        self.infd = infd
-        self.out = out
-        self.buf = b""
-        self.pending: list[str] = []       # typed-ahead lines after a `cont`, run once resumed
-        self.closed = False
-
-    def greet(self) -> None:
-        self.write("machine monitor - type 'help' for more information\n" + self.PROMPT)
-
-    def write(self, text: str) -> None:
-        try:
-            self.out.write(text)
-            self.out.flush()
-        except (OSError, ValueError):
-            pass
-
-    def read_lines(self) -> list[str]:
-        import os
-        try:
-            data = os.read(self.infd, 4096)
-        except (BlockingIOError, InterruptedError):
-            return []
-        except OSError:
-            data = b""
-        if not data:
-            self.closed = True          # EOF: stop watching, keep the guest running
-            return []
-        self.buf += data
-        *lines, self.buf = self.buf.split(b"\n")
-        return [ln.decode("utf-8", "replace").rstrip("\r") for ln in lines]
-
-
 class Debugger:
     """Owns the run loop while a debugger is configured (`-s`/`-gdb`, `-S`, `-monitor stdio`).
 
@@ -421,7 +382,7 @@ class Debugger:
     stopped, `_wait_stopped` blocks in `select` on the gdb sockets and the monitor console.
     """
 
-    def __init__(self, target, machine=None, gdb=None, console: MonitorConsole | None = None,
+    def __init__(self, target, machine=None, gdb=None, console=None,
                  start_stopped: bool = False):
         from .breakpoints import DeviceBreakpoints, RequestResolver
         from .monitor import Monitor
@@ -543,10 +504,7 @@ class Debugger:
                     return Action("continue")
             if self.gdb is not None and any(s in readable for s in self.gdb.fds()):
                 action = self.gdb.on_readable(readable)
-                if action is not None:
-                    if action.kind == "detach" and self.console is not None and not self.gdb.has_client:
-                        # QEMU resumes the guest when gdb detaches.
-                        return Action("continue")
+                if action is not None:          # a detach resumes the guest, as in QEMU
                     return action
 
     # -- the loop -----------------------------------------------------------------------------------
@@ -637,16 +595,6 @@ class Debugger:
         return stop.kind not in (STOP_RESET, STOP_LIMIT) and self._can_resume()
 
 
-def elf_arch(path) -> str:
-    """'x86-64' for an ELF64 file, else 'i386' (what gdb needs to hear for a 32-bit guest)."""
-    try:
-        with open(path, "rb") as f:
-            head = f.read(5)
-    except (OSError, TypeError):
-        return "i386"
-    return "x86-64" if head[:4] == b"\x7fELF" and head[4] == 2 else "i386"
-
-
 def attach_debugger(machine, config) -> "Debugger | None":
     """Wire `-gdb`/`-s`, `-S` and `-monitor stdio` around a built machine. Returns None when
     none is asked for (then nothing of the debugger exists and `machine.run()` runs alone);
@@ -654,6 +602,7 @@ def attach_debugger(machine, config) -> "Debugger | None":
     import sys
     from ..config import ConfigError
     from .gdbstub import GdbStub, parse_gdb_address
+    from .monitor import MonitorConsole
     monitor = (config.monitor or "none").lower()
     if monitor not in ("stdio", "none", "null", "vc"):
         raise ConfigError(f"-monitor {config.monitor}: only 'stdio' and 'none' are supported")
