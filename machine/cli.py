@@ -403,9 +403,13 @@ class _Parser:
                 self.finish_device(ref.config)
             except _OptError as err:
                 raise ConfigError(f"{ref.where}: {err}") from None
+        if cfg.monitor == "stdio" and not self.serial_given and not self.nographic:
+            # As QEMU with -display none: COM1's default backend (a display console) is then
+            # nowhere, and stdio belongs to the monitor.
+            cfg.serial = CharDev("null")
         if cfg.monitor == "stdio" and cfg.serial.kind == "stdio":
             raise ConfigError(f"{self.monitor_where}: cannot use stdio by multiple character "
-                              "devices (COM1 is on stdio: add -serial none or a file)")
+                              "devices (COM1 is on stdio: use -serial none or a file)")
         if cfg.append and cfg.kernel is None and cfg.bios is not None:
             raise ConfigError("-append only allowed with -kernel option")
 

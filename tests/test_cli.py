@@ -117,6 +117,8 @@ def test_flags():
     assert parse_args(["-boot", "menu=off"]).boot_menu is False
     assert parse_args(["-gdb", "tcp:127.0.0.1:4321"]).gdb == "tcp:127.0.0.1:4321"
     assert parse_args(["-monitor", "stdio", "-serial", "none"]).monitor == "stdio"
+    cfg = parse_args(["-monitor", "stdio"])      # stdio goes to the monitor, COM1 nowhere
+    assert cfg.monitor == "stdio" and cfg.serial == CharDev("null")
 
 
 def test_debugcon_shorthand_and_device(files):
@@ -281,7 +283,9 @@ ERRORS = [
     (["-debugcon", "tcp:1"], "-debugcon tcp:1: 'tcp:1' is not a valid char driver"),
     (["-display", "gtk"], "-display gtk: display 'gtk' is not supported"),
     (["-monitor", "vc"], "-monitor vc: monitor 'vc' is not supported"),
-    (["-monitor", "stdio"], "-monitor stdio: cannot use stdio by multiple character devices"),
+    (["-monitor", "stdio", "-serial", "stdio"],
+     "-monitor stdio: cannot use stdio by multiple character devices"),
+    (["-nographic", "-monitor", "stdio"], "cannot use stdio by multiple character devices"),
     (["-boot", "menu=maybe"], "-boot menu=maybe: Parameter 'boot.menu' expects 'on' or 'off'"),
     (["-boot", "menu=on,foo=1"], "Invalid parameter 'foo'"),
     (["-d", "foo"], "-d foo: unknown log item 'foo'"),
