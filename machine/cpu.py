@@ -260,7 +260,7 @@ class Cpu:
             self.uc.mem_unmap(region.base, region.size)
         except UcError:
             pass
-        self.uc._mmio_callbacks.pop((region.base, region.base + region.size), None)
+        ui.forget_mmio_callbacks(self.uc, region.base, region.size)
 
     # Open bus: an access to nothing maps an all-ones page there on first touch (lazy pages).
     # Chosen over one big all-ones MMIO region over the holes because it needs no carving when
@@ -288,7 +288,7 @@ class Cpu:
             return
         for p in [p for p in self._open_bus if base <= p < base + size]:
             self.uc.mem_unmap(p, PAGE)
-            self.uc._mmio_callbacks.pop((p, p + PAGE), None)
+            ui.forget_mmio_callbacks(self.uc, p, PAGE)
             self._open_bus.discard(p)
 
     # ROM writes: Unicorn either stops (read-only mapping) or performs the write (with a
@@ -530,10 +530,15 @@ class Cpu:
         h = self._breakpoints.pop(linear, None)
         if h is None:
             return
-        self._dead_hooks.append(self.uc._callbacks.get(h))
-        self.uc.hook_del(h)
+        self._delete_code_hook(h)
         # Stale translated code may still call the deleted hook's thunk: drop it all.
         self.uc.ctl_flush_tb()
+
+    def _delete_code_hook(self, handle: int) -> None:
+        # Translated blocks may still call a deleted code hook's thunk until the next flush
+        # (the callers flush): keep the callback alive so such a call is harmless.
+        self._dead_hooks.append(ui.hook_callback(self.uc, handle))
+        self.uc.hook_del(handle)
 
     def breakpoints(self) -> list[int]:
         return sorted(self._breakpoints)
@@ -556,8 +561,7 @@ class Cpu:
             self._dynamic_hook = self.uc.hook_add(UC.UC_HOOK_CODE, _noop_code, None,
                                                   0xFFFFFFFFFFFFF000, 0xFFFFFFFFFFFFF000)
         elif not on and self._dynamic_hook is not None:
-            self._dead_hooks.append(self.uc._callbacks.get(self._dynamic_hook))
-            self.uc.hook_del(self._dynamic_hook)
+            self._delete_code_hook(self._dynamic_hook)
             self._dynamic_hook = None
         self.uc.ctl_flush_tb()
 
@@ -581,8 +585,7 @@ class Cpu:
 
     def _clear_stop_hook(self) -> None:
         if self._stop_hook is not None:
-            self._dead_hooks.append(self.uc._callbacks.get(self._stop_hook))
-            self.uc.hook_del(self._stop_hook)
+            self._delete_code_hook(self._stop_hook)
             self._stop_hook = None
             self.uc.ctl_flush_tb()
 

@@ -16,7 +16,8 @@ Unicorn's public API cannot do four things a PC needs, so we reach under it:
    rejects; it is registered through the binding's private hook-add helper.
 
 Also here: ctypes wrappers for `uc_vmem_read/write/translate` (exported by libunicorn 2.1.4,
-absent from its Python binding), which walk the guest page tables.
+absent from its Python binding), which walk the guest page tables; raw ctypes register access
+(3x faster than the binding); and the two places we touch the binding's callback bookkeeping.
 
 `self_test()` verifies each of these on a scratch engine and raises `UnsupportedUnicorn` with one
 clear message on any other Unicorn build. Nothing else in the project may import these offsets.
@@ -208,6 +209,21 @@ def hook_rdtsc(uc: Uc, fn) -> int:
         return 1                  # skip the native (host TSC) instruction
 
     return uc._Uc__do_hook_add(UC.UC_HOOK_INSN, _rdtsc, 1, 0, ctypes.c_int(X86.UC_X86_INS_RDTSC))
+
+
+# ------------------------------------------------------------------------------------------
+# the binding's callback bookkeeping
+# ------------------------------------------------------------------------------------------
+
+def forget_mmio_callbacks(uc: Uc, base: int, size: int) -> None:
+    """Drop the binding's references to the callbacks of an unmapped MMIO range (it never
+    does so itself, so remapped BARs would leak them)."""
+    uc._mmio_callbacks.pop((base, base + size), None)
+
+
+def hook_callback(uc: Uc, handle: int):
+    """The ctypes callback the binding keeps for hook `handle` (hook_del releases it)."""
+    return uc._callbacks.get(handle)
 
 
 # ------------------------------------------------------------------------------------------
