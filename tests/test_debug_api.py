@@ -132,3 +132,17 @@ def test_no_options_boot_the_bundled_self_test(guest):
         assert stop.kind == STOP_DEVICE and re.search(r"^1\.\.\d+\r?$", s.serial, re.M)
         assert s.symbols.address("kmain") > 0
     assert not image.exists()
+
+
+def test_a_device_breakpoint_hit_while_single_stepping_is_reported_by_that_step(session):
+    s = session
+    s.run_until("vpci_notify")
+    s.break_on("virtio-blk notify queue=0")
+    for _ in range(200):
+        stop = s.step()
+        if stop.kind != STOP_STEP:
+            break
+    assert stop.kind == STOP_DEVICE and stop.message.endswith("queue notify, queue 0")
+    assert s.where().startswith("vpci_notify")
+    stop = s.run_until("vpci_notify")                     # nothing stale left behind
+    assert stop.kind == STOP_BREAKPOINT

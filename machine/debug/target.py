@@ -201,7 +201,6 @@ class MachineTarget:
         return None if stop.kind == STOP_LIMIT else stop
 
     def step(self, irqs: bool = False) -> Stop:
-        self._pending = None
         if irqs:
             self.machine.run(max_instructions=1)     # pending interrupts are delivered first
             reason = self.machine.stop_reason
@@ -213,7 +212,6 @@ class MachineTarget:
         return stop
 
     def resume(self, poll: PollFn, max_instructions: int | None = None) -> Stop:
-        self._pending = None
         self._poll = poll
         try:
             if self._soft_watch:
@@ -331,8 +329,9 @@ class MachineTarget:
         self.machine.reset()
 
     def _classify(self, reason) -> Stop:
-        """The board's StopReason as a debugger Stop."""
-        pending, self._pending = self._pending, None
+        """The board's StopReason as a debugger Stop. Our own stop request (`_pending`) pairs
+        with the board's 'interrupt' return, which may come a run later than it was made
+        (e.g. when a step or a breakpoint ended the run first)."""
         kind = getattr(reason, "kind", "limit")
         message = getattr(reason, "message", "") or ""
         status = getattr(reason, "exit_status", 0)
@@ -347,6 +346,7 @@ class MachineTarget:
         if kind == "limit":
             return Stop(STOP_LIMIT, pc=self.pc())
         # A stop request: ours (device breakpoint, ^C, attach, quit, reset) or someone else's.
+        pending, self._pending = self._pending, None
         if pending is not None:
             why, text = pending
             if why == "device":
