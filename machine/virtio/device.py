@@ -101,14 +101,15 @@ class VirtioDevice:
         if EV_FEATURES.enabled:
             EV_FEATURES.emit(vdev=self.name, features=self.guest_features)
 
-    def set_legacy_features(self, value: int) -> None:
-        """Legacy interface: 32 feature bits, the write takes effect (masked to what we offer)."""
+    def set_legacy_features(self, value: int, legacy_only: int = 0) -> None:
+        """Legacy interface: 32 feature bits; the write takes effect at once, masked to what we
+        offer there (`legacy_only`: bits the transport offers only to legacy drivers)."""
         if self.status & DRIVER_OK:
             trace.guest_error(f"{self.name}: legacy feature write after DRIVER_OK ignored")
             return
         if value & bit(VIRTIO_F_BAD_FEATURE):
             trace.guest_error(f"{self.name}: driver set VIRTIO_F_BAD_FEATURE")
-        self.guest_features = value & self.host_features & 0xFFFFFFFF
+        self.guest_features = value & (self.host_features | legacy_only) & 0xFFFFFFFF
 
     def features_ok(self, features: int) -> bool:
         """Device-specific veto on a feature set (and the place to act on it)."""
@@ -126,7 +127,8 @@ class VirtioDevice:
             return
         old = self.status
         if old & ~value & ~DEVICE_NEEDS_RESET:
-            # 2.1.2: the driver MUST NOT clear a status bit (other than by reset).
+            # 2.1.2: the driver MUST NOT clear a status bit (other than by reset). QEMU stores
+            # whatever is written; we keep the old status so no half-initialised state appears.
             trace.guest_error(f"{self.name}: status write {value:#x} clears bits of {old:#x}; ignored")
             return
         value = (value & ~DEVICE_NEEDS_RESET) | (old & DEVICE_NEEDS_RESET)   # that bit is ours
@@ -213,6 +215,7 @@ class VirtioDevice:
         trace.guest_error(f"{self.name}: {msg}")
         if EV_ERROR.enabled:
             EV_ERROR.emit(vdev=self.name, msg=msg)
+        # Legacy drivers have no NEEDS_RESET bit: for them the device just stops (as QEMU).
         self.broken = True
         if self.has_feature(VIRTIO_F_VERSION_1):
             self.status |= DEVICE_NEEDS_RESET

@@ -227,12 +227,7 @@ def _r_legacy_features(t) -> int:
 
 
 def _w_legacy_features(t, v: int) -> None:
-    saved = t.vdev.host_features
-    t.vdev.host_features = saved | t.legacy_only_features
-    try:
-        t.vdev.set_legacy_features(v)
-    finally:
-        t.vdev.host_features = saved
+    t.vdev.set_legacy_features(v, t.legacy_only_features)
 
 
 LEGACY_HEADER_REGS = [
@@ -379,7 +374,7 @@ class VirtioPciDevice(PciDevice):
 
     def _touches_data(self, offset: int, size: int) -> bool:
         d = self.pci_cfg_cap + 16
-        return bool(self.pci_cfg_cap) and offset < d + 4 and offset + size > d
+        return bool(self.pci_cfg_cap) and size in (1, 2, 4) and offset < d + 4 and offset + size > d
 
     def config_read(self, offset: int, size: int) -> int:
         if self._touches_data(offset, size):
