@@ -175,6 +175,7 @@ class Cpu:
         self._stop_after_io = False
         self._callback_depth = 0
         self._flush_pending = False
+        self.running = False                                # inside emu_start (hooks are live)
         self.paging = False
 
         self._map_ram()
@@ -615,10 +616,13 @@ class Cpu:
         while True:
             self._write_prot_addr = None
             error = None
+            self.running = True
             try:
                 self.uc.emu_start(pc, 0xFFFFFFFFFFFFFFFF, 0, count - retired)
             except UcError as exc:
                 error = exc
+            finally:
+                self.running = False
             counted = self._counter.value
             budget = count - retired
             retired += budget if counted > budget else counted

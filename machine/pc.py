@@ -329,11 +329,13 @@ class Machine:
     def _on_guest_exit(self, status: int) -> None:
         if self._exit_status is None:
             self._exit_status = status
-        self.cpu.request_stop_after_instruction()
+        if self.cpu.running:
+            self.cpu.request_stop_after_instruction()
 
     def _on_guest_reset(self) -> None:
         self._reset_requested = True
-        self.cpu.request_stop_after_instruction()
+        if self.cpu.running:
+            self.cpu.request_stop_after_instruction()
 
     def request_stop(self, reason: str = "stop") -> None:
         """Stop run() at the next clean point (between slices, or right after the current
@@ -341,7 +343,8 @@ class Machine:
         stop_reason.kind == 'interrupt' and message == reason."""
         if self._stop_request is None:
             self._stop_request = reason
-        self.cpu.request_stop_after_instruction()
+        if self.cpu.running:                 # from a device callback: end the slice early
+            self.cpu.request_stop_after_instruction()
 
     def add_poll_hook(self, fn: Callable[[], None]) -> None:
         """fn() runs between slices (and while the CPU idles); it may call request_stop()."""
