@@ -6,7 +6,7 @@ import struct
 
 import pytest
 
-from virtio_driver import (INDIRECT, NEXT, S_OK, T_IN, T_OUT, WRITE, Bench, BlkRequests, F_INDIRECT)
+from virtio_driver import (INDIRECT, NEXT, S_OK, T_IN, T_OUT, WRITE, Bench, BlkRequests, F_INDIRECT, Vring)
 from machine.memory import GuestMemory
 from machine.virtio.queue import SplitQueue, VirtqueueError
 
@@ -347,3 +347,26 @@ def test_trace_events_use_qemu_names(bench):
     for name in ("virtio_pci_notify_write", "virtio_queue_notify", "virtio_blk_handle_read",
                  "virtio_blk_handle_write", "virtio_blk_req_complete", "virtio_notify", "virtio_set_status"):
         assert name in seen, name
+
+
+def test_used_ring_on_top_of_the_avail_ring_is_memory_safe(tmp_path):
+    """Rings overlapping each other are the guest's bug: the device must not crash, must stay
+    inside the rings, and either completes or reports NEEDS_RESET."""
+    b = Bench(tmp_path)
+    d = b.drv
+    d.set_status(1 | 2)
+    d.write_features(d.device_features())
+    d.set_status(1 | 2 | 8)
+    vq = Vring(b.mem, b.alloc, 256)
+    vq.used = vq.avail                       # the driver's view matches what it programmed
+    d.common_write(0x16, 2, 0)
+    d.write64(0x20, vq.desc)
+    d.write64(0x28, vq.avail)
+    d.write64(0x30, vq.avail)
+    d.common_write(0x1C, 2, 1)
+    d.set_status(1 | 2 | 8 | 4)
+    req = BlkRequests(vq).submit(T_IN, 0, in_len=512)
+    d.kick(0)
+    d.kick(0)
+    assert b.needs_reset or b.vdev.queues[0].used_idx >= 1
+    b.close()
