@@ -643,7 +643,8 @@ class Cpu:
             self._stop_cause = None
             return SliceResult(cause, retired, report=self._fatal_report)
         if error is not None:
-            return SliceResult("fatal", retired, report=self.fault_report(f"unicorn error: {error}"))
+            why = _ENGINE_ERRORS.get(error.errno, f"the CPU cannot go on: {error}")
+            return SliceResult("fatal", retired, report=self.fault_report(why))
         if cause == "breakpoint":
             self._stop_cause = None
             return SliceResult("breakpoint", retired, address=self._bp_hit or 0)
@@ -1044,6 +1045,15 @@ class Cpu:
         lines.append(f"GDT={regs['gdtr_base']:x}/{regs['gdtr_limit']:x} IDT={regs['idtr_base']:x}/{regs['idtr_limit']:x}")
         return "\n".join(lines)
 
+
+_ENGINE_ERRORS = {
+    UC.UC_ERR_FETCH_UNMAPPED: "the CPU fetched an instruction from unassigned physical memory",
+    UC.UC_ERR_FETCH_PROT: "the CPU fetched an instruction from device memory (MMIO)",
+    UC.UC_ERR_READ_UNMAPPED: "the CPU read beyond the physical address space",
+    UC.UC_ERR_WRITE_UNMAPPED: "the CPU wrote beyond the physical address space",
+    UC.UC_ERR_INSN_INVALID: "invalid instruction that could not be delivered as #UD",
+    UC.UC_ERR_EXCEPTION: "an exception the CPU layer could not deliver",
+}
 
 _PREFIXES = frozenset((0x66, 0x67, 0xF2, 0xF3, 0x26, 0x2E, 0x36, 0x3E, 0x64, 0x65, 0xF0))
 

@@ -113,4 +113,5 @@ def test_executing_unassigned_memory_is_a_fatal_report(tmp_path, capsys):
     """, prologue=PM32_PROLOGUE)
     assert m.run(100_000) == 2
     err = capsys.readouterr().err
-    assert "protected mode, 32-bit code" in err and "EIP" in err
+    assert "fetched an instruction from unassigned physical memory" in err
+    assert "protected mode, 32-bit code; CS:EIP = 0008:d0000000" in err
