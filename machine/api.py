@@ -10,7 +10,7 @@
         s.break_on("virtio-blk request type=flush")
         stop = s.run()                              # stops at the FLUSH
         print(stop.message, s.monitor("info virtio-queue-status virtio-blk 0"))
-        s.run_until_serial("ok 5")
+        s.run_until_serial("ok 8")                  # the next test's TAP line
         print(s.serial)                             # everything the guest printed so far
         print(s.run().exit_status)                  # on to the guest's exit
 
@@ -155,8 +155,8 @@ class Session:
         self.machine = Machine(config)
         self.target = MachineTarget(self.machine)
         self.symbols = ElfSymbols.from_file(config.kernel) if config.kernel else ElfSymbols(_EMPTY_ELF)
-        self._serial_wait: str | None = None
-        self._serial_from = 0
+        self._serial_wait: bytes | None = None
+        self._serial_from = 0           # run_until_serial searches from here (pexpect style)
         uart = self.machine.devices.get("serial0")
         self._tap = None
         if uart is not None:
@@ -231,17 +231,26 @@ class Session:
                 self.target.remove_breakpoint(addr)
 
     def run_until_serial(self, text: str, max_instructions: int | None = None) -> Stop:
-        """Run until COM1 output (from now on) contains `text`; stops right after the byte that
-        completed it."""
+        """Run until COM1 output contains `text`, searching (like pexpect) from the end of the
+        previous match, so text printed while the guest ran for another reason still counts.
+        Returns at once if it is already there; otherwise stops right after the byte that
+        completed it. Either way the next search starts after this match."""
         if self._tap is None:
             raise SessionError("this machine has no serial port")
-        self._serial_wait = text
-        self._serial_from = max(0, len(self._tap.data) - len(text) + 1)
-        self._serial_start = len(self._tap.data)
+        needle = text.encode()
+        found = self._tap.data.find(needle, self._serial_from)
+        if found >= 0:
+            self._serial_from = found + len(needle)
+            return Stop(STOP_DEVICE, pc=self.pc, message=f"serial output {text!r}")
+        self._serial_wait = needle
         try:
-            return self.run(max_instructions)
+            stop = self.run(max_instructions)
         finally:
             self._serial_wait = None
+        found = self._tap.data.find(needle, self._serial_from)
+        if found >= 0:
+            self._serial_from = found + len(needle)
+        return stop
 
     def run_until_event(self, pattern: str, max_instructions: int | None = None,
                         **match) -> tuple[Stop, dict | None]:
@@ -368,10 +377,10 @@ class Session:
         return [v for _, v, _ in self._monitor.virtio_devices() if getattr(v, "name", None) == name]
 
     def _serial_written(self) -> None:
-        text = self._serial_wait
-        if text is not None and text.encode() in self._tap.data[self._serial_from:]:
+        needle = self._serial_wait
+        if needle is not None and self._tap.data.find(needle, self._serial_from) >= 0:
             self._serial_wait = None
-            self.target.request_stop("device", f"serial output {text!r}")
+            self.target.request_stop("device", f"serial output {needle.decode(errors='replace')!r}")
 
 
 # The smallest thing ElfSymbols accepts: a header with no sections (a session without -kernel).

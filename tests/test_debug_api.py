@@ -51,6 +51,9 @@ def test_run_to_symbols_device_events_serial_and_exit(session):
     assert s.virtio().status & 0x4                         # DRIVER_OK
     assert "last_avail_idx:" in s.monitor("info virtio-queue-status virtio-blk 0")
 
+    pc = s.pc
+    stop = s.run_until_serial("ok 1 - init")              # printed already: found at once
+    assert stop.kind == STOP_DEVICE and s.pc == pc
     stop = s.run_until_serial("ok 2 - flush")
     assert stop.kind == STOP_DEVICE and s.serial.endswith("ok 2 - flush")
     stop, event = s.run_until_event("virtio_queue_notify", n=0)
