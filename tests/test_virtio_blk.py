@@ -387,3 +387,16 @@ def test_seabios_style_legacy_init_without_feature_write_then_polling(make):
     b.vqs = [vq]
     got, st, _ = b.run(T_IN, 0, in_len=512)
     assert st == S_OK and got == pattern(1 << 20)[:512] and b.vdev.isr == 0
+
+
+def test_host_resize_updates_capacity_generation_and_sends_config_interrupt(make):
+    b = make().start()
+    gen = b.drv.common_read(0x15, 1)
+    with open(b.path, "r+b") as f:
+        f.truncate(512 * 1024)
+    assert b.vdev.update_capacity()
+    assert b.drv.cfg_read(0, 4) == 1024 and b.drv.common_read(0x15, 1) == (gen + 1) & 0xFF
+    assert b.drv.isr() & 2
+    assert b.run(T_IN, 1024, in_len=512)[1] == S_IOERR      # past the new end
+    assert b.run(T_IN, 1023, in_len=512)[1] == S_OK
+    assert not b.vdev.update_capacity()

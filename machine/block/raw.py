@@ -69,6 +69,10 @@ class BlockBackend:
     def write_zeroes(self, offset: int, length: int, may_unmap: bool) -> None: raise NotImplementedError
     def close(self) -> None: pass
 
+    def refresh_size(self) -> int:
+        """Re-read the size of the storage (after the host resized the image); returns it."""
+        return self.size
+
 
 class RawImage(BlockBackend):
     def __init__(self, fd: int, size: int, *, read_only: bool, filename: str = "",
@@ -124,6 +128,11 @@ class RawImage(BlockBackend):
         if may_unmap and self.discard_unmap and punch_hole(self.fd, offset, length):
             return
         write_zeroes_fd(self.fd, offset, length)
+
+    def refresh_size(self) -> int:
+        size = os.fstat(self.fd).st_size
+        self.size = size - size % SECTOR
+        return self.size
 
     def close(self) -> None:
         if self.fd >= 0:

@@ -186,6 +186,18 @@ class VirtioBlk(VirtioDevice):
         for _ in range(nq):
             self.add_queue(qsize, self.handle_queue)
 
+    def update_capacity(self) -> bool:
+        """The image may have been resized on the host (QEMU's block_resize): take the new size,
+        bump the config generation and tell a live driver. Requests are checked against the
+        new capacity from now on. Returns True if it changed."""
+        capacity = self.backend.refresh_size() // SECTOR
+        if capacity == self.capacity:
+            return False
+        self.capacity = capacity
+        struct.pack_into("<Q", self.config, 0, capacity)
+        self.config_changed()
+        return True
+
     # -- negotiation and config --------------------------------------------------------------------
     def features_ok(self, features: int) -> bool:
         # 5.2.5.1: CONFIG_WCE without FLUSH means the device starts in writethrough mode.

@@ -13,6 +13,7 @@ from __future__ import annotations
 import struct
 from typing import Callable
 
+from .. import trace
 from ..memory import GuestMemory, GuestMemoryError
 
 VIRTQ_DESC_F_NEXT = 1
@@ -28,6 +29,9 @@ MAX_CHAIN_BYTES = 1 << 32      # spec: a chain describes at most 2^32 bytes
 _DESC = struct.Struct("<QIHH")
 _U16 = struct.Struct("<H")
 _ELEM = struct.Struct("<II")
+
+EV_POP = trace.Event("virtqueue_pop", "vq={vq} head={head} in_num={in_num} out_num={out_num}")
+EV_FILL = trace.Event("virtqueue_fill", "vq={vq} head={head} len={len} idx={idx}")
 
 
 class VirtqueueError(Exception):
@@ -137,6 +141,8 @@ class SplitQueue:
         chain = self.walk(head)
         self.last_avail_idx = (last + 1) & 0xFFFF
         self.inflight.add(head)
+        if EV_POP.enabled:
+            EV_POP.emit(vq=self.index, head=head, in_num=len(chain.writable), out_num=len(chain.readable))
         return chain
 
     def walk(self, head: int) -> Chain:
@@ -216,6 +222,8 @@ class SplitQueue:
     def push(self, head: int, length: int) -> None:
         """Complete `head` with `length` = bytes the device wrote. len is stored before idx."""
         self.inflight.discard(head)
+        if EV_FILL.enabled:
+            EV_FILL.emit(vq=self.index, head=head, len=length, idx=self.used_idx)
         mem = self.mem
         slot = 4 + 8 * (self.used_idx % self.size)
         _ELEM.pack_into(mem.buf, self._u + slot, head, length)
