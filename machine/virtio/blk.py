@@ -227,12 +227,17 @@ class VirtioBlk(VirtioDevice):
 
     # -- the queue handler ---------------------------------------------------------------------------
     def handle_queue(self, q: SplitQueue) -> None:
+        # The guest cannot add buffers while we run, so a legitimate kick never makes more than
+        # `size` chains available; the budget only bounds a guest whose IN data rewrites its
+        # own avail ring. What is left over waits for the next kick (kicks are re-enabled).
+        budget = 2 * q.size
         used = False
-        while True:
+        while budget > 0:
             q.suppress_kicks(True)
-            while (chain := q.pop()) is not None:
+            while budget > 0 and (chain := q.pop()) is not None:
                 q.push(chain.head, self.handle_request(chain))
                 used = True
+                budget -= 1
             q.suppress_kicks(False)
             if not q.has_pending():     # buffers added while kicks were off
                 break
