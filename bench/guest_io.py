@@ -83,6 +83,7 @@ class GuestRun:
     calibration: float = 0.0     # seconds the guest spent measuring its TSC against the PIT
     phases: dict[tuple[str, int, int], Phase] = field(default_factory=dict)
     output: list[str] = field(default_factory=list)
+    stderr: str = ""
 
 
 def phase_times(lines: list[tuple[float, str]]) -> tuple[dict, int, float]:
@@ -150,7 +151,7 @@ def run_guest(cmd: list[str], env: dict[str, str] | None = None) -> GuestRun:
         errors = err.read().decode("utf-8", "replace")
     phases, tsc_khz, calibration = phase_times(lines)
     out = [l for _, l in lines] + ([f"[stderr] {errors.strip()}"] if errors.strip() else [])
-    return GuestRun(status, total, tsc_khz, calibration, phases, out)
+    return GuestRun(status, total, tsc_khz, calibration, phases, out, errors)
 
 
 def guest_options(guest: Path, image: Path, append: str) -> list[str]:
@@ -324,6 +325,79 @@ def print_clock_check(results: dict[str, list[GuestRun]]) -> None:
               f"whole run {run.total:6.2f} s")
 
 
+# --------------------------------------------------------------------------- where the time goes
+
+# Host-side work timed by wrapping these methods (--breakdown): (module, class, method, label).
+# The wrappers cost about a microsecond per call; a missing name is skipped.
+BREAKDOWN_POINTS = [
+    ("machine.virtio.pci", "ModernBar", "write", "modern BAR write: the whole notify path"),
+    ("machine.virtio.pci", "LegacyBar", "write", "legacy BAR write: the whole notify path"),
+    ("machine.virtio.blk", "VirtioBlk", "handle_queue", "  virtio-blk handle_queue"),
+    ("machine.block.raw", "RawImage", "readv", "    preadv into guest RAM"),
+    ("machine.block.raw", "RawImage", "writev", "    pwritev from guest RAM"),
+    ("unicorn", "Uc", "ctl_remove_cache", "    translated-code invalidation"),
+    ("machine.memory", "IoSpace", "read", "port IN, every device"),
+    ("machine.memory", "IoSpace", "write", "port OUT, every device"),
+]
+
+
+def breakdown_child(argv: list[str]) -> int:
+    """Runs this machine in this process, as `python -m machine ARGV` would, with the methods
+    of BREAKDOWN_POINTS wrapped by timers; prints "# breakdown calls seconds label" lines on
+    stderr at the end."""
+    import importlib
+    totals: dict[str, list] = {}
+    clock = time.perf_counter
+
+    def wrap(cls, name: str, label: str) -> None:
+        orig = getattr(cls, name)
+        cell = totals.setdefault(label, [0, 0.0])
+
+        def timed(*a, **k):
+            t = clock()
+            try:
+                return orig(*a, **k)
+            finally:
+                cell[0] += 1
+                cell[1] += clock() - t
+        setattr(cls, name, timed)
+
+    for module, cls_name, method, label in BREAKDOWN_POINTS:
+        try:
+            cls = getattr(importlib.import_module(module), cls_name)
+            getattr(cls, method)
+        except (ImportError, AttributeError):
+            continue
+        wrap(cls, method, label)
+    from machine.cli import main as machine_main
+    status = machine_main(argv)
+    for label, (calls, secs) in totals.items():
+        print(f"# breakdown {calls} {secs:.6f} {label}", file=sys.stderr)
+    return status
+
+
+def run_breakdown(emus: Emulators, guest: Path, workdir: Path, mib: int, ops: int) -> None:
+    image = fresh_image(workdir / "breakdown.img", mib * MiB)
+    options = guest_options(guest, image, f"mode=bench bench_mib={mib} bench_ops={ops}")
+    run = run_guest([sys.executable, str(Path(__file__).resolve()), "--breakdown-child",
+                     *options], emus.env)
+    image.unlink()
+    print(f"\nthis machine, one run with timers around the device path ({run.total:.2f} s):")
+    for (op, bs, qd), p in run.phases.items():
+        print(f"  {op:<9} bs={bs:<8} qd={qd:<3} {p.wall:7.3f} s  {p.wall / p.ops * 1e6:8.1f} us "
+              f"per request  (buffer set-up before it {p.setup:.3f} s)")
+    print(f"  TSC calibration (guest spinning on port 0x61): {run.calibration:.2f} s")
+    requests = sum(p.ops for p in run.phases.values())
+    print(f"  {'':<46}{'calls':>10}{'seconds':>10}{'us/call':>10}{'us/request':>12}")
+    for line in run.stderr.splitlines():
+        m = re.fullmatch(r"# breakdown (\d+) ([\d.]+) (.*)", line)
+        if m and int(m.group(1)):
+            calls, secs, label = int(m.group(1)), float(m.group(2)), m.group(3)
+            print(f"  {label:<46}{calls:>10}{secs:>10.3f}{secs / calls * 1e6:>10.2f}"
+                  f"{secs / requests * 1e6:>12.2f}")
+    print(f"  ({requests} requests in all; us/request spreads each total over all of them)")
+
+
 # --------------------------------------------------------------------------- main
 
 def main(argv: list[str] | None = None) -> int:
@@ -343,6 +417,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--raw", action="store_true", help="print every guest's bench lines")
     ap.add_argument("--pristine", action="store_true",
                     help="run the unchanged guest, timing from one result line to the next")
+    ap.add_argument("--breakdown", action="store_true",
+                    help="also run this machine once with timers around the device path")
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["--breakdown-child"]:
+        return breakdown_child(argv[1:])
     args = ap.parse_args(argv)
     if args.quick:
         args.mib, args.ops, args.runs, args.boot_runs = 16, 512, 1, 3
@@ -404,6 +483,8 @@ def main(argv: list[str] | None = None) -> int:
             parts.append(f"qemu/ours {ratio:.2f} (target >= 1: {'ok' if ratio >= 1 else 'MISS'})")
         print(line, "  ".join(parts))
         print_clock_check(results)
+        if args.breakdown:
+            run_breakdown(emus, bench_guest, workdir, args.mib, args.ops)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     return 0
