@@ -322,3 +322,11 @@ def test_ring3_to_ring0_through_tss_and_gate_dpl_check(tmp_path):
     assert result(m, 5) == 0x1234
     assert result(m, 6) & 0xFFFF == 0x1B
     assert result(m, 7) == 0x81 * 8 + 2
+
+
+def test_hlt_with_nothing_to_wake_it_is_reported(tmp_path, capsys):
+    m = build_machine(tmp_path, "sti\n hlt\n")
+    assert m.run(1_000_000) == 2
+    err = capsys.readouterr().err
+    assert "no timer is armed and no input can arrive" in err
+    assert "CS:EIP = 0000:00008001" in err and "hlt" in err
