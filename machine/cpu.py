@@ -196,8 +196,10 @@ class Cpu:
     # memory
     # -------------------------------------------------------------------------------------
     def _map_ram(self) -> None:
-        base = ctypes.addressof(ctypes.c_char.from_buffer(self.mem.buf))
-        self._ram_export = base            # keeps the buffer exported (it can never move)
+        # Holding the export keeps the buffer pinned: it can never be resized or closed while
+        # Unicorn points into it.
+        self._ram_export = ctypes.c_char.from_buffer(self.mem.buf)
+        base = ctypes.addressof(self._ram_export)
         for r in self.mem.ranges:
             self.uc.mem_map_ptr(r.gpa, r.size, UC.UC_PROT_ALL, base + r.host_offset)
 
@@ -216,7 +218,8 @@ class Cpu:
         self._rom = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
         self._rom[:] = image
         self._rom_pristine = bytes(image)
-        ptr = ctypes.addressof(ctypes.c_char.from_buffer(self._rom))
+        self._rom_export = ctypes.c_char.from_buffer(self._rom)       # pinned, as RAM is
+        ptr = ctypes.addressof(self._rom_export)
         alias = min(size, ISA_BIOS_MAX)
         self._rom_ranges = [(FOUR_GIB - size, size, 0), (0x100000 - alias, alias, size - alias)]
         for gpa, sz, off in self._rom_ranges:
