@@ -878,6 +878,26 @@ class Cpu:
         return self._raw.save().seg(ui.SEG_SS)[1]
 
     def _deliver_protected(self, vector: int, error_code: int | None, software: bool, hf: int) -> None:
+        self._as_supervisor(self._deliver_protected_inner, vector, error_code, software, hf)
+
+    def _deliver_long(self, vector: int, error_code: int | None, software: bool, hf: int) -> None:
+        self._as_supervisor(self._deliver_long_inner, vector, error_code, software, hf)
+
+    def _as_supervisor(self, deliver, vector, error_code, software, hf) -> None:
+        """IDT, GDT and TSS reads are implicit supervisor accesses even from ring 3 (a user
+        program's pages may be the only user-accessible ones): run the delivery at CPL 0 for
+        its table reads; the frame goes to the handler's stack at the handler's privilege."""
+        cpl = hf & ui.HF_CPL_MASK
+        if cpl:
+            ui.set_cpl(self._raw, 0)
+        try:
+            deliver(vector, error_code, software, hf)
+        except _DeliveryFault:
+            if cpl:
+                ui.set_cpl(self._raw, cpl)
+            raise
+
+    def _deliver_protected_inner(self, vector: int, error_code: int | None, software: bool, hf: int) -> None:
         reg = self._reg
         _, ibase, ilimit, _ = self.uc.reg_read(X.UC_X86_REG_IDTR)
         ext = 0 if software else 1
@@ -921,6 +941,8 @@ class Cpu:
             esp = new_esp
             ss32 = self._raw.hflags & ui.HF_SS32
         else:
+            if cpl:
+                ui.set_cpl(self._raw, cpl)      # same privilege: push at the current CPL
             ss_base = self._raw.seg(ui.SEG_SS)[1]
             esp = old_esp
             ss32 = hf & ui.HF_SS32
@@ -943,7 +965,7 @@ class Cpu:
             raise _DeliveryFault(f"cannot load handler CS {sel:#x}: {exc}")
         reg.write(_REG_RIP, offset)
 
-    def _deliver_long(self, vector: int, error_code: int | None, software: bool, hf: int) -> None:
+    def _deliver_long_inner(self, vector: int, error_code: int | None, software: bool, hf: int) -> None:
         reg = self._reg
         _, ibase, ilimit, _ = self.uc.reg_read(X.UC_X86_REG_IDTR)
         ext = 0 if software else 1
@@ -985,6 +1007,8 @@ class Cpu:
                 ui.load_seg(self.uc, X.UC_X86_REG_SS, dpl)      # null SS with RPL = new CPL
             except UcError as exc:
                 raise _DeliveryFault(f"cannot load a null SS: {exc}")
+        elif cpl:
+            ui.set_cpl(self._raw, cpl)          # same privilege: push at the current CPL
         rsp &= ~0xF
         values = [old_ss, old_rsp, flags, old_cs, rip]
         if error_code is not None:

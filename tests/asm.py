@@ -132,10 +132,10 @@ main:
     xor %eax, %eax
     mov $(3 * 4096 / 4), %ecx
     rep stosl
-    movl $0x41003, 0x40000        # PML4[0] -> PDPT
-    movl $0x42003, 0x41000        # PDPT[0] -> PD
+    movl $0x41007, 0x40000        # PML4[0] -> PDPT (user-accessible, for ring-3 tests)
+    movl $0x42007, 0x41000        # PDPT[0] -> PD
     mov $0x42000, %edi
-    mov $0x83, %eax               # 2 MiB, present, writable
+    mov $0x87, %eax               # 2 MiB, present, writable, user
     mov $512, %ecx
 1:  mov %eax, (%edi)
     add $0x200000, %eax
@@ -161,11 +161,11 @@ lm64:
     lidt idtr64
     jmp main64
 idtr64: .skip 10
-.macro SETGATE64 vec, handler
+.macro SETGATE64 vec, handler, type=0x8e00
     movabs $\\handler, %rax
     movw %ax, IDT + \\vec * 16
     movw $0x18, IDT + \\vec * 16 + 2
-    movw $0x8e00, IDT + \\vec * 16 + 4
+    movw $\\type, IDT + \\vec * 16 + 4
     shr $16, %rax
     movw %ax, IDT + \\vec * 16 + 6
     shr $16, %rax

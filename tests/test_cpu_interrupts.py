@@ -330,3 +330,74 @@ def test_hlt_with_nothing_to_wake_it_is_reported(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "no timer is armed and no input can arrive" in err
     assert "CS:EIP = 0000:00008001" in err and "hlt" in err
+
+
+def test_long_mode_ring3_to_ring0_through_tss(tmp_path):
+    m = build_machine(tmp_path, LONG_MODE + """
+    .set TSS, 0x6000
+    main64:
+        movq $0x83, 0x42000             # first 2 MiB: supervisor only (IDT, GDT, TSS, kernel)
+        movq $0x87, 0x42008             # 2-4 MiB: the same memory again, user-accessible
+        mov %cr3, %rax
+        mov %rax, %cr3
+        lgdt gdtr64
+        movq $0x60000, TSS + 4          # RSP0
+        mov $0x38, %ax
+        ltr %ax
+        SETGATE64 0x80, h80, 0xee00
+        pushq $0x33                     # SS: ring-3 data
+        pushq $0x250000
+        pushfq
+        pushq $0x2b                     # CS: ring-3 64-bit code
+        movabs $(user + 0x200000), %rax  # ring 3 runs in the user alias
+        push %rax
+        iretq
+    user:
+        mov $0x77, %rbx
+        int $0x80                       # the IDT/GDT/TSS reads are supervisor accesses
+        mov %rbx, RESULTS + 0x200000 + 24
+        mov %cs, %eax
+        mov %eax, RESULTS + 0x200000 + 32
+        int $0x80                       # second call: the handler exits
+        jmp .
+    h80:
+        cmpq $0x55, %rbx
+        je finish
+        mov %cs, %eax
+        mov %eax, RESULTS
+        mov 8(%rsp), %rax
+        mov %rax, RESULTS + 8           # saved CS
+        mov 32(%rsp), %rax
+        mov %rax, RESULTS + 16          # saved SS
+        mov %rsp, RESULTS + 40          # frame on RSP0
+        mov $0x55, %rbx
+        iretq
+    finish:
+        EXIT 0
+    .align 8
+    gdt64:
+        .quad 0
+        .quad 0x00cf9a000000ffff        # 0x08
+        .quad 0x00cf92000000ffff        # 0x10
+        .quad 0x00af9a000000ffff        # 0x18 ring-0 64-bit code
+        .quad 0
+        .quad 0x00aff2000000ffff        # 0x28 (unused)
+        .quad 0                         # 0x30
+        .word 0x67, TSS & 0xffff        # 0x38 64-bit TSS (16 bytes)
+        .byte (TSS >> 16) & 0xff, 0x89, 0, TSS >> 24
+        .long 0, 0
+    gdt64_end:
+    gdtr64:
+        .word gdt64_end - gdt64 - 1
+        .quad gdt64
+    """.replace(".quad 0\n        .quad 0x00aff2000000ffff        # 0x28 (unused)",
+                ".quad 0x00affa000000ffff        # 0x20 (unused)\n        .quad 0x00affa000000ffff        # 0x28 ring-3 64-bit code")
+       .replace(".quad 0                         # 0x30", ".quad 0x00aff2000000ffff        # 0x30 ring-3 data"),
+        prologue=PM32_PROLOGUE)
+    assert m.run(1_000_000) == 1, m.stop_reason
+    assert result(m, 0) & 0xFFFF == 0x18
+    assert m.mem.read_u64(0x3000 + 8) == 0x2B
+    assert m.mem.read_u64(0x3000 + 16) == 0x33
+    assert m.mem.read_u64(0x3000 + 24) == 0x55
+    assert result(m, 8) & 0xFFFF == 0x2B
+    assert m.mem.read_u64(0x3000 + 40) == 0x60000 - 40
