@@ -26,7 +26,6 @@ import ctypes
 import mmap
 import struct
 from dataclasses import dataclass
-from typing import Callable
 
 from unicorn import Uc, UcError
 from unicorn import unicorn_const as UC

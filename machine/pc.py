@@ -33,7 +33,7 @@ from typing import BinaryIO, Callable
 from . import trace
 from .clock import VirtualClock
 from .config import CharDev, ConfigError, MachineConfig
-from .cpu import Cpu, SliceResult
+from .cpu import Cpu
 from .irq import IrqLine
 from .memory import FOUR_GIB, GuestMemory, IoSpace, MemoryMap
 
