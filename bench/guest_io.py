@@ -335,7 +335,9 @@ BREAKDOWN_POINTS = [
     ("machine.virtio.blk", "VirtioBlk", "handle_queue", "  virtio-blk handle_queue"),
     ("machine.block.raw", "RawImage", "readv", "    preadv into guest RAM"),
     ("machine.block.raw", "RawImage", "writev", "    pwritev from guest RAM"),
-    ("unicorn", "Uc", "ctl_remove_cache", "    translated-code invalidation"),
+    ("machine.cpu", "Cpu", "_on_host_write", "    host-write bookkeeping (note the range)"),
+    ("unicorn", "Uc", "ctl_remove_cache", "    translated-code invalidation (binding)"),
+    ("machine.cpu", "Cpu", "_drop_code_in", "  translated-code invalidation at callback exit"),
     ("machine.memory", "IoSpace", "read", "port IN, every device"),
     ("machine.memory", "IoSpace", "write", "port OUT, every device"),
 ]
