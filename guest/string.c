@@ -1,16 +1,23 @@
 #include "string.h"
 
+/* Whole dwords first, then the tail: emulators (ours on Unicorn, QEMU's TCG) run
+ * `rep stosd`/`rep movsd` several times faster per byte than the byte forms. */
 void *memset(void *d, int c, size_t n)
 {
     void *ret = d;
-    __asm__ volatile("rep stosb" : "+D"(d), "+c"(n) : "a"(c) : "memory");
+    uint32_t v = (uint8_t)c * 0x01010101u;
+    size_t words = n / 4, tail = n % 4;
+    __asm__ volatile("rep stosl" : "+D"(d), "+c"(words) : "a"(v) : "memory");
+    __asm__ volatile("rep stosb" : "+D"(d), "+c"(tail) : "a"(v) : "memory");
     return ret;
 }
 
 void *memcpy(void *d, const void *s, size_t n)
 {
     void *ret = d;
-    __asm__ volatile("rep movsb" : "+D"(d), "+S"(s), "+c"(n) :: "memory");
+    size_t words = n / 4, tail = n % 4;
+    __asm__ volatile("rep movsl" : "+D"(d), "+S"(s), "+c"(words) :: "memory");
+    __asm__ volatile("rep movsb" : "+D"(d), "+S"(s), "+c"(tail) :: "memory");
     return ret;
 }
 

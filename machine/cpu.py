@@ -38,6 +38,11 @@ from .memory import PAGE, GuestMemory, IoSpace, MemoryMap, MmioRegion, ones
 
 FOUR_GIB = 1 << 32
 ISA_BIOS_MAX = 128 * 1024        # the part of the ROM also visible just below 1 MiB
+# Virtual time one IN/OUT takes, on top of its instruction: about what a cycle on the ISA/LPC bus
+# costs on real hardware. Without it a guest polling a port for time to pass (the PIT channel 2
+# calibration loop of every BIOS) would spin about 1000 times more often than on a real PC, each
+# spin a Python callback.
+IO_PORT_NS = 1000
 
 # Exceptions that push an error code (when raised by the CPU, never for `int n`).
 ERROR_CODE_VECTORS = frozenset((8, 10, 11, 12, 13, 14, 17, 21))
@@ -93,11 +98,14 @@ class SliceResult:
     kind: 'count' (budget used up), 'halt' (HLT executed), 'stop' (a stop was requested),
           'breakpoint' (at `address`), 'fatal' (`report` says why; the guest cannot go on),
           'triple_fault' (`report` says why).
-    retired: instructions executed in this slice (virtual time advances by this many ns)."""
+    retired: instructions executed in this slice.
+    io_ns: virtual time the slice's port accesses took (see IO_PORT_NS); the slice lasted
+          retired + io_ns nanoseconds."""
     kind: str
     retired: int
     address: int = 0
     report: str = ""
+    io_ns: int = 0
 
 
 # ------------------------------------------------------------------------------------------
@@ -159,8 +167,11 @@ class Cpu:
         self._rom: mmap.mmap | None = None
         self._rom_pristine = b""
         self._rom_ranges: list[tuple[int, int, int]] = []   # (gpa, size, offset in rom)
+        self._ro_ram: list[tuple[int, int, int]] = []       # read-only RAM windows (gpa, size, offset in RAM)
+        self._wo_windows: dict[int, int] = {}               # write-only shadow windows: gpa -> size
         self._open_bus: set[int] = set()                     # page addresses mapped as all-ones
         self._slice_start_ns = 0
+        self._io_ns = 0                                     # port access time in this slice
         self._stop_cause: str | None = None
         self._fatal_report = ""
         self._stop_hook: int | None = None
@@ -205,15 +216,13 @@ class Cpu:
     def load_firmware(self, image: bytes) -> None:
         """Map the firmware ROM read-only at [4G - size, 4G) and its last min(size, 128 KiB)
         again ending at 1 MiB (the isa-bios alias real-mode code starts from). A guest write to
-        either is ignored (see `_skip_rom_write`).
-
-        Shadow RAM (i440FX PAM registers, for SeaBIOS) would replace the alias below 1 MiB with
-        RAM pages: unmap the alias range here and map RAM (or ROM again) per PAM segment."""
+        either is ignored (see `_skip_rom_write`). The chipset's shadow RAM controls may later
+        show RAM instead of parts of the alias (`set_legacy_window`)."""
         size = len(image)
         if size == 0 or size % PAGE or size > 16 * 1024 * 1024:
             raise ValueError("firmware size must be a non-zero multiple of 4 KiB, at most 16 MiB")
         for gpa, sz, _ in self._rom_ranges:
-            self.uc.mem_unmap(gpa, sz)
+            self._unmap_range(gpa, sz)
         self._rom = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
         self._rom[:] = image
         self._rom_pristine = bytes(image)
@@ -229,6 +238,102 @@ class Cpu:
     def rom_ranges(self) -> list[tuple[int, int]]:
         return [(g, s) for g, s, _ in self._rom_ranges]
 
+    # Shadow RAM below 1 MiB -----------------------------------------------------------------
+    # The chipset (i440FX PAM registers, machine/shadow.py) decides per segment of 0xC0000-0xFFFFF
+    # whether the CPU sees the bus there (the ROM alias, or nothing), or the RAM under it
+    # read-write, read-only or write-only. Modes:
+    #   'bus'     the isa-bios ROM alias where the image reaches, open bus elsewhere
+    #   'ram'     RAM (buffer offset `ram_offset`), read-write
+    #   'ram_ro'  RAM for reads and code; writes go to the bus and are ignored, as ROM writes
+    #   'ram_wo'  reads (and code fetches) go to the bus, writes to RAM. Unicorn cannot fetch
+    #             code from a split mapping, so this one is an MMIO window: data only.
+    LEGACY_MODES = ("bus", "ram", "ram_ro", "ram_wo")
+
+    def set_legacy_window(self, base: int, size: int, mode: str, ram_offset: int) -> None:
+        if mode not in self.LEGACY_MODES:
+            raise ValueError(f"unknown shadow mode {mode!r}")
+        if base % PAGE or size % PAGE or not 0 <= ram_offset <= self.mem.size - size:
+            raise ValueError(f"bad shadow window {base:#x}+{size:#x}")
+        self._unmap_range(base, size)
+        self._rom_ranges = _cut(self._rom_ranges, base, size)
+        self._ro_ram = _cut(self._ro_ram, base, size)
+        ram_ptr = ctypes.addressof(self._ram_export) + ram_offset
+        try:
+            if mode == "ram":
+                self.uc.mem_map_ptr(base, size, UC.UC_PROT_ALL, ram_ptr)
+            elif mode == "ram_ro":
+                self.uc.mem_map_ptr(base, size, UC.UC_PROT_READ | UC.UC_PROT_EXEC, ram_ptr)
+                self._ro_ram.append((base, size, ram_offset))
+            elif mode == "ram_wo":
+                self._map_write_only(base, size, ram_offset)
+            else:
+                self._map_rom_alias(base, size)
+        except UcError as exc:
+            trace.guest_error(f"shadow window {base:#x}+{size:#x} ({mode}) cannot be mapped: {exc}")
+        # Translated code is keyed by where Unicorn found it, and the bytes behind these
+        # addresses just changed owner: drop it all (PAM changes are rare).
+        self.uc.ctl_flush_tb()
+
+    def _rom_alias_window(self) -> tuple[int, int, int]:
+        """(gpa, size, rom offset) of the isa-bios alias: the last 128 KiB at most, below 1 MiB."""
+        size = len(self._rom_pristine)
+        alias = min(size, ISA_BIOS_MAX)
+        return 0x100000 - alias, alias, size - alias
+
+    def _map_rom_alias(self, base: int, size: int) -> None:
+        if self._rom is None:
+            return
+        a_base, a_size, a_off = self._rom_alias_window()
+        lo, hi = max(base, a_base), min(base + size, a_base + a_size)
+        if lo >= hi:
+            return                                      # open bus (mapped lazily on access)
+        off = a_off + lo - a_base
+        ptr = ctypes.addressof(self._rom_export) + off
+        self.uc.mem_map_ptr(lo, hi - lo, UC.UC_PROT_READ | UC.UC_PROT_EXEC, ptr)
+        self._rom_ranges.append((lo, hi - lo, off))
+
+    def _bus_reader(self, base: int):
+        """What a data read of the bus returns at base+offset: the ROM alias, or all-ones."""
+        a_base, a_size, a_off = self._rom_alias_window() if self._rom is not None else (0, 0, 0)
+
+        def read(offset: int, size: int) -> int:
+            value = 0
+            for k in range(size):
+                gpa = base + offset + k
+                byte = self._rom[a_off + gpa - a_base] if a_base <= gpa < a_base + a_size else 0xFF
+                value |= byte << (8 * k)
+            return value
+        return read
+
+    def _map_write_only(self, base: int, size: int, ram_offset: int) -> None:
+        bus_read = self._bus_reader(base)
+        buf = self.mem.buf
+
+        def read(_uc, offset, sz, _ud):
+            return bus_read(offset, sz)
+
+        def write(_uc, offset, sz, value, _ud):
+            off = ram_offset + offset
+            buf[off:off + sz] = (value & ((1 << (8 * sz)) - 1)).to_bytes(sz, "little")
+
+        self.uc.mmio_map(base, size, read, None, write, None)
+        self._wo_windows[base] = size
+
+    def _unmap_range(self, base: int, size: int) -> None:
+        """Unmap whatever is mapped in [base, base+size): RAM/ROM pieces, open-bus pages and
+        write-only windows (each whole)."""
+        self._drop_open_bus(base, size)
+        for gpa, sz in list(self._wo_windows.items()):
+            if gpa < base + size and base < gpa + sz:
+                self.uc.mem_unmap(gpa, sz)
+                ui.forget_mmio_callbacks(self.uc, gpa, sz)
+                del self._wo_windows[gpa]
+        end = base + size
+        for begin, last, _perms in list(self.uc.mem_regions()):
+            lo, hi = max(begin, base), min(last + 1, end)
+            if lo < hi:
+                self.uc.mem_unmap(lo, hi - lo)
+
     # MemoryMap backend ---------------------------------------------------------------------
     def map_mmio(self, region: MmioRegion) -> None:
         ops = region.ops
@@ -236,6 +341,7 @@ class Cpu:
 
         def read(_uc, offset, size, _ud, _ops=ops):
             cpu._callback_depth += 1
+            cpu._sync_clock()
             try:
                 return _ops.read(offset, size)
             finally:
@@ -245,6 +351,7 @@ class Cpu:
 
         def write(_uc, offset, size, value, _ud, _ops=ops):
             cpu._callback_depth += 1
+            cpu._sync_clock()
             try:
                 _ops.write(offset, size, value)
             finally:
@@ -303,7 +410,9 @@ class Cpu:
         return False
 
     def _in_rom(self, addr: int) -> bool:
-        return any(g <= addr < g + s for g, s, _ in self._rom_ranges)
+        """ROM, or RAM the chipset shows read-only: writes there are ignored."""
+        return any(g <= addr < g + s for g, s, _ in self._rom_ranges) \
+            or any(g <= addr < g + s for g, s, _ in self._ro_ram)
 
     def _skip_rom_write(self) -> bool:
         from .debug import disasm
@@ -502,7 +611,12 @@ class Cpu:
                     out += self._rom[off + pa - gpa: off + pa - gpa + chunk]
                     break
             else:
-                raise MemoryAccessError(f"{vaddr:#x} (physical {pa:#x}) is not RAM")
+                for gpa, sz, off in self._ro_ram:
+                    if gpa <= pa and pa + chunk <= gpa + sz:
+                        out += self.mem.buf[off + pa - gpa: off + pa - gpa + chunk]
+                        break
+                else:
+                    raise MemoryAccessError(f"{vaddr:#x} (physical {pa:#x}) is not RAM")
         return bytes(out)
 
     def write_virtual(self, vaddr: int, data: bytes) -> None:
@@ -601,7 +715,28 @@ class Cpu:
     # running
     # -------------------------------------------------------------------------------------
     def run(self, count: int) -> SliceResult:
-        """Execute at most `count` (> 0) instructions and say why it stopped."""
+        """Execute at most `count` (> 0) instructions and say why it stopped. Virtual time
+        moves on by `retired + io_ns` of the result (the caller advances the clock); devices
+        called during the slice see `clock.now` at their own access."""
+        self._io_ns = 0
+        result = self._run_slice(count)
+        result.io_ns = self._io_ns
+        return result
+
+    def _sync_clock(self) -> None:
+        """Bring clock.now to this instant of the slice (from inside a hook), and end the slice
+        right after the current instruction if that reaches the next timer deadline."""
+        if not self.running:
+            return
+        now = self._slice_start_ns + self._counter.value + self._io_ns
+        clock = self.clock
+        if now > clock.now:
+            clock.now = now
+            deadline = clock.next_deadline()
+            if deadline is not None and now >= deadline:
+                self.request_stop_after_instruction()
+
+    def _run_slice(self, count: int) -> SliceResult:
         if count <= 0:
             raise ValueError("count must be positive")
         self._slice_start_ns = self.clock.now
@@ -634,6 +769,7 @@ class Cpu:
                 if retired >= count:
                     return SliceResult("count", retired)
                 pc = self._reg.read(_REG_RIP)
+                self._slice_start_ns = self._slice_start_ns + counted    # the counter restarts
                 continue
             break
         cause = self._stop_cause
@@ -679,6 +815,8 @@ class Cpu:
     # the block at once and nothing after the OUT runs or replays.
     def _on_in(self, uc, port, size, _ud) -> int:
         self._in_io = True
+        self._io_ns += IO_PORT_NS
+        self._sync_clock()
         self._callback_depth += 1
         try:
             return self.io.read(port, size)
@@ -692,6 +830,8 @@ class Cpu:
 
     def _on_out(self, uc, port, size, value, _ud) -> None:
         self._in_io = True
+        self._io_ns += IO_PORT_NS
+        self._sync_clock()
         self._callback_depth += 1
         try:
             self.io.write(port, size, value)
@@ -725,8 +865,9 @@ class Cpu:
         return 1
 
     def _on_rdtsc(self, uc) -> int:
-        # Virtual time at this instruction: slice start + instructions retired so far.
-        return self._slice_start_ns + self._counter.value
+        # Virtual time at this instruction: slice start + instructions retired and port
+        # access time so far.
+        return self._slice_start_ns + self._counter.value + self._io_ns
 
     def _on_intr(self, uc, intno, _ud) -> None:
         err, is_int = ui.take_exception_info(self._raw)
@@ -780,7 +921,9 @@ class Cpu:
         """Deliver a hardware interrupt between slices (the caller checked IF and the shadow).
         Returns False when delivery is impossible (the machine must stop: see `fatal_report`)."""
         self._stop_cause = None
-        self.deliver_exception(vector, None)
+        if trace.category_enabled("int"):
+            trace.log("int", f"Servicing hardware INT={vector:#04x}")
+        self.deliver_exception(vector, None, hardware=True)
         if self._stop_cause in ("fatal", "triple_fault"):
             self._stop_cause = None
             return False
@@ -1097,6 +1240,22 @@ def _io_insn_length(code: bytes) -> int | None:
     if op in (0xEC, 0xED, 0xEE, 0xEF):
         return i + 1
     return None
+
+
+def _cut(ranges: list[tuple[int, int, int]], base: int, size: int) -> list[tuple[int, int, int]]:
+    """(gpa, size, offset) windows minus [base, base+size); a window cut in two keeps both
+    ends, their offsets adjusted."""
+    out = []
+    end = base + size
+    for gpa, sz, off in ranges:
+        if gpa + sz <= base or end <= gpa:
+            out.append((gpa, sz, off))
+            continue
+        if gpa < base:
+            out.append((gpa, base - gpa, off))
+        if end < gpa + sz:
+            out.append((end, gpa + sz - end, off + end - gpa))
+    return out
 
 
 def _open_bus_read(uc, offset, size, _ud) -> int:
