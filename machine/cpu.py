@@ -881,7 +881,8 @@ class Cpu:
         self.deliver_exception(6, None)
         return self._stop_cause not in ("fatal", "triple_fault")
 
-    def deliver_exception(self, vector: int, error_code: int | None, software: bool = False) -> None:
+    def deliver_exception(self, vector: int, error_code: int | None, software: bool = False,
+                          hardware: bool = False) -> None:
         """Deliver a CPU exception or `int n` (from a hook). A delivery that faults raises that
         fault in turn (#GP/#NP naming the IDT entry), or #DF for a contributory pair; a failed
         #DF is a triple fault."""

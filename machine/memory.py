@@ -86,6 +86,22 @@ class GuestMemory:
         self._starts = [r.gpa for r in self.ranges]
         self._write_listeners: list[Callable[[int, int], None]] = []
 
+    # -- windows that come and go (chipset shadow RAM) ------------------------------------------
+    def add_range(self, rng: RamRange) -> None:
+        """Expose more of the buffer at a guest-physical range (e.g. the RAM under the BIOS area
+        that the i440FX PAM registers switch in). It must not overlap a current range."""
+        if rng.size <= 0 or rng.host_offset < 0 or rng.host_offset + rng.size > self.size:
+            raise ValueError(f"RAM window {rng.gpa:#x}+{rng.size:#x} is outside the buffer")
+        if any(r.gpa < rng.end and rng.gpa < r.end for r in self.ranges):
+            raise ValueError(f"RAM window {rng.gpa:#x}+{rng.size:#x} overlaps guest RAM")
+        self.ranges = sorted(self.ranges + [rng], key=lambda r: r.gpa)
+        self._starts = [r.gpa for r in self.ranges]
+
+    def remove_range(self, gpa: int) -> None:
+        """Withdraw the window that add_range() put at `gpa` (DMA there fails again)."""
+        self.ranges = [r for r in self.ranges if r.gpa != gpa]
+        self._starts = [r.gpa for r in self.ranges]
+
     # -- translation ---------------------------------------------------------------------
     def host_offset(self, gpa: int, length: int) -> int:
         """Offset into `buf` of [gpa, gpa+length), or GuestMemoryError if not wholly in RAM."""

@@ -9,8 +9,9 @@ Wiring (as QEMU's i440FX `pc` machine): RAM around the PC holes, the firmware RO
 0xCF8 with the i440FX (00:00.0), PIIX3 (00:01.0) and a virtio-blk-pci per drive from slot 2.
 
 Run loop: the CPU runs in slices of at most MAX_SLICE instructions, cut at the next timer
-deadline. Virtual time is the retired-instruction count (1 instruction = 1 ns), plus jumps to the
-next deadline while the CPU halts with interrupts enabled, so two runs of the same guest give the
+deadline. Virtual time is the retired-instruction count (1 instruction = 1 ns) plus the time port
+accesses take (cpu.IO_PORT_NS each), plus jumps to the next deadline while the CPU halts with
+interrupts enabled, so two runs of the same guest give the
 same output and the same instruction count. Between slices the loop delivers a pending interrupt
 (LAPIC first, then the PIC through LINT0 ExtINT), polls host input and debugger hooks, and acts on
 what device callbacks recorded (exit, reset, stop): callbacks never stop the engine themselves.
@@ -36,6 +37,7 @@ from .config import CharDev, ConfigError, MachineConfig
 from .cpu import Cpu
 from .irq import IrqLine
 from .memory import FOUR_GIB, GuestMemory, IoSpace, MemoryMap
+from .shadow import ShadowRam
 
 FATAL_STATUS = 2
 MAX_SLICE = 500_000          # instructions; bounds stop/^C latency (~10 ms at worst)
@@ -114,8 +116,10 @@ class Machine:
         rom = self._firmware_image()
         rom_base = FOUR_GIB - len(rom)
         alias = min(len(rom), 128 * 1024)
+        # 0xC0000-0xFFFFF is the chipset's (ROM alias or shadow RAM, machine/shadow.py): no BAR there.
         self.memory_map = MemoryMap(self.mem, reserved=[(rom_base, len(rom), "rom"),
-                                                        (0x100000 - alias, alias, "isa-bios")])
+                                                        (0x100000 - alias, alias, "isa-bios"),
+                                                        (0xC0000, 0x40000, "bios-area")])
         self.lapic = self._make_lapic()
         self.cpu = Cpu(self.mem, self.memory_map, self.io, self.clock, apic=self.lapic is not None)
         self.cpu.load_firmware(rom)
@@ -243,9 +247,8 @@ class Machine:
         cfgio = host_mod.PciConfigIo(bus, self._on_guest_reset)
         self.devices["pci-config"] = cfgio
         self._add_io("pci-config", cfgio, 0xCF8, 8)
-        # Shadow RAM (PAM) is where SeaBIOS support would hook in: I440fx(on_pam_change=...)
-        # remapping 0xC0000-0xFFFFF between the ROM alias and RAM in the Cpu.
-        host = host_mod.I440fx()
+        self.shadow = ShadowRam(self.mem, self.cpu)
+        host = host_mod.I440fx(on_pam_change=self.shadow.pam_changed)
         bus.plug(host, 0)
         self.devices["i440fx"] = host
         isa = host_mod.Piix3(self._irq_line)
@@ -306,8 +309,12 @@ class Machine:
             cmdline = f"{cfg.kernel} {cfg.append}".encode() + b"\0"
             fw.add_u32(mod.CMDLINE_SIZE, len(cmdline))
             fw.add_bytes(mod.CMDLINE_DATA, cmdline)
-        entries = [(r.gpa, r.size, mod.E820_RAM) for r in self.mem.ranges]
-        entries.append((rom_base, rom_size, mod.E820_RESERVED))
+        # As QEMU's `pc` machine: one RAM entry from 0 to the top of low RAM (the legacy hole at
+        # 0xA0000-0xFFFFF is the firmware's business: it knows what it shadows there), and the
+        # RAM above 4 GiB. The firmware ROM at the top of 4 GiB is reserved by the firmware.
+        low_top = max(r.end for r in self.mem.ranges if r.gpa < FOUR_GIB)
+        entries = [(0, low_top, mod.E820_RAM)]
+        entries += [(r.gpa, r.size, mod.E820_RAM) for r in self.mem.ranges if r.gpa >= FOUR_GIB]
         fw.add_file("etc/e820", mod.e820_table(entries))
         if cfg.boot_menu is not None:
             fw.add_u16(mod.BOOT_MENU, 1 if cfg.boot_menu else 0)
@@ -522,11 +529,12 @@ class Machine:
             if budget is not None:
                 count = min(count, budget)
 
+            start = clock.now
             result = cpu.run(count)
             self.instructions += result.retired
             if budget is not None:
                 budget -= result.retired
-            clock.advance_to(clock.now + result.retired)
+            clock.advance_to(start + result.retired + result.io_ns)
 
             kind = result.kind
             if kind == "count" or kind == "stop":
@@ -554,9 +562,10 @@ class Machine:
     def step(self) -> StopReason:
         """Execute one instruction (for the debugger); the clock advances by one."""
         self._halted = False
+        start = self.clock.now
         result = self.cpu.step()
         self.instructions += result.retired
-        self.clock.advance_to(self.clock.now + result.retired)
+        self.clock.advance_to(start + result.retired + result.io_ns)
         if result.kind in ("fatal", "triple_fault"):
             self.stop_reason = StopReason(STOP_FAULT, FATAL_STATUS, message=result.report)
         else:
