@@ -660,6 +660,18 @@ class Cpu:
     def breakpoints(self) -> list[int]:
         return sorted(self._breakpoints)
 
+    def add_block_hook(self, fn) -> int:
+        """fn(linear_address, size) before every executed translated block (for -d in_asm/exec/
+        cpu). It slows the guest about tenfold: add it only while such a log is on. Returns the
+        handle for remove_block_hook."""
+        handle = self.uc.hook_add(UC.UC_HOOK_BLOCK, lambda _uc, addr, size, _ud: fn(addr, size))
+        self.uc.ctl_flush_tb()           # code translated without the hook would never call it
+        return handle
+
+    def remove_block_hook(self, handle: int) -> None:
+        self._delete_code_hook(handle)
+        self.uc.ctl_flush_tb()
+
     def _on_breakpoint(self, uc, address, size, _ud) -> None:
         if self._bp_skip == address:
             self._bp_skip = None
@@ -883,9 +895,12 @@ class Cpu:
 
     def deliver_exception(self, vector: int, error_code: int | None, software: bool = False,
                           hardware: bool = False) -> None:
-        """Deliver a CPU exception or `int n` (from a hook). A delivery that faults raises that
-        fault in turn (#GP/#NP naming the IDT entry), or #DF for a contributory pair; a failed
-        #DF is a triple fault."""
+        """Deliver a CPU exception or `int n` (from a hook), or an external interrupt
+        (`hardware`). A delivery that faults raises that fault in turn (#GP/#NP naming the IDT
+        entry), or #DF for a contributory pair; a failed #DF is a triple fault."""
+        if not (software or hardware) and trace.category_enabled("int"):
+            from .debug import cpulog
+            cpulog.log_check_exception(None, vector)
         back = self._trap_length() if software else 0
         try:
             self.deliver(vector, error_code, software=software)
@@ -955,7 +970,8 @@ class Cpu:
                         mode="long" if hf & ui.HF_LMA else "protected" if hf & ui.HF_PE else "real",
                         err="-" if error_code is None else hex(error_code))
         if trace.category_enabled("int"):
-            trace.log("int", f"interrupt {vector:#x} at {self.linear_pc():#x} err={error_code}")
+            from .debug import cpulog
+            cpulog.log_interrupt(self, vector, error_code, software)
         if hf & ui.HF_LMA:
             self._deliver_long(vector, error_code, software, hf)
         elif hf & ui.HF_PE:

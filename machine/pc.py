@@ -126,6 +126,9 @@ class Machine:
         self.pic = None
         self.pci_bus = None
         self._build_devices(rom_base, len(rom))
+        if trace.any_category_enabled("in_asm", "exec", "cpu"):    # a costly per-block hook: only when asked
+            from .debug import cpulog
+            cpulog.attach(self)
 
     # -------------------------------------------------------------------------------------
     # construction

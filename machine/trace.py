@@ -129,6 +129,16 @@ def category_enabled(name: str) -> bool:
     return name in _categories
 
 
+def any_category_enabled(*names: str) -> bool:
+    """True when at least one of the log categories `names` is on."""
+    return any(name in _categories for name in names)
+
+
+def output() -> TextIO:
+    """Where the -d log and printed trace events go (stderr, or the -D file)."""
+    return _out
+
+
 def log(category: str, message: str) -> None:
     if category in _categories:
         _out.write(message.rstrip("\n") + "\n")

@@ -47,6 +47,11 @@ def disassemble(code: bytes, address: int, bits: int, count: int = 10) -> list[s
     return lines
 
 
+def instructions(code: bytes, address: int, bits: int):
+    """Capstone instructions decoded from `code` (stops at the first undecodable byte)."""
+    return _engine(bits).disasm(code, address)
+
+
 def string_op(code: bytes, address: int, bits: int) -> tuple[str, int, bool] | None:
     """For a string store (stos/movs), (kind, element size, has rep prefix); else None."""
     insn = decode_one(code, address, bits)

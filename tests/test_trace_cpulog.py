@@ -1,0 +1,145 @@
+"""-d in_asm, exec, cpu and int on the real board (the hello test kernel and the bundled guest),
+written where -D / trace.set_output sends them."""
+
+from __future__ import annotations
+
+import io
+import re
+import sys
+
+import pytest
+
+from machine import trace
+from machine.api import Session
+from machine.cli import main as cli_main, parse_args
+from machine.debug import cpulog
+
+EXIT_DEV = ["-device", "isa-debug-exit,iobase=0xf4,iosize=0x04"]
+
+
+def _built(directory: str, target: str):
+    from machine.toolchain import ToolchainError, ensure_built
+    try:
+        return ensure_built(directory, target)
+    except ToolchainError as exc:
+        pytest.skip(f"cannot build {directory}/{target}: {exc}")
+
+
+@pytest.fixture(scope="module")
+def hello():
+    return _built("tests/kernels", "out/hello.elf")
+
+
+@pytest.fixture(scope="module")
+def guest():
+    return _built("guest", "out/guest.elf")
+
+
+@pytest.fixture
+def log():
+    out = io.StringIO()
+    trace.set_output(out)
+    yield out
+    trace.set_output(sys.stderr)
+
+
+def test_in_asm_exec_and_cpu_name_blocks_by_guest_symbol(hello, log):
+    with Session.from_args(["-kernel", str(hello), "-d", "in_asm,exec", *EXIT_DEV]) as s:
+        s.run_until("kmain")
+        # -d cpu costs ~100 us a block: switch it on only from kmain (the firmware clears memory
+        # with rep stosb, one block per byte).
+        trace.enable_category("cpu")
+        s.run(max_instructions=5000)
+    text = log.getvalue()
+    kmain = re.search(r"^IN: kmain\n(0x00100170 <kmain>: +55 +push ebp)$", text, re.M)
+    assert kmain, text[-3000:]
+    # each block's code is shown once, however often it runs
+    assert text.count("\n0x00100170 <kmain>:") == 1
+    assert "0x00100171 <kmain+0x1>:" in text
+    assert "\nTrace 0: [00000000/0000000000100170] kmain\n" in text
+    assert "Trace 0: [00000000/0000000000100060] puts\n" in text
+    assert text.count("Trace 0: [00000000/0000000000100060] puts\n") > 1      # every execution
+    # the register dump before kmain's first block: the Multiboot magic in EAX
+    dump = text[text.rindex("Trace 0: [00000000/0000000000100170] kmain"):]
+    assert re.search(r"^EAX=2badb002 EBX=[0-9a-f]{8} ECX=[0-9a-f]{8} EDX=[0-9a-f]{8}$", dump, re.M)
+    assert re.search(r"^EIP=00100170 EFL=[0-9a-f]{8} \[[-DOSZAPC]{7}\] CPL=0 II=0", dump, re.M)
+    assert re.search(r"^CS =0008 00000000 ffffffff [0-9a-f]{8}$", dump, re.M)
+    # the real-mode reset vector is 16-bit code
+    assert "0x000ffff0:  ea" in text
+
+
+def test_block_logs_cost_nothing_when_off(hello, log):
+    from machine.pc import Machine
+    m = Machine(parse_args(["-kernel", str(hello), "-serial", "none", "-display", "none", *EXIT_DEV]))
+    try:
+        assert not cpulog.wanted() and cpulog.attach(m) is None
+        hooks = dict(m.cpu.uc._callbacks)
+        assert m.run() == 1
+        assert dict(m.cpu.uc._callbacks) == hooks               # no block hook appeared
+    finally:
+        m.close()
+    assert log.getvalue() == ""
+
+
+def test_block_log_can_be_removed(hello, log):
+    from machine.pc import Machine
+    m = Machine(parse_args(["-kernel", str(hello), "-serial", "none", "-display", "none", *EXIT_DEV]))
+    try:
+        trace.enable_category("exec")
+        blog = cpulog.BlockLog(m.cpu, cpulog.load_symbols(hello))
+        m.run(max_instructions=2000)
+        blog.close()
+        before = log.getvalue()
+        assert before.count("Trace 0:") > 10
+        assert m.run() == 1
+        assert log.getvalue() == before                         # nothing after the hook went
+    finally:
+        m.close()
+
+
+def test_int_logs_hardware_interrupts_like_qemu(guest, tmp_path, log):
+    img = tmp_path / "d.img"
+    img.write_bytes(bytes(4 << 20))
+    with Session.from_args(["-kernel", str(guest), "-append", "tests=init,interrupt", "-no-reboot",
+                            "-drive", f"file={img},format=raw,if=virtio", "-d", "int",
+                            *EXIT_DEV]) as s:
+        assert s.run().exit_status == 1
+    text = log.getvalue()
+    # The PIC delivers the virtio IRQ (line 10 -> vector 0x2a with the guest's PIC bases).
+    m = re.search(r"^Servicing hardware INT=0x2a\n( +\d+): v=2a e=0000 i=0 cpl=0 "
+                  r"IP=0008:([0-9a-f]{8}) pc=\2 SP=0010:[0-9a-f]{8} EAX=[0-9a-f]{8}\n"
+                  r"EAX=[0-9a-f]{8} ", text, re.M)
+    assert m, text[:3000]
+    assert "check_exception" not in text                      # no CPU exception in this run
+
+
+def test_int_logs_cpu_exceptions_with_check_exception(hello, log):
+    # ud2 at kmain: #UD (no IDT in this kernel) -> #GP for the missing gate -> #DF -> triple fault
+    with Session.from_args(["-kernel", str(hello), "-no-reboot", "-d", "int", *EXIT_DEV]) as s:
+        s.run_until("kmain")
+        s.write("kmain", b"\x0f\x0b")
+        stop = s.run()
+    assert stop.kind == "fault"
+    text = log.getvalue()
+    assert "check_exception old: 0xffffffff new 0x6\n" in text, text[:2000]
+    assert re.search(r"^ +\d+: v=06 e=0000 i=0 cpl=0 IP=0008:00100170 pc=00100170 ", text, re.M), text
+    assert re.search(r"^ +\d+: v=0d e=0033 ", text, re.M), text        # IDT entry 6, IDT bit, EXT
+    assert re.search(r"^ +\d+: v=08 ", text, re.M), text
+
+
+def test_d_with_D_writes_the_file_through_the_command_line(hello, tmp_path, capsys):
+    out = tmp_path / "log.txt"
+    status = cli_main(["-kernel", str(hello), "-serial", "none", "-display", "none",
+                       "-d", "in_asm", "-D", str(out), *EXIT_DEV])
+    assert status == 1
+    text = out.read_text()
+    assert "IN: kmain\n0x00100170 <kmain>:" in text
+    assert "IN:" not in capsys.readouterr().err
+
+
+def test_symbols_of_a_file_without_a_symbol_table(tmp_path):
+    flat = tmp_path / "flat.bin"
+    flat.write_bytes(b"\x90" * 64)
+    assert cpulog.load_symbols(flat) is None
+    assert cpulog.load_symbols(tmp_path / "missing.elf") is None
+    assert cpulog.load_symbols(None) is None
