@@ -247,7 +247,8 @@ _opt("nographic", None, "no display, COM1 on stdio", "opt_nographic")
 _opt("monitor", "stdio|none", "the monitor", "opt_monitor")
 _opt("no-reboot", None, "exit instead of rebooting when the guest resets", "opt_no_reboot")
 _opt("snapshot", None, "write every drive to a throw-away overlay, never to the image", "opt_snapshot")
-_opt("boot", "[menu=on|off]", "firmware boot options (order=, splash-time= ... accepted, ignored)",
+_opt("boot", "[menu=on|off][,splash-time=MS][,reboot-timeout=MS]",
+     "firmware boot options, through fw_cfg (order=, splash= ... accepted, ignored)",
      "opt_boot")
 _opt("d", "ITEM[,ITEM...]", "log items: " + ",".join(trace.LOG_CATEGORIES) + " ('-d help')", "opt_d")
 _opt("D", "FILE", "write the -d log and trace output to FILE (default stderr)", "opt_D")
@@ -290,7 +291,7 @@ _MACHINE_HOST_ONLY = frozenset({"dump-guest-core", "mem-merge"})
 _QEMU_LOG_ITEMS = frozenset({"out_asm", "op", "op_opt", "op_ind", "op_plugin", "pcall", "mmu",
                              "page", "nochain", "plugin", "strace", "tid", "fpu", "vpu",
                              "cpu_reset", "invalid_mem"})
-_BOOT_IGNORED = {"order", "once", "splash", "splash-time", "reboot-timeout", "strict"}
+_BOOT_IGNORED = {"order", "once", "splash", "strict"}
 
 
 def usage() -> str:
@@ -691,6 +692,7 @@ class _Parser:
 
     def opt_nographic(self) -> None:
         self.nographic = True
+        self.config.nographic = True
 
     def opt_monitor(self, arg: str) -> None:
         if arg == "stdio":
@@ -706,9 +708,20 @@ class _Parser:
         self.config.no_reboot = True
 
     def opt_boot(self, arg: str) -> None:
-        opts = self.keys(split_suboptions(arg, "order"), {"menu"} | _BOOT_IGNORED)
+        opts = self.keys(split_suboptions(arg, "order"), {"menu", "splash-time", "reboot-timeout"} | _BOOT_IGNORED)
         if "menu" in opts:
             self.config.boot_menu = _parse_bool("boot.menu", opts["menu"])
+        # Both reach the firmware as fw_cfg files, clamped to 16 bits as QEMU does.
+        if "splash-time" in opts:
+            wait = _parse_int("boot.splash-time", opts["splash-time"])
+            if wait < 0:
+                raise _OptError("boot: splash-time must be a number of milliseconds")
+            self.config.boot_menu_wait = min(wait, 0xFFFF)
+        if "reboot-timeout" in opts:
+            wait = _parse_int("boot.reboot-timeout", opts["reboot-timeout"])
+            if wait < -1:
+                raise _OptError("boot: reboot-timeout must be -1 or a number of milliseconds")
+            self.config.boot_fail_wait = min(wait, 0xFFFF)
 
     # ---- logging, tracing, debugging
 

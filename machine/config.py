@@ -57,6 +57,9 @@ class MachineConfig:
     no_reboot: bool = False             # guest reset -> exit instead of rebooting
     snapshot: bool = False              # -snapshot: every drive writes to a throw-away overlay
     boot_menu: bool | None = None       # -boot menu=on|off (through fw_cfg)
+    boot_menu_wait: int | None = None   # -boot splash-time=MS: how long the boot menu prompt waits
+    boot_fail_wait: int = -1            # -boot reboot-timeout=MS after a failed boot; -1: never reboot
+    nographic: bool = False             # -nographic: firmware puts its console on COM1 (fw_cfg)
     trace: list[str] = field(default_factory=list)      # -trace patterns
     log: list[str] = field(default_factory=list)        # -d categories
     logfile: Path | None = None         # -D

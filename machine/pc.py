@@ -27,6 +27,7 @@ from __future__ import annotations
 import importlib
 import os
 import select
+import struct
 import sys
 from dataclasses import dataclass
 from typing import BinaryIO, Callable
@@ -319,8 +320,17 @@ class Machine:
         entries = [(0, low_top, mod.E820_RAM)]
         entries += [(r.gpa, r.size, mod.E820_RAM) for r in self.mem.ranges if r.gpa >= FOUR_GIB]
         fw.add_file("etc/e820", mod.e820_table(entries))
-        if cfg.boot_menu is not None:
-            fw.add_u16(mod.BOOT_MENU, 1 if cfg.boot_menu else 0)
+        # Boot options as QEMU's fw_cfg gives them to SeaBIOS: the menu switch (key 0x0e), the
+        # prompt's wait and the wait before rebooting after a failed boot (-1: never) as files.
+        fw.add_u16(mod.BOOT_MENU, 1 if cfg.boot_menu else 0)
+        if cfg.boot_menu_wait is not None:
+            fw.add_file("etc/boot-menu-wait", struct.pack("<H", cfg.boot_menu_wait))
+        fw.add_file("etc/boot-fail-wait", struct.pack("<i", cfg.boot_fail_wait))
+        # -nographic: the firmware's console goes to COM1 (SeaBIOS's serial console), as
+        # QEMU says through NOGRAPHIC and etc/sercon-port.
+        fw.add_u16(mod.NOGRAPHIC, 1 if cfg.nographic else 0)
+        if cfg.nographic and "serial0" in self.devices:
+            fw.add_file("etc/sercon-port", struct.pack("<H", 0x3F8))
 
     def _output(self, dev: CharDev) -> BinaryIO | None:
         out = _open_chardev(dev)
