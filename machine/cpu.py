@@ -185,6 +185,8 @@ class Cpu:
         self._stop_after_io = False
         self._callback_depth = 0
         self._flush_pending = False
+        self._dirty: list[tuple[int, int]] = []             # host-written ranges, see _on_host_write
+        self._remove_code = ui.code_remover(uc)
         self.running = False                                # inside emu_start (hooks are live)
         self.paging = False
 
@@ -445,22 +447,51 @@ class Cpu:
     # Host writes into RAM (DMA, loaders, the debugger) are invisible to Unicorn's translated
     # code: drop it. ctl_remove_cache takes a virtual address, so with paging on (virtual !=
     # physical) the only safe choice is a full flush.
-    # Inside a device callback the flush is deferred to the callback's return (one flush for a
-    # whole DMA transfer and its ring updates, still before the guest's next instruction).
+    # Inside a device callback the work is deferred to the callback's return, still before the
+    # guest's next instruction: a virtio request writes its data buffer, status byte and several
+    # used-ring fields, and each removal costs ~2 µs, so we only note the ranges here and drop
+    # each run of touching pages once (_flush_now), or flush everything once with paging on.
     def _on_host_write(self, gpa: int, length: int) -> None:
         if length <= 0:
             return
-        if not self.paging:
-            self.uc.ctl_remove_cache(gpa, gpa + length)
-        elif self._callback_depth:
+        if self._callback_depth:
             self._flush_pending = True
+            if not self.paging:
+                self._dirty.append((gpa, gpa + length))
+        elif not self.paging:
+            self._remove_code(gpa, gpa + length)
         else:
             self.uc.ctl_flush_tb()
 
     def _flush_now(self) -> None:
         if self._callback_depth == 0:
             self._flush_pending = False
-            self.uc.ctl_flush_tb()
+            dirty = self._dirty
+            if self.paging or not dirty:
+                dirty.clear()
+                self.uc.ctl_flush_tb()
+                return
+            self._dirty = []
+            self._drop_code_in(dirty)
+
+    def _drop_code_in(self, ranges: list[tuple[int, int]]) -> None:
+        """Drop translated code over byte ranges, one removal per run of touching pages (the
+        bytes between two ranges of a run lose their code too: harmless, only slower code)."""
+        remove = self._remove_code
+        if len(ranges) == 1:
+            begin, end = ranges[0]
+            remove(begin, end)
+            return
+        ranges.sort()
+        begin, end = ranges[0]
+        for b, e in ranges:
+            if (b >> 12) <= ((end - 1) >> 12) + 1:      # same or next page as the run so far
+                if e > end:
+                    end = e
+            else:
+                remove(begin, end)
+                begin, end = b, e
+        remove(begin, end)
 
     def invalidate_code(self) -> None:
         self.uc.ctl_flush_tb()

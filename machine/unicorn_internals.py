@@ -15,7 +15,8 @@ Unicorn's public API cannot do four things a PC needs, so we reach under it:
 4. The RDTSC instruction hook, which libunicorn supports but the 2.1.4 binding's `hook_add`
    rejects; it is registered through the binding's private hook-add helper.
 
-Also here: ctypes wrappers for `uc_vmem_read/write/translate` (exported by libunicorn 2.1.4,
+Also here: a direct `uc_ctl(UC_CTL_TB_REMOVE_CACHE)` call (2 µs against 6 µs through the
+binding: it sits on the DMA path, once per written range), ctypes wrappers for `uc_vmem_read/write/translate` (exported by libunicorn 2.1.4,
 absent from its Python binding), which walk the guest page tables; raw ctypes register access
 (3x faster than the binding); and the two places we touch the binding's callback bookkeeping.
 
@@ -227,6 +228,33 @@ def hook_callback(uc: Uc, handle: int):
 
 
 # ------------------------------------------------------------------------------------------
+# translated-code invalidation
+# ------------------------------------------------------------------------------------------
+
+# uc_ctl's control word: the control number, the argument count in bits 26..29 and the
+# direction in bits 30..31 (unicorn.h UC_CTL_WRITE). The binding builds the same word and
+# converts each argument to a ctypes object on every call; a prototype with fixed argument
+# types lets ctypes pass plain ints. uc_ctl is variadic, but on x86-64 SysV integer arguments
+# travel in the same registers either way (the binding relies on that too).
+_CTL_REMOVE_CACHE = UC.UC_CTL_TB_REMOVE_CACHE | (2 << 26) | (UC.UC_CTL_IO_WRITE << 30)
+_uc_ctl_u64_u64 = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p, ctypes.c_int,
+                                   ctypes.c_uint64, ctypes.c_uint64)(("uc_ctl", _uclib))
+
+
+def code_remover(uc: Uc):
+    """A function `remove(begin, end)` dropping the translated code over addresses
+    [begin, end) (virtual, as `Uc.ctl_remove_cache`; equal to physical with paging off).
+    Returns the uc_err code (0 = OK) instead of raising: an empty range is the only error."""
+    h = handle(uc)
+    fn = _uc_ctl_u64_u64
+    ctl = _CTL_REMOVE_CACHE
+
+    def remove(begin: int, end: int) -> int:
+        return fn(h, ctl, begin, end)
+    return remove
+
+
+# ------------------------------------------------------------------------------------------
 # vmem: virtual-address access through the guest page tables
 # ------------------------------------------------------------------------------------------
 
@@ -319,4 +347,14 @@ def _probe() -> str | None:
         return "the segment cache is not where expected"
     if not raw.hflags & HF_LMA:
         return "hflags is not where expected"
+    # Direct code-cache removal: run `mov $1, %al; hlt`, patch the immediate behind Unicorn's
+    # back, drop the code through code_remover and run again: the new immediate must be seen.
+    uc.mem_write(0x1000, b"\xb0\x01\xf4")
+    uc.emu_start(0x1000, 0x2000)
+    uc.mem_write(0x1001, b"\x02")
+    if code_remover(uc)(0x1000, 0x1003) != UC.UC_ERR_OK:
+        return "uc_ctl(UC_CTL_TB_REMOVE_CACHE) refused a valid range"
+    uc.emu_start(0x1000, 0x2000)
+    if uc.reg_read(X86.UC_X86_REG_RAX) & 0xFF != 2:
+        return "uc_ctl(UC_CTL_TB_REMOVE_CACHE) did not drop translated code"
     return None

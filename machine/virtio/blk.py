@@ -60,7 +60,8 @@ _SEG = struct.Struct("<QII")
 
 EV_READ = trace.Event("virtio_blk_handle_read", "vdev={vdev} req={req} sector={sector} nsectors={nsectors}")
 EV_WRITE = trace.Event("virtio_blk_handle_write", "vdev={vdev} req={req} sector={sector} nsectors={nsectors}")
-EV_COMPLETE = trace.Event("virtio_blk_req_complete", "vdev={vdev} req={req} status={status}")
+EV_COMPLETE = trace.Event("virtio_blk_req_complete", "vdev={vdev} req={req} type={type} sector={sector} "
+                          "len={len} status={status} latency_us={latency_us:.1f}")
 
 
 Seg = tuple[int, int, int]        # guest address, length, host offset (as queue.Chain gives them)
@@ -230,16 +231,20 @@ class VirtioBlk(VirtioDevice):
         # The guest cannot add buffers while we run, so a legitimate kick never makes more than
         # `size` chains available; the budget only bounds a guest whose IN data rewrites its
         # own avail ring. What is left over waits for the next kick (kicks are re-enabled).
+        # Kicks are not switched off around the batch: requests complete inside the kick, on
+        # the one vCPU, so the driver could never see them off (and each flip is a RAM write).
         budget = 2 * q.size
         used = False
-        while budget > 0:
-            q.suppress_kicks(True)
-            while budget > 0 and (chain := q.pop()) is not None:
-                q.push(chain.head, self.handle_request(chain))
+        take, push, handle = q.take, q.push, self.handle_request
+        while True:
+            n = min(q.available(), budget)
+            for _ in range(n):
+                chain = take()
+                push(chain.head, handle(chain))
+            if n:
                 used = True
-                budget -= 1
-            q.suppress_kicks(False)
-            if not q.has_pending():     # buffers added while kicks were off
+                budget -= n
+            if not q.rearm_kicks() or budget <= 0:     # nothing added meanwhile, or out of budget
                 break
         if used:
             self.notify(q)
@@ -250,6 +255,7 @@ class VirtioBlk(VirtioDevice):
             raise VirtqueueError("virtio-blk missing headers")
         if chain.readable_len < _HDR.size:
             raise VirtqueueError("virtio-blk request outhdr too short")
+        t0 = trace.timestamp_ns() if EV_COMPLETE.enabled else 0       # host time, for the trace
         mem = self.mem
         buf = mem.buf
         first = chain.readable[0]
@@ -279,7 +285,7 @@ class VirtioBlk(VirtioDevice):
         buf[last_host + last_len - 1] = status
         mem.notify_write(last_addr + last_len - 1, 1)
         if EV_COMPLETE.enabled:
-            EV_COMPLETE.emit(vdev=self.name, req=chain.head, status=status)
+            EV_COMPLETE.emit(vdev=self.name, req=chain.head, type=rtype, sector=sector, len=chain.writable_len - 1 if rtype in (VIRTIO_BLK_T_IN, VIRTIO_BLK_T_GET_ID) else chain.readable_len - _HDR.size, status=status, latency_us=(trace.timestamp_ns() - t0) / 1000 if t0 else 0.0)
         return written + 1
 
     def _range_ok(self, sector: int, nbytes: int) -> bool:
@@ -314,14 +320,18 @@ class VirtioBlk(VirtioDevice):
         except OSError as e:
             trace.guest_error(f"virtio-blk: read error: {e}")
             return VIRTIO_BLK_S_IOERR, 0
-        mem = self.mem
+        notify = self.mem.notify_write         # tell the CPU which guest bytes changed
+        if got == nbytes:
+            for a, n, _h in segs:
+                notify(a, n)
+            return VIRTIO_BLK_S_OK, got
         left = got
-        for a, n, _h in segs:                  # tell the CPU which guest bytes changed
+        for a, n, _h in segs:
             if left <= 0:
                 break
-            mem.notify_write(a, min(n, left))
+            notify(a, min(n, left))
             left -= n
-        return (VIRTIO_BLK_S_OK if got == nbytes else VIRTIO_BLK_S_IOERR), got
+        return VIRTIO_BLK_S_IOERR, got
 
     def _write(self, req: int, sector: int, segs: list[Seg], nbytes: int) -> int:
         if EV_WRITE.enabled:

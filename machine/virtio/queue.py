@@ -120,20 +120,31 @@ class SplitQueue:
     def has_pending(self) -> bool:
         return self.active and self.avail_idx() != self.last_avail_idx
 
+    def available(self) -> int:
+        """How many chains the driver has made available that the device has not taken yet.
+        Raises VirtqueueError if the driver moved its index further than the ring holds."""
+        last = self.last_avail_idx
+        idx = _U16.unpack_from(self.mem.buf, self._a + 2)[0]
+        pending = (idx - last) & 0xFFFF
+        if pending > self.size:
+            raise VirtqueueError(f"Guest moved avail index from {last} to {idx}")
+        return pending
+
     def pop(self) -> Chain | None:
         """The next available chain, or None. Raises VirtqueueError on a protocol violation."""
-        buf = self.mem.buf
+        if not self.available():
+            return None
+        return self.take()
+
+    def take(self) -> Chain:
+        """The next chain, when `available()` said there is one (the device's batch loop reads
+        the avail index once per batch instead of once per chain). Raises VirtqueueError on a
+        protocol violation."""
         size = self.size
         last = self.last_avail_idx
-        idx = _U16.unpack_from(buf, self._a + 2)[0]
-        pending = (idx - last) & 0xFFFF
-        if pending == 0:
-            return None
-        if pending > size:
-            raise VirtqueueError(f"Guest moved avail index from {last} to {idx}")
         if len(self.inflight) >= size:
             raise VirtqueueError("Virtqueue size exceeded")
-        head = _U16.unpack_from(buf, self._a + 4 + 2 * (last % size))[0]
+        head = _U16.unpack_from(self.mem.buf, self._a + 4 + 2 * (last % size))[0]
         if head >= size:
             raise VirtqueueError(f"Guest says index {head} is available")
         if head in self.inflight:
@@ -249,13 +260,24 @@ class SplitQueue:
 
     def suppress_kicks(self, suppress: bool) -> None:
         """Tell the driver whether to kick: used->flags NO_NOTIFY, or with EVENT_IDX avail_event
-        (ask for a kick once the driver moves past the avail index we have seen)."""
-        mem = self.mem
+        (ask for a kick once the driver moves past the avail index we have seen). A field that
+        already holds the value is not rewritten (each host write costs a code-cache check)."""
+        buf = self.mem.buf
         if self.event_idx:
             if not suppress:
                 off = 4 + 8 * self.size
-                _U16.pack_into(mem.buf, self._u + off, self.avail_idx())
-                mem.notify_write(self.used_addr + off, 2)
+                idx = _U16.unpack_from(buf, self._a + 2)[0]
+                if _U16.unpack_from(buf, self._u + off)[0] != idx:
+                    _U16.pack_into(buf, self._u + off, idx)
+                    self.mem.notify_write(self.used_addr + off, 2)
             return
-        _U16.pack_into(mem.buf, self._u, VIRTQ_USED_F_NO_NOTIFY if suppress else 0)
-        mem.notify_write(self.used_addr, 2)
+        flags = VIRTQ_USED_F_NO_NOTIFY if suppress else 0
+        if _U16.unpack_from(buf, self._u)[0] != flags:
+            _U16.pack_into(buf, self._u, flags)
+            self.mem.notify_write(self.used_addr, 2)
+
+    def rearm_kicks(self) -> bool:
+        """Ask for the next kick (suppress_kicks(False)) and say whether chains are already
+        waiting: the caller handles those now instead of waiting for a kick that may not come."""
+        self.suppress_kicks(False)
+        return _U16.unpack_from(self.mem.buf, self._a + 2)[0] != self.last_avail_idx

@@ -1,0 +1,106 @@
+"""Translated-code invalidation on the DMA path: inside a device callback host writes are only
+noted and dropped once per run of pages when the callback returns. The guest must still see
+every byte a device wrote over code, whichever way it reached the device."""
+
+import pytest
+
+from asm import PM32_PROLOGUE, build_machine, result
+
+MMIO_BASE = 0xFEB00000
+PATCH_PORT = 0x81
+# Three snippets "mov $N, %al; ret": two on pages far apart, one straddling a page boundary.
+SITES = (0x9000, 0xAFFE, 0x30000)
+
+
+class MultiPatcher:
+    """A device whose first write 'DMAs' new code to every site plus unrelated bytes (as a
+    virtio request writes data, status byte and ring fields), all in one callback."""
+
+    def __init__(self, mem):
+        self.mem, self.writes = mem, 0
+
+    def read(self, offset, size):
+        return 0xFF
+
+    def write(self, offset, size, value):
+        self.writes += 1
+        if self.writes == 1:
+            self.mem.write(0x7000, b"\x00" * 16)             # data elsewhere, before and after
+            for site in SITES:
+                self.mem.write(site + 1, b"\x02")          # the immediate: mov $2, %al
+            self.mem.write(0x60000, b"\x00")
+
+
+def program(trigger: str, paging: bool) -> str:
+    setup_paging = """
+        mov $0x50000, %edi
+        xor %eax, %eax
+        mov $1024, %ecx
+        rep stosl
+        movl $0x83, 0x50000
+        movl $0xfe800083, 0x50fe8           # 4 MiB identity page over the MMIO window
+        mov %cr4, %eax
+        or $0x10, %eax
+        mov %eax, %cr4
+        mov $0x50000, %eax
+        mov %eax, %cr3
+        mov %cr0, %eax
+        or $0x80000000, %eax
+        mov %eax, %cr0
+    """ if paging else ""
+    stores = "\n".join(f"""
+        movb $0xb0, {site:#x}
+        movb $0x01, {site + 1:#x}
+        movb $0xc3, {site + 2:#x}""" for site in SITES)
+    calls = "\n".join(f"""
+        call {site:#x}
+        add %eax, %ebx""" for site in SITES)
+    return f"""
+    main:
+        {setup_paging}
+        {stores}
+    again:
+        xor %ebx, %ebx
+        xor %eax, %eax
+        {calls}
+        mov %ebx, RESULTS
+        {trigger}
+        cmp $6, %ebx
+        jne again
+        EXIT 0
+    """
+
+
+@pytest.mark.parametrize("paging", [False, True])
+@pytest.mark.parametrize("via", ["port", "mmio"])
+def test_dma_over_code_from_one_callback_is_seen_everywhere(tmp_path, via, paging):
+    trigger = f"out %al, ${PATCH_PORT:#x}" if via == "port" else f"movb %al, {MMIO_BASE:#x}"
+    m = build_machine(tmp_path, program(trigger, paging), prologue=PM32_PROLOGUE)
+    patcher = MultiPatcher(m.mem)
+    if via == "port":
+        m.io.add("patcher", PATCH_PORT, 1, patcher)
+    else:
+        m.memory_map.add("patcher", MMIO_BASE, 0x1000, patcher)
+    assert m.run(200_000) == 1
+    assert patcher.writes == 2                  # old code once, then all three new snippets
+    assert result(m, 0) == 6
+
+
+def test_removals_are_deferred_to_the_callback_exit_and_merged_per_page_run(tmp_path):
+    m = build_machine(tmp_path, "EXIT 0\n")
+    cpu = m.cpu
+    removed = []
+    cpu._remove_code = lambda b, e: removed.append((b, e)) or 0
+
+    m.mem.write(0x5000, b"x")                   # outside a callback: at once
+    assert removed == [(0x5000, 0x5001)]
+    removed.clear()
+
+    cpu._callback_depth += 1
+    for gpa, n in ((0x5000, 1), (0x1000, 0x1000), (0x2FFE, 4), (0x9000, 4), (0x2000, 1)):
+        m.mem.write(gpa, b"\0" * n)
+    assert removed == []                        # only noted while the device runs
+    cpu._callback_depth -= 1
+    cpu._flush_now()
+    assert removed == [(0x1000, 0x3002), (0x5000, 0x5001), (0x9000, 0x9004)]
+    assert not cpu._flush_pending and cpu._dirty == []
