@@ -19,12 +19,15 @@ MCR.OUT2 does not gate the interrupt (as in QEMU), so guests written for QEMU be
 from __future__ import annotations
 
 from collections import deque
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
 from .. import trace
 from ..irq import IrqLine
 from ..regs import Reg, RegisterBank
 from .isa import ByteWideOps
+
+if TYPE_CHECKING:
+    from ..clock import VirtualClock
 
 # IER bits
 IER_ERBFI = 0x01        # received data available
@@ -72,6 +75,10 @@ MSR_CONNECTED = MSR_DCD | MSR_DSR | MSR_CTS
 
 FIFO_DEPTH = 16
 RX_TRIGGER = (1, 4, 8, 14)          # FCR bits 7:6
+# With a clock, output is pushed to the host (flush) at each newline and otherwise once the
+# guest has not finished a line for this long (virtual time: a prompt shows as soon as the
+# guest stops writing, even when it then halts). A flush per byte is a system call per byte.
+FLUSH_AFTER_NS = 100_000
 HOST_QUEUE_LIMIT = 1 << 16          # bytes of host input held back while the guest is not reading
 
 EV_READ = trace.Event("serial_read", "addr {addr:#x} value {value:#04x}")
@@ -87,19 +94,48 @@ def _modem_lines(mcr: int) -> int:
             | ((mcr & MCR_OUT1) and MSR_RI) | ((mcr & MCR_OUT2) and MSR_DCD))
 
 
+_BYTES = [bytes((b,)) for b in range(256)]
+
+
 class Uart16550:
     BASE = 0x3F8
     SIZE = 8
     IRQ = 4
 
-    def __init__(self, irq: IrqLine, output: BinaryIO | None = None):
+    def __init__(self, irq: IrqLine, output: BinaryIO | None = None, clock: "VirtualClock | None" = None):
+        """`output` gets every transmitted byte. Without `clock` each byte is flushed at once;
+        with it, at each newline and FLUSH_AFTER_NS after an unfinished line (and by flush())."""
         self.irq = irq
-        self.output = output
+        self._output = output
+        self._flush_timer = clock.timer(self.flush, "serial-flush") if clock is not None else None
+        self._unflushed = False
         self._host_rx: deque[int] = deque()
         self._ops = ByteWideOps(RegisterBank(self, _REGS, "serial", default=0xFF), self.SIZE)
         self.reset()
 
+    @property
+    def output(self) -> BinaryIO | None:
+        return self._output
+
+    @output.setter
+    def output(self, out: BinaryIO | None) -> None:
+        self.flush()                           # what the old output was given stays there
+        self._output = out
+
+    def flush(self) -> None:
+        """Push transmitted bytes out to the host now (also called before exit and reports)."""
+        if self._flush_timer is not None:
+            self._flush_timer.cancel()
+        if not self._unflushed:
+            return
+        self._unflushed = False
+        try:
+            self._output.flush()
+        except (OSError, ValueError, AttributeError):     # host side closed: like a cut cable
+            self._output = None
+
     def reset(self) -> None:
+        self.flush()
         self.ier = 0
         self.lcr = 0
         self.mcr = 0
@@ -176,12 +212,17 @@ class Uart16550:
                 self.rx.append(byte)
             else:
                 self.lsr_errors |= LSR_OE      # the byte in the shift register is lost
-        elif self.output is not None:
+        elif self._output is not None:
             try:
-                self.output.write(bytes((byte,)))
-                self.output.flush()
+                self._output.write(_BYTES[byte])
+                if self._flush_timer is None or byte == 0x0A:
+                    self._unflushed = True
+                    self.flush()
+                elif not self._unflushed:
+                    self._unflushed = True
+                    self._flush_timer.arm_in(FLUSH_AFTER_NS)
             except (OSError, ValueError):      # host side closed: the byte is gone, like a cut cable
-                self.output = None
+                self._output = None
         self.thr_ipending = True               # THR emptied at once
 
     # -- register handlers (named by what they do, dispatched from _REGS) -----------------------
