@@ -42,8 +42,9 @@ STATUS_FEATURES_OK = 8
 STATUS_NEEDS_RESET = 0x40
 
 # Which trace events each kind of breakpoint listens to. Requests are seen at
-# `virtio_blk_req_complete` (one event for every request type; the type and sectors are read back
-# from the chain the device just took, see RequestResolver): requests complete synchronously
+# `virtio_blk_req_complete` (one event for every request type, carrying type, sector and length;
+# for a device model whose event lacks them they are read back from the chain the device just
+# took, see RequestResolver): requests complete synchronously
 # inside the driver's notify, so this stops the guest at the same instruction as an event at the
 # start of the request would. Without a machine to read chains from, the per-type
 # `virtio_blk_handle_*` events are used (read and write only).
@@ -151,7 +152,12 @@ class DeviceBreakpoint:
     def _match_request(self, name: str, fields: dict) -> str | None:
         count = None
         if name == "virtio_blk_req_complete":
-            found = self.resolver(name, fields) if self.resolver is not None else None
+            if "type" in fields and "sector" in fields:         # the event says it all
+                rtype, sector = _int(fields["type"]), _int(fields["sector"])
+                count = (_int(fields.get("len")) or 0) // 512 if rtype in (0, 1) else 1
+                found = None if rtype is None or sector is None else (rtype, sector, count)
+            else:
+                found = self.resolver(name, fields) if self.resolver is not None else None
             if found is None:
                 return None
             rtype, sector, count = found

@@ -22,6 +22,7 @@ from ..regs import Reg, RegisterBank
 from .isa import ByteWideOps
 
 EV_INTERRUPT = trace.Event("pic_interrupt", "irq {irq} intno {intno}")
+EV_SET_IRQ = trace.Event("pic_set_irq", "master {master:d} irq {irq} level {level:d}")
 
 ICW1_IC4 = 0x01
 ICW1_SNGL = 0x02
@@ -101,6 +102,8 @@ class Pic8259:
 
     # -- inputs --------------------------------------------------------------------------
     def set_input(self, n: int, level: bool) -> None:
+        if EV_SET_IRQ.enabled and bool(self.lines >> n & 1) != bool(level):     # changes only
+            EV_SET_IRQ.emit(master=self.is_master, irq=n if self.is_master else n + 8, level=level)
         bit = 1 << n
         level_mode = (self.elcr | self.level_inputs) & bit
         if level:

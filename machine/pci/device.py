@@ -89,6 +89,7 @@ EV_CFG_READ = trace.Event("pci_cfg_read", "{dev} offset={offset:#04x} size={size
 EV_CFG_WRITE = trace.Event("pci_cfg_write", "{dev} offset={offset:#04x} size={size} <- {value:#x}")
 EV_MAP_ADD = trace.Event("pci_update_mappings_add", "{dev} bar={bar} address={address:#x} size={size:#x}")
 EV_MAP_DEL = trace.Event("pci_update_mappings_del", "{dev} bar={bar} address={address:#x} size={size:#x}")
+EV_SET_IRQ = trace.Event("pci_set_irq", "{dev} pin={pin} level={level:d}")
 
 
 @dataclass(eq=False)
@@ -360,6 +361,8 @@ class PciDevice:
         """Assert/deassert the INTx pin. Status bit 3 follows the device's request even while
         command bit 10 (INTx disable) keeps the pin itself deasserted (PCI 3.0 section 6.2.3)."""
         level = bool(level)
+        if EV_SET_IRQ.enabled and level != self._irq_level:
+            EV_SET_IRQ.emit(dev=self.name, pin=self.config[0x3D], level=level)     # pin 1 = INTA#
         self._irq_level = level
         if level:
             self.config[STATUS] |= STS_INTERRUPT
