@@ -109,6 +109,7 @@ class Machine:
         self._reset_requested = False
         self._stop_request: str | None = None
         self._outputs: list[BinaryIO] = []
+        self._backends: list = []                # opened drives: close() releases their images
         self._stdin_fd: int | None = None
         self.irq_sources: list = []          # extra interrupt controllers polled before the LAPIC
         self.resets = 0
@@ -292,6 +293,7 @@ class Machine:
             if slot > 31:
                 raise ConfigError("no free PCI slot for another virtio-blk-pci")
             backend = block.open_drive(drive, snapshot=cfg.snapshot)
+            self._backends.append(backend)
             dev = vpci.create_virtio_blk_pci(backend, props, self.mem)
             bus.plug(dev, slot)
             self.devices[f"virtio-blk{n}"] = dev
@@ -592,3 +594,9 @@ class Machine:
             except OSError:
                 pass
         self._outputs.clear()
+        for backend in self._backends:     # flushes, and drops the image lock for the next user
+            try:
+                backend.close()
+            except OSError:
+                pass
+        self._backends.clear()

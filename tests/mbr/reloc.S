@@ -26,6 +26,9 @@ _start:
 
 moved:
     mov %dl, NEW_BASE + drive - _start
+    mov $3, %cx                     /* let SeaBIOS's serial console flush on timer ticks */
+1:  hlt
+    loop 1b
     mov $(NEW_BASE + msg - _start), %si
     call puts_moved
     mov $0x0201, %ax                /* CHS 0/0/2 = LBA 1, one sector to 0x7c00 */
