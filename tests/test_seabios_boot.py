@@ -196,3 +196,18 @@ def test_boot_options_reach_fw_cfg_as_qemu_gives_them(tmp_path):
     assert tuned["etc/boot-menu-wait"] == struct.pack("<H", 5000)
     assert tuned["etc/boot-fail-wait"] == struct.pack("<i", 0xFFFF)      # clamped as QEMU does
     assert tuned["etc/sercon-port"] == struct.pack("<H", 0x3F8)
+
+
+def test_boot_menu_answers_keys_typed_on_the_serial_console(boot, tmp_path, mbr_image):
+    # -nographic: SeaBIOS reads COM1 into its keyboard buffer (int 16h), so ESC opens the menu.
+    # The prompt waits 65.5 s of virtual time, which passes in well under a second here: the
+    # key goes in as soon as the prompt is seen.
+    handle = boot.start("-bios", BIOS, *MODES["transitional"](mbr_image), "-nographic", *EXIT_DEVICE,
+                        "-boot", "menu=on,splash-time=65535")
+    handle.wait_for("Press ESC for boot menu.", timeout=50)
+    handle.send("\x1b")
+    handle.wait_for("1. Virtio disk PCI:00:02.0", timeout=50)
+    handle.send("1")
+    run = handle.wait(timeout=50)
+    assert run.exit_status == PASSED, run
+    assert "MBR: all passed\n" in run.serial
