@@ -143,3 +143,40 @@ def test_symbols_of_a_file_without_a_symbol_table(tmp_path):
     assert cpulog.load_symbols(flat) is None
     assert cpulog.load_symbols(tmp_path / "missing.elf") is None
     assert cpulog.load_symbols(None) is None
+
+
+def test_long_mode_int_and_register_dump_are_64_bit(tmp_path, log):
+    from asm import LONG_MODE, PM32_PROLOGUE, build_machine
+    trace.enable_category("int")
+    trace.enable_category("cpu")
+    m = build_machine(tmp_path, LONG_MODE + """
+    main64:
+        SETGATE64 0x40, h40
+        SETGATE64 13, h_gp
+        movabs $0x1122334455667788, %rbx
+        int $0x40
+        movabs $0x8000000000000000, %rax
+        mov (%rax), %rbx               # non-canonical: #GP(0)
+        EXIT 0
+    h40:
+        iretq
+    h_gp:
+        pop %rax
+        addq $3, (%rsp)                # skip the 3-byte mov
+        iretq
+    """, prologue=PM32_PROLOGUE)
+    try:
+        assert m.run(2_000_000) == 1, m.stop_reason
+    finally:
+        m.close()
+    text = log.getvalue()
+    h = r"[0-9a-f]{16}"
+    assert re.search(rf"^ +\d+: v=40 e=0000 i=1 cpl=0 IP=[0-9a-f]{{4}}:{h} pc={h} SP=[0-9a-f]{{4}}:{h} "
+                     rf"EAX={h}$", text, re.M), text[-3000:]
+    i = text.index("check_exception old: 0xffffffff new 0xd\n")
+    assert re.match(rf"check_exception old: 0xffffffff new 0xd\n +\d+: v=0d e=0000 i=0 ", text[i:])
+    # the dump in long mode: 16 general registers of 16 digits, RIP/RFL
+    assert re.search(rf"^RAX={h} RBX=1122334455667788 RCX={h} RDX={h}$", text, re.M)
+    assert re.search(rf"^R8 ={h} R9 ={h} R10={h} R11={h}$", text, re.M)
+    assert re.search(rf"^RIP={h} RFL=[0-9a-f]{{8}} \[[-DOSZAPC]{{7}}\] CPL=0 ", text, re.M)
+    assert re.search(r"^EFER=0000000000000d00$|^EFER=0000000000000500$", text, re.M)

@@ -143,3 +143,44 @@ def test_events_not_enabled_print_nothing(guest, image, tmp_path):
     other = tmp_path / "e.img"          # (the first machine's image lock lasts until it is freed)
     other.write_bytes(bytes(4 << 20))
     assert run_guest(guest, other, "init", "-trace", "no_such_event*") == []
+
+
+def test_local_apic_register_writes_and_self_ipi(tmp_path):
+    from asm import PM32_PROLOGUE, build_machine
+    out = io.StringIO()
+    trace.set_output(out)
+    try:
+        trace.enable("apic_*")
+        trace.enable("cpu_interrupt")
+        m = build_machine(tmp_path, """
+        main:
+            SETGATE 0x51, handler
+            movl $0x1ff, 0xfee000f0        # SVR: APIC software-enabled, spurious vector 0xff
+            sti
+            movl $0x00044051, 0xfee00300   # ICR: fixed, self shorthand, vector 0x51
+            mov $10000000, %ecx            # (taken between instruction slices: wait for it)
+        wait:
+            cmpl $1, RESULTS
+            je done
+            loop wait
+        done:
+            EXIT 0
+        handler:
+            movl $1, RESULTS
+            movl $0, 0xfee000b0            # EOI
+            iret
+        """, prologue=PM32_PROLOGUE)
+        try:
+            assert m.run(50_000_000) == 1, m.stop_reason
+            assert m.mem.read_u32(0x3000) == 1                  # the handler ran
+        finally:
+            m.close()
+    finally:
+        trace.set_output(sys.stderr)
+    lines = out.getvalue().splitlines()
+    assert "apic_mem_writel 0xf0 = 0x000001ff" in lines, lines
+    assert "apic_mem_writel 0x300 = 0x00044051" in lines, lines
+    assert "apic_deliver_irq dest 0 dest_mode 0 delivery_mode 0 vector 81 trigger_mode 0" in lines, lines
+    i = lines.index("apic_deliver_irq dest 0 dest_mode 0 delivery_mode 0 vector 81 trigger_mode 0")
+    assert "cpu_interrupt vector=0x51 kind=exc/irq mode=protected err=-" in lines[i:], lines
+    assert "apic_mem_writel 0xb0 = 0x00000000" in lines[i:], lines

@@ -59,6 +59,9 @@ BUS_NS_PER_TICK = 1
 _DIVIDE = {0b000: 2, 0b001: 4, 0b010: 8, 0b011: 16, 0b100: 32, 0b101: 64, 0b110: 128, 0b111: 1}
 
 EV_LOCAL_DELIVER = trace.Event("apic_local_deliver", "vector {vector} lvt {lvt:#x}")
+EV_MEM_WRITE = trace.Event("apic_mem_writel", "{addr:#x} = {val:#010x}")
+EV_DELIVER_IRQ = trace.Event("apic_deliver_irq", "dest {dest} dest_mode {dest_mode} delivery_mode {delivery_mode} "
+                             "vector {vector} trigger_mode {trigger_mode}")
 
 
 def _highest(bits: int) -> int:
@@ -109,6 +112,8 @@ class LocalApic:
         return self._bank.read(offset, 4)
 
     def write(self, offset: int, size: int, value: int) -> None:
+        if EV_MEM_WRITE.enabled:
+            EV_MEM_WRITE.emit(addr=offset, val=value)
         if size != 4 or offset & 0xF:
             trace.guest_error(f"lapic: {size}-byte write at {offset:#x} ignored (only aligned 32-bit)")
             return
@@ -270,6 +275,8 @@ class LocalApic:
         self.icr_lo = value & ICR_WRITABLE      # delivery status (bit 12) always reads idle
         shorthand = value & ICR_SHORTHAND
         mode = value & LVT_DELIVERY_MODE
+        if EV_DELIVER_IRQ.enabled:
+            EV_DELIVER_IRQ.emit(dest=self.icr_hi >> 24, dest_mode=value >> 11 & 1, delivery_mode=mode >> 8, vector=value & 0xFF, trigger_mode=value >> 15 & 1)
         to_self = shorthand in (SH_SELF, SH_ALL) or (
             shorthand == SH_NONE and not value & 0x800 and (self.icr_hi >> 24) in (self.id >> 24, 0xFF))
         if mode == DM_FIXED:
