@@ -5,8 +5,10 @@
 
 Wiring (as QEMU's i440FX `pc` machine): RAM around the PC holes, the firmware ROM at the top of
 4 GiB (aliased below 1 MiB), PIC 0x20/0xA0/0x4D0, PIT 0x40 (+0x61), CMOS 0x70 (IRQ8), COM1 0x3F8
-(IRQ4), debugcon 0x402, isa-debug-exit, fw_cfg 0x510, port 0x92, LAPIC 0xFEE00000, PCI config
-0xCF8 with the i440FX (00:00.0), PIIX3 (00:01.0) and a virtio-blk-pci per drive from slot 2.
+(IRQ4), 8042 keyboard controller 0x60/0x64 (IRQ1/12), debugcon 0x402, isa-debug-exit, fw_cfg
+0x510, port 0x92, LAPIC 0xFEE00000, PCI config 0xCF8 with the i440FX (00:00.0), PIIX3 (00:01.0)
+and a virtio-blk-pci per drive from slot 2. Shadow RAM under 0xC0000-0xFFFFF follows the
+i440FX PAM registers (shadow.py).
 
 Run loop: the CPU runs in slices of at most MAX_SLICE instructions, cut at the next timer
 deadline. Virtual time is the retired-instruction count (1 instruction = 1 ns) plus the time port
@@ -230,6 +232,13 @@ class Machine:
             self.devices["fw_cfg"] = fw
             self._add_io("fw_cfg", fw, fw_mod.FwCfg.BASE, fw_mod.FwCfg.SIZE)
             self._fill_fw_cfg(fw_mod, fw, rom_base, rom_size)
+
+        kbc_mod = _optional("machine.devices.i8042")
+        if kbc_mod is not None:
+            kbc = kbc_mod.I8042(irq(1), irq(12), self._on_guest_reset)
+            self.devices["i8042"] = kbc
+            self._add_io("i8042-data", kbc, 0x60, 1, kbc.data_ops)
+            self._add_io("i8042-cmd", kbc, 0x64, 1, kbc.cmd_ops)
 
         p92_mod = _optional("machine.devices.port92")
         if p92_mod is not None:

@@ -90,6 +90,7 @@ def test_mbr_uses_bios_services_through_our_virtio_blk(boot, tmp_path, mbr_image
         assert line + "\n" in run.serial, run
     text = log.read_text(errors="replace")
     assert SEABIOS_SAYS[mode] in text
+    assert "PS2 keyboard initialized" in text and "Timeout" not in text
     assert "Booting from Hard Disk..." in text and "Booting from 0000:7c00" in text
     # -nographic puts SeaBIOS's console on COM1, as QEMU does (fw_cfg etc/sercon-port)
     assert "sercon: using ioport 0x3f8" in text
