@@ -9,5 +9,6 @@ from its base), a `BASE`/`SIZE` default location, a `reset()`, and no knowledge 
     pic.DualPic           cascaded 8259A pair (0x20, 0xA0) + ELCR (0x4D0)
     pit.Pit               8254 PIT (0x40, IRQ0) + port 0x61
     port92.Port92         system control port A (A20, fast reset)
+    i8042.I8042           8042 keyboard controller + PS/2 keyboard (0x60/0x64, IRQ1/IRQ12)
     lapic.LocalApic       local APIC page (0xFEE00000, MMIO)
 """
