@@ -103,6 +103,28 @@ def events() -> dict[str, Event]:
     return dict(_events)
 
 
+def all_events() -> dict[str, Event]:
+    """Every event the machine defines, whether or not its module has been loaded yet (for
+    `-trace help`): imports each module of the `machine` package that may define some."""
+    import importlib
+    import pkgutil
+
+    import machine
+    for info in pkgutil.walk_packages(machine.__path__, "machine."):
+        if info.name.endswith("__main__"):
+            continue
+        try:
+            importlib.import_module(info.name)
+        except Exception:           # a module that cannot load here defines nothing we can list
+            continue
+    return events()
+
+
+def help_text() -> str:
+    """The `-trace help` listing: one event name per line, sorted, with its format."""
+    return "\n".join(f"{name:<32} {ev.fmt}".rstrip() for name, ev in sorted(all_events().items()))
+
+
 def add_listener(fn: Callable[[str, dict], None]) -> None:
     """fn(event_name, fields) is called for every emitted event (the Python API and device
     breakpoints use it). Events still have to be enabled to be emitted."""

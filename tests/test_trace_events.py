@@ -184,3 +184,15 @@ def test_local_apic_register_writes_and_self_ipi(tmp_path):
     i = lines.index("apic_deliver_irq dest 0 dest_mode 0 delivery_mode 0 vector 81 trigger_mode 0")
     assert "cpu_interrupt vector=0x51 kind=exc/irq mode=protected err=-" in lines[i:], lines
     assert "apic_mem_writel 0xb0 = 0x00000000" in lines[i:], lines
+
+
+def test_help_lists_every_event_family_with_its_format():
+    text = trace.help_text()
+    listed = {line.split()[0] for line in text.splitlines()}
+    for name in ("pci_cfg_read", "pci_cfg_write", "pci_update_mappings_add", "pci_set_irq",
+                 "virtio_set_status", "virtio_set_features", "virtio_queue_notify",
+                 "virtio_blk_req_complete", "virtio_notify", "pic_set_irq", "pic_interrupt",
+                 "apic_deliver_irq", "apic_mem_writel", "cpu_interrupt"):
+        assert name in listed, name
+    assert "virtio_blk_req_complete" in text and "latency_us=" in text
+    assert sorted(listed) == [line.split()[0] for line in text.splitlines()]
