@@ -167,7 +167,8 @@ def test_no_bootable_disk_is_reported_like_qemu(boot, tmp_path):
     finally:
         handle.kill()
     text = log.read_text(errors="replace")
-    assert "Boot failed: not a bootable disk" in text
+    # CMOS boot order as QEMU's default (order=cad): the disk, then the (absent) floppy
+    assert text.index("Boot failed: not a bootable disk") < text.index("Booting from Floppy...")
     assert "Retrying in" not in text
 
 

@@ -134,8 +134,11 @@ class Cmos:
         c[REG_D] = D_VRT
         c[CMOS_FLOPPY] = 0x00                   # no floppy drives
         c[CMOS_EQUIPMENT] = 0x06                # FPU present, PS/2 mouse port (QEMU's value)
-        c[CMOS_BOOT_ORDER] = 0x02               # boot the hard disk first, nothing else
-        c[CMOS_BOOT_FLAGS] = 0x00
+        # Boot order as QEMU's default -boot order=cad: one nibble per device (1 floppy, 2 hard
+        # disk, 3 CD), first in 0x3D's low nibble, second in its high one, third in 0x38's high
+        # nibble; 0x38 bit 0 clear keeps the floppy boot-signature check.
+        c[CMOS_BOOT_ORDER] = 0x12
+        c[CMOS_BOOT_FLAGS] = 0x30
         for idx, val in memory_bytes(ram_size, cpus).items():
             c[idx] = val
         checksum = sum(c[0x10:0x2E])
