@@ -25,6 +25,7 @@ from __future__ import annotations
 import ctypes
 import mmap
 import struct
+from bisect import bisect_right
 from dataclasses import dataclass
 
 from unicorn import Uc, UcError
@@ -187,6 +188,8 @@ class Cpu:
         self._flush_pending = False
         self._dirty: list[tuple[int, int]] = []             # host-written ranges, see _on_host_write
         self._remove_code = ui.code_remover(uc)
+        self._ram_ranges_seen: list | None = None          # mem.ranges the starts below are of
+        self._ram_starts: list[int] = []
         self.running = False                                # inside emu_start (hooks are live)
         self.paging = False
 
@@ -476,21 +479,31 @@ class Cpu:
 
     def _drop_code_in(self, ranges: list[tuple[int, int]]) -> None:
         """Drop translated code over byte ranges, one removal per run of touching pages (the
-        bytes between two ranges of a run lose their code too: harmless, only slower code)."""
+        bytes between two ranges of a run lose their code too: harmless, only slower code).
+        A run never crosses from one RAM range into another: Unicorn turns the start address
+        into its own RAM offset and invalidates from there, and two RAM ranges that touch in
+        guest-physical space (shadow RAM below 1 MiB) need not touch in that offset space."""
         remove = self._remove_code
         if len(ranges) == 1:
             begin, end = ranges[0]
             remove(begin, end)
             return
         ranges.sort()
+        mem_ranges = self.mem.ranges
+        if mem_ranges is not self._ram_ranges_seen:        # GuestMemory replaces the list on change
+            self._ram_ranges_seen = mem_ranges
+            self._ram_starts = [r.gpa for r in mem_ranges]
+        starts = self._ram_starts
         begin, end = ranges[0]
+        block = bisect_right(starts, begin)
         for b, e in ranges:
-            if (b >> 12) <= ((end - 1) >> 12) + 1:      # same or next page as the run so far
+            if (b >> 12) <= ((end - 1) >> 12) + 1 and (b < end or bisect_right(starts, b) == block):
                 if e > end:
                     end = e
             else:
                 remove(begin, end)
                 begin, end = b, e
+                block = bisect_right(starts, b)
         remove(begin, end)
 
     def invalidate_code(self) -> None:

@@ -104,3 +104,20 @@ def test_removals_are_deferred_to_the_callback_exit_and_merged_per_page_run(tmp_
     cpu._flush_now()
     assert removed == [(0x1000, 0x3002), (0x5000, 0x5001), (0x9000, 0x9004)]
     assert not cpu._flush_pending and cpu._dirty == []
+
+
+def test_a_run_never_crosses_into_another_ram_range(tmp_path):
+    from machine.memory import RamRange
+    m = build_machine(tmp_path, "EXIT 0\n")
+    cpu = m.cpu
+    # RAM shown again at 0xFF000 (as shadow RAM is), touching the main range at 1 MiB.
+    m.mem.add_range(RamRange(0xFF000, 0x1000, 0x200000))
+    removed = []
+    cpu._remove_code = lambda b, e: removed.append((b, e)) or 0
+    cpu._callback_depth += 1
+    m.mem.write(0xFFFF0, b"\0" * 16)
+    m.mem.write(0x100000, b"\0" * 16)
+    m.mem.write(0x100100, b"\0" * 16)
+    cpu._callback_depth -= 1
+    cpu._flush_now()
+    assert removed == [(0xFFFF0, 0x100000), (0x100000, 0x100110)]
