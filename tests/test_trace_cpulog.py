@@ -167,12 +167,14 @@ def test_long_mode_int_and_register_dump_are_64_bit(tmp_path, log):
     """, prologue=PM32_PROLOGUE)
     try:
         assert m.run(2_000_000) == 1, m.stop_reason
+        text = log.getvalue()
+        h = r"[0-9a-f]{16}"
+        line = re.search(rf"^ +\d+: v=40 e=0000 i=1 cpl=0 IP=[0-9a-f]{{4}}:{h} pc=({h}) "
+                         rf"SP=[0-9a-f]{{4}}:{h} EAX={h}$", text, re.M)
+        assert line, text[-3000:]
+        assert m.mem.read(int(line.group(1), 16), 2) == b"\xcd\x40"     # pc names the `int $0x40`
     finally:
         m.close()
-    text = log.getvalue()
-    h = r"[0-9a-f]{16}"
-    assert re.search(rf"^ +\d+: v=40 e=0000 i=1 cpl=0 IP=[0-9a-f]{{4}}:{h} pc={h} SP=[0-9a-f]{{4}}:{h} "
-                     rf"EAX={h}$", text, re.M), text[-3000:]
     i = text.index("check_exception old: 0xffffffff new 0xd\n")
     assert re.match(rf"check_exception old: 0xffffffff new 0xd\n +\d+: v=0d e=0000 i=0 ", text[i:])
     # the dump in long mode: 16 general registers of 16 digits, RIP/RFL

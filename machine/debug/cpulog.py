@@ -188,13 +188,24 @@ def log_interrupt(cpu, vector: int, error_code: int | None, software: bool) -> N
         width = 16 if cpu.mode == "long" else 8
         cpl = cpu.segment("cs")[0] & 3 if cpu.mode != "real" else 0
         extra = f"CR2={r['cr2']:0{width}x}" if vector == 14 else f"EAX={r['rax']:0{width}x}"
+        pc = cpu.linear_pc()
+        back = _trap_length(cpu, pc) if software else 0      # QEMU shows the `int n` itself
         line = (f"{_deliveries:6d}: v={vector:02x} e={(error_code or 0) & 0xFFFF:04x} "
-                f"i={int(software)} cpl={cpl} IP={r['cs']:04x}:{r['rip']:0{width}x} "
-                f"pc={cpu.linear_pc():0{width}x} SP={r['ss']:04x}:{r['rsp']:0{width}x} {extra}")
+                f"i={int(software)} cpl={cpl} IP={r['cs']:04x}:{r['rip'] - back:0{width}x} "
+                f"pc={pc - back:0{width}x} SP={r['ss']:04x}:{r['rsp']:0{width}x} {extra}")
         trace.log("int", line + "\n" + format_cpu_state(cpu))
     except Exception as exc:          # inside a CPU hook: never raise
         trace.log("int", f"{_deliveries:6d}: v={vector:02x} (registers unavailable: {exc})")
     _deliveries += 1
+
+
+def _trap_length(cpu, pc: int) -> int:
+    """Length of the software interrupt RIP has just passed: `int n` (CD ib) is 2 bytes,
+    int3 / into / int1 are 1."""
+    try:
+        return 2 if cpu.read_virtual(pc - 2, 2)[:1] == b"\xcd" else 1
+    except Exception:
+        return 0
 
 
 def log_check_exception(old: int | None, new: int) -> None:
