@@ -213,3 +213,15 @@ def test_boot_menu_answers_keys_typed_on_the_serial_console(boot, tmp_path, mbr_
     run = handle.wait(timeout=50)
     assert run.exit_status == PASSED, run
     assert "MBR: all passed\n" in run.serial
+
+
+@pytest.mark.skipif(QEMU is None, reason="qemu-system-x86_64 is not installed")
+@pytest.mark.parametrize("mode", MODES)
+def test_serial_output_is_byte_for_byte_qemus(boot, tmp_path, mbr_image, mode):
+    # Our PC has no VGA and no NIC: QEMU's -nodefaults (plus its COM1) is the same machine, and
+    # then SeaBIOS's serial console and the boot sector print exactly the same bytes.
+    args = [*MODES[mode](mbr_image), "-nographic", *EXIT_DEVICE]
+    ours = run_ours(boot, *args)
+    qemu = run_qemu(tmp_path, "-nodefaults", "-serial", "stdio", *args)
+    assert ours.exit_status == qemu.exit_status == PASSED, (ours, qemu)
+    assert ours.serial_bytes == qemu.serial_bytes
