@@ -56,6 +56,7 @@ def test_in_asm_exec_and_cpu_name_blocks_by_guest_symbol(hello, log):
     # each block's code is shown once, however often it runs
     assert text.count("\n0x00100170 <kmain>:") == 1
     assert "0x00100171 <kmain+0x1>:" in text
+    assert re.search(r"^0x[0-9a-f]{8} <kmain\+0x[0-9a-f]+>: +e8 [0-9a-f ]+ call 0x100060 <puts>$", text, re.M)
     assert "\nTrace 0: [00000000/0000000000100170] kmain\n" in text
     assert "Trace 0: [00000000/0000000000100060] puts\n" in text
     assert text.count("Trace 0: [00000000/0000000000100060] puts\n") > 1      # every execution

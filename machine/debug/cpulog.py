@@ -115,7 +115,11 @@ class BlockLog:
         for insn in disasm.instructions(code, address, bits):
             sym = self.symbol(insn.address)
             where = f"0x{insn.address:0{width}x}" + (f" <{sym}>" if sym else "") + ":"
-            rows.append((where, f"{insn.bytes.hex(' '):<24} {insn.mnemonic} {insn.op_str}".rstrip()))
+            text = f"{insn.bytes.hex(' '):<24} {insn.mnemonic} {insn.op_str}".rstrip()
+            target = self._branch_target(insn)
+            if target:
+                text += f" <{target}>"
+            rows.append((where, text))
             end = insn.address + insn.size
         pad = max((len(w) for w, _ in rows), default=0)
         lines += [f"{where:<{pad}}  {text}" for where, text in rows]
@@ -123,6 +127,15 @@ class BlockLog:
             lines.append(f"0x{end:0{width}x}:  {code[end - address:][:8].hex(' ')}  (undecodable)")
         lines.append("")
         trace.log("in_asm", "\n".join(lines))
+
+    def _branch_target(self, insn) -> str:
+        """The symbol a direct call or jump goes to ('' if none): `call 0x1044e0 <vpci_reset>`."""
+        if not (insn.mnemonic == "call" or insn.mnemonic.startswith("j")):
+            return ""
+        try:
+            return self.symbol(int(insn.op_str, 16))
+        except ValueError:                  # an indirect one: register or memory operand
+            return ""
 
     def _log_exec(self, address: int) -> None:
         cs_base = self.cpu.segment("cs")[1]
