@@ -786,11 +786,14 @@ class Cpu:
             return
         now = self._slice_start_ns + self._counter.value + self._io_ns
         clock = self.clock
+        deadline = clock.next_deadline()
+        if deadline is not None and now >= deadline:
+            # Devices see time stop at the deadline until the run loop fires the timer there
+            # (its callback then runs at exactly its deadline, as VirtualClock promises).
+            now = deadline
+            self.request_stop_after_instruction()
         if now > clock.now:
             clock.now = now
-            deadline = clock.next_deadline()
-            if deadline is not None and now >= deadline:
-                self.request_stop_after_instruction()
 
     def _run_slice(self, count: int) -> SliceResult:
         if count <= 0:

@@ -60,3 +60,38 @@ def test_port_polling_sees_time_pass_at_the_pit_rate(tmp_path):
     # port access: the loop did not spin for the rest of a 500k-instruction slice.
     assert count_ns <= elapsed <= count_ns + 2 * (IO_PORT_NS + 3)
     assert count_ns // (IO_PORT_NS + 3) - 2 <= polls <= count_ns // IO_PORT_NS + 2
+
+
+# Each IN takes IO_PORT_NS: with a timer every 1.5 us, about every other IN crosses a deadline
+# and ends its slice right after itself. The value it read must still reach AL.
+IN_LOOP_ROM = """
+reset:
+    mov $0x402, %dx                 # debugcon: reads 0xe9
+    mov $3000, %cx
+1:  mov $0, %al
+    in %dx, %al
+    cmp $0xe9, %al
+    jne bad
+    loop 1b
+    mov $0x10, %al
+    out %al, $0xf4
+    hlt
+bad:
+    mov $0x20, %al
+    out %al, $0xf4
+    hlt
+"""
+
+
+def test_an_in_that_reaches_a_timer_deadline_keeps_its_value(tmp_path):
+    rom = tmp_path / "rom.bin"
+    rom.write_bytes(rom_image(IN_LOOP_ROM))
+    m = Machine(MachineConfig(bios=rom, serial=CharDev("null"),
+                              devices=[DeviceConfig("isa-debug-exit", {"iobase": "0xf4", "iosize": "4"})]))
+    fired = []
+    timer = m.clock.timer(lambda: (fired.append(m.clock.now), timer.arm_in(1500)))
+    timer.arm_in(1500)
+    assert m.run() == 33
+    m.close()
+    assert len(fired) > 1000
+    assert all(b - a == 1500 for a, b in zip(fired, fired[1:]))     # each fired on time
