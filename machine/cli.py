@@ -749,6 +749,10 @@ class _Parser:
         self.config.logfile = Path(arg)
 
     def opt_trace(self, arg: str) -> None:
+        if arg in ("help", "list"):
+            import machine.pc  # noqa: F401  (defines every device's trace events)
+            import machine.debug.breakpoints  # noqa: F401
+            raise CliExit(trace.help_text() + "\n")
         opts = self.keys(split_suboptions(arg, "enable"), {"enable", "events"})
         if "enable" in opts:
             if not opts["enable"]:

@@ -491,3 +491,11 @@ def test_nul_and_overflow_are_config_errors(args):
 def test_host_path_the_os_refuses_is_a_config_error():
     with pytest.raises(ConfigError, match=r"^-D 9+: Could not open '9+': File name too long$"):
         parse_args(["-D", "9" * 5000])
+
+
+def test_trace_help_lists_every_device_event(capsys):
+    assert cli.main(["-trace", "help"]) == 0
+    out = capsys.readouterr().out
+    names = {line.split()[0] for line in out.splitlines() if line.strip()}
+    for name in ("virtio_set_status", "virtio_blk_req_complete", "pci_cfg_write", "pic_set_irq"):
+        assert name in names
