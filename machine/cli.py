@@ -252,8 +252,8 @@ _opt("boot", "[menu=on|off][,splash-time=MS][,reboot-timeout=MS]",
      "opt_boot")
 _opt("d", "ITEM[,ITEM...]", "log items: " + ",".join(trace.LOG_CATEGORIES) + " ('-d help')", "opt_d")
 _opt("D", "FILE", "write the -d log and trace output to FILE (default stderr)", "opt_D")
-_opt("trace", "[enable=]PATTERN | events=FILE", "enable trace events matching a glob pattern",
-     "opt_trace")
+_opt("trace", "[enable=]PATTERN | events=FILE | help",
+     "enable trace events matching a glob pattern ('-trace help' lists them)", "opt_trace")
 _opt("gdb", "tcp:[HOST]:PORT", "wait for a gdb connection on HOST:PORT", "opt_gdb")
 _opt("s", None, "shorthand for -gdb tcp::1234", "opt_s")
 _opt("S", None, "do not start the CPU at start-up (continue from gdb or the monitor)", "opt_S")
