@@ -225,3 +225,30 @@ def test_serial_output_is_byte_for_byte_qemus(boot, tmp_path, mbr_image, mode):
     qemu = run_qemu(tmp_path, "-nodefaults", "-serial", "stdio", *args)
     assert ours.exit_status == qemu.exit_status == PASSED, (ours, qemu)
     assert ours.serial_bytes == qemu.serial_bytes
+
+
+REBOOT_LINES = ["REBOOT: first boot, resetting through the 8042", "REBOOT: second boot"]
+
+
+def test_reboot_through_the_8042_runs_post_again(boot, tmp_path):
+    # The reset puts the ROM back under the BIOS area (PAM reset values): SeaBIOS finds no
+    # trace of its previous run there, does its whole POST again and boots the disk again.
+    img = make_image(tmp_path / "reboot.img", sector("reboot"))
+    log = tmp_path / "seabios.log"
+    run = run_ours(boot, *MODES["transitional"](img), *EXIT_DEVICE, "-debugcon", f"file:{log}")
+    assert run.exit_status == PASSED, run
+    assert run.serial == "".join(line + "\n" for line in REBOOT_LINES)
+    assert log.read_text(errors="replace").count("Booting from 0000:7c00") == 2
+    # -no-reboot: the reset ends the machine instead, as QEMU exits with status 0
+    run = run_ours(boot, *MODES["transitional"](make_image(tmp_path / "again.img", sector("reboot"))),
+                   *EXIT_DEVICE, "-no-reboot")
+    assert run.exit_status == 0 and run.serial == REBOOT_LINES[0] + "\n", run
+
+
+@pytest.mark.skipif(QEMU is None, reason="qemu-system-x86_64 is not installed")
+def test_reboot_through_the_8042_on_qemu(tmp_path):
+    img = make_image(tmp_path / "reboot.img", sector("reboot"))
+    run = run_qemu(tmp_path, *MODES["transitional"](img), *EXIT_DEVICE, "-display", "none",
+                   "-serial", "stdio")
+    assert run.exit_status == PASSED, run
+    assert run.serial == "".join(line + "\n" for line in REBOOT_LINES)
