@@ -252,3 +252,15 @@ def test_reboot_through_the_8042_on_qemu(tmp_path):
                    "-serial", "stdio")
     assert run.exit_status == PASSED, run
     assert run.serial == "".join(line + "\n" for line in REBOOT_LINES)
+
+
+@pytest.mark.parametrize("mode", ["modern", "legacy"])
+def test_int13_writes_reach_the_image(boot, tmp_path, mode):
+    img = make_image(tmp_path / "write.img", sector("write"))
+    run = run_ours(boot, *MODES[mode](img), *EXIT_DEVICE)
+    assert run.exit_status == PASSED, run
+    data = img.read_bytes()
+    assert data[300 * 512:302 * 512] == b"\xa5" * 1024            # AH=43h
+    copy = data[4 * 512:5 * 512]                                  # AH=03h, CHS 0/0/5: the
+    assert copy[:64] == sector("write")[:64] and copy[510:] == b"\x55\xaa"   # sector in memory
+    assert data[302 * 512:303 * 512] == bytes(512) and data[3 * 512:4 * 512] == pattern(3)
