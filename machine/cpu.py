@@ -169,6 +169,7 @@ class Cpu:
         self._rom_pristine = b""
         self._rom_ranges: list[tuple[int, int, int]] = []   # (gpa, size, offset in rom)
         self._ro_ram: list[tuple[int, int, int]] = []       # read-only RAM windows (gpa, size, offset in RAM)
+        self._legacy_ram: list[tuple[int, int, int]] = []   # every RAM window set_legacy_window mapped
         self._wo_windows: dict[int, int] = {}               # write-only shadow windows: gpa -> size
         self._open_bus: set[int] = set()                     # page addresses mapped as all-ones
         self._slice_start_ns = 0
@@ -244,9 +245,9 @@ class Cpu:
         return [(g, s) for g, s, _ in self._rom_ranges]
 
     # Shadow RAM below 1 MiB -----------------------------------------------------------------
-    # The chipset (i440FX PAM registers, machine/shadow.py) decides per segment of 0xC0000-0xFFFFF
-    # whether the CPU sees the bus there (the ROM alias, or nothing), or the RAM under it
-    # read-write, read-only or write-only. Modes:
+    # The chipset (i440FX PAM and SMRAM registers, machine/shadow.py) decides per segment of
+    # 0xA0000-0xFFFFF whether the CPU sees the bus there (the ROM alias, or nothing), or the RAM
+    # under it read-write, read-only or write-only. Modes:
     #   'bus'     the isa-bios ROM alias where the image reaches, open bus elsewhere
     #   'ram'     RAM (buffer offset `ram_offset`), read-write
     #   'ram_ro'  RAM for reads and code; writes go to the bus and are ignored, as ROM writes
@@ -262,13 +263,16 @@ class Cpu:
         self._unmap_range(base, size)
         self._rom_ranges = _cut(self._rom_ranges, base, size)
         self._ro_ram = _cut(self._ro_ram, base, size)
+        self._legacy_ram = _cut(self._legacy_ram, base, size)
         ram_ptr = ctypes.addressof(self._ram_export) + ram_offset
         try:
             if mode == "ram":
                 self.uc.mem_map_ptr(base, size, UC.UC_PROT_ALL, ram_ptr)
+                self._legacy_ram.append((base, size, ram_offset))
             elif mode == "ram_ro":
                 self.uc.mem_map_ptr(base, size, UC.UC_PROT_READ | UC.UC_PROT_EXEC, ram_ptr)
                 self._ro_ram.append((base, size, ram_offset))
+                self._legacy_ram.append((base, size, ram_offset))
             elif mode == "ram_wo":
                 self._map_write_only(base, size, ram_offset)
             else:
@@ -655,7 +659,7 @@ class Cpu:
                     out += self._rom[off + pa - gpa: off + pa - gpa + chunk]
                     break
             else:
-                for gpa, sz, off in self._ro_ram:
+                for gpa, sz, off in self._legacy_ram:      # shadow RAM the CPU sees, DMA not
                     if gpa <= pa and pa + chunk <= gpa + sz:
                         out += self.mem.buf[off + pa - gpa: off + pa - gpa + chunk]
                         break

@@ -17,6 +17,10 @@ power-on value 0 makes the whole area the bus (the ROM), which is what code buil
 without shadow RAM expects. Device DMA reaches the DRAM of read/write segments only (DMA into a
 segment the chipset sends to the bus has nowhere to go): each run of read/write segments is one
 GuestMemory window.
+
+The SMRAM control register (0x72, datasheet 3.2.20) does the same for the DRAM under the VGA
+window 0xA0000-0xBFFFF: outside SMM (this machine has none) the CPU sees it when SMRAM is
+enabled (G_SMRAME) and opened (D_OPEN), and the bus (no VGA here: nothing) otherwise.
 """
 
 from __future__ import annotations
@@ -28,6 +32,10 @@ from .memory import GuestMemory, RamRange
 PAM0 = 0x59
 AREA_BASE = 0xC0000
 AREA_END = 0x100000
+SMRAM = 0x72
+SMRAM_G_SMRAME = 0x08
+SMRAM_D_OPEN = 0x40
+SMRAM_BASE, SMRAM_SIZE = 0xA0000, 0x20000
 
 BUS, READ_ONLY, WRITE_ONLY, READ_WRITE = 0, 1, 2, 3
 MODE_NAMES = {BUS: "bus", READ_ONLY: "ram_ro", WRITE_ONLY: "ram_wo", READ_WRITE: "ram"}
@@ -62,6 +70,7 @@ class ShadowRam:
         self.mem = mem
         self.cpu = cpu
         self.modes = {base: BUS for _, _, base, _ in SEGMENTS}
+        self.smram_open = False
         self._dma_windows: list[int] = []
 
     def mode_at(self, addr: int) -> int:
@@ -71,6 +80,9 @@ class ShadowRam:
         raise ValueError(f"{addr:#x} is not in the shadow RAM area")
 
     def pam_changed(self, offset: int, value: int) -> None:
+        if offset == SMRAM:
+            self._smram_changed(value)
+            return
         changed = False
         for reg, shift, base, size in SEGMENTS:
             if reg != offset:
@@ -83,6 +95,12 @@ class ShadowRam:
             changed = True
         if changed:
             self._update_dma_windows()
+
+    def _smram_changed(self, value: int) -> None:
+        visible = bool(value & SMRAM_G_SMRAME) and bool(value & SMRAM_D_OPEN)
+        if visible != self.smram_open:
+            self.smram_open = visible
+            self.cpu.set_legacy_window(SMRAM_BASE, SMRAM_SIZE, "ram" if visible else "bus", SMRAM_BASE)
 
     def _update_dma_windows(self) -> None:
         for gpa in self._dma_windows:

@@ -6,6 +6,7 @@ import pytest
 
 from asm import rom_image
 from machine.config import CharDev, DeviceConfig, MachineConfig
+from machine.cpu import MemoryAccessError
 from machine.memory import GuestMemory, GuestMemoryError, RamRange
 from machine.pc import Machine
 from machine.shadow import READ_ONLY, READ_WRITE, SEGMENTS, WRITE_ONLY, ShadowRam
@@ -139,4 +140,21 @@ def test_reset_puts_the_rom_back_under_the_f_segment(tmp_path):
     assert m.cpu.read_virtual(0xFFFF0, 4) == bytes(4)
     m.reset()
     assert m.cpu.read_virtual(0xFFFF0, 4) == image[-16:-12]
+    m.close()
+
+
+def test_smram_opens_the_ram_under_the_vga_window(tmp_path):
+    rom = tmp_path / "rom.bin"
+    rom.write_bytes(rom_image("reset: hlt\n"))
+    m = Machine(MachineConfig(bios=rom, serial=CharDev("null")))
+    host = m.devices["i440fx"]
+    m.mem.buf[0xA0000:0xA0004] = b"SMRM"               # the DRAM under 0xA0000
+    host.config_write(0x72, 1, 0x40)                   # D_OPEN without G_SMRAME: still the bus
+    assert m.shadow.smram_open is False
+    host.config_write(0x72, 1, 0x48)                   # enabled and open: the CPU sees the DRAM
+    assert m.cpu.read_virtual(0xA0000, 4) == b"SMRM"
+    host.config_write(0x72, 1, 0x08)                   # closed: the bus again
+    assert m.shadow.smram_open is False
+    with pytest.raises(MemoryAccessError):
+        m.cpu.read_virtual(0xA0000, 4)
     m.close()
