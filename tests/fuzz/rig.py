@@ -106,7 +106,7 @@ def make_image(path: Path, sectors: int = IMAGE_SECTORS) -> bytes:
 def build(tmp_path: Path, payload: bytes, *, readonly: bool = False, snapshot: bool = False,
           device_props: dict[str, str] | None = None, no_reboot: bool = True,
           ram_size: int = RAM_SIZE, image: Path | None = None, rom_source: str = STUB_ROM_SOURCE,
-          exit_after: bool = True) -> Machine:
+          exit_after: bool = True, extra_drives: int = 0) -> Machine:
     """The machine with `payload` (+ an exit with status 1 after it when `exit_after`) at
     PAYLOAD. The image must exist (make_image)."""
     rom = tmp_path / "rom.bin"
@@ -121,6 +121,12 @@ def build(tmp_path: Path, payload: bytes, *, readonly: bool = False, snapshot: b
                             snapshot=snapshot)],
         devices=[DeviceConfig("isa-debug-exit", {"iobase": hex(EXIT_PORT), "iosize": "1"}),
                  DeviceConfig("virtio-blk-pci", props)])
+    for n in range(1, extra_drives + 1):      # more virtio-blk-pci, at 00:03.0, 00:04.0, ...
+        extra = tmp_path / f"disk{n}.img"
+        if not extra.exists():
+            make_image(extra)
+        config.drives.append(DriveConfig(file=extra, interface="none", id=f"d{n}"))
+        config.devices.append(DeviceConfig("virtio-blk-pci", {"drive": f"d{n}"}))
     m = Machine(config)
     m.mem.write(PROGRAM_BASE, assemble(PROLOGUE, base=PROGRAM_BASE))
     code = payload + (EXIT0 if exit_after else b"")
@@ -134,3 +140,107 @@ def program(m: Machine, source: str, prologue: bool = True) -> None:
     code = assemble(".code32\n" + source, base=PAYLOAD)
     assert len(code) <= PAYLOAD_MAX
     m.mem.write(PAYLOAD, code)
+
+
+# ------------------------------------------------------------------------------------------
+# Targeted programs: GNU as source for 32-bit code at PAYLOAD, with these macros and symbols.
+# ------------------------------------------------------------------------------------------
+DESC_TABLE, AVAIL, USED = RING_AREA, RING_AREA + 0x1000, RING_AREA + 0x2000
+REQ_BUF = RING_AREA + 0x10000          # header @+0, data @+0x100, status @+0xFF0
+
+MACROS = f"""
+.set BAR, {MODERN_BAR_BASE:#x}
+.set LEGACY, {LEGACY_IO_BASE:#x}
+.set LAPIC, 0xfee00000
+.set DESC, {DESC_TABLE:#x}
+.set AVAIL, {AVAIL:#x}
+.set USED, {USED:#x}
+.set REQ, {REQ_BUF:#x}
+.set VIRTIO, {VIRTIO_DEVFN:#x}
+.macro CFGW devfn, reg, value              # PCI config dword write, bus 0
+    mov $0xcf8, %dx
+    mov $(0x80000000 | ((\\devfn) << 8) | (\\reg)), %eax
+    out %eax, %dx
+    mov $0xcfc, %dx
+    mov $\\value, %eax
+    out %eax, %dx
+.endm
+.macro CFGWB devfn, reg, value             # PCI config byte write
+    mov $0xcf8, %dx
+    mov $(0x80000000 | ((\\devfn) << 8) | ((\\reg) & 0xfc)), %eax
+    out %eax, %dx
+    mov $(0xcfc + ((\\reg) & 3)), %dx
+    mov $\\value, %al
+    out %al, %dx
+.endm
+.macro CFGR devfn, reg                     # PCI config dword read into %eax
+    mov $0xcf8, %dx
+    mov $(0x80000000 | ((\\devfn) << 8) | (\\reg)), %eax
+    out %eax, %dx
+    mov $0xcfc, %dx
+    in %dx, %eax
+.endm
+.macro OUTB port, value                   # any port (through %dx)
+    mov $\\port, %dx
+    mov $\\value, %al
+    out %al, %dx
+.endm
+# The modern driver sequence for queue 0 at DESC/AVAIL/USED, VERSION_1 only, up to DRIVER_OK.
+.macro MODERN_UP base=BAR
+    movb $0, \\base + 0x14
+    movb $1, \\base + 0x14
+    movb $3, \\base + 0x14
+    movl $1, \\base + 0x08
+    movl $1, \\base + 0x0c
+    movl $0, \\base + 0x08
+    movl $0, \\base + 0x0c
+    movb $0xb, \\base + 0x14
+    movw $0, \\base + 0x16
+    movl $DESC, \\base + 0x20
+    movl $0, \\base + 0x24
+    movl $AVAIL, \\base + 0x28
+    movl $0, \\base + 0x2c
+    movl $USED, \\base + 0x30
+    movl $0, \\base + 0x34
+    movw $1, \\base + 0x1c
+    movb $0xf, \\base + 0x14
+.endm
+.macro NOTIFY base=BAR
+    movw $0, \\base + 0x3000
+.endm
+"""
+
+
+def put_requests(m: Machine, requests: list[tuple[int, int, int]]) -> None:
+    """Queue 0's rings at DESC/AVAIL/USED holding `requests` [(type, sector, data bytes)], each a
+    3-descriptor chain (header, data, status) in its own 4 KiB buffer from REQ_BUF; the avail
+    index counts them all."""
+    descs = b""
+    heads = []
+    for k, (rtype, sector, nbytes) in enumerate(requests):
+        buf = REQ_BUF + k * 0x1000
+        m.mem.write(buf, struct.pack("<IIQ", rtype, 0, sector))
+        m.mem.write(buf + 0xFF0, b"\xEE")
+        data_flags = 2 if rtype in (0, 8) else 0
+        heads.append(len(descs) // 16)
+        n = heads[-1]
+        descs += struct.pack("<QIHH", buf, 16, 1, n + 1)
+        descs += struct.pack("<QIHH", buf + 0x100, nbytes, data_flags | 1, n + 2)
+        descs += struct.pack("<QIHH", buf + 0xFF0, 1, 2, 0)
+    m.mem.write(DESC_TABLE, descs)
+    m.mem.write(AVAIL, struct.pack(f"<HH{len(heads)}H", 0, len(heads), *heads))
+    m.mem.write(USED, bytes(8))
+
+
+def used_idx(m: Machine) -> int:
+    return struct.unpack("<H", m.mem.read(USED + 2, 2))[0]
+
+
+def req_status(m: Machine, k: int = 0) -> int:
+    return m.mem.read(REQ_BUF + k * 0x1000 + 0xFF0, 1)[0]
+
+
+def build_asm(tmp_path: Path, source: str, **kw) -> Machine:
+    """build() with `source` (GNU as, MACROS available) assembled as the payload."""
+    code = assemble(".code32\n" + MACROS + source, base=PAYLOAD)
+    return build(tmp_path, code, **kw)
