@@ -9,8 +9,10 @@ random examples instead (e.g. FUZZ_EXAMPLES=2000 for a longer hunt).
 
 from __future__ import annotations
 
+import io
 import os
 import signal
+import sys
 from contextlib import contextmanager
 
 import pytest
@@ -19,6 +21,7 @@ from hypothesis import strategies as st
 
 from fuzz import ops as fops
 from fuzz import rig
+from machine import trace
 
 BUDGET = 60_000                  # instructions per random program
 WALL_LIMIT = 20                  # seconds: a run still going by then is a host hang
@@ -83,12 +86,20 @@ def test_random_guest_programs_never_break_the_host(tmp_path_factory, data):
     if props.get("disable-legacy") == "on" and props.get("disable-modern") == "on":
         del props["disable-modern"]
     payload = b"".join(data.draw(fops.programs(), label="program"))
+    traced = data.draw(st.integers(0, 7), label="trace everything") == 0
+    if traced:                              # every trace event's formatting runs too
+        trace.set_output(io.StringIO())
+        trace.enable("*")
+        trace.enable_category("guest_errors")
     m = rig.build(tmp, payload, readonly=readonly, snapshot=snapshot, device_props=props)
     try:
         fops.write_rings(m, data.draw(fops.ring_layouts(), label="rings"))
         run_checked(m)
     finally:
         m.close()
+        if traced:
+            trace.disable_all()
+            trace.set_output(sys.stderr)
     after = path.read_bytes()
     assert len(after) == len(before), "the image changed size"
     if readonly or snapshot:
@@ -618,8 +629,105 @@ def test_running_off_the_top_of_4gib_stops_cleanly(tmp_path, target):
     tests = str(Path(__file__).resolve().parent)
     script = HANG_SCRIPT.format(paths=[tests, str(Path(tests).parent)], tmp=str(tmp_path), target=target)
     try:
-        out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=8)
+        out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=4)
     except subprocess.TimeoutExpired:
         pytest.fail("run() did not return (the engine spins)")
     assert out.returncode == 0, out.stderr
     assert out.stdout.split()[1] in ("fault", "exited", "limit"), out.stdout
+
+
+# ------------------------------------------------------------------------------------------
+# 3. soak: the bundled guest under random options and device properties
+# ------------------------------------------------------------------------------------------
+
+GUEST_TESTS = ["config", "rw_sizes", "segments", "indirect", "inflight", "flush", "get_id",
+               "out_of_range", "unsupported", "read_only", "reset", "multiqueue", "interrupt",
+               "pattern"]
+SOAK_RUNS = 20
+
+
+def soak_options(rng):
+    """(-append words, -device properties, -drive options, readonly) for one soak run."""
+    words = [f"tests={','.join(rng.sample(GUEST_TESTS, rng.randint(1, 4)))}"]
+    choices = {
+        "transport": ["auto", "modern", "legacy"],
+        "event_idx": ["0", "1"],
+        "indirect": ["0", "1"],
+        "queue_size": ["0", "1", "3", "2", "16", "256", "4096"],
+        "max_queues": ["0", "1", "2", "16", "99"],
+        "rw_max_kib": ["0", "1", "4", "64"],
+        "pattern_lba": ["0", "100", "8191", "99999999"],
+        "pattern_sectors": ["0", "1", "64", "100000"],
+        "expect_ro": ["0", "1"],
+        "mode": ["test", "test", "bench"],
+        "bench_mib": ["1"],
+        "bench_ops": ["10"],
+        "junk": ["=", "x=y=z", "%s%s%n"],
+    }
+    for key in rng.sample(sorted(choices), rng.randint(0, 6)):
+        value = rng.choice(choices[key])
+        words.append(value if key == "junk" else f"{key}={value}")
+    props = {}
+    if rng.random() < 0.5:
+        props["num-queues"] = rng.choice(["1", "2", "4"])
+    if rng.random() < 0.5:
+        props["queue-size"] = rng.choice(["2", "4", "64", "256", "1024"])
+    legacy_off = rng.random() < 0.3
+    modern_off = not legacy_off and rng.random() < 0.3
+    if legacy_off:
+        props["disable-legacy"] = "on"
+    if modern_off:
+        props["disable-modern"] = "on"
+    readonly = rng.random() < 0.3
+    cache = rng.choice(["writeback", "writethrough", "none", "unsafe"])
+    return " ".join(words), props, f",readonly={'on' if readonly else 'off'},cache={cache}", readonly
+
+
+@pytest.fixture(scope="module")
+def guest_elf():
+    from machine.toolchain import ToolchainError, ensure_built
+    try:
+        return ensure_built("guest", "out/guest.elf")
+    except ToolchainError as e:
+        pytest.skip(str(e))
+
+
+@pytest.mark.parametrize("seed", range(SOAK_RUNS))
+def test_soak_bundled_guest_with_random_options(tmp_path, guest_elf, seed, capsys):
+    import random
+    import re
+    from machine import cli
+
+    rng = random.Random(seed)
+    append, props, drive_opts, readonly = soak_options(rng)
+    image = tmp_path / "disk.img"
+    before = rig.make_image(image, sectors=8192)
+    serial = tmp_path / "serial.txt"
+    device = "virtio-blk-pci,drive=d0" + "".join(f",{k}={v}" for k, v in props.items())
+    argv = ["-kernel", str(guest_elf), "-append", append, "-display", "none",
+            "-serial", f"file:{serial}", "-no-reboot", "-m", "32",
+            "-device", "isa-debug-exit,iobase=0xf4,iosize=0x04",
+            "-drive", f"file={image},format=raw,if=none,id=d0{drive_opts}", "-device", device]
+    with wall_limit(60):
+        status = cli.main(argv)
+    err = capsys.readouterr().err
+    why = f"machine {' '.join(argv)} -> {status}\n{err[-2000:]}"
+    assert "Traceback" not in err, why
+    out = serial.read_text(errors="replace").replace("\r", "") if serial.exists() else ""
+    why += "\n--- serial ---\n" + out[-2000:]
+    if status == 1 and err.startswith("machine:") or "is out of range" in err:
+        return                                       # a property the board refuses: one line, status 1
+    bail = "Bail out!" in out
+    if "mode=bench" in append:                      # the benchmark's report instead of TAP
+        assert bail or re.search(r"^bench done status=\w+$", out, re.M), why
+    else:
+        plan = re.search(r"^1\.\.(\d+)$", out, re.M)
+        assert bail or plan, why
+        if plan and not bail:
+            results = re.findall(r"^(?:not ok|ok) (\d+) - ", out, re.M)
+            assert [int(n) for n in results] == list(range(1, int(plan.group(1)) + 1)), why
+    assert status in (1, 3), why                    # isa-debug-exit: passed / failed
+    after = image.read_bytes()
+    assert len(after) == len(before)
+    if readonly:
+        assert after == before, "a read-only image was written"
