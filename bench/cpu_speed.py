@@ -1,6 +1,9 @@
 """Guest instructions per second: a tight loop under Machine.run() against raw Unicorn running
 the same code, both with no hooks and count=0 (the engine's ceiling) and with count>0 (the
 instruction counting the run loop needs for virtual time), plus a RAM load/store loop.
+Then the cost of one exit to Python, per kind: RDTSC, an IN from an unclaimed port, an MMIO
+read of an unassigned address (open bus), measured as thread CPU time per loop iteration (a
+busy host's preemption does not count).
 
     python bench/cpu_speed.py [iterations]
 
@@ -43,6 +46,37 @@ LOOPS = {
 }
 
 
+EXITS = {
+    "none": "1:  nop\n",          # the baseline subtracted from the others
+    "rdtsc": "1:  rdtsc\n",
+    "in": "1:  in $0x80, %al\n",
+    "mmio": "1:  mov 0xe0000000, %eax\n",
+}
+
+
+def exit_cost(kind: str, iters: int, runs: int = 3) -> float:
+    """Thread CPU microseconds per loop iteration with `kind` in it (best of runs; the board's
+    start-up is in each run, so compare against the "none" loop)."""
+    src = f"""
+    main:
+        mov ${iters}, %ecx
+    {EXITS[kind]}
+        dec %ecx
+        jnz 1b
+        EXIT 0
+    """
+    best = float("inf")
+    for _ in range(runs):
+        with tempfile.TemporaryDirectory() as tmp:
+            m = build_machine(Path(tmp), src, prologue=PM32_PROLOGUE)
+            t0 = time.thread_time()
+            status = m.run()
+            dt = time.thread_time() - t0
+        assert status == 1, status
+        best = min(best, dt)
+    return best / iters * 1e6
+
+
 def machine_rate(kind: str, iters: int) -> tuple[float, int]:
     src = LOOPS[kind].replace("ITER", str(iters))
     with tempfile.TemporaryDirectory() as tmp:
@@ -77,6 +111,12 @@ def main() -> None:
         print(f"{kind:4} loop: Machine.run {rate / 1e6:7.1f} M instr/s ({count} instructions); "
               f"raw Unicorn {raw / 1e6:7.1f} M/s (ratio {rate / raw:.2f}); "
               f"raw Unicorn with count>0 {counted / 1e6:7.1f} M/s (ratio {rate / counted:.2f})")
+    n = max(iters // 20, 1000)
+    base = exit_cost("none", n)
+    for kind in EXITS:
+        if kind != "none":
+            print(f"exit {kind:5}: {exit_cost(kind, n) - base:6.2f} us CPU per exit ({n} iterations, "
+                  f"minus a loop without the exit)")
 
 
 if __name__ == "__main__":

@@ -89,6 +89,7 @@ class _DeliveryFault(Exception):
         self.error = error
 
 
+_CPUID_ZERO = (0, 0, 0, 0)
 CONTRIBUTORY = frozenset((0, 10, 11, 12, 13))
 VEC_NP, VEC_GP, VEC_PF = 11, 13, 14
 
@@ -200,9 +201,10 @@ class Cpu:
 
         uc.hook_add(UC.UC_HOOK_INTR, self._on_intr)
         uc.hook_add(UC.UC_HOOK_INSN_INVALID, self._on_invalid)
-        uc.hook_add(UC.UC_HOOK_INSN, self._on_in, None, 1, 0, X.UC_X86_INS_IN)
-        uc.hook_add(UC.UC_HOOK_INSN, self._on_out, None, 1, 0, X.UC_X86_INS_OUT)
-        uc.hook_add(UC.UC_HOOK_INSN, self._on_cpuid, None, 1, 0, X.UC_X86_INS_CPUID)
+        # The hot exits (ports, CPUID, RDTSC) bypass the binding's per-call wrappers.
+        ui.hook_in(uc, self._on_in)
+        ui.hook_out(uc, self._on_out)
+        ui.hook_cpuid(uc, self._on_cpuid)
         ui.hook_rdtsc(uc, self._on_rdtsc)
         uc.hook_add(UC.UC_HOOK_MEM_READ_UNMAPPED | UC.UC_HOOK_MEM_WRITE_UNMAPPED, self._on_unmapped)
         uc.hook_add(UC.UC_HOOK_MEM_WRITE_PROT, self._on_write_prot)
@@ -318,14 +320,11 @@ class Cpu:
         bus_read = self._bus_reader(base)
         buf = self.mem.buf
 
-        def read(_uc, offset, sz, _ud):
-            return bus_read(offset, sz)
-
-        def write(_uc, offset, sz, value, _ud):
+        def write(offset, sz, value):
             off = ram_offset + offset
             buf[off:off + sz] = (value & ((1 << (8 * sz)) - 1)).to_bytes(sz, "little")
 
-        self.uc.mmio_map(base, size, read, None, write, None)
+        ui.mmio_map(self.uc, base, size, bus_read, write)
         self._wo_windows[base] = size
 
     def _unmap_range(self, base: int, size: int) -> None:
@@ -348,21 +347,24 @@ class Cpu:
         ops = region.ops
         cpu = self
 
-        def read(_uc, offset, size, _ud, _ops=ops):
+        ops_read, ops_write = ops.read, ops.write
+        sync = self._sync_clock
+
+        def read(offset, size):
             cpu._callback_depth += 1
-            cpu._sync_clock()
+            sync()
             try:
-                return _ops.read(offset, size)
+                return ops_read(offset, size)
             finally:
                 cpu._callback_depth -= 1
                 if cpu._flush_pending:
                     cpu._flush_now()
 
-        def write(_uc, offset, size, value, _ud, _ops=ops):
+        def write(offset, size, value):
             cpu._callback_depth += 1
-            cpu._sync_clock()
+            sync()
             try:
-                _ops.write(offset, size, value)
+                ops_write(offset, size, value)
             finally:
                 cpu._callback_depth -= 1
                 if cpu._flush_pending:
@@ -370,7 +372,7 @@ class Cpu:
 
         self._drop_open_bus(region.base, region.size)
         try:
-            self.uc.mmio_map(region.base, region.size, read, None, write, None)
+            ui.mmio_map(self.uc, region.base, region.size, read, write)
         except UcError as exc:
             trace.guest_error(f"cannot map {region.name} at {region.base:#x}+{region.size:#x}: {exc}")
 
@@ -396,7 +398,7 @@ class Cpu:
             if p in self._open_bus:
                 continue
             try:
-                uc.mmio_map(p, PAGE, _open_bus_read, None, _open_bus_write, None)
+                ui.mmio_map(uc, p, PAGE, _open_bus_read, _open_bus_write)
             except UcError:
                 continue        # already mapped (the other page), or beyond the physical space
             self._open_bus.add(p)
@@ -876,7 +878,7 @@ class Cpu:
     # A stop requested from an IN/OUT callback (isa-debug-exit, a reset port) is made exact:
     # there RIP is the I/O instruction itself, so we move RIP past it and stop; Unicorn leaves
     # the block at once and nothing after the OUT runs or replays.
-    def _on_in(self, uc, port, size, _ud) -> int:
+    def _on_in(self, port: int, size: int) -> int:
         self._in_io = True
         self._io_ns += IO_PORT_NS
         self._sync_clock()
@@ -891,7 +893,7 @@ class Cpu:
             if self._stop_after_io:
                 self._finish_io_stop()
 
-    def _on_out(self, uc, port, size, value, _ud) -> None:
+    def _on_out(self, port: int, size: int, value: int) -> None:
         self._in_io = True
         self._io_ns += IO_PORT_NS
         self._sync_clock()
@@ -917,17 +919,10 @@ class Cpu:
         self._reg.write(_REG_RIP, rip + length)
         self.uc.emu_stop()
 
-    def _on_cpuid(self, uc, _ud) -> int:
-        reg = self._reg
-        leaf = reg.read(_REG_RAX) & 0xFFFFFFFF
-        a, b, c, d = self._cpuid.get(leaf, (0, 0, 0, 0))
-        reg.write(_REG_RAX, a)
-        reg.write(_REG_RBX, b)
-        reg.write(_REG_RCX, c)
-        reg.write(_REG_RDX, d)
-        return 1
+    def _on_cpuid(self, leaf: int, _subleaf: int) -> tuple[int, int, int, int]:
+        return self._cpuid.get(leaf, _CPUID_ZERO)
 
-    def _on_rdtsc(self, uc) -> int:
+    def _on_rdtsc(self) -> int:
         # Virtual time at this instruction: slice start + instructions retired and port
         # access time so far.
         return self._slice_start_ns + self._counter.value + self._io_ns
@@ -1326,11 +1321,11 @@ def _cut(ranges: list[tuple[int, int, int]], base: int, size: int) -> list[tuple
     return out
 
 
-def _open_bus_read(uc, offset, size, _ud) -> int:
+def _open_bus_read(offset, size) -> int:
     return ones(size)
 
 
-def _open_bus_write(uc, offset, size, value, _ud) -> None:
+def _open_bus_write(offset, size, value) -> None:
     pass
 
 

@@ -12,8 +12,10 @@ Unicorn's public API cannot do four things a PC needs, so we reach under it:
    `hflags` (CPL, the STI/MOV SS interrupt shadow, CPU mode bits) and the segment caches.
 3. `uc_struct.emu_counter`: how many instructions the last `emu_start(count=N)` retired, so
    virtual time is exact and deterministic.
-4. The RDTSC instruction hook, which libunicorn supports but the 2.1.4 binding's `hook_add`
-   rejects; it is registered through the binding's private hook-add helper.
+4. Lean hooks: MMIO, IN/OUT, CPUID and RDTSC callbacks registered with libunicorn directly
+   (`uc_mmio_map`, and `uc_hook_add` through the binding's private helper, which also takes the
+   RDTSC hook the 2.1.4 binding's `hook_add` rejects), bypassing the binding's per-call wrappers;
+   they keep its rule that a callback's exception stops emulation and leaves `emu_start`.
 
 Also here: a direct `uc_ctl(UC_CTL_TB_REMOVE_CACHE)` call (2 µs against 6 µs through the
 binding: it sits on the DMA path, once per written range), ctypes wrappers for `uc_vmem_read/write/translate` (exported by libunicorn 2.1.4,
@@ -194,22 +196,158 @@ def set_cpl(raw: RawState, cpl: int) -> None:
 
 
 # ------------------------------------------------------------------------------------------
-# 4. RDTSC hook
+# 4. lean hooks: MMIO, IN/OUT, CPUID, RDTSC
 # ------------------------------------------------------------------------------------------
+# The binding wraps every callback in three Python frames (a generic `wrapper` with an exception
+# guard, a per-type adapter, then ours) and hands each one the `Uc` object. On the paths a guest
+# exercises constantly (a virtio notify, a port poll, SeaBIOS's TSC reads) that costs about as
+# much as the work. These register CFUNCTYPE callbacks with libunicorn directly, with the
+# signatures of unicorn.h, one guard frame each. The guard keeps the binding's contract: an
+# exception escaping a callback is stored in `uc._hook_exception`, emulation stops, and the
+# binding's `emu_start` raises it (ctypes alone would print it and carry on).
+# Callback references live in the binding's own tables (`_mmio_callbacks`, `_callbacks`) so
+# `mem_unmap` + forget_mmio_callbacks and `hook_del` release them as before.
+
+_MMIO_READ_T = ctypes.CFUNCTYPE(ctypes.c_uint64, ctypes.c_void_p, ctypes.c_uint64, ctypes.c_uint,
+                                ctypes.c_void_p)
+_MMIO_WRITE_T = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_uint64, ctypes.c_uint,
+                                 ctypes.c_uint64, ctypes.c_void_p)
+_INSN_IN_T = ctypes.CFUNCTYPE(ctypes.c_uint32, ctypes.c_void_p, ctypes.c_uint32, ctypes.c_int,
+                              ctypes.c_void_p)
+_INSN_OUT_T = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_uint32, ctypes.c_int,
+                               ctypes.c_uint32, ctypes.c_void_p)
+_INSN_PLAIN_T = ctypes.CFUNCTYPE(ctypes.c_uint32, ctypes.c_void_p, ctypes.c_void_p)   # CPUID, RDTSC
+_uclib.uc_emu_stop.restype = ctypes.c_int
+
+
+def _failer(uc: Uc):
+    """What a lean callback does with an exception: what the binding's guard does."""
+    uch = uc._uch
+
+    def fail(exc: BaseException) -> None:
+        if uc._hook_exception is None:
+            uc._hook_exception = exc
+        _uclib.uc_emu_stop(uch)
+    return fail
+
+
+def mmio_map(uc: Uc, base: int, size: int, read, write) -> None:
+    """Map [base, base+size) as MMIO: `read(offset, size) -> int`, `write(offset, size, value)`.
+    Raises UcError as `Uc.mmio_map` does (bad alignment, overlap)."""
+    fail = _failer(uc)
+
+    def on_read(_h, offset, sz, _ud):
+        try:
+            return read(offset, sz)
+        except BaseException as exc:
+            fail(exc)
+            return 0
+
+    def on_write(_h, offset, sz, value, _ud):
+        try:
+            write(offset, sz, value)
+        except BaseException as exc:
+            fail(exc)
+
+    rcb, wcb = _MMIO_READ_T(on_read), _MMIO_WRITE_T(on_write)
+    err = _uclib.uc_mmio_map(uc._uch, base, size, ctypes.cast(rcb, ctypes.c_void_p), None,
+                             ctypes.cast(wcb, ctypes.c_void_p), None)
+    if err != UC.UC_ERR_OK:
+        raise UcError(err)
+    uc._mmio_callbacks[(base, base + size)] = (rcb, wcb)
+
+
+def _hook_insn(uc: Uc, fptr, insn: int) -> int:
+    return uc._Uc__do_hook_add(UC.UC_HOOK_INSN, fptr, 1, 0, ctypes.c_int(insn))
+
+
+def hook_in(uc: Uc, fn) -> int:
+    """Hook IN: `fn(port, size) -> int`."""
+    fail = _failer(uc)
+
+    def on_in(_h, port, size, _ud):
+        try:
+            return fn(port, size)
+        except BaseException as exc:
+            fail(exc)
+            return 0
+    return _hook_insn(uc, _INSN_IN_T(on_in), X86.UC_X86_INS_IN)
+
+
+def hook_out(uc: Uc, fn) -> int:
+    """Hook OUT: `fn(port, size, value)`."""
+    fail = _failer(uc)
+
+    def on_out(_h, port, size, value, _ud):
+        try:
+            fn(port, size, value)
+        except BaseException as exc:
+            fail(exc)
+    return _hook_insn(uc, _INSN_OUT_T(on_out), X86.UC_X86_INS_OUT)
+
+
+class _RegBatch:
+    """Fixed registers read or written with one `uc_reg_read_batch` / `uc_reg_write_batch`
+    call: on this path each ctypes call costs about a microsecond, the register access itself
+    almost nothing."""
+
+    def __init__(self, uc: Uc, regs: tuple[int, ...]):
+        n = len(regs)
+        self._uch = uc._uch
+        self._n = n
+        self.vals = [ctypes.c_uint64() for _ in regs]
+        self._regs = (ctypes.c_int * n)(*regs)
+        self._ptrs = (ctypes.c_void_p * n)(*(ctypes.addressof(v) for v in self.vals))
+
+    def read(self) -> None:
+        _uclib.uc_reg_read_batch(self._uch, self._regs, self._ptrs, self._n)
+
+    def write(self) -> None:
+        _uclib.uc_reg_write_batch(self._uch, self._regs, self._ptrs, self._n)
+
+
+for _fn in (_uclib.uc_reg_read_batch, _uclib.uc_reg_write_batch):
+    _fn.restype = ctypes.c_int
+    _fn.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int]
+
+
+def hook_cpuid(uc: Uc, fn) -> int:
+    """Hook CPUID: `fn(leaf, subleaf) -> (eax, ebx, ecx, edx)` answers it."""
+    fail = _failer(uc)
+    args = _RegBatch(uc, (X86.UC_X86_REG_RAX, X86.UC_X86_REG_RCX))
+    leaf, sub = args.vals
+    out = _RegBatch(uc, (X86.UC_X86_REG_RAX, X86.UC_X86_REG_RBX, X86.UC_X86_REG_RCX,
+                         X86.UC_X86_REG_RDX))
+    a, b, c, d = out.vals
+
+    def on_cpuid(_h, _ud):
+        try:
+            args.read()
+            a.value, b.value, c.value, d.value = fn(leaf.value & 0xFFFFFFFF, sub.value & 0xFFFFFFFF)
+            out.write()
+        except BaseException as exc:
+            fail(exc)
+        return 1                  # skip the native instruction (the host's CPUID)
+    return _hook_insn(uc, _INSN_PLAIN_T(on_cpuid), X86.UC_X86_INS_CPUID)
+
 
 def hook_rdtsc(uc: Uc, fn) -> int:
-    """Hook RDTSC: `fn(uc) -> int` returns the 64-bit time stamp to put in EDX:EAX."""
-    from unicorn.unicorn_py3.arch.intel import HOOK_INSN_CPUID_CFUNC
-    from unicorn.unicorn_py3.unicorn import uccallback
+    """Hook RDTSC: `fn() -> int` returns the 64-bit time stamp to put in EDX:EAX. The 2.1.4
+    binding's `hook_add` rejects UC_X86_INS_RDTSC although libunicorn supports it."""
+    fail = _failer(uc)
+    out = _RegBatch(uc, (X86.UC_X86_REG_RAX, X86.UC_X86_REG_RDX))
+    lo, hi = out.vals
 
-    @uccallback(uc, HOOK_INSN_CPUID_CFUNC)
-    def _rdtsc(uc_, _key):
-        tsc = fn(uc_)
-        uc_.reg_write(X86.UC_X86_REG_RAX, tsc & 0xFFFFFFFF)
-        uc_.reg_write(X86.UC_X86_REG_RDX, (tsc >> 32) & 0xFFFFFFFF)
+    def on_rdtsc(_h, _ud):
+        try:
+            tsc = fn()
+            lo.value = tsc & 0xFFFFFFFF
+            hi.value = (tsc >> 32) & 0xFFFFFFFF
+            out.write()
+        except BaseException as exc:
+            fail(exc)
         return 1                  # skip the native (host TSC) instruction
-
-    return uc._Uc__do_hook_add(UC.UC_HOOK_INSN, _rdtsc, 1, 0, ctypes.c_int(X86.UC_X86_INS_RDTSC))
+    return _hook_insn(uc, _INSN_PLAIN_T(on_rdtsc), X86.UC_X86_INS_RDTSC)
 
 
 # ------------------------------------------------------------------------------------------
@@ -357,4 +495,56 @@ def _probe() -> str | None:
     uc.emu_start(0x1000, 0x2000)
     if uc.reg_read(X86.UC_X86_REG_RAX) & 0xFF != 2:
         return "uc_ctl(UC_CTL_TB_REMOVE_CACHE) did not drop translated code"
-    return None
+    return _probe_lean_hooks()
+
+
+class _ProbeError(Exception):
+    pass
+
+
+def _probe_lean_hooks() -> str | None:
+    """The direct callbacks: every signature carries the values the guest sees, and an exception
+    in a callback stops emulation and comes out of emu_start."""
+    uc = Uc(UC.UC_ARCH_X86, UC.UC_MODE_64)
+    uc.mem_map(0x1000, 0x1000)
+    seen: list = []
+    raise_in = [False]
+
+    def on_in(port, size):
+        if raise_in[0]:
+            raise _ProbeError()
+        seen.append(("in", port, size))
+        return 0x5A
+
+    hook_in(uc, on_in)
+    hook_out(uc, lambda port, size, value: seen.append(("out", port, size, value)))
+    hook_rdtsc(uc, lambda: 0x1122334455667788)
+    hook_cpuid(uc, lambda leaf, sub: (leaf + 1, sub + 2, 3, 4))
+    mmio_map(uc, 0x2000, 0x1000, lambda off, size: 0xCAFEBABE,
+             lambda off, size, value: seen.append(("w", off, size, value)))
+    code = bytes.fromhex(
+        "e480"              # in al, 0x80
+        "e681"              # out 0x81, al
+        "0f31"              # rdtsc
+        "89d6" "89c7"       # mov esi, edx; mov edi, eax
+        "b807000000"        # mov eax, 7
+        "b905000000"        # mov ecx, 5
+        "0fa2"              # cpuid
+        "8b042500200000"    # mov eax, [0x2000]
+        "890c2504200000"    # mov [0x2004], ecx
+        "f4")               # hlt
+    uc.mem_write(0x1000, code)
+    uc.emu_start(0x1000, 0x2000, count=100)
+    r = uc.reg_read
+    got = (r(X86.UC_X86_REG_RSI), r(X86.UC_X86_REG_RDI), r(X86.UC_X86_REG_RBX),
+           r(X86.UC_X86_REG_RCX), r(X86.UC_X86_REG_RDX), r(X86.UC_X86_REG_RAX))
+    if got != (0x11223344, 0x55667788, 7, 3, 4, 0xCAFEBABE):
+        return f"the direct RDTSC/CPUID/MMIO hooks misbehave ({[hex(v) for v in got]})"
+    if seen != [("in", 0x80, 1), ("out", 0x81, 1, 0x5A), ("w", 4, 4, 3)]:
+        return f"the direct port/MMIO hooks misbehave ({seen})"
+    raise_in[0] = True
+    try:
+        uc.emu_start(0x1000, 0x2000, count=100)
+    except _ProbeError:
+        return None
+    return "an exception in a direct hook does not stop emulation"
