@@ -152,6 +152,7 @@ class Machine:
         self.cpu = Cpu(self.mem, self.memory_map, self.io, self.clock, apic=True)
         self.cpu.load_firmware(rom)
         self.pic = DualPic()
+        self.pic.on_intr = self._interrupt_raised       # an IRQ from a port or MMIO access
         self._build_isa_devices()
         self._build_pci()
         if trace.any_category_enabled("in_asm", "exec", "cpu"):
@@ -329,10 +330,12 @@ class Machine:
             self.cpu.request_stop_after_instruction()
 
     def _interrupt_raised(self) -> None:
-        """An interrupt controller has a new request for the CPU. Raised inside a slice (a
-        self-IPI, an EOI or TPR write uncovering one) and takeable now, it ends the slice after
-        the current instruction: the run loop delivers it instead of running on to the slice
-        end. Raised between slices (timers fire there), the loop sees it anyway."""
+        """The LAPIC or the 8259s have a new request for the CPU. Raised inside a slice (a
+        self-IPI, an EOI or TPR write uncovering one, a device IRQ from a port or MMIO access)
+        and takeable now, it ends the slice after the current instruction (exactly after a port
+        access; from MMIO at the next newly translated block), so the run loop delivers it
+        instead of running on to the slice end. Raised between slices (timers fire there), the
+        loop sees it anyway."""
         cpu = self.cpu
         if cpu.running and cpu.interrupts_enabled():
             cpu.request_stop_after_instruction()
