@@ -2,6 +2,7 @@
 there whenever run() or step() returns (before a fatal report), and an interrupt raised in the
 middle of a slice (a LAPIC self-IPI, a device IRQ from a port access) is taken at once."""
 
+import signal
 import sys
 
 import pytest
@@ -194,8 +195,6 @@ def test_a_budget_ends_a_cpu_halted_through_endless_timer_events(tmp_path):
     """The LAPIC timer fires every few nanoseconds, but its handler never sends EOI, so the ISR
     blocks every later one: the CPU halts for ever while time jumps from event to event. The
     budget still ends run()."""
-    import signal
-
     m = build_machine(tmp_path, """
     main:
         SETGATE 0x40, handler
