@@ -495,18 +495,19 @@ def _probe() -> str | None:
     uc.emu_start(0x1000, 0x2000)
     if uc.reg_read(X86.UC_X86_REG_RAX) & 0xFF != 2:
         return "uc_ctl(UC_CTL_TB_REMOVE_CACHE) did not drop translated code"
-    return _probe_lean_hooks()
+    return _probe_lean_hooks(uc)
 
 
 class _ProbeError(Exception):
     pass
 
 
-def _probe_lean_hooks() -> str | None:
+def _probe_lean_hooks(uc: Uc) -> str | None:
     """The direct callbacks: every signature carries the values the guest sees, and an exception
-    in a callback stops emulation and comes out of emu_start."""
-    uc = Uc(UC.UC_ARCH_X86, UC.UC_MODE_64)
-    uc.mem_map(0x1000, 0x1000)
+    in a callback stops emulation and comes out of emu_start. Runs at 0x3000 on the engine of
+    the other probes (a second scratch engine would cost start-up time)."""
+    base = 0x3000
+    uc.mem_map(base, 0x1000)
     seen: list = []
     raise_in = [False]
 
@@ -533,8 +534,8 @@ def _probe_lean_hooks() -> str | None:
         "8b042500200000"    # mov eax, [0x2000]
         "890c2504200000"    # mov [0x2004], ecx
         "f4")               # hlt
-    uc.mem_write(0x1000, code)
-    uc.emu_start(0x1000, 0x2000, count=100)
+    uc.mem_write(base, code)
+    uc.emu_start(base, base + 0x1000, count=100)
     r = uc.reg_read
     got = (r(X86.UC_X86_REG_RSI), r(X86.UC_X86_REG_RDI), r(X86.UC_X86_REG_RBX),
            r(X86.UC_X86_REG_RCX), r(X86.UC_X86_REG_RDX), r(X86.UC_X86_REG_RAX))
@@ -544,7 +545,7 @@ def _probe_lean_hooks() -> str | None:
         return f"the direct port/MMIO hooks misbehave ({seen})"
     raise_in[0] = True
     try:
-        uc.emu_start(0x1000, 0x2000, count=100)
+        uc.emu_start(base, base + 0x1000, count=100)
     except _ProbeError:
         return None
     return "an exception in a direct hook does not stop emulation"
