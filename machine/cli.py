@@ -232,7 +232,7 @@ _opt("kernel", "FILE", "Multiboot v1 ELF32 kernel to boot (default: the bundled 
      "opt_kernel")
 _opt("append", "CMDLINE", "the kernel command line (the guest sees 'FILE CMDLINE')", "opt_append")
 _opt("drive", "file=IMG[,format=raw][,if=virtio|none][,id=ID][,readonly=on|off]"
-     "[,cache=writeback|writethrough|none|unsafe][,discard=unmap|ignore][,snapshot=on|off]",
+     "[,cache=writeback|writethrough|none|directsync|unsafe][,discard=unmap|ignore][,snapshot=on|off]",
      "a raw disk image; if=virtio adds a virtio-blk-pci for it", "opt_drive")
 _opt("device", "DRIVER[,prop=value...]",
      "add a device: virtio-blk-pci,drive=ID[,...], isa-debug-exit[,iobase=0xf4,iosize=0x04], "
@@ -275,7 +275,7 @@ UNSUPPORTED = frozenset("""
 _ACCEL_REFUSED = {"kvm", "hvf", "whpx", "xen", "nvmm", "hax", "qtest"}
 _QEMU_FORMATS = {"qcow2", "qcow", "vmdk", "vdi", "vhdx", "vpc", "qed", "luks", "dmg", "parallels",
                  "bochs", "cloop", "vvfat", "file", "host_device", "nbd"}
-_CACHE_MODES = {"writeback", "writethrough", "none", "unsafe"}
+_CACHE_MODES = {"writeback", "writethrough", "none", "directsync", "unsafe"}
 _DISCARD = {"unmap": "unmap", "on": "unmap", "ignore": "ignore", "off": "ignore"}
 DEVICES = {
     "virtio-blk-pci": "virtio block device on PCI (drive=ID; serial, num-queues, queue-size, ...)",

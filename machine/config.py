@@ -31,7 +31,7 @@ class DriveConfig:
     interface: str = "virtio"
     id: str | None = None
     readonly: bool = False
-    cache: str = "writeback"          # writeback | writethrough | none | unsafe
+    cache: str = "writeback"          # writeback | writethrough | none | directsync | unsafe
     discard: str = "ignore"           # ignore | unmap
     snapshot: bool = False
 

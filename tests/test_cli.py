@@ -251,7 +251,7 @@ ERRORS = [
     (["-drive", "file=d.img,format=qcow9"], "-drive file=d.img,format=qcow9: Unknown driver 'qcow9'"),
     (["-drive", "file=d.img,if=ide"], "if=ide is not supported by this machine"),
     (["-drive", "file=d.img,if=bogus"], "unsupported bus type 'bogus'"),
-    (["-drive", "file=d.img,cache=directsync"], "invalid cache option"),
+    (["-drive", "file=d.img,cache=writearound"], "invalid cache option"),
     (["-drive", "file=d.img,discard=maybe"], "Invalid discard option 'maybe'"),
     (["-drive", "file=d.img,readonly=maybe"], "Parameter 'read-only' expects 'on' or 'off'"),
     (["-drive", "file=d.img,bogus=1"], "-drive file=d.img,bogus=1: Invalid parameter 'bogus'"),

@@ -207,8 +207,9 @@ def test_driver_switching_wce_off_makes_each_write_durable(make, monkeypatch):
     assert b.run(T_OUT, 0, out=b"a" * 512)[1] == S_OK and len(calls) == 1
 
 
-def test_cache_writethrough_starts_with_writeback_0_and_syncs_writes(make, monkeypatch):
-    b = make(cache="writethrough").start()
+@pytest.mark.parametrize("cache", ["writethrough", "directsync"])
+def test_cache_writethrough_starts_with_writeback_0_and_syncs_writes(make, monkeypatch, cache):
+    b = make(cache=cache).start()
     assert b.drv.cfg_read(B.OFF_WRITEBACK, 1) == 0
     calls = []
     monkeypatch.setattr(os, "fdatasync", lambda fd: calls.append(fd))

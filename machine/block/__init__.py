@@ -15,7 +15,7 @@ from .snapshot import SnapshotOverlay
 
 __all__ = ["BlockBackend", "RawImage", "SnapshotOverlay", "open_drive", "SECTOR"]
 
-CACHE_MODES = ("writeback", "writethrough", "none", "unsafe")
+CACHE_MODES = ("writeback", "writethrough", "none", "directsync", "unsafe")
 DISCARD_MODES = {"ignore": False, "off": False, "unmap": True, "on": True}
 
 

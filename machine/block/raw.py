@@ -59,7 +59,7 @@ class BlockBackend:
     size: int = 0
     read_only: bool = False
     discard_unmap: bool = False      # -drive discard=unmap: DISCARD really deallocates
-    cache: str = "writeback"         # writeback | writethrough | none | unsafe
+    cache: str = "writeback"         # writeback | writethrough | none | directsync | unsafe
     filename: str = ""
 
     def readv(self, offset: int, bufs: list[memoryview]) -> int: raise NotImplementedError

@@ -175,7 +175,8 @@ class VirtioBlk(VirtioDevice):
             f |= bit(VIRTIO_BLK_F_RO)
         self.host_features = f
 
-        self.default_writeback = 0 if self.backend.cache == "writethrough" else 1
+        # QEMU's cache modes without O_DIRECT: none acts as writeback, directsync as writethrough.
+        self.default_writeback = 0 if self.backend.cache in ("writethrough", "directsync") else 1
         phys_exp = (pbs // lbs).bit_length() - 1
         self.config = bytearray(CONFIG.pack(
             self.capacity, 0, qsize - 2 if seg_adjust else 126,
