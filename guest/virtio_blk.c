@@ -124,6 +124,10 @@ int vblk_init(struct virtio_blk *b, char *why, int why_size)
             /* Legacy: the size is the device's, take it or leave it. */
             return fail(b, why, why_size, "legacy queue size too large or not a power of 2");
         }
+        /* A request is at least three descriptors (header, data, status) and this driver also
+         * sends them as direct chains, so a smaller ring could never take one (2.7.13.1). */
+        if (size < 3)
+            return fail(b, why, why_size, "queue size below 3 cannot hold a request");
         if (!b->vqs[q]) {
             b->vqs[q] = heap_alloc(sizeof(struct virtqueue), 64);
             if (!b->vqs[q])

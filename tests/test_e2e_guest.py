@@ -233,6 +233,14 @@ def test_failing_run_gives_status_3(run_machine, guest, tmp_path):
                                                            "not ok 2 - get_id"], run
 
 
+def test_queue_too_small_for_a_request_fails_init_clearly(run_machine, guest, tmp_path):
+    """A ring of 2 cannot hold a 3-descriptor request: the driver says so instead of timing out."""
+    image = blank_image(tmp_path / "disk.img")
+    run = run_machine(*guest_args(guest, image, "tests=flush queue_size=2"))
+    assert run.exit_status == FAILED, run
+    assert "not ok 1 - init # queue size below 3 cannot hold a request" in run.serial, run
+
+
 def test_failing_default_run_gives_status_1(run_machine, tmp_path):
     """The bundled default run maps the guest's failure to status 1 (and success to 0)."""
     image = blank_image(tmp_path / "disk.img")
