@@ -165,6 +165,7 @@ class Cpu:
         self._raw = ui.RawState(uc)
         self._reg = ui.RawReg(uc)
         self._counter = ui.emu_counter(uc)
+        self._budget = ui.emu_count(uc)                     # lowered to stop after an instruction
         self._cpuid = cpuid_table(apic)
         self._rom: mmap.mmap | None = None
         self._rom_pristine = b""
@@ -177,15 +178,16 @@ class Cpu:
         self._io_ns = 0                                     # port access time in this slice
         self._stop_cause: str | None = None
         self._fatal_report = ""
-        self._stop_hook: int | None = None
         self._write_prot_addr: int | None = None
         self._breakpoints: dict[int, int] = {}              # linear address -> hook handle
         self._bp_hit: int | None = None
         self._bp_skip: int | None = None
         self._dead_hooks: list = []                         # callbacks kept alive after hook_del
         self._dynamic_hook: int | None = None
-        self._in_io = False
-        self._stop_after_io = False
+        self._if_watch: int | None = None                   # block hook, see watch_interrupt_enable
+        self._if_waiting = False                            # an interrupt waits for IF=1
+        self._if_calls = 0                                  # block starts since the watch last hit
+        self._if_gave_up = False                            # the watch gave up on this wait
         self._callback_depth = 0
         self._flush_pending = False
         self._dirty: list[tuple[int, int]] = []             # host-written ranges, see _on_host_write
@@ -547,10 +549,7 @@ class Cpu:
             self._rom[:] = self._rom_pristine
         self.paging = False
         self._stop_cause = None
-        self._stop_after_io = False
         self._bp_skip = None
-        if self._stop_hook is not None:
-            self._clear_stop_hook()
         uc.ctl_flush_tb()
 
     @property
@@ -733,9 +732,9 @@ class Cpu:
 
     def set_dynamic_hooks(self, on: bool) -> None:
         """'Dynamic-hook mode': a never-matching code hook makes every translated block call the
-        hook dispatcher, so hooks added later (the stop-after-instruction hook, watchpoint
-        steppers) take effect at the very next instruction. Costs ~30 % speed; the debugger turns
-        it on while attached."""
+        hook dispatcher, so code hooks added later take effect at the very next instruction.
+        Costs ~30 % speed. Stops after an instruction no longer need it (they are exact in every
+        mode, see request_stop_after_instruction); kept for debugger front ends that ask."""
         if on and self._dynamic_hook is None:
             self._dynamic_hook = self.uc.hook_add(UC.UC_HOOK_CODE, _noop_code, None,
                                                   0xFFFFFFFFFFFFF000, 0xFFFFFFFFFFFFF000)
@@ -745,28 +744,70 @@ class Cpu:
         self.uc.ctl_flush_tb()
 
     def request_stop_after_instruction(self) -> None:
-        """Callable from inside a device callback: end the current slice cleanly once the current
-        instruction completes (never emu_stop there: Unicorn would replay the access). Exact in
-        dynamic-hook mode; otherwise the stop comes at the next translated block or slice end."""
+        """Callable from inside any callback (port, MMIO, CPUID, RDTSC, memory or interrupt
+        hook): end the current slice cleanly once the current instruction completes (never
+        emu_stop there: Unicorn would replay the access). Exact in every hook mode: lowering
+        the engine's instruction budget to the count retired so far makes Unicorn's counting
+        hook, which runs before every instruction, stop before the next one."""
         if self._stop_cause is None:
             self._stop_cause = "stop"
-        if self._in_io:
-            self._stop_after_io = True
-        else:
-            self._arm_stop_hook()
+        if self.running:
+            self._budget.value = self._counter.value
 
-    def _arm_stop_hook(self) -> None:
-        if self._stop_hook is None:
-            self._stop_hook = self.uc.hook_add(UC.UC_HOOK_CODE, self._on_stop_hook)
+    # Interrupt enable. An interrupt that became pending while IF=0 must be taken as soon as IF
+    # goes to 1 (after the instruction following STI, right after POPF or IRET), not at the
+    # slice end. Unicorn ends a translated block after each of those instructions, so while the
+    # board has such an interrupt waiting, a block hook checks IF at every block start and ends
+    # the slice there. The hook is a Python call per block, and adding or removing it costs a
+    # flush of all translated code, so it is bounded both ways: it stays installed while it
+    # keeps being useful (an interrupt storm: waits come and go every few blocks), and it gives
+    # up after IF_WATCH_BLOCKS block starts without a hit (a BIOS polling a port with IF=0 while
+    # the keyboard's or the timer's interrupt waits): then the board shortens its slices
+    # instead, until that wait is over.
+    IF_WATCH_BLOCKS = 4096
 
-    def _on_stop_hook(self, uc, address, size, _ud) -> None:
-        uc.emu_stop()
+    @property
+    def watching_interrupt_enable(self) -> bool:
+        return self._if_waiting
 
-    def _clear_stop_hook(self) -> None:
-        if self._stop_hook is not None:
-            self._delete_code_hook(self._stop_hook)
-            self._stop_hook = None
-            self.uc.ctl_flush_tb()
+    def watch_interrupt_enable(self, on: bool) -> bool:
+        """Say (between slices) whether an interrupt waits for IF=1. While one does, the slice
+        ends before the first instruction of a translated block that starts with IF=1 (an STI
+        shadow, if any, is still pending then: see interrupt_shadow). Returns False when the
+        watch gave up on this wait: the caller should then keep its slices short."""
+        self._if_waiting = on
+        if not on:
+            self._if_gave_up = False
+            if self._if_watch is not None and self._if_calls > self.IF_WATCH_BLOCKS:
+                self._drop_if_watch()
+            return True
+        if self._if_gave_up:
+            if self._if_watch is not None:
+                self._drop_if_watch()
+            return False
+        if self._if_watch is None:
+            self._if_calls = 0
+            self._if_watch = ui.hook_block(self.uc, self._on_block_if_watch)
+            self.uc.ctl_flush_tb()           # code translated without the hook never calls it
+        return True
+
+    def _drop_if_watch(self) -> None:
+        # No stale block can call the deleted hook: the flush comes before any code runs again
+        # (so, unlike _delete_code_hook, nothing needs keeping alive).
+        self.uc.hook_del(self._if_watch)
+        self._if_watch = None
+        self.uc.ctl_flush_tb()
+
+    def _on_block_if_watch(self, _address: int) -> None:
+        if self._if_waiting and self._reg.read(_REG_EFLAGS) & EFLAGS_IF:
+            self._if_calls = 0
+            self.request_stop_after_instruction()
+            return
+        self._if_calls += 1
+        if self._if_calls > self.IF_WATCH_BLOCKS:
+            if self._if_waiting:
+                self._if_gave_up = True
+            self.request_stop_after_instruction()       # the board drops the hook
 
     def step(self) -> SliceResult:
         """Execute exactly one instruction (an interrupt/exception it raises is delivered, so a
@@ -808,7 +849,6 @@ class Cpu:
         self._bp_hit = None
         if self._stop_cause == "stop":
             self._stop_cause = None
-            self._clear_stop_hook()
         pc = self._reg.read(_REG_RIP)
         if self._breakpoints:
             lin = self.linear_pc()
@@ -826,7 +866,9 @@ class Cpu:
             finally:
                 self.running = False
             counted = self._counter.value
-            budget = count - retired
+            # The budget this emu_start ended with: `count - retired`, or lower when a callback
+            # asked to stop after its instruction (Unicorn counts one past it when it stops).
+            budget = self._budget.value
             retired += budget if counted > budget else counted
             if error is not None and self._stop_cause is None and error.errno == UC.UC_ERR_WRITE_PROT \
                     and self._write_prot_addr is not None and self._in_rom(self._write_prot_addr) \
@@ -838,8 +880,6 @@ class Cpu:
                 continue
             break
         cause = self._stop_cause
-        if self._stop_hook is not None:
-            self._clear_stop_hook()
         self._update_paging()
 
         if cause in ("fatal", "triple_fault"):
@@ -875,49 +915,27 @@ class Cpu:
     # -------------------------------------------------------------------------------------
     # hooks: port I/O, CPUID, RDTSC, interrupts
     # -------------------------------------------------------------------------------------
-    # A stop requested from an IN/OUT callback (isa-debug-exit, a reset port) is made exact:
-    # there RIP is the I/O instruction itself, so we move RIP past it and stop; Unicorn leaves
-    # the block at once and nothing after the OUT runs or replays.
     def _on_in(self, port: int, size: int) -> int:
-        self._in_io = True
         self._io_ns += IO_PORT_NS
         self._sync_clock()
         self._callback_depth += 1
         try:
             return self.io.read(port, size)
         finally:
-            self._in_io = False
             self._callback_depth -= 1
             if self._flush_pending:
                 self._flush_now()
-            if self._stop_after_io:
-                self._finish_io_stop()
 
     def _on_out(self, port: int, size: int, value: int) -> None:
-        self._in_io = True
         self._io_ns += IO_PORT_NS
         self._sync_clock()
         self._callback_depth += 1
         try:
             self.io.write(port, size, value)
         finally:
-            self._in_io = False
             self._callback_depth -= 1
             if self._flush_pending:
                 self._flush_now()
-            if self._stop_after_io:
-                self._finish_io_stop()
-
-    def _finish_io_stop(self) -> None:
-        self._stop_after_io = False
-        rip = self._reg.read(_REG_RIP)
-        code = ui.vmem_read(self.uc, self.linear_pc(), 15, UC.UC_PROT_EXEC) or b""
-        length = _io_insn_length(code)
-        if length is None:                      # string I/O: fall back to the code hook
-            self._arm_stop_hook()
-            return
-        self._reg.write(_REG_RIP, rip + length)
-        self.uc.emu_stop()
 
     def _on_cpuid(self, leaf: int, _subleaf: int) -> tuple[int, int, int, int]:
         return self._cpuid.get(leaf, _CPUID_ZERO)
@@ -1286,24 +1304,6 @@ _ENGINE_ERRORS = {
     UC.UC_ERR_INSN_INVALID: "invalid instruction that could not be delivered as #UD",
     UC.UC_ERR_EXCEPTION: "an exception the CPU layer could not deliver",
 }
-
-_PREFIXES = frozenset((0x66, 0x67, 0xF2, 0xF3, 0x26, 0x2E, 0x36, 0x3E, 0x64, 0x65, 0xF0))
-
-
-def _io_insn_length(code: bytes) -> int | None:
-    """Length of the IN/OUT instruction at the start of `code`; None for INS/OUTS (or junk)."""
-    i = 0
-    while i < len(code) and code[i] in _PREFIXES:
-        i += 1
-    if i >= len(code):
-        return None
-    op = code[i]
-    if op in (0xE4, 0xE5, 0xE6, 0xE7):
-        return i + 2
-    if op in (0xEC, 0xED, 0xEE, 0xEF):
-        return i + 1
-    return None
-
 
 def _cut(ranges: list[tuple[int, int, int]], base: int, size: int) -> list[tuple[int, int, int]]:
     """(gpa, size, offset) windows minus [base, base+size); a window cut in two keeps both

@@ -61,6 +61,7 @@ from .virtio.pci import create_virtio_blk_pci
 
 FATAL_STATUS = 2
 MAX_SLICE = 500_000          # instructions; bounds stop/^C latency (~10 ms at worst)
+MASKED_SLICE = 10_000        # instructions; slice length during a long wait for IF=1 (see run())
 
 # Stop kinds (the same words the debugger layer uses).
 STOP_EXITED = "exited"            # the guest asked to exit (isa-debug-exit, reset under -no-reboot)
@@ -331,13 +332,13 @@ class Machine:
 
     def _interrupt_raised(self) -> None:
         """The LAPIC or the 8259s have a new request for the CPU. Raised inside a slice (a
-        self-IPI, an EOI or TPR write uncovering one, a device IRQ from a port or MMIO access)
-        and takeable now, it ends the slice after the current instruction (exactly after a port
-        access; from MMIO at the next newly translated block), so the run loop delivers it
-        instead of running on to the slice end. Raised between slices (timers fire there), the
-        loop sees it anyway."""
+        self-IPI, an EOI or TPR write uncovering one, a device IRQ from a port or MMIO access),
+        it ends the slice right after the current instruction when the CPU can take it, so the
+        run loop delivers it instead of running on to the slice end; with interrupts off, it
+        ends the slice too unless the CPU already watches for IF going to 1, so the loop arms
+        that watch (see run()). Raised between slices (timers fire there), the loop sees it."""
         cpu = self.cpu
-        if cpu.running and cpu.interrupts_enabled():
+        if cpu.running and (cpu.interrupts_enabled() or not cpu.watching_interrupt_enable):
             cpu.request_stop_after_instruction()
 
     def request_stop(self, reason: str = "stop") -> None:
@@ -544,6 +545,14 @@ class Machine:
             deadline = clock.next_deadline()
             if deadline is not None:
                 count = min(count, max(1, deadline - clock.now))
+            # An interrupt waiting for IF=1 is taken as soon as STI/POPF/IRET sets it: the CPU
+            # watches for that while one waits. When the wait is long (a BIOS polling with
+            # IF=0 while the timer's or keyboard's interrupt waits) the watch gives up, for its
+            # cost, and short slices bound the delay instead: an interrupt taken up to
+            # MASKED_SLICE ns late is what any guest tolerates from a real board.
+            waiting = not cpu.interrupts_enabled() and self._interrupt_source() is not None
+            if not cpu.watch_interrupt_enable(waiting):
+                count = min(count, MASKED_SLICE)
             result = self._run_cpu(count)
             if budget is not None:
                 budget -= result.retired

@@ -11,7 +11,10 @@ Unicorn's public API cannot do four things a PC needs, so we reach under it:
    resets (without the reset the 2nd contributory fault becomes #DF and the 3rd a triple fault),
    `hflags` (CPL, the STI/MOV SS interrupt shadow, CPU mode bits) and the segment caches.
 3. `uc_struct.emu_counter`: how many instructions the last `emu_start(count=N)` retired, so
-   virtual time is exact and deterministic.
+   virtual time is exact and deterministic; and `uc_struct.emu_count`, the budget itself: the
+   counting hook runs before every instruction and stops the engine once the counter passes the
+   budget, so lowering the budget to the counter from inside a callback stops cleanly right
+   after the current instruction (nothing replayed, whatever the translated code looks like).
 4. Lean hooks: MMIO, IN/OUT, CPUID and RDTSC callbacks registered with libunicorn directly
    (`uc_mmio_map`, and `uc_hook_add` through the binding's private helper, which also takes the
    RDTSC hook the 2.1.4 binding's `hook_add` rejects), bypassing the binding's per-call wrappers;
@@ -43,6 +46,7 @@ REQUIRED_VERSION = "2.1.4"
 UC_STRUCT_ARCH = 0
 UC_STRUCT_MODE = 4
 UC_STRUCT_EMU_COUNTER = 1368
+UC_STRUCT_EMU_COUNT = 1376     # the budget emu_start(count=N) set, right after the counter
 CONTEXT_SIZE = 5608            # uc_context_size() for an x86 engine
 CONTEXT_DATA = 40              # struct uc_context header before the CPUX86State copy
 # Offsets inside the CPUX86State copy:
@@ -119,6 +123,15 @@ def emu_counter(uc: Uc) -> ctypes.c_uint64:
     Unicorn counts one past the budget when the budget is exhausted (the counting hook fires
     on the instruction it then refuses to run)."""
     return ctypes.c_uint64.from_address(handle(uc) + UC_STRUCT_EMU_COUNTER)
+
+
+def emu_count(uc: Uc) -> ctypes.c_uint64:
+    """A live view of `uc->emu_count`, the budget of the running emu_start(count>0). Unicorn's
+    counting hook runs before each instruction: `counter += 1; if counter > count: stop`. Setting
+    it to the counter's value from inside any callback therefore stops the engine before the
+    next instruction, cleanly (a stop from a code hook rolls nothing back); the slice then
+    retired exactly `emu_count` instructions."""
+    return ctypes.c_uint64.from_address(handle(uc) + UC_STRUCT_EMU_COUNT)
 
 
 # ------------------------------------------------------------------------------------------
@@ -284,6 +297,22 @@ def hook_out(uc: Uc, fn) -> int:
         except BaseException as exc:
             fail(exc)
     return _hook_insn(uc, _INSN_OUT_T(on_out), X86.UC_X86_INS_OUT)
+
+
+_BLOCK_T = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_uint64, ctypes.c_uint32, ctypes.c_void_p)
+
+
+def hook_block(uc: Uc, fn) -> int:
+    """Hook the start of every translated block: `fn(address)`. Code translated before the
+    hook exists does not call it: flush after adding (and after `hook_del`)."""
+    fail = _failer(uc)
+
+    def on_block(_h, address, _size, _ud):
+        try:
+            fn(address)
+        except BaseException as exc:
+            fail(exc)
+    return uc._Uc__do_hook_add(UC.UC_HOOK_BLOCK, _BLOCK_T(on_block), 1, 0)
 
 
 class _RegBatch:
@@ -478,6 +507,22 @@ def _probe() -> str | None:
     uc.emu_start(0x1000, 0x2000, count=3)
     if emu_counter(uc).value not in (3, 4):
         return "uc_struct.emu_counter is not where expected"
+    if emu_count(uc).value != 3:
+        return "uc_struct.emu_count is not where expected"
+    # Lowering the budget from inside a callback stops before the next instruction.
+    stop_at = [0]
+
+    def lower_budget(_uc, address, _size, _ud):
+        if address == 0x1001:
+            stop_at[0] = emu_counter(uc).value
+            emu_count(uc).value = stop_at[0]
+    h = uc.hook_add(UC.UC_HOOK_CODE, lower_budget, None, 0x1001, 0x1001)
+    uc.ctl_flush_tb()                      # code translated before the hook would not call it
+    uc.emu_start(0x1000, 0x2000, count=5)
+    uc.hook_del(h)
+    uc.ctl_flush_tb()
+    if uc.reg_read(X86.UC_X86_REG_RIP) != 0x1002 or emu_count(uc).value != stop_at[0]:
+        return "lowering uc_struct.emu_count does not stop after the current instruction"
     raw = RawState(uc)
     uc.reg_write(X86.UC_X86_REG_FS_BASE, 0x123456789A)
     raw.save()

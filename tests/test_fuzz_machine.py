@@ -429,14 +429,7 @@ def test_lapic_timer_storm_while_halted_is_bounded(tmp_path):
     assert status == 0 and m.stop_reason.kind == "limit"
 
 
-@pytest.mark.parametrize("wait", [
-    "hlt",
-    pytest.param("nop", marks=pytest.mark.xfail(strict=True, reason=
-        "an INTx raised by an MMIO write (the notify completes a request) while IF=1 is not "
-        "delivered until the slice ends: a guest spinning after the kick never sees it within "
-        "the budget. Fix in machine/pc.py / cpu.py: a line going up mid-slice with IF=1 must "
-        "end the slice (request_stop_after_instruction), from MMIO callbacks too")),
-])
+@pytest.mark.parametrize("wait", ["hlt", "nop"])
 def test_level_triggered_virtio_interrupt_never_acknowledged(tmp_path, wait):
     """The handler sends EOI but never reads the ISR: the level-triggered INTx line stays up
     and the interrupt is taken again after every IRET. The run still ends at its budget."""
@@ -465,11 +458,6 @@ def test_level_triggered_virtio_interrupt_never_acknowledged(tmp_path, wait):
     assert m.mem.read_u32(0x3000) > 100
 
 
-@pytest.mark.xfail(strict=True, reason=
-    "an interrupt that became pending while IF=0 is delivered only when the slice ends (up to "
-    "pc.MAX_SLICE instructions after STI, or never if the budget ends first); a CPU takes it "
-    "right after the instruction following STI. Fix in machine/pc.py run loop: while an "
-    "interrupt is pending and IF=0, run short slices (or stop after STI/POPF/IRET)")
 def test_interrupt_pending_at_sti_is_taken_after_the_next_instruction(tmp_path):
     m = prepared(tmp_path, PIC_INIT + """
         CFGWB 0x08, 0x61, 11               # PIIX3: PIRQB (slot 2 INTA) -> IRQ 11
