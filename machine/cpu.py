@@ -452,7 +452,10 @@ class Cpu:
             if rep:
                 self._reg.write(_REG_RCX, self._reg.read(_REG_RCX) & ~amask)
         trace.guest_error(f"write to ROM at {self._write_prot_addr:#x} ignored")
-        self._reg.write(_REG_RIP, rip + length)
+        # The instruction pointer wraps at the code size, as on the CPU (an instruction ending
+        # at 4 GiB continues at 0 in 32-bit code, at IP 0 in 16-bit code).
+        self._reg.write(_REG_RIP, (rip + length) & (0xFFFFFFFFFFFFFFFF if bits == 64 else 0xFFFFFFFF
+                                                   if bits == 32 else 0xFFFF))
         return True
 
     # Host writes into RAM (DMA, loaders, the debugger) are invisible to Unicorn's translated
@@ -849,7 +852,7 @@ class Cpu:
         self._bp_hit = None
         if self._stop_cause == "stop":
             self._stop_cause = None
-        pc = self._reg.read(_REG_RIP)
+        pc = self._wrapped_pc()
         if self._breakpoints:
             lin = self.linear_pc()
             if lin in self._breakpoints:
@@ -875,12 +878,13 @@ class Cpu:
                     and self._skip_rom_write():
                 if retired >= count:
                     return SliceResult("count", retired)
-                pc = self._reg.read(_REG_RIP)
+                pc = self._wrapped_pc()
                 self._slice_start_ns = self._slice_start_ns + counted    # the counter restarts
                 continue
             break
         cause = self._stop_cause
         self._update_paging()
+        self._wrapped_pc()
 
         if cause in ("fatal", "triple_fault"):
             self._stop_cause = None
@@ -899,6 +903,17 @@ class Cpu:
         if self._just_halted():
             return SliceResult("halt", retired)
         return SliceResult("count", retired)
+
+    def _wrapped_pc(self) -> int:
+        """RIP, wrapped to 32 bits outside 64-bit code. Unicorn does not wrap EIP: 32-bit code
+        running through 0xFFFFFFFF goes on at "EIP" 0x1_0000_0000 (fetching from physical 0,
+        as the CPU would), a state no x86 CPU can be in; it would show in the debugger and fault
+        reports and be pushed by the next interrupt. Fixed at every slice boundary."""
+        rip = self._reg.read(_REG_RIP)
+        if rip >> 32 and not self._raw.save().hflags & ui.HF_CS64:
+            rip &= 0xFFFFFFFF
+            self._reg.write(_REG_RIP, rip)
+        return rip
 
     def _just_halted(self) -> bool:
         lin = self.linear_pc()
