@@ -9,6 +9,12 @@
 #define EXIT_OK     0x10
 #define EXIT_FAIL   0x20        /* + failure number */
 
+/* Entry of a boot sector loaded at 0x7c00: segments at 0, stack just below the sector,
+ * interrupts on, string operations forward. */
+#define BOOT_SECTOR_START \
+    .code16; .text; .globl _start; _start: \
+    cli; xor %ax, %ax; mov %ax, %ds; mov %ax, %es; mov %ax, %ss; mov $0x7c00, %sp; sti; cld
+
 /* print the NUL-terminated string at label s */
 #define PRINT(s)    mov $s, %si; call puts
 /* exit with status value v */

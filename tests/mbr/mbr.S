@@ -5,18 +5,7 @@
  * isa-debug-exit: status 33 when all passed, 65 + 2k for failure k. */
 #include "common.h"
 
-    .code16
-    .text
-    .globl _start
-_start:
-    cli
-    xor %ax, %ax
-    mov %ax, %ds
-    mov %ax, %es
-    mov %ax, %ss
-    mov $0x7c00, %sp
-    sti
-    cld
+    BOOT_SECTOR_START
     mov %dl, drive
     /* SeaBIOS's serial console (-nographic) flushes what it still holds on timer ticks: let
      * them pass before printing, so that its text does not land inside ours. */

@@ -6,18 +6,7 @@
 
 #define NEW_BASE 0x0600
 
-    .code16
-    .text
-    .globl _start
-_start:
-    cli
-    xor %ax, %ax
-    mov %ax, %ds
-    mov %ax, %es
-    mov %ax, %ss
-    mov $0x7c00, %sp
-    sti
-    cld
+    BOOT_SECTOR_START
     mov $0x7c00, %si
     mov $NEW_BASE, %di
     mov $256, %cx

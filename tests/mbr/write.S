@@ -3,18 +3,7 @@
  * The test then checks the image file. */
 #include "common.h"
 
-    .code16
-    .text
-    .globl _start
-_start:
-    cli
-    xor %ax, %ax
-    mov %ax, %ds
-    mov %ax, %es
-    mov %ax, %ss
-    mov $0x7c00, %sp
-    sti
-    cld
+    BOOT_SECTOR_START
     mov %dl, drive
     mov $0x8000, %di                /* 1 KiB of 0xa5 at 0x8000 */
     mov $0xa5, %al
