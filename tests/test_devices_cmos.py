@@ -8,32 +8,15 @@ from machine.clock import VirtualClock
 from machine.devices.cmos import Cmos
 from machine.irq import IrqLine
 
+from clocktools import RiseRecorder, run_until
+
 START = calendar.timegm((2024, 3, 15, 13, 45, 30, 0, 0, 0))   # a Friday
 SEC = 1_000_000_000
 
 
-class Recorder:
-    def __init__(self, clock):
-        self.clock, self.rises = clock, []
-
-    def __call__(self, level):
-        if level:
-            self.rises.append(self.clock.now)
-
-
-def run_until(clock, t):
-    """Advance the way the run loop does: timer deadline by timer deadline."""
-    while True:
-        d = clock.next_deadline()
-        if d is None or d > t:
-            break
-        clock.advance_to(d)
-    clock.advance_to(t)
-
-
 def make(ram=128 << 20, cpus=1, start=START):
     clock = VirtualClock()
-    rec = Recorder(clock)
+    rec = RiseRecorder(clock)
     irq = IrqLine("irq8", rec)
     return Cmos(irq, clock, ram, cpus, start_time=start), clock, irq, rec
 

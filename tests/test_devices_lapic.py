@@ -5,19 +5,12 @@ import pytest
 from machine.clock import VirtualClock
 from machine.devices.lapic import LocalApic
 
+from clocktools import run_until
+
 ID, VER, TPR, PPR, EOI, LDR, DFR, SVR = 0x20, 0x30, 0x80, 0xA0, 0xB0, 0xD0, 0xE0, 0xF0
 ISR0, TMR0, IRR0, ESR, ICR_LO, ICR_HI = 0x100, 0x180, 0x200, 0x280, 0x300, 0x310
 LVT_TIMER, LVT_LINT0, LVT_LINT1, LVT_ERROR = 0x320, 0x350, 0x360, 0x370
 TIMER_INIT, TIMER_CUR, TIMER_DIV = 0x380, 0x390, 0x3E0
-
-
-def run_until(clock, t):
-    while True:
-        d = clock.next_deadline()
-        if d is None or d > t:
-            break
-        clock.advance_to(d)
-    clock.advance_to(t)
 
 
 @pytest.fixture

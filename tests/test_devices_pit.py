@@ -6,32 +6,15 @@ from machine.clock import VirtualClock
 from machine.devices.pit import PIT_HZ, Pit, ticks_to_ns
 from machine.irq import IrqLine
 
+from clocktools import RiseRecorder, run_until
+
 CTRL = 3
-
-
-class Edges:
-    def __init__(self, clock):
-        self.clock, self.rises = clock, []
-
-    def __call__(self, level):
-        if level:
-            self.rises.append(self.clock.now)
-
-
-def run_until(clock, t):
-    """Advance the way the run loop does: timer deadline by timer deadline."""
-    while True:
-        d = clock.next_deadline()
-        if d is None or d > t:
-            break
-        clock.advance_to(d)
-    clock.advance_to(t)
 
 
 @pytest.fixture
 def setup():
     clock = VirtualClock()
-    edges = Edges(clock)
+    edges = RiseRecorder(clock)
     irq = IrqLine("irq0", edges)
     pit = Pit(irq, clock)
     assert irq.level                                   # idle OUT is high
