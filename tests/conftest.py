@@ -8,3 +8,24 @@ def _reset_trace():
     """Trace patterns and log categories are process-global: keep tests independent."""
     yield
     trace.disable_all()
+
+
+def _built(directory: str, target: str):
+    """Build a C/asm directory's target, or skip the test when the toolchain cannot."""
+    from machine.toolchain import ToolchainError, ensure_built
+    try:
+        return ensure_built(directory, target)
+    except ToolchainError as exc:
+        pytest.skip(f"cannot build {directory}/{target}: {exc}")
+
+
+@pytest.fixture(scope="module")
+def hello():
+    """The hello test kernel (ELF)."""
+    return _built("tests/kernels", "out/hello.elf")
+
+
+@pytest.fixture(scope="module")
+def guest():
+    """The bundled virtio-blk guest (ELF)."""
+    return _built("guest", "out/guest.elf")

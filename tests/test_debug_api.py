@@ -13,15 +13,6 @@ from machine.debug.target import (STOP_BREAKPOINT, STOP_DEVICE, STOP_EXITED, STO
                                   STOP_STEP, STOP_WATCHPOINT)
 
 
-@pytest.fixture(scope="module")
-def guest():
-    from machine.toolchain import ToolchainError, ensure_built
-    try:
-        return ensure_built("guest", "out/guest.elf")
-    except ToolchainError as exc:
-        pytest.skip(f"cannot build the guest: {exc}")
-
-
 @pytest.fixture
 def session(guest, tmp_path):
     img = tmp_path / "d.img"

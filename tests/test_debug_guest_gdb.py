@@ -19,15 +19,6 @@ pytestmark = pytest.mark.skipif(shutil.which("gdb") is None, reason="gdb is not 
 EXIT_DEV = ["-device", "isa-debug-exit,iobase=0xf4,iosize=0x04"]
 
 
-@pytest.fixture(scope="module")
-def guest():
-    from machine.toolchain import ToolchainError, ensure_built
-    try:
-        return ensure_built("guest", "out/guest.elf")
-    except ToolchainError as exc:
-        pytest.skip(f"cannot build the guest: {exc}")
-
-
 def start(guest, tmp_path, tests: str) -> Running:
     img = tmp_path / "d.img"
     img.write_bytes(bytes(4 << 20))

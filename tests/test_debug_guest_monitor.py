@@ -20,15 +20,6 @@ EXIT_DEV = ["-device", "isa-debug-exit,iobase=0xf4,iosize=0x04"]
 PROMPT = "(qemu) "
 
 
-@pytest.fixture(scope="module")
-def guest():
-    from machine.toolchain import ToolchainError, ensure_built
-    try:
-        return ensure_built("guest", "out/guest.elf")
-    except ToolchainError as exc:
-        pytest.skip(f"cannot build the guest: {exc}")
-
-
 def guest_args(guest, tmp_path, tests: str) -> list[str]:
     img = tmp_path / "d.img"
     img.write_bytes(bytes(4 << 20))

@@ -20,24 +20,6 @@ from machine.debug.target import Debugger, attach_debugger
 gdb_missing = pytest.mark.skipif(shutil.which("gdb") is None, reason="gdb is not installed")
 
 
-def _built(directory: str, target: str):
-    from machine.toolchain import ToolchainError, ensure_built
-    try:
-        return ensure_built(directory, target)
-    except ToolchainError as exc:
-        pytest.skip(f"cannot build {directory}/{target}: {exc}")
-
-
-@pytest.fixture(scope="module")
-def hello():
-    return _built("tests/kernels", "out/hello.elf")
-
-
-@pytest.fixture(scope="module")
-def guest():
-    return _built("guest", "out/guest.elf")
-
-
 class Running:
     """A machine under the debugger, its loop in a thread (the test thread plays gdb)."""
 

@@ -17,24 +17,6 @@ from machine.debug import cpulog
 EXIT_DEV = ["-device", "isa-debug-exit,iobase=0xf4,iosize=0x04"]
 
 
-def _built(directory: str, target: str):
-    from machine.toolchain import ToolchainError, ensure_built
-    try:
-        return ensure_built(directory, target)
-    except ToolchainError as exc:
-        pytest.skip(f"cannot build {directory}/{target}: {exc}")
-
-
-@pytest.fixture(scope="module")
-def hello():
-    return _built("tests/kernels", "out/hello.elf")
-
-
-@pytest.fixture(scope="module")
-def guest():
-    return _built("guest", "out/guest.elf")
-
-
 @pytest.fixture
 def log():
     out = io.StringIO()

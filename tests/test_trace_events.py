@@ -18,15 +18,6 @@ EXIT_DEV = ["-device", "isa-debug-exit,iobase=0xf4,iosize=0x04"]
 VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT, VIRTIO_BLK_T_FLUSH = 0, 1, 4
 
 
-@pytest.fixture(scope="module")
-def guest():
-    from machine.toolchain import ToolchainError, ensure_built
-    try:
-        return ensure_built("guest", "out/guest.elf")
-    except ToolchainError as exc:
-        pytest.skip(f"cannot build the guest: {exc}")
-
-
 @pytest.fixture
 def image(tmp_path):
     img = tmp_path / "d.img"
