@@ -7,7 +7,7 @@ import struct
 import pytest
 
 from virtio_driver import (F_EVENT_IDX, F_INDIRECT, F_VERSION_1, S_IOERR, S_OK, S_UNSUPP, T_DISCARD,
-                           T_FLUSH, T_GET_ID, T_IN, T_OUT, T_WRITE_ZEROES, Bench, pattern)
+                           T_FLUSH, T_GET_ID, T_IN, T_OUT, T_WRITE_ZEROES, benches, pattern)
 from machine.virtio import blk as B
 
 SECT = 512
@@ -15,15 +15,7 @@ SECT = 512
 
 @pytest.fixture
 def make(tmp_path):
-    made = []
-
-    def _make(**kw):
-        b = Bench(tmp_path, **kw)
-        made.append(b)
-        return b
-    yield _make
-    for b in made:
-        b.close()
+    yield from benches(tmp_path)
 
 
 def seg(sector, n, flags=0):

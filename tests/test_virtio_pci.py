@@ -4,7 +4,7 @@ registers, ISR/INTx, the PCI_CFG window, reset, and what bad register writes mus
 import pytest
 
 from virtio_driver import (ACK, DRIVER, DRIVER_OK, F_EVENT_IDX, F_VERSION_1, FAILED, FEATURES_OK, NEEDS_RESET,
-                           S_OK, T_IN, T_OUT, Bench, BlkRequests, Vring, pattern)
+                           S_OK, T_IN, T_OUT, BlkRequests, benches, Vring, pattern)
 from machine.block import open_drive
 from machine.config import ConfigError, DriveConfig
 from machine.memory import GuestMemory, IoSpace, MemoryMap
@@ -14,15 +14,7 @@ from machine.virtio.pci import create_virtio_blk_pci
 
 @pytest.fixture
 def make(tmp_path):
-    made = []
-
-    def _make(**kw):
-        b = Bench(tmp_path, **kw)
-        made.append(b)
-        return b
-    yield _make
-    for b in made:
-        b.close()
+    yield from benches(tmp_path)
 
 
 def cfg(dev, off, size):

@@ -420,3 +420,16 @@ class Bench:
 
     def close(self) -> None:
         self.backend.close()
+
+
+def benches(tmp_path):
+    """Body of a `make(**kw)` fixture: yields a Bench factory, then closes every Bench made."""
+    made: list[Bench] = []
+
+    def make(**kw) -> Bench:
+        b = Bench(tmp_path, **kw)
+        made.append(b)
+        return b
+    yield make
+    for b in made:
+        b.close()
