@@ -3,7 +3,10 @@ stub, the monitor and the debug loop can be tested without the board."""
 
 from __future__ import annotations
 
-from machine.debug.target import (DebugAccessError, Stop, STOP_BREAKPOINT, STOP_DEVICE,
+import threading
+
+from machine.debug.gdbstub import GdbStub
+from machine.debug.target import (DebugAccessError, Debugger, Stop, STOP_BREAKPOINT, STOP_DEVICE,
                                   STOP_EXITED, STOP_FAULT, STOP_INTERRUPT, STOP_LIMIT, STOP_STEP,
                                   STOP_WATCHPOINT)
 
@@ -143,3 +146,17 @@ class FakeTarget:
                 if reason:
                     return Stop(STOP_INTERRUPT, pc=self.regs["eip"], message=reason)
         return Stop(STOP_LIMIT, pc=self.regs["eip"])
+
+
+def serve_fake(program: bytes, start_stopped: bool = True):
+    """A FakeTarget running `program` under the Debugger with a gdb stub on a free local port, its
+    loop in a daemon thread. Returns (target, debugger, port, thread, result); result["status"]
+    is the loop's exit status once it ends."""
+    target = FakeTarget(program)
+    stub = GdbStub(target, port=0)
+    port = stub.listen()
+    dbg = Debugger(target, gdb=stub, start_stopped=start_stopped)
+    result = {}
+    thread = threading.Thread(target=lambda: result.setdefault("status", dbg.run()), daemon=True)
+    thread.start()
+    return target, dbg, port, thread, result

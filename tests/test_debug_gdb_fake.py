@@ -4,13 +4,10 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-import threading
 
 import pytest
 
-from machine.debug.gdbstub import GdbStub
-from machine.debug.target import Debugger
-from test_debug_fakes import COUNTER, EXIT, INC, LOAD, NOP, FakeTarget
+from test_debug_fakes import COUNTER, EXIT, INC, LOAD, NOP, serve_fake
 
 pytestmark = pytest.mark.skipif(shutil.which("gdb") is None, reason="gdb is not installed")
 
@@ -23,19 +20,8 @@ def run_gdb(port: int, *commands: str, timeout: float = 60) -> str:
     return proc.stdout
 
 
-def start(program: bytes):
-    target = FakeTarget(program)
-    stub = GdbStub(target, port=0)
-    port = stub.listen()
-    dbg = Debugger(target, gdb=stub, start_stopped=True)
-    result = {}
-    thread = threading.Thread(target=lambda: result.setdefault("status", dbg.run()), daemon=True)
-    thread.start()
-    return target, port, thread, result
-
-
 def test_gdb_session_registers_memory_breakpoints_watchpoints_exit():
-    target, port, thread, result = start(bytes([NOP, NOP, INC, NOP, LOAD, NOP, NOP, EXIT]))
+    target, _, port, thread, result = serve_fake(bytes([NOP, NOP, INC, NOP, LOAD, NOP, NOP, EXIT]))
     out = run_gdb(port,
                   "p/x $eip", "p/x $esp",
                   "x/2xb 0x1000",
@@ -63,7 +49,7 @@ def test_gdb_session_registers_memory_breakpoints_watchpoints_exit():
 
 
 def test_gdb_write_watchpoint_old_and_new_value():
-    target, port, thread, result = start(bytes([NOP, INC, NOP, INC, NOP, EXIT]))
+    target, _, port, thread, result = serve_fake(bytes([NOP, INC, NOP, INC, NOP, EXIT]))
     out = run_gdb(port, f"watch *(int*){COUNTER:#x}", "continue", "continue", "kill")
     assert "Old value = 0" in out and "New value = 1" in out, out
     assert "Old value = 1" in out and "New value = 2" in out, out

@@ -7,10 +7,9 @@ import threading
 
 import pytest
 
-from machine.debug.gdbstub import (GdbStub, I386_REGS, PacketReader, checksum, escape_binary,
+from machine.debug.gdbstub import (I386_REGS, PacketReader, checksum, escape_binary,
                                    parse_gdb_address, unescape_binary)
-from machine.debug.target import Debugger
-from test_debug_fakes import COUNTER, EXIT, FAULT, INC, KICK, LOAD, LOOP, NOP, FakeTarget
+from test_debug_fakes import COUNTER, EXIT, FAULT, INC, KICK, LOAD, LOOP, NOP, serve_fake
 
 
 class RspClient:
@@ -67,13 +66,7 @@ PROGRAM = bytes([NOP, NOP, INC, NOP, LOAD, NOP, KICK, NOP, EXIT])
 
 @pytest.fixture
 def session():
-    target = FakeTarget(PROGRAM)
-    stub = GdbStub(target, port=0)
-    port = stub.listen()
-    dbg = Debugger(target, gdb=stub, start_stopped=True)
-    result = {}
-    thread = threading.Thread(target=lambda: result.setdefault("status", dbg.run()), daemon=True)
-    thread.start()
+    target, dbg, port, thread, result = serve_fake(PROGRAM)
     client = RspClient(port)
     yield target, client, dbg, result, thread
     client.close()
@@ -171,13 +164,7 @@ def test_monitor_through_qrcmd(session):
 
 
 def test_ctrl_c_interrupts_a_running_guest_and_kill_ends_it():
-    target = FakeTarget(bytes([NOP, NOP, LOOP]))
-    stub = GdbStub(target, port=0)
-    port = stub.listen()
-    dbg = Debugger(target, gdb=stub, start_stopped=True)
-    result = {}
-    thread = threading.Thread(target=lambda: result.setdefault("status", dbg.run()), daemon=True)
-    thread.start()
+    target, dbg, port, thread, result = serve_fake(bytes([NOP, NOP, LOOP]))
     c = RspClient(port)
     c.send("c")
     c.sock.sendall(b"\x03")
@@ -190,13 +177,7 @@ def test_ctrl_c_interrupts_a_running_guest_and_kill_ends_it():
 
 
 def test_fatal_fault_is_reported_then_ends_the_machine():
-    target = FakeTarget(bytes([NOP, FAULT]))
-    stub = GdbStub(target, port=0)
-    port = stub.listen()
-    dbg = Debugger(target, gdb=stub, start_stopped=True)
-    result = {}
-    thread = threading.Thread(target=lambda: result.setdefault("status", dbg.run()), daemon=True)
-    thread.start()
+    target, dbg, port, thread, result = serve_fake(bytes([NOP, FAULT]))
     c = RspClient(port)
     assert c.ask("c") == b"T0bthread:01;"
     assert b"triple fault" in c.console
@@ -207,12 +188,7 @@ def test_fatal_fault_is_reported_then_ends_the_machine():
 
 
 def test_attach_to_a_running_guest_stops_it_and_detach_resumes():
-    target = FakeTarget(bytes([NOP, NOP, LOOP]))
-    stub = GdbStub(target, port=0)
-    port = stub.listen()
-    dbg = Debugger(target, gdb=stub, start_stopped=False)
-    thread = threading.Thread(target=dbg.run, daemon=True)
-    thread.start()
+    target, dbg, port, thread, _ = serve_fake(bytes([NOP, NOP, LOOP]), start_stopped=False)
     c = RspClient(port)
     assert c.ask("?").startswith(b"T02")                  # stopped by the attach
     before = target.executed
