@@ -8,7 +8,6 @@ import re
 import shutil
 import signal
 import subprocess
-import time
 
 import pytest
 
@@ -79,16 +78,7 @@ def test_ctrl_c_stops_the_running_guest_and_it_resumes_to_a_clean_exit(guest, tm
                                          "set var *(unsigned short *)$pc = $orig",
                                          "continue"),
                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:          # until the guest spins in its `jmp .`
-            if m.debugger.running and m.machine.instructions > 0:
-                try:
-                    if m.machine.cpu.read_virtual(m.machine.cpu.linear_pc(), 2) == b"\xeb\xfe":
-                        break
-                except Exception:
-                    pass
-            time.sleep(0.02)
-        else:
+        if not m.wait_spinning(60):                 # until the guest spins in its `jmp .`
             proc.kill()
             pytest.fail("the guest never reached its loop")
         proc.send_signal(signal.SIGINT)

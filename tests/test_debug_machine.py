@@ -42,6 +42,19 @@ class Running:
         self.thread.join(timeout)
         return self.result.get("status")
 
+    def wait_spinning(self, timeout: float) -> bool:
+        """Wait until the guest runs a `jmp .` (EB FE) at its PC; False if it never does."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.debugger.running and self.machine.instructions > 0:
+                try:
+                    if self.machine.cpu.read_virtual(self.machine.cpu.linear_pc(), 2) == b"\xeb\xfe":
+                        return True
+                except Exception:
+                    pass
+            time.sleep(0.02)
+        return False
+
     def close(self):
         if self.thread.is_alive():
             self.debugger.quit_requested = True
@@ -109,17 +122,7 @@ def test_gdb_ctrl_c_stops_a_running_guest(hello):
                                          "set var *(unsigned short *)$pc = 0xfeeb",   # jmp .
                                          "delete", "continue", "p/x $pc", "kill"),
                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        deadline = time.monotonic() + 60
-        # Wait until the guest spins in its `jmp .` (running, and the patch is in place).
-        while time.monotonic() < deadline:
-            if m.debugger.running and m.machine.instructions > 0:
-                try:
-                    if m.machine.cpu.read_virtual(m.machine.cpu.linear_pc(), 2) == b"\xeb\xfe":
-                        break
-                except Exception:
-                    pass
-            time.sleep(0.02)
-        else:
+        if not m.wait_spinning(60):        # running, and the patch is in place
             pytest.fail("the guest never reached its loop")
         proc.send_signal(signal.SIGINT)
         out, _ = proc.communicate(timeout=60)
