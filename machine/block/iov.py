@@ -26,28 +26,27 @@ def _advance(bufs: list[memoryview], done: int) -> list[memoryview]:
     return rest
 
 
-def preadv_full(fd: int, bufs: list[memoryview], offset: int) -> int:
-    """Read into `bufs` from `offset`; returns the bytes read (less than asked only at EOF)."""
+def _vectored_full(op, fd: int, bufs: list[memoryview], offset: int) -> int:
+    """Repeat os.preadv/os.pwritev (`op`) past short transfers and IOV_MAX until `bufs` is
+    done or a call moves nothing; returns the bytes moved."""
     total = 0
     while bufs:
-        n = os.preadv(fd, bufs[:IOV_MAX], offset + total)
+        n = op(fd, bufs[:IOV_MAX], offset + total)
         if n == 0:
             break
         total += n
         bufs = _advance(bufs, n)
     return total
+
+
+def preadv_full(fd: int, bufs: list[memoryview], offset: int) -> int:
+    """Read into `bufs` from `offset`; returns the bytes read (less than asked only at EOF)."""
+    return _vectored_full(os.preadv, fd, bufs, offset)
 
 
 def pwritev_full(fd: int, bufs: list[memoryview], offset: int) -> int:
     """Write all of `bufs` at `offset`; returns the bytes written (short only if the OS refused)."""
-    total = 0
-    while bufs:
-        n = os.pwritev(fd, bufs[:IOV_MAX], offset + total)
-        if n == 0:
-            break
-        total += n
-        bufs = _advance(bufs, n)
-    return total
+    return _vectored_full(os.pwritev, fd, bufs, offset)
 
 
 def split(bufs: list[memoryview], start: int, length: int) -> list[memoryview]:
