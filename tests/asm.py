@@ -63,6 +63,8 @@ OUT_PORT = 0x80            # tests record bytes written here
 
 STUB_ROM_SOURCE = f"reset: ljmp $0, ${PROGRAM_BASE:#x}\n"
 
+# PD_CLEAR / PSE_PAGING_ON (32-bit protected mode): zero the page directory at 0x50000, then,
+# once the program has filled in its entries, turn on paging from it with 4 MiB pages (CR4.PSE).
 COMMON_MACROS = f"""
 .set IDT, {IDT:#x}
 .set RESULTS, {RESULTS:#x}
@@ -73,6 +75,22 @@ COMMON_MACROS = f"""
 .macro OUTB val
     mov $\\val, %al
     out %al, ${OUT_PORT:#x}
+.endm
+.macro PD_CLEAR
+    mov $0x50000, %edi
+    xor %eax, %eax
+    mov $1024, %ecx
+    rep stosl
+.endm
+.macro PSE_PAGING_ON
+    mov %cr4, %eax
+    or $0x10, %eax
+    mov %eax, %cr4
+    mov $0x50000, %eax
+    mov %eax, %cr3
+    mov %cr0, %eax
+    or $0x80000000, %eax
+    mov %eax, %cr0
 .endm
 """
 

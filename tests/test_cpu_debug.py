@@ -8,20 +8,10 @@ from asm import PM32_PROLOGUE, PROGRAM_BASE, build_machine, result
 from machine.cpu import MemoryAccessError
 
 PAGING_4M = """
-    mov $0x50000, %edi
-    xor %eax, %eax
-    mov $1024, %ecx
-    rep stosl
+    PD_CLEAR
     movl $0x83, 0x50000             # virtual 0-4M -> physical 0-4M
     movl $0x00000083, 0x50000 + 4 * 0x300   # virtual 0xC0000000 -> physical 0
-    mov %cr4, %eax
-    or $0x10, %eax
-    mov %eax, %cr4
-    mov $0x50000, %eax
-    mov %eax, %cr3
-    mov %cr0, %eax
-    or $0x80000000, %eax
-    mov %eax, %cr0
+    PSE_PAGING_ON
 """
 
 

@@ -86,19 +86,9 @@ de_site2:
     div %ecx                    # a second #DE must not turn into #DF
     movl %eax, RESULTS + 36
     # paging: identity map 4 MiB with one 4 MiB page, leave PD[1] not present
-    mov $0x50000, %edi
-    xor %eax, %eax
-    mov $1024, %ecx
-    rep stosl
+    PD_CLEAR
     movl $0x83, 0x50000
-    mov %cr4, %eax
-    or $0x10, %eax              # PSE
-    mov %eax, %cr4
-    mov $0x50000, %eax
-    mov %eax, %cr3
-    mov %cr0, %eax
-    or $0x80000000, %eax
-    mov %eax, %cr0
+    PSE_PAGING_ON
 pf_site:
     movl $0xabcd, 0x400010      # PD[1] not present: #PF, handler maps it and retries
     mov 0x400010, %eax

@@ -227,19 +227,9 @@ class CodePatcher:
 @pytest.mark.parametrize("paging", [False, True])
 def test_dma_over_translated_code_is_seen(tmp_path, paging):
     setup_paging = """
-        mov $0x50000, %edi
-        xor %eax, %eax
-        mov $1024, %ecx
-        rep stosl
+        PD_CLEAR
         movl $0x83, 0x50000
-        mov %cr4, %eax
-        or $0x10, %eax
-        mov %eax, %cr4
-        mov $0x50000, %eax
-        mov %eax, %cr3
-        mov %cr0, %eax
-        or $0x80000000, %eax
-        mov %eax, %cr0
+        PSE_PAGING_ON
     """ if paging else ""
     m = build_machine(tmp_path, f"""
     main:

@@ -33,20 +33,10 @@ class MultiPatcher:
 
 def program(trigger: str, paging: bool) -> str:
     setup_paging = """
-        mov $0x50000, %edi
-        xor %eax, %eax
-        mov $1024, %ecx
-        rep stosl
+        PD_CLEAR
         movl $0x83, 0x50000
         movl $0xfe800083, 0x50fe8           # 4 MiB identity page over the MMIO window
-        mov %cr4, %eax
-        or $0x10, %eax
-        mov %eax, %cr4
-        mov $0x50000, %eax
-        mov %eax, %cr3
-        mov %cr0, %eax
-        or $0x80000000, %eax
-        mov %eax, %cr0
+        PSE_PAGING_ON
     """ if paging else ""
     stores = "\n".join(f"""
         movb $0xb0, {site:#x}
