@@ -12,14 +12,14 @@ from __future__ import annotations
 
 import re
 import shutil
-import struct
 import subprocess
 from pathlib import Path
 
 import pytest
 
 from machine.testing import Boot, MachineRun, boot  # noqa: F401  (the fixture)
-from machine.toolchain import ToolchainError, ensure_built
+
+from guest_pattern import pattern_sector
 
 SECTOR = 512
 IMAGE_BYTES = 4 << 20
@@ -37,13 +37,6 @@ QEMU = shutil.which("qemu-system-x86_64")
 
 
 # --------------------------------------------------------------------------- the data pattern
-
-def pattern_sector(lba: int) -> bytes:
-    """Sector `lba` as guest/pattern.h defines it: 128 little-endian words
-    (lba * 2654435761 + i * 16777619 + 0x5EED) mod 2^32."""
-    base = (lba * 2654435761 + 0x5EED) & 0xFFFFFFFF
-    return struct.pack("<128I", *(((base + i * 16777619) & 0xFFFFFFFF) for i in range(128)))
-
 
 def blank_image(path: Path) -> Path:
     return Boot.image(path, IMAGE_BYTES)
@@ -74,14 +67,6 @@ def assert_pattern_written(image: Path, last_sector: bool = True) -> None:
 
 
 # --------------------------------------------------------------------------- running the guest
-
-@pytest.fixture(scope="module")
-def guest() -> Path:
-    try:
-        return ensure_built("guest", "out/guest.elf")
-    except ToolchainError as e:
-        pytest.skip(str(e))
-
 
 @pytest.fixture(scope="module")
 def bytecode_env(tmp_path_factory) -> dict[str, str]:

@@ -43,14 +43,6 @@ def bios() -> Path:
         pytest.skip(str(e))
 
 
-@pytest.fixture(scope="module")
-def hello() -> Path:
-    try:
-        return ensure_built("tests/kernels", "out/hello.elf")
-    except ToolchainError as e:
-        pytest.skip(str(e))
-
-
 def qemu_args(tmp_path: Path, *extra: str) -> list[str]:
     return [QEMU, "-nodefaults", "-display", "none", "-no-reboot", "-m", str(RAM_MIB),
             "-serial", f"file:{tmp_path / 'serial.log'}",

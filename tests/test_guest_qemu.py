@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import re
 import shutil
-import struct
 import subprocess
 from pathlib import Path
 
 import pytest
 
-from machine.toolchain import ToolchainError, ensure_built
+from guest_pattern import pattern_sector
 
 QEMU = shutil.which("qemu-system-x86_64")
 pytestmark = pytest.mark.skipif(QEMU is None, reason="qemu-system-x86_64 is not installed")
@@ -28,21 +27,6 @@ PASSED, FAILED = 1, 3       # QEMU exit status for isa-debug-exit values 0 and 1
 WAIT_LIMIT = 60.0           # seconds; a guard against a hung QEMU, never an assertion
 
 TAP_RE = re.compile(r"^(not ok|ok) (\d+) - (\S+)(?: # (.*))?$")
-
-
-def pattern_sector(lba: int) -> bytes:
-    """Sector `lba` as guest/pattern.h defines it: 128 little-endian words
-    (lba * 2654435761 + i * 16777619 + 0x5EED) mod 2^32."""
-    base = (lba * 2654435761 + 0x5EED) & 0xFFFFFFFF
-    return struct.pack("<128I", *(((base + i * 16777619) & 0xFFFFFFFF) for i in range(128)))
-
-
-@pytest.fixture(scope="module")
-def guest() -> Path:
-    try:
-        return ensure_built("guest", "out/guest.elf")
-    except ToolchainError as e:
-        pytest.skip(str(e))
 
 
 def run_guest(guest: Path, image: Path, append: str, device_props: str = "",
