@@ -49,6 +49,18 @@ def rom_image(source: str, size: int = 0x10000) -> bytes:
     return data
 
 
+
+def rom_machine(tmp_path, source: str):
+    """A Machine of the default configuration whose firmware is `source` (see rom_image), with
+    isa-debug-exit at 0xf4 (4 ports) and COM1 discarded."""
+    from machine.config import CharDev, DeviceConfig, MachineConfig
+    from machine.pc import Machine
+
+    rom = tmp_path / "rom.bin"
+    rom.write_bytes(rom_image(source))
+    return Machine(MachineConfig(bios=rom, serial=CharDev("null"),
+                                 devices=[DeviceConfig("isa-debug-exit", {"iobase": "0xf4", "iosize": "4"})]))
+
 # ------------------------------------------------------------------------------------------
 # Building blocks for CPU tests: a ROM whose reset vector jumps to a program in RAM at
 # PROGRAM_BASE (the test writes the program there before running), so program labels are plain

@@ -4,8 +4,8 @@ RAM, for the CPU and (read/write segments only) for device DMA."""
 
 import pytest
 
-from asm import rom_image
-from machine.config import CharDev, DeviceConfig, MachineConfig
+from asm import rom_image, rom_machine
+from machine.config import CharDev, MachineConfig
 from machine.cpu import MemoryAccessError
 from machine.memory import GuestMemory, GuestMemoryError, RamRange
 from machine.pc import Machine
@@ -119,10 +119,7 @@ reset:
 
 
 def test_guest_sees_pam_modes(tmp_path):
-    rom = tmp_path / "rom.bin"
-    rom.write_bytes(rom_image(PAM_ROM))
-    m = Machine(MachineConfig(bios=rom, serial=CharDev("null"),
-                              devices=[DeviceConfig("isa-debug-exit", {"iobase": "0xf4", "iosize": "4"})]))
+    m = rom_machine(tmp_path, PAM_ROM)
     assert m.run() == 0x43
     assert m.mem.read(0x500, 6) == bytes([0xFF, 0x5A, 0x5A, 0xFF, 0x77, 0xFF])
     m.close()

@@ -1,10 +1,8 @@
 """Virtual time inside a slice, as firmware calibration loops see it: every port access takes
 IO_PORT_NS, devices see the clock at their own access, and RDTSC agrees with them."""
 
-from asm import rom_image
-from machine.config import CharDev, DeviceConfig, MachineConfig
+from asm import rom_machine
 from machine.cpu import IO_PORT_NS
-from machine.pc import Machine
 
 # SeaBIOS's TSC calibration, reduced: gate PIT channel 2 on, count 0x800 ticks in mode 0, poll
 # port 0x61 bit 5 (OUT2) until it rises; RDTSC around one IN; results at 0x500.
@@ -47,10 +45,7 @@ reset:
 
 
 def test_port_polling_sees_time_pass_at_the_pit_rate(tmp_path):
-    rom = tmp_path / "rom.bin"
-    rom.write_bytes(rom_image(CALIBRATION_ROM))
-    m = Machine(MachineConfig(bios=rom, serial=CharDev("null"),
-                              devices=[DeviceConfig("isa-debug-exit", {"iobase": "0xf4", "iosize": "4"})]))
+    m = rom_machine(tmp_path, CALIBRATION_ROM)
     assert m.run() == 33
     one_in, polls, elapsed = (int.from_bytes(m.mem.read(0x500 + 4 * i, 4), "little") for i in range(3))
     m.close()
@@ -84,10 +79,7 @@ bad:
 
 
 def test_an_in_that_reaches_a_timer_deadline_keeps_its_value(tmp_path):
-    rom = tmp_path / "rom.bin"
-    rom.write_bytes(rom_image(IN_LOOP_ROM))
-    m = Machine(MachineConfig(bios=rom, serial=CharDev("null"),
-                              devices=[DeviceConfig("isa-debug-exit", {"iobase": "0xf4", "iosize": "4"})]))
+    m = rom_machine(tmp_path, IN_LOOP_ROM)
     fired = []
     timer = m.clock.timer(lambda: (fired.append(m.clock.now), timer.arm_in(1500)))
     timer.arm_in(1500)
