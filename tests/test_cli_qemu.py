@@ -16,16 +16,6 @@ ROOT = Path(__file__).resolve().parent.parent
 QEMU = shutil.which("qemu-system-x86_64")
 
 
-def hello_kernel() -> Path:
-    if not (ROOT / "tests" / "kernels").is_dir():
-        pytest.skip("the hello test kernel (tests/kernels) is not in the tree yet")
-    from machine.toolchain import ToolchainError, ensure_built
-    try:
-        return ensure_built("tests/kernels", "out/hello.elf")
-    except ToolchainError as err:
-        pytest.skip(str(err))
-
-
 KERNEL_AS_TYPED = "tests/kernels/out/hello.elf"     # relative to the repository root
 
 
@@ -47,8 +37,8 @@ def representative_args(kernel: Path, disk: Path, log: Path) -> list[str]:
 
 
 @pytest.fixture
-def setup(tmp_path, monkeypatch):
-    kernel = hello_kernel()
+def setup(tmp_path, monkeypatch, hello):
+    kernel = hello
     monkeypatch.chdir(ROOT)           # the kernel path is typed relative to the repository
     disk = tmp_path / "d.img"
     disk.write_bytes(bytes(MiB))

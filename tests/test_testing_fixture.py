@@ -1,15 +1,12 @@
 """The `boot` pytest fixture (machine/testing.py): process handling with a stand-in program, the
 plugin registration, and a real boot of the hello test kernel once the board exists."""
 
-import importlib.util
 import sys
-from pathlib import Path
 
 import pytest
 
 from machine.testing import Boot, boot  # noqa: F401  (the fixture, used by name below)
 
-ROOT = Path(__file__).resolve().parent.parent
 pytest_plugins = ["pytester"]
 
 
@@ -79,28 +76,16 @@ def test_registered_as_a_pytest_plugin(pytester, monkeypatch):
     result.assert_outcomes(passed=1)
 
 
-def _hello_kernel() -> Path:
-    if importlib.util.find_spec("machine.pc") is None:
-        pytest.skip("the board (machine/pc.py) is not in the tree yet")
-    if not (ROOT / "tests" / "kernels").is_dir():
-        pytest.skip("the hello test kernel (tests/kernels) is not in the tree yet")
-    from machine.toolchain import ToolchainError, ensure_built
-    try:
-        return ensure_built("tests/kernels", "out/hello.elf")
-    except ToolchainError as err:
-        pytest.skip(str(err))
-
-
-def test_boot_hello_kernel(boot, tmp_path):
-    kernel = _hello_kernel()
+def test_boot_hello_kernel(boot, tmp_path, hello):
+    kernel = hello
     run = boot("-kernel", kernel, "-append", "exit=5", "-display", "none", "-no-reboot",
                "-device", "isa-debug-exit,iobase=0xf4,iosize=0x04", timeout=120)
     assert run.exit_status == (5 << 1) | 1, run
     assert "hello from multiboot\n" in run.serial and "\nexit 5\n" in run.serial, run
 
 
-def test_boot_hello_kernel_wait_for(boot):
-    kernel = _hello_kernel()
+def test_boot_hello_kernel_wait_for(boot, hello):
+    kernel = hello
     h = boot.start("-kernel", kernel, "-append", "exit=0", "-display", "none", "-no-reboot",
                    "-device", "isa-debug-exit,iobase=0xf4,iosize=0x04")
     assert "hello from multiboot" in h.wait_for(f'cmdline "{kernel} exit=0"', timeout=120)
