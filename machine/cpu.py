@@ -1193,15 +1193,20 @@ class Cpu:
             self._vwrite(ss_base + esp, struct.pack(fmt, v & ((1 << (8 * size)) - 1)))
         old_rsp = reg.read(_REG_RSP)
         reg.write(_REG_RSP, (old_rsp & ~smask) | esp)
+        self._enter_handler(flags, gtype, sel, offset)
+
+    def _enter_handler(self, flags: int, gtype: int, sel: int, target: int) -> None:
+        """The common end of a protected/long-mode gate delivery: flags as the gate type says,
+        the handler's CS loaded as a full descriptor, RIP at the handler."""
         new_flags = flags & ~(EFLAGS_TF | EFLAGS_NT | EFLAGS_RF | EFLAGS_VM)
-        if not gtype & 1:                       # interrupt gate (not trap gate)
+        if not gtype & 1:                       # interrupt gate (not trap gate): IF off
             new_flags &= ~EFLAGS_IF
-        reg.write(_REG_EFLAGS, new_flags)
+        self._reg.write(_REG_EFLAGS, new_flags)
         try:
             ui.load_seg(self.uc, X.UC_X86_REG_CS, sel)
         except UcError as exc:
             raise _DeliveryFault(f"cannot load handler CS {sel:#x}: {exc}")
-        reg.write(_REG_RIP, offset)
+        self._reg.write(_REG_RIP, target)
 
     def _deliver_long_inner(self, vector: int, error_code: int | None, software: bool, hf: int) -> None:
         reg = self._reg
@@ -1255,15 +1260,7 @@ class Cpu:
         rsp -= len(frame)
         self._vwrite(rsp, frame)
         reg.write(_REG_RSP, rsp)
-        new_flags = flags & ~(EFLAGS_TF | EFLAGS_NT | EFLAGS_RF | EFLAGS_VM)
-        if not gtype & 1:
-            new_flags &= ~EFLAGS_IF
-        reg.write(_REG_EFLAGS, new_flags)
-        try:
-            ui.load_seg(self.uc, X.UC_X86_REG_CS, sel)
-        except UcError as exc:
-            raise _DeliveryFault(f"cannot load handler CS {sel:#x}: {exc}")
-        reg.write(_REG_RIP, target)
+        self._enter_handler(flags, gtype, sel, target)
 
     # -------------------------------------------------------------------------------------
     # fatal fault report
