@@ -32,10 +32,10 @@ from unicorn import Uc, UcError
 from unicorn import unicorn_const as UC
 from unicorn import x86_const as X
 
-from . import trace
+from . import pagewalk, syscall_insn, trace
 from . import unicorn_internals as ui
 from .clock import VirtualClock
-from .memory import PAGE, GuestMemory, IoSpace, MemoryMap, MmioRegion, ones
+from .memory import PAGE, GuestMemory, GuestMemoryError, IoSpace, MemoryMap, MmioRegion, ones
 
 FOUR_GIB = 1 << 32
 ISA_BIOS_MAX = 128 * 1024        # the part of the ROM also visible just below 1 MiB
@@ -208,6 +208,7 @@ class Cpu:
         ui.hook_out(uc, self._on_out)
         ui.hook_cpuid(uc, self._on_cpuid)
         ui.hook_rdtsc(uc, self._on_rdtsc)
+        uc.hook_add(UC.UC_HOOK_INSN, self._on_syscall, None, 1, 0, X.UC_X86_INS_SYSCALL)
         uc.hook_add(UC.UC_HOOK_MEM_READ_UNMAPPED | UC.UC_HOOK_MEM_WRITE_UNMAPPED, self._on_unmapped)
         uc.hook_add(UC.UC_HOOK_MEM_WRITE_PROT, self._on_write_prot)
         self.reset()
@@ -432,7 +433,7 @@ class Cpu:
         rip = self._reg.read(_REG_RIP)
         lin = self.linear_pc()
         bits = self.code_bits()
-        code = ui.vmem_read(self.uc, lin, 16, UC.UC_PROT_EXEC) or ui.vmem_read(self.uc, lin, 16)
+        code = self.peek(lin, 16) or self.peek(lin, PAGE - (lin & (PAGE - 1)))
         if code is None:
             return False
         length = disasm.instruction_length(code, lin, bits)
@@ -638,7 +639,24 @@ class Cpu:
     def translate(self, vaddr: int) -> int | None:
         """Guest-physical address of linear address `vaddr` through the current page tables,
         or None when it is not mapped."""
-        return ui.vmem_translate(self.uc, vaddr)
+        reg = self._reg
+        return pagewalk.translate(self._ram_u64, self._ram_u32, reg.read(X.UC_X86_REG_CR0),
+                                  reg.read(X.UC_X86_REG_CR3), reg.read(X.UC_X86_REG_CR4),
+                                  self.uc.msr_read(EFER), vaddr)
+
+    def _ram_u64(self, gpa: int) -> int | None:
+        return self.mem.read_u64(gpa) if self.mem.contains(gpa, 8) else None
+
+    def _ram_u32(self, gpa: int) -> int | None:
+        return self.mem.read_u32(gpa) if self.mem.contains(gpa, 4) else None
+
+    def peek(self, lin: int, n: int) -> bytes | None:
+        """`n` bytes of RAM or ROM at linear address `lin`, or None when any of it is unmapped
+        or not memory. Never touches the guest's CPU state (see pagewalk)."""
+        try:
+            return self.read_virtual(lin & 0xFFFFFFFFFFFFFFFF, n)
+        except MemoryAccessError:
+            return None
 
     def _phys_chunks(self, vaddr: int, n: int):
         while n > 0:
@@ -863,7 +881,10 @@ class Cpu:
             error = None
             self.running = True
             try:
-                self.uc.emu_start(pc, 0xFFFFFFFFFFFFFFFF, 0, count - retired)
+                # until=0: any other value makes Unicorn drop the block at until-1 after the
+                # run through a page walk whose #PF, when unmapped, leaves CR2 and the pending
+                # exception state clobbered (a later real #PF then arrives as #DF).
+                self.uc.emu_start(pc, 0, 0, count - retired)
             except UcError as exc:
                 error = exc
             finally:
@@ -917,8 +938,7 @@ class Cpu:
 
     def _just_halted(self) -> bool:
         lin = self.linear_pc()
-        b = ui.vmem_read(self.uc, (lin - 1) & 0xFFFFFFFFFFFFFFFF, 1, UC.UC_PROT_EXEC) \
-            or ui.vmem_read(self.uc, (lin - 1) & 0xFFFFFFFFFFFFFFFF, 1)
+        b = self.peek(lin - 1, 1)
         return b == b"\xf4"
 
     def _fatal(self, kind: str, message: str, back: int = 0) -> None:
@@ -959,6 +979,17 @@ class Cpu:
         # Virtual time at this instruction: slice start + instructions retired and port
         # access time so far.
         return self._slice_start_ns + self._counter.value + self._io_ns
+
+    def _on_syscall(self, uc, _ud) -> None:
+        def raise_ud():
+            self.deliver_exception(6, None)
+            # Unicorn moves RIP past the SYSCALL when this hook returns
+            rip = self._reg.read(_REG_RIP)
+            self._reg.write(_REG_RIP, rip - syscall_insn.SYSCALL_LEN)
+        try:
+            syscall_insn.do_syscall(uc, self._reg, self._raw, raise_ud)
+        except UcError as exc:
+            self._fatal("fatal", f"SYSCALL cannot load the STAR code/stack segments: {exc}")
 
     def _on_intr(self, uc, intno, _ud) -> None:
         err, is_int = ui.take_exception_info(self._raw)
@@ -1009,7 +1040,7 @@ class Cpu:
     def _trap_length(self) -> int:
         """Length of the `int n` / int3 / into / int1 that RIP has just passed."""
         lin = self.linear_pc()
-        two = ui.vmem_read(self.uc, lin - 2, 2, UC.UC_PROT_EXEC) or b""
+        two = self.peek(lin - 2, 2) or b""
         return 2 if two[:1] == b"\xcd" else 1
 
     def deliver_irq(self, vector: int) -> bool:
@@ -1030,14 +1061,21 @@ class Cpu:
 
     # The delivery itself ------------------------------------------------------------------
     def _vread(self, lin: int, n: int) -> bytes:
-        data = ui.vmem_read(self.uc, lin, n)
+        data = self.peek(lin, n)
         if data is None:
             raise _DeliveryFault(f"cannot read {n} bytes at {lin:#x}")
         return data
 
     def _vwrite(self, lin: int, data: bytes) -> None:
-        if not ui.vmem_write(self.uc, lin, data):
-            raise _DeliveryFault(f"cannot write the interrupt frame at {lin:#x}")
+        # Straight into RAM, without dropping translated code there (as a CPU store would):
+        # an interrupt frame lands on a stack, and with paging on a drop means a full flush.
+        pos = 0
+        try:
+            for pa, chunk in self._phys_chunks(lin & 0xFFFFFFFFFFFFFFFF, len(data)):
+                self.mem.view(pa, chunk)[:] = data[pos:pos + chunk]
+                pos += chunk
+        except (MemoryAccessError, GuestMemoryError):
+            raise _DeliveryFault(f"cannot write the interrupt frame at {lin:#x}") from None
 
     def deliver(self, vector: int, error_code: int | None = None, software: bool = False) -> None:
         """Transfer control to the handler of `vector` as the CPU would, in the current mode.

@@ -540,7 +540,29 @@ def _probe() -> str | None:
     uc.emu_start(0x1000, 0x2000)
     if uc.reg_read(X86.UC_X86_REG_RAX) & 0xFF != 2:
         return "uc_ctl(UC_CTL_TB_REMOVE_CACHE) did not drop translated code"
-    return _probe_lean_hooks(uc)
+    return _probe_lean_hooks(uc) or _probe_syscall(uc)
+
+
+def _probe_syscall(uc: Uc) -> str | None:
+    """SYSCALL is a no-op unless hooked; inside the hook RIP is the instruction itself, and
+    Unicorn adds its length (2) when the hook returns (see syscall_insn)."""
+    base = 0x4000
+    uc.mem_map(base, 0x1000)
+    uc.mem_write(base, b"\x0f\x05" + b"\xf4" * 14 + b"\xb0\x07\xf4")   # syscall; ... mov al, 7; hlt
+    seen = []
+
+    def on_syscall(_uc, _ud):
+        seen.append(uc.reg_read(X86.UC_X86_REG_RIP))
+        uc.reg_write(X86.UC_X86_REG_RIP, base + 16 - 2)
+    h = uc.hook_add(UC.UC_HOOK_INSN, on_syscall, None, 1, 0, X86.UC_X86_INS_SYSCALL)
+    uc.ctl_flush_tb()
+    uc.reg_write(X86.UC_X86_REG_RAX, 0)
+    uc.emu_start(base, base + 0x1000, count=10)
+    uc.hook_del(h)
+    uc.ctl_flush_tb()
+    if seen != [base] or uc.reg_read(X86.UC_X86_REG_RAX) & 0xFF != 7:
+        return "a SYSCALL hook does not see RIP at the instruction, or RIP is not advanced by 2"
+    return None
 
 
 class _ProbeError(Exception):
