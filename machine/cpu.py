@@ -333,7 +333,7 @@ class Cpu:
     def _mem_unmap(self, base: int, size: int) -> None:
         # Unicorn drops translated code there through a page walk that would clobber CR2 and
         # leave a phantom #PF pending when paging is on (see identity_walks).
-        with ui.identity_walks(self._raw):
+        with ui.identity_walks(self.uc, self._raw):
             self.uc.mem_unmap(base, size)
 
     def _unmap_range(self, base: int, size: int) -> None:
@@ -717,7 +717,13 @@ class Cpu:
         if linear in self._breakpoints:
             return
         self._breakpoints[linear] = self.uc.hook_add(UC.UC_HOOK_CODE, self._on_breakpoint, None, linear, linear)
-        self.uc.ctl_remove_cache(linear, linear + 1)     # already translated code would miss it
+        # Already translated code would miss it. Removing one block looks `linear` up through
+        # the page tables, which clobbers the guest when it is unmapped (see identity_walks):
+        # with paging on, drop everything instead.
+        if self._reg.read(X.UC_X86_REG_CR0) & 0x80000000:
+            self.uc.ctl_flush_tb()
+        else:
+            self.uc.ctl_remove_cache(linear, linear + 1)
 
     def remove_breakpoint(self, linear: int) -> None:
         h = self._breakpoints.pop(linear, None)
@@ -731,7 +737,17 @@ class Cpu:
         # Translated blocks may still call a deleted code hook's thunk until the next flush
         # (the callers flush): keep the callback alive so such a call is harmless.
         self._dead_hooks.append(ui.hook_callback(self.uc, handle))
-        self.uc.hook_del(handle)
+        self._hook_del(handle)
+
+    def _hook_del(self, handle: int) -> None:
+        # hook_del drops the blocks the hook was compiled into by looking their virtual
+        # addresses up through the page tables; for a block of another address space or of
+        # freed kernel memory the walk faults, and Unicorn swallows the #PF half-way: CR2 and
+        # the exception state are clobbered (two of them leave old_exception at #DF, and the
+        # guest's next fault becomes a silent triple fault). The callers flush all translated
+        # code right after, so the lookup may as well be the identity.
+        with ui.identity_walks(self.uc, self._raw):
+            self.uc.hook_del(handle)
 
     def breakpoints(self) -> list[int]:
         return sorted(self._breakpoints)
@@ -821,7 +837,7 @@ class Cpu:
     def _drop_if_watch(self) -> None:
         # No stale block can call the deleted hook: the flush comes before any code runs again
         # (so, unlike _delete_code_hook, nothing needs keeping alive).
-        self.uc.hook_del(self._if_watch)
+        self._hook_del(self._if_watch)
         self._if_watch = None
         self.uc.ctl_flush_tb()
 
