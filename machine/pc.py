@@ -49,6 +49,7 @@ from .devices.debugcon import DebugCon
 from .devices.fw_cfg import FwCfg
 from .devices.i8042 import I8042
 from .devices.lapic import LocalApic
+from .devices.msi import MsiSink
 from .devices.pic import DualPic
 from .devices.pit import Pit
 from .devices.port92 import Port92
@@ -150,6 +151,7 @@ class Machine:
                                                         (0x100000 - alias, alias, "isa-bios"),
                                                         (0xC0000, 0x40000, "bios-area")])
         self.lapic = LocalApic(self.clock, irq_out=self._interrupt_raised)
+        self.msi = MsiSink(self.lapic)     # bus masters' interrupt messages (MSI, the IOAPIC)
         self.cpu = Cpu(self.mem, self.memory_map, self.io, self.clock, apic=True)
         self.cpu.load_firmware(rom)
         self.pic = DualPic()
