@@ -6,7 +6,7 @@
 A PC is a CPU, memory, two address spaces (ports and physical memory) and devices. Wiring, as
 QEMU's i440FX `pc` machine: RAM around the PC holes, the firmware ROM at the top of 4 GiB
 (aliased below 1 MiB), PIC 0x20/0xA0/0x4D0, PIT 0x40 (+0x61), CMOS 0x70 (IRQ8), COM1 0x3F8
-(IRQ4), 8042 keyboard controller 0x60/0x64 (IRQ1/12), debugcon 0x402, isa-debug-exit, fw_cfg
+(IRQ4), 8042 keyboard controller 0x60/0x64 (IRQ1/12), ACPI PM block 0x600 (SCI IRQ9), debugcon 0x402, isa-debug-exit, fw_cfg
 0x510, port 0x92, LAPIC 0xFEE00000, IOAPIC 0xFEC00000 (every ISA IRQ reaches both it and the
 8259s; IRQ0 on pin 2), PCI config 0xCF8 with the i440FX (00:00.0), PIIX3 (00:01.0)
 and a virtio-blk-pci per drive from slot 2. Shadow RAM under 0xC0000-0xFFFFF follows the
@@ -43,7 +43,7 @@ from .block import open_drive
 from .clock import VirtualClock
 from .config import CharDev, ConfigError, DeviceConfig, MachineConfig
 from .cpu import Cpu, SliceResult
-from .devices import fw_cfg
+from .devices import acpi_pm, fw_cfg
 from .devices.cmos import Cmos
 from .devices.debug_exit import DebugExit
 from .devices.debugcon import DebugCon
@@ -247,6 +247,11 @@ class Machine:
 
         self._plug("port92", Port92(self._on_guest_reset), 0x92, 1)
 
+        # ACPI power management (PM1 event/control, PM timer) where QEMU's PIIX4 PM has it; the
+        # SCI is ISA IRQ 9, level-triggered; S5 powers the machine off (exit status 0).
+        pm = acpi_pm.AcpiPm(clock, irq(acpi_pm.SCI_IRQ), self._on_power_off)
+        self._plug("acpi-pm", pm, acpi_pm.BASE, acpi_pm.SIZE)
+
         self.devices["lapic"] = self.lapic
         self.memory_map.add("lapic", LocalApic.BASE, LocalApic.SIZE, self.lapic)
         self.devices["ioapic"] = self.ioapic
@@ -346,6 +351,10 @@ class Machine:
             self._exit_status = status
         if self.cpu.running:
             self.cpu.request_stop_after_instruction()
+
+    def _on_power_off(self) -> None:
+        """ACPI S5: the machine turns off, as QEMU's power-off, with exit status 0."""
+        self._on_guest_exit(0)
 
     def _on_guest_reset(self) -> None:
         self._reset_requested = True
