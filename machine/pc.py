@@ -38,7 +38,7 @@ import sys
 from dataclasses import dataclass
 from typing import BinaryIO, Callable
 
-from . import trace
+from . import acpi, trace
 from .block import open_drive
 from .clock import VirtualClock
 from .config import CharDev, ConfigError, DeviceConfig, MachineConfig
@@ -59,6 +59,7 @@ from .devices.serial import Uart16550
 from .irq import IrqLine
 from .memory import FOUR_GIB, GuestMemory, IoSpace, MemoryMap
 from .pci import I440fx, PciBus, PciConfigIo, Piix3
+from .pci.host import RCR_RESET_CPU, RCR_SYSTEM_RESET
 from .shadow import ShadowRam
 from .toolchain import ensure_built
 from .virtio.pci import create_virtio_blk_pci
@@ -77,6 +78,8 @@ STOP_LIMIT = "limit"              # run(max_instructions) used its budget
 
 VIRTIO_BLK_DRIVERS = ("virtio-blk-pci", "virtio-blk")
 KNOWN_DEVICES = ("isa-debug-exit", *VIRTIO_BLK_DRIVERS)
+ACPI_MEM64_ALIGN = 1 << 30         # the 64-bit PCI window starts on a GiB boundary above RAM
+ACPI_MEM64_SIZE = 32 << 30
 FIRST_VIRTIO_SLOT = 2             # 00:00.0 is the i440FX, 00:01.0 the PIIX3
 
 
@@ -325,6 +328,8 @@ class Machine:
         entries = [(0, low_top, fw_cfg.E820_RAM)]
         entries += [(r.gpa, r.size, fw_cfg.E820_RAM) for r in self.mem.ranges if r.gpa >= FOUR_GIB]
         fw.add_file("etc/e820", fw_cfg.e820_table(entries))
+        for name, data in acpi.build(self._acpi_platform(low_top)).items():
+            fw.add_file(name, data)
         # Boot options as QEMU's fw_cfg gives them to SeaBIOS: the menu switch (key 0x0e), the
         # prompt's wait and the wait before rebooting after a failed boot (-1: never) as files.
         fw.add_u16(fw_cfg.BOOT_MENU, 1 if cfg.boot_menu else 0)
@@ -336,6 +341,20 @@ class Machine:
         fw.add_u16(fw_cfg.NOGRAPHIC, 1 if cfg.nographic else 0)
         if cfg.nographic:
             fw.add_file("etc/sercon-port", struct.pack("<H", Uart16550.BASE))
+
+    def _acpi_platform(self, low_top: int) -> acpi.Platform:
+        """What the ACPI tables describe: this board's PM block, reset register and PCI windows
+        (32-bit MMIO from the top of low RAM to the IOAPIC; 64-bit above RAM over 4 GiB)."""
+        pm = acpi.PmBlocks(
+            sci_irq=acpi_pm.SCI_IRQ,
+            pm1a_evt=acpi_pm.BASE + acpi_pm.PM1_EVT_OFFSET, pm1_evt_len=acpi_pm.PM1_EVT_LEN,
+            pm1a_cnt=acpi_pm.BASE + acpi_pm.PM1_CNT_OFFSET, pm1_cnt_len=acpi_pm.PM1_CNT_LEN,
+            pm_tmr=acpi_pm.BASE + acpi_pm.PM_TMR_OFFSET, pm_tmr_len=acpi_pm.PM_TMR_LEN,
+            reset_port=PciConfigIo.BASE + 1, reset_value=RCR_SYSTEM_RESET | RCR_RESET_CPU)
+        ram_end = max(r.end for r in self.mem.ranges)
+        mem64 = max(FOUR_GIB, -(-ram_end // ACPI_MEM64_ALIGN) * ACPI_MEM64_ALIGN)
+        windows = acpi.PciWindows(mem32_start=low_top, mem64_start=mem64, mem64_size=ACPI_MEM64_SIZE)
+        return acpi.Platform(pm=pm, windows=windows, lapic_base=LocalApic.BASE, ioapic_base=IoApic.BASE)
 
     def _output(self, dev: CharDev) -> BinaryIO | None:
         out = _open_chardev(dev)
