@@ -181,3 +181,40 @@ def test_pci_intx_through_pirq_reaches_the_ioapic_pin(board):
     piix3.route_intx(3 << 3, 1, False)
     board.lapic.write(LAPIC_EOI, 4, 0)
     assert not rd(io, 0x10 + 22) & 0x4000 and not board.lapic.pending()
+
+
+PIT_THROUGH_IOAPIC_ROM = """
+reset:
+    xor %ax, %ax
+    mov %ax, %ds
+    movw $handler, 0x30 * 4          # IVT entry of vector 0x30: F000:handler
+    movw $0xf000, 0x30 * 4 + 2
+    mov %ax, %ss
+    mov $0x7000, %sp
+    mov $0x34, %al                   # PIT channel 0, mode 2, lobyte/hibyte
+    out %al, $0x43
+    mov $0x00, %al
+    out %al, $0x40
+    mov $0x10, %al                   # 4096 ticks: about 3.4 ms
+    out %al, $0x40
+    sti
+idle:
+    hlt
+    jmp idle
+handler:
+    mov $0x30, %al
+    out %al, $0xf4                   # isa-debug-exit: (0x30 << 1) | 1
+"""
+
+
+def test_pit_interrupt_reaches_the_cpu_through_ioapic_and_lapic(tmp_path):
+    from asm import rom_machine
+    m = rom_machine(tmp_path, PIT_THROUGH_IOAPIC_ROM)
+    try:
+        m.lapic.write(LAPIC_SVR, 4, 0x1FF)
+        m.lapic.write(0x350, 4, 0x10700)             # LINT0 masked: the 8259s do not reach the CPU
+        m.memory_map.write(IoApic.BASE + SEL, 4, 0x10 + 2 * 2)
+        m.memory_map.write(IoApic.BASE + WIN, 4, 0x30)   # pin 2 (IRQ0), edge, vector 0x30
+        assert m.run(max_instructions=5_000_000) == (0x30 << 1) | 1
+    finally:
+        m.close()
