@@ -56,7 +56,7 @@ from .devices.pic import DualPic
 from .devices.pit import Pit
 from .devices.port92 import Port92
 from .devices.serial import Uart16550
-from .irq import IrqLine
+from .irq import IrqLine, SharedLine
 from .memory import FOUR_GIB, GuestMemory, IoSpace, MemoryMap
 from .pci import I440fx, PciBus, PciConfigIo, Piix3
 from .pci.host import RCR_RESET_CPU, RCR_SYSTEM_RESET
@@ -164,7 +164,9 @@ class Machine:
         self.pic.on_intr = self._interrupt_raised       # an IRQ from a port or MMIO access
         self.ioapic = IoApic(self.msi.deliver)
         self.lapic.eoi_listeners.append(self.ioapic.eoi)
-        self.isa_irqs = [IrqLine(f"isa-irq{n}", self._isa_irq_sink(n)) for n in range(16)]
+        # Each ISA IRQ is a wired-OR of everything that drives it (an ISA device, the SCI, the
+        # PIIX3's PIRQ routing), so one source lowering its request never hides another's.
+        self.isa_irqs = [SharedLine(self._isa_irq_sink(n)) for n in range(16)]
         self._build_isa_devices()
         self._build_pci()
         if trace.any_category_enabled("in_asm", "exec", "cpu"):
@@ -188,7 +190,7 @@ class Machine:
         return data
 
     def _isa_irq_sink(self, n: int) -> Callable[[bool], None]:
-        """ISA IRQ n reaches both interrupt controllers, as on a PC: the 8259 input n and the
+        """ISA IRQ n (the OR of its sources) reaches both interrupt controllers, as on a PC: the 8259 input n and the
         IOAPIC pin n, except IRQ0 (the PIT), which is wired to pin 2 (the MADT says so with an
         interrupt source override); pin 0 stays free for the 8259's output."""
         pic_line = self.pic.irq_line(n)
@@ -208,7 +210,8 @@ class Machine:
         # The order is the reset order, and where port ranges overlap (an isa-debug-exit placed
         # over another device) the later one answers.
         cfg, clock, pic = self.config, self.clock, self.pic
-        irq = self.isa_irqs.__getitem__
+        def irq(n: int) -> IrqLine:
+            return self.isa_irqs[n].input(f"isa-irq{n}")
 
         self.devices["pic"] = pic
         self.io.add("pic-master", 0x20, 2, pic.master_ops)
@@ -267,7 +270,8 @@ class Machine:
         host = I440fx(on_pam_change=self.shadow.pam_changed)
         bus.plug(host, 0)
         self.devices["i440fx"] = host
-        isa = Piix3(self.isa_irqs.__getitem__)
+        pirq_outputs = [self.isa_irqs[n].input(f"piix3-irq{n}") for n in range(16)]
+        isa = Piix3(pirq_outputs.__getitem__)
         bus.plug(isa, 1)
         self.devices["piix3"] = isa
         slot = FIRST_VIRTIO_SLOT

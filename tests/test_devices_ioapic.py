@@ -163,8 +163,8 @@ def test_isa_irqs_reach_pic_and_ioapic_irq0_on_pin_2(board):
     io = board.ioapic
     program(io, 2, 0x30)
     program(io, 4, 0x34)
-    board.isa_irqs[0].set(True)
-    board.isa_irqs[4].set(True)
+    board.isa_irqs[0].input().set(True)
+    board.isa_irqs[4].input().set(True)
     assert board.lapic.acknowledge() == 0x34
     board.lapic.write(LAPIC_EOI, 4, 0)
     assert board.lapic.acknowledge() == 0x30
@@ -218,3 +218,18 @@ def test_pit_interrupt_reaches_the_cpu_through_ioapic_and_lapic(tmp_path):
         assert m.run(max_instructions=5_000_000) == (0x30 << 1) | 1
     finally:
         m.close()
+
+
+def test_isa_irq_is_a_wired_or_of_its_sources(board):
+    """The SCI and a PIRQ steered to the same IRQ 9: one going low keeps the line up."""
+    io = board.ioapic
+    piix3 = board.devices["piix3"]
+    pm = board.devices["acpi-pm"]
+    piix3.config_write(0x60, 1, 9)                              # PIRQA -> IRQ 9
+    piix3.route_intx(1 << 3, 1, True)                          # slot 1 INTA -> PIRQA
+    pm.sts = 0x100
+    pm.write(2, 2, 0x100)                                      # SCI up too
+    piix3.route_intx(1 << 3, 1, False)
+    assert io.lines & (1 << 9) and board.pic.slave.lines & 2
+    pm.write(0, 2, 0x100)                                      # the SCI's status cleared
+    assert not io.lines & (1 << 9) and not board.pic.slave.lines & 2
