@@ -147,7 +147,7 @@ def test_madt_lapic_ioapic_and_overrides(linked):
     assert struct.unpack_from("<II", m, 36) == (0xFEE00000, 1)
     entries, off = [], 44
     while off < len(m):
-        kind, length = m[off], m[off + 1]
+        length = m[off + 1]
         assert length >= 2 and off + length <= len(m)
         entries.append(m[off:off + length])
         off += length
