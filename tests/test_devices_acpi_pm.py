@@ -120,3 +120,12 @@ def test_board_sci_is_isa_irq_9(tmp_path):
         assert m.isa_irqs[9].level and m.pic.slave.lines & 2 and m.ioapic.lines & (1 << 9)
     finally:
         m.close()
+
+
+def test_power_button_sets_status_and_sci_only_when_enabled(pm):
+    pm.power_button()
+    assert pm.read(STS, 2) & acpi_pm.PWRBTN_STS and not pm.sci_line.level
+    pm.write(EN, 2, acpi_pm.PWRBTN_EN)
+    assert pm.sci_line.level
+    pm.write(STS, 2, acpi_pm.PWRBTN_STS)
+    assert not pm.sci_line.level and pm.offs == []      # the OS decides; nothing turns off by itself

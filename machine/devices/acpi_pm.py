@@ -100,6 +100,12 @@ class AcpiPm:
         self._update_sci()
         self._arm_overflow()
 
+    def power_button(self) -> None:
+        """The fixed-feature power button is pressed (the monitor's system_powerdown): PWRBTN_STS,
+        and an SCI when the OS enabled it; the OS decides what to do."""
+        self.sts |= PWRBTN_STS
+        self._update_sci()
+
     # -- SCI --------------------------------------------------------------------------------
     def _update_sci(self) -> None:
         self.sci.set(bool(self.cnt & SCI_EN and self.sts & self.en & EN_BITS))
