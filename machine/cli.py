@@ -36,6 +36,9 @@ BUNDLED_IMAGE_SIZE = 64 * MiB
 MIN_RAM = 2 * MiB                # below this the PC RAM layout does not fit
 MAX_RAM = 1024 * 1024 * MiB      # 1 TiB: a typo guard, far above anything a test needs
 RAM_ALIGN = 8192                 # QEMU rounds -m up to 8 KiB
+# Third-party modules the machine needs (pyproject.toml's dependencies): a checkout run without
+# installing gets one line naming what to install, not a traceback.
+REQUIRED_MODULES = ("unicorn", "capstone")
 
 
 class CliExit(Exception):
@@ -906,8 +909,19 @@ def main(argv: list[str] | None = None) -> int:
             bundled = bundled_defaults(config)
         status = run_machine(config)
         return selftest_status(status) if bundled.map_status else status
-    except (ConfigError, ToolchainError) as err:
+    except ToolchainError as err:
+        status = _error(str(err))
+        if err.details:                    # the compiler's own words, as make printed them
+            print(err.details, file=sys.stderr)
+        return status
+    except ConfigError as err:
         return _error(str(err))
+    except ModuleNotFoundError as err:
+        if err.name not in REQUIRED_MODULES:
+            raise
+        return _error(f"the Python package '{err.name}' is not installed: run "
+                      "'python3 -m pip install .' in the source tree (or pip install the "
+                      "package) first")
     except OSError as err:
         if err.filename is not None:
             return _error(_describe_oserror(err.filename, err))
