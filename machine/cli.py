@@ -856,9 +856,39 @@ def one_line(message: str) -> str:
     return "".join(ch if ch.isprintable() else repr(ch)[1:-1] for ch in message)
 
 
+def threading_is_main() -> bool:
+    """Signal handlers can only be set from the main thread (main() may run in another one,
+    e.g. from a test or an application embedding the command line)."""
+    import threading
+    return threading.current_thread() is threading.main_thread()
+
+
 def _error(message: str) -> int:
     print(f"{PROG}: {one_line(message)}", file=sys.stderr)
     return 1
+
+
+class UserQuit(Exception):
+    """The user ended the machine (monitor `quit`, gdb `kill`): QEMU exits 0, whatever the
+    guest was doing, so the bundled self-test's status mapping does not apply."""
+
+    def __init__(self, status: int = 0):
+        super().__init__(status)
+        self.status = status
+
+
+class Terminated(BaseException):
+    """SIGTERM or SIGHUP arrived. A BaseException, like KeyboardInterrupt for SIGINT, so that
+    no `except Exception` on the way swallows it and every `finally` (the temporary image, the
+    terminal mode, the log file) runs."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _raise_terminated(signum, _frame):
+    raise Terminated(signum)
 
 
 def run_machine(config: MachineConfig) -> int:
@@ -882,7 +912,10 @@ def run_machine(config: MachineConfig) -> int:
             from machine.debug.target import attach_debugger
             debugger = attach_debugger(machine, config)
             if debugger is not None:
-                return debugger.run()
+                status = debugger.run()
+                if debugger.quit_requested:
+                    raise UserQuit(status)
+                return status
         return machine.run()
     finally:
         if machine is not None and hasattr(machine, "close"):
@@ -897,8 +930,14 @@ def main(argv: list[str] | None = None) -> int:
     line on stderr and give status 1, never a traceback."""
     from machine.toolchain import ToolchainError
 
+    import signal
+
     argv = sys.argv[1:] if argv is None else list(argv)
     bundled = BundledRun()
+    old_handlers = {}
+    if threading_is_main():
+        for signum in (signal.SIGTERM, signal.SIGHUP):
+            old_handlers[signum] = signal.signal(signum, _raise_terminated)
     try:
         try:
             config = parse_args(argv)
@@ -926,10 +965,16 @@ def main(argv: list[str] | None = None) -> int:
         if err.filename is not None:
             return _error(_describe_oserror(err.filename, err))
         return _error(err.strerror or str(err))
-    except KeyboardInterrupt:
-        print(f"{PROG}: terminating on signal 2", file=sys.stderr)
-        return 130
+    except UserQuit as done:
+        return done.status
+    except (KeyboardInterrupt, Terminated) as err:
+        signum = err.signum if isinstance(err, Terminated) else signal.SIGINT
+        print(f"{PROG}: terminating on signal {int(signum)}", file=sys.stderr)
+        # QEMU exits 0 when a signal ends it; the bundled self-test must not read as passed.
+        return 128 + signum if bundled.map_status else 0
     finally:
+        for signum, handler in old_handlers.items():
+            signal.signal(signum, handler)
         if bundled.temp_image is not None:
             try:
                 bundled.temp_image.unlink()
