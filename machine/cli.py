@@ -15,6 +15,7 @@ With no -kernel and no -bios, the machine boots the bundled virtio-blk self-test
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 import stat
@@ -146,10 +147,13 @@ def _describe_oserror(path: str | os.PathLike, err: OSError) -> str:
     return f"Could not open '{os.fspath(path)}': {err.strerror or err}"
 
 
-def _check_readable_file(path: str) -> os.stat_result:
-    """The file exists, is not a directory and can be opened for reading."""
+def _check_readable_file(path: str, block_device_ok: bool = False) -> os.stat_result:
+    """The file exists, is a regular file (or, for a disk image, a block device) and can be
+    opened for reading. Opened with O_NONBLOCK: opening a FIFO for reading would otherwise
+    wait for a writer forever (QEMU 7.2 does hang there). A FIFO, socket or character device
+    (/dev/null, a tty) is refused: none of them is a file with a size to load or a disk."""
     try:
-        fd = os.open(path, os.O_RDONLY)
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
     except OSError as err:
         raise _OptError(_describe_oserror(path, err)) from None
     try:
@@ -158,6 +162,12 @@ def _check_readable_file(path: str) -> os.stat_result:
         os.close(fd)
     if stat.S_ISDIR(st.st_mode):
         raise _OptError(f"Could not open '{path}': Is a directory")
+    if not (stat.S_ISREG(st.st_mode) or (block_device_ok and stat.S_ISBLK(st.st_mode))):
+        kind = ("a FIFO" if stat.S_ISFIFO(st.st_mode) else
+                "a socket" if stat.S_ISSOCK(st.st_mode) else
+                "a character device" if stat.S_ISCHR(st.st_mode) else "not a regular file")
+        wanted = "a regular file or a block device" if block_device_ok else "a regular file"
+        raise _OptError(f"Could not open '{path}': {kind}, not {wanted}")
     return st
 
 
@@ -579,7 +589,7 @@ class _Parser:
         path = opts.get("file")
         if not path:
             raise _OptError("file= is required (an empty drive is not supported)")
-        st = _check_readable_file(path)
+        st = _check_readable_file(path, block_device_ok=True)
         if stat.S_ISREG(st.st_mode) and st.st_size % 512:
             raise _OptError(f"image '{path}' is {st.st_size} bytes, not a multiple of "
                             "the 512-byte sector size")
@@ -891,6 +901,13 @@ def _raise_terminated(signum, _frame):
     raise Terminated(signum)
 
 
+def _no_ram(config: MachineConfig) -> str:
+    """The host cannot give the guest its RAM (only the RAM is big enough to fail): say which
+    option asked for it, with QEMU's words."""
+    return (f"-m {config.ram_size // MiB}M: cannot set up guest memory 'pc.ram': "
+            "Cannot allocate memory")
+
+
 def run_machine(config: MachineConfig) -> int:
     """Build the board from `config` and run it (under the debugger when -gdb, -s, -S or
     -monitor stdio ask for one); returns the machine's exit status."""
@@ -907,7 +924,14 @@ def run_machine(config: MachineConfig) -> int:
         trace.set_output(logfile)
     machine = None
     try:
-        machine = Machine(config)
+        try:
+            machine = Machine(config)
+        except MemoryError:
+            raise ConfigError(_no_ram(config)) from None
+        except OSError as err:
+            if err.errno != errno.ENOMEM:
+                raise
+            raise ConfigError(_no_ram(config)) from None
         if config.gdb or config.start_stopped or config.monitor == "stdio":
             from machine.debug.target import attach_debugger
             debugger = attach_debugger(machine, config)
