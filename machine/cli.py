@@ -40,6 +40,9 @@ RAM_ALIGN = 8192                 # QEMU rounds -m up to 8 KiB
 # Third-party modules the machine needs (pyproject.toml's dependencies): a checkout run without
 # installing gets one line naming what to install, not a traceback.
 REQUIRED_MODULES = ("unicorn", "capstone")
+# -d items that cost a Python callback per block or instruction (warned about at start).
+SLOW_LOG_ITEMS = {"in_asm": "translated block", "exec": "executed block",
+                  "cpu": "executed block with the registers"}
 
 
 class CliExit(Exception):
@@ -412,6 +415,7 @@ class _Parser:
                 raise ConfigError(f"{where}: Could not open '{drive.file}': Permission denied")
         if self.nographic and not self.serial_given:
             cfg.serial = CharDev("stdio")
+        self.check_trace_names()
         for ref in self.devices:
             try:
                 self.finish_device(ref.config)
@@ -426,6 +430,20 @@ class _Parser:
                               "devices (COM1 is on stdio: use -serial none or a file)")
         if cfg.append and cfg.kernel is None and cfg.bios is not None:
             raise ConfigError("-append only allowed with -kernel option")
+
+    def check_trace_names(self) -> None:
+        """An exact event name (no wildcard) that no event has is almost always a typo: warn,
+        as QEMU does. Patterns with wildcards may legitimately match nothing."""
+        exact = [p for p in self.config.trace if not any(c in p for c in "*?[")]
+        if not exact:
+            return
+        import machine.pc  # noqa: F401  (defines every device's trace events)
+        import machine.debug.breakpoints  # noqa: F401
+        known = trace.all_events()
+        for name in exact:
+            if name not in known:
+                self.config.warnings.append(f"-trace {name}: warning: trace event '{name}' "
+                                            "does not exist (see -trace help)")
 
     def finish_device(self, dev: DeviceConfig) -> None:
         if dev.driver != "virtio-blk-pci":
@@ -548,6 +566,11 @@ class _Parser:
                           "discard", "snapshot", "media"})
         drive = DriveConfig()
         fmt = opts.get("format", "raw")
+        if "format" not in opts:
+            # QEMU probes the format and warns; raw is the only one here, so no probe is needed,
+            # but the habit of naming it is kept (and the command line stays QEMU's).
+            self.config.warnings.append(f"-drive {arg}: warning: no format= given: the image "
+                                        "is used as raw; add format=raw to say so")
         if fmt != "raw":
             if fmt in _QEMU_FORMATS:
                 raise _OptError(f"format '{fmt}' is not supported by this machine (only raw)")
@@ -756,6 +779,10 @@ class _Parser:
                     raise _OptError(f"unknown log item '{name}' (see -d help)")
                 if name not in self.config.log:
                     self.config.log.append(name)
+                    if name in SLOW_LOG_ITEMS:
+                        self.config.warnings.append(
+                            f"-d {arg}: warning: '{name}' logs every {SLOW_LOG_ITEMS[name]}: "
+                            "the guest runs orders of magnitude slower and the log grows fast")
 
     def opt_D(self, arg: str) -> None:
         _check_output_file(arg)
@@ -968,6 +995,8 @@ def main(argv: list[str] | None = None) -> int:
         except CliExit as done:
             print(done.text)
             return done.status
+        for warning in config.warnings:
+            print(f"{PROG}: {one_line(warning)}", file=sys.stderr)
         if uses_bundled_guest(config):
             bundled = bundled_defaults(config)
         status = run_machine(config)
