@@ -299,6 +299,52 @@ DEVICES = {
     "isa-debugcon": "debug console: bytes written to port 0x402 go to a chardev",
 }
 _DEVICE_ALIASES = {"virtio-blk": "virtio-blk-pci"}
+# `-device NAME,help`: each device's properties as (name, type, default, meaning), in QEMU's
+# listing format. tests/test_cli_help.py checks this table against what the devices accept.
+DEVICE_PROPERTIES: dict[str, list[tuple[str, str, str, str]]] = {
+    "virtio-blk-pci": [
+        ("drive", "str", "", "the id= of a -drive with if=none (required)"),
+        ("serial", "str", "", "the disk's serial (GET_ID), at most 20 bytes"),
+        ("num-queues", "uint16", "1", "number of request queues (VIRTIO_BLK_F_MQ above 1)"),
+        ("queue-size", "uint16", "256", "entries per queue, a power of 2"),
+        ("logical_block_size", "size", "512", "the sector size the guest is told"),
+        ("physical_block_size", "size", "512", "physical block size (topology)"),
+        ("min_io_size", "size", "0", "minimum I/O size (topology)"),
+        ("opt_io_size", "size", "0", "optimal I/O size (topology)"),
+        ("config-wce", "bool", "on", "offer VIRTIO_BLK_F_CONFIG_WCE (writeback switch)"),
+        ("discard", "bool", "on", "offer VIRTIO_BLK_F_DISCARD"),
+        ("write-zeroes", "bool", "on", "offer VIRTIO_BLK_F_WRITE_ZEROES"),
+        ("max-discard-sectors", "uint32", "4194303", "the largest DISCARD accepted"),
+        ("max-write-zeroes-sectors", "uint32", "4194303", "the largest WRITE_ZEROES accepted"),
+        ("seg-max-adjust", "bool", "on", "seg_max follows the queue size"),
+        ("cyls", "uint32", "(from the size)", "geometry: cylinders"),
+        ("heads", "uint32", "16", "geometry: heads"),
+        ("secs", "uint32", "63", "geometry: sectors per track"),
+        ("disable-legacy", "OnOffAuto", "auto", "on: modern-only device 1af4:1042"),
+        ("disable-modern", "bool", "off", "on: legacy-only device"),
+        ("ioeventfd", "bool", "on", "accepted; requests always complete in the notify"),
+        ("bootindex", "int32", "-1", "accepted; the firmware boots the -kernel"),
+        ("addr", "str", "", "accepted; the board places the device"),
+    ],
+    "isa-debug-exit": [
+        ("iobase", "uint32", "1281", "first port (0x501); the bundled guest uses 0xf4"),
+        ("iosize", "uint32", "2", "number of ports"),
+    ],
+    "isa-debugcon": [
+        ("iobase", "uint32", "233", "the port; only 0x402, where the firmware logs, is supported"),
+        ("chardev", "str", "", "the -chardev id= that receives the bytes"),
+    ],
+}
+
+
+def device_help(driver: str) -> str:
+    """QEMU's `-device NAME,help` listing: one `  name=<type> - meaning (default: x)` line."""
+    lines = [f"{driver} options:"]
+    for name, kind, default, meaning in sorted(DEVICE_PROPERTIES[driver]):
+        head = f"  {name}=<{kind}>"
+        tail = f" (default: {default})" if default else ""
+        lines.append(f"{head:<24} - {meaning}{tail}")
+    return "\n".join(lines)
 # -machine properties naming hardware this PC does not have (accepted only as =off), and
 # host-side tuning that does not change what the guest sees (accepted, ignored).
 _MACHINE_ABSENT = frozenset({"usb", "vmport", "smm", "hpet", "acpi", "graphics", "sata"})
@@ -636,6 +682,8 @@ class _Parser:
             raise _OptError("Parameter 'driver' is missing")
         if driver not in DEVICES:
             raise _OptError(f"'{driver}' is not a valid device model name")
+        if any(key in ("help", "?") for key, _ in pairs[1:]):
+            raise CliExit(device_help(driver))
         props = dict(pairs[1:])
         ident = props.pop("id", None)
         if ident is not None:
