@@ -21,11 +21,13 @@ import re
 import stat
 import sys
 import tempfile
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
 from machine import trace
+from machine.console import EscapeFilter, Terminal, UserQuit
 from machine.config import CharDev, ConfigError, DeviceConfig, DriveConfig, MachineConfig, MiB
 
 PROG = "machine"
@@ -941,6 +943,14 @@ def one_line(message: str) -> str:
     return "".join(ch if ch.isprintable() else repr(ch)[1:-1] for ch in message)
 
 
+def _write_tty(text: str) -> None:
+    try:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+    except (OSError, ValueError):
+        pass
+
+
 def threading_is_main() -> bool:
     """Signal handlers can only be set from the main thread (main() may run in another one,
     e.g. from a test or an application embedding the command line)."""
@@ -951,15 +961,6 @@ def threading_is_main() -> bool:
 def _error(message: str) -> int:
     print(f"{PROG}: {one_line(message)}", file=sys.stderr)
     return 1
-
-
-class UserQuit(Exception):
-    """The user ended the machine (monitor `quit`, gdb `kill`): QEMU exits 0, whatever the
-    guest was doing, so the bundled self-test's status mapping does not apply."""
-
-    def __init__(self, status: int = 0):
-        super().__init__(status)
-        self.status = status
 
 
 class Terminated(BaseException):
@@ -983,9 +984,10 @@ def _no_ram(config: MachineConfig) -> str:
             "Cannot allocate memory")
 
 
-def run_machine(config: MachineConfig) -> int:
+def run_machine(config: MachineConfig, stdin_filter=None) -> int:
     """Build the board from `config` and run it (under the debugger when -gdb, -s, -S or
-    -monitor stdio ask for one); returns the machine's exit status."""
+    -monitor stdio ask for one); returns the machine's exit status. `stdin_filter` sees
+    the bytes typed on stdin before the guest does (the console's escape keys)."""
     try:
         from machine.pc import Machine
     except ModuleNotFoundError as err:
@@ -1007,6 +1009,8 @@ def run_machine(config: MachineConfig) -> int:
             if err.errno != errno.ENOMEM:
                 raise
             raise ConfigError(_no_ram(config)) from None
+        if stdin_filter is not None:
+            machine.stdin_filter = stdin_filter
         if config.gdb or config.start_stopped or config.monitor == "stdio":
             from machine.debug.target import attach_debugger
             debugger = attach_debugger(machine, config)
@@ -1047,7 +1051,11 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{PROG}: {one_line(warning)}", file=sys.stderr)
         if uses_bundled_guest(config):
             bundled = bundled_defaults(config)
-        status = run_machine(config)
+        # The console is the terminal's only while COM1 owns stdin (-monitor stdio reads lines).
+        console = config.serial.kind == "stdio" and config.monitor != "stdio"
+        with Terminal(pass_ctrl_c=config.nographic) if console else nullcontext() as term:
+            escapes = EscapeFilter(_write_tty) if term is not None and term.active else None
+            status = run_machine(config, escapes)
         return selftest_status(status) if bundled.map_status else status
     except ToolchainError as err:
         status = _error(str(err))
