@@ -65,7 +65,7 @@ class Terminal:
     """Raw mode on stdin for the life of a `with` block, when stdin is a terminal."""
 
     def __init__(self, fd: int | None = None, pass_ctrl_c: bool = False):
-        self.fd = sys.stdin.fileno() if fd is None else fd
+        self.fd = fd
         self.pass_ctrl_c = pass_ctrl_c
         self.saved = None
 
@@ -75,6 +75,8 @@ class Terminal:
 
     def __enter__(self) -> "Terminal":
         try:
+            if self.fd is None:
+                self.fd = sys.stdin.fileno()     # no fileno (a test's stdin): not a terminal
             if not os.isatty(self.fd):
                 return self
             import termios
