@@ -44,7 +44,7 @@ RAM_ALIGN = 8192                 # QEMU rounds -m up to 8 KiB
 REQUIRED_MODULES = ("unicorn", "capstone")
 # -d items that cost a Python callback per block or instruction (warned about at start).
 SLOW_LOG_ITEMS = {"in_asm": "translated block", "exec": "executed block",
-                  "cpu": "executed block with the registers"}
+                  "cpu": "block's registers"}
 
 
 class CliExit(Exception):
@@ -829,10 +829,13 @@ class _Parser:
                     raise _OptError(f"unknown log item '{name}' (see -d help)")
                 if name not in self.config.log:
                     self.config.log.append(name)
-                    if name in SLOW_LOG_ITEMS:
-                        self.config.warnings.append(
-                            f"-d {arg}: warning: '{name}' logs every {SLOW_LOG_ITEMS[name]}: "
-                            "the guest runs orders of magnitude slower and the log grows fast")
+        slow = [name for name in self.config.log if name in SLOW_LOG_ITEMS]
+        if slow:
+            self.config.warnings = [w for w in self.config.warnings if not w.startswith("-d ")]
+            self.config.warnings.append(
+                f"-d {arg}: warning: {','.join(slow)} log every "
+                f"{' and '.join(SLOW_LOG_ITEMS[n] for n in slow)}: the guest runs orders of "
+                "magnitude slower and the log grows fast")
 
     def opt_D(self, arg: str) -> None:
         _check_output_file(arg)
