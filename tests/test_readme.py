@@ -172,6 +172,15 @@ def test_the_sample_output_is_what_the_default_run_prints(workspace):
         at = out.index(line, at) + 1
 
 
+def test_the_tests_option_runs_init_then_the_named_tests(workspace):
+    """The prose claim: `-append tests=flush,get_id` runs two tests after `init`."""
+    text = README.read_text().replace("\n", " ")
+    assert "`python3 -m machine -append tests=flush,get_id` runs two tests after `init`" in text
+    run = sh(workspace, "python3 -m machine -append tests=flush,get_id")
+    assert run.returncode == 0, run.stderr
+    assert re.findall(r"^ok \d+ - (\w+)", run.stdout, re.M) == ["init", "flush", "get_id"]
+
+
 def test_the_monitor_break_commands_are_accepted(guest):
     from machine.api import Session
     (sample,) = [text for lang, text, _ in blocks() if text.startswith("(gdb) monitor ")]
