@@ -18,6 +18,7 @@ from __future__ import annotations
 import errno
 import os
 import re
+import signal
 import stat
 import sys
 import tempfile
@@ -1035,8 +1036,6 @@ def main(argv: list[str] | None = None) -> int:
     """Parse, build the board, run it; returns the exit status. Host-input errors print one
     line on stderr and give status 1, never a traceback."""
     from machine.toolchain import ToolchainError
-
-    import signal
 
     argv = sys.argv[1:] if argv is None else list(argv)
     bundled = BundledRun()
