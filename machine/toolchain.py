@@ -68,6 +68,8 @@ def ensure_built(directory: Path | str, target: str) -> Path:
     if not src.is_dir():
         raise ToolchainError(f"cannot build {directory}/{target}: the sources are not in "
                              f"this installation ({src} is missing)")
+    if not _writable(src) and _up_to_date(src, target):
+        return src / target        # built already where nobody can write: nothing can race
     build = src if _writable(src) and not src.is_relative_to(BUNDLED) else _cached_copy(src)
     parts = Path(target).parts
     folder = build / parts[0] if len(parts) > 1 else build

@@ -145,3 +145,34 @@ def test_a_checkout_without_the_dependencies_says_what_to_install(tmp_path, hell
     lines = run.stderr.splitlines()
     assert len(lines) == 1 and "'unicorn' is not installed" in lines[0] and "pip install" in \
         lines[0], run.stderr
+
+
+def not_writable(monkeypatch, tree: Path) -> None:
+    """`tree` as a user who cannot write it sees it (chmod does not stop root)."""
+    import machine.toolchain
+    real = machine.toolchain._writable
+    monkeypatch.setattr(machine.toolchain, "_writable",
+                        lambda p: False if Path(p) == tree else real(p))
+
+
+def test_a_read_only_tree_built_already_is_used_in_place(tmp_path, monkeypatch):
+    (tmp_path / "Makefile").write_text(SLOW_MAKEFILE)
+    (tmp_path / "src.txt").write_text("x")
+    out = ensure_built(tmp_path, "out/t.txt")
+    monkeypatch.setenv("MACHINE_CACHE_DIR", str(tmp_path / "cache"))
+    not_writable(monkeypatch, tmp_path)
+    assert ensure_built(tmp_path, "out/t.txt") == out
+    assert not (tmp_path / "cache").exists()
+
+
+def test_a_read_only_tree_not_built_is_built_in_the_cache(tmp_path, monkeypatch):
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "Makefile").write_text(SLOW_MAKEFILE)
+    (src / "src.txt").write_text("cached")
+    monkeypatch.setenv("MACHINE_CACHE_DIR", str(tmp_path / "cache"))
+    not_writable(monkeypatch, src)
+    out = ensure_built(src, "out/t.txt")
+    assert out.read_text() == "cached" and out.is_relative_to(tmp_path / "cache")
+    assert not (src / "out").exists()
+    assert ensure_built(src, "out/t.txt") == out          # the same copy, built once
