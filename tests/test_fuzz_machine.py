@@ -41,24 +41,33 @@ class HostHang(Exception):
 def wall_limit(seconds: int = WALL_LIMIT, machine=None):
     """Turn a run that never returns into a test failure instead of a stuck suite. With the
     machine given, expiry asks it to stop (safe from inside a device or CPU hook, where an
-    exception would be swallowed by the engine's callback wrapper) and HostHang follows."""
+    exception would be swallowed by the engine's callback wrapper) and HostHang follows.
+
+    The limit is `seconds` of this process's CPU time (SIGPROF), so a loaded host (parallel
+    workers, other jobs) cannot fail a run that is merely slow to be scheduled; an engine that
+    spins burns CPU and is caught all the same. A backstop of 20 times as much host time
+    (SIGALRM) catches a run that hangs without using the CPU."""
     expired = []
 
     def expire(_sig, _frame):
         expired.append(True)
         if machine is not None:
-            machine.request_stop("host wall-clock limit")
+            machine.request_stop("host time limit")
         else:
-            raise HostHang(f"run() did not return within {seconds} s of host time")
-    old = signal.signal(signal.SIGALRM, expire)
-    signal.alarm(seconds)
+            raise HostHang(f"run() did not return within {seconds} s of CPU time")
+    old_prof = signal.signal(signal.SIGPROF, expire)
+    old_alarm = signal.signal(signal.SIGALRM, expire)
+    signal.setitimer(signal.ITIMER_PROF, seconds)
+    signal.alarm(20 * seconds)
     try:
         yield
     finally:
+        signal.setitimer(signal.ITIMER_PROF, 0)
         signal.alarm(0)
-        signal.signal(signal.SIGALRM, old)
+        signal.signal(signal.SIGPROF, old_prof)
+        signal.signal(signal.SIGALRM, old_alarm)
     if expired:
-        raise HostHang(f"run() did not return within {seconds} s of host time")
+        raise HostHang(f"run() did not return within {seconds} s of CPU time")
 
 
 def run_checked(m, budget: int = BUDGET, wall: int = WALL_LIMIT) -> int:
