@@ -35,6 +35,7 @@ from unicorn import x86_const as X
 from . import trace
 from . import unicorn_internals as ui
 from .clock import VirtualClock
+from .x86 import log
 from .memory import PAGE, GuestMemory, IoSpace, MemoryMap, MmioRegion, ones
 
 FOUR_GIB = 1 << 32
@@ -428,17 +429,17 @@ class Cpu:
             or any(g <= addr < g + s for g, s, _ in self._ro_ram)
 
     def _skip_rom_write(self) -> bool:
-        from .debug import disasm
+        from .x86 import decode         # capstone is loaded only when a guest writes its ROM
         rip = self._reg.read(_REG_RIP)
         lin = self.linear_pc()
         bits = self.code_bits()
         code = ui.vmem_read(self.uc, lin, 16, UC.UC_PROT_EXEC) or ui.vmem_read(self.uc, lin, 16)
         if code is None:
             return False
-        length = disasm.instruction_length(code, lin, bits)
+        length = decode.instruction_length(code, lin, bits)
         if length is None:
             return False
-        sop = disasm.string_op(code, lin, bits)
+        sop = decode.string_op(code, lin, bits)
         if sop is not None:
             kind, elem, rep = sop
             asz = 8 if bits == 64 else 4 if bits == 32 else 2      # ignoring 0x67 overrides
@@ -978,8 +979,7 @@ class Cpu:
         (`hardware`). A delivery that faults raises that fault in turn (#GP/#NP naming the IDT
         entry), or #DF for a contributory pair; a failed #DF is a triple fault."""
         if not (software or hardware) and trace.category_enabled("int"):
-            from .debug import cpulog
-            cpulog.log_check_exception(None, vector)
+            log.log_check_exception(None, vector)
         back = self._trap_length() if software else 0
         try:
             self.deliver(vector, error_code, software=software)
@@ -1017,7 +1017,7 @@ class Cpu:
         Returns False when delivery is impossible (the machine must stop: see `fatal_report`)."""
         self._stop_cause = None
         if trace.category_enabled("int"):
-            trace.log("int", f"Servicing hardware INT={vector:#04x}")
+            log.log_hardware_interrupt(vector)
         self.deliver_exception(vector, None, hardware=True)
         if self._stop_cause in ("fatal", "triple_fault"):
             self._stop_cause = None
@@ -1049,8 +1049,7 @@ class Cpu:
                         mode="long" if hf & ui.HF_LMA else "protected" if hf & ui.HF_PE else "real",
                         err="-" if error_code is None else hex(error_code))
         if trace.category_enabled("int"):
-            from .debug import cpulog
-            cpulog.log_interrupt(self, vector, error_code, software)
+            log.log_interrupt(self, vector, error_code, software)
         if hf & ui.HF_LMA:
             self._deliver_long(vector, error_code, software, hf)
         elif hf & ui.HF_PE:
@@ -1266,46 +1265,9 @@ class Cpu:
     # fatal fault report
     # -------------------------------------------------------------------------------------
     def fault_report(self, why: str, back: int = 0) -> str:
-        """A short, human-readable report: why, CPU mode, CS:EIP, the instruction, registers.
-        `back`: the instruction of interest starts that many bytes before RIP (a trap such as
-        `int n` or HLT leaves RIP after the instruction)."""
-        from .debug import disasm
-        try:
-            regs = self.read_registers()
-            bits = self.code_bits()
-            lin = self.linear_pc() - back
-            regs["rip"] -= back
-            mode = self.mode
-        except Exception as exc:                 # the report must never itself fail
-            return f"{why}\n(registers unavailable: {exc})"
-        try:
-            code = self.read_virtual(lin, 16)
-        except MemoryAccessError:
-            code = b""
-        insn = disasm.format_one(code, lin, bits) if code else f"{lin:#x}: (code not readable)"
-        mode_txt = {64: "long mode, 64-bit code", 32: f"{mode} mode, 32-bit code",
-                    16: f"{mode} mode, 16-bit code"}[bits]
-        if bits == 64:
-            gprs = ["rax", "rbx", "rcx", "rdx", "rsi", "rdi", "rbp", "rsp", "r8", "r9", "r10",
-                    "r11", "r12", "r13", "r14", "r15"]
-            width = 16
-        else:
-            gprs = ["eax", "ebx", "ecx", "edx", "esi", "edi", "ebp", "esp"]
-            width = 8
-        lines = [why,
-                 f"CPU: {mode_txt}; CS:EIP = {regs['cs']:04x}:{regs['rip']:0{width}x}",
-                 f"instruction: {insn}"]
-        row = []
-        for i, name in enumerate(gprs):
-            row.append(f"{name.upper()}={regs[name] & ((1 << (4 * width)) - 1):0{width}x}")
-            if len(row) == 4:
-                lines.append(" ".join(row))
-                row = []
-        lines.append(f"EFLAGS={regs['eflags']:08x} CR0={regs['cr0']:08x} CR2={regs['cr2']:x} "
-                     f"CR3={regs['cr3']:x} CR4={regs['cr4']:x} EFER={regs['efer']:x}")
-        lines.append(" ".join(f"{s.upper()}={regs[s]:04x}" for s in ("cs", "ds", "es", "ss", "fs", "gs")))
-        lines.append(f"GDT={regs['gdtr_base']:x}/{regs['gdtr_limit']:x} IDT={regs['idtr_base']:x}/{regs['idtr_limit']:x}")
-        return "\n".join(lines)
+        """The report printed for a fatal guest fault (machine/x86/report.py)."""
+        from .x86 import report         # capstone is loaded only when a guest faults fatally
+        return report.fault_report(self, why, back)
 
 
 _ENGINE_ERRORS = {
