@@ -1,28 +1,30 @@
 """The CPU: a Unicorn x86 engine made to behave like a PC processor.
 
-Unicorn executes instructions; this module supplies what a bare engine lacks on a PC:
+Unicorn executes instructions; this module supplies what a bare engine lacks on a PC, and hands
+each concern to its own module:
 * power-on state: a UC_MODE_64 engine (the only one that can resume protected/long-mode code
   after a stop) reset by hand to real mode at F000:FFF0;
-* interrupt and exception delivery through the IVT (real mode) and the IDT (32-bit protected
-  and long mode) for `int n`, CPU faults (with error code and CR2) and hardware IRQs; a fault
-  while delivering becomes #DF, a fault while delivering #DF is a triple fault;
-* physical memory: guest RAM (the GuestMemory mmap, zero-copy), the firmware ROM at the top of
-  4 GiB with its isa-bios alias below 1 MiB, MMIO regions mirrored from the MemoryMap, open bus
-  (all-ones) everywhere else, IN/OUT dispatched to the IoSpace;
-* CPUID with a stable feature set matching the devices we model, RDTSC from virtual time;
-* debugger services: registers by name, virtual memory access, breakpoints, single step.
+* interrupt and exception delivery through the IVT and the IDT, #DF and triple faults:
+  x86/deliver.py (`self.delivery`);
+* physical memory (RAM, ROM, shadow windows, MMIO, open bus) and the translated code that
+  depends on it: cpu_memory.py (`self.physmem`); IN/OUT dispatched to the IoSpace here;
+* CPUID (x86/cpuid.py) with a stable feature set matching the devices we model, RDTSC from
+  virtual time;
+* a guest store into ROM skipped (x86/decode.py gives its length);
+* debugger services: registers by name, virtual memory access, breakpoints, single step;
+  the fatal fault report is x86/report.py.
 
 Run model: the board calls `run(count)` with count > 0 (always: see unicorn_internals) and acts on
 the returned `SliceResult` between slices. Device callbacks never stop the engine (Unicorn would
 replay the instruction); they only record, and `request_stop_after_instruction()` ends the slice
 cleanly right after the current instruction.
 
-Only this module and unicorn_internals import unicorn.
+Only the engine's modules (this one, cpu_memory.py, x86/deliver.py, unicorn_internals) import
+unicorn.
 """
 
 from __future__ import annotations
 
-import struct
 from dataclasses import dataclass
 
 from unicorn import Uc, UcError
@@ -34,6 +36,7 @@ from . import unicorn_internals as ui
 from .clock import VirtualClock
 from .cpu_memory import CpuMemory, MemoryAccessError
 from .x86 import log
+from .x86.cpuid import cpuid_table
 from .x86.deliver import ERROR_CODE_VECTORS, EFLAGS_IF, Delivery
 from .memory import PAGE, GuestMemory, IoSpace, MemoryMap
 
@@ -75,39 +78,6 @@ class SliceResult:
     address: int = 0
     report: str = ""
     io_ns: int = 0
-
-
-# ------------------------------------------------------------------------------------------
-# CPUID: a fixed, modest feature set that TCG implements and our board backs
-# ------------------------------------------------------------------------------------------
-
-def _regs4(s: bytes) -> tuple[int, ...]:
-    return struct.unpack("<4I", s.ljust(16, b"\0"))
-
-
-_BRAND = b"Python PC emulator virtual CPU".ljust(48, b"\0")
-# leaf 1 EDX: FPU DE PSE TSC MSR PAE CX8 [APIC] SEP PGE CMOV PAT PSE36 CLFSH MMX FXSR SSE SSE2
-_LEAF1_EDX = sum(1 << b for b in (0, 2, 3, 4, 5, 6, 8, 11, 13, 15, 16, 17, 19, 23, 24, 25, 26))
-# leaf 1 ECX: SSE3 SSSE3 CX16 SSE4.1 SSE4.2 POPCNT, hypervisor; no x2APIC, no TSC-deadline, no XSAVE
-_LEAF1_ECX = sum(1 << b for b in (0, 9, 13, 19, 20, 23, 31))
-
-
-def cpuid_table(apic: bool) -> dict[int, tuple[int, int, int, int]]:
-    """(eax, ebx, ecx, edx) per leaf. Unlisted leaves answer zeros."""
-    vendor = b"GenuineIntel"
-    hv = b"PyPCemulator"
-    brand = [_regs4(_BRAND[i:i + 16]) for i in (0, 16, 32)]
-    return {
-        0x0: (0x7, *struct.unpack("<I", vendor[0:4]), *struct.unpack("<I", vendor[8:12]),
-              *struct.unpack("<I", vendor[4:8])),
-        # family 6 model 0x3c stepping 3; 1 logical CPU, APIC ID 0, CLFLUSH line 64 bytes
-        0x1: (0x000306C3, (1 << 16) | (8 << 8), _LEAF1_ECX, _LEAF1_EDX | ((1 << 9) if apic else 0)),
-        0x40000000: (0x40000000, *struct.unpack("<3I", hv)),
-        0x80000000: (0x80000008, 0, 0, 0),
-        0x80000001: (0, 0, 1, (1 << 11) | (1 << 20) | (1 << 29)),   # LAHF; SYSCALL NX LM
-        0x80000002: brand[0], 0x80000003: brand[1], 0x80000004: brand[2],
-        0x80000008: (0x3024, 0, 0, 0),                              # 36-bit physical, 48-bit virtual
-    }
 
 
 # ------------------------------------------------------------------------------------------
