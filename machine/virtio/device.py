@@ -68,7 +68,7 @@ class Unplugged:
 
 class VirtioDevice:
     """Base of every virtio device model. Public, read-only for debuggers: `status`,
-    `host_features`, `guest_features`, `queues`, `isr`, `broken`, `config`."""
+    `host_features`, `guest_features`, `queues`, `isr`, `broken` (and `error`, why), `config`."""
 
     def __init__(self, name: str, device_id: int, mem: GuestMemory):
         self.name = name
@@ -79,6 +79,7 @@ class VirtioDevice:
         self.status = 0
         self.isr = 0
         self.broken = False
+        self.error: VirtqueueError | GuestMemoryError | None = None   # what broke it, see virtio_error
         self.config = bytearray()
         self.config_generation = 0
         self.queues: list[SplitQueue] = []
@@ -191,7 +192,7 @@ class VirtioDevice:
                 try:
                     q.activate()
                 except VirtqueueError as e:
-                    self.virtio_error(str(e))
+                    self.virtio_error(e)
                     return
         for q in self.queues:
             if q.pending_kick:
@@ -205,7 +206,7 @@ class VirtioDevice:
             q.activate()
         except VirtqueueError as e:
             q.active = False
-            self.virtio_error(str(e))
+            self.virtio_error(e)
 
     # -- reset ----------------------------------------------------------------------------------
     def reset(self) -> None:
@@ -215,6 +216,7 @@ class VirtioDevice:
         self.status = 0
         self.guest_features = 0
         self.broken = False
+        self.error = None
         for q in self.queues:
             q.reset()
         if self.isr:
@@ -225,10 +227,13 @@ class VirtioDevice:
         """Device-specific part of reset (e.g. restore config fields the driver may write)."""
 
     # -- errors -----------------------------------------------------------------------------------
-    def virtio_error(self, msg: str) -> None:
+    def virtio_error(self, error: VirtqueueError | GuestMemoryError) -> None:
         """The guest broke the protocol: the device stops using its queues until reset, sets
         DEVICE_NEEDS_RESET (a VERSION_1 concept) and raises a config change notification if the
-        driver is live (2.1.1). Like QEMU's virtio_error."""
+        driver is live (2.1.1). Like QEMU's virtio_error. `error` stays in `self.error` (its
+        type says which rule was broken) until reset."""
+        msg = str(error)
+        self.error = error
         trace.guest_error(f"{self.name}: {msg}")
         if EV_ERROR.enabled:
             EV_ERROR.emit(vdev=self.name, msg=msg)
@@ -262,7 +267,7 @@ class VirtioDevice:
         try:
             q.handler(q)
         except (VirtqueueError, GuestMemoryError) as e:
-            self.virtio_error(str(e))
+            self.virtio_error(e)
 
     def notify(self, q: SplitQueue) -> None:
         """Used buffer notification for `q`, unless the driver suppressed it."""
