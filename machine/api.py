@@ -34,6 +34,7 @@ from .debug.monitor import Monitor
 from .debug.symbols import ElfSymbols as _ElfSymbols, UnknownSymbol
 from .debug.machine_target import MachineTarget
 from .debug.target import Stop, STOP_DEVICE, STOP_EXITED, STOP_FAULT
+from .virtio.device import VirtioDeviceState
 
 
 class SessionError(Exception):
@@ -307,6 +308,12 @@ class Session:
     def virtio(self, device: str = "virtio-blk"):
         """The VirtioDevice itself (status, host_features, guest_features, queues, peek_chain)."""
         return self._monitor._virtio(device)[1]
+
+    def virtio_state(self, device: str = "virtio-blk") -> VirtioDeviceState:
+        """A snapshot of a virtio device and its queues (status, features, broken and why,
+        config, and per queue its addresses and indices): a value that later guest activity
+        does not change."""
+        return self.virtio(device).state()
 
     # -- internals ---------------------------------------------------------------------------------
     def _device_hit(self, bp, message: str) -> None:

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from .. import trace
+from ..virtio.spec import BLK_REQUEST_NAMES, FEATURES_OK
 
 # virtio-blk request types (VIRTIO 1.2 §5.2.6) under the names users know them by.
 REQUEST_TYPES = {
@@ -29,8 +30,7 @@ REQUEST_TYPES = {
     "write-zeroes": 13, "write_zeroes": 13,
     "secure-erase": 14,
 }
-REQUEST_TYPE_NAMES = {0: "in", 1: "out", 4: "flush", 8: "get-id", 10: "get-lifetime",
-                      11: "discard", 13: "write-zeroes", 14: "secure-erase"}
+REQUEST_TYPE_NAMES = BLK_REQUEST_NAMES
 # A device model that emits one event per request kind (QEMU style) instead of a `type` field.
 _EVENT_TYPES = {
     "virtio_blk_handle_read": 0, "virtio_blk_handle_write": 1, "virtio_blk_handle_flush": 4,
@@ -38,8 +38,6 @@ _EVENT_TYPES = {
     "virtio_blk_handle_write_zeroes": 13,
 }
 
-STATUS_FEATURES_OK = 8
-STATUS_NEEDS_RESET = 0x40
 
 # Which trace events each kind of breakpoint listens to. Requests are seen at
 # `virtio_blk_req_complete` (one event for every request type, carrying type, sector and length;
@@ -140,7 +138,7 @@ class DeviceBreakpoint:
             key = _device_name(dev) if dev is not None else ""
             before = self.last_status.get(key, 0)
             self.last_status[key] = status
-            if status & STATUS_FEATURES_OK and not before & STATUS_FEATURES_OK:
+            if status & FEATURES_OK and not before & FEATURES_OK:
                 return f"feature negotiation (FEATURES_OK written, status {status:#04x})"
             return None
         if self.kind == "needs-reset":
@@ -312,10 +310,10 @@ class RequestResolver:
             parse_request = getattr(vdev, "parse_request", None)
             if parse_request is None:                   # not a block device
                 continue
-            for i, q in enumerate(vdev.queues):
+            for q in vdev.state().queues:
                 if not q.active or not q.size:
                     continue
-                chain = vdev.peek_chain(i, (q.last_avail_idx - 1) & 0xFFFF)
+                chain = vdev.peek_chain(q.index, (q.last_avail_idx - 1) & 0xFFFF)
                 if isinstance(chain, Exception) or chain.head != head:
                     continue                            # malformed, or another queue's request
                 try:

@@ -18,8 +18,9 @@ from .. import trace
 from ..config import ConfigError
 from ..pci.device import QEMU_SUBSYSTEM_ID, PciDevice
 from ..regs import Reg, RegisterBank
-from .device import (DRIVER_OK, VIRTIO_F_ANY_LAYOUT, VirtioDevice, bit)
+from .device import VirtioDevice, bit
 from .queue import is_power_of_2
+from .spec import DRIVER_OK, VIRTIO_F_ANY_LAYOUT
 
 VIRTIO_PCI_VENDOR = 0x1AF4
 PCI_CAP_ID_VNDR = 0x09
