@@ -37,10 +37,9 @@ CONFIG = struct.Struct("<QIIHBBIBBHIBBHIIIIIB3x")     # struct virtio_blk_config
 CONFIG_SIZE = CONFIG.size                             # 60, as QEMU with discard + write-zeroes
 OFF_WRITEBACK = 32
 
-EV_READ = trace.Event("virtio_blk_handle_read", "vdev={vdev} req={req} sector={sector} nsectors={nsectors}")
-EV_WRITE = trace.Event("virtio_blk_handle_write", "vdev={vdev} req={req} sector={sector} nsectors={nsectors}")
-EV_COMPLETE = trace.Event("virtio_blk_req_complete", "vdev={vdev} req={req} type={type} sector={sector} "
-                          "len={len} status={status} latency_us={latency_us:.1f}")
+EV_READ = trace.Event("virtio_blk_handle_read")
+EV_WRITE = trace.Event("virtio_blk_handle_write")
+EV_COMPLETE = trace.Event("virtio_blk_req_complete")
 
 
 class VirtioBlk(VirtioDevice):

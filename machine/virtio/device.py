@@ -23,12 +23,12 @@ from .spec import (DEVICE_NEEDS_RESET, DRIVER_OK, FAILED, FEATURES_OK, ISR_CONFI
 
 VIRTIO_QUEUE_MAX = 1024            # queues per device, as QEMU
 
-EV_SET_STATUS = trace.Event("virtio_set_status", "vdev={vdev} val={val}")
-EV_QUEUE_NOTIFY = trace.Event("virtio_queue_notify", "vdev={vdev} n={n}")
-EV_NOTIFY = trace.Event("virtio_notify", "vdev={vdev} vq={vq}")
-EV_CONFIG_NOTIFY = trace.Event("virtio_notify_config", "vdev={vdev}")
-EV_ERROR = trace.Event("virtio_error", "vdev={vdev} {msg}")
-EV_FEATURES = trace.Event("virtio_set_features", "vdev={vdev} features={features:#x}")
+EV_SET_STATUS = trace.Event("virtio_set_status")
+EV_QUEUE_NOTIFY = trace.Event("virtio_queue_notify")
+EV_NOTIFY = trace.Event("virtio_notify")
+EV_CONFIG_NOTIFY = trace.Event("virtio_notify_config")
+EV_ERROR = trace.Event("virtio_error")
+EV_FEATURES = trace.Event("virtio_set_features")
 
 
 def bit(n: int) -> int:

@@ -43,8 +43,8 @@ NOTIFY_MULT = 4                         # notify_off_multiplier: queue n is kick
 LEGACY_BAR = 0
 LEGACY_HEADER = 20                      # 24 when MSI-X is enabled (two vector registers)
 
-EV_NOTIFY_WRITE = trace.Event("virtio_pci_notify_write", "addr={addr:#x} val={val:#x} size={size}")
-EV_NOTIFY_WRITE_PIO = trace.Event("virtio_pci_notify_write_pio", "addr={addr:#x} val={val:#x} size={size}")
+EV_NOTIFY_WRITE = trace.Event("virtio_pci_notify_write")
+EV_NOTIFY_WRITE_PIO = trace.Event("virtio_pci_notify_write_pio")
 
 _CAP = struct.Struct("<BBBBxxII")       # cap_len, cfg_type, bar, id, padding[2], offset, length
 

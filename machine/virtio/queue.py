@@ -27,8 +27,8 @@ _DESC = struct.Struct("<QIHH")
 _U16 = struct.Struct("<H")
 _ELEM = struct.Struct("<II")
 
-EV_POP = trace.Event("virtqueue_pop", "vq={vq} head={head} in_num={in_num} out_num={out_num}")
-EV_FILL = trace.Event("virtqueue_fill", "vq={vq} head={head} len={len} idx={idx}")
+EV_POP = trace.Event("virtqueue_pop")
+EV_FILL = trace.Event("virtqueue_fill")
 
 
 class VirtqueueError(Exception):
