@@ -45,6 +45,7 @@ delete N                                -- delete device breakpoint N
 stop                                    -- stop the guest (monitor console)
 c|cont                                  -- resume the guest (monitor console)
 system_reset                            -- reset the machine
+system_powerdown                        -- press the ACPI power button (the guest decides)
 quit|q                                  -- quit the emulator
 """
 
@@ -94,7 +95,7 @@ class Monitor:
             "help": self.cmd_help, "?": self.cmd_help, "info": self.cmd_info,
             "x": self.cmd_x, "xp": self.cmd_xp, "break": self.cmd_break, "b": self.cmd_break,
             "delete": self.cmd_delete, "d": self.cmd_delete,
-            "system_reset": self.cmd_reset, "quit": self.cmd_quit, "q": self.cmd_quit,
+            "system_reset": self.cmd_reset, "system_powerdown": self.cmd_powerdown, "quit": self.cmd_quit, "q": self.cmd_quit,
             "stop": self.cmd_stop, "c": self.cmd_cont, "cont": self.cmd_cont,
         }
         self._info = {
@@ -152,6 +153,13 @@ class Monitor:
             self.on_reset()
             return ""
         return "system_reset is not available here\n"
+
+    def cmd_powerdown(self, args) -> str:
+        pm = _attr(self.machine, "devices", default={}).get("acpi-pm")
+        if pm is None:
+            return "system_powerdown is not available here\n"
+        pm.power_button()
+        return ""
 
     def cmd_stop(self, args) -> str:
         if self.on_stop:
