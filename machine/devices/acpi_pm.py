@@ -43,7 +43,7 @@ CNT_WRITABLE = BM_RLD | SLP_TYP_MASK     # GBL_RLS and SLP_EN act, they are not 
 SLP_TYP_S5 = 0                           # the value the DSDT's \_S5 package gives
 SLP_TYP_S4 = 2                           # QEMU's PIIX4 S4 value: also power-off
 
-EV_SLEEP = trace.Event("acpi_pm_sleep", "SLP_TYP {typ}")
+EV_SLEEP = trace.Event("acpi_pm_sleep")
 
 
 def pm_timer_ticks(ns: int) -> int:
