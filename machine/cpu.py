@@ -453,8 +453,11 @@ class Cpu:
             try:
                 # until=0: any other value makes Unicorn drop the block at until-1 after the
                 # run through a page walk whose #PF, when unmapped, leaves CR2 and the pending
-                # exception state clobbered (a later real #PF then arrives as #DF).
-                self.uc.emu_start(pc, 0, 0, count - retired)
+                # exception state clobbered (a later real #PF then arrives as #DF). But `until`
+                # also stops the engine where a block starts at it: code at linear 0 (32-bit
+                # code wrapping at 4 GiB) runs with the old, harmless-there end address.
+                until = 0 if self.linear_pc() else 0xFFFFFFFFFFFFFFFF
+                self.uc.emu_start(pc, until, 0, count - retired)
             except UcError as exc:
                 error = exc
             finally:

@@ -312,8 +312,11 @@ class Machine:
         SETUP_DATA and KERNEL_DATA, the initrd in INITRD_DATA, the command line as given."""
         cfg = self.config
         try:
-            linux = kernel_image.probe(cfg.kernel)
-            kernel = open(cfg.kernel, "rb").read() if linux is None else linux.kernel
+            data = open(cfg.kernel, "rb").read()
+            # A file that is not a bzImage goes whole to the firmware's Multiboot loader, which
+            # reports what is wrong with it (the command line refuses such files earlier).
+            linux = kernel_image.parse_linux(data) if kernel_image.is_linux(data[:0x206]) else None
+            kernel = data if linux is None else linux.kernel
             initrd = open(cfg.initrd, "rb").read() if cfg.initrd is not None else None
         except OSError as exc:
             raise ConfigError(f"could not load '{exc.filename}': {exc.strerror}") from None
