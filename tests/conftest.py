@@ -1,3 +1,6 @@
+import io
+import sys
+
 import pytest
 
 from machine import trace
@@ -29,3 +32,13 @@ def hello():
 def guest():
     """The bundled virtio-blk guest (ELF)."""
     return _built("guest", "out/guest.elf")
+
+
+@pytest.fixture
+def guest_errors():
+    """The `-d guest_errors` log, captured: a StringIO the test reads with .getvalue()."""
+    out = io.StringIO()
+    trace.set_output(out)
+    trace.enable_category("guest_errors")
+    yield out
+    trace.set_output(sys.stderr)

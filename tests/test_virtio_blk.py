@@ -289,12 +289,26 @@ def test_bad_discard_and_write_zeroes_segments(make, rtype, payload, status):
     assert b.image() == before
 
 
-def test_discard_and_write_zeroes_unsupp_when_not_negotiated(make):
+def test_discard_and_write_zeroes_not_negotiated_are_carried_out_as_qemu_does(make, guest_errors):
     b = make()
     f = b.drv.device_features() & ~(1 << B.VIRTIO_BLK_F_DISCARD) & ~(1 << B.VIRTIO_BLK_F_WRITE_ZEROES)
     b.start(features=f)
+    assert b.run(T_DISCARD, 0, out=seg(0, 1))[1] == S_OK
+    assert b.run(T_WRITE_ZEROES, 0, out=seg(0, 1))[1] == S_OK
+    assert b.image()[:512] == bytes(512)
+    log = guest_errors.getvalue()
+    assert "DISCARD request without negotiating VIRTIO_BLK_F_DISCARD (VIRTIO 1.2 §5.2.6.1)" in log
+    assert "WRITE_ZEROES request without negotiating VIRTIO_BLK_F_WRITE_ZEROES" in log
+
+
+def test_strict_discard_and_write_zeroes_unsupp_when_not_negotiated(make):
+    b = make(props={"strict": "on"})
+    f = b.drv.device_features() & ~(1 << B.VIRTIO_BLK_F_DISCARD) & ~(1 << B.VIRTIO_BLK_F_WRITE_ZEROES)
+    b.start(features=f)
+    before = b.image()
     assert b.run(T_DISCARD, 0, out=seg(0, 1))[1] == S_UNSUPP
     assert b.run(T_WRITE_ZEROES, 0, out=seg(0, 1))[1] == S_UNSUPP
+    assert b.image() == before
 
 
 def test_discard_and_write_zeroes_not_offered_when_disabled(make):

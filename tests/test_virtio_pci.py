@@ -56,6 +56,26 @@ def test_capabilities_point_into_bar4_pages_with_notify_multiplier(make):
     assert drv.notify_mult == 4
 
 
+def test_capabilities_are_listed_in_qemus_order(make):
+    """QEMU 7.2 (lspci of virtio-blk-pci): pci-cfg @0x84 -> notify @0x70 -> device @0x60 ->
+    isr @0x50 -> common @0x40 (MSI-X, when present, comes first)."""
+    dev = make().dev
+    walked, ptr = [], cfg(dev, 0x34, 1)
+    while ptr:
+        walked.append((ptr, cfg(dev, ptr + 3, 1)))
+        ptr = cfg(dev, ptr + 1, 1)
+    assert [w for w in walked if cfg(dev, w[0], 1) == 9] == [(0x84, 5), (0x70, 2), (0x60, 4), (0x50, 3), (0x40, 1)]
+
+
+@pytest.mark.parametrize("disk_size,secs", [(64 << 20, 56), (1 << 20, 56), (16 * 63 * 4096 * 2, 63)])
+def test_geometry_sectors_with_4k_blocks_as_qemu(make, disk_size, secs):
+    """Measured on QEMU 7.2 with logical_block_size=4096: 56 sectors per track unless a track
+    of 16 heads x 63 sectors holds whole 4 KiB blocks."""
+    b = make(disk_size=disk_size, props={"logical_block_size": "4096"})
+    assert b.drv.cfg_read(19, 1) == secs
+    assert make(disk_size=disk_size).drv.cfg_read(19, 1) == 63
+
+
 @pytest.mark.parametrize("props,msg", [
     ({"disable-legacy": "on", "disable-modern": "on"}, "neither modern nor legacy"),
     ({"bogus": "1"}, "bogus"),
@@ -110,20 +130,70 @@ def test_legacy_offers_any_layout_but_not_version_1(make):
 
 # -- status and features -------------------------------------------------------------------------------
 
-def test_features_ok_refused_for_features_never_offered(make):
+def test_features_ok_with_unoffered_bits_masks_them_and_says_which_rule(make, guest_errors):
     b = make()
     b.drv.set_status(ACK | DRIVER)
-    b.drv.write_features(b.drv.device_features() | (1 << 34))     # PACKED: not offered
+    offered = b.drv.device_features()
+    b.drv.write_features(offered | (1 << 34))     # PACKED: not offered
+    assert b.vdev.guest_features == offered        # never honoured, not even read back
+    b.drv.common_write(0x08, 4, 1)
+    assert b.drv.common_read(0x0C, 4) == offered >> 32
+    b.drv.set_status(ACK | DRIVER | FEATURES_OK)
+    assert b.drv.status == ACK | DRIVER | FEATURES_OK
+    assert "unoffered bits" not in guest_errors.getvalue()
+    assert "feature bits 0x400000000 the device did not offer (VIRTIO 1.2 §2.2.1)" in guest_errors.getvalue()
+
+
+def test_strict_refuses_features_ok_with_unoffered_bits(make, guest_errors):
+    b = make(props={"strict": "on"})
+    b.drv.set_status(ACK | DRIVER)
+    b.drv.write_features(b.drv.device_features() | (1 << 34))
     b.drv.set_status(ACK | DRIVER | FEATURES_OK)
     assert b.drv.status == ACK | DRIVER
+    assert "(VIRTIO 1.2 §2.2.1); strict: FEATURES_OK is not set" in guest_errors.getvalue()
 
 
-def test_features_ok_refused_without_version_1_on_modern(make):
+def test_features_ok_without_version_1_on_modern_is_tolerated_and_reported(make, guest_errors):
     b = make()
+    b.start(features=b.drv.device_features() & ~(1 << F_VERSION_1))
+    assert b.drv.status & FEATURES_OK and b.drv.status & DRIVER_OK
+    assert b.run(T_IN, 0, in_len=512)[1] == S_OK
+    assert "without VIRTIO_F_VERSION_1 (VIRTIO 1.2 §6.1)" in guest_errors.getvalue()
+
+
+def test_strict_refuses_features_ok_without_version_1(make, guest_errors):
+    b = make(props={"strict": "on"})
     b.drv.set_status(ACK | DRIVER)
     b.drv.write_features(b.drv.device_features() & ~(1 << F_VERSION_1))
     b.drv.set_status(ACK | DRIVER | FEATURES_OK)
     assert not b.drv.status & FEATURES_OK
+    assert "§6.1); strict" in guest_errors.getvalue()
+
+
+def test_each_tolerated_rule_is_reported_once_per_device(make, guest_errors):
+    b = make()
+    for _ in range(3):
+        b.drv.set_status(0)
+        b.drv.set_status(ACK | DRIVER)
+        b.drv.write_features(b.drv.device_features() | (1 << 34))
+        b.drv.set_status(ACK | DRIVER | FEATURES_OK)
+    assert guest_errors.getvalue().count("§2.2.1") == 1
+    other = make()
+    other.drv.set_status(ACK | DRIVER)
+    other.drv.write_features(other.drv.device_features() | (1 << 34))
+    other.drv.set_status(ACK | DRIVER | FEATURES_OK)
+    assert guest_errors.getvalue().count("§2.2.1") == 2
+
+
+def test_strict_property_takes_booleans_only(tmp_path):
+    path = tmp_path / "d.img"
+    path.write_bytes(bytes(1 << 20))
+    backend = open_drive(DriveConfig(file=path))
+    try:
+        with pytest.raises(ConfigError, match="Property 'strict' doesn't take value 'maybe'"):
+            create_virtio_blk_pci(backend, {"strict": "maybe"}, GuestMemory(4 << 20))
+    finally:
+        backend.close()
 
 
 def test_feature_writes_after_features_ok_are_ignored(make):
@@ -148,10 +218,47 @@ def test_status_writes_clearing_bits_are_ignored(make):
     assert b.drv.status == ACK | DRIVER | FEATURES_OK | DRIVER_OK
 
 
-def test_driver_ok_without_features_ok_is_refused(make):
+def test_driver_ok_without_features_ok_serves_io_as_qemu_does(make, guest_errors):
     b = make()
+    b.drv.set_status(ACK | DRIVER)
+    b.drv.write_features(b.drv.device_features())
+    vqs = b.drv.init(b.alloc, driver_ok=False)     # a fresh init, then DRIVER_OK with no FEATURES_OK
+    b.drv.set_status(0)
+    b.drv.set_status(ACK | DRIVER)
+    b.drv.write_features(b.drv.device_features())
+    b.drv.common_write(0x16, 2, 0)
+    b.drv.write64(0x20, vqs[0].desc)
+    b.drv.write64(0x28, vqs[0].avail)
+    b.drv.write64(0x30, vqs[0].used)
+    b.drv.common_write(0x1C, 2, 1)
+    b.drv.set_status(ACK | DRIVER | DRIVER_OK)
+    assert b.drv.status == ACK | DRIVER | DRIVER_OK
+    b.vqs = vqs
+    assert b.run(T_IN, 0, in_len=512)[1] == S_OK
+    assert "driver set DRIVER_OK without FEATURES_OK (VIRTIO 1.2 §3.1.1)" in guest_errors.getvalue()
+
+
+def test_strict_refuses_driver_ok_without_features_ok(make, guest_errors):
+    b = make(props={"strict": "on"})
     b.drv.set_status(ACK | DRIVER | DRIVER_OK)
     assert b.drv.status == ACK | DRIVER
+    assert "§3.1.1); strict: DRIVER_OK is not set" in guest_errors.getvalue()
+
+
+def test_legacy_feature_write_after_modern_features_ok_keeps_version_1(make):
+    b = make().start()
+    before = b.vdev.guest_features
+    b.dev.bars[0].ops.write(0x04, 4, 0)
+    assert b.vdev.guest_features == before and before >> F_VERSION_1 & 1
+
+
+def test_legacy_driver_ok_never_honours_unoffered_bits(make, guest_errors):
+    b = make()
+    b.drv.set_status(ACK | DRIVER)
+    b.drv.write_features(1 << 34)                   # modern write of an unoffered bit only
+    b.dev.bars[0].ops.write(0x12, 1, ACK | DRIVER | DRIVER_OK)   # DRIVER_OK through the legacy header
+    assert b.vdev.guest_features == 0
+    assert "§2.2.1" in guest_errors.getvalue()
 
 
 def test_failed_status_stops_processing(make):
@@ -335,12 +442,22 @@ def test_notify_storm_without_buffers_does_nothing(make):
     assert b.vqs[0].used_idx() == 0 and b.vdev.isr == 0
 
 
-def test_kick_before_driver_ok_is_deferred_until_driver_ok(make):
+def test_kick_before_driver_ok_is_served_at_once_as_qemu_does(make, guest_errors):
     b = make().start(driver_ok=False)
     blk = BlkRequests(b.vqs[0])
     req = blk.submit(T_IN, 0, in_len=512)
     b.drv.kick(0)
+    assert b.vqs[0].get_used() == [(req.head, 513)]
+    assert "notified queue 0 before setting DRIVER_OK (VIRTIO 1.2 §3.1.1)" in guest_errors.getvalue()
+
+
+def test_strict_holds_a_kick_before_driver_ok_until_driver_ok(make, guest_errors):
+    b = make(props={"strict": "on"}).start(driver_ok=False)
+    blk = BlkRequests(b.vqs[0])
+    req = blk.submit(T_IN, 0, in_len=512)
+    b.drv.kick(0)
     assert b.vqs[0].used_idx() == 0
+    assert "strict: the notification is held until DRIVER_OK" in guest_errors.getvalue()
     b.drv.set_status(b.drv.status | DRIVER_OK)
     assert b.vqs[0].get_used() == [(req.head, 513)]
 

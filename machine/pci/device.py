@@ -127,7 +127,6 @@ class PciDevice:
         self._reset_values = bytearray(CONFIG_SIZE)
         self.bars: list[Bar | None] = [None] * NUM_BARS
         self._bar_upper: set[int] = set()         # indexes used as the high dword of a 64-bit BAR
-        self._last_cap = 0                        # config offset of the last capability, 0 if none
         self._cap_end = CAPS_START                # first free byte for the next capability
         # Where the device lives once plugged (PciBus.plug fills these in).
         self.bus: PciBus | None = None
@@ -213,23 +212,20 @@ class PciDevice:
         self._reset_values[offset:offset + 4] = bytes(4)
 
     def add_capability(self, cap_id: int, body: bytes) -> int:
-        """Append a capability (ID, next pointer, then `body`) to the list; returns the config
-        offset of its ID byte. The whole structure is read-only until a subclass makes fields
-        writable with set_writable()."""
+        """Add a capability (ID, next pointer, then `body`) after the last one in config space
+        and link it at the head of the list, as QEMU does (so a driver walking the list meets
+        the newest capability first); returns the config offset of its ID byte. The whole
+        structure is read-only until a subclass makes fields writable with set_writable()."""
         offset = self._cap_end
         length = 2 + len(body)
         if offset + length > CONFIG_SIZE:
             raise ValueError(f"{self.name}: no room for a {length}-byte capability at {offset:#x}")
         c = self.config
         c[offset] = cap_id & 0xFF
-        c[offset + 1] = 0                                   # end of list
+        c[offset + 1] = c[CAPABILITY_LIST]                  # the previous head (0: end of list)
         c[offset + 2:offset + length] = body
-        if self._last_cap:
-            c[self._last_cap + 1] = offset
-        else:
-            c[CAPABILITY_LIST] = offset
+        c[CAPABILITY_LIST] = offset
         c[STATUS] |= STS_CAP_LIST
-        self._last_cap = offset
         self._cap_end = (offset + length + 3) & ~3           # capabilities are dword aligned
         return offset
 

@@ -157,6 +157,11 @@ class VirtioBlk(VirtioDevice):
         cyls = P.parse_int("cyls", p.get("cyls", str(cyls)), 0, 65535)
         heads = P.parse_int("heads", p.get("heads", "16"), 0, 255)
         secs = P.parse_int("secs", p.get("secs", "63"), 0, 255)
+        # As QEMU: when a track (heads * secs sectors of the image) does not hold whole logical
+        # blocks, the reported sectors per track round down to a multiple of the block size
+        # (63 -> 56 with 4 KiB blocks on most disk sizes).
+        if heads and secs and (self.backend.size // heads // secs) % lbs:
+            secs &= ~(lbs // SECTOR - 1)
 
         f = self.host_features
         f |= bit(VIRTIO_BLK_F_SEG_MAX) | bit(VIRTIO_BLK_F_GEOMETRY) | bit(VIRTIO_BLK_F_BLK_SIZE)
@@ -384,7 +389,8 @@ class VirtioBlk(VirtioDevice):
 
     def _discard_or_zero(self, rtype: int, chain: Chain) -> int:
         discard = rtype == VIRTIO_BLK_T_DISCARD
-        if not self.has_feature(VIRTIO_BLK_F_DISCARD if discard else VIRTIO_BLK_F_WRITE_ZEROES):
+        if not self.has_feature(VIRTIO_BLK_F_DISCARD if discard else VIRTIO_BLK_F_WRITE_ZEROES) and \
+                self.violation("discard-not-negotiated" if discard else "write-zeroes-not-negotiated"):
             return VIRTIO_BLK_S_UNSUPP
         payload = chain.readable_len - _HDR.size
         if payload < _SEG.size:

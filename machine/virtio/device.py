@@ -16,6 +16,7 @@ from .. import trace
 from ..config import ConfigError
 from ..memory import GuestMemory, GuestMemoryError, ones
 from .queue import QUEUE_MAX_SIZE, SplitQueue, VirtqueueError, is_power_of_2
+from .rules import RULES, describe
 
 # Device status bits (2.1)
 ACKNOWLEDGE = 1
@@ -67,6 +68,9 @@ class VirtioDevice:
         self.config = bytearray()
         self.config_generation = 0
         self.queues: list[SplitQueue] = []
+        self.strict = False               # refuse rule violations instead of tolerating them (rules.py)
+        self.reported: set[str] = set()   # rules already reported as tolerated, once per device
+        self._unoffered = 0               # feature bits the driver wrote that were never offered
         # Hooks the transport sets.
         self.interrupt_changed: Callable[[], None] = lambda: None
         self.dma_allowed: Callable[[], bool] = lambda: True
@@ -80,6 +84,7 @@ class VirtioDevice:
         if not is_power_of_2(size) or size > QUEUE_MAX_SIZE:
             raise ConfigError(f"{self.name}: queue size {size} must be a power of 2 between 1 and {QUEUE_MAX_SIZE}")
         q = SplitQueue(len(self.queues), size, handler, self.mem)
+        q.violation = self.violation
         self.queues.append(q)
         return q
 
@@ -91,25 +96,33 @@ class VirtioDevice:
 
     # -- feature negotiation ---------------------------------------------------------------------
     def set_guest_features(self, value: int) -> None:
-        """A driver feature write (both halves assembled). Ignored once FEATURES_OK (or, for a
-        legacy driver, DRIVER_OK) is set; bits we never offered are kept so that FEATURES_OK can
-        refuse them, as the spec requires, instead of silently masking."""
+        """A driver feature write (both halves assembled, as the driver wrote them). Ignored once
+        FEATURES_OK (or DRIVER_OK) is set. Bits we never offered are masked off at once, as QEMU
+        does, so they are never honoured on any path; FEATURES_OK reports (or, strict, refuses)
+        them."""
         if self.status & (FEATURES_OK | DRIVER_OK):
             trace.guest_error(f"{self.name}: feature write {value:#x} after FEATURES_OK ignored")
             return
-        self.guest_features = value & 0xFFFFFFFFFFFFFFFF
+        value &= 0xFFFFFFFFFFFFFFFF
+        self._unoffered = value & ~self.host_features
+        self.guest_features = value & self.host_features
+        self._apply_ring_features()
         if EV_FEATURES.enabled:
             EV_FEATURES.emit(vdev=self.name, features=self.guest_features)
 
     def set_legacy_features(self, value: int, legacy_only: int = 0) -> None:
         """Legacy interface: 32 feature bits; the write takes effect at once, masked to what we
-        offer there (`legacy_only`: bits the transport offers only to legacy drivers)."""
-        if self.status & DRIVER_OK:
-            trace.guest_error(f"{self.name}: legacy feature write after DRIVER_OK ignored")
+        offer there (`legacy_only`: bits the transport offers only to legacy drivers). Ignored
+        after FEATURES_OK (a modern driver's negotiation stands) or DRIVER_OK."""
+        if self.status & (FEATURES_OK | DRIVER_OK):
+            trace.guest_error(f"{self.name}: legacy feature write {value:#x} after negotiation ignored")
             return
         if value & bit(VIRTIO_F_BAD_FEATURE):
             trace.guest_error(f"{self.name}: driver set VIRTIO_F_BAD_FEATURE")
-        self.guest_features = value & (self.host_features | legacy_only) & 0xFFFFFFFF
+        value &= 0xFFFFFFFF
+        self._unoffered = value & ~(self.host_features | legacy_only)
+        self.guest_features = value & (self.host_features | legacy_only)
+        self._apply_ring_features()
 
     def features_ok(self, features: int) -> bool:
         """Device-specific veto on a feature set (and the place to act on it)."""
@@ -133,31 +146,35 @@ class VirtioDevice:
             return
         value = (value & ~DEVICE_NEEDS_RESET) | (old & DEVICE_NEEDS_RESET)   # that bit is ours
         if value & FEATURES_OK and not old & FEATURES_OK and modern:
-            if not self._negotiate(self.guest_features):
+            if not self._negotiate():
                 value &= ~FEATURES_OK
         if value & DRIVER_OK and not old & DRIVER_OK:
             if modern and not value & FEATURES_OK:
-                trace.guest_error(f"{self.name}: DRIVER_OK without FEATURES_OK ignored")
-                value &= ~DRIVER_OK
+                if self.violation("driver-ok-without-features-ok"):
+                    value &= ~DRIVER_OK
+                else:
+                    self._negotiate_legacy()
             elif not modern:
                 self._negotiate_legacy()
         self.status = value
         if value & DRIVER_OK and not old & DRIVER_OK:
             self._driver_ok()
 
-    def _negotiate(self, features: int) -> bool:
-        if features & ~self.host_features:
-            trace.guest_error(f"{self.name}: driver accepted features {features & ~self.host_features:#x} never offered")
+    def _negotiate(self) -> bool:
+        """FEATURES_OK on the modern interface: may the device accept the driver's features?"""
+        if self._unoffered and self.violation("unoffered-features", bits=self._unoffered):
             return False
-        if not features >> VIRTIO_F_VERSION_1 & 1:
-            trace.guest_error(f"{self.name}: modern interface without VIRTIO_F_VERSION_1")
+        if not self.has_feature(VIRTIO_F_VERSION_1) and self.violation("no-version-1"):
             return False
-        if not self.features_ok(features):
+        if not self.features_ok(self.guest_features):
             return False
         self._apply_ring_features()
         return True
 
     def _negotiate_legacy(self) -> None:
+        """DRIVER_OK without a modern FEATURES_OK: the features written so far stand."""
+        if self._unoffered:
+            self.violation("unoffered-features", bits=self._unoffered)   # already masked off
         self.features_ok(self.guest_features)
         self._apply_ring_features()
 
@@ -165,6 +182,19 @@ class VirtioDevice:
         for q in self.queues:
             q.event_idx = self.has_feature(VIRTIO_F_EVENT_IDX)
             q.indirect = self.has_feature(VIRTIO_F_INDIRECT_DESC)
+
+    # -- driver rules (rules.py) ---------------------------------------------------------------------
+    def violation(self, key: str, **fields) -> bool:
+        """The driver broke rule `key`. Returns True when the device refuses (strict=on); else
+        the caller carries on as QEMU does, and the first violation of each rule is logged."""
+        rule = RULES[key]
+        if self.strict:
+            trace.guest_error(f"{self.name}: {describe(key, **fields)}; strict: {rule.strict}")
+            return True
+        if key not in self.reported:
+            self.reported.add(key)
+            trace.guest_error(f"{self.name}: {describe(key, **fields)}; tolerated: {rule.tolerated}")
+        return False
 
     def _driver_ok(self) -> None:
         """Activate every enabled queue, then run kicks that arrived early (2.7.13.3: buffers
@@ -197,6 +227,7 @@ class VirtioDevice:
         self.device_reset()
         self.status = 0
         self.guest_features = 0
+        self._unoffered = 0
         self.broken = False
         for q in self.queues:
             q.reset()
@@ -234,8 +265,9 @@ class VirtioDevice:
         if self.broken or self.status & FAILED:
             return
         if not self.status & DRIVER_OK:
-            q.pending_kick = True
-            return
+            if not q.active or self.violation("kick-before-driver-ok", queue=n):
+                q.pending_kick = True         # served when DRIVER_OK comes (2.1.2: not before)
+                return
         if not q.active:
             trace.guest_error(f"{self.name}: notify for queue {n} which is not enabled")
             return

@@ -95,9 +95,10 @@ def _w_driver_feature(t, v: int) -> None:
     if t.gfselect > 1:
         trace.guest_error(f"{t.name}: driver_feature write with select {t.gfselect} ignored")
         return
-    shift = 32 * t.gfselect
-    f = (t.vdev.guest_features & ~(0xFFFFFFFF << shift)) | (v << shift)
-    t.vdev.set_guest_features(f)
+    # The two halves as written (QEMU keeps them the same way); the device masks what it never
+    # offered, and the register reads back what the device took.
+    t.gf_written[t.gfselect] = v
+    t.vdev.set_guest_features(t.gf_written[0] | t.gf_written[1] << 32)
 
 
 def _w_status(t, v: int) -> None:
@@ -310,6 +311,7 @@ class VirtioPciDevice(PciDevice):
         self.modern = modern
         self.legacy_only_features = bit(VIRTIO_F_ANY_LAYOUT)   # offered on the legacy interface only
         self.dfselect = self.gfselect = self.queue_sel = 0
+        self.gf_written = [0, 0]
         self.pci_cfg_cap = 0
         vdev.interrupt_changed = self._update_irq
         vdev.dma_allowed = lambda: self.bus_master
@@ -354,6 +356,7 @@ class VirtioPciDevice(PciDevice):
     # -- reset ---------------------------------------------------------------------------------------
     def transport_reset(self) -> None:
         self.dfselect = self.gfselect = self.queue_sel = 0
+        self.gf_written = [0, 0]
 
     def reset(self) -> None:
         """PCI reset (power-on / bus reset) resets the virtio device too."""
@@ -395,7 +398,8 @@ class VirtioPciDevice(PciDevice):
                 self._modern_ops.write(w[0], w[1], data & ((1 << (8 * w[1])) - 1))
 
 
-TRANSPORT_PROPERTIES = ("drive", "id", "bootindex", "addr", "ioeventfd", "disable-legacy", "disable-modern")
+TRANSPORT_PROPERTIES = ("drive", "id", "bootindex", "addr", "ioeventfd", "disable-legacy", "disable-modern",
+                        "strict")
 
 
 def create_virtio_blk_pci(backend: BlockBackend, props: dict[str, str], mem: GuestMemory) -> VirtioPciDevice:
@@ -409,9 +413,11 @@ def create_virtio_blk_pci(backend: BlockBackend, props: dict[str, str], mem: Gue
         P.parse_bool("ioeventfd", props.pop("ioeventfd"))    # requests always complete in the notify
     if "bootindex" in props:
         P.parse_int("bootindex", props.pop("bootindex"), -1, 0xFFFF)
+    strict = P.parse_bool("strict", props.pop("strict", "off"))
     for key in ("drive", "id", "addr"):
         props.pop(key, None)
     vdev = VirtioBlk(backend, mem, props)
     vdev.realize()
+    vdev.strict = strict
     # disable-legacy=auto means legacy on: a conventional PCI bus, as QEMU's `pc` machine.
     return VirtioPciDevice(vdev, legacy=legacy_opt != "on", modern=modern_opt != "on")

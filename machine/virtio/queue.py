@@ -15,6 +15,7 @@ from typing import Callable
 
 from .. import trace
 from ..memory import GuestMemory, GuestMemoryError
+from .rules import describe
 
 VIRTQ_DESC_F_NEXT = 1
 VIRTQ_DESC_F_WRITE = 2
@@ -70,6 +71,9 @@ class SplitQueue:
         self.max_size = max_size
         self.handler = handler
         self.mem = mem
+        # violation(rule, **fields) -> True to refuse: the device's driver-rule policy (rules.py).
+        # A queue on its own refuses, as the spec lets a device do.
+        self.violation: Callable[..., bool] = lambda key, **fields: True
         self.reset()
 
     def reset(self) -> None:
@@ -177,8 +181,8 @@ class SplitQueue:
             if flags & VIRTQ_DESC_F_INDIRECT:
                 if in_indirect:
                     raise VirtqueueError("nested indirect descriptor")
-                if not self.indirect:
-                    raise VirtqueueError("indirect descriptor but VIRTIO_F_INDIRECT_DESC not negotiated")
+                if not self.indirect and self.violation("indirect-not-negotiated"):
+                    raise VirtqueueError(describe("indirect-not-negotiated"))
                 if flags & VIRTQ_DESC_F_NEXT:
                     raise VirtqueueError("indirect descriptor with NEXT set")
                 if length == 0 or length % 16:
