@@ -7,7 +7,8 @@ A PC is a CPU, memory, two address spaces (ports and physical memory) and device
 QEMU's i440FX `pc` machine: RAM around the PC holes, the firmware ROM at the top of 4 GiB
 (aliased below 1 MiB), PIC 0x20/0xA0/0x4D0, PIT 0x40 (+0x61), CMOS 0x70 (IRQ8), COM1 0x3F8
 (IRQ4), 8042 keyboard controller 0x60/0x64 (IRQ1/12), debugcon 0x402, isa-debug-exit, fw_cfg
-0x510, port 0x92, LAPIC 0xFEE00000, PCI config 0xCF8 with the i440FX (00:00.0), PIIX3 (00:01.0)
+0x510, port 0x92, LAPIC 0xFEE00000, IOAPIC 0xFEC00000 (every ISA IRQ reaches both it and the
+8259s; IRQ0 on pin 2), PCI config 0xCF8 with the i440FX (00:00.0), PIIX3 (00:01.0)
 and a virtio-blk-pci per drive from slot 2. Shadow RAM under 0xC0000-0xFFFFF follows the
 i440FX PAM registers (shadow.py).
 
@@ -48,11 +49,14 @@ from .devices.debug_exit import DebugExit
 from .devices.debugcon import DebugCon
 from .devices.fw_cfg import FwCfg
 from .devices.i8042 import I8042
+from .devices.ioapic import IoApic
 from .devices.lapic import LocalApic
+from .devices.msi import MsiSink
 from .devices.pic import DualPic
 from .devices.pit import Pit
 from .devices.port92 import Port92
 from .devices.serial import Uart16550
+from .irq import IrqLine
 from .memory import FOUR_GIB, GuestMemory, IoSpace, MemoryMap
 from .pci import I440fx, PciBus, PciConfigIo, Piix3
 from .shadow import ShadowRam
@@ -150,10 +154,14 @@ class Machine:
                                                         (0x100000 - alias, alias, "isa-bios"),
                                                         (0xC0000, 0x40000, "bios-area")])
         self.lapic = LocalApic(self.clock, irq_out=self._interrupt_raised)
+        self.msi = MsiSink(self.lapic)     # bus masters' interrupt messages (MSI, the IOAPIC)
         self.cpu = Cpu(self.mem, self.memory_map, self.io, self.clock, apic=True)
         self.cpu.load_firmware(rom)
         self.pic = DualPic()
         self.pic.on_intr = self._interrupt_raised       # an IRQ from a port or MMIO access
+        self.ioapic = IoApic(self.msi.deliver)
+        self.lapic.eoi_listeners.append(self.ioapic.eoi)
+        self.isa_irqs = [IrqLine(f"isa-irq{n}", self._isa_irq_sink(n)) for n in range(16)]
         self._build_isa_devices()
         self._build_pci()
         if trace.any_category_enabled("in_asm", "exec", "cpu"):
@@ -176,6 +184,18 @@ class Machine:
             raise ConfigError(f"firmware '{path}' must be a non-empty multiple of 4 KiB, at most 16 MiB")
         return data
 
+    def _isa_irq_sink(self, n: int) -> Callable[[bool], None]:
+        """ISA IRQ n reaches both interrupt controllers, as on a PC: the 8259 input n and the
+        IOAPIC pin n, except IRQ0 (the PIT), which is wired to pin 2 (the MADT says so with an
+        interrupt source override); pin 0 stays free for the 8259's output."""
+        pic_line = self.pic.irq_line(n)
+        ioapic_pin = self.ioapic.pin(2 if n == 0 else n)
+
+        def sink(level: bool) -> None:
+            pic_line.set(level)
+            ioapic_pin.set(level)
+        return sink
+
     def _plug(self, name: str, dev, base: int, size: int) -> None:
         """A device answering in one port range of its own name."""
         self.devices[name] = dev
@@ -185,7 +205,7 @@ class Machine:
         # The order is the reset order, and where port ranges overlap (an isa-debug-exit placed
         # over another device) the later one answers.
         cfg, clock, pic = self.config, self.clock, self.pic
-        irq = pic.irq_line
+        irq = self.isa_irqs.__getitem__
 
         self.devices["pic"] = pic
         self.io.add("pic-master", 0x20, 2, pic.master_ops)
@@ -229,6 +249,8 @@ class Machine:
 
         self.devices["lapic"] = self.lapic
         self.memory_map.add("lapic", LocalApic.BASE, LocalApic.SIZE, self.lapic)
+        self.devices["ioapic"] = self.ioapic
+        self.memory_map.add("ioapic", IoApic.BASE, IoApic.SIZE, self.ioapic)
 
     def _build_pci(self) -> None:
         bus = self.pci_bus = PciBus(self.memory_map, self.io)
@@ -237,7 +259,7 @@ class Machine:
         host = I440fx(on_pam_change=self.shadow.pam_changed)
         bus.plug(host, 0)
         self.devices["i440fx"] = host
-        isa = Piix3(self.pic.irq_line)
+        isa = Piix3(self.isa_irqs.__getitem__)
         bus.plug(isa, 1)
         self.devices["piix3"] = isa
         slot = FIRST_VIRTIO_SLOT
