@@ -270,7 +270,7 @@ class Machine:
                 raise ConfigError("no free PCI slot for another virtio-blk-pci")
             backend = open_drive(drive, snapshot=self.config.snapshot)
             self._backends.append(backend)
-            dev = create_virtio_blk_pci(backend, props, self.mem)
+            dev = create_virtio_blk_pci(backend, props, self.mem, msi_send=self.msi.send)
             bus.plug(dev, slot)
             self.devices[f"virtio-blk{n}"] = dev
             slot += 1

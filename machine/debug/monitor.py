@@ -305,6 +305,9 @@ class Monitor:
             caps = self._pci_caps(cfg)
             if caps:
                 out.append("      capabilities: " + ", ".join(caps))
+            msix = getattr(dev, "msix", None)
+            if msix is not None:
+                out.append("      " + msix.describe())
             out.append(f'      id "{getattr(dev, "name", "")}"')
         return "\n".join(out) + "\n"
 
@@ -372,6 +375,10 @@ class Monitor:
         return found
 
     def _virtio(self, spec: str):
+        path, vdev, _pci = self._virtio_with_transport(spec)
+        return path, vdev
+
+    def _virtio_with_transport(self, spec: str):
         devs = self.virtio_devices()
         if not devs:
             raise ValueError("no virtio devices")
@@ -381,10 +388,9 @@ class Monitor:
                      getattr(pci, "name", None), getattr(vdev, "name", None), slot,
                      slot and "00:" + slot}
             if spec in names:
-                return path, vdev
+                return path, vdev, pci
         if spec.isdigit() and int(spec) < len(devs):
-            path, vdev, _ = devs[int(spec)]
-            return path, vdev
+            return devs[int(spec)]
         raise ValueError(f"no virtio device '{spec}' (see 'info virtio')")
 
     def info_virtio(self, args) -> str:
@@ -396,7 +402,7 @@ class Monitor:
     def info_virtio_status(self, args) -> str:
         if not args:
             raise ValueError("usage: info virtio-status DEV")
-        path, vdev = self._virtio(args[0])
+        path, vdev, pci = self._virtio_with_transport(args[0])
         status = int(_attr(vdev, "status", default=0))
         queues = list(_attr(vdev, "queues", default=[]))
         table = VIRTIO_FEATURES_BLK if _virtio_name(vdev) == "virtio-blk" else {}
@@ -418,6 +424,7 @@ class Monitor:
         gen = _attr(vdev, "config_generation")
         if gen is not None:
             out.append(f"  config_generation:       {gen}")
+        out += _msix_lines(pci)
         return "\n".join(out) + "\n"
 
     def _queue(self, vdev, qspec: str):
@@ -661,6 +668,27 @@ def _fmt_value(v: int, fmt: str, size: int) -> str:
     if fmt == "c":
         return chr(v) if 0x20 <= v < 0x7F else f"\\x{v & 0xFF:02x}"
     return hex(v)
+
+
+def _msix_lines(pci) -> list[str]:
+    """The transport's vector mappings, and what the MSI-X table says about each vector used."""
+    msix = getattr(pci, "msix", None)
+    if msix is None or not hasattr(pci, "queue_vectors"):
+        return []
+
+    def show(v: int) -> str:
+        if v == 0xFFFF:
+            return "NO_VECTOR"
+        flags = [w for w, on in (("masked", msix.vector_masked(v)), ("pending", msix.is_pending(v))) if on]
+        return f"{v}" + (f" ({', '.join(flags)})" if flags else "")
+
+    state = "enabled" if msix.enabled else "disabled"
+    if msix.function_masked:
+        state += ", function masked"
+    out = [f"  msix:                    {state}, {msix.nvectors} vectors",
+           f"  config_vector:           {show(pci.config_vector)}"]
+    out += [f"  queue {i} vector:          {show(v)}" for i, v in enumerate(pci.queue_vectors)]
+    return out
 
 
 def _find_virtio(dev):

@@ -15,11 +15,12 @@ bits change, the device (un)maps its BARs in the bus's IoSpace / MemoryMap.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 from .. import trace
 from ..irq import IrqLine
 from ..memory import IoSpace, MemoryMap, ones
+from .msix import Msix
 
 if TYPE_CHECKING:
     from .bus import PciBus
@@ -135,6 +136,7 @@ class PciDevice:
         self.memory_map: MemoryMap | None = None
         self.intx: IrqLine | None = None          # the INTx pin's line, wired by the bus
         self._irq_level = False                   # what the device logic asks for, before INTx disable
+        self.msix: Msix | None = None             # MSI-X capability, if add_msix() gave it one
 
         c = self.config
         c[VENDOR_ID:VENDOR_ID + 2] = (vendor_id & 0xFFFF).to_bytes(2, "little")
@@ -229,6 +231,16 @@ class PciDevice:
         self._cap_end = (offset + length + 3) & ~3           # capabilities are dword aligned
         return offset
 
+    def add_msix(self, nvectors: int, bar: int, send: Callable[[int, int], object]) -> Msix:
+        """Give the function an MSI-X capability with `nvectors` vectors, its table and PBA in
+        memory BAR `bar`; messages go to `send(address, data)`."""
+        self.msix = Msix(self, nvectors, bar, send)
+        return self.msix
+
+    def msix_changed(self) -> None:
+        """The guest wrote MSI-X Message Control (enable, function mask). Subclasses that
+        choose between INTx and MSI-X override it."""
+
     # ------------------------------------------------------------------------------------------
     # Config space accesses (guest-reachable: never raise)
     # ------------------------------------------------------------------------------------------
@@ -257,6 +269,10 @@ class PciDevice:
             self._drive_intx()
         elif offset < BAR0 + 4 * NUM_BARS and end > BAR0:
             self._update_mappings()
+        m = self.msix
+        if m is not None and offset < m.control_offset + 2 and end > m.control_offset:
+            m.control_written()
+            self.msix_changed()
 
     # ------------------------------------------------------------------------------------------
     # BAR decoding
@@ -398,6 +414,8 @@ class PciDevice:
                 c[o] = (c[o] & ~m & 0xFF) | (rv[o] & m)
         self._irq_level = False
         c[STATUS] &= ~STS_INTERRUPT & 0xFF
+        if self.msix is not None:
+            self.msix.reset()
         self._update_mappings()
         self._drive_intx()
 

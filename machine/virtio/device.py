@@ -72,7 +72,10 @@ class VirtioDevice:
         self.reported: set[str] = set()   # rules already reported as tolerated, once per device
         self._unoffered = 0               # feature bits the driver wrote that were never offered
         # Hooks the transport sets.
-        self.interrupt_changed: Callable[[], None] = lambda: None
+        self.interrupt_changed: Callable[[], None] = lambda: None     # ISR changed (INTx follows it)
+        # A used-buffer (queue index) or config (None) notification, after its ISR bit is set:
+        # the transport picks INTx or an MSI-X vector.
+        self.send_interrupt: Callable[[int | None], None] = lambda queue: self.interrupt_changed()
         self.dma_allowed: Callable[[], bool] = lambda: True
 
     # -- building (realize time) ---------------------------------------------------------------
@@ -288,13 +291,13 @@ class VirtioDevice:
         if EV_NOTIFY.enabled:
             EV_NOTIFY.emit(vdev=self.name, vq=q.index)
         self.isr |= ISR_QUEUE
-        self.interrupt_changed()
+        self.send_interrupt(q.index)
 
     def notify_config(self) -> None:
         if EV_CONFIG_NOTIFY.enabled:
             EV_CONFIG_NOTIFY.emit(vdev=self.name)
         self.isr |= ISR_CONFIG
-        self.interrupt_changed()
+        self.send_interrupt(None)
 
     def read_isr(self) -> int:
         """Read-to-clear (4.1.4.5)."""

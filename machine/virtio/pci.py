@@ -5,20 +5,26 @@ Layout, as QEMU's `pc` machine gives it:
     the PCI_CFG access window) pointing into one 16 KiB 64-bit prefetchable memory BAR 4, one
     4 KiB page per structure: common @0x0000, ISR @0x1000, device @0x2000, notify @0x3000;
   * legacy interface: I/O BAR 0 with the 0.9.5 header (4.1.4.10) followed by device config;
-  * transitional (the default): both, with the legacy IDs (1af4:1000+id, revision 0).
-Registers are Reg tables. Without MSI-X the device config starts at legacy offset 20 and every
-vector register reads NO_VECTOR; interrupts are INTx pin A, level = ISR != 0.
+  * transitional (the default): both, with the legacy IDs (1af4:1000+id, revision 0);
+  * MSI-X (`vectors`, default num-queues + 1): table and PBA in 32-bit memory BAR 1, its
+    capability at the head of the list (pci/msix.py does the generic part).
+Registers are Reg tables. The config and per-queue vector registers map notifications to MSI-X
+vectors; while MSI-X is enabled the legacy header grows to 24 bytes (the device config moves
+from offset 20 to 24) and notifications go to the mapped vector (none for NO_VECTOR). While it
+is off, interrupts are INTx pin A, level = ISR != 0.
 """
 
 from __future__ import annotations
 
 import struct
+from typing import Callable
 
 from .. import trace
 from ..block import BlockBackend
 from ..config import ConfigError
 from ..memory import GuestMemory
 from ..pci.device import QEMU_SUBSYSTEM_ID, PciDevice
+from ..pci.msix import MSIX_MAX_VECTORS
 from ..regs import Reg, RegisterBank
 from . import props as P
 from .blk import VirtioBlk
@@ -45,6 +51,8 @@ REGION_SIZE = 0x1000
 NOTIFY_MULT = 4                         # notify_off_multiplier: queue n is kicked at NOTIFY_OFF + 4n
 LEGACY_BAR = 0
 LEGACY_HEADER = 20                      # 24 when MSI-X is enabled (two vector registers)
+LEGACY_HEADER_MSIX = 24
+MSIX_BAR = 1
 
 EV_NOTIFY_WRITE = trace.Event("virtio_pci_notify_write", "addr={addr:#x} val={val:#x} size={size}")
 EV_NOTIFY_WRITE_PIO = trace.Event("virtio_pci_notify_write_pio", "addr={addr:#x} val={val:#x} size={size}")
@@ -157,13 +165,29 @@ def _addr_half(field: str, high: bool):
     return read, write
 
 
-def _vector_write(t, v: int) -> None:
-    # No MSI-X capability: every mapping fails, which the spec says reads back as NO_VECTOR.
-    trace.guest_error(f"{t.name}: MSI-X vector {v:#x} written without MSI-X; stays NO_VECTOR")
-
-
-def _no_vector(t) -> int:
+def _vector(t, v: int) -> int:
+    """What a vector register keeps: the vector if the MSI-X table has it, else NO_VECTOR, so a
+    driver reading back sees that the mapping failed (4.1.5.1.2). No MSI-X: always NO_VECTOR."""
+    if t.msix is not None and v < t.msix.nvectors:
+        return v
+    if v != VIRTIO_MSI_NO_VECTOR:
+        trace.guest_error(f"{t.name}: MSI-X vector {v:#x} does not exist; mapped to NO_VECTOR")
     return VIRTIO_MSI_NO_VECTOR
+
+
+def _w_config_vector(t, v: int) -> None:
+    t.config_vector = _vector(t, v)
+
+
+def _r_queue_vector(t) -> int:
+    return t.queue_vectors[t.queue_sel] if _selected(t) is not None else VIRTIO_MSI_NO_VECTOR
+
+
+def _w_queue_vector(t, v: int) -> None:
+    if _selected(t) is None:
+        trace.guest_error(f"{t.name}: queue_msix_vector write for queue {t.queue_sel} which does not exist")
+        return
+    t.queue_vectors[t.queue_sel] = _vector(t, v)
 
 
 COMMON_CFG = [
@@ -171,13 +195,13 @@ COMMON_CFG = [
     Reg(0x04, 4, "device_feature", _r_device_feature, None),
     Reg(0x08, 4, "driver_feature_select", "gfselect", "gfselect"),
     Reg(0x0C, 4, "driver_feature", _r_driver_feature, _w_driver_feature),
-    Reg(0x10, 2, "config_msix_vector", _no_vector, _vector_write),
+    Reg(0x10, 2, "config_msix_vector", "config_vector", _w_config_vector),
     Reg(0x12, 2, "num_queues", lambda t: len(t.vdev.queues), None),
     Reg(0x14, 1, "device_status", lambda t: t.vdev.status, _w_status),
     Reg(0x15, 1, "config_generation", lambda t: t.vdev.config_generation, None),
     Reg(0x16, 2, "queue_select", "queue_sel", "queue_sel"),
     Reg(0x18, 2, "queue_size", _r_queue_size, _w_queue_size),
-    Reg(0x1A, 2, "queue_msix_vector", _no_vector, _vector_write),
+    Reg(0x1A, 2, "queue_msix_vector", _r_queue_vector, _w_queue_vector),
     Reg(0x1C, 2, "queue_enable", _r_queue_enable, _w_queue_enable),
     Reg(0x1E, 2, "queue_notify_off", _r_notify_off, None),
     Reg(0x20, 4, "queue_desc_lo", *_addr_half("desc_addr", False)),
@@ -240,6 +264,9 @@ LEGACY_HEADER_REGS = [
     Reg(0x10, 2, "queue_notify", lambda t: 0, _w_legacy_notify),
     Reg(0x12, 1, "status", lambda t: t.vdev.status, _w_legacy_status),
     Reg(0x13, 1, "isr", lambda t: t.vdev.read_isr(), None),
+    # Present only while MSI-X is enabled (LegacyBar moves the device config behind them).
+    Reg(0x14, 2, "config_vector", "config_vector", _w_config_vector),
+    Reg(0x16, 2, "queue_vector", _r_queue_vector, _w_queue_vector),
 ]
 
 
@@ -280,13 +307,15 @@ class LegacyBar:
         self.header = RegisterBank(t, LEGACY_HEADER_REGS, name=f"{t.name}.legacy")
 
     def read(self, offset: int, size: int) -> int:
-        if offset >= LEGACY_HEADER:
-            return self.t.vdev.config_read(offset - LEGACY_HEADER, size)
+        header = self.t.legacy_header_size()
+        if offset >= header:
+            return self.t.vdev.config_read(offset - header, size)
         return self.header.read(offset, size)
 
     def write(self, offset: int, size: int, value: int) -> None:
-        if offset >= LEGACY_HEADER:
-            self.t.vdev.config_write(offset - LEGACY_HEADER, size, value)
+        header = self.t.legacy_header_size()
+        if offset >= header:
+            self.t.vdev.config_write(offset - header, size, value)
         else:
             self.header.write(offset, size, value)
 
@@ -295,7 +324,8 @@ class VirtioPciDevice(PciDevice):
     """A VirtioDevice behind a PCI function. `legacy`/`modern` pick the interfaces."""
 
     def __init__(self, vdev: VirtioDevice, *, legacy: bool = True, modern: bool = True,
-                 class_code: int = PCI_CLASS_STORAGE_SCSI):
+                 class_code: int = PCI_CLASS_STORAGE_SCSI, vectors: int = 0,
+                 msi_send: Callable[[int, int], object] | None = None):
         if not legacy and not modern:
             raise ConfigError("device cannot work as neither modern nor legacy mode is enabled")
         if legacy:                # legacy-only and transitional: 0.9.5 IDs (4.1.2.3)
@@ -313,14 +343,16 @@ class VirtioPciDevice(PciDevice):
         self.dfselect = self.gfselect = self.queue_sel = 0
         self.gf_written = [0, 0]
         self.pci_cfg_cap = 0
+        self.config_vector = VIRTIO_MSI_NO_VECTOR
+        self.queue_vectors = [VIRTIO_MSI_NO_VECTOR] * len(vdev.queues)
         vdev.interrupt_changed = self._update_irq
+        vdev.send_interrupt = self._send_interrupt
         vdev.dma_allowed = lambda: self.bus_master
 
         if legacy:
-            size = 1 << max(2, (LEGACY_HEADER + len(vdev.config) - 1).bit_length())
+            header = LEGACY_HEADER_MSIX if vectors else LEGACY_HEADER
+            size = 1 << max(2, (header + len(vdev.config) - 1).bit_length())
             self.add_io_bar(LEGACY_BAR, size, LegacyBar(self))
-        # An MSI-X capability (table + PBA in their own BAR) would be added here; with it the
-        # legacy device config moves to offset 24 and the vector registers start to hold values.
         self._modern_ops = ModernBar(self) if modern else None
         if modern:
             self.add_mem_bar(MODERN_BAR, MODERN_BAR_SIZE, self._modern_ops, is64=True, prefetchable=True)
@@ -336,11 +368,35 @@ class VirtioPciDevice(PciDevice):
             self.set_writable(cap + 8, 4)            # cap.offset
             self.set_writable(cap + 12, 4)           # cap.length
             self.set_writable(cap + 16, 4)           # pci_cfg_data
+        if vectors:
+            # Last, as QEMU does: MSI-X heads the capability list. No sink: messages go nowhere.
+            self.add_msix(vectors, MSIX_BAR, msi_send or (lambda address, data: False))
 
     # -- interrupts ---------------------------------------------------------------------------------
+    def _msix_on(self) -> bool:
+        return self.msix is not None and self.msix.enabled
+
     def _update_irq(self) -> None:
-        """INTx follows ISR: asserted while any ISR bit is set, dropped by the ISR read."""
-        self.set_irq(bool(self.vdev.isr))
+        """INTx follows ISR (asserted while any ISR bit is set, dropped by the ISR read) while
+        MSI-X is off; with MSI-X on the pin stays deasserted."""
+        self.set_irq(bool(self.vdev.isr) and not self._msix_on())
+
+    def _send_interrupt(self, queue: int | None) -> None:
+        """A queue (index) or config (None) notification: the vector the driver mapped it to
+        when MSI-X is on (none for NO_VECTOR), else INTx."""
+        if self._msix_on():
+            vector = self.config_vector if queue is None else self.queue_vectors[queue]
+            if vector != VIRTIO_MSI_NO_VECTOR:
+                self.msix.notify(vector)
+        else:
+            self._update_irq()
+
+    def msix_changed(self) -> None:
+        self._update_irq()                 # enabling MSI-X deasserts INTx (as QEMU)
+
+    def legacy_header_size(self) -> int:
+        """The legacy header grows by the two vector registers while MSI-X is enabled."""
+        return LEGACY_HEADER_MSIX if self._msix_on() else LEGACY_HEADER
 
     # -- notify ----------------------------------------------------------------------------------------
     def notify_write(self, off: int, size: int, value: int) -> None:
@@ -355,7 +411,11 @@ class VirtioPciDevice(PciDevice):
 
     # -- reset ---------------------------------------------------------------------------------------
     def transport_reset(self) -> None:
+        """Device reset: selectors and the vector mappings (the MSI-X table is PCI state and
+        stays, as on QEMU)."""
         self.dfselect = self.gfselect = self.queue_sel = 0
+        self.config_vector = VIRTIO_MSI_NO_VECTOR
+        self.queue_vectors = [VIRTIO_MSI_NO_VECTOR] * len(self.vdev.queues)
         self.gf_written = [0, 0]
 
     def reset(self) -> None:
@@ -399,13 +459,15 @@ class VirtioPciDevice(PciDevice):
 
 
 TRANSPORT_PROPERTIES = ("drive", "id", "bootindex", "addr", "ioeventfd", "disable-legacy", "disable-modern",
-                        "strict")
+                        "strict", "vectors")
 
 
-def create_virtio_blk_pci(backend: BlockBackend, props: dict[str, str], mem: GuestMemory) -> VirtioPciDevice:
+def create_virtio_blk_pci(backend: BlockBackend, props: dict[str, str], mem: GuestMemory,
+                          msi_send: Callable[[int, int], object] | None = None) -> VirtioPciDevice:
     """A realized virtio-blk-pci function on `backend`, ready for `bus.plug(dev, slot)`.
     `props` are the -device properties (strings); `drive`, `id`, `addr` and `bootindex` are the
-    board's business and only accepted here. ConfigError on an unknown property or bad value."""
+    board's business and only accepted here. MSI-X messages go to `msi_send(address, data)`.
+    ConfigError on an unknown property or bad value."""
     props = dict(props)
     legacy_opt = P.parse_on_off_auto("disable-legacy", props.pop("disable-legacy", "auto"))
     modern_opt = P.parse_on_off_auto("disable-modern", props.pop("disable-modern", "off"))
@@ -414,10 +476,14 @@ def create_virtio_blk_pci(backend: BlockBackend, props: dict[str, str], mem: Gue
     if "bootindex" in props:
         P.parse_int("bootindex", props.pop("bootindex"), -1, 0xFFFF)
     strict = P.parse_bool("strict", props.pop("strict", "off"))
+    vectors = props.pop("vectors", None)
     for key in ("drive", "id", "addr"):
         props.pop(key, None)
     vdev = VirtioBlk(backend, mem, props)
     vdev.realize()
     vdev.strict = strict
+    # QEMU's default: one vector per queue plus one for config changes; 0 means no MSI-X.
+    nvectors = len(vdev.queues) + 1 if vectors is None else P.parse_int("vectors", vectors, 0, MSIX_MAX_VECTORS)
     # disable-legacy=auto means legacy on: a conventional PCI bus, as QEMU's `pc` machine.
-    return VirtioPciDevice(vdev, legacy=legacy_opt != "on", modern=modern_opt != "on")
+    return VirtioPciDevice(vdev, legacy=legacy_opt != "on", modern=modern_opt != "on",
+                           vectors=nvectors, msi_send=msi_send)
