@@ -32,7 +32,8 @@ from .config import CharDev, MachineConfig
 from .debug.breakpoints import DeviceBreakpoint, DeviceBreakpoints, RequestResolver
 from .debug.monitor import Monitor
 from .debug.symbols import ElfSymbols as _ElfSymbols, UnknownSymbol
-from .debug.target import MachineTarget, Stop, STOP_DEVICE, STOP_EXITED, STOP_FAULT
+from .debug.machine_target import MachineTarget
+from .debug.target import Stop, STOP_DEVICE, STOP_EXITED, STOP_FAULT
 
 
 class SessionError(Exception):
@@ -82,6 +83,7 @@ class Session:
     from a MachineConfig."""
 
     def __init__(self, config: MachineConfig, *, echo: bool = False):
+        from .cli import attach_block_log
         from .pc import Machine
         self.config = config
         echo_stdio = echo and config.serial.kind == "stdio"
@@ -89,6 +91,7 @@ class Session:
             # The session owns the console: the text is captured (and echoed only if asked).
             config.serial = CharDev("null")
         self.machine = Machine(config)
+        attach_block_log(self.machine)
         self.target = MachineTarget(self.machine)
         self.symbols = ElfSymbols.from_file(config.kernel) if config.kernel else ElfSymbols(_EMPTY_ELF)
         self._serial_wait: bytes | None = None

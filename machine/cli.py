@@ -858,6 +858,14 @@ def _error(message: str) -> int:
     return 1
 
 
+def attach_block_log(machine) -> None:
+    """-d in_asm/exec/cpu: a costly per-block hook, installed only when asked, so debug/ (and
+    capstone) stays off start-up otherwise."""
+    if trace.any_category_enabled("in_asm", "exec", "cpu"):
+        from machine.debug import cpulog
+        cpulog.attach(machine)
+
+
 def run_machine(config: MachineConfig) -> int:
     """Build the board from `config` and run it (under the debugger when -gdb, -s, -S or
     -monitor stdio ask for one); returns the machine's exit status."""
@@ -875,8 +883,9 @@ def run_machine(config: MachineConfig) -> int:
     machine = None
     try:
         machine = Machine(config)
+        attach_block_log(machine)
         if config.gdb or config.start_stopped or config.monitor == "stdio":
-            from machine.debug.target import attach_debugger
+            from machine.debug.session import attach_debugger
             debugger = attach_debugger(machine, config)
             if debugger is not None:
                 return debugger.run()

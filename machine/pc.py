@@ -61,7 +61,7 @@ from .memory import FOUR_GIB, GuestMemory, IoSpace, MemoryMap
 from .pci import I440fx, PciBus, PciConfigIo, Piix3
 from .shadow import ShadowRam
 from .toolchain import ensure_built
-from .virtio.pci import create_virtio_blk_pci
+from .virtio.blk_pci import create_virtio_blk_pci
 
 FATAL_STATUS = 2
 MAX_SLICE = 500_000          # instructions; bounds stop/^C latency (~10 ms at worst)
@@ -164,10 +164,6 @@ class Machine:
         self.isa_irqs = [IrqLine(f"isa-irq{n}", self._isa_irq_sink(n)) for n in range(16)]
         self._build_isa_devices()
         self._build_pci()
-        if trace.any_category_enabled("in_asm", "exec", "cpu"):
-            # A costly per-block hook, only when asked; debug/ (and capstone) stays off start-up.
-            from .debug import cpulog
-            cpulog.attach(self)
 
     # -------------------------------------------------------------------------------------
     # construction

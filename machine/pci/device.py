@@ -15,15 +15,18 @@ bits change, the device (un)maps its BARs in the bus's IoSpace / MemoryMap.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable
+from typing import Any, Callable, Protocol
 
 from .. import trace
 from ..irq import IrqLine
 from ..memory import IoSpace, MemoryMap, ones
 from .msix import Msix
 
-if TYPE_CHECKING:
-    from .bus import PciBus
+
+class Bus(Protocol):
+    """What a plugged function asks of its bus (pci/bus.py's PciBus, which imports this module)."""
+    def claims_port_range(self, base: int, size: int) -> bool: ...
+
 
 CONFIG_SIZE = 256
 
@@ -86,8 +89,6 @@ IO_SPACE_END = 0x10000
 # x86-64 defines at most 52 physical address bits; a BAR placed above that cannot be reached.
 PHYS_ADDR_LIMIT = 1 << 52
 
-EV_CFG_READ = trace.Event("pci_cfg_read", "{dev} offset={offset:#04x} size={size} -> {value:#x}")
-EV_CFG_WRITE = trace.Event("pci_cfg_write", "{dev} offset={offset:#04x} size={size} <- {value:#x}")
 EV_MAP_ADD = trace.Event("pci_update_mappings_add", "{dev} bar={bar} address={address:#x} size={size:#x}")
 EV_MAP_DEL = trace.Event("pci_update_mappings_del", "{dev} bar={bar} address={address:#x} size={size:#x}")
 EV_SET_IRQ = trace.Event("pci_set_irq", "{dev} pin={pin} level={level:d}")
@@ -130,7 +131,7 @@ class PciDevice:
         self._bar_upper: set[int] = set()         # indexes used as the high dword of a 64-bit BAR
         self._cap_end = CAPS_START                # first free byte for the next capability
         # Where the device lives once plugged (PciBus.plug fills these in).
-        self.bus: PciBus | None = None
+        self.bus: Bus | None = None
         self.devfn: int | None = None
         self.io: IoSpace | None = None
         self.memory_map: MemoryMap | None = None
@@ -393,7 +394,7 @@ class PciDevice:
     # ------------------------------------------------------------------------------------------
     # Plugging and reset
     # ------------------------------------------------------------------------------------------
-    def attach(self, bus: PciBus, devfn: int, io: IoSpace, memory_map: MemoryMap,
+    def attach(self, bus: Bus, devfn: int, io: IoSpace, memory_map: MemoryMap,
                intx: IrqLine | None) -> None:
         """Called by PciBus.plug: from now on BARs decode in these spaces."""
         self.bus = bus

@@ -18,12 +18,21 @@ vector control too, as QEMU); only bit 0 of vector control means anything.
 from __future__ import annotations
 
 import struct
-from typing import TYPE_CHECKING, Callable
+from typing import Callable, Protocol
 
 from .. import trace
 
-if TYPE_CHECKING:
-    from .device import PciDevice
+
+class Function(Protocol):
+    """What MSI-X needs of the PCI function it belongs to (device.py's PciDevice)."""
+    name: str
+    config: bytearray
+
+    @property
+    def bus_master(self) -> bool: ...
+    def add_capability(self, cap_id: int, body: bytes) -> int: ...
+    def set_writable(self, offset: int, size: int, mask: int | None = None, reset: int = 0) -> None: ...
+    def add_mem_bar(self, index: int, size: int, ops, *, is64: bool = False, prefetchable: bool = False) -> None: ...
 
 PCI_CAP_ID_MSIX = 0x11
 MSIX_MAX_VECTORS = 2048               # Table Size is an 11-bit field (N - 1)
@@ -51,7 +60,7 @@ def bar_layout(nvectors: int) -> tuple[int, int]:
 class Msix:
     """The MSI-X state of one function. Build it with `PciDevice.add_msix()`."""
 
-    def __init__(self, dev: "PciDevice", nvectors: int, bar: int, send: Callable[[int, int], object]):
+    def __init__(self, dev: Function, nvectors: int, bar: int, send: Callable[[int, int], object]):
         if not 1 <= nvectors <= MSIX_MAX_VECTORS:
             raise ValueError(f"{dev.name}: {nvectors} MSI-X vectors (1..{MSIX_MAX_VECTORS})")
         self.dev = dev

@@ -2,15 +2,15 @@
 device status state machine, config space with its generation counter, reset, the queues and
 the error state (DEVICE_NEEDS_RESET).
 
-A transport (virtio/pci.py) owns the registers and calls in here; it learns about interrupts
-through `interrupt_changed`, which it sets, and gates DMA through `dma_allowed` (PCI bus
-mastering). Devices subclass `VirtioDevice` and implement `realize()`, `features_ok()`,
+A transport (virtio/pci.py) owns the registers and calls in here; it plugs itself in as the
+device's `Transport`, which learns about interrupts (`interrupt_changed`) and gates DMA
+(`dma_allowed`: PCI bus mastering). Devices subclass `VirtioDevice` and implement `realize()`, `features_ok()`,
 `device_reset()` and `write_config()`.
 """
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Protocol
 
 from .. import trace
 from ..config import ConfigError
@@ -52,6 +52,27 @@ def bit(n: int) -> int:
     return 1 << n
 
 
+class Transport(Protocol):
+    """What a device asks of the transport it is plugged into."""
+    def interrupt_changed(self) -> None: ...      # ISR changed: recompute the interrupt line
+    # A used-buffer (queue index) or config (None) notification, after its ISR bit is set: the
+    # transport picks the line or message (INTx, an MSI-X vector).
+    def send_interrupt(self, queue: int | None) -> None: ...
+    def dma_allowed(self) -> bool: ...            # may the device touch guest memory now?
+
+
+class Unplugged:
+    """The transport of a device not plugged anywhere (yet): no interrupt, DMA allowed."""
+    def interrupt_changed(self) -> None:
+        pass
+
+    def send_interrupt(self, queue: int | None) -> None:
+        pass
+
+    def dma_allowed(self) -> bool:
+        return True
+
+
 class VirtioDevice:
     """Base of every virtio device model. Public, read-only for debuggers: `status`,
     `host_features`, `guest_features`, `queues`, `isr`, `broken`, `config`."""
@@ -71,14 +92,13 @@ class VirtioDevice:
         self.strict = False               # refuse rule violations instead of tolerating them (rules.py)
         self.reported: set[str] = set()   # rules already reported as tolerated, once per device
         self._unoffered = 0               # feature bits the driver wrote that were never offered
-        # Hooks the transport sets.
-        self.interrupt_changed: Callable[[], None] = lambda: None     # ISR changed (INTx follows it)
-        # A used-buffer (queue index) or config (None) notification, after its ISR bit is set:
-        # the transport picks INTx or an MSI-X vector.
-        self.send_interrupt: Callable[[int | None], None] = lambda queue: self.interrupt_changed()
-        self.dma_allowed: Callable[[], bool] = lambda: True
+        self.transport: Transport = Unplugged()          # set by plug()
 
     # -- building (realize time) ---------------------------------------------------------------
+    def plug(self, transport: Transport) -> None:
+        """Called by the transport the device is put behind."""
+        self.transport = transport
+
     def add_queue(self, size: int, handler: Callable[[SplitQueue], None]) -> SplitQueue:
         """Create queue number len(queues), of at most `size` entries; `handler(queue)` runs
         when the driver notifies it. Bad sizes are a configuration error, not a crash."""
@@ -236,7 +256,7 @@ class VirtioDevice:
             q.reset()
         if self.isr:
             self.isr = 0
-            self.interrupt_changed()
+            self.transport.interrupt_changed()
 
     def device_reset(self) -> None:
         """Device-specific part of reset (e.g. restore config fields the driver may write)."""
@@ -274,7 +294,7 @@ class VirtioDevice:
         if not q.active:
             trace.guest_error(f"{self.name}: notify for queue {n} which is not enabled")
             return
-        if not self.dma_allowed():
+        if not self.transport.dma_allowed():
             trace.guest_error(f"{self.name}: notify while bus mastering is off; ignored")
             return
         try:
@@ -291,20 +311,20 @@ class VirtioDevice:
         if EV_NOTIFY.enabled:
             EV_NOTIFY.emit(vdev=self.name, vq=q.index)
         self.isr |= ISR_QUEUE
-        self.send_interrupt(q.index)
+        self.transport.send_interrupt(q.index)
 
     def notify_config(self) -> None:
         if EV_CONFIG_NOTIFY.enabled:
             EV_CONFIG_NOTIFY.emit(vdev=self.name)
         self.isr |= ISR_CONFIG
-        self.send_interrupt(None)
+        self.transport.send_interrupt(None)
 
     def read_isr(self) -> int:
         """Read-to-clear (4.1.4.5)."""
         value = self.isr
         if value:
             self.isr = 0
-            self.interrupt_changed()
+            self.transport.interrupt_changed()
         return value
 
     # -- device configuration space ---------------------------------------------------------------

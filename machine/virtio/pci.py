@@ -20,14 +20,9 @@ import struct
 from typing import Callable
 
 from .. import trace
-from ..block import BlockBackend
 from ..config import ConfigError
-from ..memory import GuestMemory
 from ..pci.device import QEMU_SUBSYSTEM_ID, PciDevice
-from ..pci.msix import MSIX_MAX_VECTORS
 from ..regs import Reg, RegisterBank
-from . import props as P
-from .blk import VirtioBlk
 from .device import (DRIVER_OK, VIRTIO_F_ANY_LAYOUT, VirtioDevice, bit)
 from .queue import is_power_of_2
 
@@ -345,9 +340,7 @@ class VirtioPciDevice(PciDevice):
         self.pci_cfg_cap = 0
         self.config_vector = VIRTIO_MSI_NO_VECTOR
         self.queue_vectors = [VIRTIO_MSI_NO_VECTOR] * len(vdev.queues)
-        vdev.interrupt_changed = self._update_irq
-        vdev.send_interrupt = self._send_interrupt
-        vdev.dma_allowed = lambda: self.bus_master
+        vdev.plug(self)
 
         if legacy:
             header = LEGACY_HEADER_MSIX if vectors else LEGACY_HEADER
@@ -372,16 +365,16 @@ class VirtioPciDevice(PciDevice):
             # Last, as QEMU does: MSI-X heads the capability list. No sink: messages go nowhere.
             self.add_msix(vectors, MSIX_BAR, msi_send or (lambda address, data: False))
 
-    # -- interrupts ---------------------------------------------------------------------------------
+    # -- the device's Transport ---------------------------------------------------------------------
     def _msix_on(self) -> bool:
         return self.msix is not None and self.msix.enabled
 
-    def _update_irq(self) -> None:
+    def interrupt_changed(self) -> None:
         """INTx follows ISR (asserted while any ISR bit is set, dropped by the ISR read) while
         MSI-X is off; with MSI-X on the pin stays deasserted."""
         self.set_irq(bool(self.vdev.isr) and not self._msix_on())
 
-    def _send_interrupt(self, queue: int | None) -> None:
+    def send_interrupt(self, queue: int | None) -> None:
         """A queue (index) or config (None) notification: the vector the driver mapped it to
         when MSI-X is on (none for NO_VECTOR), else INTx."""
         if self._msix_on():
@@ -389,14 +382,17 @@ class VirtioPciDevice(PciDevice):
             if vector != VIRTIO_MSI_NO_VECTOR:
                 self.msix.notify(vector)
         else:
-            self._update_irq()
+            self.interrupt_changed()
 
     def msix_changed(self) -> None:
-        self._update_irq()                 # enabling MSI-X deasserts INTx (as QEMU)
+        self.interrupt_changed()           # enabling MSI-X deasserts INTx (as QEMU)
 
     def legacy_header_size(self) -> int:
         """The legacy header grows by the two vector registers while MSI-X is enabled."""
         return LEGACY_HEADER_MSIX if self._msix_on() else LEGACY_HEADER
+
+    def dma_allowed(self) -> bool:
+        return self.bus_master
 
     # -- notify ----------------------------------------------------------------------------------------
     def notify_write(self, off: int, size: int, value: int) -> None:
@@ -456,34 +452,3 @@ class VirtioPciDevice(PciDevice):
                 d = self.pci_cfg_cap + 16
                 data = int.from_bytes(self.config[d:d + 4], "little")
                 self._modern_ops.write(w[0], w[1], data & ((1 << (8 * w[1])) - 1))
-
-
-TRANSPORT_PROPERTIES = ("drive", "id", "bootindex", "addr", "ioeventfd", "disable-legacy", "disable-modern",
-                        "strict", "vectors")
-
-
-def create_virtio_blk_pci(backend: BlockBackend, props: dict[str, str], mem: GuestMemory,
-                          msi_send: Callable[[int, int], object] | None = None) -> VirtioPciDevice:
-    """A realized virtio-blk-pci function on `backend`, ready for `bus.plug(dev, slot)`.
-    `props` are the -device properties (strings); `drive`, `id`, `addr` and `bootindex` are the
-    board's business and only accepted here. MSI-X messages go to `msi_send(address, data)`.
-    ConfigError on an unknown property or bad value."""
-    props = dict(props)
-    legacy_opt = P.parse_on_off_auto("disable-legacy", props.pop("disable-legacy", "auto"))
-    modern_opt = P.parse_on_off_auto("disable-modern", props.pop("disable-modern", "off"))
-    if "ioeventfd" in props:
-        P.parse_bool("ioeventfd", props.pop("ioeventfd"))    # requests always complete in the notify
-    if "bootindex" in props:
-        P.parse_int("bootindex", props.pop("bootindex"), -1, 0xFFFF)
-    strict = P.parse_bool("strict", props.pop("strict", "off"))
-    vectors = props.pop("vectors", None)
-    for key in ("drive", "id", "addr"):
-        props.pop(key, None)
-    vdev = VirtioBlk(backend, mem, props)
-    vdev.realize()
-    vdev.strict = strict
-    # QEMU's default: one vector per queue plus one for config changes; 0 means no MSI-X.
-    nvectors = len(vdev.queues) + 1 if vectors is None else P.parse_int("vectors", vectors, 0, MSIX_MAX_VECTORS)
-    # disable-legacy=auto means legacy on: a conventional PCI bus, as QEMU's `pc` machine.
-    return VirtioPciDevice(vdev, legacy=legacy_opt != "on", modern=modern_opt != "on",
-                           vectors=nvectors, msi_send=msi_send)

@@ -1,0 +1,43 @@
+"""virtio-blk-pci: the block device (blk.py) behind the PCI transport (pci.py), built from the
+-device properties. The glue alone, so neither side knows the other."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from ..block import BlockBackend
+from ..memory import GuestMemory
+from ..pci.msix import MSIX_MAX_VECTORS
+from . import props as P
+from .blk import VirtioBlk
+from .pci import VirtioPciDevice
+
+TRANSPORT_PROPERTIES = ("drive", "id", "bootindex", "addr", "ioeventfd", "disable-legacy", "disable-modern",
+                        "strict", "vectors")
+
+
+def create_virtio_blk_pci(backend: BlockBackend, props: dict[str, str], mem: GuestMemory,
+                          msi_send: Callable[[int, int], object] | None = None) -> VirtioPciDevice:
+    """A realized virtio-blk-pci function on `backend`, ready for `bus.plug(dev, slot)`.
+    `props` are the -device properties (strings); `drive`, `id`, `addr` and `bootindex` are the
+    board's business and only accepted here. MSI-X messages go to `msi_send(address, data)`.
+    ConfigError on an unknown property or bad value."""
+    props = dict(props)
+    legacy_opt = P.parse_on_off_auto("disable-legacy", props.pop("disable-legacy", "auto"))
+    modern_opt = P.parse_on_off_auto("disable-modern", props.pop("disable-modern", "off"))
+    if "ioeventfd" in props:
+        P.parse_bool("ioeventfd", props.pop("ioeventfd"))    # requests always complete in the notify
+    if "bootindex" in props:
+        P.parse_int("bootindex", props.pop("bootindex"), -1, 0xFFFF)
+    strict = P.parse_bool("strict", props.pop("strict", "off"))
+    vectors = props.pop("vectors", None)
+    for key in ("drive", "id", "addr"):
+        props.pop(key, None)
+    vdev = VirtioBlk(backend, mem, props)
+    vdev.realize()
+    vdev.strict = strict
+    # QEMU's default: one vector per queue plus one for config changes; 0 means no MSI-X.
+    nvectors = len(vdev.queues) + 1 if vectors is None else P.parse_int("vectors", vectors, 0, MSIX_MAX_VECTORS)
+    # disable-legacy=auto means legacy on: a conventional PCI bus, as QEMU's `pc` machine.
+    return VirtioPciDevice(vdev, legacy=legacy_opt != "on", modern=modern_opt != "on",
+                           vectors=nvectors, msi_send=msi_send)
