@@ -313,7 +313,8 @@ class Session:
         self.target.request_stop("device", message)
 
     def _virtio_named(self, name: str) -> list:
-        return [v for _, v, _ in self._monitor.virtio_devices() if getattr(v, "name", None) == name]
+        return [v for _, v, _ in self._monitor.virtio_devices()
+                if getattr(v, "label", getattr(v, "name", None)) == name]
 
     def _serial_written(self) -> None:
         needle = self._serial_wait

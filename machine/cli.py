@@ -601,11 +601,13 @@ class _Parser:
         if driver not in DEVICES:
             raise _OptError(f"'{driver}' is not a valid device model name")
         props = dict(pairs[1:])
-        ident = props.pop("id", None)
+        ident = props.get("id")
         if ident is not None:
             if ident in self.device_ids:
-                raise _OptError(f"Duplicate device ID '{ident}'")
+                raise _OptError(f"Duplicate ID '{ident}' for device")
             self.device_ids.add(ident)
+        if driver in ("isa-debugcon", "isa-debug-exit"):
+            props.pop("id", None)          # the board has one of each: the id names nothing
         if driver == "isa-debugcon":
             self.debugcon_device(arg, props)
             return

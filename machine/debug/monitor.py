@@ -308,7 +308,9 @@ class Monitor:
             msix = getattr(dev, "msix", None)
             if msix is not None:
                 out.append("      " + msix.describe())
-            out.append(f'      id "{getattr(dev, "name", "")}"')
+            vdev = _find_virtio(dev)
+            dev_id = getattr(vdev, "id", None) if vdev is not None else None
+            out.append(f'      id "{dev_id or getattr(dev, "name", "")}"')
         return "\n".join(out) + "\n"
 
     @staticmethod
@@ -366,7 +368,10 @@ class Monitor:
             vdev = _find_virtio(dev)
             if vdev is not None and id(vdev) not in seen:
                 seen.add(id(vdev))
-                found.append((f"/machine/pci/{devfn >> 3:02x}.{devfn & 7}/virtio-backend", vdev, dev))
+                dev_id = getattr(vdev, "id", None)
+                # QEMU's QOM path for a device the user named; ours by slot for the others
+                path = f"/machine/peripheral/{dev_id}" if dev_id else f"/machine/pci/{devfn >> 3:02x}.{devfn & 7}"
+                found.append((f"{path}/virtio-backend", vdev, dev))
         for name, dev in (getattr(self.machine, "devices", None) or {}).items():
             vdev = _find_virtio(dev)
             if vdev is not None and id(vdev) not in seen:
@@ -383,11 +388,16 @@ class Monitor:
         if not devs:
             raise ValueError("no virtio devices")
         for path, vdev, pci in devs:
-            slot = path.split("/")[3] if path.startswith("/machine/pci/") else None
-            names = {path, path.rsplit("/virtio-backend", 1)[0], _virtio_name(vdev),
-                     getattr(pci, "name", None), getattr(vdev, "name", None), slot,
-                     slot and "00:" + slot}
+            devfn = getattr(pci, "devfn", None)
+            slot = f"{devfn >> 3:02x}.{devfn & 7}" if isinstance(devfn, int) else \
+                (path.split("/")[3] if path.startswith("/machine/pci/") else None)
+            dev_id = getattr(vdev, "id", None)
+            names = {path, path.rsplit("/virtio-backend", 1)[0], dev_id,
+                     dev_id and getattr(vdev, "label", None), slot, slot and "00:" + slot} - {None}
             if spec in names:
+                return path, vdev, pci
+        for path, vdev, pci in devs:          # by model: the first one (name it when there are several)
+            if spec in (_virtio_name(vdev), getattr(pci, "name", None), getattr(vdev, "name", None)):
                 return path, vdev, pci
         if spec.isdigit() and int(spec) < len(devs):
             return devs[int(spec)]

@@ -53,7 +53,7 @@ class Debugger:
     # -- callbacks ----------------------------------------------------------------------------------
     def _virtio_named(self, name: str) -> list:
         return [vdev for _, vdev, _ in self.monitor.virtio_devices()
-                if getattr(vdev, "name", None) == name]
+                if getattr(vdev, "label", getattr(vdev, "name", None)) == name]
 
     def _device_hit(self, bp, message: str) -> None:
         self.target.request_stop("device", message)

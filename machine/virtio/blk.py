@@ -220,7 +220,7 @@ class VirtioBlk(VirtioDevice):
         if offset == OFF_WRITEBACK and size == 1 and self.has_feature(VIRTIO_BLK_F_CONFIG_WCE):
             self.config[OFF_WRITEBACK] = 1 if value & 0xFF else 0
             return
-        trace.guest_error(f"virtio-blk: config write {offset:#x}+{size} = {value:#x} ignored")
+        trace.guest_error(f"{self.label}: config write {offset:#x}+{size} = {value:#x} ignored")
 
     def writeback(self) -> bool:
         """Is the volatile write cache on? (5.2.6.2: which writes must be stable at completion)"""
@@ -291,7 +291,7 @@ class VirtioBlk(VirtioDevice):
         buf[last_host + last_len - 1] = status
         mem.notify_write(last_addr + last_len - 1, 1)
         if EV_COMPLETE.enabled:
-            EV_COMPLETE.emit(vdev=self.name, req=chain.head, type=rtype, sector=sector, len=chain.writable_len - 1 if rtype in (VIRTIO_BLK_T_IN, VIRTIO_BLK_T_GET_ID) else chain.readable_len - _HDR.size, status=status, latency_us=(trace.timestamp_ns() - t0) / 1000 if t0 else 0.0)
+            EV_COMPLETE.emit(vdev=self.label, req=chain.head, type=rtype, sector=sector, len=chain.writable_len - 1 if rtype in (VIRTIO_BLK_T_IN, VIRTIO_BLK_T_GET_ID) else chain.readable_len - _HDR.size, status=status, latency_us=(trace.timestamp_ns() - t0) / 1000 if t0 else 0.0)
         return written + 1
 
     def _range_ok(self, sector: int, nbytes: int) -> bool:
@@ -309,13 +309,13 @@ class VirtioBlk(VirtioDevice):
             self.backend.flush()
         except OSError as e:
             self.flush_failed = True
-            trace.guest_error(f"virtio-blk: sync failed: {e}")
+            trace.guest_error(f"{self.label}: sync failed: {e}")
             return False
         return True
 
     def _read(self, req: int, sector: int, segs: list[Seg], nbytes: int) -> tuple[int, int]:
         if EV_READ.enabled:
-            EV_READ.emit(vdev=self.name, req=req, sector=sector, nsectors=nbytes // SECTOR)
+            EV_READ.emit(vdev=self.label, req=req, sector=sector, nsectors=nbytes // SECTOR)
         if not self._range_ok(sector, nbytes):
             return VIRTIO_BLK_S_IOERR, 0
         if not nbytes:
@@ -324,7 +324,7 @@ class VirtioBlk(VirtioDevice):
         try:
             got = self.backend.readv(sector * SECTOR, [mv[h:h + n] for _a, n, h in segs])
         except OSError as e:
-            trace.guest_error(f"virtio-blk: read error: {e}")
+            trace.guest_error(f"{self.label}: read error: {e}")
             return VIRTIO_BLK_S_IOERR, 0
         notify = self.mem.notify_write         # tell the CPU which guest bytes changed
         if got == nbytes:
@@ -341,7 +341,7 @@ class VirtioBlk(VirtioDevice):
 
     def _write(self, req: int, sector: int, segs: list[Seg], nbytes: int) -> int:
         if EV_WRITE.enabled:
-            EV_WRITE.emit(vdev=self.name, req=req, sector=sector, nsectors=nbytes // SECTOR)
+            EV_WRITE.emit(vdev=self.label, req=req, sector=sector, nsectors=nbytes // SECTOR)
         if self.backend.read_only:
             return VIRTIO_BLK_S_IOERR          # 5.2.6.2: and MUST NOT write any data
         if not self._range_ok(sector, nbytes):
@@ -352,7 +352,7 @@ class VirtioBlk(VirtioDevice):
         try:
             done = self.backend.writev(sector * SECTOR, [mv[h:h + n] for _a, n, h in segs])
         except OSError as e:
-            trace.guest_error(f"virtio-blk: write error: {e}")
+            trace.guest_error(f"{self.label}: write error: {e}")
             return VIRTIO_BLK_S_IOERR
         if done != nbytes or not self._sync_if_writethrough():
             return VIRTIO_BLK_S_IOERR
@@ -371,7 +371,7 @@ class VirtioBlk(VirtioDevice):
             # After a failed fdatasync the kernel may have dropped the dirty pages and a retry
             # would "succeed"; so every later flush must fail too.
             self.flush_failed = True
-            trace.guest_error(f"virtio-blk: flush failed: {e}")
+            trace.guest_error(f"{self.label}: flush failed: {e}")
             return VIRTIO_BLK_S_IOERR
         return VIRTIO_BLK_S_OK
 
@@ -413,6 +413,6 @@ class VirtioBlk(VirtioDevice):
                 self.backend.write_zeroes(sector * SECTOR, nsect * SECTOR,
                                           bool(flags & VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP))
         except OSError as e:
-            trace.guest_error(f"virtio-blk: {'discard' if discard else 'write zeroes'} failed: {e}")
+            trace.guest_error(f"{self.label}: {'discard' if discard else 'write zeroes'} failed: {e}")
             return VIRTIO_BLK_S_IOERR
         return VIRTIO_BLK_S_OK if self._sync_if_writethrough() else VIRTIO_BLK_S_IOERR

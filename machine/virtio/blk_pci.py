@@ -31,11 +31,13 @@ def create_virtio_blk_pci(backend: BlockBackend, props: dict[str, str], mem: Gue
         P.parse_int("bootindex", props.pop("bootindex"), -1, 0xFFFF)
     strict = P.parse_bool("strict", props.pop("strict", "off"))
     vectors = props.pop("vectors", None)
-    for key in ("drive", "id", "addr"):
+    dev_id = props.pop("id", None)
+    for key in ("drive", "addr"):
         props.pop(key, None)
     vdev = VirtioBlk(backend, mem, props)
     vdev.realize()
     vdev.strict = strict
+    vdev.set_id(dev_id)
     # QEMU's default: one vector per queue plus one for config changes; 0 means no MSI-X.
     nvectors = len(vdev.queues) + 1 if vectors is None else P.parse_int("vectors", vectors, 0, MSIX_MAX_VECTORS)
     # disable-legacy=auto means legacy on: a conventional PCI bus, as QEMU's `pc` machine.

@@ -78,7 +78,9 @@ class VirtioDevice:
     `host_features`, `guest_features`, `queues`, `isr`, `broken`, `config`."""
 
     def __init__(self, name: str, device_id: int, mem: GuestMemory):
-        self.name = name
+        self.name = name                  # the model, e.g. "virtio-blk"
+        self.id: str | None = None        # the user's -device id=, if any
+        self.label = name                 # how logs, trace events and breakpoints name this device
         self.device_id = device_id
         self.mem = mem
         self.host_features = bit(VIRTIO_F_VERSION_1) | bit(VIRTIO_F_INDIRECT_DESC) | bit(VIRTIO_F_EVENT_IDX)
@@ -95,6 +97,12 @@ class VirtioDevice:
         self.transport: Transport = Unplugged()          # set by plug()
 
     # -- building (realize time) ---------------------------------------------------------------
+    def set_id(self, dev_id: str | None) -> None:
+        """Name the device (-device ...,id=NAME): it is then `virtio-blk/NAME` in every log line
+        and trace event, so several devices of one model can be told apart."""
+        self.id = dev_id
+        self.label = self.name if dev_id is None else f"{self.name}/{dev_id}"
+
     def plug(self, transport: Transport) -> None:
         """Called by the transport the device is put behind."""
         self.transport = transport
@@ -124,24 +132,24 @@ class VirtioDevice:
         does, so they are never honoured on any path; FEATURES_OK reports (or, strict, refuses)
         them."""
         if self.status & (FEATURES_OK | DRIVER_OK):
-            trace.guest_error(f"{self.name}: feature write {value:#x} after FEATURES_OK ignored")
+            trace.guest_error(f"{self.label}: feature write {value:#x} after FEATURES_OK ignored")
             return
         value &= 0xFFFFFFFFFFFFFFFF
         self._unoffered = value & ~self.host_features
         self.guest_features = value & self.host_features
         self._apply_ring_features()
         if EV_FEATURES.enabled:
-            EV_FEATURES.emit(vdev=self.name, features=self.guest_features)
+            EV_FEATURES.emit(vdev=self.label, features=self.guest_features)
 
     def set_legacy_features(self, value: int, legacy_only: int = 0) -> None:
         """Legacy interface: 32 feature bits; the write takes effect at once, masked to what we
         offer there (`legacy_only`: bits the transport offers only to legacy drivers). Ignored
         after FEATURES_OK (a modern driver's negotiation stands) or DRIVER_OK."""
         if self.status & (FEATURES_OK | DRIVER_OK):
-            trace.guest_error(f"{self.name}: legacy feature write {value:#x} after negotiation ignored")
+            trace.guest_error(f"{self.label}: legacy feature write {value:#x} after negotiation ignored")
             return
         if value & bit(VIRTIO_F_BAD_FEATURE):
-            trace.guest_error(f"{self.name}: driver set VIRTIO_F_BAD_FEATURE")
+            trace.guest_error(f"{self.label}: driver set VIRTIO_F_BAD_FEATURE")
         value &= 0xFFFFFFFF
         self._unoffered = value & ~(self.host_features | legacy_only)
         self.guest_features = value & (self.host_features | legacy_only)
@@ -157,7 +165,7 @@ class VirtioDevice:
         refused (not set) for a set we cannot honour; DRIVER_OK needs FEATURES_OK."""
         value &= 0xFF
         if EV_SET_STATUS.enabled:
-            EV_SET_STATUS.emit(vdev=self.name, val=value)
+            EV_SET_STATUS.emit(vdev=self.label, val=value)
         if value == 0:
             self.reset()
             return
@@ -165,7 +173,7 @@ class VirtioDevice:
         if old & ~value & ~DEVICE_NEEDS_RESET:
             # 2.1.2: the driver MUST NOT clear a status bit (other than by reset). QEMU stores
             # whatever is written; we keep the old status so no half-initialised state appears.
-            trace.guest_error(f"{self.name}: status write {value:#x} clears bits of {old:#x}; ignored")
+            trace.guest_error(f"{self.label}: status write {value:#x} clears bits of {old:#x}; ignored")
             return
         value = (value & ~DEVICE_NEEDS_RESET) | (old & DEVICE_NEEDS_RESET)   # that bit is ours
         if value & FEATURES_OK and not old & FEATURES_OK and modern:
@@ -212,11 +220,11 @@ class VirtioDevice:
         the caller carries on as QEMU does, and the first violation of each rule is logged."""
         rule = RULES[key]
         if self.strict:
-            trace.guest_error(f"{self.name}: {describe(key, **fields)}; strict: {rule.strict}")
+            trace.guest_error(f"{self.label}: {describe(key, **fields)}; strict: {rule.strict}")
             return True
         if key not in self.reported:
             self.reported.add(key)
-            trace.guest_error(f"{self.name}: {describe(key, **fields)}; tolerated: {rule.tolerated}")
+            trace.guest_error(f"{self.label}: {describe(key, **fields)}; tolerated: {rule.tolerated}")
         return False
 
     def _driver_ok(self) -> None:
@@ -266,9 +274,9 @@ class VirtioDevice:
         """The guest broke the protocol: the device stops using its queues until reset, sets
         DEVICE_NEEDS_RESET (a VERSION_1 concept) and raises a config change notification if the
         driver is live (2.1.1). Like QEMU's virtio_error."""
-        trace.guest_error(f"{self.name}: {msg}")
+        trace.guest_error(f"{self.label}: {msg}")
         if EV_ERROR.enabled:
-            EV_ERROR.emit(vdev=self.name, msg=msg)
+            EV_ERROR.emit(vdev=self.label, msg=msg)
         # Legacy drivers have no NEEDS_RESET bit: for them the device just stops (as QEMU).
         self.broken = True
         if self.has_feature(VIRTIO_F_VERSION_1):
@@ -280,9 +288,9 @@ class VirtioDevice:
     def queue_notify(self, n: int) -> None:
         """The driver kicked queue `n` (an untrusted number)."""
         if EV_QUEUE_NOTIFY.enabled:
-            EV_QUEUE_NOTIFY.emit(vdev=self.name, n=n)
+            EV_QUEUE_NOTIFY.emit(vdev=self.label, n=n)
         if not 0 <= n < len(self.queues):
-            trace.guest_error(f"{self.name}: notify for queue {n} which does not exist")
+            trace.guest_error(f"{self.label}: notify for queue {n} which does not exist")
             return
         q = self.queues[n]
         if self.broken or self.status & FAILED:
@@ -292,10 +300,10 @@ class VirtioDevice:
                 q.pending_kick = True         # served when DRIVER_OK comes (2.1.2: not before)
                 return
         if not q.active:
-            trace.guest_error(f"{self.name}: notify for queue {n} which is not enabled")
+            trace.guest_error(f"{self.label}: notify for queue {n} which is not enabled")
             return
         if not self.transport.dma_allowed():
-            trace.guest_error(f"{self.name}: notify while bus mastering is off; ignored")
+            trace.guest_error(f"{self.label}: notify while bus mastering is off; ignored")
             return
         try:
             q.handler(q)
@@ -309,13 +317,13 @@ class VirtioDevice:
         if not q.should_notify():
             return
         if EV_NOTIFY.enabled:
-            EV_NOTIFY.emit(vdev=self.name, vq=q.index)
+            EV_NOTIFY.emit(vdev=self.label, vq=q.index)
         self.isr |= ISR_QUEUE
         self.transport.send_interrupt(q.index)
 
     def notify_config(self) -> None:
         if EV_CONFIG_NOTIFY.enabled:
-            EV_CONFIG_NOTIFY.emit(vdev=self.name)
+            EV_CONFIG_NOTIFY.emit(vdev=self.label)
         self.isr |= ISR_CONFIG
         self.transport.send_interrupt(None)
 
@@ -331,19 +339,19 @@ class VirtioDevice:
     def config_read(self, offset: int, size: int) -> int:
         """Little-endian read; outside the structure reads all-ones (as QEMU)."""
         if offset < 0 or offset + size > len(self.config):
-            trace.guest_error(f"{self.name}: config read {offset:#x}+{size} outside {len(self.config)} bytes")
+            trace.guest_error(f"{self.label}: config read {offset:#x}+{size} outside {len(self.config)} bytes")
             return ones(size)
         return int.from_bytes(self.config[offset:offset + size], "little")
 
     def config_write(self, offset: int, size: int, value: int) -> None:
         if offset < 0 or offset + size > len(self.config):
-            trace.guest_error(f"{self.name}: config write {offset:#x}+{size} outside {len(self.config)} bytes ignored")
+            trace.guest_error(f"{self.label}: config write {offset:#x}+{size} outside {len(self.config)} bytes ignored")
             return
         self.write_config(offset, size, value)
 
     def write_config(self, offset: int, size: int, value: int) -> None:
         """Device-specific config write (fields are read-only unless the device says so)."""
-        trace.guest_error(f"{self.name}: write to read-only config {offset:#x} ignored")
+        trace.guest_error(f"{self.label}: write to read-only config {offset:#x} ignored")
 
     def config_changed(self) -> None:
         """The device changed its config: new generation, and tell a live driver (2.4.1)."""
