@@ -10,10 +10,11 @@ from ..memory import GuestMemory
 from ..pci.msix import MSIX_MAX_VECTORS
 from . import props as P
 from .blk import VirtioBlk
+from .device import VIRTIO_F_RING_RESET, bit
 from .pci import VirtioPciDevice
 
 TRANSPORT_PROPERTIES = ("drive", "id", "bootindex", "addr", "ioeventfd", "disable-legacy", "disable-modern",
-                        "strict", "vectors")
+                        "strict", "vectors", "queue_reset")
 
 
 def create_virtio_blk_pci(backend: BlockBackend, props: dict[str, str], mem: GuestMemory,
@@ -31,12 +32,15 @@ def create_virtio_blk_pci(backend: BlockBackend, props: dict[str, str], mem: Gue
         P.parse_int("bootindex", props.pop("bootindex"), -1, 0xFFFF)
     strict = P.parse_bool("strict", props.pop("strict", "off"))
     vectors = props.pop("vectors", None)
+    queue_reset = P.parse_bool("queue_reset", props.pop("queue_reset", "on"))
     dev_id = props.pop("id", None)
     for key in ("drive", "addr"):
         props.pop(key, None)
     vdev = VirtioBlk(backend, mem, props)
     vdev.realize()
     vdev.strict = strict
+    if not queue_reset:
+        vdev.host_features &= ~bit(VIRTIO_F_RING_RESET)
     vdev.set_id(dev_id)
     # QEMU's default: one vector per queue plus one for config changes; 0 means no MSI-X.
     nvectors = len(vdev.queues) + 1 if vectors is None else P.parse_int("vectors", vectors, 0, MSIX_MAX_VECTORS)

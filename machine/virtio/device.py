@@ -33,6 +33,7 @@ VIRTIO_F_INDIRECT_DESC = 28
 VIRTIO_F_EVENT_IDX = 29
 VIRTIO_F_BAD_FEATURE = 30          # legacy: a driver that sets it is broken
 VIRTIO_F_VERSION_1 = 32
+VIRTIO_F_RING_RESET = 40           # per-queue reset (queue_reset on PCI)
 
 # ISR bits (4.1.4.5)
 ISR_QUEUE = 1
@@ -83,7 +84,9 @@ class VirtioDevice:
         self.label = name                 # how logs, trace events and breakpoints name this device
         self.device_id = device_id
         self.mem = mem
-        self.host_features = bit(VIRTIO_F_VERSION_1) | bit(VIRTIO_F_INDIRECT_DESC) | bit(VIRTIO_F_EVENT_IDX)
+        # As QEMU 7.2 offers on the `pc` machine (RING_RESET: its `queue_reset` property, on).
+        self.host_features = bit(VIRTIO_F_VERSION_1) | bit(VIRTIO_F_INDIRECT_DESC) | bit(VIRTIO_F_EVENT_IDX) \
+            | bit(VIRTIO_F_RING_RESET)
         self.guest_features = 0
         self.status = 0
         self.isr = 0
@@ -250,6 +253,14 @@ class VirtioDevice:
         except VirtqueueError as e:
             q.active = False
             self.virtio_error(str(e))
+
+    def reset_queue(self, q: SplitQueue) -> None:
+        """Per-queue reset (2.6.1): the queue goes back to its default state (disabled, full
+        size, no rings, indices 0) while the rest of the device keeps running. Requests complete
+        inside the kick, so none is in flight."""
+        q.reset()
+        q.event_idx = self.has_feature(VIRTIO_F_EVENT_IDX)
+        q.indirect = self.has_feature(VIRTIO_F_INDIRECT_DESC)
 
     # -- reset ----------------------------------------------------------------------------------
     def reset(self) -> None:

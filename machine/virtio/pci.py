@@ -23,7 +23,7 @@ from .. import trace
 from ..config import ConfigError
 from ..pci.device import QEMU_SUBSYSTEM_ID, PciDevice
 from ..regs import Reg, RegisterBank
-from .device import (DRIVER_OK, VIRTIO_F_ANY_LAYOUT, VirtioDevice, bit)
+from .device import (DRIVER_OK, VIRTIO_F_ANY_LAYOUT, VIRTIO_F_RING_RESET, VirtioDevice, bit)
 from .queue import is_power_of_2
 
 VIRTIO_PCI_VENDOR = 0x1AF4
@@ -71,12 +71,14 @@ def _selected(t: "VirtioPciDevice"):
 
 def _queue_writable(t: "VirtioPciDevice", what: str):
     """The selected queue if its configuration may still change, else None (frozen once the queue
-    is enabled or the driver is running: the CVE-2026-5747 lesson)."""
+    is enabled or the driver is running: the CVE-2026-5747 lesson; with VIRTIO_F_RING_RESET a
+    queue the driver reset may be set up again while the device runs, 2.6.1)."""
     q = _selected(t)
     if q is None:
         trace.guest_error(f"{t.name}: {what} write for queue {t.queue_sel} which does not exist")
         return None
-    if q.enabled or t.vdev.status & DRIVER_OK:
+    running = t.vdev.status & DRIVER_OK and not t.vdev.has_feature(VIRTIO_F_RING_RESET)
+    if q.enabled or running:
         trace.guest_error(f"{t.name}: {what} write to queue {q.index} after enable ignored")
         return None
     return q
@@ -137,6 +139,17 @@ def _w_queue_enable(t, v: int) -> None:
     q = _queue_writable(t, "queue_enable")
     if q is not None:
         t.vdev.enable_queue(q)
+
+
+def _w_queue_reset(t, v: int) -> None:
+    """1 resets the selected queue (4.1.4.3); it reads 0 again once done, i.e. at once. As QEMU
+    7.2, the write works whether or not VIRTIO_F_RING_RESET was negotiated."""
+    q = _selected(t)
+    if v != 1 or q is None:
+        trace.guest_error(f"{t.name}: queue_reset={v} for queue {t.queue_sel} ignored")
+        return
+    t.vdev.reset_queue(q)
+    t.queue_vectors[q.index] = VIRTIO_MSI_NO_VECTOR
 
 
 def _r_notify_off(t) -> int:
@@ -205,6 +218,8 @@ COMMON_CFG = [
     Reg(0x2C, 4, "queue_driver_hi", *_addr_half("avail_addr", True)),
     Reg(0x30, 4, "queue_device_lo", *_addr_half("used_addr", False)),
     Reg(0x34, 4, "queue_device_hi", *_addr_half("used_addr", True)),
+    Reg(0x38, 2, "queue_notify_data", lambda t: 0, None),    # VIRTIO_F_NOTIFICATION_DATA is not offered
+    Reg(0x3A, 2, "queue_reset", lambda t: 0, _w_queue_reset),
 ]
 
 
