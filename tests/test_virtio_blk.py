@@ -9,6 +9,7 @@ import pytest
 from virtio_driver import (F_EVENT_IDX, F_INDIRECT, F_VERSION_1, S_IOERR, S_OK, S_UNSUPP, T_DISCARD,
                            T_FLUSH, T_GET_ID, T_IN, T_OUT, T_WRITE_ZEROES, benches, pattern)
 from machine.virtio import blk as B
+from machine.virtio.blk_request import IoError, RequestError, SegmentTooShort, Unsupported
 
 SECT = 512
 
@@ -322,6 +323,46 @@ def test_short_discard_payload_sets_needs_reset(make):
     b.blk.submit(T_DISCARD, 0, out=b"\0" * 8)
     b.drv.kick(0)
     assert b.needs_reset and b.vqs[0].get_used() == []
+    assert type(b.vdev.error) is SegmentTooShort
+
+
+def test_strict_short_discard_payload_without_the_feature_is_unsupp_not_a_ring_error(make):
+    # Strict: without the feature the type does not exist, what follows its header does not matter.
+    b = make(props={"strict": "on"})
+    b.start(features=b.drv.device_features() & ~(1 << B.VIRTIO_BLK_F_DISCARD))
+    assert b.run(T_DISCARD, 0, out=b"\0" * 8)[1] == S_UNSUPP and not b.needs_reset
+
+
+def test_short_discard_payload_without_the_feature_is_a_ring_error_as_on_qemu(make):
+    # Tolerant: the unnegotiated request is carried out as QEMU does, so its segment must be whole.
+    b = make()
+    b.start(features=b.drv.device_features() & ~(1 << B.VIRTIO_BLK_F_DISCARD))
+    b.blk.submit(T_DISCARD, 0, out=b"\0" * 8)
+    b.drv.kick(0)
+    assert b.needs_reset and type(b.vdev.error) is SegmentTooShort
+
+
+def test_a_request_is_parsed_once_before_it_runs(make):
+    # The parsed request is a value: a guest rewriting the header in memory afterwards does not
+    # change it, and each request type keeps only the buffers it uses.
+    b = make().start()
+    req = b.blk.submit(T_OUT, 8, out=pattern(1024))
+    chain = b.vdev.peek_chain(0)
+    parsed = b.vdev.parse_request(chain)
+    assert (parsed.type, parsed.sector, parsed.out_len, parsed.nsectors, parsed.in_data) == (T_OUT, 8, 1024, 2, ())
+    b.mem.write(chain.readable[0][0], struct.pack("<IIQ", T_IN, 0, 99))
+    assert (parsed.type, parsed.sector) == (T_OUT, 8)
+    with pytest.raises(AttributeError):
+        parsed.sector = 0
+    b.mem.write(chain.readable[0][0], struct.pack("<IIQ", T_OUT, 0, 8))
+    b.drv.kick(0)
+    assert b.blk.result(req)[1] == S_OK and b.image()[8 * SECT:10 * SECT] == pattern(1024)
+
+
+def test_each_request_error_carries_its_status():
+    assert (Unsupported().status, IoError().status) == (S_UNSUPP, S_IOERR)
+    assert issubclass(Unsupported, RequestError) and issubclass(IoError, RequestError)
+    assert IoError("short read", written=512).written == 512
 
 
 def test_multiqueue_requests_complete_on_their_own_queue(make):

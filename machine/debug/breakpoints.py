@@ -309,9 +309,9 @@ class DeviceBreakpoints:
 
 class RequestResolver:
     """Reads back, at `virtio_blk_req_complete`, which request the device just carried out:
-    (type, sector, sector count) from the chain at the avail position the device last took,
-    using the device's own read-only `peek_chain`. `devices(name)` lists the virtio devices
-    called `name` (the `vdev` of the event)."""
+    (type, sector, sector count) of the chain at the avail position the device last took, as
+    the device's own parser (`parse_request`) reads it, found with its read-only `peek_chain`.
+    `devices(name)` lists the virtio devices called `name` (the `vdev` of the event)."""
 
     def __init__(self, devices: Callable[[str], list]):
         self.devices = devices
@@ -326,30 +326,18 @@ class RequestResolver:
         head = _int(fields.get("req"))
         vname = _device_name(fields.get("vdev", ""))
         for vdev in self.devices(vname):
-            for i, q in enumerate(getattr(vdev, "queues", [])):
-                if not getattr(q, "active", True) or not getattr(q, "size", 0):
+            parse_request = getattr(vdev, "parse_request", None)
+            if parse_request is None:                   # not a block device
+                continue
+            for i, q in enumerate(vdev.queues):
+                if not q.active or not q.size:
                     continue
+                chain = vdev.peek_chain(i, (q.last_avail_idx - 1) & 0xFFFF)
+                if isinstance(chain, Exception) or chain.head != head:
+                    continue                            # malformed, or another queue's request
                 try:
-                    chain = vdev.peek_chain(i, (q.last_avail_idx - 1) & 0xFFFF)
-                except Exception:           # a queue being torn down: nothing to learn
-                    continue
-                if getattr(chain, "head", None) != head or not getattr(chain, "readable", None):
-                    continue
-                header = b""
-                for seg in chain.readable:           # (addr, len[, host offset])
-                    addr, length = seg[0], seg[1]
-                    header += bytes(vdev.mem.read(addr, min(length, 16 - len(header))))
-                    if len(header) >= 16:
-                        break
-                if len(header) < 16:
+                    req = parse_request(chain)
+                except Exception:                       # not a request at all
                     return None
-                rtype = int.from_bytes(header[0:4], "little")
-                sector = int.from_bytes(header[8:16], "little")
-                if rtype == 0:
-                    count = max(0, chain.writable_len - 1) // 512
-                elif rtype == 1:
-                    count = max(0, chain.readable_len - 16) // 512
-                else:
-                    count = 1
-                return rtype, sector, count
+                return req.type, req.sector, req.nsectors
         return None

@@ -76,7 +76,7 @@ class Unplugged:
 
 class VirtioDevice:
     """Base of every virtio device model. Public, read-only for debuggers: `status`,
-    `host_features`, `guest_features`, `queues`, `isr`, `broken`, `config`."""
+    `host_features`, `guest_features`, `queues`, `isr`, `broken` (and `error`, why), `config`."""
 
     def __init__(self, name: str, device_id: int, mem: GuestMemory):
         self.name = name                  # the model, e.g. "virtio-blk"
@@ -91,6 +91,7 @@ class VirtioDevice:
         self.status = 0
         self.isr = 0
         self.broken = False
+        self.error: VirtqueueError | GuestMemoryError | None = None   # what broke it, see virtio_error
         self.config = bytearray()
         self.config_generation = 0
         self.queues: list[SplitQueue] = []
@@ -238,7 +239,7 @@ class VirtioDevice:
                 try:
                     q.activate()
                 except VirtqueueError as e:
-                    self.virtio_error(str(e))
+                    self.virtio_error(e)
                     return
         for q in self.queues:
             if q.pending_kick:
@@ -252,7 +253,7 @@ class VirtioDevice:
             q.activate()
         except VirtqueueError as e:
             q.active = False
-            self.virtio_error(str(e))
+            self.virtio_error(e)
 
     def reset_queue(self, q: SplitQueue) -> None:
         """Per-queue reset (2.6.1): the queue goes back to its default state (disabled, full
@@ -271,6 +272,7 @@ class VirtioDevice:
         self.guest_features = 0
         self._unoffered = 0
         self.broken = False
+        self.error = None
         for q in self.queues:
             q.reset()
         if self.isr:
@@ -281,10 +283,13 @@ class VirtioDevice:
         """Device-specific part of reset (e.g. restore config fields the driver may write)."""
 
     # -- errors -----------------------------------------------------------------------------------
-    def virtio_error(self, msg: str) -> None:
+    def virtio_error(self, error: VirtqueueError | GuestMemoryError) -> None:
         """The guest broke the protocol: the device stops using its queues until reset, sets
         DEVICE_NEEDS_RESET (a VERSION_1 concept) and raises a config change notification if the
-        driver is live (2.1.1). Like QEMU's virtio_error."""
+        driver is live (2.1.1). Like QEMU's virtio_error. `error` stays in `self.error` (its
+        type says which rule was broken) until reset."""
+        msg = str(error)
+        self.error = error
         trace.guest_error(f"{self.label}: {msg}")
         if EV_ERROR.enabled:
             EV_ERROR.emit(vdev=self.label, msg=msg)
@@ -319,7 +324,7 @@ class VirtioDevice:
         try:
             q.handler(q)
         except (VirtqueueError, GuestMemoryError) as e:
-            self.virtio_error(str(e))
+            self.virtio_error(e)
 
     def notify(self, q: SplitQueue) -> None:
         """Used buffer notification for `q`, unless the driver suppressed it."""
