@@ -50,9 +50,9 @@ RTE_MASKED = 0x10000
 RTE_LOW_WRITABLE = RTE_VECTOR | RTE_DELIVERY_MODE | RTE_DEST_LOGICAL | RTE_POLARITY_LOW | RTE_LEVEL | RTE_MASKED
 RTE_DEST_SHIFT = 56
 
-EV_SET_IRQ = trace.Event("ioapic_set_irq", "vector {vector} level {level}")
-EV_EOI = trace.Event("ioapic_eoi_broadcast", "EOI broadcast for vector {vector}")
-EV_DELIVER = trace.Event("ioapic_service", "pin {pin} vector {vector} dest {dest}")
+EV_SET_IRQ = trace.Event("ioapic_set_irq")
+EV_EOI = trace.Event("ioapic_eoi_broadcast")
+EV_DELIVER = trace.Event("ioapic_service")
 
 
 class IoApic:

@@ -32,8 +32,7 @@ MSI_SIZE = 0x100000
 
 DM_FIXED, DM_LOWEST, DM_SMI, DM_NMI, DM_INIT, DM_EXTINT = 0, 1, 2, 4, 5, 7
 
-EV_MSI = trace.Event("msi_deliver", "dest {dest} dest_mode {dest_mode} delivery_mode {delivery_mode} "
-                     "vector {vector} trigger_mode {trigger_mode}")
+EV_MSI = trace.Event("msi_deliver")
 
 
 @dataclass(frozen=True)

@@ -41,8 +41,8 @@ CTRL_ENABLE = 0x8000                  # Message Control bits
 CTRL_FUNCTION_MASK = 0x4000
 VECTOR_MASKED = 1                     # Vector Control bit 0
 
-EV_WRITE_CONFIG = trace.Event("msix_write_config", "dev {dev} enabled {enabled:d} masked {masked:d}")
-EV_NOTIFY = trace.Event("msix_notify", "dev {dev} vector {vector} pending {pending:d}")
+EV_WRITE_CONFIG = trace.Event("msix_write_config")
+EV_NOTIFY = trace.Event("msix_notify")
 
 
 def bar_layout(nvectors: int) -> tuple[int, int]:

@@ -10,7 +10,8 @@ from ..memory import GuestMemory
 from ..pci.msix import MSIX_MAX_VECTORS
 from . import props as P
 from .blk import VirtioBlk
-from .device import VIRTIO_F_RING_RESET, bit
+from .device import bit
+from .spec import VIRTIO_F_RING_RESET
 from .pci import VirtioPciDevice
 
 TRANSPORT_PROPERTIES = ("drive", "id", "bootindex", "addr", "ioeventfd", "disable-legacy", "disable-modern",
