@@ -277,6 +277,8 @@ ERRORS = [
      "Property 'vectors' value -1 is out of range"),
     (["-drive", "file=d.img,if=none,id=d0", "-device", "virtio-blk-pci,drive=d0,strict=maybe"],
      "Property 'strict' doesn't take value 'maybe'"),
+    (["-drive", "file=d.img,if=none,id=d0", "-device", "virtio-blk-pci,drive=d0,packed=maybe"],
+     "Property 'packed' doesn't take value 'maybe'"),
     (["-device", "nosuch"], "-device nosuch: 'nosuch' is not a valid device model name"),
     (["-device", "e1000,netdev=n"], "'e1000' is not a valid device model name"),
     (["-device", "isa-debug-exit,iobase=zz"], "Parameter 'iobase' expects a number"),

@@ -415,6 +415,8 @@ class Monitor:
             raise ValueError("usage: info virtio-queue-status DEV QUEUE")
         path, vdev = self._virtio(args[0])
         q, vq = self._queue(vdev, args[1])
+        if vq.packed:
+            return self._packed_queue_status(path, vdev, q, vq)
         shadow = self._guest_u16(vq.avail_addr + 2) if vq.avail_addr else None
         out = [f"{path}:",
                f"  device_name:          {_virtio_name(vdev)}",
@@ -432,6 +434,33 @@ class Monitor:
                f"    used:         0x{vq.used_addr:016x}"]
         return "\n".join(out) + "\n"
 
+    def _packed_queue_status(self, path, vdev, q, vq) -> str:
+        """A packed ring (2.8): ring slots and wrap counters, and both event-suppression
+        structures (off_wrap, flags) as the guest's memory holds them."""
+        def event(gpa: int) -> str:
+            if not gpa:
+                return "?"
+            off_wrap, flags = self._guest_u16(gpa), self._guest_u16(gpa + 2)
+            name = {0: "ENABLE", 1: "DISABLE", 2: "DESC"}.get(flags, str(flags))
+            return f"{name} off={off_wrap & 0x7FFF} wrap={off_wrap >> 15}"
+        out = [f"{path}:",
+               f"  device_name:          {_virtio_name(vdev)}",
+               f"  queue_index:          {q}",
+               f"  packed:               true",
+               f"  inuse:                {vq.inflight_count}",
+               f"  last_avail_idx:       {vq.last_avail_idx} (wrap counter {int(vq.avail_wrap)})",
+               f"  used_idx:             {vq.used_idx} (wrap counter {int(vq.used_wrap)})",
+               f"  enabled:              {'true' if vq.enabled else 'false'}",
+               f"  driver event:         {event(vq.avail_addr)}",
+               f"  device event:         {event(vq.used_addr)}",
+               "  VRing:",
+               f"    num:          {vq.size}",
+               f"    num_default:  {vq.max_size}",
+               f"    desc:         0x{vq.desc_addr:016x}",
+               f"    driver:       0x{vq.avail_addr:016x}",
+               f"    device:       0x{vq.used_addr:016x}"]
+        return "\n".join(out) + "\n"
+
     def info_virtio_queue_element(self, args) -> str:
         if len(args) < 2:
             raise ValueError("usage: info virtio-queue-element DEV QUEUE [INDEX]")
@@ -440,6 +469,9 @@ class Monitor:
         size, desc, avail, used = vq.size, vq.desc_addr, vq.avail_addr, vq.used_addr
         if not size or not avail:
             return f"{path}:\n  queue {q} is not set up\n"
+        if vq.packed:                 # the device's own walk of the next chain (2.8)
+            chain = vdev.peek_chain(q, int(args[2], 0) if len(args) > 2 else None)
+            return f"{path}:\n  device_name: {_virtio_name(vdev)}\n  packed: {chain}\n"
         last = vq.last_avail_idx
         index = int(args[2], 0) if len(args) > 2 else last
         avail_flags, avail_idx = self._guest_u16(avail), self._guest_u16(avail + 2)

@@ -11,11 +11,11 @@ from ..pci.msix import MSIX_MAX_VECTORS
 from . import props as P
 from .blk import VirtioBlk
 from .device import bit
-from .spec import VIRTIO_F_RING_RESET
+from .spec import VIRTIO_F_RING_PACKED, VIRTIO_F_RING_RESET
 from .pci import VirtioPciDevice
 
 TRANSPORT_PROPERTIES = ("drive", "id", "bootindex", "addr", "ioeventfd", "disable-legacy", "disable-modern",
-                        "strict", "vectors", "queue_reset")
+                        "strict", "vectors", "queue_reset", "packed")
 
 
 def create_virtio_blk_pci(backend: BlockBackend, props: dict[str, str], mem: GuestMemory,
@@ -34,6 +34,7 @@ def create_virtio_blk_pci(backend: BlockBackend, props: dict[str, str], mem: Gue
     strict = P.parse_bool("strict", props.pop("strict", "off"))
     vectors = props.pop("vectors", None)
     queue_reset = P.parse_bool("queue_reset", props.pop("queue_reset", "on"))
+    packed = P.parse_bool("packed", props.pop("packed", "off"))
     dev_id = props.pop("id", None)
     for key in ("drive", "addr"):
         props.pop(key, None)
@@ -42,6 +43,8 @@ def create_virtio_blk_pci(backend: BlockBackend, props: dict[str, str], mem: Gue
     vdev.strict = strict
     if not queue_reset:
         vdev.host_features &= ~bit(VIRTIO_F_RING_RESET)
+    if packed:                            # QEMU's packed=on: offer VIRTIO_F_RING_PACKED (2.8)
+        vdev.host_features |= bit(VIRTIO_F_RING_PACKED)
     vdev.set_id(dev_id)
     # QEMU's default: one vector per queue plus one for config changes; 0 means no MSI-X.
     nvectors = len(vdev.queues) + 1 if vectors is None else P.parse_int("vectors", vectors, 0, MSIX_MAX_VECTORS)

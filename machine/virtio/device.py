@@ -19,7 +19,8 @@ from ..memory import GuestMemory, GuestMemoryError, ones
 from .queue import QUEUE_MAX_SIZE, QueueState, SplitQueue, VirtqueueError, is_power_of_2
 from .spec import (DEVICE_NEEDS_RESET, DRIVER_OK, FAILED, FEATURES_OK, ISR_CONFIG, ISR_QUEUE,
                    VIRTIO_F_BAD_FEATURE, VIRTIO_F_EVENT_IDX, VIRTIO_F_INDIRECT_DESC,
-                   VIRTIO_F_RING_RESET, VIRTIO_F_VERSION_1)
+                   VIRTIO_F_RING_PACKED, VIRTIO_F_RING_RESET, VIRTIO_F_VERSION_1)
+from .packed import PackedQueue
 from .rules import RULES, describe
 
 VIRTIO_QUEUE_MAX = 1024            # queues per device, as QEMU
@@ -226,6 +227,13 @@ class VirtioDevice:
         self._apply_ring_features()
 
     def _apply_ring_features(self) -> None:
+        # The ring layout follows VIRTIO_F_RING_PACKED: swap a queue for one of the other layout,
+        # keeping what the driver already programmed (queues are live only after FEATURES_OK,
+        # when the features no longer change).
+        packed = self.has_feature(VIRTIO_F_RING_PACKED)
+        for i, q in enumerate(self.queues):
+            if isinstance(q, PackedQueue) != packed:
+                self.queues[i] = PackedQueue.like(q) if packed else SplitQueue.like(q)
         for q in self.queues:
             q.event_idx = self.has_feature(VIRTIO_F_EVENT_IDX)
             q.indirect = self.has_feature(VIRTIO_F_INDIRECT_DESC)
@@ -287,6 +295,7 @@ class VirtioDevice:
         self.error = None
         for q in self.queues:
             q.reset()
+        self._apply_ring_features()              # back to split rings
         if self.isr:
             self.isr = 0
             self.transport.interrupt_changed()

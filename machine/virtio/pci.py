@@ -122,7 +122,8 @@ def _w_queue_size(t, v: int) -> None:
     q = _queue_writable(t, "queue_size")
     if q is None:
         return
-    if not is_power_of_2(v) or v > q.max_size:
+    # Split rings are powers of 2 (2.7); packed ones any size up to the maximum (2.8).
+    if not (1 <= v if q.state().packed else is_power_of_2(v)) or v > q.max_size:
         trace.guest_error(f"{t.name}: queue_size {v} for queue {q.index} refused (max {q.max_size})")
         return
     q.size = v

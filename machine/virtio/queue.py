@@ -32,6 +32,15 @@ EV_POP = trace.Event("virtqueue_pop")
 EV_FILL = trace.Event("virtqueue_fill")
 
 
+def trace_pop(vq: int, chain: "Chain") -> None:
+    """virtqueue_pop for either ring layout (callers check EV_POP.enabled first)."""
+    EV_POP.emit(vq=vq, head=chain.head, in_num=len(chain.writable), out_num=len(chain.readable))
+
+
+def trace_fill(vq: int, head: int, length: int, idx: int) -> None:
+    EV_FILL.emit(vq=vq, head=head, len=length, idx=idx)
+
+
 class VirtqueueError(Exception):
     """The guest broke the ring protocol; the message says how (QEMU's wording where it has one).
     Each kind of violation is its own subclass, so callers and tests tell them apart by type."""
@@ -155,6 +164,9 @@ class QueueState:
     pending_kick: bool            # kicked before DRIVER_OK
     signalled_used: int           # used->idx at the last interrupt (EVENT_IDX bookkeeping)
     signalled_valid: bool
+    packed: bool = False          # a packed ring (packed.py): the indices are ring slots, and
+    avail_wrap: bool = True       # these are the device's wrap counters
+    used_wrap: bool = True
 
     @property
     def inflight_count(self) -> int:
@@ -178,6 +190,17 @@ class SplitQueue:
         # A queue on its own refuses, as the spec lets a device do.
         self.violation: Callable[..., bool] = lambda key, **fields: True
         self.reset()
+
+    @classmethod
+    def like(cls, q: "SplitQueue") -> "SplitQueue":
+        """A queue of this layout carrying q's configuration: the layout is only known once the
+        driver's features are, so the device swaps its queues as VIRTIO_F_RING_PACKED comes and
+        goes (packed.py)."""
+        new = cls(q.index, q.max_size, q.handler, q.mem)
+        new.violation = q.violation
+        new.size, new.enabled = q.size, q.enabled
+        new.desc_addr, new.avail_addr, new.used_addr = q.desc_addr, q.avail_addr, q.used_addr
+        return new
 
     def reset(self) -> None:
         self.size = self.max_size
