@@ -207,7 +207,7 @@ class VirtioBlk(VirtioDevice):
     def handle_request(self, chain: Chain) -> int:
         """Carry out one request; returns used.len (bytes written to the guest, status included)."""
         t0 = trace.timestamp_ns() if EV_COMPLETE.enabled else 0       # host time, for the trace
-        req = self.parse_request(chain)
+        req = parse(chain, self.mem.buf, self.has_feature)
         try:
             written = self.execute(req)
             status = VIRTIO_BLK_S_OK
