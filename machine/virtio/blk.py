@@ -199,15 +199,19 @@ class VirtioBlk(VirtioDevice):
         features. Reads guest memory only: debuggers use it on chains the device has not taken.
         A tolerant device carries out DISCARD / WRITE_ZEROES even when they were not negotiated
         (as QEMU does), so it reads their segment as if they were."""
-        if self.strict:
-            return parse(chain, self.mem.buf, self.has_feature)
-        dwz = (VIRTIO_BLK_F_DISCARD, VIRTIO_BLK_F_WRITE_ZEROES)
-        return parse(chain, self.mem.buf, lambda f: f in dwz or self.has_feature(f))
+        return parse(chain, self.mem.buf, self._parsed_as_negotiated)
+
+    def _parsed_as_negotiated(self, feature: int) -> bool:
+        """Which request types parse() treats as existing: the negotiated ones, and a tolerant
+        device's DISCARD / WRITE_ZEROES."""
+        if self.has_feature(feature):
+            return True
+        return not self.strict and feature in (VIRTIO_BLK_F_DISCARD, VIRTIO_BLK_F_WRITE_ZEROES)
 
     def handle_request(self, chain: Chain) -> int:
         """Carry out one request; returns used.len (bytes written to the guest, status included)."""
         t0 = trace.timestamp_ns() if EV_COMPLETE.enabled else 0       # host time, for the trace
-        req = parse(chain, self.mem.buf, self.has_feature)
+        req = parse(chain, self.mem.buf, self._parsed_as_negotiated)
         try:
             written = self.execute(req)
             status = VIRTIO_BLK_S_OK
