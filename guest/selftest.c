@@ -37,6 +37,9 @@ void options_from_cmdline(struct vblk_options *o)
     char irq[8] = "intx";
     cmdline_get("irq", irq, sizeof irq);
     o->msix = !strcmp(irq, "msix");
+    char ring[8] = "split";
+    cmdline_get("ring", ring, sizeof ring);
+    o->packed = !strcmp(ring, "packed");
     o->use_event_idx = cmdline_u32("event_idx", 1) != 0;
     o->use_indirect = cmdline_u32("indirect", 1) != 0;
     o->max_queue_size = (uint16_t)cmdline_u32("queue_size", VQ_MAX_SIZE);

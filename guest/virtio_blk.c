@@ -57,6 +57,8 @@ static uint64_t wanted_features(const struct virtio_blk *b)
         f |= 1ULL << VIRTIO_F_EVENT_IDX;
     if (b->vp.modern)
         f |= 1ULL << VIRTIO_F_VERSION_1;   /* 6.1: a modern driver MUST accept VERSION_1 */
+    if (b->opts.packed)
+        f |= 1ULL << VIRTIO_F_RING_PACKED;
     return f;
 }
 
@@ -105,6 +107,8 @@ int vblk_init(struct virtio_blk *b, char *why, int why_size)
         if (!(vpci_get_status(vp) & VIRTIO_STATUS_FEATURES_OK))
             return fail(b, why, why_size, "device did not keep FEATURES_OK");
     }
+    if (b->opts.packed && !vblk_has(b, VIRTIO_F_RING_PACKED))
+        return fail(b, why, why_size, "ring=packed asked for, but VIRTIO_F_RING_PACKED was not negotiated");
 
     /* Step 7: device-specific set-up: read the configuration (5.2.5), then the queues. */
     b->capacity = vpci_cfg_read64(vp, CFG_CAPACITY);
@@ -152,7 +156,7 @@ int vblk_init(struct virtio_blk *b, char *why, int why_size)
                 return fail(b, why, why_size, "out of memory for virtqueues");
         }
         if (!vq_setup(b->vqs[q], vp, q, size, vblk_has(b, VIRTIO_F_EVENT_IDX),
-                      vblk_has(b, VIRTIO_F_INDIRECT_DESC)))
+                      vblk_has(b, VIRTIO_F_INDIRECT_DESC), vblk_has(b, VIRTIO_F_RING_PACKED)))
             return fail(b, why, why_size, "queue set-up refused");
     }
     b->nvqs = nvqs;

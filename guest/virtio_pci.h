@@ -24,6 +24,7 @@
 #define VIRTIO_F_EVENT_IDX       29
 #define VIRTIO_F_VERSION_1       32
 #define VIRTIO_F_ACCESS_PLATFORM 33
+#define VIRTIO_F_RING_PACKED     34
 
 /* ISR status bits, 4.1.4.5. */
 #define VIRTIO_ISR_QUEUE         1

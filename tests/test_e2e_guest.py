@@ -324,3 +324,31 @@ def test_msix_mode_without_msix_fails_init_on_both(boot, bytecode_env, guest, tm
     why = "# virtio: irq=msix asked for, but the device has no MSI-X capability"
     assert qemu_status == FAILED and ours.exit_status == FAILED, f"{ours}\n--- QEMU ---\n{qemu_out}"
     assert why in ours.serial and why in qemu_out
+
+
+@pytest.mark.skipif(QEMU is None, reason="qemu-system-x86_64 is not installed")
+@pytest.mark.parametrize("props, append", [
+    (",packed=on", "ring=packed"),
+    (",packed=on,num-queues=4", "ring=packed irq=msix expect_queues=4"),
+    (",packed=on,disable-legacy=on", "ring=packed event_idx=0 indirect=0"),   # ENABLE/DISABLE flags
+    (",packed=on,queue-size=16", "ring=packed"),                              # many laps of the ring
+], ids=["packed", "packed-mq-msix", "packed-plain", "packed-small-ring"])
+def test_packed_ring_mode_on_ours_and_on_qemu(boot, bytecode_env, guest, tmp_path, props, append):
+    """The guest's packed-ring mode (ring=packed, the device's packed=on): the same TAP lines,
+    the same negotiated features and a byte-identical image here and on QEMU."""
+    ours, qemu_out, qemu_status, ours_img, qemu_img = run_both(boot, bytecode_env, guest, tmp_path,
+                                                               props, f"expect_serial={SERIAL} {append}")
+    assert qemu_status == PASSED, qemu_out
+    assert ours.exit_status == PASSED, ours
+    assert tap(ours.serial) == tap(qemu_out), f"{ours}\n--- QEMU ---\n{qemu_out}"
+    features = [l for l in qemu_out.replace("\r", "").splitlines() if l.startswith("# transport=")]
+    assert features and features[0] in ours.serial and " accepted=5" in features[0], features
+    assert ours_img.read_bytes() == qemu_img.read_bytes()
+
+
+@pytest.mark.skipif(QEMU is None, reason="qemu-system-x86_64 is not installed")
+def test_packed_ring_mode_without_packed_on_fails_init_on_both(boot, bytecode_env, guest, tmp_path):
+    ours, qemu_out, qemu_status, _, _ = run_both(boot, bytecode_env, guest, tmp_path, "", "ring=packed")
+    why = "VIRTIO_F_RING_PACKED was not negotiated"
+    assert qemu_status == FAILED and ours.exit_status == FAILED, f"{ours}\n--- QEMU ---\n{qemu_out}"
+    assert why in ours.serial and why in qemu_out
