@@ -296,7 +296,7 @@ def test_monitor_shows_vectors_masks_and_pending(make):
     table(b).write(16 + 12, 4, 1)
     b.run(T_IN, 0, in_len=512)
     bus = SimpleNamespace(devices={2 << 3: b.dev})
-    mon = Monitor(None, machine=SimpleNamespace(pci_bus=bus, devices={}))
+    mon = Monitor(None, machine=SimpleNamespace(pci_bus=bus, devices={}, mem=b.mem))
     pci = mon.execute("info pci")
     assert "MSI-X@0x98" in pci
     assert "MSI-X: enabled, 2 vectors: 0:0xfee00000/0x40 1:0xfee00000/0x41/MP" in pci
@@ -304,3 +304,4 @@ def test_monitor_shows_vectors_masks_and_pending(make):
     assert "msix:                    enabled, 2 vectors" in status
     assert "config_vector:           0" in status
     assert "queue 0 vector:          1 (masked, pending)" in status
+    assert "msix_vector:          1" in mon.execute("info virtio-queue-status virtio-blk 0")

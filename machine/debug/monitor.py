@@ -413,10 +413,13 @@ class Monitor:
     def info_virtio_queue_status(self, args) -> str:
         if len(args) < 2:
             raise ValueError("usage: info virtio-queue-status DEV QUEUE")
-        path, vdev = self._virtio(args[0])
+        path, vdev, pci = self._virtio_with_transport(args[0])
         q, vq = self._queue(vdev, args[1])
+        vectors = getattr(pci, "queue_vectors", None)
+        vector = [] if vectors is None or getattr(pci, "msix", None) is None else \
+            [f"  msix_vector:          {'NO_VECTOR' if vectors[q] == 0xFFFF else vectors[q]}"]
         if vq.packed:
-            return self._packed_queue_status(path, vdev, q, vq)
+            return self._packed_queue_status(path, vdev, q, vq, vector)
         shadow = self._guest_u16(vq.avail_addr + 2) if vq.avail_addr else None
         out = [f"{path}:",
                f"  device_name:          {_virtio_name(vdev)}",
@@ -426,6 +429,7 @@ class Monitor:
                f"  last_avail_idx:       {vq.last_avail_idx}",
                f"  shadow_avail_idx:     {shadow if shadow is not None else '?'}",
                f"  enabled:              {'true' if vq.enabled else 'false'}",
+               *vector,
                "  VRing:",
                f"    num:          {vq.size}",
                f"    num_default:  {vq.max_size}",
@@ -434,7 +438,7 @@ class Monitor:
                f"    used:         0x{vq.used_addr:016x}"]
         return "\n".join(out) + "\n"
 
-    def _packed_queue_status(self, path, vdev, q, vq) -> str:
+    def _packed_queue_status(self, path, vdev, q, vq, vector: list[str]) -> str:
         """A packed ring (2.8): ring slots and wrap counters, and both event-suppression
         structures (off_wrap, flags) as the guest's memory holds them."""
         def event(gpa: int) -> str:
@@ -453,6 +457,7 @@ class Monitor:
                f"  enabled:              {'true' if vq.enabled else 'false'}",
                f"  driver event:         {event(vq.avail_addr)}",
                f"  device event:         {event(vq.used_addr)}",
+               *vector,
                "  VRing:",
                f"    num:          {vq.size}",
                f"    num_default:  {vq.max_size}",
