@@ -9,7 +9,7 @@ import os
 import stat
 
 from ..config import ConfigError, DriveConfig
-from .lock import try_lock
+from .lock import READER, SNAPSHOT_READER, WRITER, LockConflict, lock_image
 from .raw import SECTOR, BlockBackend, RawImage
 from .snapshot import SnapshotOverlay
 
@@ -44,9 +44,10 @@ def open_drive(drive: DriveConfig, *, snapshot: bool = False) -> BlockBackend:
         size = st.st_size if stat.S_ISREG(st.st_mode) else os.lseek(fd, 0, os.SEEK_END)
         if size % SECTOR:
             raise ConfigError(f"'{path}': image size {size} is not a multiple of {SECTOR} bytes")
-        if not try_lock(fd, exclusive=not read_only):
-            what = "write" if not read_only else "shared \"write\""
-            raise ConfigError(f"Failed to get {what} lock on '{path}': is another process using the image?")
+        try:
+            lock_image(fd, SNAPSHOT_READER if use_overlay else READER if read_only else WRITER)
+        except LockConflict as e:
+            raise ConfigError(f"{e} on '{path}': is another process using the image?") from None
     except BaseException:
         os.close(fd)
         raise
