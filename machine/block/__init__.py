@@ -9,6 +9,7 @@ import os
 import stat
 
 from ..config import ConfigError, DriveConfig
+from .blkdebug import BlkDebug, RulesError, load_rules
 from .lock import READER, SNAPSHOT_READER, WRITER, LockConflict, lock_image
 from .raw import SECTOR, BlockBackend, RawImage
 from .snapshot import SnapshotOverlay
@@ -51,8 +52,14 @@ def open_drive(drive: DriveConfig, *, snapshot: bool = False) -> BlockBackend:
     except BaseException:
         os.close(fd)
         raise
-    raw = RawImage(fd, size, read_only=read_only, filename=path, cache=drive.cache,
-                   discard_unmap=DISCARD_MODES[drive.discard])
+    raw: BlockBackend = RawImage(fd, size, read_only=read_only, filename=path, cache=drive.cache,
+                                 discard_unmap=DISCARD_MODES[drive.discard])
+    if drive.blkdebug is not None:
+        try:
+            raw = BlkDebug(raw, load_rules(drive.blkdebug))
+        except RulesError as e:
+            raw.close()
+            raise ConfigError(str(e)) from None
     if use_overlay:
         overlay = SnapshotOverlay(raw)
         overlay.read_only = drive.readonly
