@@ -67,3 +67,4 @@ class MachineConfig:
     gdb: str | None = None              # -gdb tcp:HOST:PORT (-s is tcp::1234)
     start_stopped: bool = False         # -S
     monitor: str | None = None          # -monitor stdio
+    warnings: list[str] = field(default_factory=list)   # one line each, printed at start

@@ -141,6 +141,7 @@ class Machine:
         self._outputs: list[BinaryIO] = []   # opened chardev files: close() closes them
         self._backends: list = []            # opened drives: close() releases their images
         self._stdin_fd: int | None = None
+        self.stdin_filter: Callable[[bytes], bytes] | None = None
 
         rom = self._firmware_image()
         rom_base = FOUR_GIB - len(rom)
@@ -468,6 +469,8 @@ class Machine:
         if not data:
             self._stdin_fd = None          # EOF: nothing more can arrive
             return
+        if self.stdin_filter is not None:
+            data = self.stdin_filter(data)     # the console's escape keys (machine/console.py)
         self.uart.feed_input(data)
 
     def _idle_wait(self) -> bool:

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from machine.toolchain import ToolchainError, ensure_built
+from building import built
 
 QEMU = shutil.which("qemu-system-x86_64")
 pytestmark = pytest.mark.skipif(QEMU is None, reason="qemu-system-x86_64 is not installed")
@@ -37,10 +37,7 @@ MMAP_RE = re.compile(r"^mmap 0x([0-9a-f]{16}) 0x([0-9a-f]{16}) type (\d+)$", re.
 
 @pytest.fixture(scope="module")
 def bios() -> Path:
-    try:
-        return ensure_built("firmware", "out/bios.bin")
-    except ToolchainError as e:
-        pytest.skip(str(e))
+    return built("firmware", "out/bios.bin")
 
 
 def qemu_args(tmp_path: Path, *extra: str) -> list[str]:

@@ -11,6 +11,7 @@ read must never trigger a device side effect).
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass, field
 from typing import Callable, Protocol
 
@@ -73,6 +74,7 @@ class DebugTarget(Protocol):
 # Adapter for the real board
 # ----------------------------------------------------------------------------------------------
 
+_watch_warned = False          # the slow-watchpoint warning is printed once per process
 _WATCH_POLL_EVERY = 1024        # instructions between host polls while stepping for watchpoints
 
 
@@ -161,6 +163,13 @@ class MachineTarget:
             self._soft_watch[(addr, length, kind)] = self.read_memory(addr, length)
         except DebugAccessError:
             return False
+        global _watch_warned
+        if not _watch_warned:
+            # Software watchpoints step the guest instruction by instruction: say so once, or a
+            # run that takes seconds instead of milliseconds looks like a hang.
+            _watch_warned = True
+            print("machine: warning: watchpoints single-step the guest; it runs about 100 times "
+                  "slower while one is set", file=sys.stderr)
         return True
 
     def remove_watchpoint(self, addr: int, length: int, kind: str) -> None:
@@ -521,6 +530,7 @@ class Debugger:
                 if stopped:
                     action = self._wait_stopped()
                     if action.kind == "kill":
+                        self.quit_requested = True      # ended by the user, as quit is
                         return self.exit_status
                     if self._dead is not None:
                         # Nothing can run after a fatal fault: the machine ends here.
