@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from machine.block import open_drive                     # noqa: E402
 from machine.config import DriveConfig                   # noqa: E402
 from machine.memory import GuestMemory                   # noqa: E402
-from machine.virtio.pci import create_virtio_blk_pci     # noqa: E402
+from machine.virtio.blk_pci import create_virtio_blk_pci     # noqa: E402
 from virtio_driver import Allocator, ModernPci           # noqa: E402
 
 DISK = 256 << 20

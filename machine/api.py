@@ -30,10 +30,12 @@ from typing import Callable
 
 from . import trace
 from .config import CharDev, MachineConfig
-from .debug.breakpoints import DeviceBreakpoint, DeviceBreakpoints, RequestResolver
+from .debug.breakpoints import DeviceBreakpoint, DeviceBreakpoints
 from .debug.monitor import Monitor
 from .debug.symbols import ElfSymbols as _ElfSymbols, UnknownSymbol
-from .debug.target import MachineTarget, Stop, STOP_DEVICE, STOP_EXITED, STOP_FAULT
+from .debug.machine_target import MachineTarget
+from .debug.target import Stop, STOP_DEVICE, STOP_EXITED, STOP_FAULT
+from .virtio.device import VirtioDeviceState
 
 
 class SessionError(Exception):
@@ -83,6 +85,7 @@ class Session:
     from a MachineConfig."""
 
     def __init__(self, config: MachineConfig, *, echo: bool = False):
+        from .cli import attach_block_log
         from .pc import Machine
         self.config = config
         echo_stdio = echo and config.serial.kind == "stdio"
@@ -90,6 +93,7 @@ class Session:
             # The session owns the console: the text is captured (and echoed only if asked).
             config.serial = CharDev("null")
         self.machine = Machine(config)
+        attach_block_log(self.machine)
         self.target = MachineTarget(self.machine)
         self.symbols = ElfSymbols.from_file(config.kernel) if config.kernel else ElfSymbols(_EMPTY_ELF)
         self._serial_wait: bytes | None = None
@@ -100,8 +104,9 @@ class Session:
             forward = uart.output if uart.output is not None else (sys.stdout.buffer if echo_stdio else None)
             self._tap = _SerialTap(forward, self._serial_written)
             uart.output = self._tap
-        self.breakpoints = DeviceBreakpoints(self._device_hit, RequestResolver(self._virtio_named),
-                                             on_change=lambda n: self.target.set_precise_stops(n > 0))
+        self.breakpoints = DeviceBreakpoints(self._device_hit,
+                                             on_change=lambda n: self.target.set_precise_stops(n > 0),
+                                             completions=True)
         self._monitor = Monitor(self.target, self.machine, self.breakpoints,
                                 on_reset=self.target.reset)
         self.last_stop: Stop | None = None
@@ -315,12 +320,15 @@ class Session:
         """The VirtioDevice itself (status, host_features, guest_features, queues, peek_chain)."""
         return self._monitor._virtio(device)[1]
 
+    def virtio_state(self, device: str = "virtio-blk") -> VirtioDeviceState:
+        """A snapshot of a virtio device and its queues (status, features, broken and why,
+        config, and per queue its addresses and indices): a value that later guest activity
+        does not change."""
+        return self.virtio(device).state()
+
     # -- internals ---------------------------------------------------------------------------------
     def _device_hit(self, bp, message: str) -> None:
         self.target.request_stop("device", message)
-
-    def _virtio_named(self, name: str) -> list:
-        return [v for _, v, _ in self._monitor.virtio_devices() if getattr(v, "name", None) == name]
 
     def _serial_written(self) -> None:
         needle = self._serial_wait

@@ -487,9 +487,7 @@ class _Parser:
         exact = [p for p in self.config.trace if not any(c in p for c in "*?[")]
         if not exact:
             return
-        import machine.pc  # noqa: F401  (defines every device's trace events)
-        import machine.debug.breakpoints  # noqa: F401
-        known = trace.all_events()
+        known = trace.declarations()        # every package's trace-events table
         for name in exact:
             if name not in known:
                 self.config.warnings.append(f"-trace {name}: warning: trace event '{name}' "
@@ -862,9 +860,7 @@ class _Parser:
 
     def opt_trace(self, arg: str) -> None:
         if arg in ("help", "list"):
-            import machine.pc  # noqa: F401  (defines every device's trace events)
-            import machine.debug.breakpoints  # noqa: F401
-            raise CliExit(trace.help_text() + "\n")
+            raise CliExit(trace.help_text() + "\n")        # from the trace-events tables
         opts = self.keys(split_suboptions(arg, "enable"), {"enable", "events"})
         if "enable" in opts:
             if not opts["enable"]:
@@ -1006,6 +1002,14 @@ def _no_ram(config: MachineConfig) -> str:
             "Cannot allocate memory")
 
 
+def attach_block_log(machine) -> None:
+    """-d in_asm/exec/cpu: a costly per-block hook, installed only when asked, so debug/ (and
+    capstone) stays off start-up otherwise."""
+    if trace.any_category_enabled("in_asm", "exec", "cpu"):
+        from machine.debug import cpulog
+        cpulog.attach(machine)
+
+
 def run_machine(config: MachineConfig, stdin_filter=None) -> int:
     """Build the board from `config` and run it (under the debugger when -gdb, -s, -S or
     -monitor stdio ask for one); returns the machine's exit status. `stdin_filter` sees
@@ -1031,10 +1035,11 @@ def run_machine(config: MachineConfig, stdin_filter=None) -> int:
             if err.errno != errno.ENOMEM:
                 raise
             raise ConfigError(_no_ram(config)) from None
+        attach_block_log(machine)
         if stdin_filter is not None:
             machine.stdin_filter = stdin_filter
         if config.gdb or config.start_stopped or config.monitor == "stdio":
-            from machine.debug.target import attach_debugger
+            from machine.debug.session import attach_debugger
             debugger = attach_debugger(machine, config)
             if debugger is not None:
                 status = debugger.run()

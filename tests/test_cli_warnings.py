@@ -54,7 +54,7 @@ def test_main_prints_each_warning_once_on_stderr_and_runs(hello, capsys):
 
 
 def test_the_first_software_watchpoint_warns_once(hello, capsys, monkeypatch):
-    import machine.debug.target as target
+    import machine.debug.machine_target as target
     from machine.api import Session
     monkeypatch.setattr(target, "_watch_warned", False)
     with Session.from_args(["-kernel", str(hello)]) as s:

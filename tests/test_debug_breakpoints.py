@@ -11,10 +11,10 @@ from machine import trace
 from machine.block import open_drive
 from machine.config import DriveConfig
 from machine.debug.breakpoints import DeviceBreakpoints
-from machine.debug.target import Debugger
+from machine.debug.session import Debugger
 from machine.memory import GuestMemory, IoSpace, MemoryMap
 from machine.pci.bus import PciBus
-from machine.virtio.pci import create_virtio_blk_pci
+from machine.virtio.blk_pci import create_virtio_blk_pci
 from test_debug_fakes import FakeTarget
 from virtio_driver import (ACK, DRIVER, FEATURES_OK, Allocator, BlkRequests, ModernPci, T_FLUSH,
                            T_GET_ID, T_IN, T_OUT)

@@ -6,7 +6,8 @@ from __future__ import annotations
 import threading
 
 from machine.debug.gdbstub import GdbStub
-from machine.debug.target import (DebugAccessError, Debugger, Stop, STOP_BREAKPOINT, STOP_DEVICE,
+from machine.debug.session import Debugger
+from machine.debug.target import (DebugAccessError, Stop, STOP_BREAKPOINT, STOP_DEVICE,
                                   STOP_EXITED, STOP_FAULT, STOP_INTERRUPT, STOP_LIMIT, STOP_STEP,
                                   STOP_WATCHPOINT)
 

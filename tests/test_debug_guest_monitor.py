@@ -32,7 +32,8 @@ class Console:
 
     def __init__(self, args: list[str]):
         from machine.debug.monitor import MonitorConsole
-        from machine.debug.target import Debugger, MachineTarget
+        from machine.debug.machine_target import MachineTarget
+        from machine.debug.session import Debugger
         from machine.pc import Machine
         self.machine = Machine(parse_args(args))
         self.in_r, self.in_w = os.pipe()

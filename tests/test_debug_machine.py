@@ -15,7 +15,7 @@ import pytest
 from machine.cli import parse_args
 from machine.config import ConfigError
 from machine.debug.monitor import MonitorConsole
-from machine.debug.target import Debugger, attach_debugger
+from machine.debug.session import Debugger, attach_debugger
 
 gdb_missing = pytest.mark.skipif(shutil.which("gdb") is None, reason="gdb is not installed")
 
@@ -168,7 +168,7 @@ def test_monitor_console_on_a_pipe(hello):
     rfd, wfd = os.pipe()
     out_r, out_w = os.pipe()
     try:
-        from machine.debug.target import MachineTarget
+        from machine.debug.machine_target import MachineTarget
         with os.fdopen(out_w, "w") as out:
             console = MonitorConsole(rfd, out)
             dbg = Debugger(MachineTarget(machine), machine, console=console, start_stopped=True)

@@ -14,7 +14,7 @@ from machine.block.raw import BlockBackend
 from virtio_driver import (Allocator, BlkRequests, ModernPci, S_IOERR, S_OK, T_FLUSH, T_IN, T_OUT)
 from machine.memory import GuestMemory
 from machine.virtio import blk as B
-from machine.virtio.pci import create_virtio_blk_pci
+from machine.virtio.blk_pci import create_virtio_blk_pci
 
 NSECT = 8
 

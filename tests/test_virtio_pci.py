@@ -9,7 +9,7 @@ from machine.block import open_drive
 from machine.config import ConfigError, DriveConfig
 from machine.memory import GuestMemory, IoSpace, MemoryMap
 from machine.pci.bus import PciBus
-from machine.virtio.pci import create_virtio_blk_pci
+from machine.virtio.blk_pci import create_virtio_blk_pci
 
 
 @pytest.fixture

@@ -382,7 +382,7 @@ class Bench:
                  legacy: bool = False, ram: int = 4 << 20, **drive_kw):
         from machine.block import open_drive
         from machine.config import DriveConfig
-        from machine.virtio.pci import create_virtio_blk_pci
+        from machine.virtio.blk_pci import create_virtio_blk_pci
         self.path = tmp_path / f"disk{id(self)}.img"
         self.path.write_bytes(pattern(disk_size))
         self.backend = open_drive(DriveConfig(file=self.path, **drive_kw))

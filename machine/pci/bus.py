@@ -11,14 +11,18 @@ from __future__ import annotations
 
 from typing import Callable
 
+from .. import trace
 from ..irq import IrqLine
 from ..memory import IoSpace, MemoryMap, ones
-from .device import EV_CFG_READ, EV_CFG_WRITE, PciDevice
+from .device import PciDevice
 
 IntxRouter = Callable[[int, int, bool], None]       # route(devfn, pin 1..4, level)
 
 NUM_SLOTS = 32
 NUM_FUNCTIONS = 8
+
+EV_CFG_READ = trace.Event("pci_cfg_read")
+EV_CFG_WRITE = trace.Event("pci_cfg_write")
 
 
 class PciBus:

@@ -15,14 +15,17 @@ bits change, the device (un)maps its BARs in the bus's IoSpace / MemoryMap.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from .. import trace
 from ..irq import IrqLine
 from ..memory import IoSpace, MemoryMap, ones
 
-if TYPE_CHECKING:
-    from .bus import PciBus
+
+class Bus(Protocol):
+    """What a plugged function asks of its bus (pci/bus.py's PciBus, which imports this module)."""
+    def claims_port_range(self, base: int, size: int) -> bool: ...
+
 
 CONFIG_SIZE = 256
 
@@ -85,11 +88,9 @@ IO_SPACE_END = 0x10000
 # x86-64 defines at most 52 physical address bits; a BAR placed above that cannot be reached.
 PHYS_ADDR_LIMIT = 1 << 52
 
-EV_CFG_READ = trace.Event("pci_cfg_read", "{dev} offset={offset:#04x} size={size} -> {value:#x}")
-EV_CFG_WRITE = trace.Event("pci_cfg_write", "{dev} offset={offset:#04x} size={size} <- {value:#x}")
-EV_MAP_ADD = trace.Event("pci_update_mappings_add", "{dev} bar={bar} address={address:#x} size={size:#x}")
-EV_MAP_DEL = trace.Event("pci_update_mappings_del", "{dev} bar={bar} address={address:#x} size={size:#x}")
-EV_SET_IRQ = trace.Event("pci_set_irq", "{dev} pin={pin} level={level:d}")
+EV_MAP_ADD = trace.Event("pci_update_mappings_add")
+EV_MAP_DEL = trace.Event("pci_update_mappings_del")
+EV_SET_IRQ = trace.Event("pci_set_irq")
 
 
 @dataclass(eq=False)
@@ -130,7 +131,7 @@ class PciDevice:
         self._last_cap = 0                        # config offset of the last capability, 0 if none
         self._cap_end = CAPS_START                # first free byte for the next capability
         # Where the device lives once plugged (PciBus.plug fills these in).
-        self.bus: PciBus | None = None
+        self.bus: Bus | None = None
         self.devfn: int | None = None
         self.io: IoSpace | None = None
         self.memory_map: MemoryMap | None = None
@@ -381,7 +382,7 @@ class PciDevice:
     # ------------------------------------------------------------------------------------------
     # Plugging and reset
     # ------------------------------------------------------------------------------------------
-    def attach(self, bus: PciBus, devfn: int, io: IoSpace, memory_map: MemoryMap,
+    def attach(self, bus: Bus, devfn: int, io: IoSpace, memory_map: MemoryMap,
                intx: IrqLine | None) -> None:
         """Called by PciBus.plug: from now on BARs decode in these spaces."""
         self.bus = bus

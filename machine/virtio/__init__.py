@@ -1,2 +1,3 @@
-"""virtio: the transport-independent core (device.py, queue.py), the block device (blk.py) and
-the PCI transport (pci.py). `create_virtio_blk_pci` is what the board calls."""
+"""virtio: the transport-independent core (device.py, queue.py), the block device (blk.py), the
+PCI transport (pci.py) and the glue between the two (blk_pci.py: `create_virtio_blk_pci`, what
+the board calls)."""

@@ -15,15 +15,12 @@ from __future__ import annotations
 import struct
 
 from .. import trace
-from ..block import BlockBackend
 from ..config import ConfigError
-from ..memory import GuestMemory
 from ..pci.device import QEMU_SUBSYSTEM_ID, PciDevice
 from ..regs import Reg, RegisterBank
-from . import props as P
-from .blk import VirtioBlk
-from .device import (DRIVER_OK, VIRTIO_F_ANY_LAYOUT, VirtioDevice, bit)
+from .device import VirtioDevice, bit
 from .queue import is_power_of_2
+from .spec import DRIVER_OK, VIRTIO_F_ANY_LAYOUT
 
 VIRTIO_PCI_VENDOR = 0x1AF4
 PCI_CAP_ID_VNDR = 0x09
@@ -46,8 +43,8 @@ NOTIFY_MULT = 4                         # notify_off_multiplier: queue n is kick
 LEGACY_BAR = 0
 LEGACY_HEADER = 20                      # 24 when MSI-X is enabled (two vector registers)
 
-EV_NOTIFY_WRITE = trace.Event("virtio_pci_notify_write", "addr={addr:#x} val={val:#x} size={size}")
-EV_NOTIFY_WRITE_PIO = trace.Event("virtio_pci_notify_write_pio", "addr={addr:#x} val={val:#x} size={size}")
+EV_NOTIFY_WRITE = trace.Event("virtio_pci_notify_write")
+EV_NOTIFY_WRITE_PIO = trace.Event("virtio_pci_notify_write_pio")
 
 _CAP = struct.Struct("<BBBBxxII")       # cap_len, cfg_type, bar, id, padding[2], offset, length
 
@@ -311,8 +308,7 @@ class VirtioPciDevice(PciDevice):
         self.legacy_only_features = bit(VIRTIO_F_ANY_LAYOUT)   # offered on the legacy interface only
         self.dfselect = self.gfselect = self.queue_sel = 0
         self.pci_cfg_cap = 0
-        vdev.interrupt_changed = self._update_irq
-        vdev.dma_allowed = lambda: self.bus_master
+        vdev.plug(self)
 
         if legacy:
             size = 1 << max(2, (LEGACY_HEADER + len(vdev.config) - 1).bit_length())
@@ -335,10 +331,13 @@ class VirtioPciDevice(PciDevice):
             self.set_writable(cap + 12, 4)           # cap.length
             self.set_writable(cap + 16, 4)           # pci_cfg_data
 
-    # -- interrupts ---------------------------------------------------------------------------------
-    def _update_irq(self) -> None:
+    # -- the device's Transport ---------------------------------------------------------------------
+    def interrupt_changed(self) -> None:
         """INTx follows ISR: asserted while any ISR bit is set, dropped by the ISR read."""
         self.set_irq(bool(self.vdev.isr))
+
+    def dma_allowed(self) -> bool:
+        return self.bus_master
 
     # -- notify ----------------------------------------------------------------------------------------
     def notify_write(self, off: int, size: int, value: int) -> None:
@@ -393,25 +392,3 @@ class VirtioPciDevice(PciDevice):
                 d = self.pci_cfg_cap + 16
                 data = int.from_bytes(self.config[d:d + 4], "little")
                 self._modern_ops.write(w[0], w[1], data & ((1 << (8 * w[1])) - 1))
-
-
-TRANSPORT_PROPERTIES = ("drive", "id", "bootindex", "addr", "ioeventfd", "disable-legacy", "disable-modern")
-
-
-def create_virtio_blk_pci(backend: BlockBackend, props: dict[str, str], mem: GuestMemory) -> VirtioPciDevice:
-    """A realized virtio-blk-pci function on `backend`, ready for `bus.plug(dev, slot)`.
-    `props` are the -device properties (strings); `drive`, `id`, `addr` and `bootindex` are the
-    board's business and only accepted here. ConfigError on an unknown property or bad value."""
-    props = dict(props)
-    legacy_opt = P.parse_on_off_auto("disable-legacy", props.pop("disable-legacy", "auto"))
-    modern_opt = P.parse_on_off_auto("disable-modern", props.pop("disable-modern", "off"))
-    if "ioeventfd" in props:
-        P.parse_bool("ioeventfd", props.pop("ioeventfd"))    # requests always complete in the notify
-    if "bootindex" in props:
-        P.parse_int("bootindex", props.pop("bootindex"), -1, 0xFFFF)
-    for key in ("drive", "id", "addr"):
-        props.pop(key, None)
-    vdev = VirtioBlk(backend, mem, props)
-    vdev.realize()
-    # disable-legacy=auto means legacy on: a conventional PCI bus, as QEMU's `pc` machine.
-    return VirtioPciDevice(vdev, legacy=legacy_opt != "on", modern=modern_opt != "on")
