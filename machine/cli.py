@@ -30,6 +30,7 @@ from typing import Callable
 from machine import trace
 from machine.console import EscapeFilter, Terminal, UserQuit
 from machine.config import CharDev, ConfigError, DeviceConfig, DriveConfig, MachineConfig, MiB
+from machine.block.blkdebug import RulesError, load_rules
 
 PROG = "machine"
 VERSION = "0.1.0"
@@ -657,6 +658,8 @@ class _Parser:
         self.drive_count += 1
 
         path = opts.get("file")
+        if path and path.startswith("blkdebug:"):
+            path = self.blkdebug_image(drive, path)
         if not path:
             raise _OptError("file= is required (an empty drive is not supported)")
         st = _check_readable_file(path, block_device_ok=True)
@@ -667,6 +670,21 @@ class _Parser:
         self.config.drives.append(drive)
         self.drive_where.append(f"-drive {arg}")
         self.drive_ids[ident] = drive
+
+    @staticmethod
+    def blkdebug_image(drive: DriveConfig, spec: str) -> str:
+        """file=blkdebug:RULES:IMAGE (QEMU's syntax): the rules are read now, so a bad rules file
+        is a start-up error; returns the image path."""
+        rules, sep, image = spec[len("blkdebug:"):].partition(":")
+        if not sep:
+            raise _OptError("blkdebug requires both config file and image path")
+        if rules:
+            try:
+                load_rules(rules)
+            except RulesError as e:
+                raise _OptError(str(e)) from None
+            drive.blkdebug = Path(rules)
+        return image
 
     def opt_snapshot(self) -> None:
         self.config.snapshot = True
