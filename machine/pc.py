@@ -39,7 +39,7 @@ from dataclasses import dataclass
 from typing import BinaryIO, Callable
 
 from . import acpi, trace
-from .block import open_drive
+from .block import SECTOR as SECTOR_BYTES, open_drive
 from .clock import VirtualClock
 from .config import CharDev, ConfigError, DeviceConfig, MachineConfig
 from .cpu import Cpu, SliceResult
@@ -147,6 +147,7 @@ class Machine:
         self._halted = False                 # HLT executed, waiting for an interrupt
         self._outputs: list[BinaryIO] = []   # opened chardev files: close() closes them
         self._backends: list = []            # opened drives: close() releases their images
+        self.drives: dict[str, tuple] = {}   # drive id -> (backend, the virtio device using it)
         self._stdin_fd: int | None = None
         self.stdin_filter: Callable[[bytes], bytes] | None = None
 
@@ -280,9 +281,28 @@ class Machine:
             backend = open_drive(drive, snapshot=self.config.snapshot)
             self._backends.append(backend)
             dev = create_virtio_blk_pci(backend, props, self.mem)
+            self.drives[drive.id] = (backend, dev.vdev)
             bus.plug(dev, slot)
             self.devices[f"virtio-blk{n}"] = dev
             slot += 1
+
+    def block_resize(self, drive_id: str, size: int) -> None:
+        """QEMU's block_resize: make drive `drive_id` `size` bytes and tell its device (a new
+        capacity, a config generation and a config-change interrupt). ValueError saying why
+        not, in QEMU's words where it has them."""
+        entry = self.drives.get(drive_id)
+        if entry is None:
+            raise ValueError(f"Device '{drive_id}' not found")
+        if size <= 0 or size % SECTOR_BYTES:
+            raise ValueError(f"the new size must be a positive multiple of {SECTOR_BYTES} bytes")
+        backend, vdev = entry
+        if size % vdev.lbs:
+            raise ValueError(f"the new size must be a multiple of the logical block size {vdev.lbs}")
+        try:
+            backend.resize(size)
+        except OSError as e:
+            raise ValueError(f"Cannot resize '{drive_id}': {e.strerror or e}") from None
+        vdev.update_capacity()
 
     def _virtio_drives(self) -> list[tuple[object, dict]]:
         """(drive, device properties) per virtio-blk: each -device names its drive; every

@@ -249,5 +249,8 @@ class BlkDebug(BlockBackend):
     def refresh_size(self) -> int:
         return self.inner.refresh_size()
 
+    def resize(self, size: int) -> None:
+        self.inner.resize(size)
+
     def close(self) -> None:
         self.inner.close()
