@@ -30,6 +30,7 @@ from typing import Callable
 from machine import trace
 from machine.console import EscapeFilter, Terminal, UserQuit
 from machine.config import CharDev, ConfigError, DeviceConfig, DriveConfig, MachineConfig, MiB
+from machine.block.blkdebug import RulesError, load_rules
 
 PROG = "machine"
 VERSION = "0.1.0"
@@ -486,7 +487,7 @@ class _Parser:
         exact = [p for p in self.config.trace if not any(c in p for c in "*?[")]
         if not exact:
             return
-        known = trace.declarations()          # the packages' trace-events tables
+        known = trace.declarations()        # every package's trace-events table
         for name in exact:
             if name not in known:
                 self.config.warnings.append(f"-trace {name}: warning: trace event '{name}' "
@@ -657,6 +658,8 @@ class _Parser:
         self.drive_count += 1
 
         path = opts.get("file")
+        if path and path.startswith("blkdebug:"):
+            path = self.blkdebug_image(drive, path)
         if not path:
             raise _OptError("file= is required (an empty drive is not supported)")
         st = _check_readable_file(path, block_device_ok=True)
@@ -667,6 +670,21 @@ class _Parser:
         self.config.drives.append(drive)
         self.drive_where.append(f"-drive {arg}")
         self.drive_ids[ident] = drive
+
+    @staticmethod
+    def blkdebug_image(drive: DriveConfig, spec: str) -> str:
+        """file=blkdebug:RULES:IMAGE (QEMU's syntax): the rules are read now, so a bad rules file
+        is a start-up error; returns the image path."""
+        rules, sep, image = spec[len("blkdebug:"):].partition(":")
+        if not sep:
+            raise _OptError("blkdebug requires both config file and image path")
+        if rules:
+            try:
+                load_rules(rules)
+            except RulesError as e:
+                raise _OptError(str(e)) from None
+            drive.blkdebug = Path(rules)
+        return image
 
     def opt_snapshot(self) -> None:
         self.config.snapshot = True
@@ -965,14 +983,6 @@ def _error(message: str) -> int:
     return 1
 
 
-def attach_block_log(machine) -> None:
-    """-d in_asm/exec/cpu: a costly per-block hook, installed only when asked, so debug/ (and
-    capstone) stays off start-up otherwise."""
-    if trace.any_category_enabled("in_asm", "exec", "cpu"):
-        from machine.debug import cpulog
-        cpulog.attach(machine)
-
-
 class Terminated(BaseException):
     """SIGTERM or SIGHUP arrived. A BaseException, like KeyboardInterrupt for SIGINT, so that
     no `except Exception` on the way swallows it and every `finally` (the temporary image, the
@@ -992,6 +1002,14 @@ def _no_ram(config: MachineConfig) -> str:
     option asked for it, with QEMU's words."""
     return (f"-m {config.ram_size // MiB}M: cannot set up guest memory 'pc.ram': "
             "Cannot allocate memory")
+
+
+def attach_block_log(machine) -> None:
+    """-d in_asm/exec/cpu: a costly per-block hook, installed only when asked, so debug/ (and
+    capstone) stays off start-up otherwise."""
+    if trace.any_category_enabled("in_asm", "exec", "cpu"):
+        from machine.debug import cpulog
+        cpulog.attach(machine)
 
 
 def run_machine(config: MachineConfig, stdin_filter=None) -> int:
@@ -1019,9 +1037,9 @@ def run_machine(config: MachineConfig, stdin_filter=None) -> int:
             if err.errno != errno.ENOMEM:
                 raise
             raise ConfigError(_no_ram(config)) from None
+        attach_block_log(machine)
         if stdin_filter is not None:
             machine.stdin_filter = stdin_filter
-        attach_block_log(machine)
         if config.gdb or config.start_stopped or config.monitor == "stdio":
             from machine.debug.session import attach_debugger
             debugger = attach_debugger(machine, config)

@@ -34,6 +34,7 @@ class DriveConfig:
     cache: str = "writeback"          # writeback | writethrough | none | directsync | unsafe
     discard: str = "ignore"           # ignore | unmap
     snapshot: bool = False
+    blkdebug: Path | None = None      # file=blkdebug:RULES:IMAGE: fault-injection rules
 
 
 @dataclass

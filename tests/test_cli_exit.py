@@ -66,9 +66,9 @@ def test_monitor_quit_exits_0_on_the_bundled_run(tmp_path, guest):
 
 
 def test_gdb_kill_exits_0_on_the_bundled_run(guest, monkeypatch, capsys):
-    import machine.debug.session as target
+    import machine.debug.session as session
     from machine import cli
-    real_attach = target.attach_debugger
+    real_attach = session.attach_debugger
     replies = []
 
     def attach(machine, config):
@@ -83,6 +83,6 @@ def test_gdb_kill_exits_0_on_the_bundled_run(guest, monkeypatch, capsys):
                 time.sleep(0.2)
         threading.Thread(target=gdb_client, daemon=True).start()
         return debugger
-    monkeypatch.setattr(target, "attach_debugger", attach)
+    monkeypatch.setattr(session, "attach_debugger", attach)
     assert cli.main(["-S"]) == 0
     assert replies and (b"$S05" in replies[0] or b"$T05" in replies[0]), replies

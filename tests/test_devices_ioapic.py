@@ -163,8 +163,8 @@ def test_isa_irqs_reach_pic_and_ioapic_irq0_on_pin_2(board):
     io = board.ioapic
     program(io, 2, 0x30)
     program(io, 4, 0x34)
-    board.isa_irqs[0].set(True)
-    board.isa_irqs[4].set(True)
+    board.isa_irqs[0].input().set(True)
+    board.isa_irqs[4].input().set(True)
     assert board.lapic.acknowledge() == 0x34
     board.lapic.write(LAPIC_EOI, 4, 0)
     assert board.lapic.acknowledge() == 0x30
@@ -181,3 +181,55 @@ def test_pci_intx_through_pirq_reaches_the_ioapic_pin(board):
     piix3.route_intx(3 << 3, 1, False)
     board.lapic.write(LAPIC_EOI, 4, 0)
     assert not rd(io, 0x10 + 22) & 0x4000 and not board.lapic.pending()
+
+
+PIT_THROUGH_IOAPIC_ROM = """
+reset:
+    xor %ax, %ax
+    mov %ax, %ds
+    movw $handler, 0x30 * 4          # IVT entry of vector 0x30: F000:handler
+    movw $0xf000, 0x30 * 4 + 2
+    mov %ax, %ss
+    mov $0x7000, %sp
+    mov $0x34, %al                   # PIT channel 0, mode 2, lobyte/hibyte
+    out %al, $0x43
+    mov $0x00, %al
+    out %al, $0x40
+    mov $0x10, %al                   # 4096 ticks: about 3.4 ms
+    out %al, $0x40
+    sti
+idle:
+    hlt
+    jmp idle
+handler:
+    mov $0x30, %al
+    out %al, $0xf4                   # isa-debug-exit: (0x30 << 1) | 1
+"""
+
+
+def test_pit_interrupt_reaches_the_cpu_through_ioapic_and_lapic(tmp_path):
+    from asm import rom_machine
+    m = rom_machine(tmp_path, PIT_THROUGH_IOAPIC_ROM)
+    try:
+        m.lapic.write(LAPIC_SVR, 4, 0x1FF)
+        m.lapic.write(0x350, 4, 0x10700)             # LINT0 masked: the 8259s do not reach the CPU
+        m.memory_map.write(IoApic.BASE + SEL, 4, 0x10 + 2 * 2)
+        m.memory_map.write(IoApic.BASE + WIN, 4, 0x30)   # pin 2 (IRQ0), edge, vector 0x30
+        assert m.run(max_instructions=5_000_000) == (0x30 << 1) | 1
+    finally:
+        m.close()
+
+
+def test_isa_irq_is_a_wired_or_of_its_sources(board):
+    """The SCI and a PIRQ steered to the same IRQ 9: one going low keeps the line up."""
+    io = board.ioapic
+    piix3 = board.devices["piix3"]
+    pm = board.devices["acpi-pm"]
+    piix3.config_write(0x60, 1, 9)                              # PIRQA -> IRQ 9
+    piix3.route_intx(1 << 3, 1, True)                          # slot 1 INTA -> PIRQA
+    pm.sts = 0x100
+    pm.write(2, 2, 0x100)                                      # SCI up too
+    piix3.route_intx(1 << 3, 1, False)
+    assert io.lines & (1 << 9) and board.pic.slave.lines & 2
+    pm.write(0, 2, 0x100)                                      # the SCI's status cleared
+    assert not io.lines & (1 << 9) and not board.pic.slave.lines & 2

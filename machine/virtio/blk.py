@@ -133,9 +133,10 @@ class VirtioBlk(VirtioDevice):
             self.add_queue(qsize, self.handle_queue)
 
     def update_capacity(self) -> bool:
-        """The image may have been resized on the host (QEMU's block_resize): take the new size,
-        bump the config generation and tell a live driver. Requests are checked against the
-        new capacity from now on. Returns True if it changed."""
+        """The image may have been resized (QEMU's block_resize, or on the host behind our back:
+        checked at every FLUSH and after every failed read or write): take the new size, bump
+        the config generation and tell a live driver. Requests are checked against the new
+        capacity from now on. Returns True if it changed."""
         capacity = self.backend.refresh_size() // SECTOR
         if capacity == self.capacity:
             return False
@@ -277,6 +278,7 @@ class VirtioBlk(VirtioDevice):
             got = self.backend.readv(sector * SECTOR, [mv[h:h + n] for _a, n, h in segs])
         except OSError as e:
             trace.guest_error(f"{self.label}: read error: {e}")
+            self.update_capacity()             # a host truncation shows up as a failed request
             raise IoError("read error") from None
         notify = self.mem.notify_write         # tell the CPU which guest bytes changed
         if got == nbytes:
@@ -289,6 +291,7 @@ class VirtioBlk(VirtioDevice):
                 break
             notify(a, min(n, left))
             left -= n
+        self.update_capacity()
         raise IoError("short read", written=got)
 
     def _write(self, req: BlkRequest) -> None:
@@ -306,6 +309,7 @@ class VirtioBlk(VirtioDevice):
             done = self.backend.writev(sector * SECTOR, [mv[h:h + n] for _a, n, h in segs])
         except OSError as e:
             trace.guest_error(f"{self.label}: write error: {e}")
+            self.update_capacity()
             raise IoError("write error") from None
         if done != nbytes:
             raise IoError("short write")
@@ -314,6 +318,7 @@ class VirtioBlk(VirtioDevice):
     def _flush(self) -> None:
         """FLUSH reaches stable storage before completing OK. The sector field is ignored (as
         QEMU). Served even if FLUSH was not negotiated: it is always safe to flush."""
+        self.update_capacity()                 # the host may have grown or shrunk the image
         if self.flush_failed:
             raise IoError("an earlier flush failed")
         if self.backend.cache == "unsafe":
