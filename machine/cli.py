@@ -252,8 +252,9 @@ _opt("kernel", "FILE", "Multiboot v1 ELF32 kernel to boot (default: the bundled 
      "opt_kernel")
 _opt("append", "CMDLINE", "the kernel command line (the guest sees 'FILE CMDLINE')", "opt_append")
 _opt("drive", "file=IMG[,format=raw][,if=virtio|none][,id=ID][,readonly=on|off]"
-     "[,cache=writeback|writethrough|none|directsync|unsafe][,discard=unmap|ignore][,snapshot=on|off]",
-     "a raw disk image; if=virtio adds a virtio-blk-pci for it", "opt_drive")
+     "[,cache=writeback|writethrough|none|directsync|unsafe][,discard=unmap|ignore][,snapshot=on|off]"
+     "[,werror=report|ignore|stop|enospc][,rerror=report|ignore|stop]",
+     "a raw disk image (file=blkdebug:RULES:IMG injects errors); if=virtio adds a virtio-blk-pci for it", "opt_drive")
 _opt("device", "DRIVER[,prop=value...]",
      "add a device: virtio-blk-pci,drive=ID[,...], isa-debug-exit[,iobase=0xf4,iosize=0x04], "
      "isa-debugcon,iobase=0x402,chardev=ID ('-device help' lists them)", "opt_device")
@@ -611,7 +612,7 @@ class _Parser:
     def opt_drive(self, arg: str) -> None:
         opts = self.keys(split_suboptions(arg, "file"),
                          {"file", "format", "if", "id", "readonly", "read-only", "cache",
-                          "discard", "snapshot", "media"})
+                          "discard", "snapshot", "media", "werror", "rerror"})
         drive = DriveConfig()
         fmt = opts.get("format", "raw")
         if "format" not in opts:
@@ -645,6 +646,13 @@ class _Parser:
         drive.discard = _DISCARD[discard]
         if "snapshot" in opts:
             drive.snapshot = _parse_bool("snapshot", opts["snapshot"])
+        werror = opts.get("werror", "enospc")
+        if werror not in ("report", "ignore", "stop", "enospc"):
+            raise _OptError(f"'{werror}' invalid write error action")
+        rerror = opts.get("rerror", "report")
+        if rerror not in ("report", "ignore", "stop"):
+            raise _OptError(f"'{rerror}' invalid read error action")
+        drive.werror, drive.rerror = werror, rerror
 
         ident = opts.get("id")
         if ident is not None:
@@ -983,6 +991,11 @@ def _error(message: str) -> int:
     return 1
 
 
+class PausedForGood(Exception):
+    """The machine paused (an I/O error policy) with nothing that could continue it: exit 1
+    with the reason, whatever the bundled self-test's status mapping would say."""
+
+
 class Terminated(BaseException):
     """SIGTERM or SIGHUP arrived. A BaseException, like KeyboardInterrupt for SIGINT, so that
     no `except Exception` on the way swallows it and every `finally` (the temporary image, the
@@ -1048,7 +1061,13 @@ def run_machine(config: MachineConfig, stdin_filter=None) -> int:
                 if debugger.quit_requested:
                     raise UserQuit(status)
                 return status
-        return machine.run()
+        status = machine.run()
+        if getattr(machine, "paused_reason", None) is not None:
+            # QEMU would sit paused forever; with no monitor or debugger nothing could continue.
+            raise PausedForGood("the guest paused on an I/O error (rerror/werror=stop) and there "
+                                "is no monitor to continue it (use -monitor stdio, or gdb's "
+                                "`monitor cont`)")
+        return status
     finally:
         if machine is not None and hasattr(machine, "close"):
             machine.close()
@@ -1089,7 +1108,7 @@ def main(argv: list[str] | None = None) -> int:
         if err.details:                    # the compiler's own words, as make printed them
             print(err.details, file=sys.stderr)
         return status
-    except ConfigError as err:
+    except (ConfigError, PausedForGood) as err:
         return _error(str(err))
     except ModuleNotFoundError as err:
         if err.name not in REQUIRED_MODULES:

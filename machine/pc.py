@@ -83,6 +83,9 @@ ACPI_MEM64_SIZE = 32 << 30
 FIRST_VIRTIO_SLOT = 2             # 00:00.0 is the i440FX, 00:01.0 the PIIX3
 
 
+IO_ERROR = "io-error"       # the stop message (and QEMU's run state) of an rerror/werror=stop pause
+
+
 @dataclass
 class StopReason:
     """Why run() returned."""
@@ -166,6 +169,8 @@ class Machine:
         self._outputs: list[BinaryIO] = []   # opened chardev files: close() closes them
         self._backends: list = []            # opened drives: close() releases their images
         self.drives: dict[str, tuple] = {}   # drive id -> (backend, the virtio device using it)
+        self._parking_devices: list = []    # devices whose failed requests may wait (rerror/werror=stop)
+        self.paused_reason: str | None = None   # why run() last ended paused ('io-error'), for `info status`
         self._stdin_fd: int | None = None
         self.stdin_filter: Callable[[bytes], bytes] | None = None
 
@@ -307,6 +312,8 @@ class Machine:
             self._backends.append(backend)
             dev = create_virtio_blk_pci(backend, props, self.mem, msi_send=self.msi.send)
             self.drives[drive.id] = (backend, dev.vdev)
+            dev.vdev.on_io_error = self._io_error
+            self._parking_devices.append(dev.vdev)
             bus.plug(dev, *where)
             self.devices[f"virtio-blk{n}"] = dev
 
@@ -580,8 +587,22 @@ class Machine:
     # -------------------------------------------------------------------------------------
     # the run loop
     # -------------------------------------------------------------------------------------
+    def _io_error(self) -> None:
+        """A device's rerror/werror=stop policy parked a failed request: pause the machine, as
+        QEMU stops the VM (`info status`: paused (io-error))."""
+        self.request_stop(IO_ERROR)
+
+    def _resume(self) -> None:
+        """The machine runs again: requests parked by an I/O error are retried first."""
+        self.paused_reason = None
+        for vdev in self._parking_devices:
+            if vdev.parked:
+                vdev.restart_parked()
+
     def _finish(self, reason: StopReason) -> int:
         self.stop_reason = reason
+        if reason.kind == STOP_INTERRUPT and reason.message == IO_ERROR:
+            self.paused_reason = IO_ERROR
         self._flush_console()              # a last partial line comes before the report
         if reason.kind == STOP_FAULT and reason.message:
             sys.stderr.write(reason.message.rstrip("\n") + "\n")
@@ -606,6 +627,7 @@ class Machine:
         cpu, clock = self.cpu, self.clock
         budget = max_instructions
         self.stop_reason = None
+        self._resume()
         while True:
             if self._poll_hooks or self._stdin_fd is not None:
                 self._poll_host()

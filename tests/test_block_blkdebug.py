@@ -236,3 +236,19 @@ def test_the_guest_sees_the_same_failures_as_on_qemu(guest, tmp_path, name):
     assert o[0] == q[0] == 3
     assert o[1] == q[1]
     assert o[2] == q[2]
+
+
+def test_rules_over_a_snapshot_overlay(tmp_path):
+    """blkdebug sits on top of -snapshot's overlay (it once wrapped the image underneath,
+    which the overlay reads through a file descriptor blkdebug does not have)."""
+    img = tmp_path / "d.img"
+    img.write_bytes(bytes(4096))
+    rules = tmp_path / "r.conf"
+    rules.write_text('[inject-error]\nevent = "write_aio"\nonce = "on"\n')
+    be = open_drive(DriveConfig(file=img, blkdebug=rules, snapshot=True))
+    assert fails(be.writev, 0, [memoryview(b"x" * 512)]) == errno.EIO
+    assert be.writev(0, [memoryview(b"y" * 512)]) == 512
+    buf = bytearray(512)
+    assert be.readv(0, [memoryview(buf)]) == 512 and buf == b"y" * 512
+    be.close()
+    assert img.read_bytes() == bytes(4096)

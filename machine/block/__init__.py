@@ -52,16 +52,16 @@ def open_drive(drive: DriveConfig, *, snapshot: bool = False) -> BlockBackend:
     except BaseException:
         os.close(fd)
         raise
-    raw: BlockBackend = RawImage(fd, size, read_only=read_only, filename=path, cache=drive.cache,
-                                 discard_unmap=DISCARD_MODES[drive.discard])
-    if drive.blkdebug is not None:
-        try:
-            raw = BlkDebug(raw, load_rules(drive.blkdebug))
-        except RulesError as e:
-            raw.close()
-            raise ConfigError(str(e)) from None
+    backend: BlockBackend = RawImage(fd, size, read_only=read_only, filename=path,
+                                     cache=drive.cache, discard_unmap=DISCARD_MODES[drive.discard])
     if use_overlay:
-        overlay = SnapshotOverlay(raw)
-        overlay.read_only = drive.readonly
-        return overlay
-    return raw
+        backend = SnapshotOverlay(backend)
+        backend.read_only = drive.readonly
+    if drive.blkdebug is not None:         # on top: the rules see every request of the guest
+        try:
+            backend = BlkDebug(backend, load_rules(drive.blkdebug))
+        except RulesError as e:
+            backend.close()
+            raise ConfigError(str(e)) from None
+    backend.on_read_error, backend.on_write_error = drive.rerror, drive.werror
+    return backend

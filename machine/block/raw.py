@@ -61,6 +61,8 @@ class BlockBackend:
     read_only: bool = False
     discard_unmap: bool = False      # -drive discard=unmap: DISCARD really deallocates
     cache: str = "writeback"         # writeback | writethrough | none | directsync | unsafe
+    on_read_error: str = "report"    # -drive rerror=: report | ignore | stop
+    on_write_error: str = "enospc"   # -drive werror=: report | ignore | stop | enospc
     filename: str = ""
 
     def readv(self, offset: int, bufs: list[memoryview]) -> int: raise NotImplementedError

@@ -38,6 +38,7 @@ info virtio-status DEV                  -- status, features and queues of a virt
 info virtio-queue-status DEV Q          -- ring addresses and indices of queue Q
 info virtio-queue-element DEV Q [N]     -- decode the descriptor chain of avail entry N (default: next)
 info breakpoints                        -- device breakpoints
+info status                             -- running, paused, or paused (io-error) by a drive's rerror/werror=stop
 x /fmt addr                             -- virtual memory dump (fmt = /Nfu: count, format x|d|u|o|c|i, size b|h|w|g)
 xp /fmt addr                            -- physical memory dump
 break DEV request [type=T] [sector=A[-B]] -- stop when the device sees a request (T: in|out|flush|get-id|discard|write-zeroes)
@@ -89,8 +90,10 @@ class Monitor:
 
     def __init__(self, target, machine=None, breakpoints: DeviceBreakpoints | None = None,
                  on_quit: Callable[[], None] | None = None, on_reset: Callable[[], None] | None = None,
-                 on_stop: Callable[[], None] | None = None, on_cont: Callable[[], None] | None = None):
+                 on_stop: Callable[[], None] | None = None, on_cont: Callable[[], None] | None = None,
+                 is_running: Callable[[], bool] | None = None):
         self.target = target
+        self.is_running = is_running
         self.machine = machine
         self.breakpoints = breakpoints
         self.on_quit, self.on_reset, self.on_stop, self.on_cont = on_quit, on_reset, on_stop, on_cont
@@ -108,6 +111,7 @@ class Monitor:
             "virtio-queue-status": self.info_virtio_queue_status,
             "virtio-queue-element": self.info_virtio_queue_element,
             "breakpoints": self.info_breakpoints, "break": self.info_breakpoints,
+            "status": self.info_status,
         }
 
     # -- entry point ----------------------------------------------------------------------------
@@ -187,6 +191,13 @@ class Monitor:
         if self.on_cont:
             self.on_cont()
         return ""
+
+    def info_status(self, args) -> str:
+        reason = getattr(self.machine, "paused_reason", None)
+        if reason:
+            return f"VM status: paused ({reason})\n"
+        running = self.is_running() if self.is_running is not None else False
+        return "VM status: running\n" if running else "VM status: paused\n"
 
     # -- registers ------------------------------------------------------------------------------
     def info_registers(self, args) -> str:

@@ -12,7 +12,9 @@ QEMU's virtio_error).
 
 from __future__ import annotations
 
+import errno
 import struct
+from typing import Callable
 
 from .. import trace
 from ..block import BlockBackend
@@ -55,6 +57,8 @@ class VirtioBlk(VirtioDevice):
         self.backend = backend
         self.props = dict(props or {})
         self.flush_failed = False      # a failed fdatasync poisons every later FLUSH (QEMU does too)
+        self.parked: list[tuple[SplitQueue, BlkRequest]] = []   # waiting for the machine to continue
+        self.on_io_error: Callable[[], None] | None = None      # the board pauses the machine
         self._mv = memoryview(mem.buf)
 
     # -- realize -----------------------------------------------------------------------------------
@@ -154,6 +158,7 @@ class VirtioBlk(VirtioDevice):
 
     def device_reset(self) -> None:
         self.config[OFF_WRITEBACK] = self.default_writeback
+        self.parked.clear()            # a reset drops them, as it drops every request in flight
 
     def write_config(self, offset: int, size: int, value: int) -> None:
         """Only `writeback` is writable, and only once CONFIG_WCE is negotiated (5.2.4)."""
@@ -186,7 +191,9 @@ class VirtioBlk(VirtioDevice):
             n = min(q.available(), budget)
             for _ in range(n):
                 chain = take()
-                push(chain.head, handle(chain))
+                written = handle(chain, q)
+                if written is not None:          # None: parked by a stop error policy
+                    push(chain.head, written)
             if n:
                 used = True
                 budget -= n
@@ -209,15 +216,28 @@ class VirtioBlk(VirtioDevice):
             return True
         return not self.strict and feature in (VIRTIO_BLK_F_DISCARD, VIRTIO_BLK_F_WRITE_ZEROES)
 
-    def handle_request(self, chain: Chain) -> int:
-        """Carry out one request; returns used.len (bytes written to the guest, status included)."""
+    def handle_request(self, chain: Chain, q: SplitQueue | None = None) -> int | None:
+        """Carry out one request; returns used.len (bytes written to the guest, status
+        included), or None when a host error parked it (rerror/werror=stop: it completes when
+        the machine continues)."""
+        return self._complete(q, parse(chain, self.mem.buf, self._parsed_as_negotiated))
+
+    def _complete(self, q: SplitQueue | None, req: BlkRequest) -> int | None:
         t0 = trace.timestamp_ns() if EV_COMPLETE.enabled else 0       # host time, for the trace
-        req = parse(chain, self.mem.buf, self._parsed_as_negotiated)
         try:
             written = self.execute(req)
             status = VIRTIO_BLK_S_OK
         except RequestError as e:
             written, status = e.written, e.status
+            if getattr(e, "host_errno", None) is not None:
+                action = self.error_action(e.host_errno, req.type == VIRTIO_BLK_T_IN)
+                if action == "stop" and q is not None:
+                    self.parked.append((q, req))
+                    if self.on_io_error is not None:
+                        self.on_io_error()
+                    return None
+                if action == "ignore":
+                    status = VIRTIO_BLK_S_OK
         self.mem.buf[req.status_host] = status
         self.mem.notify_write(req.status_addr, 1)
         if EV_COMPLETE.enabled:
@@ -225,6 +245,30 @@ class VirtioBlk(VirtioDevice):
                              len=req.data_len, status=status,
                              latency_us=(trace.timestamp_ns() - t0) / 1000 if t0 else 0.0)
         return written + 1
+
+    # -- host errors: QEMU's rerror / werror ---------------------------------------------------------
+    def error_action(self, host_errno: int, is_read: bool) -> str:
+        """What a host I/O error does (-drive rerror= for reads, werror= for everything else):
+        'report' (IOERR to the guest), 'ignore' (OK to the guest), or 'stop' (the machine
+        pauses; the request is retried when it continues). enospc: stop on ENOSPC, else report."""
+        policy = self.backend.on_read_error if is_read else self.backend.on_write_error
+        if policy == "enospc":
+            return "stop" if host_errno == errno.ENOSPC else "report"
+        return policy
+
+    def restart_parked(self) -> None:
+        """The machine continues: retry the requests a stop policy parked, in order (QEMU's
+        restart of failed requests when the VM runs again). One that fails again parks again."""
+        parked, self.parked = self.parked, []
+        touched = []
+        for q, req in parked:
+            written = self._complete(q, req)
+            if written is not None:
+                q.push(req.head, written)
+                if q not in touched:
+                    touched.append(q)
+        for q in touched:
+            self.notify(q)
 
     def execute(self, req: BlkRequest) -> int:
         """Carry out a parsed request: the data bytes written to the guest. A request that
@@ -263,7 +307,7 @@ class VirtioBlk(VirtioDevice):
         except OSError as e:
             self.flush_failed = True
             trace.guest_error(f"{self.label}: sync failed: {e}")
-            raise IoError("sync failed") from None
+            raise IoError("sync failed", host_errno=e.errno) from None
 
     def _read(self, req: BlkRequest) -> int:
         sector, segs, nbytes = req.sector, req.in_data, req.in_len
@@ -279,7 +323,7 @@ class VirtioBlk(VirtioDevice):
         except OSError as e:
             trace.guest_error(f"{self.label}: read error: {e}")
             self.update_capacity()             # a host truncation shows up as a failed request
-            raise IoError("read error") from None
+            raise IoError("read error", host_errno=e.errno) from None
         notify = self.mem.notify_write         # tell the CPU which guest bytes changed
         if got == nbytes:
             for a, n, _h in segs:
@@ -292,7 +336,7 @@ class VirtioBlk(VirtioDevice):
             notify(a, min(n, left))
             left -= n
         self.update_capacity()
-        raise IoError("short read", written=got)
+        raise IoError("short read", written=got, host_errno=errno.EIO)
 
     def _write(self, req: BlkRequest) -> None:
         sector, segs, nbytes = req.sector, req.out_data, req.out_len
@@ -310,9 +354,9 @@ class VirtioBlk(VirtioDevice):
         except OSError as e:
             trace.guest_error(f"{self.label}: write error: {e}")
             self.update_capacity()
-            raise IoError("write error") from None
+            raise IoError("write error", host_errno=e.errno) from None
         if done != nbytes:
-            raise IoError("short write")
+            raise IoError("short write", host_errno=errno.EIO)
         self._sync_if_writethrough()
 
     def _flush(self) -> None:
@@ -320,7 +364,7 @@ class VirtioBlk(VirtioDevice):
         QEMU). Served even if FLUSH was not negotiated: it is always safe to flush."""
         self.update_capacity()                 # the host may have grown or shrunk the image
         if self.flush_failed:
-            raise IoError("an earlier flush failed")
+            raise IoError("an earlier flush failed", host_errno=errno.EIO)
         if self.backend.cache == "unsafe":
             return                             # cache=unsafe: flushes are ignored, as QEMU
         try:
@@ -330,7 +374,7 @@ class VirtioBlk(VirtioDevice):
             # would "succeed"; so every later flush must fail too.
             self.flush_failed = True
             trace.guest_error(f"{self.label}: flush failed: {e}")
-            raise IoError("flush failed") from None
+            raise IoError("flush failed", host_errno=e.errno) from None
 
     def _get_id(self, segs: tuple[Seg, ...], room: int) -> int:
         """The serial as a 20-byte, NUL-padded field, cut to the buffer: at most 20 bytes."""
@@ -368,5 +412,6 @@ class VirtioBlk(VirtioDevice):
                                           bool(flags & VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP))
         except OSError as e:
             trace.guest_error(f"{self.label}: {'discard' if discard else 'write zeroes'} failed: {e}")
-            raise IoError("discard failed" if discard else "write zeroes failed") from None
+            raise IoError("discard failed" if discard else "write zeroes failed",
+                          host_errno=e.errno) from None
         self._sync_if_writethrough()
