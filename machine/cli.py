@@ -712,11 +712,13 @@ class _Parser:
         if any(key in ("help", "?") for key, _ in pairs[1:]):
             raise CliExit(device_help(driver))
         props = dict(pairs[1:])
-        ident = props.pop("id", None)
+        ident = props.get("id")
         if ident is not None:
             if ident in self.device_ids:
-                raise _OptError(f"Duplicate device ID '{ident}'")
+                raise _OptError(f"Duplicate ID '{ident}' for device")
             self.device_ids.add(ident)
+        if driver in ("isa-debugcon", "isa-debug-exit"):
+            props.pop("id", None)          # the board has one of each: the id names nothing
         if driver == "isa-debugcon":
             self.debugcon_device(arg, props)
             return

@@ -121,6 +121,18 @@ def _debug_exit_window(dev: DeviceConfig) -> tuple[int, int]:
     return base, size
 
 
+def _pci_addr(value: str) -> tuple[int, int]:
+    """QEMU's PCI `addr` property: SLOT or SLOT.FN, hexadecimal."""
+    slot_s, _, fn_s = value.strip().lower().partition(".")
+    try:
+        slot, fn = int(slot_s, 16), int(fn_s or "0", 16)
+    except ValueError:
+        raise ConfigError(f"Property 'addr' doesn't take value '{value}' (slot[.function])") from None
+    if not 0 <= slot < 32 or not 0 <= fn < 8:
+        raise ConfigError(f"Property 'addr' doesn't take value '{value}' (slot 0-1f, function 0-7)")
+    return slot, fn
+
+
 class Machine:
     """A PC. Public attributes for the debugger and the Python API: `cpu`, `mem`, `memory_map`,
     `io`, `clock`, `pci_bus`, `devices` (name -> device), `instructions` (retired so far),
@@ -135,6 +147,12 @@ class Machine:
         unknown = [d.driver for d in config.devices if d.driver not in KNOWN_DEVICES]
         if unknown:
             raise ConfigError(f"'{unknown[0]}' is not a valid device model name")
+        ids: set[str] = set()
+        for d in config.devices:
+            dev_id = d.props.get("id")
+            if dev_id is not None and dev_id in ids:
+                raise ConfigError(f"Duplicate ID '{dev_id}' for device")
+            ids.add(dev_id)
         self.clock = VirtualClock()
         self.mem = GuestMemory(config.ram_size)
         self.io = IoSpace()
@@ -279,19 +297,25 @@ class Machine:
         self.devices["piix3"] = isa
         slot = FIRST_VIRTIO_SLOT
         for n, (drive, props) in enumerate(self._virtio_drives()):
-            while bus.device(slot) is not None:
-                slot += 1
-            if slot > 31:
-                raise ConfigError("no free PCI slot for another virtio-blk-pci")
+            # As QEMU: addr=SLOT[.FN] (hex) where asked, else the next free slot, in order.
+            where = _pci_addr(props["addr"]) if "addr" in props else None
+            if where is None:
+                while bus.device(slot) is not None:
+                    slot += 1
+                if slot > 31:
+                    raise ConfigError("no free PCI slot for another virtio-blk-pci")
+                where = (slot, 0)
+            elif bus.devices.get(where[0] << 3 | where[1]) is not None:
+                raise ConfigError(f"PCI: slot {where[0]} function {where[1]} not available for virtio-blk-pci, "
+                                  f"in use by {bus.devices[where[0] << 3 | where[1]].name}")
             backend = open_drive(drive, snapshot=self.config.snapshot)
             self._backends.append(backend)
-            dev = create_virtio_blk_pci(backend, props, self.mem)
+            dev = create_virtio_blk_pci(backend, props, self.mem, msi_send=self.msi.send)
             self.drives[drive.id] = (backend, dev.vdev)
             dev.vdev.on_io_error = self._io_error
             self._parking_devices.append(dev.vdev)
-            bus.plug(dev, slot)
+            bus.plug(dev, *where)
             self.devices[f"virtio-blk{n}"] = dev
-            slot += 1
 
     def block_resize(self, drive_id: str, size: int) -> None:
         """QEMU's block_resize: make drive `drive_id` `size` bytes and tell its device (a new

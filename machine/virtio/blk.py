@@ -100,6 +100,11 @@ class VirtioBlk(VirtioDevice):
         cyls = P.parse_int("cyls", p.get("cyls", str(cyls)), 0, 65535)
         heads = P.parse_int("heads", p.get("heads", "16"), 0, 255)
         secs = P.parse_int("secs", p.get("secs", "63"), 0, 255)
+        # As QEMU: when a track (heads * secs sectors of the image) does not hold whole logical
+        # blocks, the reported sectors per track round down to a multiple of the block size
+        # (63 -> 56 with 4 KiB blocks on most disk sizes).
+        if heads and secs and (self.backend.size // heads // secs) % lbs:
+            secs &= ~(lbs // SECTOR - 1)
 
         f = self.host_features
         f |= bit(VIRTIO_BLK_F_SEG_MAX) | bit(VIRTIO_BLK_F_GEOMETRY) | bit(VIRTIO_BLK_F_BLK_SIZE)
@@ -160,7 +165,7 @@ class VirtioBlk(VirtioDevice):
         if offset == OFF_WRITEBACK and size == 1 and self.has_feature(VIRTIO_BLK_F_CONFIG_WCE):
             self.config[OFF_WRITEBACK] = 1 if value & 0xFF else 0
             return
-        trace.guest_error(f"virtio-blk: config write {offset:#x}+{size} = {value:#x} ignored")
+        trace.guest_error(f"{self.label}: config write {offset:#x}+{size} = {value:#x} ignored")
 
     def writeback(self) -> bool:
         """Is the volatile write cache on? (5.2.6.2: which writes must be stable at completion)"""
@@ -199,14 +204,23 @@ class VirtioBlk(VirtioDevice):
 
     def parse_request(self, chain: Chain) -> BlkRequest:
         """The request a chain carries (MalformedRequest if none), read against the negotiated
-        features. Reads guest memory only: debuggers use it on chains the device has not taken."""
-        return parse(chain, self.mem.buf, self.has_feature)
+        features. Reads guest memory only: debuggers use it on chains the device has not taken.
+        A tolerant device carries out DISCARD / WRITE_ZEROES even when they were not negotiated
+        (as QEMU does), so it reads their segment as if they were."""
+        return parse(chain, self.mem.buf, self._parsed_as_negotiated)
+
+    def _parsed_as_negotiated(self, feature: int) -> bool:
+        """Which request types parse() treats as existing: the negotiated ones, and a tolerant
+        device's DISCARD / WRITE_ZEROES."""
+        if self.has_feature(feature):
+            return True
+        return not self.strict and feature in (VIRTIO_BLK_F_DISCARD, VIRTIO_BLK_F_WRITE_ZEROES)
 
     def handle_request(self, chain: Chain, q: SplitQueue | None = None) -> int | None:
         """Carry out one request; returns used.len (bytes written to the guest, status
         included), or None when a host error parked it (rerror/werror=stop: it completes when
         the machine continues)."""
-        return self._complete(q, parse(chain, self.mem.buf, self.has_feature))
+        return self._complete(q, parse(chain, self.mem.buf, self._parsed_as_negotiated))
 
     def _complete(self, q: SplitQueue | None, req: BlkRequest) -> int | None:
         t0 = trace.timestamp_ns() if EV_COMPLETE.enabled else 0       # host time, for the trace
@@ -227,7 +241,7 @@ class VirtioBlk(VirtioDevice):
         self.mem.buf[req.status_host] = status
         self.mem.notify_write(req.status_addr, 1)
         if EV_COMPLETE.enabled:
-            EV_COMPLETE.emit(vdev=self.name, req=req.head, type=req.type, sector=req.sector,
+            EV_COMPLETE.emit(vdev=self.label, req=req.head, type=req.type, sector=req.sector,
                              len=req.data_len, status=status,
                              latency_us=(trace.timestamp_ns() - t0) / 1000 if t0 else 0.0)
         return written + 1
@@ -292,13 +306,13 @@ class VirtioBlk(VirtioDevice):
             self.backend.flush()
         except OSError as e:
             self.flush_failed = True
-            trace.guest_error(f"virtio-blk: sync failed: {e}")
+            trace.guest_error(f"{self.label}: sync failed: {e}")
             raise IoError("sync failed", host_errno=e.errno) from None
 
     def _read(self, req: BlkRequest) -> int:
         sector, segs, nbytes = req.sector, req.in_data, req.in_len
         if EV_READ.enabled:
-            EV_READ.emit(vdev=self.name, req=req.head, sector=sector, nsectors=nbytes // SECTOR)
+            EV_READ.emit(vdev=self.label, req=req.head, sector=sector, nsectors=nbytes // SECTOR)
         if not self._range_ok(sector, nbytes):
             raise IoError("sector range")
         if not nbytes:
@@ -307,7 +321,7 @@ class VirtioBlk(VirtioDevice):
         try:
             got = self.backend.readv(sector * SECTOR, [mv[h:h + n] for _a, n, h in segs])
         except OSError as e:
-            trace.guest_error(f"virtio-blk: read error: {e}")
+            trace.guest_error(f"{self.label}: read error: {e}")
             self.update_capacity()             # a host truncation shows up as a failed request
             raise IoError("read error", host_errno=e.errno) from None
         notify = self.mem.notify_write         # tell the CPU which guest bytes changed
@@ -327,7 +341,7 @@ class VirtioBlk(VirtioDevice):
     def _write(self, req: BlkRequest) -> None:
         sector, segs, nbytes = req.sector, req.out_data, req.out_len
         if EV_WRITE.enabled:
-            EV_WRITE.emit(vdev=self.name, req=req.head, sector=sector, nsectors=nbytes // SECTOR)
+            EV_WRITE.emit(vdev=self.label, req=req.head, sector=sector, nsectors=nbytes // SECTOR)
         if self.backend.read_only:
             raise IoError("read-only")         # 5.2.6.2: and MUST NOT write any data
         if not self._range_ok(sector, nbytes):
@@ -338,7 +352,7 @@ class VirtioBlk(VirtioDevice):
         try:
             done = self.backend.writev(sector * SECTOR, [mv[h:h + n] for _a, n, h in segs])
         except OSError as e:
-            trace.guest_error(f"virtio-blk: write error: {e}")
+            trace.guest_error(f"{self.label}: write error: {e}")
             self.update_capacity()
             raise IoError("write error", host_errno=e.errno) from None
         if done != nbytes:
@@ -359,7 +373,7 @@ class VirtioBlk(VirtioDevice):
             # After a failed fdatasync the kernel may have dropped the dirty pages and a retry
             # would "succeed"; so every later flush must fail too.
             self.flush_failed = True
-            trace.guest_error(f"virtio-blk: flush failed: {e}")
+            trace.guest_error(f"{self.label}: flush failed: {e}")
             raise IoError("flush failed", host_errno=e.errno) from None
 
     def _get_id(self, segs: tuple[Seg, ...], room: int) -> int:
@@ -376,7 +390,8 @@ class VirtioBlk(VirtioDevice):
 
     def _discard_or_zero(self, req: BlkRequest) -> None:
         discard = req.type == VIRTIO_BLK_T_DISCARD
-        if not self.has_feature(VIRTIO_BLK_F_DISCARD if discard else VIRTIO_BLK_F_WRITE_ZEROES):
+        if not self.has_feature(VIRTIO_BLK_F_DISCARD if discard else VIRTIO_BLK_F_WRITE_ZEROES) and \
+                self.violation("discard-not-negotiated" if discard else "write-zeroes-not-negotiated"):
             raise Unsupported("feature not negotiated")
         if req.out_len > DWZ_SEGMENT.size:     # more segments than max_*_seg (1), as QEMU
             raise Unsupported("more than one segment")
@@ -396,7 +411,7 @@ class VirtioBlk(VirtioDevice):
                 self.backend.write_zeroes(sector * SECTOR, nsect * SECTOR,
                                           bool(flags & VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP))
         except OSError as e:
-            trace.guest_error(f"virtio-blk: {'discard' if discard else 'write zeroes'} failed: {e}")
+            trace.guest_error(f"{self.label}: {'discard' if discard else 'write zeroes'} failed: {e}")
             raise IoError("discard failed" if discard else "write zeroes failed",
                           host_errno=e.errno) from None
         self._sync_if_writethrough()
