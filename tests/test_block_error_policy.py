@@ -196,3 +196,21 @@ def test_the_same_pause_and_retry_as_qemu(tmp_path, guest):
         ours_status = s.run(timeout=120).exit_status
     assert qemu_status == ours_status == 1
     assert images["qemu"].read_bytes() == images["ours"].read_bytes()
+
+
+def test_a_parked_request_on_a_packed_ring_completes_on_cont(tmp_path):
+    from test_virtio_packed import start
+    b = Bench(tmp_path, disk_size=1 << 20, props={"packed": "on"},
+              blkdebug=rules(tmp_path), werror="stop")
+    try:
+        ring = start(b)
+        stops = []
+        b.vdev.on_io_error = lambda: stops.append(True)
+        req = BlkRequests(ring).submit(T_OUT, 5, out=b"k" * 512)
+        b.drv.kick(0)
+        assert stops == [True] and ring.get_used() == []
+        b.vdev.restart_parked()
+        assert [h for h, _ in ring.get_used()] == [req.head]
+        assert b.image()[5 * 512:6 * 512] == b"k" * 512
+    finally:
+        b.close()
