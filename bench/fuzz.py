@@ -1,6 +1,7 @@
 """Fuzz campaigns over the device path and the command line, for hours rather than CI's seconds.
 
-The targets are the suite's own property tests (tests/test_virtio_fuzz.py, tests/test_cli.py):
+The targets are the suite's own property tests (tests/test_virtio_fuzz.py, the packed ring's
+tests/test_virtio_packed_fuzz.py, tests/test_cli.py):
 their invariants are the oracle (no exception escapes; guest RAM changes only in writable buffers
 and the used ring; the image only where the backend was asked to write, never a read-only one;
 every available request completed or the device in NEEDS_RESET; every bad argv one error line).
@@ -59,8 +60,10 @@ def _cli_target():
 
 def targets() -> dict:
     import test_virtio_fuzz as vf
+    import test_virtio_packed_fuzz as pf
     return {
         "ring": vf.test_random_descriptor_tables_never_escape_or_write_where_they_should_not,
+        "packed": pf.test_random_packed_rings_never_escape_or_write_where_they_should_not,
         "registers": vf.test_random_register_traffic_never_raises,
         "cli": _cli_target(),
     }
@@ -100,7 +103,7 @@ def campaign(name: str, test, *, runs: int | None, seconds: float | None, seed: 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--target", default="all", help="ring, registers, cli or all (default all)")
+    ap.add_argument("--target", default="all", help="ring, packed, registers, cli or all (default all)")
     ap.add_argument("--runs", type=int, help="executions per target")
     ap.add_argument("--seconds", type=float, help="time per target")
     ap.add_argument("--seed", type=int, default=1)
@@ -114,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
     names = list(all_targets) if args.target == "all" else [args.target]
     for name in names:
         if name not in all_targets:
-            ap.error(f"unknown target '{name}' (ring, registers, cli, all)")
+            ap.error(f"unknown target '{name}' ({', '.join(all_targets)}, all)")
     if args.replay:
         one_input(all_targets[names[0]])(args.replay.read_bytes())
         print("no failure")
