@@ -30,6 +30,7 @@ from typing import Callable
 from machine import kernel_image, trace
 from machine.console import EscapeFilter, Terminal, UserQuit
 from machine.config import CharDev, ConfigError, DeviceConfig, DriveConfig, MachineConfig, MiB
+from machine.block.blkdebug import RulesError, load_rules
 
 PROG = "machine"
 VERSION = "0.1.0"
@@ -233,8 +234,9 @@ _opt("append", "CMDLINE", "the kernel command line (a Multiboot kernel sees 'FIL
      "opt_append")
 _opt("initrd", "FILE", "initial ram disk for a Linux kernel", "opt_initrd")
 _opt("drive", "file=IMG[,format=raw][,if=virtio|none][,id=ID][,readonly=on|off]"
-     "[,cache=writeback|writethrough|none|directsync|unsafe][,discard=unmap|ignore][,snapshot=on|off]",
-     "a raw disk image; if=virtio adds a virtio-blk-pci for it", "opt_drive")
+     "[,cache=writeback|writethrough|none|directsync|unsafe][,discard=unmap|ignore][,snapshot=on|off]"
+     "[,werror=report|ignore|stop|enospc][,rerror=report|ignore|stop]",
+     "a raw disk image (file=blkdebug:RULES:IMG injects errors); if=virtio adds a virtio-blk-pci for it", "opt_drive")
 _opt("device", "DRIVER[,prop=value...]",
      "add a device: virtio-blk-pci,drive=ID[,...], isa-debug-exit[,iobase=0xf4,iosize=0x04], "
      "isa-debugcon,iobase=0x402,chardev=ID ('-device help' lists them)", "opt_device")
@@ -598,7 +600,7 @@ class _Parser:
     def opt_drive(self, arg: str) -> None:
         opts = self.keys(split_suboptions(arg, "file"),
                          {"file", "format", "if", "id", "readonly", "read-only", "cache",
-                          "discard", "snapshot", "media"})
+                          "discard", "snapshot", "media", "werror", "rerror"})
         drive = DriveConfig()
         fmt = opts.get("format", "raw")
         if "format" not in opts:
@@ -632,6 +634,13 @@ class _Parser:
         drive.discard = _DISCARD[discard]
         if "snapshot" in opts:
             drive.snapshot = _parse_bool("snapshot", opts["snapshot"])
+        werror = opts.get("werror", "enospc")
+        if werror not in ("report", "ignore", "stop", "enospc"):
+            raise _OptError(f"'{werror}' invalid write error action")
+        rerror = opts.get("rerror", "report")
+        if rerror not in ("report", "ignore", "stop"):
+            raise _OptError(f"'{rerror}' invalid read error action")
+        drive.werror, drive.rerror = werror, rerror
 
         ident = opts.get("id")
         if ident is not None:
@@ -645,6 +654,8 @@ class _Parser:
         self.drive_count += 1
 
         path = opts.get("file")
+        if path and path.startswith("blkdebug:"):
+            path = self.blkdebug_image(drive, path)
         if not path:
             raise _OptError("file= is required (an empty drive is not supported)")
         st = _check_readable_file(path, block_device_ok=True)
@@ -655,6 +666,21 @@ class _Parser:
         self.config.drives.append(drive)
         self.drive_where.append(f"-drive {arg}")
         self.drive_ids[ident] = drive
+
+    @staticmethod
+    def blkdebug_image(drive: DriveConfig, spec: str) -> str:
+        """file=blkdebug:RULES:IMAGE (QEMU's syntax): the rules are read now, so a bad rules file
+        is a start-up error; returns the image path."""
+        rules, sep, image = spec[len("blkdebug:"):].partition(":")
+        if not sep:
+            raise _OptError("blkdebug requires both config file and image path")
+        if rules:
+            try:
+                load_rules(rules)
+            except RulesError as e:
+                raise _OptError(str(e)) from None
+            drive.blkdebug = Path(rules)
+        return image
 
     def opt_snapshot(self) -> None:
         self.config.snapshot = True
@@ -674,11 +700,13 @@ class _Parser:
         if any(key in ("help", "?") for key, _ in pairs[1:]):
             raise CliExit(device_help(driver))
         props = dict(pairs[1:])
-        ident = props.pop("id", None)
+        ident = props.get("id")
         if ident is not None:
             if ident in self.device_ids:
-                raise _OptError(f"Duplicate device ID '{ident}'")
+                raise _OptError(f"Duplicate ID '{ident}' for device")
             self.device_ids.add(ident)
+        if driver in ("isa-debugcon", "isa-debug-exit"):
+            props.pop("id", None)          # the board has one of each: the id names nothing
         if driver == "isa-debugcon":
             self.debugcon_device(arg, props)
             return
@@ -951,6 +979,11 @@ def _error(message: str) -> int:
     return 1
 
 
+class PausedForGood(Exception):
+    """The machine paused (an I/O error policy) with nothing that could continue it: exit 1
+    with the reason, whatever the bundled self-test's status mapping would say."""
+
+
 class Terminated(BaseException):
     """SIGTERM or SIGHUP arrived. A BaseException, like KeyboardInterrupt for SIGINT, so that
     no `except Exception` on the way swallows it and every `finally` (the temporary image, the
@@ -1016,7 +1049,13 @@ def run_machine(config: MachineConfig, stdin_filter=None) -> int:
                 if debugger.quit_requested:
                     raise UserQuit(status)
                 return status
-        return machine.run()
+        status = machine.run()
+        if getattr(machine, "paused_reason", None) is not None:
+            # QEMU would sit paused forever; with no monitor or debugger nothing could continue.
+            raise PausedForGood("the guest paused on an I/O error (rerror/werror=stop) and there "
+                                "is no monitor to continue it (use -monitor stdio, or gdb's "
+                                "`monitor cont`)")
+        return status
     finally:
         if machine is not None and hasattr(machine, "close"):
             machine.close()
@@ -1057,7 +1096,7 @@ def main(argv: list[str] | None = None) -> int:
         if err.details:                    # the compiler's own words, as make printed them
             print(err.details, file=sys.stderr)
         return status
-    except ConfigError as err:
+    except (ConfigError, PausedForGood) as err:
         return _error(str(err))
     except ModuleNotFoundError as err:
         if err.name not in REQUIRED_MODULES:

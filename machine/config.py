@@ -34,6 +34,9 @@ class DriveConfig:
     cache: str = "writeback"          # writeback | writethrough | none | directsync | unsafe
     discard: str = "ignore"           # ignore | unmap
     snapshot: bool = False
+    blkdebug: Path | None = None      # file=blkdebug:RULES:IMAGE: fault-injection rules
+    rerror: str = "report"            # what a host read error does: report | ignore | stop
+    werror: str = "enospc"            # ... a write/flush/discard error: report | ignore | stop | enospc
 
 
 @dataclass

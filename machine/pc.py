@@ -39,7 +39,7 @@ from dataclasses import dataclass
 from typing import BinaryIO, Callable
 
 from . import acpi, kernel_image, trace
-from .block import open_drive
+from .block import SECTOR as SECTOR_BYTES, open_drive
 from .clock import VirtualClock
 from .config import CharDev, ConfigError, DeviceConfig, MachineConfig
 from .cpu import Cpu, SliceResult
@@ -83,6 +83,9 @@ ACPI_MEM64_SIZE = 32 << 30
 FIRST_VIRTIO_SLOT = 2             # 00:00.0 is the i440FX, 00:01.0 the PIIX3
 
 
+IO_ERROR = "io-error"       # the stop message (and QEMU's run state) of an rerror/werror=stop pause
+
+
 @dataclass
 class StopReason:
     """Why run() returned."""
@@ -118,6 +121,18 @@ def _debug_exit_window(dev: DeviceConfig) -> tuple[int, int]:
     return base, size
 
 
+def _pci_addr(value: str) -> tuple[int, int]:
+    """QEMU's PCI `addr` property: SLOT or SLOT.FN, hexadecimal."""
+    slot_s, _, fn_s = value.strip().lower().partition(".")
+    try:
+        slot, fn = int(slot_s, 16), int(fn_s or "0", 16)
+    except ValueError:
+        raise ConfigError(f"Property 'addr' doesn't take value '{value}' (slot[.function])") from None
+    if not 0 <= slot < 32 or not 0 <= fn < 8:
+        raise ConfigError(f"Property 'addr' doesn't take value '{value}' (slot 0-1f, function 0-7)")
+    return slot, fn
+
+
 class Machine:
     """A PC. Public attributes for the debugger and the Python API: `cpu`, `mem`, `memory_map`,
     `io`, `clock`, `pci_bus`, `devices` (name -> device), `instructions` (retired so far),
@@ -132,6 +147,12 @@ class Machine:
         unknown = [d.driver for d in config.devices if d.driver not in KNOWN_DEVICES]
         if unknown:
             raise ConfigError(f"'{unknown[0]}' is not a valid device model name")
+        ids: set[str] = set()
+        for d in config.devices:
+            dev_id = d.props.get("id")
+            if dev_id is not None and dev_id in ids:
+                raise ConfigError(f"Duplicate ID '{dev_id}' for device")
+            ids.add(dev_id)
         self.clock = VirtualClock()
         self.mem = GuestMemory(config.ram_size)
         self.io = IoSpace()
@@ -147,6 +168,9 @@ class Machine:
         self._halted = False                 # HLT executed, waiting for an interrupt
         self._outputs: list[BinaryIO] = []   # opened chardev files: close() closes them
         self._backends: list = []            # opened drives: close() releases their images
+        self.drives: dict[str, tuple] = {}   # drive id -> (backend, the virtio device using it)
+        self._parking_devices: list = []    # devices whose failed requests may wait (rerror/werror=stop)
+        self.paused_reason: str | None = None   # why run() last ended paused ('io-error'), for `info status`
         self._stdin_fd: int | None = None
         self.stdin_filter: Callable[[bytes], bytes] | None = None
 
@@ -273,16 +297,43 @@ class Machine:
         self.devices["piix3"] = isa
         slot = FIRST_VIRTIO_SLOT
         for n, (drive, props) in enumerate(self._virtio_drives()):
-            while bus.device(slot) is not None:
-                slot += 1
-            if slot > 31:
-                raise ConfigError("no free PCI slot for another virtio-blk-pci")
+            # As QEMU: addr=SLOT[.FN] (hex) where asked, else the next free slot, in order.
+            where = _pci_addr(props["addr"]) if "addr" in props else None
+            if where is None:
+                while bus.device(slot) is not None:
+                    slot += 1
+                if slot > 31:
+                    raise ConfigError("no free PCI slot for another virtio-blk-pci")
+                where = (slot, 0)
+            elif bus.devices.get(where[0] << 3 | where[1]) is not None:
+                raise ConfigError(f"PCI: slot {where[0]} function {where[1]} not available for virtio-blk-pci, "
+                                  f"in use by {bus.devices[where[0] << 3 | where[1]].name}")
             backend = open_drive(drive, snapshot=self.config.snapshot)
             self._backends.append(backend)
-            dev = create_virtio_blk_pci(backend, props, self.mem)
-            bus.plug(dev, slot)
+            dev = create_virtio_blk_pci(backend, props, self.mem, msi_send=self.msi.send)
+            self.drives[drive.id] = (backend, dev.vdev)
+            dev.vdev.on_io_error = self._io_error
+            self._parking_devices.append(dev.vdev)
+            bus.plug(dev, *where)
             self.devices[f"virtio-blk{n}"] = dev
-            slot += 1
+
+    def block_resize(self, drive_id: str, size: int) -> None:
+        """QEMU's block_resize: make drive `drive_id` `size` bytes and tell its device (a new
+        capacity, a config generation and a config-change interrupt). ValueError saying why
+        not, in QEMU's words where it has them."""
+        entry = self.drives.get(drive_id)
+        if entry is None:
+            raise ValueError(f"Device '{drive_id}' not found")
+        if size <= 0 or size % SECTOR_BYTES:
+            raise ValueError(f"the new size must be a positive multiple of {SECTOR_BYTES} bytes")
+        backend, vdev = entry
+        if size % vdev.lbs:
+            raise ValueError(f"the new size must be a multiple of the logical block size {vdev.lbs}")
+        try:
+            backend.resize(size)
+        except OSError as e:
+            raise ValueError(f"Cannot resize '{drive_id}': {e.strerror or e}") from None
+        vdev.update_capacity()
 
     def _virtio_drives(self) -> list[tuple[object, dict]]:
         """(drive, device properties) per virtio-blk: each -device names its drive; every
@@ -568,8 +619,22 @@ class Machine:
     # -------------------------------------------------------------------------------------
     # the run loop
     # -------------------------------------------------------------------------------------
+    def _io_error(self) -> None:
+        """A device's rerror/werror=stop policy parked a failed request: pause the machine, as
+        QEMU stops the VM (`info status`: paused (io-error))."""
+        self.request_stop(IO_ERROR)
+
+    def _resume(self) -> None:
+        """The machine runs again: requests parked by an I/O error are retried first."""
+        self.paused_reason = None
+        for vdev in self._parking_devices:
+            if vdev.parked:
+                vdev.restart_parked()
+
     def _finish(self, reason: StopReason) -> int:
         self.stop_reason = reason
+        if reason.kind == STOP_INTERRUPT and reason.message == IO_ERROR:
+            self.paused_reason = IO_ERROR
         self._flush_console()              # a last partial line comes before the report
         if reason.kind == STOP_FAULT and reason.message:
             sys.stderr.write(reason.message.rstrip("\n") + "\n")
@@ -594,6 +659,7 @@ class Machine:
         cpu, clock = self.cpu, self.clock
         budget = max_instructions
         self.stop_reason = None
+        self._resume()
         while True:
             if self._poll_hooks or self._stdin_fd is not None:
                 self._poll_host()

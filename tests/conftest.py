@@ -1,3 +1,6 @@
+import io
+import sys
+
 import pytest
 
 from building import built
@@ -21,3 +24,13 @@ def hello():
 def guest():
     """The bundled virtio-blk guest (ELF)."""
     return built("guest", "out/guest.elf")
+
+
+@pytest.fixture
+def guest_errors():
+    """The `-d guest_errors` log, captured: a StringIO the test reads with .getvalue()."""
+    out = io.StringIO()
+    trace.set_output(out)
+    trace.enable_category("guest_errors")
+    yield out
+    trace.set_output(sys.stderr)

@@ -147,8 +147,11 @@ def check_command(workspace: Path, command: str) -> None:
     assert not errors and "Traceback" not in run.stderr, f"{command}\n{run.stderr[-2000:]}"
     # Status 0: the bundled self-test passed, or no machine ran (printf, machine.img).
     # Status 1 with isa-debug-exit on a -kernel line: QEMU's status for a guest writing 0.
-    expected = 1 if "-kernel" in command and "isa-debug-exit" in command else 0
+    # Status 1 with blkdebug rules: the example makes a guest test fail on purpose.
+    expected = 1 if ("-kernel" in command and "isa-debug-exit" in command) or "blkdebug:" in command else 0
     assert run.returncode == expected, f"{command}\n{run.stderr[-2000:]}"
+    if "blkdebug:" in command:
+        assert re.search(r"^not ok \d+ - \w+ # .*status IOERR", run.stdout, re.M), run.stdout
     if "img create disk.img 64M" in command:
         assert (workspace / "disk.img").stat().st_size == 64 << 20
     if "path=fw.log" in command:

@@ -291,12 +291,26 @@ def test_bad_discard_and_write_zeroes_segments(make, rtype, payload, status):
     assert b.image() == before
 
 
-def test_discard_and_write_zeroes_unsupp_when_not_negotiated(make):
+def test_discard_and_write_zeroes_not_negotiated_are_carried_out_as_qemu_does(make, guest_errors):
     b = make()
     f = b.drv.device_features() & ~(1 << S.VIRTIO_BLK_F_DISCARD) & ~(1 << S.VIRTIO_BLK_F_WRITE_ZEROES)
     b.start(features=f)
+    assert b.run(T_DISCARD, 0, out=seg(0, 1))[1] == S_OK
+    assert b.run(T_WRITE_ZEROES, 0, out=seg(0, 1))[1] == S_OK
+    assert b.image()[:512] == bytes(512)
+    log = guest_errors.getvalue()
+    assert "DISCARD request without negotiating VIRTIO_BLK_F_DISCARD (VIRTIO 1.2 §5.2.6.1)" in log
+    assert "WRITE_ZEROES request without negotiating VIRTIO_BLK_F_WRITE_ZEROES" in log
+
+
+def test_strict_discard_and_write_zeroes_unsupp_when_not_negotiated(make):
+    b = make(props={"strict": "on"})
+    f = b.drv.device_features() & ~(1 << S.VIRTIO_BLK_F_DISCARD) & ~(1 << S.VIRTIO_BLK_F_WRITE_ZEROES)
+    b.start(features=f)
+    before = b.image()
     assert b.run(T_DISCARD, 0, out=seg(0, 1))[1] == S_UNSUPP
     assert b.run(T_WRITE_ZEROES, 0, out=seg(0, 1))[1] == S_UNSUPP
+    assert b.image() == before
 
 
 def test_discard_and_write_zeroes_not_offered_when_disabled(make):
@@ -313,11 +327,20 @@ def test_short_discard_payload_sets_needs_reset(make):
     assert type(b.vdev.error) is SegmentTooShort
 
 
-def test_short_discard_payload_without_the_feature_is_unsupp_not_a_ring_error(make):
-    # Without the feature the type does not exist: what follows its header does not matter.
-    b = make()
+def test_strict_short_discard_payload_without_the_feature_is_unsupp_not_a_ring_error(make):
+    # Strict: without the feature the type does not exist, what follows its header does not matter.
+    b = make(props={"strict": "on"})
     b.start(features=b.drv.device_features() & ~(1 << S.VIRTIO_BLK_F_DISCARD))
     assert b.run(T_DISCARD, 0, out=b"\0" * 8)[1] == S_UNSUPP and not b.needs_reset
+
+
+def test_short_discard_payload_without_the_feature_is_a_ring_error_as_on_qemu(make):
+    # Tolerant: the unnegotiated request is carried out as QEMU does, so its segment must be whole.
+    b = make()
+    b.start(features=b.drv.device_features() & ~(1 << S.VIRTIO_BLK_F_DISCARD))
+    b.blk.submit(T_DISCARD, 0, out=b"\0" * 8)
+    b.drv.kick(0)
+    assert b.needs_reset and type(b.vdev.error) is SegmentTooShort
 
 
 def test_a_request_is_parsed_once_before_it_runs(make):

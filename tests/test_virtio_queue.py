@@ -191,8 +191,21 @@ def test_indirect_table_in_mmio_needs_reset(bench):
     assert_broken(bench, before, BufferNotInRam)
 
 
-def test_indirect_without_the_feature_needs_reset(tmp_path):
+def test_indirect_without_the_feature_is_followed_as_qemu_does(tmp_path, guest_errors):
     b = Bench(tmp_path)
+    b.start(features=b.drv.device_features() & ~(1 << F_INDIRECT))
+    table = buf(b, size=48)
+    vq = b.vqs[0]
+    for i, d in enumerate(good_in(b)):
+        vq.write_desc(table, i, *d)
+    submit_raw(b, [(table, 48, INDIRECT, 0)])
+    assert not b.needs_reset and [h for h, _ in vq.get_used()] == [0]
+    assert "without VIRTIO_F_INDIRECT_DESC (VIRTIO 1.2 §2.7.5.3.1)" in guest_errors.getvalue()
+    b.close()
+
+
+def test_strict_indirect_without_the_feature_needs_reset(tmp_path):
+    b = Bench(tmp_path, props={"strict": "on"})
     b.start(features=b.drv.device_features() & ~(1 << F_INDIRECT))
     before = b.image()
     table = buf(b, size=48)
