@@ -370,3 +370,79 @@ def test_used_ring_on_top_of_the_avail_ring_is_memory_safe(tmp_path):
     d.kick(0)
     assert b.needs_reset or b.vdev.queues[0].used_idx >= 1
     b.close()
+
+
+# -- bounds: the entry just past a table is a valid-looking descriptor, so only the bounds check
+# -- can refuse it (zeroed memory there would fail as "zero sized" for the wrong reason)
+
+def _valid_desc(mem, table, i, addr=0x1F0000):
+    mem.write(table + 16 * i, struct.pack("<QIHH", addr, 16, 0, 0))
+
+
+def test_head_equal_to_queue_size_is_refused_even_if_that_slot_holds_a_valid_descriptor():
+    q, mem = make_queue(size=4)
+    _valid_desc(mem, 0x100000, 4)              # just past the 4-entry table
+    mem.write_u16(0x101004, 4)
+    mem.write_u16(0x101002, 1)
+    with pytest.raises(VirtqueueError, match="index 4 is available"):
+        q.pop()
+    with pytest.raises(VirtqueueError, match="index 4 is available"):
+        q.peek(0)
+    mem.write_u16(0x101004, 3)                 # the last entry is fine
+    assert q.pop().head == 3
+
+
+def test_next_equal_to_queue_size_is_refused_even_if_that_slot_holds_a_valid_descriptor():
+    q, mem = make_queue(size=4)
+    _valid_desc(mem, 0x100000, 4)
+    mem.write(0x100000, struct.pack("<QIHH", 0x110000, 16, 1, 4))     # NEXT -> 4
+    mem.write_u16(0x101002, 1)
+    with pytest.raises(VirtqueueError, match="Desc next is 4"):
+        q.pop()
+
+
+def test_next_equal_to_indirect_table_length_is_refused_even_if_that_entry_is_valid():
+    q, mem = make_queue(size=4)
+    q.indirect = True
+    table = 0x120000
+    mem.write(table, struct.pack("<QIHH", 0x110000, 16, 1, 2))        # NEXT -> 2, table has 2
+    _valid_desc(mem, table, 1)
+    _valid_desc(mem, table, 2)
+    mem.write(0x100000, struct.pack("<QIHH", table, 32, 4, 0))        # INDIRECT, 2 entries
+    mem.write_u16(0x101002, 1)
+    with pytest.raises(VirtqueueError, match="Desc next is 2"):
+        q.pop()
+
+
+def _indirect_chain(q, mem, entries):
+    """A chain whose only descriptor points to an indirect table of `entries` linked entries."""
+    q.indirect = True
+    table = 0x120000
+    for i in range(entries):
+        flags = (1 if i + 1 < entries else 0) | (2 if i else 0)          # NEXT; WRITE after the first
+        mem.write(table + 16 * i, struct.pack("<QIHH", 0x140000 + 16 * i, 16, flags, i + 1))
+    mem.write(0x100000, struct.pack("<QIHH", table, 16 * entries, 4, 0))
+    mem.write_u16(0x101002, 1)
+
+
+def test_indirect_table_of_the_spec_maximum_1024_entries_is_accepted():
+    q, mem = make_queue(size=4)
+    _indirect_chain(q, mem, 1024)
+    chain = q.pop()
+    assert (len(chain.readable), len(chain.writable)) == (1, 1023)
+    assert chain.writable[-1][0] == 0x140000 + 16 * 1023 and chain.writable_len == 16 * 1023
+
+
+def test_indirect_table_of_1025_entries_is_refused():
+    q, mem = make_queue(size=4)
+    _indirect_chain(q, mem, 1025)
+    with pytest.raises(VirtqueueError, match="1025 entries is too large"):
+        q.pop()
+
+
+def test_chain_of_exactly_queue_size_descriptors_is_not_a_loop():
+    q, mem = make_queue(size=4)
+    for i in range(4):
+        mem.write(0x100000 + 16 * i, struct.pack("<QIHH", 0x110000 + 0x100 * i, 16, 1 if i < 3 else 0, i + 1))
+    mem.write_u16(0x101002, 1)
+    assert len(q.pop().readable) == 4
