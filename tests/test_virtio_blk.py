@@ -238,6 +238,28 @@ def test_short_host_write_is_ioerr(make, monkeypatch):
     assert b.run(T_OUT, 0, out=b"a" * 512)[1] == S_IOERR
 
 
+def test_short_host_read_is_ioerr_not_ok(make, monkeypatch):
+    """A backend that fills only part of the buffers: the guest must not be told OK for a
+    buffer whose tail is stale memory."""
+    b = make().start()
+    real = b.backend.readv
+
+    def short(off, bufs):
+        return real(off, bufs) - 100
+    monkeypatch.setattr(b.backend, "readv", short)
+    assert b.run(T_IN, 0, in_len=1024)[1] == S_IOERR
+
+
+def test_image_truncated_behind_the_device_reads_past_the_new_end_as_ioerr(make):
+    b = make().start()
+    os.truncate(b.path, 1024 * SECT)           # the host halves the image; capacity is stale
+    assert b.vdev.capacity == 2048
+    assert b.run(T_IN, 2047, in_len=512)[1] == S_IOERR
+    assert b.run(T_IN, 1023, in_len=1024)[1] == S_IOERR       # half inside, half past the new end
+    got, st, used_len = b.run(T_IN, 1023, in_len=512)        # still inside: fine
+    assert (st, used_len) == (S_OK, 513) and got == pattern(1 << 20)[1023 * SECT:1024 * SECT]
+
+
 def test_host_read_error_is_ioerr(make, monkeypatch):
     b = make().start()
     def fail(off, bufs):
