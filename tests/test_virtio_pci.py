@@ -499,3 +499,50 @@ def test_bars_stop_decoding_when_memory_and_io_decode_are_off(tmp_path):
     mm.write(0xFEBF8000 + 0x14, 1, 1)
     assert dev.vdev.status == 0
     be.close()
+
+
+@pytest.mark.parametrize("bar,off,length", [
+    (0, 0x14, 1), (5, 0x14, 1), (7, 0x14, 1),         # not BAR 4: device_status must not change
+    (4, 0x13, 2), (4, 0x12, 4),                        # unaligned over device_status
+    (4, 0x14, 0), (4, 0x14, 3), (4, 0x14, 8),          # lengths other than 1, 2, 4
+    (4, 0x4000, 4), (4, 0xFFFFFFFC, 4), (4, 0x3FFE, 4),    # past the end of the BAR
+])
+def test_pci_cfg_window_that_is_not_valid_neither_writes_nor_reads_the_bar(make, bar, off, length):
+    """4.1.4.9: the window reaches BAR 4 only with a length of 1, 2 or 4, aligned and inside the
+    BAR. Aimed at device_status (common cfg + 0x14), an access that slipped through would show;
+    a read through a bad window leaves pci_cfg_data as the driver wrote it."""
+    b = make()
+    dev = b.dev
+    cap = b.drv.caps[5][0]
+    common = b.drv._off(1)
+    dev.config_write(cap + 4, 1, bar)
+    dev.config_write(cap + 8, 4, common + off if off < 0x4000 else off)
+    dev.config_write(cap + 12, 4, length)
+    dev.config_write(cap + 16, 4, 0x01010101)          # ACK in every byte
+    assert b.drv.status == 0
+    b.drv.set_status(ACK)
+    dev.config_write(cap + 16, 4, 0x5A5A5A5A)
+    assert dev.config_read(cap + 16, 4) == 0x5A5A5A5A
+    assert dev.config_read(cap + 16, 1) == 0x5A and b.drv.status == ACK
+
+
+def test_only_accesses_overlapping_pci_cfg_data_go_through_the_window(make):
+    """Config accesses just before and just after pci_cfg_data (the window's own fields, the
+    next bytes of config space) must not reach the BAR."""
+    b = make()
+    dev = b.dev
+    cap = b.drv.caps[5][0]
+    common = b.drv._off(1)
+    dev.config_write(cap + 4, 1, 4)
+    dev.config_write(cap + 8, 4, common + 0x16)        # queue_select, 2 bytes
+    dev.config_write(cap + 12, 4, 2)
+    dev.config_write(cap + 16, 4, ACK)                  # queue_select = 1; pci_cfg_data holds ACK
+    dev.config_write(cap + 8, 4, common + 0x14)         # now aim at device_status, 1 byte
+    dev.config_write(cap + 12, 4, 1)
+    dev.config_write(cap + 20, 4, 0)                    # past the data field
+    dev.config_write(cap + 12, 2, 1)                    # before it
+    dev.config_read(cap + 20, 4)
+    dev.config_read(cap + 12, 4)
+    assert b.drv.status == 0
+    dev.config_write(cap + 19, 1, 0)                    # the data field's last byte: goes through
+    assert b.drv.status == ACK
