@@ -216,6 +216,27 @@ def test_writeback_field_is_read_only_without_config_wce(make):
     assert b.drv.cfg_read(B.OFF_WRITEBACK, 1) == 1
 
 
+def test_config_wce_off_property_withholds_the_feature_and_keeps_writeback_fixed(make, monkeypatch):
+    """config-wce=off: CONFIG_WCE is not offered, the writeback field cannot be switched and
+    FLUSH alone decides the cache mode (writeback: no sync per write)."""
+    b = make(props={"config-wce": "off"})
+    offered = b.drv.device_features()
+    assert not offered >> B.VIRTIO_BLK_F_CONFIG_WCE & 1 and offered >> B.VIRTIO_BLK_F_FLUSH & 1
+    b.start(features=offered | 1 << B.VIRTIO_BLK_F_CONFIG_WCE)   # asking anyway is refused
+    assert b.vqs == []
+    b.start()
+    b.drv.cfg_write(B.OFF_WRITEBACK, 1, 0)
+    assert b.drv.cfg_read(B.OFF_WRITEBACK, 1) == 1
+    calls = []
+    monkeypatch.setattr(os, "fdatasync", lambda fd: calls.append(fd))
+    assert b.run(T_OUT, 0, out=b"a" * 512)[1] == S_OK and calls == []
+
+
+def test_config_wce_on_is_the_default_and_offered(make):
+    assert make().drv.device_features() >> B.VIRTIO_BLK_F_CONFIG_WCE & 1
+    assert make(props={"config-wce": "on"}).drv.device_features() >> B.VIRTIO_BLK_F_CONFIG_WCE & 1
+
+
 def test_config_wce_without_flush_starts_in_writethrough(make):
     b = make()
     b.start(features=b.drv.device_features() & ~(1 << B.VIRTIO_BLK_F_FLUSH))

@@ -81,6 +81,41 @@ def test_board_level_properties_are_accepted(make):
     make(props={"drive": "d0", "id": "v0", "bootindex": "1", "addr": "0x5", "ioeventfd": "off"})
 
 
+@pytest.mark.parametrize("legacy", [False, True])
+def test_queue_size_property_sets_every_queues_size_and_seg_max(make, legacy):
+    b = make(props={"queue-size": "64", "num-queues": "2"}, legacy=legacy)
+    d = b.drv
+    if legacy:
+        sizes = []
+        for i in range(2):
+            d.bar.write(0x0E, 2, i)
+            sizes.append(d.bar.read(0x0C, 2))
+    else:
+        sizes = []
+        for i in range(2):
+            d.common_write(0x16, 2, i)
+            sizes.append(d.common_read(0x18, 2))
+    assert sizes == [64, 64] and d.cfg_read(12, 4) == 62         # seg_max = queue size - 2
+    b.start(nqueues=2)
+    assert [q.size for q in b.vdev.queues] == [64, 64]
+    assert b.run(T_IN, 0, q=1, in_len=512)[1] == S_OK
+
+
+def test_queue_size_property_bounds_what_the_driver_may_program(make):
+    b = make(props={"queue-size": "64"})
+    b.drv.common_write(0x16, 2, 0)
+    b.drv.common_write(0x18, 2, 128)                    # larger than the maximum: refused
+    assert b.drv.common_read(0x18, 2) == 64
+    b.drv.common_write(0x18, 2, 32)
+    assert b.drv.common_read(0x18, 2) == 32
+
+
+def test_queue_size_1024_is_the_largest_accepted(make):
+    b = make(props={"queue-size": "1024"}).start()
+    assert b.vdev.queues[0].size == 1024 and b.drv.cfg_read(12, 4) == 1022
+    assert b.run(T_IN, 0, in_len=512)[1] == S_OK
+
+
 def test_config_space_matches_the_disk_and_properties(make):
     b = make(disk_size=8 << 20, props={"physical_block_size": "4096", "serial": "x"}).start()
     d = b.drv
