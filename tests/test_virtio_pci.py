@@ -345,6 +345,19 @@ def test_event_idx_interrupts_only_when_used_event_is_crossed(make):
     assert vq.avail_event() == vq.avail_idx      # device asks to be kicked for the next buffer
 
 
+def test_event_idx_interrupt_comes_exactly_when_the_used_event_entry_is_used(make):
+    """2.7.10: used_event = N asks for an interrupt once the device uses the entry at index N,
+    i.e. when used idx goes from N to N+1: not one request earlier, not later."""
+    b = make().start()
+    vq = b.vqs[0]
+    vq.set_used_event(3)
+    seen = []
+    for _ in range(6):
+        b.run(T_IN, 0, in_len=512)
+        seen.append((vq.used_idx(), b.drv.isr()))
+    assert seen == [(1, 1), (2, 0), (3, 0), (4, 1), (5, 0), (6, 0)]
+
+
 def test_garbage_used_event_only_affects_interrupts(make):
     b = make().start()
     b.vqs[0].set_used_event(0xBEEF)

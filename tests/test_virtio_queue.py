@@ -446,3 +446,22 @@ def test_chain_of_exactly_queue_size_descriptors_is_not_a_loop():
         mem.write(0x100000 + 16 * i, struct.pack("<QIHH", 0x110000 + 0x100 * i, 16, 1 if i < 3 else 0, i + 1))
     mem.write_u16(0x101002, 1)
     assert len(q.pop().readable) == 4
+
+
+@pytest.mark.parametrize("start,used_event,fires_at", [
+    (0xFFFC, 0xFFFE, 0xFFFF), (0xFFFD, 0xFFFF, 0), (0xFFFE, 0, 1),
+])
+def test_event_idx_interrupt_across_the_16_bit_wrap(start, used_event, fires_at):
+    """vring_need_event in modulo-2^16 arithmetic: the entry at used_event being used (idx
+    moving from used_event to used_event + 1) interrupts, wherever the wrap falls."""
+    q, mem = make_queue(size=4)
+    q.event_idx = True
+    q.used_idx = start
+    mem.write_u16(0x101004 + 2 * 4, used_event)     # used_event after the 4-entry ring
+    assert q.should_notify()                        # the first decision always interrupts
+    fired = []
+    for _ in range(4):
+        q.push(0, 0)
+        if q.should_notify():
+            fired.append(q.used_idx)
+    assert fired == [fires_at]
