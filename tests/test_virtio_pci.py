@@ -141,6 +141,12 @@ def test_legacy_offers_any_layout_but_not_version_1(make):
     b = make(legacy=True)
     f = b.drv.device_features()
     assert f >> 27 & 1 and f & (1 << 28) and f & (1 << 29)
+    b.start()
+    assert b.vdev.guest_features >> F_VERSION_1 & 1 == 0              # a legacy driver cannot ask
+    assert b.run(T_IN, 0, in_len=512)[1] == S_OK
+    modern = make()                                # the same device through its modern interface
+    f = modern.drv.device_features()
+    assert f >> F_VERSION_1 & 1 and not f >> 27 & 1
 
 
 # -- status and features -------------------------------------------------------------------------------
