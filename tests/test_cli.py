@@ -333,7 +333,7 @@ def test_parse_args_raises_config_error():
 def test_real_process_exit_path():
     """The process itself (python -m machine) prints one line and exits 1, no traceback."""
     proc = subprocess.run([sys.executable, "-m", "machine", "-foo"], cwd=ROOT,
-                          capture_output=True, text=True, timeout=60)
+                          capture_output=True, text=True, timeout=300)
     assert proc.returncode == 1
     assert proc.stderr == "machine: -foo: invalid option\n"
     assert proc.stdout == ""

@@ -24,7 +24,8 @@ from fuzz import rig
 from machine import trace
 
 BUDGET = 60_000                  # instructions per random program
-WALL_LIMIT = 20                  # seconds: a run still going by then is a host hang
+WALL_LIMIT = 300                 # seconds: only a guard against a host hang, never the assertion
+                                 # (a loaded 2-core host runs these 10-50x slower than idle)
 
 _EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "0"))
 FUZZ_SETTINGS = settings(
@@ -422,7 +423,7 @@ def test_lapic_timer_storm_while_halted_is_bounded(tmp_path):
         jmp 1b
     """)
     try:
-        with wall_limit(5, m):
+        with wall_limit(machine=m):
             status = m.run(max_instructions=100_000)
     finally:
         m.close()
@@ -806,7 +807,7 @@ def test_soak_bundled_guest_with_random_options(tmp_path, guest_elf, seed, capsy
             "-serial", f"file:{serial}", "-no-reboot", "-m", "32",
             "-device", "isa-debug-exit,iobase=0xf4,iosize=0x04",
             "-drive", f"file={image},format=raw,if=none,id=d0{drive_opts}", "-device", device]
-    with wall_limit(60):
+    with wall_limit():
         status = cli.main(argv)
     err = capsys.readouterr().err
     why = f"machine {' '.join(argv)} -> {status}\n{err[-2000:]}"
