@@ -9,20 +9,13 @@ import sys
 
 import pytest
 
+from elfsym import symbol
 from machine import trace
 from machine.api import Session
 from machine.cli import main as cli_main, parse_args
 from machine.debug import cpulog
 
 EXIT_DEV = ["-device", "isa-debug-exit,iobase=0xf4,iosize=0x04"]
-
-
-def symbol(elf, name: str) -> int:
-    """A symbol's address, read from the ELF (not one compiler's layout written down here)."""
-    from elftools.elf.elffile import ELFFile
-    with open(elf, "rb") as f:
-        (sym,) = ELFFile(f).get_section_by_name(".symtab").get_symbol_by_name(name)
-        return sym["st_value"]
 
 
 @pytest.fixture
