@@ -436,3 +436,90 @@ def test_host_resize_updates_capacity_generation_and_sends_config_interrupt(make
     assert b.run(T_IN, 1024, in_len=512)[1] == S_IOERR      # past the new end
     assert b.run(T_IN, 1023, in_len=512)[1] == S_OK
     assert not b.vdev.update_capacity()
+
+
+# -- paths found by mutation testing (bench/mutation.sh) ------------------------------------------
+
+def test_get_id_across_several_descriptors_stops_after_20_bytes(make):
+    b = make(props={"serial": "ABCDEFGHIJKLMNOPQRSTUVWXYZ"}).start()
+    got, st, n = b.run(T_GET_ID, in_len=40, wcuts=[7, 13, 20])
+    assert (got[:20], st, n) == (b"ABCDEFGHIJKLMNOPQRST", S_OK, 21)
+    assert got[20:] == b"\xee" * 20                       # the rest untouched (poison)
+
+
+@pytest.mark.parametrize("rcuts", [[16, 16], [4, 12, 16], [10, 6, 3, 13], [20, 12], [4, 28]])
+def test_discard_segment_is_found_in_any_descriptor_layout(make, rcuts):
+    b = make(discard="unmap", props={"max-discard-sectors": "8"}).start()
+    assert b.run(T_DISCARD, 0, out=seg(16, 8), rcuts=rcuts)[1] == S_OK
+    assert b.run(T_DISCARD, 0, out=seg(16, 9), rcuts=rcuts)[1] == S_IOERR
+
+
+@pytest.mark.parametrize("rcuts", [[16, 16], [4, 12, 16], [10, 6, 3, 13], [20, 12], [4, 28]])
+def test_write_zeroes_segment_is_found_in_any_descriptor_layout(make, rcuts):
+    b = make().start()
+    assert b.run(T_WRITE_ZEROES, 0, out=seg(6, 2), rcuts=rcuts)[1] == S_OK
+    img = b.image()
+    assert img[6 * SECT:8 * SECT] == bytes(1024)
+    assert img[5 * SECT:6 * SECT] + img[8 * SECT:9 * SECT] == pattern(1 << 20)[5 * SECT:6 * SECT] + pattern(1 << 20)[8 * SECT:9 * SECT]
+
+
+def test_discard_and_write_zeroes_maxima_are_separate_and_inclusive(make):
+    b = make(props={"max-discard-sectors": "8", "max-write-zeroes-sectors": "16"}).start()
+    assert b.run(T_DISCARD, 0, out=seg(0, 8))[1] == S_OK
+    assert b.run(T_DISCARD, 0, out=seg(0, 9))[1] == S_IOERR
+    assert b.run(T_WRITE_ZEROES, 0, out=seg(0, 16))[1] == S_OK
+    assert b.run(T_WRITE_ZEROES, 0, out=seg(0, 17))[1] == S_IOERR
+
+
+@pytest.mark.parametrize("negotiated", [B.VIRTIO_BLK_F_DISCARD, B.VIRTIO_BLK_F_WRITE_ZEROES])
+def test_discard_and_write_zeroes_each_need_their_own_feature(make, negotiated):
+    b = make()
+    other = B.VIRTIO_BLK_F_WRITE_ZEROES if negotiated == B.VIRTIO_BLK_F_DISCARD else B.VIRTIO_BLK_F_DISCARD
+    b.start(features=b.drv.device_features() & ~(1 << other))
+    ok_type, unsupp_type = ((T_DISCARD, T_WRITE_ZEROES) if negotiated == B.VIRTIO_BLK_F_DISCARD
+                            else (T_WRITE_ZEROES, T_DISCARD))
+    assert b.run(ok_type, 0, out=seg(0, 1))[1] == S_OK
+    assert b.run(unsupp_type, 0, out=seg(0, 1))[1] == S_UNSUPP
+
+
+@pytest.mark.parametrize("flags,unmap", [(0, False), (1, True)])
+def test_write_zeroes_passes_the_unmap_flag_to_the_backend(make, monkeypatch, flags, unmap):
+    b = make(discard="unmap").start()
+    calls = []
+    monkeypatch.setattr(b.backend, "write_zeroes", lambda off, n, may_unmap: calls.append((off, n, may_unmap)))
+    assert b.run(T_WRITE_ZEROES, 0, out=seg(2, 3, flags))[1] == S_OK
+    assert calls == [(2 * SECT, 3 * SECT, unmap)]
+
+
+def test_writeback_field_stores_0_or_1_whatever_the_driver_writes(make):
+    b = make().start()
+    b.drv.cfg_write(B.OFF_WRITEBACK, 1, 0x80)
+    assert b.drv.cfg_read(B.OFF_WRITEBACK, 1) == 1
+    b.drv.cfg_write(B.OFF_WRITEBACK, 1, 0)
+    assert b.drv.cfg_read(B.OFF_WRITEBACK, 1) == 0
+
+
+def test_cache_unsafe_never_syncs_even_in_writethrough_mode(make, monkeypatch):
+    b = make(cache="unsafe").start()
+    b.drv.cfg_write(B.OFF_WRITEBACK, 1, 0)               # the driver asks for writethrough
+
+    def boom(fd):
+        raise AssertionError("fdatasync with cache=unsafe")
+    monkeypatch.setattr(os, "fdatasync", boom)
+    assert b.run(T_OUT, 0, out=b"a" * 512)[1] == S_OK
+    assert b.run(T_WRITE_ZEROES, 0, out=seg(0, 1))[1] == S_OK
+    assert b.run(T_FLUSH)[1] == S_OK
+
+
+@pytest.mark.parametrize("rtype,out", [(T_OUT, b"a" * 512), (T_WRITE_ZEROES, seg(0, 1)),
+                                       (T_DISCARD, seg(0, 1))])
+def test_failed_writethrough_sync_is_ioerr_and_poisons_later_flushes(make, monkeypatch, rtype, out):
+    b = make(discard="unmap").start()
+    b.drv.cfg_write(B.OFF_WRITEBACK, 1, 0)
+
+    def fail(fd):
+        raise OSError(5, "EIO")
+    monkeypatch.setattr(os, "fdatasync", fail)
+    assert b.run(rtype, 0, out=out)[1] == S_IOERR
+    monkeypatch.setattr(os, "fdatasync", lambda fd: None)
+    assert b.run(T_FLUSH)[1] == S_IOERR                  # the lost write is never reported stable
