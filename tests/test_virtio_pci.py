@@ -9,6 +9,7 @@ from machine.block import open_drive
 from machine.config import ConfigError, DriveConfig
 from machine.memory import GuestMemory, IoSpace, MemoryMap
 from machine.pci.bus import PciBus
+from machine.virtio import blk as B
 from machine.virtio.blk_pci import create_virtio_blk_pci
 
 
@@ -305,6 +306,7 @@ def test_bad_ring_addresses_set_needs_reset_at_enable(make, what):
     d.write64(0x30, used)
     d.common_write(0x1C, 2, 1)
     assert d.status & NEEDS_RESET and b.vdev.broken
+    assert b.vdev.isr == 0 and not b.dev.intx.level     # no config interrupt before DRIVER_OK
 
 
 # -- notify, ISR, INTx -----------------------------------------------------------------------------------
@@ -600,3 +602,101 @@ def test_only_accesses_overlapping_pci_cfg_data_go_through_the_window(make):
     assert b.drv.status == 0
     dev.config_write(cap + 19, 1, 0)                    # the data field's last byte: goes through
     assert b.drv.status == ACK
+
+
+
+# -- paths found by mutation testing (bench/mutation.sh) ------------------------------------------
+
+def test_legacy_feature_register_keeps_what_the_driver_may_have(make):
+    b = make(legacy=True)
+    bar = b.drv.bar
+    offered = bar.read(0x00, 4)
+    b.drv.set_status(ACK | DRIVER)
+    bar.write(0x04, 4, 0xFFFFFFFF)
+    assert bar.read(0x04, 4) == offered                 # only offered bits stick
+    bar.write(0x04, 4, 1 << F_EVENT_IDX)
+    assert bar.read(0x04, 4) == 1 << F_EVENT_IDX        # and unasked ones do not
+    b.drv.set_status(ACK | DRIVER | DRIVER_OK)
+    bar.write(0x04, 4, 0)                               # after DRIVER_OK: ignored
+    assert bar.read(0x04, 4) == 1 << F_EVENT_IDX and b.vdev.queues[0].event_idx
+
+
+def test_legacy_status_write_keeps_the_queue_selector_and_0_resets_it(make):
+    b = make(legacy=True, props={"num-queues": "2"})
+    bar = b.drv.bar
+    bar.write(0x0E, 2, 1)
+    b.drv.set_status(ACK)
+    b.drv.set_status(ACK | DRIVER)
+    assert bar.read(0x0E, 2) == 1
+    b.drv.set_status(0)
+    assert bar.read(0x0E, 2) == 0
+
+
+def test_legacy_pfn_reads_back_only_for_an_enabled_queue(make):
+    b = make(legacy=True, props={"num-queues": "2"})
+    bar = b.drv.bar
+    bar.write(0x0E, 2, 1)
+    assert bar.read(0x08, 4) == 0
+    bar.write(0x08, 4, 0x123)
+    assert bar.read(0x08, 4) == 0x123
+    bar.write(0x0E, 2, 0)
+    assert bar.read(0x08, 4) == 0                       # queue 0 was never given a PFN
+    bar.write(0x0E, 2, 5)
+    assert bar.read(0x08, 4) == 0                       # no such queue
+
+
+def test_legacy_pfn_of_a_queue_programmed_but_not_enabled_through_the_modern_interface_is_0(make):
+    b = make()                                          # transitional: both interfaces
+    b.drv.common_write(0x16, 2, 0)
+    b.drv.write64(0x20, 0x123000)                       # queue_desc, queue_enable left 0
+    legacy = b.dev.bars[0].ops
+    legacy.write(0x0E, 2, 0)
+    assert legacy.read(0x08, 4) == 0
+
+
+def test_legacy_config_writes_reach_the_writeback_field(make):
+    b = make(legacy=True).start()
+    b.drv.cfg_write(B.OFF_WRITEBACK, 1, 0)
+    assert b.drv.cfg_read(B.OFF_WRITEBACK, 1) == 0 and b.vdev.config[B.OFF_WRITEBACK] == 0
+    b.drv.cfg_write(B.OFF_WRITEBACK, 1, 1)
+    assert b.vdev.config[B.OFF_WRITEBACK] == 1
+    b.drv.cfg_write(B.OFF_WRITEBACK - 1, 1, 0)           # the byte before: read-only
+    assert b.vdev.config[B.OFF_WRITEBACK - 1] == 0 and b.vdev.config[B.OFF_WRITEBACK] == 1
+
+
+def test_queue_size_equal_to_the_maximum_is_accepted(make):
+    b = make(props={"queue-size": "64"})
+    b.drv.common_write(0x16, 2, 0)
+    b.drv.common_write(0x18, 2, 32)
+    b.drv.common_write(0x18, 2, 64)
+    assert b.drv.common_read(0x18, 2) == 64
+
+
+def test_config_space_reads_up_to_its_last_byte(make):
+    b = make()
+    assert b.drv.cfg_read(B.CONFIG_SIZE - 4, 4) == 1    # write_zeroes_may_unmap, then padding
+    assert b.drv.cfg_read(B.CONFIG_SIZE - 2, 4) == 0xFFFFFFFF     # past the end: all ones
+
+
+def test_config_change_before_driver_ok_interrupts_nobody(make):
+    b = make()
+    with open(b.path, "r+b") as f:
+        f.truncate(512 * 1024)
+    assert b.vdev.update_capacity()
+    assert b.vdev.isr == 0 and not b.dev.intx.level
+    assert b.drv.cfg_read(0, 4) == 1024
+
+
+def test_isr_keeps_both_causes_until_read(make):
+    b = make()
+    b.start(features=b.drv.device_features() & ~(1 << F_EVENT_IDX))     # every request interrupts
+    with open(b.path, "r+b") as f:
+        f.truncate(512 * 1024)
+    b.vdev.update_capacity()                            # config change: bit 1
+    b.run(T_IN, 0, in_len=512)                          # used buffer: bit 0
+    assert b.drv.isr() == 3 and b.drv.isr() == 0
+    b.run(T_IN, 0, in_len=512)                          # the other order
+    with open(b.path, "r+b") as f:
+        f.truncate(256 * 1024)
+    b.vdev.update_capacity()
+    assert b.drv.isr() == 3

@@ -465,3 +465,20 @@ def test_event_idx_interrupt_across_the_16_bit_wrap(start, used_event, fires_at)
         if q.should_notify():
             fired.append(q.used_idx)
     assert fired == [fires_at]
+
+
+
+def test_peek_decodes_any_ring_position_and_refuses_an_inactive_queue(bench):
+    vq = bench.vqs[0]
+    d = good_in(bench)
+    for i, desc in enumerate(d):
+        vq.write_desc(vq.desc, i, *desc)
+    vq.write_desc(vq.desc, 3, buf(bench, HDR_IN), 16, NEXT, 4)
+    vq.write_desc(vq.desc, 4, buf(bench, size=1), 1, WRITE, 0)
+    vq.publish(0)
+    vq.publish(3)
+    assert bench.vdev.peek_chain(0, 1).head == 3 and bench.vdev.peek_chain(0, 0).head == 0
+    assert bench.vdev.peek_chain(0).head == 0           # default: the next one the device takes
+    q = SplitQueue(1, 4, lambda q: None, bench.mem)
+    with pytest.raises(VirtqueueError, match="queue 1 is not active"):
+        q.peek(0)
