@@ -700,3 +700,20 @@ def test_isr_keeps_both_causes_until_read(make):
         f.truncate(256 * 1024)
     b.vdev.update_capacity()
     assert b.drv.isr() == 3
+
+
+@pytest.mark.parametrize("off", [0x20, 0x28, 0x30])       # queue_desc, queue_driver, queue_device
+def test_queue_address_registers_read_back_both_halves(make, off):
+    b = make()
+    d = b.drv
+    d.common_write(0x16, 2, 0)
+    d.common_write(off, 4, 0xFFFFF000)
+    d.common_write(off + 4, 4, 0x12)
+    d.common_write(off, 4, 0x00345000)                   # a new low half replaces the old one
+    assert (d.common_read(off, 4), d.common_read(off + 4, 4)) == (0x00345000, 0x12)
+    d.common_write(off + 4, 4, 0xABCDEF01)               # and a new high half keeps the low one
+    assert (d.common_read(off, 4), d.common_read(off + 4, 4)) == (0x00345000, 0xABCDEF01)
+    field = {0x20: "desc_addr", 0x28: "avail_addr", 0x30: "used_addr"}[off]
+    assert getattr(b.vdev.queues[0], field) == 0xABCDEF01_00345000
+    d.common_write(0x16, 2, 7)                           # no such queue: reads 0
+    assert d.common_read(off, 4) == 0 and d.common_read(off + 4, 4) == 0
