@@ -482,3 +482,67 @@ def test_peek_decodes_any_ring_position_and_refuses_an_inactive_queue(bench):
     q = SplitQueue(1, 4, lambda q: None, bench.mem)
     with pytest.raises(VirtqueueError, match="queue 1 is not active"):
         q.peek(0)
+
+
+@pytest.mark.parametrize("legacy", [True, False])
+def test_trace_events_carry_the_request_fields(tmp_path, legacy):
+    """Each event's fields, for a read of 2 sectors at 3 (head 0: header + one 1025-byte
+    writable descriptor) and a write of 1 sector at 5 (head 2), as QEMU's events show them."""
+    import io
+    import re
+    import sys
+    from machine import trace
+    b = Bench(tmp_path, legacy=legacy).start()
+    out = io.StringIO()
+    trace.set_output(out)
+    try:
+        trace.enable("virt*")
+        b.run(T_IN, 3, in_len=1024)
+        b.run(T_OUT, 5, out=b"x" * 512)
+    finally:
+        trace.disable_all()
+        trace.set_output(sys.stderr)
+        b.close()
+    kick = ("virtio_pci_notify_write_pio addr=0x10 val=0x0 size=2" if legacy
+            else "virtio_pci_notify_write addr=0x3000 val=0x0 size=2")
+    lines = [re.sub(r"latency_us=\d+\.\d$", "latency_us=T", line) for line in out.getvalue().splitlines()]
+    assert lines == [
+        kick,
+        "virtio_queue_notify vdev=virtio-blk n=0",
+        "virtqueue_pop vq=0 head=0 in_num=1 out_num=1",
+        "virtio_blk_handle_read vdev=virtio-blk req=0 sector=3 nsectors=2",
+        "virtio_blk_req_complete vdev=virtio-blk req=0 type=0 sector=3 len=1024 status=0 latency_us=T",
+        "virtqueue_fill vq=0 head=0 len=1025 idx=0",
+        "virtio_notify vdev=virtio-blk vq=0",
+        kick,                                           # EVENT_IDX: no interrupt asked for this one
+        "virtio_queue_notify vdev=virtio-blk n=0",
+        "virtqueue_pop vq=0 head=2 in_num=1 out_num=1",
+        "virtio_blk_handle_write vdev=virtio-blk req=2 sector=5 nsectors=1",
+        "virtio_blk_req_complete vdev=virtio-blk req=2 type=1 sector=5 len=512 status=0 latency_us=T",
+        "virtqueue_fill vq=0 head=2 len=1 idx=1",
+    ]
+
+
+def test_guest_errors_say_what_was_ignored(bench):
+    """-d guest_errors: the driver's mistakes are logged with what and where."""
+    import io
+    import sys
+    from machine import trace
+    from machine.virtio import blk as B
+    out = io.StringIO()
+    trace.set_output(out)
+    trace.enable_category("guest_errors")
+    try:
+        bench.drv.cfg_write(0, 4, 1)                        # capacity: read-only
+        bench.drv.common_write(0x16, 2, 0)
+        bench.drv.common_write(0x1A, 2, 3)                  # queue_msix_vector without MSI-X
+        bench.drv.cfg_read(B.CONFIG_SIZE, 4)
+        bench.vdev.virtio_error("test breakage")
+    finally:
+        trace.disable_all()
+        trace.set_output(sys.stderr)
+    text = out.getvalue()
+    assert "virtio-blk: config write 0x0+4 = 0x1 ignored" in text, text
+    assert "MSI-X vector 0x3 written without MSI-X; stays NO_VECTOR" in text, text
+    assert f"virtio-blk: config read {B.CONFIG_SIZE:#x}+4 outside {B.CONFIG_SIZE} bytes" in text, text
+    assert "virtio-blk: test breakage" in text, text
