@@ -717,3 +717,18 @@ def test_queue_address_registers_read_back_both_halves(make, off):
     assert getattr(b.vdev.queues[0], field) == 0xABCDEF01_00345000
     d.common_write(0x16, 2, 7)                           # no such queue: reads 0
     assert d.common_read(off, 4) == 0 and d.common_read(off + 4, 4) == 0
+
+
+def test_pci_cfg_window_of_4_bytes_and_at_the_last_dword_of_the_bar(make):
+    b = make()
+    dev = b.dev
+    cap = b.drv.caps[5][0]
+    common = b.drv._off(1)
+    dev.config_write(cap + 4, 1, 4)
+    dev.config_write(cap + 8, 4, common + 0x04)          # device_feature, 4 bytes
+    dev.config_write(cap + 12, 4, 4)
+    assert dev.config_read(cap + 16, 4) == b.drv.device_features() & 0xFFFFFFFF
+    dev.config_write(cap + 8, 4, 0x3FFC)                 # the BAR's last dword (notify area)
+    dev.config_write(cap + 16, 4, 0x5A5A5A5A)            # a notify for no queue: ignored
+    assert dev.config_read(cap + 16, 4) == 0             # the area reads as 0 through the window
+    assert not b.needs_reset

@@ -532,6 +532,7 @@ def test_guest_errors_say_what_was_ignored(bench):
     out = io.StringIO()
     trace.set_output(out)
     trace.enable_category("guest_errors")
+    trace.enable("virtio_error")
     try:
         bench.drv.cfg_write(0, 4, 1)                        # capacity: read-only
         bench.drv.common_write(0x16, 2, 0)
@@ -546,3 +547,26 @@ def test_guest_errors_say_what_was_ignored(bench):
     assert "MSI-X vector 0x3 written without MSI-X; stays NO_VECTOR" in text, text
     assert f"virtio-blk: config read {B.CONFIG_SIZE:#x}+4 outside {B.CONFIG_SIZE} bytes" in text, text
     assert "virtio-blk: test breakage" in text, text
+    assert "virtio_error vdev=virtio-blk test breakage" in text, text
+    assert "BAD_FEATURE" not in text and "ignored" not in text.split("config write")[0], text
+
+
+def test_legacy_negotiation_logs_nothing_but_bad_feature_is_logged(tmp_path):
+    import io
+    import sys
+    from machine import trace
+    out = io.StringIO()
+    trace.set_output(out)
+    trace.enable_category("guest_errors")
+    b = Bench(tmp_path, legacy=True)
+    try:
+        b.start()
+        assert out.getvalue() == ""
+        b.drv.set_status(0)
+        b.drv.set_status(1 | 2)
+        b.drv.bar.write(0x04, 4, 1 << 30)                   # VIRTIO_F_BAD_FEATURE
+    finally:
+        trace.disable_all()
+        trace.set_output(sys.stderr)
+        b.close()
+    assert "driver set VIRTIO_F_BAD_FEATURE" in out.getvalue()
