@@ -523,3 +523,22 @@ def test_failed_writethrough_sync_is_ioerr_and_poisons_later_flushes(make, monke
     assert b.run(rtype, 0, out=out)[1] == S_IOERR
     monkeypatch.setattr(os, "fdatasync", lambda fd: None)
     assert b.run(T_FLUSH)[1] == S_IOERR                  # the lost write is never reported stable
+
+
+def test_host_write_error_is_ioerr(make, monkeypatch):
+    b = make().start()
+
+    def fail(off, bufs):
+        raise OSError(28, "ENOSPC")
+    monkeypatch.setattr(b.backend, "writev", fail)
+    assert b.run(T_OUT, 0, out=b"a" * 512)[1:] == (S_IOERR, 1)
+
+
+@pytest.mark.parametrize("rtype,method", [(T_DISCARD, "discard"), (T_WRITE_ZEROES, "write_zeroes")])
+def test_host_discard_or_write_zeroes_error_is_ioerr(make, monkeypatch, rtype, method):
+    b = make(discard="unmap").start()
+
+    def fail(*args):
+        raise OSError(5, "EIO")
+    monkeypatch.setattr(b.backend, method, fail)
+    assert b.run(rtype, 0, out=seg(0, 1))[1:] == (S_IOERR, 1)

@@ -732,3 +732,28 @@ def test_pci_cfg_window_of_4_bytes_and_at_the_last_dword_of_the_bar(make):
     dev.config_write(cap + 16, 4, 0x5A5A5A5A)            # a notify for no queue: ignored
     assert dev.config_read(cap + 16, 4) == 0             # the area reads as 0 through the window
     assert not b.needs_reset
+
+
+def test_driver_feature_reads_back_what_was_accepted(make):
+    b = make()
+    d = b.drv
+    d.set_status(ACK | DRIVER)
+    d.write_features(d.device_features())
+    words = []
+    for sel in (0, 1, 2):
+        d.common_write(0x08, 4, sel)
+        words.append(d.common_read(0x0C, 4))
+    assert words[0] | words[1] << 32 == d.device_features() and words[2] == 0
+
+
+def test_notify_for_a_queue_not_enabled_is_ignored(make):
+    b = make(props={"num-queues": "2"}).start(nqueues=1)
+    b.drv.bar.write(b.drv._off(2) + 1 * b.drv.notify_mult, 2, 1)    # queue 1 exists, not enabled
+    assert not b.needs_reset and b.run(T_IN, 0, in_len=512)[1] == S_OK
+
+
+def test_legacy_pfn_write_for_a_missing_queue_is_ignored(make):
+    b = make(legacy=True)
+    b.drv.bar.write(0x0E, 2, 9)
+    b.drv.bar.write(0x08, 4, 0x100)
+    assert not any(q.enabled for q in b.vdev.queues)

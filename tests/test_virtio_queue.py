@@ -570,3 +570,20 @@ def test_legacy_negotiation_logs_nothing_but_bad_feature_is_logged(tmp_path):
         trace.set_output(sys.stderr)
         b.close()
     assert "driver set VIRTIO_F_BAD_FEATURE" in out.getvalue()
+
+
+def test_chain_longer_than_4_gib_is_refused():
+    """2.7.5: a chain describes at most 2^32 bytes; 820 indirect entries of 5 MiB each (the
+    same RAM, described again and again) go past that."""
+    mem = GuestMemory(8 << 20)
+    q = SplitQueue(0, 4, lambda q: None, mem)
+    q.desc_addr, q.avail_addr, q.used_addr = 0x100000, 0x101000, 0x102000
+    q.activate()
+    q.indirect = True
+    table, n = 0x110000, 820
+    for i in range(n):
+        mem.write(table + 16 * i, struct.pack("<QIHH", 0x200000, 5 << 20, 1 if i + 1 < n else 0, i + 1))
+    mem.write(0x100000, struct.pack("<QIHH", table, 16 * n, 4, 0))
+    mem.write_u16(0x101002, 1)
+    with pytest.raises(VirtqueueError, match="longer than 4 GiB"):
+        q.pop()
