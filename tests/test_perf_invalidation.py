@@ -80,20 +80,20 @@ def test_removals_are_deferred_to_the_callback_exit_and_merged_per_page_run(tmp_
     m = build_machine(tmp_path, "EXIT 0\n")
     cpu = m.cpu
     removed = []
-    cpu._remove_code = lambda b, e: removed.append((b, e)) or 0
+    cpu.physmem._remove_code = lambda b, e: removed.append((b, e)) or 0
 
     m.mem.write(0x5000, b"x")                   # outside a callback: at once
     assert removed == [(0x5000, 0x5001)]
     removed.clear()
 
-    cpu._callback_depth += 1
+    cpu.physmem.callback_depth += 1
     for gpa, n in ((0x5000, 1), (0x1000, 0x1000), (0x2FFE, 4), (0x9000, 4), (0x2000, 1)):
         m.mem.write(gpa, b"\0" * n)
     assert removed == []                        # only noted while the device runs
-    cpu._callback_depth -= 1
-    cpu._flush_now()
+    cpu.physmem.callback_depth -= 1
+    cpu.physmem.flush_now()
     assert removed == [(0x1000, 0x3002), (0x5000, 0x5001), (0x9000, 0x9004)]
-    assert not cpu._flush_pending and cpu._dirty == []
+    assert not cpu.physmem.flush_pending and cpu.physmem._dirty == []
 
 
 def test_a_run_never_crosses_into_another_ram_range(tmp_path):
@@ -103,11 +103,11 @@ def test_a_run_never_crosses_into_another_ram_range(tmp_path):
     # RAM shown again at 0xFF000 (as shadow RAM is), touching the main range at 1 MiB.
     m.mem.add_range(RamRange(0xFF000, 0x1000, 0x200000))
     removed = []
-    cpu._remove_code = lambda b, e: removed.append((b, e)) or 0
-    cpu._callback_depth += 1
+    cpu.physmem._remove_code = lambda b, e: removed.append((b, e)) or 0
+    cpu.physmem.callback_depth += 1
     m.mem.write(0xFFFF0, b"\0" * 16)
     m.mem.write(0x100000, b"\0" * 16)
     m.mem.write(0x100100, b"\0" * 16)
-    cpu._callback_depth -= 1
-    cpu._flush_now()
+    cpu.physmem.callback_depth -= 1
+    cpu.physmem.flush_now()
     assert removed == [(0xFFFF0, 0x100000), (0x100000, 0x100110)]

@@ -8,7 +8,11 @@ import pytest
 
 from virtio_driver import (INDIRECT, NEXT, S_OK, T_IN, T_OUT, WRITE, Bench, BlkRequests, F_INDIRECT, Vring)
 from machine.memory import GuestMemory
-from machine.virtio.queue import SplitQueue, VirtqueueError
+from machine.virtio.blk_request import HeaderTooShort, MissingHeaders
+from machine.virtio.queue import (AvailIndexTooFar, BadHeadIndex, BadIndirectSize, BadNextIndex,
+                                  BufferNotInRam, DescriptorOrder, HeadInFlight, IndirectNotNegotiated,
+                                  IndirectTooLarge, IndirectWithNext, LoopedDescriptor, NestedIndirect,
+                                  QueueSizeExceeded, SplitQueue, ZeroSizedBuffer)
 
 HDR_IN = struct.pack("<IIQ", T_IN, 0, 0)
 HDR_OUT = struct.pack("<IIQ", T_OUT, 0, 0)
@@ -40,8 +44,9 @@ def submit_raw(b, descs, head=0, table=None):
     b.drv.kick(0)
 
 
-def assert_broken(b, image_before):
+def assert_broken(b, image_before, kind):
     assert b.needs_reset and b.vdev.broken
+    assert type(b.vdev.error) is kind, b.vdev.error         # which rule the guest broke
     assert b.vdev.isr & 2 and b.dev.intx.level              # config change interrupt
     assert b.vqs[0].used_idx() == 0
     assert b.image() == image_before
@@ -67,7 +72,7 @@ def test_head_beyond_queue_size_needs_reset(bench):
     before = bench.image()
     d = good_in(bench)
     submit_raw(bench, d, head=256)
-    assert_broken(bench, before)
+    assert_broken(bench, before, BadHeadIndex)
 
 
 def test_next_beyond_queue_size_needs_reset(bench):
@@ -75,7 +80,7 @@ def test_next_beyond_queue_size_needs_reset(bench):
     d = good_in(bench)
     d[1] = d[1][:3] + (300,)
     submit_raw(bench, d)
-    assert_broken(bench, before)
+    assert_broken(bench, before, BadNextIndex)
 
 
 @pytest.mark.parametrize("loop", ["self", "two_cycle", "back_to_head"])
@@ -90,7 +95,7 @@ def test_descriptor_loops_terminate_with_needs_reset(bench, loop):
         d[1] = (d[1][0], 512, NEXT, 0)
         d[0] = (d[0][0], 16, NEXT, 1)
     submit_raw(bench, d)
-    assert_broken(bench, before)
+    assert_broken(bench, before, LoopedDescriptor)
 
 
 def test_zero_length_descriptor_needs_reset(bench):
@@ -98,7 +103,7 @@ def test_zero_length_descriptor_needs_reset(bench):
     d = good_in(bench)
     d[1] = (d[1][0], 0, WRITE | NEXT, 2)
     submit_raw(bench, d)
-    assert_broken(bench, before)
+    assert_broken(bench, before, ZeroSizedBuffer)
 
 
 @pytest.mark.parametrize("addr,length", [
@@ -113,7 +118,7 @@ def test_buffers_outside_ram_need_reset_and_no_mmio_is_touched(bench, addr, leng
     d = good_in(bench)
     d[1] = (addr, length, WRITE | NEXT, 2)
     submit_raw(bench, d)
-    assert_broken(bench, before)
+    assert_broken(bench, before, BufferNotInRam)
 
 
 def test_readable_after_writable_needs_reset(bench):
@@ -121,25 +126,25 @@ def test_readable_after_writable_needs_reset(bench):
     d = [(buf(bench, HDR_OUT), 16, NEXT, 1), (buf(bench, size=1), 1, WRITE | NEXT, 2),
          (buf(bench, b"x" * 512), 512, NEXT, 3), (buf(bench, size=1), 1, WRITE, 0)]
     submit_raw(bench, d)
-    assert_broken(bench, before)
+    assert_broken(bench, before, DescriptorOrder)
 
 
 def test_chain_with_only_a_header_needs_reset(bench):
     before = bench.image()
     submit_raw(bench, [(buf(bench, HDR_IN), 16, 0, 0)])
-    assert_broken(bench, before)
+    assert_broken(bench, before, MissingHeaders)
 
 
 def test_header_in_a_writable_descriptor_needs_reset(bench):
     before = bench.image()
     submit_raw(bench, [(buf(bench, HDR_IN), 16, WRITE | NEXT, 1), (buf(bench, size=1), 1, WRITE, 0)])
-    assert_broken(bench, before)
+    assert_broken(bench, before, MissingHeaders)
 
 
 def test_readable_header_shorter_than_16_bytes_needs_reset(bench):
     before = bench.image()
     submit_raw(bench, [(buf(bench, HDR_IN[:8]), 8, NEXT, 1), (buf(bench, size=1), 1, WRITE, 0)])
-    assert_broken(bench, before)
+    assert_broken(bench, before, HeaderTooShort)
 
 
 def test_status_in_same_descriptor_as_data_is_the_last_byte(bench):
@@ -169,7 +174,7 @@ def test_avail_index_jumping_more_than_queue_size_needs_reset(bench):
         vq.write_desc(vq.desc, i, *d)
     vq.set_avail_idx(257)
     bench.drv.kick(0)
-    assert_broken(bench, before)
+    assert_broken(bench, before, AvailIndexTooFar)
 
 
 @pytest.mark.parametrize("length", [0, 24, 8])
@@ -177,13 +182,13 @@ def test_indirect_table_length_not_a_multiple_of_16_needs_reset(bench, length):
     before = bench.image()
     table = buf(bench, size=64)
     submit_raw(bench, [(table, length, INDIRECT, 0)])
-    assert_broken(bench, before)
+    assert_broken(bench, before, BadIndirectSize)
 
 
 def test_indirect_table_in_mmio_needs_reset(bench):
     before = bench.image()
     submit_raw(bench, [(0xFEBF8000, 48, INDIRECT, 0)])
-    assert_broken(bench, before)
+    assert_broken(bench, before, BufferNotInRam)
 
 
 def test_indirect_without_the_feature_needs_reset(tmp_path):
@@ -195,7 +200,7 @@ def test_indirect_without_the_feature_needs_reset(tmp_path):
     for i, d in enumerate(good_in(b)):
         vq.write_desc(table, i, *d)
     submit_raw(b, [(table, 48, INDIRECT, 0)])
-    assert_broken(b, before)
+    assert_broken(b, before, IndirectNotNegotiated)
     b.close()
 
 
@@ -205,7 +210,7 @@ def test_nested_indirect_needs_reset(bench):
     outer = buf(bench, size=16)
     bench.vqs[0].write_desc(outer, 0, inner, 48, INDIRECT, 0)
     submit_raw(bench, [(outer, 16, INDIRECT, 0)])
-    assert_broken(bench, before)
+    assert_broken(bench, before, NestedIndirect)
 
 
 def test_indirect_with_next_set_needs_reset(bench):
@@ -214,7 +219,7 @@ def test_indirect_with_next_set_needs_reset(bench):
     for i, d in enumerate(good_in(bench)):
         bench.vqs[0].write_desc(table, i, *d)
     submit_raw(bench, [(table, 48, INDIRECT | NEXT, 1), (buf(bench, size=1), 1, WRITE, 0)])
-    assert_broken(bench, before)
+    assert_broken(bench, before, IndirectWithNext)
 
 
 def test_loop_inside_an_indirect_table_needs_reset(bench):
@@ -224,7 +229,7 @@ def test_loop_inside_an_indirect_table_needs_reset(bench):
     vq.write_desc(table, 0, buf(bench, HDR_IN), 16, NEXT, 1)
     vq.write_desc(table, 1, buf(bench, size=8), 8, WRITE | NEXT, 0)
     submit_raw(bench, [(table, 32, INDIRECT, 0)])
-    assert_broken(bench, before)
+    assert_broken(bench, before, LoopedDescriptor)
 
 
 def test_next_beyond_indirect_table_needs_reset(bench):
@@ -234,13 +239,13 @@ def test_next_beyond_indirect_table_needs_reset(bench):
     vq.write_desc(table, 0, buf(bench, HDR_IN), 16, NEXT, 2)
     vq.write_desc(table, 1, buf(bench, size=8), 8, WRITE, 0)
     submit_raw(bench, [(table, 32, INDIRECT, 0)])
-    assert_broken(bench, before)
+    assert_broken(bench, before, BadNextIndex)
 
 
 def test_oversized_indirect_table_needs_reset(bench):
     before = bench.image()
     submit_raw(bench, [(0x100000, 16 * 2048, INDIRECT, 0)])
-    assert_broken(bench, before)
+    assert_broken(bench, before, IndirectTooLarge)
 
 
 def test_direct_descriptors_followed_by_an_indirect_one_are_accepted(bench):
@@ -283,7 +288,7 @@ def test_same_head_in_flight_twice_is_an_error():
     mem.write_u16(0x101006, 1)
     mem.write_u16(0x101002, 2)
     assert q.pop().head == 1
-    with pytest.raises(VirtqueueError, match="in flight"):
+    with pytest.raises(HeadInFlight):
         q.pop()
 
 
@@ -299,7 +304,7 @@ def test_more_chains_in_flight_than_queue_size_is_an_error():
     q.pop()
     mem.write_u16(0x101006, 1)       # head 1 is still in flight; 2 chains out = size
     mem.write_u16(0x101002, 4)
-    with pytest.raises(VirtqueueError, match="size exceeded"):
+    with pytest.raises(QueueSizeExceeded):
         q.pop()
 
 

@@ -1,11 +1,13 @@
 """virtio-blk (VIRTIO 1.2 section 5.2): config space, feature set and request handling.
 
-Requests complete synchronously inside the queue notify: the request is parsed from the chain
-(header gathered from any number of readable descriptors into one host copy, status = the last
-byte of the last writable descriptor), data moves straight between the image and guest RAM
-views, the status byte is written and the chain is put on the used ring with len = the exact
-number of bytes written. Structural violations (no header, no status) are ring errors
-(DEVICE_NEEDS_RESET, as QEMU's virtio_error); everything else gets OK/IOERR/UNSUPP.
+Requests complete synchronously inside the queue notify, in two steps: the chain is parsed
+into a frozen `BlkRequest` (blk_request.py: header gathered from any number of readable
+descriptors into one host copy, status = the last byte of the last writable descriptor), then
+executed: data moves straight between the image and guest RAM views. The status byte is
+written in one place (`handle_request`: OK, or the status a `RequestError` carries), the
+completion traced once, and the chain put on the used ring with len = the exact number of bytes
+written. Structural violations (no header, no status) are ring errors (DEVICE_NEEDS_RESET, as
+QEMU's virtio_error).
 """
 
 from __future__ import annotations
@@ -18,89 +20,26 @@ from ..config import ConfigError
 from ..memory import GuestMemory
 from . import props as P
 from .device import VIRTIO_QUEUE_MAX, VirtioDevice, bit
-from .queue import QUEUE_MAX_SIZE, Chain, SplitQueue, VirtqueueError, is_power_of_2
+from .blk_request import (DWZ_SEGMENT, SECTOR, BlkRequest, IoError, RequestError, Seg, Unsupported,
+                          parse)
+from .queue import QUEUE_MAX_SIZE, Chain, SplitQueue, is_power_of_2
+from .spec import (VIRTIO_BLK_F_BLK_SIZE, VIRTIO_BLK_F_CONFIG_WCE, VIRTIO_BLK_F_DISCARD,
+                   VIRTIO_BLK_F_FLUSH, VIRTIO_BLK_F_GEOMETRY, VIRTIO_BLK_F_MQ, VIRTIO_BLK_F_RO,
+                   VIRTIO_BLK_F_SEG_MAX, VIRTIO_BLK_F_TOPOLOGY, VIRTIO_BLK_F_WRITE_ZEROES,
+                   VIRTIO_BLK_ID_BYTES, VIRTIO_BLK_S_OK, VIRTIO_BLK_T_DISCARD, VIRTIO_BLK_T_FLUSH,
+                   VIRTIO_BLK_T_GET_ID, VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT, VIRTIO_BLK_T_WRITE_ZEROES,
+                   VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP, VIRTIO_ID_BLOCK)
 
-VIRTIO_ID_BLOCK = 2
-
-# Feature bits (5.2.3)
-VIRTIO_BLK_F_SIZE_MAX = 1
-VIRTIO_BLK_F_SEG_MAX = 2
-VIRTIO_BLK_F_GEOMETRY = 4
-VIRTIO_BLK_F_RO = 5
-VIRTIO_BLK_F_BLK_SIZE = 6
-VIRTIO_BLK_F_FLUSH = 9
-VIRTIO_BLK_F_TOPOLOGY = 10
-VIRTIO_BLK_F_CONFIG_WCE = 11
-VIRTIO_BLK_F_MQ = 12
-VIRTIO_BLK_F_DISCARD = 13
-VIRTIO_BLK_F_WRITE_ZEROES = 14
-
-# Request types and status (5.2.6)
-VIRTIO_BLK_T_IN = 0
-VIRTIO_BLK_T_OUT = 1
-VIRTIO_BLK_T_FLUSH = 4
-VIRTIO_BLK_T_GET_ID = 8
-VIRTIO_BLK_T_DISCARD = 11
-VIRTIO_BLK_T_WRITE_ZEROES = 13
-VIRTIO_BLK_S_OK = 0
-VIRTIO_BLK_S_IOERR = 1
-VIRTIO_BLK_S_UNSUPP = 2
-VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP = 1
-VIRTIO_BLK_ID_BYTES = 20
-
-SECTOR = 512
 # 0x7fffffff bytes rounded down to sectors: QEMU's default for the discard/write-zeroes maxima.
 REQUEST_MAX_SECTORS = 0x7FFFFE00 >> 9
 
 CONFIG = struct.Struct("<QIIHBBIBBHIBBHIIIIIB3x")     # struct virtio_blk_config up to write_zeroes_may_unmap
 CONFIG_SIZE = CONFIG.size                             # 60, as QEMU with discard + write-zeroes
 OFF_WRITEBACK = 32
-_HDR = struct.Struct("<IIQ")
-_SEG = struct.Struct("<QII")
 
-EV_READ = trace.Event("virtio_blk_handle_read", "vdev={vdev} req={req} sector={sector} nsectors={nsectors}")
-EV_WRITE = trace.Event("virtio_blk_handle_write", "vdev={vdev} req={req} sector={sector} nsectors={nsectors}")
-EV_COMPLETE = trace.Event("virtio_blk_req_complete", "vdev={vdev} req={req} type={type} sector={sector} "
-                          "len={len} status={status} latency_us={latency_us:.1f}")
-
-
-Seg = tuple[int, int, int]        # guest address, length, host offset (as queue.Chain gives them)
-
-
-def _gather(buf, segs: list[Seg], skip: int, length: int) -> bytes:
-    """`length` bytes starting `skip` bytes into the scattered buffer, copied once."""
-    out = bytearray()
-    for _addr, n, host in segs:
-        if skip >= n:
-            skip -= n
-            continue
-        take = min(n - skip, length - len(out))
-        out += buf[host + skip:host + skip + take]
-        skip = 0
-        if len(out) == length:
-            break
-    return bytes(out)
-
-
-def _tail(segs: list[Seg], skip: int) -> list[Seg]:
-    """The segments after the first `skip` bytes."""
-    out = []
-    for addr, n, host in segs:
-        if skip >= n:
-            skip -= n
-            continue
-        out.append((addr + skip, n - skip, host + skip))
-        skip = 0
-    return out
-
-
-def _without_status(writable: list[Seg]) -> list[Seg]:
-    """The device-writable data: everything but the last byte (the status)."""
-    segs = writable[:-1]
-    addr, n, host = writable[-1]
-    if n > 1:
-        segs.append((addr, n - 1, host))
-    return segs
+EV_READ = trace.Event("virtio_blk_handle_read")
+EV_WRITE = trace.Event("virtio_blk_handle_write")
+EV_COMPLETE = trace.Event("virtio_blk_req_complete")
 
 
 class VirtioBlk(VirtioDevice):
@@ -250,44 +189,47 @@ class VirtioBlk(VirtioDevice):
         if used:
             self.notify(q)
 
+    def parse_request(self, chain: Chain) -> BlkRequest:
+        """The request a chain carries (MalformedRequest if none), read against the negotiated
+        features. Reads guest memory only: debuggers use it on chains the device has not taken."""
+        return parse(chain, self.mem.buf, self.has_feature)
+
     def handle_request(self, chain: Chain) -> int:
         """Carry out one request; returns used.len (bytes written to the guest, status included)."""
-        if not chain.readable or not chain.writable:
-            raise VirtqueueError("virtio-blk missing headers")
-        if chain.readable_len < _HDR.size:
-            raise VirtqueueError("virtio-blk request outhdr too short")
         t0 = trace.timestamp_ns() if EV_COMPLETE.enabled else 0       # host time, for the trace
-        mem = self.mem
-        buf = mem.buf
-        first = chain.readable[0]
-        if first[1] >= _HDR.size:           # the usual case: the header in one descriptor
-            rtype, _ioprio, sector = _HDR.unpack_from(buf, first[2])
-        else:
-            rtype, _ioprio, sector = _HDR.unpack(_gather(buf, chain.readable, 0, _HDR.size))
-        written = 0
-        if rtype == VIRTIO_BLK_T_IN:
-            status, written = self._read(chain.head, sector, _without_status(chain.writable),
-                                         chain.writable_len - 1)
-        elif rtype == VIRTIO_BLK_T_OUT:
-            status = self._write(chain.head, sector, _tail(chain.readable, _HDR.size),
-                                 chain.readable_len - _HDR.size)
-        elif rtype == VIRTIO_BLK_T_FLUSH:
-            status = self._flush()
-        elif rtype == VIRTIO_BLK_T_GET_ID:
-            written = self._get_id(_without_status(chain.writable), chain.writable_len - 1)
+        req = parse(chain, self.mem.buf, self.has_feature)
+        try:
+            written = self.execute(req)
             status = VIRTIO_BLK_S_OK
+        except RequestError as e:
+            written, status = e.written, e.status
+        self.mem.buf[req.status_host] = status
+        self.mem.notify_write(req.status_addr, 1)
+        if EV_COMPLETE.enabled:
+            EV_COMPLETE.emit(vdev=self.name, req=req.head, type=req.type, sector=req.sector,
+                             len=req.data_len, status=status,
+                             latency_us=(trace.timestamp_ns() - t0) / 1000 if t0 else 0.0)
+        return written + 1
+
+    def execute(self, req: BlkRequest) -> int:
+        """Carry out a parsed request: the data bytes written to the guest. A request that
+        fails raises the RequestError whose type carries its status."""
+        rtype = req.type
+        if rtype == VIRTIO_BLK_T_IN:
+            return self._read(req)
+        if rtype == VIRTIO_BLK_T_OUT:
+            self._write(req)
+        elif rtype == VIRTIO_BLK_T_FLUSH:
+            self._flush()
+        elif rtype == VIRTIO_BLK_T_GET_ID:
+            return self._get_id(req.in_data, req.in_len)
         elif rtype in (VIRTIO_BLK_T_DISCARD, VIRTIO_BLK_T_WRITE_ZEROES):
-            status = self._discard_or_zero(rtype, chain)
+            self._discard_or_zero(req)
         else:
             # Unknown types, legacy SCSI commands and the legacy BARRIER bit (QEMU masks it out
             # and carries on; the spec defines no such type for 1.x devices).
-            status = VIRTIO_BLK_S_UNSUPP
-        last_addr, last_len, last_host = chain.writable[-1]
-        buf[last_host + last_len - 1] = status
-        mem.notify_write(last_addr + last_len - 1, 1)
-        if EV_COMPLETE.enabled:
-            EV_COMPLETE.emit(vdev=self.name, req=chain.head, type=rtype, sector=sector, len=chain.writable_len - 1 if rtype in (VIRTIO_BLK_T_IN, VIRTIO_BLK_T_GET_ID) else chain.readable_len - _HDR.size, status=status, latency_us=(trace.timestamp_ns() - t0) / 1000 if t0 else 0.0)
-        return written + 1
+            raise Unsupported(f"request type {rtype}")
+        return 0
 
     def _range_ok(self, sector: int, nbytes: int) -> bool:
         """Sector ranges in exact integer arithmetic (no wrap-around): aligned to the logical
@@ -297,69 +239,71 @@ class VirtioBlk(VirtioDevice):
         n = nbytes // SECTOR
         return sector <= self.capacity and n <= self.capacity - sector
 
-    def _sync_if_writethrough(self) -> bool:
+    def _sync_if_writethrough(self) -> None:
+        """A write in writethrough mode is stable before it completes (5.2.6.2)."""
         if self.writeback() or self.backend.cache == "unsafe":
-            return True
+            return
         try:
             self.backend.flush()
         except OSError as e:
             self.flush_failed = True
             trace.guest_error(f"virtio-blk: sync failed: {e}")
-            return False
-        return True
+            raise IoError("sync failed") from None
 
-    def _read(self, req: int, sector: int, segs: list[Seg], nbytes: int) -> tuple[int, int]:
+    def _read(self, req: BlkRequest) -> int:
+        sector, segs, nbytes = req.sector, req.in_data, req.in_len
         if EV_READ.enabled:
-            EV_READ.emit(vdev=self.name, req=req, sector=sector, nsectors=nbytes // SECTOR)
+            EV_READ.emit(vdev=self.name, req=req.head, sector=sector, nsectors=nbytes // SECTOR)
         if not self._range_ok(sector, nbytes):
-            return VIRTIO_BLK_S_IOERR, 0
+            raise IoError("sector range")
         if not nbytes:
-            return VIRTIO_BLK_S_OK, 0
+            return 0
         mv = self._mv
         try:
             got = self.backend.readv(sector * SECTOR, [mv[h:h + n] for _a, n, h in segs])
         except OSError as e:
             trace.guest_error(f"virtio-blk: read error: {e}")
-            return VIRTIO_BLK_S_IOERR, 0
+            raise IoError("read error") from None
         notify = self.mem.notify_write         # tell the CPU which guest bytes changed
         if got == nbytes:
             for a, n, _h in segs:
                 notify(a, n)
-            return VIRTIO_BLK_S_OK, got
+            return got
         left = got
         for a, n, _h in segs:
             if left <= 0:
                 break
             notify(a, min(n, left))
             left -= n
-        return VIRTIO_BLK_S_IOERR, got
+        raise IoError("short read", written=got)
 
-    def _write(self, req: int, sector: int, segs: list[Seg], nbytes: int) -> int:
+    def _write(self, req: BlkRequest) -> None:
+        sector, segs, nbytes = req.sector, req.out_data, req.out_len
         if EV_WRITE.enabled:
-            EV_WRITE.emit(vdev=self.name, req=req, sector=sector, nsectors=nbytes // SECTOR)
+            EV_WRITE.emit(vdev=self.name, req=req.head, sector=sector, nsectors=nbytes // SECTOR)
         if self.backend.read_only:
-            return VIRTIO_BLK_S_IOERR          # 5.2.6.2: and MUST NOT write any data
+            raise IoError("read-only")         # 5.2.6.2: and MUST NOT write any data
         if not self._range_ok(sector, nbytes):
-            return VIRTIO_BLK_S_IOERR
+            raise IoError("sector range")
         if not nbytes:
-            return VIRTIO_BLK_S_OK
+            return
         mv = self._mv
         try:
             done = self.backend.writev(sector * SECTOR, [mv[h:h + n] for _a, n, h in segs])
         except OSError as e:
             trace.guest_error(f"virtio-blk: write error: {e}")
-            return VIRTIO_BLK_S_IOERR
-        if done != nbytes or not self._sync_if_writethrough():
-            return VIRTIO_BLK_S_IOERR
-        return VIRTIO_BLK_S_OK
+            raise IoError("write error") from None
+        if done != nbytes:
+            raise IoError("short write")
+        self._sync_if_writethrough()
 
-    def _flush(self) -> int:
+    def _flush(self) -> None:
         """FLUSH reaches stable storage before completing OK. The sector field is ignored (as
         QEMU). Served even if FLUSH was not negotiated: it is always safe to flush."""
         if self.flush_failed:
-            return VIRTIO_BLK_S_IOERR
+            raise IoError("an earlier flush failed")
         if self.backend.cache == "unsafe":
-            return VIRTIO_BLK_S_OK             # cache=unsafe: flushes are ignored, as QEMU
+            return                             # cache=unsafe: flushes are ignored, as QEMU
         try:
             self.backend.flush()
         except OSError as e:
@@ -367,10 +311,9 @@ class VirtioBlk(VirtioDevice):
             # would "succeed"; so every later flush must fail too.
             self.flush_failed = True
             trace.guest_error(f"virtio-blk: flush failed: {e}")
-            return VIRTIO_BLK_S_IOERR
-        return VIRTIO_BLK_S_OK
+            raise IoError("flush failed") from None
 
-    def _get_id(self, segs: list[Seg], room: int) -> int:
+    def _get_id(self, segs: tuple[Seg, ...], room: int) -> int:
         """The serial as a 20-byte, NUL-padded field, cut to the buffer: at most 20 bytes."""
         ident = self.serial.ljust(VIRTIO_BLK_ID_BYTES, b"\0")[:min(room, VIRTIO_BLK_ID_BYTES)]
         pos = 0
@@ -382,24 +325,21 @@ class VirtioBlk(VirtioDevice):
             pos += len(chunk)
         return pos
 
-    def _discard_or_zero(self, rtype: int, chain: Chain) -> int:
-        discard = rtype == VIRTIO_BLK_T_DISCARD
+    def _discard_or_zero(self, req: BlkRequest) -> None:
+        discard = req.type == VIRTIO_BLK_T_DISCARD
         if not self.has_feature(VIRTIO_BLK_F_DISCARD if discard else VIRTIO_BLK_F_WRITE_ZEROES):
-            return VIRTIO_BLK_S_UNSUPP
-        payload = chain.readable_len - _HDR.size
-        if payload < _SEG.size:
-            raise VirtqueueError("virtio-blk discard/write_zeroes header too short")
-        if payload > _SEG.size:                # more segments than max_*_seg (1), as QEMU
-            return VIRTIO_BLK_S_UNSUPP
-        sector, nsect, flags = _SEG.unpack(_gather(self.mem.buf, chain.readable, _HDR.size, _SEG.size))
+            raise Unsupported("feature not negotiated")
+        if req.out_len > DWZ_SEGMENT.size:     # more segments than max_*_seg (1), as QEMU
+            raise Unsupported("more than one segment")
+        sector, nsect, flags = req.segment     # parse() insists on one once negotiated
         if flags & ~VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP or (discard and flags):
-            return VIRTIO_BLK_S_UNSUPP         # 5.2.6.2: unknown flags; unmap on discard
+            raise Unsupported("flags")         # 5.2.6.2: unknown flags; unmap on discard
         if self.backend.read_only:
-            return VIRTIO_BLK_S_IOERR
+            raise IoError("read-only")
         if nsect > (self.max_discard if discard else self.max_wz):
-            return VIRTIO_BLK_S_IOERR
+            raise IoError("too many sectors")
         if not self._range_ok(sector, nsect * SECTOR):
-            return VIRTIO_BLK_S_IOERR
+            raise IoError("sector range")
         try:
             if discard:
                 self.backend.discard(sector * SECTOR, nsect * SECTOR)
@@ -408,5 +348,5 @@ class VirtioBlk(VirtioDevice):
                                           bool(flags & VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP))
         except OSError as e:
             trace.guest_error(f"virtio-blk: {'discard' if discard else 'write zeroes'} failed: {e}")
-            return VIRTIO_BLK_S_IOERR
-        return VIRTIO_BLK_S_OK if self._sync_if_writethrough() else VIRTIO_BLK_S_IOERR
+            raise IoError("discard failed" if discard else "write zeroes failed") from None
+        self._sync_if_writethrough()

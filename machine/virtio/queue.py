@@ -11,16 +11,13 @@ cached, which is safe because the size and addresses of an active queue are froz
 from __future__ import annotations
 
 import struct
+from dataclasses import dataclass
 from typing import Callable
 
 from .. import trace
 from ..memory import GuestMemory, GuestMemoryError
-
-VIRTQ_DESC_F_NEXT = 1
-VIRTQ_DESC_F_WRITE = 2
-VIRTQ_DESC_F_INDIRECT = 4
-VIRTQ_AVAIL_F_NO_INTERRUPT = 1
-VIRTQ_USED_F_NO_NOTIFY = 1
+from .spec import (VIRTQ_AVAIL_F_NO_INTERRUPT, VIRTQ_DESC_F_INDIRECT, VIRTQ_DESC_F_NEXT,
+                   VIRTQ_DESC_F_WRITE, VIRTQ_USED_F_NO_NOTIFY)
 
 QUEUE_MAX_SIZE = 1024          # as QEMU's VIRTQUEUE_MAX_SIZE; the spec allows up to 32768
 INDIRECT_MAX = 1024            # entries in one indirect table (bounds work per chain)
@@ -30,12 +27,92 @@ _DESC = struct.Struct("<QIHH")
 _U16 = struct.Struct("<H")
 _ELEM = struct.Struct("<II")
 
-EV_POP = trace.Event("virtqueue_pop", "vq={vq} head={head} in_num={in_num} out_num={out_num}")
-EV_FILL = trace.Event("virtqueue_fill", "vq={vq} head={head} len={len} idx={idx}")
+EV_POP = trace.Event("virtqueue_pop")
+EV_FILL = trace.Event("virtqueue_fill")
 
 
 class VirtqueueError(Exception):
-    """The guest broke the ring protocol; the message says how (QEMU's wording where it has one)."""
+    """The guest broke the ring protocol; the message says how (QEMU's wording where it has one).
+    Each kind of violation is its own subclass, so callers and tests tell them apart by type."""
+
+
+# Ring layout, checked when the driver enables a queue (2.7).
+class BadQueueSize(VirtqueueError):
+    """The queue size is not a power of 2 or exceeds the device's maximum (2.7)."""
+
+
+class MisalignedRings(VirtqueueError):
+    """Descriptor table, avail or used ring not aligned as 2.7 requires."""
+
+
+class RingsNotInRam(VirtqueueError):
+    """A ring does not lie wholly in guest RAM."""
+
+
+class QueueNotActive(VirtqueueError):
+    """A chain was asked of a queue that is not set up (debuggers' peek)."""
+
+
+# The avail ring (2.7.6).
+class AvailIndexTooFar(VirtqueueError):
+    """The driver moved avail->idx further ahead than the ring holds."""
+
+
+class QueueSizeExceeded(VirtqueueError):
+    """More chains in flight than the queue has entries."""
+
+
+class BadHeadIndex(VirtqueueError):
+    """An avail ring entry names a descriptor beyond the table."""
+
+
+class HeadInFlight(VirtqueueError):
+    """An avail ring entry names a chain the device has not completed yet."""
+
+
+# Descriptor chains (2.7.5, 2.7.5.3).
+class LoopedDescriptor(VirtqueueError):
+    """A chain longer than its table: it loops."""
+
+
+class NestedIndirect(VirtqueueError):
+    """An indirect table points at another indirect table (2.7.5.3.1)."""
+
+
+class IndirectNotNegotiated(VirtqueueError):
+    """An indirect descriptor without VIRTIO_F_INDIRECT_DESC."""
+
+
+class IndirectWithNext(VirtqueueError):
+    """An indirect descriptor with NEXT set (2.7.5.3.1)."""
+
+
+class BadIndirectSize(VirtqueueError):
+    """An indirect table whose length is zero or not a multiple of 16 bytes."""
+
+
+class IndirectTooLarge(VirtqueueError):
+    """An indirect table of more entries than we walk (INDIRECT_MAX)."""
+
+
+class BufferNotInRam(VirtqueueError):
+    """A buffer or indirect table that does not lie wholly in guest RAM."""
+
+
+class ZeroSizedBuffer(VirtqueueError):
+    """A descriptor of length 0."""
+
+
+class DescriptorOrder(VirtqueueError):
+    """A device-readable descriptor after a device-writable one (2.7.4.2)."""
+
+
+class ChainTooLong(VirtqueueError):
+    """A chain describing more than 2^32 bytes (2.7.5.2)."""
+
+
+class BadNextIndex(VirtqueueError):
+    """A `next` field beyond the table."""
 
 
 class Chain:
@@ -55,6 +132,32 @@ class Chain:
         r = " ".join(f"{a:#x}+{n}" for a, n, _ in self.readable)
         w = " ".join(f"{a:#x}+{n}" for a, n, _ in self.writable)
         return f"Chain(head={self.head} out=[{r}] in=[{w}])"
+
+
+@dataclass(frozen=True)
+class QueueState:
+    """A split queue's state at one instant: what the driver set up and how far the device
+    got. The debuggers print it; a snapshot of the device saves it."""
+    index: int
+    size: int                     # entries the driver chose (at most max_size)
+    max_size: int                 # entries the device offers
+    enabled: bool                 # queue_enable / a legacy PFN written
+    active: bool                  # rings checked and in use
+    desc_addr: int
+    avail_addr: int
+    used_addr: int
+    last_avail_idx: int           # the next avail position the device takes
+    used_idx: int                 # the device's used->idx
+    inflight: tuple[int, ...]     # heads taken and not yet completed, sorted
+    event_idx: bool               # VIRTIO_F_EVENT_IDX negotiated
+    indirect: bool                # VIRTIO_F_INDIRECT_DESC negotiated
+    pending_kick: bool            # kicked before DRIVER_OK
+    signalled_used: int           # used->idx at the last interrupt (EVENT_IDX bookkeeping)
+    signalled_valid: bool
+
+    @property
+    def inflight_count(self) -> int:
+        return len(self.inflight)
 
 
 def is_power_of_2(n: int) -> bool:
@@ -91,6 +194,13 @@ class SplitQueue:
     def inflight_count(self) -> int:
         return len(self.inflight)
 
+    def state(self) -> QueueState:
+        return QueueState(self.index, self.size, self.max_size, self.enabled, self.active,
+                          self.desc_addr, self.avail_addr, self.used_addr, self.last_avail_idx,
+                          self.used_idx, tuple(sorted(self.inflight)), self.event_idx,
+                          self.indirect, self.pending_kick, self._signalled_used,
+                          self._signalled_valid)
+
     # -- set-up ----------------------------------------------------------------------------
     def ring_sizes(self) -> tuple[int, int, int]:
         n = self.size
@@ -100,9 +210,9 @@ class SplitQueue:
         """Check the ring layout (spec 2.7 alignment, wholly in RAM) and cache host offsets."""
         n = self.size
         if not is_power_of_2(n) or n > self.max_size:
-            raise VirtqueueError(f"queue {self.index}: bad size {n}")
+            raise BadQueueSize(f"queue {self.index}: bad size {n}")
         if self.desc_addr % 16 or self.avail_addr % 2 or self.used_addr % 4:
-            raise VirtqueueError(f"queue {self.index}: misaligned rings desc={self.desc_addr:#x} "
+            raise MisalignedRings(f"queue {self.index}: misaligned rings desc={self.desc_addr:#x} "
                                  f"avail={self.avail_addr:#x} used={self.used_addr:#x}")
         dsz, asz, usz = self.ring_sizes()
         try:
@@ -110,7 +220,7 @@ class SplitQueue:
             self._a = self.mem.host_offset(self.avail_addr, asz)
             self._u = self.mem.host_offset(self.used_addr, usz)
         except GuestMemoryError as e:
-            raise VirtqueueError(f"queue {self.index}: cannot map rings ({e})") from None
+            raise RingsNotInRam(f"queue {self.index}: cannot map rings ({e})") from None
         self.active = True
 
     # -- reading the avail ring ------------------------------------------------------------
@@ -127,7 +237,7 @@ class SplitQueue:
         idx = _U16.unpack_from(self.mem.buf, self._a + 2)[0]
         pending = (idx - last) & 0xFFFF
         if pending > self.size:
-            raise VirtqueueError(f"Guest moved avail index from {last} to {idx}")
+            raise AvailIndexTooFar(f"Guest moved avail index from {last} to {idx}")
         return pending
 
     def pop(self) -> Chain | None:
@@ -143,12 +253,12 @@ class SplitQueue:
         size = self.size
         last = self.last_avail_idx
         if len(self.inflight) >= size:
-            raise VirtqueueError("Virtqueue size exceeded")
+            raise QueueSizeExceeded("Virtqueue size exceeded")
         head = _U16.unpack_from(self.mem.buf, self._a + 4 + 2 * (last % size))[0]
         if head >= size:
-            raise VirtqueueError(f"Guest says index {head} is available")
+            raise BadHeadIndex(f"Guest says index {head} is available")
         if head in self.inflight:
-            raise VirtqueueError(f"head {head} made available while already in flight")
+            raise HeadInFlight(f"head {head} made available while already in flight")
         chain = self.walk(head)
         self.last_avail_idx = (last + 1) & 0xFFFF
         self.inflight.add(head)
@@ -172,49 +282,49 @@ class SplitQueue:
         while True:
             count += 1
             if count > limit:
-                raise VirtqueueError("Looped descriptor")
+                raise LoopedDescriptor("Looped descriptor")
             addr, length, flags, nxt = _DESC.unpack_from(buf, table + 16 * i)
             if flags & VIRTQ_DESC_F_INDIRECT:
                 if in_indirect:
-                    raise VirtqueueError("nested indirect descriptor")
+                    raise NestedIndirect("nested indirect descriptor")
                 if not self.indirect:
-                    raise VirtqueueError("indirect descriptor but VIRTIO_F_INDIRECT_DESC not negotiated")
+                    raise IndirectNotNegotiated("indirect descriptor but VIRTIO_F_INDIRECT_DESC not negotiated")
                 if flags & VIRTQ_DESC_F_NEXT:
-                    raise VirtqueueError("indirect descriptor with NEXT set")
+                    raise IndirectWithNext("indirect descriptor with NEXT set")
                 if length == 0 or length % 16:
-                    raise VirtqueueError(f"Invalid size for indirect buffer table ({length})")
+                    raise BadIndirectSize(f"Invalid size for indirect buffer table ({length})")
                 if length // 16 > INDIRECT_MAX:
-                    raise VirtqueueError(f"indirect table of {length // 16} entries is too large")
+                    raise IndirectTooLarge(f"indirect table of {length // 16} entries is too large")
                 try:
                     table = host_offset(addr, length)
                 except GuestMemoryError:
-                    raise VirtqueueError(f"Cannot map indirect buffer {addr:#x}+{length:#x}") from None
+                    raise BufferNotInRam(f"Cannot map indirect buffer {addr:#x}+{length:#x}") from None
                 limit = length // 16
                 in_indirect = True
                 i = 0
                 count = 0
                 continue
             if length == 0:
-                raise VirtqueueError("zero sized buffers are not allowed")
+                raise ZeroSizedBuffer("zero sized buffers are not allowed")
             try:
                 host = host_offset(addr, length)
             except GuestMemoryError:
-                raise VirtqueueError(f"bogus descriptor {addr:#x}+{length:#x} (not RAM)") from None
+                raise BufferNotInRam(f"bogus descriptor {addr:#x}+{length:#x} (not RAM)") from None
             if flags & VIRTQ_DESC_F_WRITE:
                 writable.append((addr, length, host))
                 wlen += length
             else:
                 if writable:
-                    raise VirtqueueError("Incorrect order for descriptors")
+                    raise DescriptorOrder("Incorrect order for descriptors")
                 readable.append((addr, length, host))
                 rlen += length
             if rlen + wlen > MAX_CHAIN_BYTES:
-                raise VirtqueueError("descriptor chain longer than 4 GiB")
+                raise ChainTooLong("descriptor chain longer than 4 GiB")
             if not flags & VIRTQ_DESC_F_NEXT:
                 break
             i = nxt
             if i >= limit:
-                raise VirtqueueError(f"Desc next is {i}")
+                raise BadNextIndex(f"Desc next is {i}")
         chain.readable_len = rlen
         chain.writable_len = wlen
         return chain
@@ -223,10 +333,10 @@ class SplitQueue:
         """Decode the chain at avail ring position `pos` (a free-running u16 index) without
         consuming it: for debuggers and monitors. Raises VirtqueueError if it is malformed."""
         if not self.active:
-            raise VirtqueueError(f"queue {self.index} is not active")
+            raise QueueNotActive(f"queue {self.index} is not active")
         head = _U16.unpack_from(self.mem.buf, self._a + 4 + 2 * (pos % self.size))[0]
         if head >= self.size:
-            raise VirtqueueError(f"Guest says index {head} is available")
+            raise BadHeadIndex(f"Guest says index {head} is available")
         return self.walk(head)
 
     # -- the used ring -----------------------------------------------------------------------
