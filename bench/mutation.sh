@@ -1,7 +1,7 @@
 #!/bin/sh
 # Mutation score and branch coverage of the device path: machine/virtio/, machine/block/,
-# machine/irq.py and the interrupt-delivery methods of machine/cpu.py ([tool.mutmut] in
-# pyproject.toml lists the files and the fast unit tests each mutant runs against).
+# machine/irq.py and machine/x86/deliver.py ([tool.mutmut] in pyproject.toml lists the files
+# and the fast unit tests each mutant runs against).
 #
 #   bench/mutation.sh                         # coverage report, then every mutant in scope
 #   bench/mutation.sh 'machine.virtio.queue.*'   # coverage, then only the mutants named
@@ -23,12 +23,12 @@ with open("pyproject.toml", "rb") as f:
 
 echo "== branch coverage of the device path (the same tests mutmut runs)"
 PYTHONPATH=. python3 -m pytest -q -p no:cacheprovider -o addopts= \
-    --cov=machine.virtio --cov=machine.block --cov=machine.irq --cov=machine.cpu \
+    --cov=machine.virtio --cov=machine.block --cov=machine.irq --cov=machine.x86.deliver \
     --cov-branch --cov-report=term-missing:skip-covered $tests
 
 echo "== mutation testing"
 if [ "$#" -eq 0 ]; then
-    set -- 'machine.virtio.*' 'machine.block.*' 'machine.irq.*' 'machine.cpu.*deliver*'
+    set -- 'machine.virtio.*' 'machine.block.*' 'machine.irq.*' 'machine.x86.deliver.*'
 fi
 mutmut run --max-children "${JOBS:-1}" "$@"
 

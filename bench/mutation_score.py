@@ -1,7 +1,6 @@
 """Mutation score per module from `mutmut results --all true` on stdin (bench/mutation.sh).
 
-Counts checked mutants only ("not checked" ones have not run yet); of machine/cpu.py only the
-interrupt-delivery methods are in scope.
+Counts checked mutants only ("not checked" ones have not run yet).
 """
 
 import collections
@@ -15,10 +14,6 @@ def main() -> None:
         if not name or status == "not checked":
             continue
         module = name.split(".x")[0]
-        if module == "machine.cpu":
-            if "deliver" not in name:
-                continue
-            module = "machine.cpu (delivery)"
         count[module][status] += 1
     total: collections.Counter = collections.Counter()
     for module in sorted(count):

@@ -10,9 +10,10 @@ from virtio_driver import (INDIRECT, NEXT, S_OK, T_IN, T_OUT, WRITE, Bench, BlkR
 from machine.memory import GuestMemory
 from machine.virtio.blk_request import HeaderTooShort, MissingHeaders
 from machine.virtio.queue import (AvailIndexTooFar, BadHeadIndex, BadIndirectSize, BadNextIndex,
-                                  BufferNotInRam, DescriptorOrder, HeadInFlight, IndirectNotNegotiated,
-                                  IndirectTooLarge, IndirectWithNext, LoopedDescriptor, NestedIndirect,
-                                  QueueSizeExceeded, SplitQueue, ZeroSizedBuffer)
+                                  BufferNotInRam, ChainTooLong, DescriptorOrder, HeadInFlight,
+                                  IndirectNotNegotiated, IndirectTooLarge, IndirectWithNext,
+                                  LoopedDescriptor, NestedIndirect, QueueNotActive, QueueSizeExceeded,
+                                  SplitQueue, ZeroSizedBuffer)
 
 HDR_IN = struct.pack("<IIQ", T_IN, 0, 0)
 HDR_OUT = struct.pack("<IIQ", T_OUT, 0, 0)
@@ -389,9 +390,9 @@ def test_head_equal_to_queue_size_is_refused_even_if_that_slot_holds_a_valid_des
     _valid_desc(mem, 0x100000, 4)              # just past the 4-entry table
     mem.write_u16(0x101004, 4)
     mem.write_u16(0x101002, 1)
-    with pytest.raises(VirtqueueError, match="index 4 is available"):
+    with pytest.raises(BadHeadIndex, match="index 4 is available"):
         q.pop()
-    with pytest.raises(VirtqueueError, match="index 4 is available"):
+    with pytest.raises(BadHeadIndex, match="index 4 is available"):
         q.peek(0)
     mem.write_u16(0x101004, 3)                 # the last entry is fine
     assert q.pop().head == 3
@@ -402,7 +403,7 @@ def test_next_equal_to_queue_size_is_refused_even_if_that_slot_holds_a_valid_des
     _valid_desc(mem, 0x100000, 4)
     mem.write(0x100000, struct.pack("<QIHH", 0x110000, 16, 1, 4))     # NEXT -> 4
     mem.write_u16(0x101002, 1)
-    with pytest.raises(VirtqueueError, match="Desc next is 4"):
+    with pytest.raises(BadNextIndex, match="Desc next is 4"):
         q.pop()
 
 
@@ -415,7 +416,7 @@ def test_next_equal_to_indirect_table_length_is_refused_even_if_that_entry_is_va
     _valid_desc(mem, table, 2)
     mem.write(0x100000, struct.pack("<QIHH", table, 32, 4, 0))        # INDIRECT, 2 entries
     mem.write_u16(0x101002, 1)
-    with pytest.raises(VirtqueueError, match="Desc next is 2"):
+    with pytest.raises(BadNextIndex, match="Desc next is 2"):
         q.pop()
 
 
@@ -441,7 +442,7 @@ def test_indirect_table_of_the_spec_maximum_1024_entries_is_accepted():
 def test_indirect_table_of_1025_entries_is_refused():
     q, mem = make_queue(size=4)
     _indirect_chain(q, mem, 1025)
-    with pytest.raises(VirtqueueError, match="1025 entries is too large"):
+    with pytest.raises(IndirectTooLarge, match="1025 entries is too large"):
         q.pop()
 
 
@@ -485,7 +486,7 @@ def test_peek_decodes_any_ring_position_and_refuses_an_inactive_queue(bench):
     assert bench.vdev.peek_chain(0, 1).head == 3 and bench.vdev.peek_chain(0, 0).head == 0
     assert bench.vdev.peek_chain(0).head == 0           # default: the next one the device takes
     q = SplitQueue(1, 4, lambda q: None, bench.mem)
-    with pytest.raises(VirtqueueError, match="queue 1 is not active"):
+    with pytest.raises(QueueNotActive, match="queue 1 is not active"):
         q.peek(0)
 
 
@@ -590,5 +591,5 @@ def test_chain_longer_than_4_gib_is_refused():
         mem.write(table + 16 * i, struct.pack("<QIHH", 0x200000, 5 << 20, 1 if i + 1 < n else 0, i + 1))
     mem.write(0x100000, struct.pack("<QIHH", table, 16 * n, 4, 0))
     mem.write_u16(0x101002, 1)
-    with pytest.raises(VirtqueueError, match="longer than 4 GiB"):
+    with pytest.raises(ChainTooLong, match="longer than 4 GiB"):
         q.pop()
