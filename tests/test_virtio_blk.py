@@ -575,3 +575,21 @@ def test_host_discard_or_write_zeroes_error_is_ioerr(make, monkeypatch, rtype, m
         raise OSError(5, "EIO")
     monkeypatch.setattr(b.backend, method, fail)
     assert b.run(rtype, 0, out=seg(0, 1))[1:] == (S_IOERR, 1)
+
+
+@pytest.mark.parametrize("short", [0, 100, 511, 512, 700])
+def test_read_tells_the_cpu_exactly_which_guest_bytes_changed(make, monkeypatch, short):
+    """Guest RAM the device writes must be reported (translated code there is dropped): the
+    data bytes really read, across descriptors, and the status byte; nothing more."""
+    b = make().start()
+    if short:
+        real = b.backend.readv
+        monkeypatch.setattr(b.backend, "readv", lambda off, bufs: real(off, bufs) - short)
+    req = b.blk.submit(T_IN, 0, in_len=1024, wcuts=[512, 512])
+    seen = []
+    b.mem.add_write_listener(lambda gpa, n: seen.append((gpa, n)))    # the device's writes only
+    b.drv.kick(0)
+    (d1, _), (d2, _), (status, _) = req.writable
+    got = 1024 - short
+    data = [(d1, min(512, got))] + ([(d2, got - 512)] if got > 512 else [])
+    assert [w for w in seen if w[0] in (d1, d2, status)] == data + [(status, 1)]
