@@ -593,3 +593,40 @@ def test_read_tells_the_cpu_exactly_which_guest_bytes_changed(make, monkeypatch,
     got = 1024 - short
     data = [(d1, min(512, got))] + ([(d2, got - 512)] if got > 512 else [])
     assert [w for w in seen if w[0] in (d1, d2, status)] == data + [(status, 1)]
+
+
+@pytest.mark.parametrize("wcuts", [[511, 2], [512, 1], [1, 1, 511]])
+def test_status_byte_shares_the_last_descriptor_with_data_in_any_split(make, wcuts):
+    b = make().start()
+    got, st, n = b.run(T_IN, 2, in_len=512, wcuts=wcuts)
+    assert (got, st, n) == (pattern(1 << 20)[1024:1536], S_OK, 513)
+
+
+def test_out_of_range_requests_never_reach_the_host_file(make, monkeypatch):
+    """5.2.6.2: the device checks every range against its capacity itself; the backend's own
+    check is a second line, not the one the guest relies on."""
+    b = make(discard="unmap").start()
+    calls = []
+    for name in ("readv", "writev", "discard", "write_zeroes"):
+        monkeypatch.setattr(b.backend, name, lambda *a, name=name: calls.append(name))
+    cap = b.vdev.capacity
+    for rtype, sector, kw in [(T_IN, cap, dict(in_len=512)), (T_IN, cap - 1, dict(in_len=1024)),
+                              (T_OUT, cap, dict(out=b"x" * 512)), (T_OUT, 2**63, dict(out=b"x" * 512)),
+                              (T_DISCARD, 0, dict(out=seg(cap - 1, 2))),
+                              (T_WRITE_ZEROES, 0, dict(out=seg(2**64 - 1, 1)))]:
+        assert b.run(rtype, sector, **kw)[1] == S_IOERR, (rtype, sector)
+    assert calls == []
+
+
+def test_parse_request_reads_against_the_negotiated_features(make):
+    """What a debugger sees: a DISCARD too short for its segment is malformed only when DISCARD
+    was negotiated (otherwise it is an UNSUPP request like any unknown type)."""
+    from machine.virtio.blk_request import SegmentTooShort
+    b = make()
+    b.start(features=b.drv.device_features() & ~(1 << B.VIRTIO_BLK_F_DISCARD))
+    b.blk.submit(T_DISCARD, 0, out=b"\0" * 8)
+    assert b.vdev.parse_request(b.vdev.queues[0].peek(0)).type == T_DISCARD
+    c = make().start()
+    c.blk.submit(T_DISCARD, 0, out=b"\0" * 8)
+    with pytest.raises(SegmentTooShort):
+        c.vdev.parse_request(c.vdev.queues[0].peek(0))
