@@ -654,45 +654,45 @@ from fuzz import rig
 tmp = Path({tmp!r})
 rig.make_image(tmp / "disk.img")
 m = rig.build_asm(tmp, "mov ${target:#x}, %eax\\njmp *%eax\\n")
-entries = 0
+entries = []
 real_start = m.cpu.uc.emu_start
 def counting_start(*args):
-    global entries
-    entries += 1
+    entries.append(args[0])
     return real_start(*args)
 m.cpu.uc.emu_start = counting_start
 status = m.run(max_instructions={budget})
-print("stop", m.stop_reason.kind, status, entries)
+print("stop", m.stop_reason.kind, status, len(entries))
 """
-# Instructions for the whole run: the rig's set-up takes about 3600 in one engine entry, then
-# every instruction after the wrap stores into the ROM (about 1000 of them here).
-WRAP_BUDGET = 4600
+WRAP_BUDGET = 6_000         # the set-up before the payload takes about 3 000
 
 
 @pytest.mark.xfail(strict=True, raises=AssertionError, reason=
     "not a hang (EIP now wraps to 0 at 4 GiB, tests/test_cpu_wrap.py): after the wrap this payload "
     "runs zeroed RAM as `add %al,(%eax)` with EAX inside the ROM, and every ignored ROM write "
-    "leaves the engine and costs a fresh block translation (~0.5 ms): the run enters the engine "
-    "once per instruction; the same cause as test_straight_line_rom_writes_run_at_normal_speed")
+    "leaves the engine and costs a fresh block translation (~0.5 ms): one engine entry per "
+    "instruction; the same cause as test_straight_line_rom_writes_run_at_normal_speed")
 @pytest.mark.parametrize("target", [0xFFFFFFFE, 0xFFFFFFFF])
 def test_running_off_the_top_of_4gib_stops_cleanly(tmp_path, target):
-    """In a child process: a hang inside the engine cannot be interrupted from Python. Counted,
-    not timed: code running at normal speed enters the engine a few times per slice, not once
-    per instruction."""
+    """In a child process: a hang inside the engine cannot be interrupted from Python."""
     import subprocess
     import sys
     from pathlib import Path
     tests = str(Path(__file__).resolve().parent)
-    script = HANG_SCRIPT.format(paths=[tests, str(Path(tests).parent)], tmp=str(tmp_path), target=target,
-                                budget=WRAP_BUDGET)
-    try:                                    # the timeout only guards against a hung engine
-        out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600)
+    script = HANG_SCRIPT.format(paths=[tests, str(Path(tests).parent)], tmp=str(tmp_path),
+                                target=target, budget=WRAP_BUDGET)
+    try:
+        # Only a guard against an engine that spins: the verdict is counted, not timed.
+        out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                             timeout=600)
     except subprocess.TimeoutExpired:
         pytest.fail("run() did not return (the engine spins)")
-    assert out.returncode == 0, out.stderr
-    _, kind, _status, entries = out.stdout.split()
-    assert kind in ("fault", "exited", "limit"), out.stdout
-    assert int(entries) < 100, f"{entries} engine entries for {WRAP_BUDGET} instructions"
+    if out.returncode != 0:
+        pytest.fail(out.stderr)
+    _, kind, _, entries = out.stdout.split()
+    if kind not in ("fault", "exited", "limit"):
+        pytest.fail(out.stdout)
+    # Running at normal speed: a handful of engine entries, not one per instruction.
+    assert int(entries) < WRAP_BUDGET // 100, f"{entries} engine entries for {WRAP_BUDGET} instructions"
 
 
 # ------------------------------------------------------------------------------------------
