@@ -593,3 +593,47 @@ def test_chain_longer_than_4_gib_is_refused():
     mem.write_u16(0x101002, 1)
     with pytest.raises(ChainTooLong, match="longer than 4 GiB"):
         q.pop()
+
+
+@pytest.mark.parametrize("event_idx", [True, False])
+def test_device_reports_every_guest_byte_it_writes_and_only_those(tmp_path, event_idx):
+    """Translated guest code over a buffer the device writes must be dropped: the device tells
+    the CPU each range it wrote (data, status, used element, used idx, avail_event or
+    used->flags), exactly."""
+    b = Bench(tmp_path)
+    b.start(features=b.drv.device_features() & ~(0 if event_idx else 1 << 29))
+    vq = b.vqs[0]
+    if not event_idx:
+        b.mem.write_u16(vq.used, 1)                     # NO_NOTIFY left set: the device clears it
+    req = BlkRequests(vq).submit(T_IN, 0, in_len=512, wcuts=[512, 1])
+    seen = []
+    b.mem.add_write_listener(lambda gpa, n: seen.append((gpa, n)))
+    b.drv.kick(0)
+    (data, _), (status, _) = req.writable
+    ring_field = (vq.used + 4 + 8 * 256, 2) if event_idx else (vq.used, 2)   # avail_event / flags
+    assert sorted(seen) == sorted([(data, 512), (status, 1), (vq.used + 4, 8), (vq.used + 2, 2), ring_field])
+    b.close()
+
+
+def _long_chain(entry_len, n, writable_from):
+    mem = GuestMemory(8 << 20)
+    q = SplitQueue(0, 4, lambda q: None, mem)
+    q.desc_addr, q.avail_addr, q.used_addr = 0x100000, 0x101000, 0x102000
+    q.activate()
+    q.indirect = True
+    table = 0x110000
+    for i in range(n):
+        flags = (1 if i + 1 < n else 0) | (2 if i >= writable_from else 0)
+        mem.write(table + 16 * i, struct.pack("<QIHH", 0x200000, entry_len, flags, i + 1))
+    mem.write(0x100000, struct.pack("<QIHH", table, 16 * n, 4, 0))
+    mem.write_u16(0x101002, 1)
+    return q
+
+
+def test_chain_of_exactly_4_gib_is_accepted_and_one_byte_more_is_not():
+    q = _long_chain(4 << 20, 1024, writable_from=512)      # 1024 x 4 MiB = 2^32 bytes
+    chain = q.pop()
+    assert chain.readable_len + chain.writable_len == 1 << 32
+    q = _long_chain((4 << 20) + 1, 1024, writable_from=512)
+    with pytest.raises(ChainTooLong):
+        q.pop()
