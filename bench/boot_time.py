@@ -33,6 +33,8 @@ print("RSS_KB", rss, flush=True)
 
 
 def main() -> None:
+    import argparse
+    argparse.ArgumentParser(description=__doc__.split("\n\n")[0]).parse_args()
     sys.path.insert(0, str(ROOT))
     from machine.toolchain import ensure_built
     ensure_built("firmware", "out/bios.bin")

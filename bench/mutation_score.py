@@ -8,6 +8,9 @@ import sys
 
 
 def main() -> None:
+    import argparse
+    argparse.ArgumentParser(description="Mutation score per module: reads `mutmut results --all "
+                            "true` on stdin (bench/mutation.sh runs it).").parse_args()
     count: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
     for line in sys.stdin:
         name, _, status = line.strip().rpartition(": ")

@@ -18,7 +18,7 @@ struct idt_ptr {
     uint32_t base;
 } __attribute__((packed));
 
-#define NUM_VECTORS 48
+#define NUM_VECTORS 64
 #define KERNEL_CS   0x08        /* boot.S GDT */
 
 extern const uint32_t isr_stub_table[NUM_VECTORS];
@@ -128,8 +128,46 @@ static const char *const exception_names[32] = {
     "#XM SIMD", "#VE virtualization", "#CP control protection",
 };
 
+/* --- Local APIC (Intel SDM vol. 3, chapter 10) -------------------------------------------- */
+
+#define LAPIC_ID   0x020
+#define LAPIC_EOI  0x0B0
+#define LAPIC_SVR  0x0F0
+#define SVR_ENABLE 0x100
+
+static irq_handler_fn msi_handlers[MSI_VECTORS];
+static void *msi_ctx[MSI_VECTORS];
+
+static inline volatile uint32_t *lapic_reg(uint32_t off)
+{
+    return (volatile uint32_t *)(uintptr_t)(LAPIC_BASE + off);
+}
+
+uint8_t lapic_enable(void)
+{
+    *lapic_reg(LAPIC_SVR) = SVR_ENABLE | SPURIOUS_VECTOR;
+    return (uint8_t)(*lapic_reg(LAPIC_ID) >> 24);
+}
+
+void msi_install(uint8_t n, irq_handler_fn fn, void *ctx)
+{
+    if (n >= MSI_VECTORS)
+        return;
+    msi_ctx[n] = ctx;
+    msi_handlers[n] = fn;
+}
+
 void interrupt_dispatch(struct int_frame *f)
 {
+    if (f->vector == SPURIOUS_VECTOR)               /* no EOI for the spurious vector (SDM 10.9) */
+        return;
+    if (f->vector >= MSI_VECTOR_BASE) {
+        uint8_t n = (uint8_t)(f->vector - MSI_VECTOR_BASE);
+        if (msi_handlers[n])
+            msi_handlers[n](msi_ctx[n]);
+        *lapic_reg(LAPIC_EOI) = 0;
+        return;
+    }
     if (f->vector < 32) {
         const char *name = exception_names[f->vector] ? exception_names[f->vector] : "reserved";
         kprintf("\nBail out! CPU exception %u (%s) error=%x at %x:%x eflags=%x\n",

@@ -13,6 +13,12 @@ struct int_frame {                  /* as laid out by isr.S */
 
 #define IRQ_BASE_MASTER 0x20
 #define IRQ_BASE_SLAVE  0x28
+/* Message-signalled interrupts (MSI-X) arrive through the local APIC on vectors 0x30..0x3E;
+ * 0x3F is the APIC's spurious vector. */
+#define MSI_VECTOR_BASE 0x30
+#define MSI_VECTORS     15
+#define SPURIOUS_VECTOR 0x3F
+#define LAPIC_BASE      0xFEE00000u
 
 typedef void (*irq_handler_fn)(void *ctx);
 
@@ -23,6 +29,12 @@ void interrupts_init(void);
 void irq_install(uint8_t irq, irq_handler_fn fn, void *ctx);
 /* Masks the IRQ again and removes its handler. */
 void irq_remove(uint8_t irq);
+/* Software-enables the local APIC (SVR) so that it takes message-signalled interrupts; the
+ * 8259s keep working through LINT0 (virtual wire), as the firmware left it. Returns its ID. */
+uint8_t lapic_enable(void);
+/* Handler for MSI vector MSI_VECTOR_BASE + n (n < MSI_VECTORS); fn 0 removes it. Every MSI
+ * vector is acknowledged with a local APIC EOI, with or without a handler. */
+void msi_install(uint8_t n, irq_handler_fn fn, void *ctx);
 
 static inline void irq_enable(void)  { __asm__ volatile("sti" ::: "memory"); }
 static inline void irq_disable(void) { __asm__ volatile("cli" ::: "memory"); }

@@ -1,4 +1,4 @@
-/* Interrupt entry stubs for vectors 0..47. Each stub pushes a uniform frame (a dummy error code
+/* Interrupt entry stubs for vectors 0..63. Each stub pushes a uniform frame (a dummy error code
  * where the CPU pushes none, then the vector number) and jumps to a common path that saves the
  * general registers and calls interrupt_dispatch(struct int_frame *) in interrupts.c. */
 
@@ -17,7 +17,7 @@ isr_stub_\v:
 
 .altmacro
 .set i, 0
-.rept 48
+.rept 64
     STUB %i
     .set i, i + 1
 .endr
@@ -42,7 +42,7 @@ isr_stub_table:
 .macro STUBADDR v
     .long isr_stub_\v
 .endm
-.rept 48
+.rept 64
     STUBADDR %i
     .set i, i + 1
 .endr

@@ -14,6 +14,10 @@
  *                          out_of_range unsupported read_only reset multiqueue interrupt pattern
  *   transport=auto|modern|legacy   which virtio PCI interface to use (default auto: modern
  *                          when the device has it)
+ *   irq=intx|msix          how the device interrupts: INTx (default) or MSI-X (entry 0 for
+ *                          config changes, 1.. for the queues, through the local APIC)
+ *   ring=split|packed      virtqueue layout: split (default) or packed (VIRTIO_F_RING_PACKED,
+ *                          the device's packed=on; init fails without it)
  *   expect_serial=STR      GET_ID must return STR (the device's serial property)
  *   expect_ro=0|1          the disk must (not) be read-only; with 1 a write must fail (IOERR)
  *   expect_queues=N        the device must report N request queues (VIRTIO_BLK_F_MQ)

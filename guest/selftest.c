@@ -34,6 +34,12 @@ void options_from_cmdline(struct vblk_options *o)
     cmdline_get("transport", t, sizeof t);
     o->transport = !strcmp(t, "modern") ? TRANSPORT_MODERN
                  : !strcmp(t, "legacy") ? TRANSPORT_LEGACY : TRANSPORT_AUTO;
+    char irq[8] = "intx";
+    cmdline_get("irq", irq, sizeof irq);
+    o->msix = !strcmp(irq, "msix");
+    char ring[8] = "split";
+    cmdline_get("ring", ring, sizeof ring);
+    o->packed = !strcmp(ring, "packed");
     o->use_event_idx = cmdline_u32("event_idx", 1) != 0;
     o->use_indirect = cmdline_u32("indirect", 1) != 0;
     o->max_queue_size = (uint16_t)cmdline_u32("queue_size", VQ_MAX_SIZE);
@@ -499,6 +505,8 @@ static enum result t_interrupt(void)
         return FAIL;
     if (!vblk_set_irq_mode(B, true))
         SKIPF("no usable INTx line (interrupt line register = %u)", B->vp.irq_line);
+    if (B->vp.msix)
+        kprintf("# interrupt: by MSI-X, %u vectors\n", B->vp.msix_vectors);
     uint32_t irqs0 = B->irqs, events0 = B->isr_queue_events;
     uintptr_t mark = heap_mark();
     void *buf = buffer_at(4096, 0);

@@ -23,7 +23,25 @@ int vblk_probe(struct virtio_blk *b, const struct vblk_options *opts)
 {
     static const uint16_t ids[] = { VIRTIO_BLK_PCI_ID_TRANSITIONAL, VIRTIO_BLK_PCI_ID_MODERN };
     b->opts = *opts;
-    return vpci_probe(&b->vp, ids, 2, opts->transport);
+    int r = vpci_probe(&b->vp, ids, 2, opts->transport);
+    if (r < 0 || !opts->msix)
+        return r;
+    /* MSI-X: one table entry per vector we have (entry 0 for config changes, 1.. for queues),
+     * delivered to this CPU's local APIC. Done once: a device reset leaves the table alone. */
+    uint8_t apic = lapic_enable();
+    uint16_t n = vpci_enable_msix(&b->vp, apic, MSI_VECTOR_BASE, MSI_VECTORS);
+    if (n == 0)
+        return -4;
+    kprintf("# msix: %u vectors from 0x%x to APIC %u\n", n, MSI_VECTOR_BASE, apic);
+    return 0;
+}
+
+/* The MSI-X table entry queue q signals (entry 0 is the config vector; with too few entries
+ * queues share, and with one entry everything shares it). */
+static uint16_t queue_entry(const struct virtio_blk *b, uint16_t q)
+{
+    uint16_t n = b->vp.msix_vectors;
+    return n > 1 ? 1 + q % (n - 1) : 0;
 }
 
 /* The feature bits this driver understands, i.e. may accept (3.1.1 step 4). */
@@ -39,6 +57,8 @@ static uint64_t wanted_features(const struct virtio_blk *b)
         f |= 1ULL << VIRTIO_F_EVENT_IDX;
     if (b->vp.modern)
         f |= 1ULL << VIRTIO_F_VERSION_1;   /* 6.1: a modern driver MUST accept VERSION_1 */
+    if (b->opts.packed)
+        f |= 1ULL << VIRTIO_F_RING_PACKED;
     return f;
 }
 
@@ -87,6 +107,8 @@ int vblk_init(struct virtio_blk *b, char *why, int why_size)
         if (!(vpci_get_status(vp) & VIRTIO_STATUS_FEATURES_OK))
             return fail(b, why, why_size, "device did not keep FEATURES_OK");
     }
+    if (b->opts.packed && !vblk_has(b, VIRTIO_F_RING_PACKED))
+        return fail(b, why, why_size, "ring=packed asked for, but VIRTIO_F_RING_PACKED was not negotiated");
 
     /* Step 7: device-specific set-up: read the configuration (5.2.5), then the queues. */
     b->capacity = vpci_cfg_read64(vp, CFG_CAPACITY);
@@ -134,10 +156,20 @@ int vblk_init(struct virtio_blk *b, char *why, int why_size)
                 return fail(b, why, why_size, "out of memory for virtqueues");
         }
         if (!vq_setup(b->vqs[q], vp, q, size, vblk_has(b, VIRTIO_F_EVENT_IDX),
-                      vblk_has(b, VIRTIO_F_INDIRECT_DESC)))
+                      vblk_has(b, VIRTIO_F_INDIRECT_DESC), vblk_has(b, VIRTIO_F_RING_PACKED)))
             return fail(b, why, why_size, "queue set-up refused");
     }
     b->nvqs = nvqs;
+
+    /* With MSI-X on, map config changes and each queue to a table entry; the device reads
+     * back NO_VECTOR for a mapping it cannot make (4.1.5.1.2). A reset cleared the old ones. */
+    if (vp->msix) {
+        if (!vpci_set_config_vector(vp, 0))
+            return fail(b, why, why_size, "device refused MSI-X entry 0 for config changes");
+        for (uint16_t q = 0; q < nvqs; q++)
+            if (!vpci_set_queue_vector(vp, q, queue_entry(b, q)))
+                return fail(b, why, why_size, "device refused an MSI-X entry for a queue");
+    }
 
     /* Step 8: DRIVER_OK; the device is live. */
     vpci_set_status(vp, VIRTIO_STATUS_ACKNOWLEDGE | VIRTIO_STATUS_DRIVER |
@@ -304,8 +336,44 @@ static void vblk_irq(void *ctx)
         b->isr_config_events++;
 }
 
+/* MSI-X: the entry says what happened, no ISR read needed (4.1.4.5: ISR is for INTx); an
+ * entry shared by config and queues falls back to reading it. */
+static void vblk_msi_queue(void *ctx)
+{
+    struct virtio_blk *b = ctx;
+    b->irqs++;
+    b->isr_queue_events++;
+}
+
+static void vblk_msi_config(void *ctx)
+{
+    struct virtio_blk *b = ctx;
+    if (b->vp.msix_vectors > 1) {
+        b->irqs++;
+        b->isr_config_events++;
+    } else {
+        vblk_irq(ctx);
+    }
+}
+
 bool vblk_set_irq_mode(struct virtio_blk *b, bool on)
 {
+    if (b->vp.msix) {
+        for (uint16_t e = 0; e < b->vp.msix_vectors; e++)
+            msi_install((uint8_t)e, on ? (e ? vblk_msi_queue : vblk_msi_config) : 0, b);
+        b->irq_mode = on;
+        for (uint16_t q = 0; q < b->nvqs; q++) {
+            if (on)
+                vq_enable_interrupts(b->vqs[q]);
+            else
+                vq_disable_interrupts(b->vqs[q]);
+        }
+        if (on)
+            platform_ticker_start();
+        else
+            platform_ticker_stop();
+        return true;
+    }
     uint8_t line = b->vp.irq_line;
     if (line == 0 || line == 2 || line >= 16)      /* unassigned (0xFF), timer, cascade */
         return false;

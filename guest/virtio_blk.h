@@ -65,6 +65,8 @@ struct vblk_layout {
 
 struct vblk_options {
     enum virtio_transport transport;
+    bool msix;                    /* interrupts by MSI-X instead of INTx (irq=msix) */
+    bool packed;                  /* packed virtqueues (ring=packed; needs VIRTIO_F_RING_PACKED) */
     bool use_event_idx;           /* accept VIRTIO_F_EVENT_IDX when offered */
     bool use_indirect;            /* accept VIRTIO_F_INDIRECT_DESC when offered */
     uint16_t max_queue_size;      /* cap on each queue's size (power of 2) */

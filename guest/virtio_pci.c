@@ -59,7 +59,18 @@
 #define LEGACY_QUEUE_NOTIFY   0x10  /* le16 */
 #define LEGACY_STATUS         0x12  /* u8 */
 #define LEGACY_ISR            0x13  /* u8, read clears */
-#define LEGACY_DEVICE_CFG     0x14  /* device config when MSI-X is off (we never enable it) */
+#define LEGACY_MSIX_CONFIG    0x14  /* le16, only while MSI-X is enabled */
+#define LEGACY_MSIX_QUEUE     0x16  /* le16, only while MSI-X is enabled */
+/* The device config follows the header: at 20, or at 24 while MSI-X is enabled (4.1.4.10). */
+#define LEGACY_DEVICE_CFG     (vp->msix ? 0x18 : 0x14)
+
+/* MSI-X capability (PCI 3.0 6.8.2) */
+#define PCI_CAP_ID_MSIX       0x11
+#define MSIX_CONTROL          2      /* le16: table size - 1 (10:0), function mask (14), enable (15) */
+#define MSIX_TABLE            4      /* le32: BIR (2:0), offset */
+#define MSIX_CTRL_ENABLE      0x8000
+#define MSIX_CTRL_MASKALL     0x4000
+#define MSIX_ENTRY_SIZE       16
 #define LEGACY_QUEUE_ALIGN    4096  /* 2.7.2 legacy: used ring starts on this boundary */
 
 /* --- Probing ------------------------------------------------------------------------------- */
@@ -318,6 +329,72 @@ bool vpci_queue_enabled(struct virtio_pci *vp, uint16_t q)
     }
     mmio_write16(vp->common + COMMON_Q_SELECT, q);
     return mmio_read16(vp->common + COMMON_Q_ENABLE) != 0;
+}
+
+/* --- MSI-X ----------------------------------------------------------------------------------- */
+
+static void on_msix_cap(const struct pci_dev *d, uint8_t cap, void *ctx)
+{
+    uint8_t *found = ctx;
+    if (!*found)
+        *found = cap;
+}
+
+uint16_t vpci_enable_msix(struct virtio_pci *vp, uint8_t apic_id, uint8_t first_vector, uint16_t max)
+{
+    const struct pci_dev *d = &vp->pci;
+    uint8_t cap = 0;
+    pci_for_each_cap(d, PCI_CAP_ID_MSIX, on_msix_cap, &cap);
+    if (!cap) {
+        kprintf("# virtio: irq=msix asked for, but the device has no MSI-X capability\n");
+        return 0;
+    }
+    uint16_t ctrl = pci_read16(d, cap + MSIX_CONTROL);
+    uint32_t table = pci_read32(d, cap + MSIX_TABLE);
+    struct pci_bar bar = pci_bar(d, table & 7);
+    if (!bar.present || bar.is_io || bar.base > 0xFFFFFFFFull - 0xFFF) {
+        kprintf("# virtio: MSI-X table BAR%u is not a mapped memory BAR below 4 GiB\n", table & 7);
+        return 0;
+    }
+    uintptr_t base = (uintptr_t)bar.base + (table & ~7u);
+    uint16_t n = (ctrl & 0x7FF) + 1;
+    if (n > max)
+        n = max;
+    /* Program while the function is masked, then enable (PCI 3.0 6.8.3.4). */
+    pci_write16(d, cap + MSIX_CONTROL, MSIX_CTRL_MASKALL);
+    for (uint16_t i = 0; i < n; i++) {
+        uintptr_t e = base + (uintptr_t)i * MSIX_ENTRY_SIZE;
+        mmio_write32(e + 0, 0xFEE00000u | (uint32_t)apic_id << 12);   /* physical destination */
+        mmio_write32(e + 4, 0);
+        mmio_write32(e + 8, (uint32_t)(first_vector + i));             /* fixed, edge */
+        mmio_write32(e + 12, 0);                                         /* unmasked */
+    }
+    pci_write16(d, cap + MSIX_CONTROL, MSIX_CTRL_ENABLE);
+    vp->msix = true;
+    vp->msix_vectors = n;
+    return n;
+}
+
+bool vpci_set_config_vector(struct virtio_pci *vp, uint16_t entry)
+{
+    if (vp->modern) {
+        mmio_write16(vp->common + COMMON_MSIX, entry);
+        return mmio_read16(vp->common + COMMON_MSIX) == entry;
+    }
+    outw(vp->io_base + LEGACY_MSIX_CONFIG, entry);
+    return inw(vp->io_base + LEGACY_MSIX_CONFIG) == entry;
+}
+
+bool vpci_set_queue_vector(struct virtio_pci *vp, uint16_t q, uint16_t entry)
+{
+    if (vp->modern) {
+        mmio_write16(vp->common + COMMON_Q_SELECT, q);
+        mmio_write16(vp->common + COMMON_Q_MSIX, entry);
+        return mmio_read16(vp->common + COMMON_Q_MSIX) == entry;
+    }
+    outw(vp->io_base + LEGACY_QUEUE_SELECT, q);
+    outw(vp->io_base + LEGACY_MSIX_QUEUE, entry);
+    return inw(vp->io_base + LEGACY_MSIX_QUEUE) == entry;
 }
 
 uint8_t vpci_read_isr(struct virtio_pci *vp)

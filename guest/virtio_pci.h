@@ -24,6 +24,7 @@
 #define VIRTIO_F_EVENT_IDX       29
 #define VIRTIO_F_VERSION_1       32
 #define VIRTIO_F_ACCESS_PLATFORM 33
+#define VIRTIO_F_RING_PACKED     34
 
 /* ISR status bits, 4.1.4.5. */
 #define VIRTIO_ISR_QUEUE         1
@@ -50,7 +51,13 @@ struct virtio_pci {
 
     /* Legacy interface: the header at the start of I/O BAR0 (4.1.4.8). */
     uint16_t io_base;
+
+    /* MSI-X (4.1.5.3 / PCI 3.0 6.8.2), when vpci_enable_msix turned it on. */
+    bool msix;
+    uint16_t msix_vectors;       /* table entries we programmed */
 };
+
+#define VIRTIO_MSI_NO_VECTOR     0xFFFF
 
 /* Finds the first virtio-blk function and maps the interface `want` asks for (AUTO: modern
  * when the device has it, legacy otherwise). Enables I/O, memory and bus mastering.
@@ -82,6 +89,16 @@ void vpci_notify(struct virtio_pci *vp, uint16_t q);
 /* Whether the device considers queue q live: queue_enable (modern) or a non-zero QUEUE_PFN
  * (legacy). A reset must clear it. */
 bool vpci_queue_enabled(struct virtio_pci *vp, uint16_t q);
+
+/* MSI-X: programs table entry i (i < the table size, at most `max`) to send vector
+ * first_vector + i to the local APIC `apic_id`, unmasked, then enables MSI-X on the function
+ * (INTx is off from then on). Returns the number of entries programmed; 0 (after a "# ..."
+ * line) when the function has no usable MSI-X capability. */
+uint16_t vpci_enable_msix(struct virtio_pci *vp, uint8_t apic_id, uint8_t first_vector, uint16_t max);
+/* Maps config changes / queue q to MSI-X table entry `entry` (VIRTIO_MSI_NO_VECTOR: none).
+ * False when the device read back something else (4.1.5.1.2: it could not map it). */
+bool vpci_set_config_vector(struct virtio_pci *vp, uint16_t entry);
+bool vpci_set_queue_vector(struct virtio_pci *vp, uint16_t q, uint16_t entry);
 
 /* Reads and thereby clears the ISR status (4.1.4.5.1); deasserts the INTx line. */
 uint8_t vpci_read_isr(struct virtio_pci *vp);

@@ -21,9 +21,9 @@ static uint32_t used_offset(uint16_t size)
 static uint32_t ring_bytes(uint16_t size) { return used_offset(size) + 6 + 8u * size; }
 
 bool vq_setup(struct virtqueue *vq, struct virtio_pci *vp, uint16_t index, uint16_t size,
-              bool event_idx, bool indirect)
+              bool event_idx, bool indirect, bool packed)
 {
-    if (size == 0 || size > VQ_MAX_SIZE || (size & (size - 1)))
+    if (size == 0 || size > VQ_MAX_SIZE || (!packed && (size & (size - 1))))
         return false;
     /* Keep the ring memory of an earlier set-up (device reset and re-init) if it is big enough;
      * the device forgot the old addresses when it was reset. */
@@ -45,6 +45,21 @@ bool vq_setup(struct virtqueue *vq, struct virtio_pci *vp, uint16_t index, uint1
     vq->size = size;
     vq->event_idx = event_idx;
     vq->indirect = indirect;
+    vq->num_free = size;
+    if (packed) {
+        /* 2.8: the descriptor ring (16-byte aligned), then the two 4-byte event structures. */
+        vq->packed = true;
+        vq->pdesc = (struct pvirtq_desc *)mem;
+        vq->driver_event = (struct pvirtq_event *)((char *)mem + 16u * size);
+        vq->device_event = vq->driver_event + 1;
+        vq->avail_wrap = vq->used_wrap = true;          /* 2.8.1: both counters start at 1 */
+        for (uint16_t i = 0; i < size; i++)
+            vq->free_ids[i] = (uint16_t)(size - 1 - i);
+        vq->num_free_ids = size;
+        vq_disable_interrupts(vq);
+        return vpci_queue_enable(vp, index, size, (uintptr_t)vq->pdesc, (uintptr_t)vq->driver_event,
+                                 (uintptr_t)vq->device_event);
+    }
     vq->desc = (struct virtq_desc *)mem;
     vq->avail = (struct virtq_avail *)((char *)mem + 16u * size);
     vq->used = (struct virtq_used *)((char *)mem + used_offset(size));
@@ -55,7 +70,6 @@ bool vq_setup(struct virtqueue *vq, struct virtio_pci *vp, uint16_t index, uint1
     for (uint16_t i = 0; i + 1 < size; i++)
         vq->desc[i].next = i + 1;
     vq->free_head = 0;
-    vq->num_free = size;
 
     /* Polling by default: the self-test turns interrupts on when it wants them. */
     vq_disable_interrupts(vq);
@@ -76,8 +90,51 @@ static void publish(struct virtqueue *vq, uint16_t head, void *cookie)
     *(volatile uint16_t *)&vq->avail->idx = vq->avail_idx;     /* the device polls this */
 }
 
+/* 2.8.21: write a chain of n packed descriptors from the next slot, the first one's flags last
+ * (after a barrier), so the device never sees a half-written chain. Returns the buffer ID. */
+static int packed_add(struct virtqueue *vq, const struct pvirtq_desc *descs, int n, void *cookie)
+{
+    if (n <= 0 || n > vq->num_free || !vq->num_free_ids)
+        return -1;
+    uint16_t id = vq->free_ids[--vq->num_free_ids];
+    uint16_t first = vq->next_avail, first_flags = 0;
+    for (int k = 0; k < n; k++) {
+        struct pvirtq_desc *d = &vq->pdesc[vq->next_avail];
+        uint16_t flags = descs[k].flags | (k + 1 < n ? VIRTQ_DESC_F_NEXT : 0) |
+                         (vq->avail_wrap ? VIRTQ_DESC_F_AVAIL : VIRTQ_DESC_F_USED);
+        d->addr = descs[k].addr;
+        d->len = descs[k].len;
+        d->id = id;
+        if (k == 0)
+            first_flags = flags;
+        else
+            d->flags = flags;
+        if (++vq->next_avail == vq->size) {
+            vq->next_avail = 0;
+            vq->avail_wrap = !vq->avail_wrap;
+        }
+    }
+    vq->ndescs[id] = (uint16_t)n;
+    vq->num_free -= n;
+    vq->added_since_kick += n;
+    vq->cookie[id] = cookie;
+    vq->in_flight++;
+    wmb();                                          /* 2.8.21.1 */
+    *(volatile uint16_t *)&vq->pdesc[first].flags = first_flags;
+    return id;
+}
+
 int vq_add(struct virtqueue *vq, const struct vq_buf *bufs, int n, void *cookie)
 {
+    if (vq->packed) {
+        struct pvirtq_desc descs[n > 0 ? n : 1];
+        for (int k = 0; k < n; k++) {
+            descs[k].addr = (uintptr_t)bufs[k].addr;
+            descs[k].len = bufs[k].len;
+            descs[k].flags = bufs[k].device_writes ? VIRTQ_DESC_F_WRITE : 0;
+        }
+        return packed_add(vq, descs, n, cookie);
+    }
     if (n <= 0 || n > vq->num_free)
         return -1;
     uint16_t head = vq->free_head, i = head;
@@ -100,6 +157,18 @@ int vq_add_indirect(struct virtqueue *vq, const struct vq_buf *bufs, int n,
 {
     if (!vq->indirect || n <= 0 || vq->num_free < 1)
         return -1;
+    if (vq->packed) {
+        /* 2.8.19: the table holds packed descriptors, used in order (no NEXT, no IDs). */
+        struct pvirtq_desc *t = (struct pvirtq_desc *)table;
+        for (int k = 0; k < n; k++) {
+            t[k].addr = (uintptr_t)bufs[k].addr;
+            t[k].len = bufs[k].len;
+            t[k].id = 0;
+            t[k].flags = bufs[k].device_writes ? VIRTQ_DESC_F_WRITE : 0;
+        }
+        struct pvirtq_desc d = { (uintptr_t)table, (uint32_t)n * sizeof *t, 0, VIRTQ_DESC_F_INDIRECT };
+        return packed_add(vq, &d, 1, cookie);
+    }
     for (int k = 0; k < n; k++) {
         table[k].addr = (uintptr_t)bufs[k].addr;
         table[k].len = bufs[k].len;
@@ -123,6 +192,29 @@ bool vq_kick(struct virtqueue *vq)
     /* The device may read avail_event / used->flags only after seeing our new avail->idx, and
      * we must read them only after that store is visible: a full fence (2.7.10). */
     mb();
+    if (vq->packed) {
+        /* 2.8.10: DISABLE, ENABLE, or DESC: notify iff the slot off_wrap names is among those
+         * made available since the last notification (slots, taken mod 2^16 as 2.7.10 does). */
+        struct pvirtq_event e = *(volatile struct pvirtq_event *)vq->device_event;
+        uint16_t new = vq->next_avail, old = (uint16_t)(new - vq->added_since_kick);
+        vq->added_since_kick = 0;
+        bool notify;
+        if (e.flags == RING_EVENT_FLAGS_DESC) {
+            uint16_t event = e.off_wrap & 0x7FFF;
+            if ((bool)(e.off_wrap >> 15) != vq->avail_wrap)
+                event = (uint16_t)(event - vq->size);
+            notify = (uint16_t)(new - event - 1) < (uint16_t)(new - old);
+        } else {
+            notify = e.flags != RING_EVENT_FLAGS_DISABLE;
+        }
+        if (notify) {
+            vpci_notify(vq->vp, vq->index);
+            vq->kicks++;
+        } else {
+            vq->kicks_suppressed++;
+        }
+        return notify;
+    }
     uint16_t old = vq->last_kick_idx, new = vq->avail_idx;
     vq->last_kick_idx = new;
     bool notify;
@@ -145,6 +237,11 @@ bool vq_kick(struct virtqueue *vq)
 
 bool vq_has_used(struct virtqueue *vq)
 {
+    if (vq->packed) {
+        /* 2.8.1: used when both AVAIL and USED equal our used wrap counter. */
+        uint16_t f = *(volatile uint16_t *)&vq->pdesc[vq->next_used].flags;
+        return !!(f & VIRTQ_DESC_F_AVAIL) == vq->used_wrap && !!(f & VIRTQ_DESC_F_USED) == vq->used_wrap;
+    }
     return *(volatile uint16_t *)&vq->used->idx != vq->last_used_idx;
 }
 
@@ -167,6 +264,29 @@ bool vq_get_used(struct virtqueue *vq, void **cookie, uint32_t *len)
     if (!vq_has_used(vq))
         return false;
     rmb();                          /* read the entry only after seeing used->idx move (2.7.14) */
+    if (vq->packed) {
+        struct pvirtq_desc d = vq->pdesc[vq->next_used];
+        if (d.id >= vq->size || !vq->cookie[d.id]) {
+            kprintf("# virtqueue %u: device returned bogus buffer id %u\n", vq->index, d.id);
+            vq->device_errors++;
+            *cookie = 0;
+            *len = 0;
+            vq->next_used = (uint16_t)((vq->next_used + 1) % vq->size);
+            return true;
+        }
+        *cookie = vq->cookie[d.id];
+        *len = d.len;
+        vq->cookie[d.id] = 0;
+        vq->in_flight--;
+        vq->next_used += vq->ndescs[d.id];          /* 2.8.7: one used descriptor per chain */
+        if (vq->next_used >= vq->size) {
+            vq->next_used -= vq->size;
+            vq->used_wrap = !vq->used_wrap;
+        }
+        vq->num_free += vq->ndescs[d.id];
+        vq->free_ids[vq->num_free_ids++] = d.id;
+        return true;
+    }
     struct virtq_used_elem e = vq->used->ring[vq->last_used_idx % vq->size];
     vq->last_used_idx++;
     if (e.id >= vq->size || !vq->cookie[e.id]) {
@@ -189,6 +309,18 @@ bool vq_get_used(struct virtqueue *vq, void **cookie, uint32_t *len)
 
 void vq_enable_interrupts(struct virtqueue *vq)
 {
+    if (vq->packed) {
+        /* 2.8.10: with EVENT_IDX ask for an interrupt when the next slot we read is used. */
+        if (vq->event_idx) {
+            vq->driver_event->off_wrap = (uint16_t)(vq->next_used | (vq->used_wrap ? 0x8000 : 0));
+            wmb();
+            *(volatile uint16_t *)&vq->driver_event->flags = RING_EVENT_FLAGS_DESC;
+        } else {
+            *(volatile uint16_t *)&vq->driver_event->flags = RING_EVENT_FLAGS_ENABLE;
+        }
+        mb();
+        return;
+    }
     if (vq->event_idx) {
         /* 2.7.7.2: with EVENT_IDX, flags stays 0 and used_event says "interrupt when you
          * write the used entry with this index": the next one we have not seen. */
@@ -202,6 +334,10 @@ void vq_enable_interrupts(struct virtqueue *vq)
 
 void vq_disable_interrupts(struct virtqueue *vq)
 {
+    if (vq->packed) {
+        *(volatile uint16_t *)&vq->driver_event->flags = RING_EVENT_FLAGS_DISABLE;
+        return;
+    }
     if (vq->event_idx) {
         /* flags MUST stay 0 with EVENT_IDX; point used_event as far behind as possible
          * (an interrupt only after 2^16 - 1 more completions). */

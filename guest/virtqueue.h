@@ -55,8 +55,26 @@ struct vq_buf {
     bool device_writes;         /* device-writable buffers come after all readable ones (2.7.4.2) */
 };
 
+/* 2.8.13: struct pvirtq_desc, and the event suppression structure of 2.8.14. */
+struct pvirtq_desc {
+    uint64_t addr;
+    uint32_t len;
+    uint16_t id;                /* buffer ID: the device returns it in the used descriptor */
+    uint16_t flags;
+};
+struct pvirtq_event {
+    uint16_t off_wrap;          /* descriptor ring offset (14:0) and wrap counter (15) */
+    uint16_t flags;
+};
+#define VIRTQ_DESC_F_AVAIL       (1 << 7)
+#define VIRTQ_DESC_F_USED        (1 << 15)
+#define RING_EVENT_FLAGS_ENABLE  0
+#define RING_EVENT_FLAGS_DISABLE 1
+#define RING_EVENT_FLAGS_DESC    2
+
 struct virtqueue {
     struct virtio_pci *vp;
+    bool packed;                /* VIRTIO_F_RING_PACKED negotiated: the packed layout (2.8) */
     uint16_t index;             /* queue number on the device */
     uint16_t size;              /* number of descriptors (a power of 2) */
     bool event_idx;             /* VIRTIO_F_EVENT_IDX negotiated: use used_event/avail_event */
@@ -77,6 +95,14 @@ struct virtqueue {
 
     void *cookie[VQ_MAX_SIZE];  /* per head: what the caller submitted (NULL = not in flight) */
 
+    /* Packed layout: one descriptor ring, the driver's and the device's event structures, the
+     * next slots we write and read with their wrap counters, and free buffer IDs. */
+    struct pvirtq_desc *pdesc;
+    struct pvirtq_event *driver_event, *device_event;
+    uint16_t next_avail, next_used, added_since_kick;
+    bool avail_wrap, used_wrap;
+    uint16_t free_ids[VQ_MAX_SIZE], num_free_ids;
+    uint16_t ndescs[VQ_MAX_SIZE];   /* per buffer ID: ring slots its chain took */
     /* statistics, for the self-test */
     uint32_t kicks, kicks_suppressed, device_errors;
 
@@ -89,7 +115,7 @@ struct virtqueue {
  * modern alignment rules), resets all driver state and hands the addresses to the device.
  * Returns false if memory ran out or the device refused. */
 bool vq_setup(struct virtqueue *vq, struct virtio_pci *vp, uint16_t index, uint16_t size,
-              bool event_idx, bool indirect);
+              bool event_idx, bool indirect, bool packed);
 
 /* Adds one request made of n buffers as a chain of n descriptors (device-readable first).
  * Returns the head index, or -1 if there are not enough free descriptors. Makes the chain

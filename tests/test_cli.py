@@ -265,6 +265,20 @@ ERRORS = [
     (["-drive", "file=d.img,id=d0", "-device", "virtio-blk-pci,drive=d0"], "it's in use"),
     (["-drive", "file=d.img,if=none,id=d0", "-device", "virtio-blk-pci,drive=d0",
       "-device", "virtio-blk-pci,drive=d0"], "it's in use"),
+    (["-drive", "file=d.img,format=raw,if=none,id=d0", "-drive", "file=e.img,format=raw,if=none,id=d1",
+      "-device", "virtio-blk-pci,drive=d0,id=x", "-device", "virtio-blk-pci,drive=d1,id=x"],
+     "Duplicate ID 'x' for device"),
+    (["-drive", "file=d.img,format=raw,if=none,id=d0", "-drive", "file=e.img,format=raw,if=none,id=d1",
+      "-device", "virtio-blk-pci,drive=d0,addr=5", "-device", "virtio-blk-pci,drive=d1,addr=0x5"],
+     "PCI: slot 5 function 0 not available for virtio-blk-pci"),
+    (["-drive", "file=d.img,format=raw,if=none,id=d0", "-device", "virtio-blk-pci,drive=d0,addr=zz"],
+     "Property 'addr' doesn't take value 'zz'"),
+    (["-drive", "file=d.img,format=raw,if=none,id=d0", "-device", "virtio-blk-pci,drive=d0,vectors=-1"],
+     "Property 'vectors' value -1 is out of range"),
+    (["-drive", "file=d.img,format=raw,if=none,id=d0", "-device", "virtio-blk-pci,drive=d0,strict=maybe"],
+     "Property 'strict' doesn't take value 'maybe'"),
+    (["-drive", "file=d.img,format=raw,if=none,id=d0", "-device", "virtio-blk-pci,drive=d0,packed=maybe"],
+     "Property 'packed' doesn't take value 'maybe'"),
     (["-device", "nosuch"], "-device nosuch: 'nosuch' is not a valid device model name"),
     (["-device", "e1000,netdev=n"], "'e1000' is not a valid device model name"),
     (["-device", "isa-debug-exit,iobase=zz"], "Parameter 'iobase' expects a number"),
@@ -439,11 +453,11 @@ def test_main_explicit_debug_exit_returns_qemu_status(fake_board):
 
 def test_main_board_errors_are_one_line(fake_board, capsys):
     fake_board.error = ConfigError("-device virtio-blk-pci: Property 'queue-size' must be a power of 2")
-    assert main(["-kernel", "k.elf", "-drive", "file=d.img"]) == 1
+    assert main(["-kernel", "k.elf", "-drive", "file=d.img,format=raw"]) == 1
     assert capsys.readouterr().err == \
         "machine: -device virtio-blk-pci: Property 'queue-size' must be a power of 2\n"
     fake_board.error = FileNotFoundError(2, "No such file or directory", "gone.img")
-    assert main(["-kernel", "k.elf", "-drive", "file=d.img"]) == 1
+    assert main(["-kernel", "k.elf", "-drive", "file=d.img,format=raw"]) == 1
     assert capsys.readouterr().err == \
         "machine: Could not open 'gone.img': No such file or directory\n"
 

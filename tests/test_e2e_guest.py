@@ -282,3 +282,73 @@ def test_same_command_line_on_qemu(boot, bytecode_env, guest, tmp_path, props, a
     assert tap(ours.serial) == tap(qemu_out), f"{ours}\n--- QEMU ---\n{qemu_out}"
     assert len(tap(qemu_out)) == len(ALL_TESTS) + 1
     assert ours_img.read_bytes() == qemu_img.read_bytes()
+
+
+def run_both(boot, bytecode_env, guest, tmp_path, props, append):
+    """The same guest command line on this machine and on QEMU, at once: (ours, QEMU's output,
+    QEMU's status, our image, QEMU's image)."""
+    ours_img = blank_image(tmp_path / "ours.img")
+    qemu_img = blank_image(tmp_path / "qemu.img")
+    running = boot.start(*guest_args(guest, ours_img, append, props), env=bytecode_env)
+    running.proc.stdin.close()
+    proc = subprocess.run([QEMU, *guest_args(guest, qemu_img, append, props)], stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, timeout=TIMEOUT)
+    ours = running.wait(TIMEOUT)
+    return ours, proc.stdout.decode("utf-8", "replace"), proc.returncode, ours_img, qemu_img
+
+
+@pytest.mark.skipif(QEMU is None, reason="qemu-system-x86_64 is not installed")
+@pytest.mark.parametrize("props, append, vectors", [
+    ("", "irq=msix", 2),                                              # QEMU's default: queues + 1
+    (",num-queues=4", "irq=msix expect_queues=4", 5),
+    (",num-queues=4,vectors=3", "irq=msix expect_queues=4", 3),       # queues share entries
+    (",disable-modern=on", "irq=msix", 2),                            # legacy header grows to 24
+    ("", "irq=msix transport=legacy event_idx=0", 2),
+], ids=["default", "mq", "mq-shared-vectors", "legacy-only", "forced-legacy"])
+def test_msix_mode_on_ours_and_on_qemu(boot, bytecode_env, guest, tmp_path, props, append, vectors):
+    """The guest's MSI-X mode (irq=msix): its interrupt test completes by MSI-X messages through
+    the local APIC, on this machine and unchanged on QEMU, with the same TAP lines and image."""
+    ours, qemu_out, qemu_status, ours_img, qemu_img = run_both(boot, bytecode_env, guest, tmp_path,
+                                                               props, f"expect_serial={SERIAL} {append}")
+    assert qemu_status == PASSED, qemu_out
+    assert ours.exit_status == PASSED, ours
+    assert tap(ours.serial) == tap(qemu_out), f"{ours}\n--- QEMU ---\n{qemu_out}"
+    line = f"# interrupt: by MSI-X, {vectors} vectors"
+    assert line in ours.serial and line in qemu_out, f"{ours}\n--- QEMU ---\n{qemu_out}"
+    assert ours_img.read_bytes() == qemu_img.read_bytes()
+
+
+@pytest.mark.skipif(QEMU is None, reason="qemu-system-x86_64 is not installed")
+def test_msix_mode_without_msix_fails_init_on_both(boot, bytecode_env, guest, tmp_path):
+    ours, qemu_out, qemu_status, _, _ = run_both(boot, bytecode_env, guest, tmp_path, ",vectors=0", "irq=msix")
+    why = "# virtio: irq=msix asked for, but the device has no MSI-X capability"
+    assert qemu_status == FAILED and ours.exit_status == FAILED, f"{ours}\n--- QEMU ---\n{qemu_out}"
+    assert why in ours.serial and why in qemu_out
+
+
+@pytest.mark.skipif(QEMU is None, reason="qemu-system-x86_64 is not installed")
+@pytest.mark.parametrize("props, append", [
+    (",packed=on", "ring=packed"),
+    (",packed=on,num-queues=4", "ring=packed irq=msix expect_queues=4"),
+    (",packed=on,disable-legacy=on", "ring=packed event_idx=0 indirect=0"),   # ENABLE/DISABLE flags
+    (",packed=on,queue-size=16", "ring=packed"),                              # many laps of the ring
+], ids=["packed", "packed-mq-msix", "packed-plain", "packed-small-ring"])
+def test_packed_ring_mode_on_ours_and_on_qemu(boot, bytecode_env, guest, tmp_path, props, append):
+    """The guest's packed-ring mode (ring=packed, the device's packed=on): the same TAP lines,
+    the same negotiated features and a byte-identical image here and on QEMU."""
+    ours, qemu_out, qemu_status, ours_img, qemu_img = run_both(boot, bytecode_env, guest, tmp_path,
+                                                               props, f"expect_serial={SERIAL} {append}")
+    assert qemu_status == PASSED, qemu_out
+    assert ours.exit_status == PASSED, ours
+    assert tap(ours.serial) == tap(qemu_out), f"{ours}\n--- QEMU ---\n{qemu_out}"
+    features = [l for l in qemu_out.replace("\r", "").splitlines() if l.startswith("# transport=")]
+    assert features and features[0] in ours.serial and " accepted=5" in features[0], features
+    assert ours_img.read_bytes() == qemu_img.read_bytes()
+
+
+@pytest.mark.skipif(QEMU is None, reason="qemu-system-x86_64 is not installed")
+def test_packed_ring_mode_without_packed_on_fails_init_on_both(boot, bytecode_env, guest, tmp_path):
+    ours, qemu_out, qemu_status, _, _ = run_both(boot, bytecode_env, guest, tmp_path, "", "ring=packed")
+    why = "VIRTIO_F_RING_PACKED was not negotiated"
+    assert qemu_status == FAILED and ours.exit_status == FAILED, f"{ours}\n--- QEMU ---\n{qemu_out}"
+    assert why in ours.serial and why in qemu_out

@@ -245,10 +245,11 @@ def test_capability_list_walk():
         seen.add(ptr)
         walked.append((ptr, dev.config_read(ptr, 1)))
         ptr = dev.config_read(ptr + 1, 1)
-    assert walked == [(a, 0x09), (b, 0x11), (c, 0x09)]
+    assert a < b < c                          # laid out in the order added ...
+    assert walked == [(c, 0x09), (b, 0x11), (a, 0x09)]     # ... and linked newest first, as QEMU
     assert dev.config_read(a + 2, 1) == 16
     dev.config_write(a, 4, 0xFFFFFFFF)        # capability bytes are read-only by default
-    assert dev.config_read(a, 1) == 0x09 and dev.config_read(a + 1, 1) == b
+    assert dev.config_read(a, 1) == 0x09 and dev.config_read(a + 1, 1) == 0
     dev.set_writable(a + 4, 1)
     dev.config_write(a + 4, 1, 0x77)
     assert dev.config_read(a + 4, 1) == 0x77

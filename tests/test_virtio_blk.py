@@ -221,7 +221,7 @@ def test_writeback_field_is_read_only_without_config_wce(make):
 def test_config_wce_off_property_withholds_the_feature_and_keeps_writeback_fixed(make, monkeypatch):
     """config-wce=off: CONFIG_WCE is not offered, the writeback field cannot be switched and
     FLUSH alone decides the cache mode (writeback: no sync per write)."""
-    b = make(props={"config-wce": "off"})
+    b = make(props={"config-wce": "off", "strict": "on"})     # strict: unoffered features refused
     offered = b.drv.device_features()
     assert not offered >> B.VIRTIO_BLK_F_CONFIG_WCE & 1 and offered >> B.VIRTIO_BLK_F_FLUSH & 1
     b.start(features=offered | 1 << B.VIRTIO_BLK_F_CONFIG_WCE)   # asking anyway is refused
@@ -334,12 +334,26 @@ def test_bad_discard_and_write_zeroes_segments(make, rtype, payload, status):
     assert b.image() == before
 
 
-def test_discard_and_write_zeroes_unsupp_when_not_negotiated(make):
+def test_discard_and_write_zeroes_not_negotiated_are_carried_out_as_qemu_does(make, guest_errors):
     b = make()
     f = b.drv.device_features() & ~(1 << S.VIRTIO_BLK_F_DISCARD) & ~(1 << S.VIRTIO_BLK_F_WRITE_ZEROES)
     b.start(features=f)
+    assert b.run(T_DISCARD, 0, out=seg(0, 1))[1] == S_OK
+    assert b.run(T_WRITE_ZEROES, 0, out=seg(0, 1))[1] == S_OK
+    assert b.image()[:512] == bytes(512)
+    log = guest_errors.getvalue()
+    assert "DISCARD request without negotiating VIRTIO_BLK_F_DISCARD (VIRTIO 1.2 §5.2.6.1)" in log
+    assert "WRITE_ZEROES request without negotiating VIRTIO_BLK_F_WRITE_ZEROES" in log
+
+
+def test_strict_discard_and_write_zeroes_unsupp_when_not_negotiated(make):
+    b = make(props={"strict": "on"})
+    f = b.drv.device_features() & ~(1 << S.VIRTIO_BLK_F_DISCARD) & ~(1 << S.VIRTIO_BLK_F_WRITE_ZEROES)
+    b.start(features=f)
+    before = b.image()
     assert b.run(T_DISCARD, 0, out=seg(0, 1))[1] == S_UNSUPP
     assert b.run(T_WRITE_ZEROES, 0, out=seg(0, 1))[1] == S_UNSUPP
+    assert b.image() == before
 
 
 def test_discard_and_write_zeroes_not_offered_when_disabled(make):
@@ -356,11 +370,20 @@ def test_short_discard_payload_sets_needs_reset(make):
     assert type(b.vdev.error) is SegmentTooShort
 
 
-def test_short_discard_payload_without_the_feature_is_unsupp_not_a_ring_error(make):
-    # Without the feature the type does not exist: what follows its header does not matter.
-    b = make()
+def test_strict_short_discard_payload_without_the_feature_is_unsupp_not_a_ring_error(make):
+    # Strict: without the feature the type does not exist, what follows its header does not matter.
+    b = make(props={"strict": "on"})
     b.start(features=b.drv.device_features() & ~(1 << S.VIRTIO_BLK_F_DISCARD))
     assert b.run(T_DISCARD, 0, out=b"\0" * 8)[1] == S_UNSUPP and not b.needs_reset
+
+
+def test_short_discard_payload_without_the_feature_is_a_ring_error_as_on_qemu(make):
+    # Tolerant: the unnegotiated request is carried out as QEMU does, so its segment must be whole.
+    b = make()
+    b.start(features=b.drv.device_features() & ~(1 << S.VIRTIO_BLK_F_DISCARD))
+    b.blk.submit(T_DISCARD, 0, out=b"\0" * 8)
+    b.drv.kick(0)
+    assert b.needs_reset and type(b.vdev.error) is SegmentTooShort
 
 
 def test_a_request_is_parsed_once_before_it_runs(make):
@@ -506,7 +529,7 @@ def test_discard_and_write_zeroes_maxima_are_separate_and_inclusive(make):
 
 @pytest.mark.parametrize("negotiated", [B.VIRTIO_BLK_F_DISCARD, B.VIRTIO_BLK_F_WRITE_ZEROES])
 def test_discard_and_write_zeroes_each_need_their_own_feature(make, negotiated):
-    b = make()
+    b = make(props={"strict": "on"})                  # the tolerant default serves both anyway
     other = B.VIRTIO_BLK_F_WRITE_ZEROES if negotiated == B.VIRTIO_BLK_F_DISCARD else B.VIRTIO_BLK_F_DISCARD
     b.start(features=b.drv.device_features() & ~(1 << other))
     ok_type, unsupp_type = ((T_DISCARD, T_WRITE_ZEROES) if negotiated == B.VIRTIO_BLK_F_DISCARD
@@ -562,7 +585,7 @@ def test_host_write_error_is_ioerr(make, monkeypatch):
     b = make().start()
 
     def fail(off, bufs):
-        raise OSError(28, "ENOSPC")
+        raise OSError(5, "EIO")                       # (ENOSPC would stop the machine: werror)
     monkeypatch.setattr(b.backend, "writev", fail)
     assert b.run(T_OUT, 0, out=b"a" * 512)[1:] == (S_IOERR, 1)
 
@@ -622,7 +645,7 @@ def test_parse_request_reads_against_the_negotiated_features(make):
     """What a debugger sees: a DISCARD too short for its segment is malformed only when DISCARD
     was negotiated (otherwise it is an UNSUPP request like any unknown type)."""
     from machine.virtio.blk_request import SegmentTooShort
-    b = make()
+    b = make(props={"strict": "on"})
     b.start(features=b.drv.device_features() & ~(1 << B.VIRTIO_BLK_F_DISCARD))
     b.blk.submit(T_DISCARD, 0, out=b"\0" * 8)
     assert b.vdev.parse_request(b.vdev.queues[0].peek(0)).type == T_DISCARD

@@ -44,10 +44,12 @@ def test_modern_only_uses_1042_revision_1(make):
     assert b.dev.bars[0] is None and b.dev.bars[4] is not None
 
 
-def test_legacy_only_has_no_capabilities(make):
-    b = make(props={"disable-modern": "on"}, legacy=True)
+def test_legacy_only_has_no_virtio_capabilities(make):
+    b = make(props={"disable-modern": "on", "vectors": "0"}, legacy=True)
     assert cfg(b.dev, 2, 2) == 0x1001 and b.dev.bars[4] is None and cfg(b.dev, 0x34, 1) == 0
     assert cfg(b.dev, 6, 2) & 0x10 == 0
+    b = make(props={"disable-modern": "on"}, legacy=True)      # MSI-X only, as QEMU
+    assert cfg(b.dev, cfg(b.dev, 0x34, 1), 1) == 0x11 and cfg(b.dev, cfg(b.dev, 0x34, 1) + 1, 1) == 0
 
 
 def test_capabilities_point_into_bar4_pages_with_notify_multiplier(make):
@@ -55,6 +57,27 @@ def test_capabilities_point_into_bar4_pages_with_notify_multiplier(make):
     assert {t: (c[1], c[2]) for t, c in drv.caps.items() if t != 5} == {
         1: (4, 0x0), 3: (4, 0x1000), 4: (4, 0x2000), 2: (4, 0x3000)}
     assert drv.notify_mult == 4
+
+
+def test_capabilities_are_listed_in_qemus_order(make):
+    """QEMU 7.2 (lspci of virtio-blk-pci): pci-cfg @0x84 -> notify @0x70 -> device @0x60 ->
+    isr @0x50 -> common @0x40 (MSI-X, when present, comes first)."""
+    dev = make().dev
+    walked, ptr = [], cfg(dev, 0x34, 1)
+    while ptr:
+        walked.append((ptr, cfg(dev, ptr + 3, 1)))
+        ptr = cfg(dev, ptr + 1, 1)
+    assert walked[0][0] == 0x98 and cfg(dev, 0x98, 1) == 0x11
+    assert walked[1:] == [(0x84, 5), (0x70, 2), (0x60, 4), (0x50, 3), (0x40, 1)]
+
+
+@pytest.mark.parametrize("disk_size,secs", [(64 << 20, 56), (1 << 20, 56), (16 * 63 * 4096 * 2, 63)])
+def test_geometry_sectors_with_4k_blocks_as_qemu(make, disk_size, secs):
+    """Measured on QEMU 7.2 with logical_block_size=4096: 56 sectors per track unless a track
+    of 16 heads x 63 sectors holds whole 4 KiB blocks."""
+    b = make(disk_size=disk_size, props={"logical_block_size": "4096"})
+    assert b.drv.cfg_read(19, 1) == secs
+    assert make(disk_size=disk_size).drv.cfg_read(19, 1) == 63
 
 
 @pytest.mark.parametrize("props,msg", [
@@ -152,20 +175,70 @@ def test_legacy_offers_any_layout_but_not_version_1(make):
 
 # -- status and features -------------------------------------------------------------------------------
 
-def test_features_ok_refused_for_features_never_offered(make):
+def test_features_ok_with_unoffered_bits_masks_them_and_says_which_rule(make, guest_errors):
     b = make()
     b.drv.set_status(ACK | DRIVER)
-    b.drv.write_features(b.drv.device_features() | (1 << 34))     # PACKED: not offered
+    offered = b.drv.device_features()
+    b.drv.write_features(offered | (1 << 34))     # PACKED: not offered
+    assert b.vdev.guest_features == offered        # never honoured, not even read back
+    b.drv.common_write(0x08, 4, 1)
+    assert b.drv.common_read(0x0C, 4) == offered >> 32
+    b.drv.set_status(ACK | DRIVER | FEATURES_OK)
+    assert b.drv.status == ACK | DRIVER | FEATURES_OK
+    assert "unoffered bits" not in guest_errors.getvalue()
+    assert "feature bits 0x400000000 the device did not offer (VIRTIO 1.2 §2.2.1)" in guest_errors.getvalue()
+
+
+def test_strict_refuses_features_ok_with_unoffered_bits(make, guest_errors):
+    b = make(props={"strict": "on"})
+    b.drv.set_status(ACK | DRIVER)
+    b.drv.write_features(b.drv.device_features() | (1 << 34))
     b.drv.set_status(ACK | DRIVER | FEATURES_OK)
     assert b.drv.status == ACK | DRIVER
+    assert "(VIRTIO 1.2 §2.2.1); strict: FEATURES_OK is not set" in guest_errors.getvalue()
 
 
-def test_features_ok_refused_without_version_1_on_modern(make):
+def test_features_ok_without_version_1_on_modern_is_tolerated_and_reported(make, guest_errors):
     b = make()
+    b.start(features=b.drv.device_features() & ~(1 << F_VERSION_1))
+    assert b.drv.status & FEATURES_OK and b.drv.status & DRIVER_OK
+    assert b.run(T_IN, 0, in_len=512)[1] == S_OK
+    assert "without VIRTIO_F_VERSION_1 (VIRTIO 1.2 §6.1)" in guest_errors.getvalue()
+
+
+def test_strict_refuses_features_ok_without_version_1(make, guest_errors):
+    b = make(props={"strict": "on"})
     b.drv.set_status(ACK | DRIVER)
     b.drv.write_features(b.drv.device_features() & ~(1 << F_VERSION_1))
     b.drv.set_status(ACK | DRIVER | FEATURES_OK)
     assert not b.drv.status & FEATURES_OK
+    assert "§6.1); strict" in guest_errors.getvalue()
+
+
+def test_each_tolerated_rule_is_reported_once_per_device(make, guest_errors):
+    b = make()
+    for _ in range(3):
+        b.drv.set_status(0)
+        b.drv.set_status(ACK | DRIVER)
+        b.drv.write_features(b.drv.device_features() | (1 << 34))
+        b.drv.set_status(ACK | DRIVER | FEATURES_OK)
+    assert guest_errors.getvalue().count("§2.2.1") == 1
+    other = make()
+    other.drv.set_status(ACK | DRIVER)
+    other.drv.write_features(other.drv.device_features() | (1 << 34))
+    other.drv.set_status(ACK | DRIVER | FEATURES_OK)
+    assert guest_errors.getvalue().count("§2.2.1") == 2
+
+
+def test_strict_property_takes_booleans_only(tmp_path):
+    path = tmp_path / "d.img"
+    path.write_bytes(bytes(1 << 20))
+    backend = open_drive(DriveConfig(file=path))
+    try:
+        with pytest.raises(ConfigError, match="Property 'strict' doesn't take value 'maybe'"):
+            create_virtio_blk_pci(backend, {"strict": "maybe"}, GuestMemory(4 << 20))
+    finally:
+        backend.close()
 
 
 def test_feature_writes_after_features_ok_are_ignored(make):
@@ -190,10 +263,47 @@ def test_status_writes_clearing_bits_are_ignored(make):
     assert b.drv.status == ACK | DRIVER | FEATURES_OK | DRIVER_OK
 
 
-def test_driver_ok_without_features_ok_is_refused(make):
+def test_driver_ok_without_features_ok_serves_io_as_qemu_does(make, guest_errors):
     b = make()
+    b.drv.set_status(ACK | DRIVER)
+    b.drv.write_features(b.drv.device_features())
+    vqs = b.drv.init(b.alloc, driver_ok=False)     # a fresh init, then DRIVER_OK with no FEATURES_OK
+    b.drv.set_status(0)
+    b.drv.set_status(ACK | DRIVER)
+    b.drv.write_features(b.drv.device_features())
+    b.drv.common_write(0x16, 2, 0)
+    b.drv.write64(0x20, vqs[0].desc)
+    b.drv.write64(0x28, vqs[0].avail)
+    b.drv.write64(0x30, vqs[0].used)
+    b.drv.common_write(0x1C, 2, 1)
+    b.drv.set_status(ACK | DRIVER | DRIVER_OK)
+    assert b.drv.status == ACK | DRIVER | DRIVER_OK
+    b.vqs = vqs
+    assert b.run(T_IN, 0, in_len=512)[1] == S_OK
+    assert "driver set DRIVER_OK without FEATURES_OK (VIRTIO 1.2 §3.1.1)" in guest_errors.getvalue()
+
+
+def test_strict_refuses_driver_ok_without_features_ok(make, guest_errors):
+    b = make(props={"strict": "on"})
     b.drv.set_status(ACK | DRIVER | DRIVER_OK)
     assert b.drv.status == ACK | DRIVER
+    assert "§3.1.1); strict: DRIVER_OK is not set" in guest_errors.getvalue()
+
+
+def test_legacy_feature_write_after_modern_features_ok_keeps_version_1(make):
+    b = make().start()
+    before = b.vdev.guest_features
+    b.dev.bars[0].ops.write(0x04, 4, 0)
+    assert b.vdev.guest_features == before and before >> F_VERSION_1 & 1
+
+
+def test_legacy_driver_ok_never_honours_unoffered_bits(make, guest_errors):
+    b = make()
+    b.drv.set_status(ACK | DRIVER)
+    b.drv.write_features(1 << 34)                   # modern write of an unoffered bit only
+    b.dev.bars[0].ops.write(0x12, 1, ACK | DRIVER | DRIVER_OK)   # DRIVER_OK through the legacy header
+    assert b.vdev.guest_features == 0
+    assert "§2.2.1" in guest_errors.getvalue()
 
 
 def test_failed_status_stops_processing(make):
@@ -274,8 +384,8 @@ def test_queue_enable_0_is_ignored(make):
     assert b.drv.common_read(0x1C, 2) == 1
 
 
-def test_msix_vectors_read_no_vector(make):
-    d = make().drv
+def test_without_msix_vectors_read_no_vector(make):
+    d = make(props={"vectors": "0"}).drv
     d.common_write(0x10, 2, 0)
     d.common_write(0x16, 2, 0)
     d.common_write(0x1A, 2, 1)
@@ -391,12 +501,22 @@ def test_notify_storm_without_buffers_does_nothing(make):
     assert b.vqs[0].used_idx() == 0 and b.vdev.isr == 0
 
 
-def test_kick_before_driver_ok_is_deferred_until_driver_ok(make):
+def test_kick_before_driver_ok_is_served_at_once_as_qemu_does(make, guest_errors):
     b = make().start(driver_ok=False)
     blk = BlkRequests(b.vqs[0])
     req = blk.submit(T_IN, 0, in_len=512)
     b.drv.kick(0)
+    assert b.vqs[0].get_used() == [(req.head, 513)]
+    assert "notified queue 0 before setting DRIVER_OK (VIRTIO 1.2 §3.1.1)" in guest_errors.getvalue()
+
+
+def test_strict_holds_a_kick_before_driver_ok_until_driver_ok(make, guest_errors):
+    b = make(props={"strict": "on"}).start(driver_ok=False)
+    blk = BlkRequests(b.vqs[0])
+    req = blk.submit(T_IN, 0, in_len=512)
+    b.drv.kick(0)
     assert b.vqs[0].used_idx() == 0
+    assert "strict: the notification is held until DRIVER_OK" in guest_errors.getvalue()
     b.drv.set_status(b.drv.status | DRIVER_OK)
     assert b.vqs[0].get_used() == [(req.head, 513)]
 

@@ -192,8 +192,21 @@ def test_indirect_table_in_mmio_needs_reset(bench):
     assert_broken(bench, before, BufferNotInRam)
 
 
-def test_indirect_without_the_feature_needs_reset(tmp_path):
+def test_indirect_without_the_feature_is_followed_as_qemu_does(tmp_path, guest_errors):
     b = Bench(tmp_path)
+    b.start(features=b.drv.device_features() & ~(1 << F_INDIRECT))
+    table = buf(b, size=48)
+    vq = b.vqs[0]
+    for i, d in enumerate(good_in(b)):
+        vq.write_desc(table, i, *d)
+    submit_raw(b, [(table, 48, INDIRECT, 0)])
+    assert not b.needs_reset and [h for h, _ in vq.get_used()] == [0]
+    assert "without VIRTIO_F_INDIRECT_DESC (VIRTIO 1.2 §2.7.5.3.1)" in guest_errors.getvalue()
+    b.close()
+
+
+def test_strict_indirect_without_the_feature_needs_reset(tmp_path):
+    b = Bench(tmp_path, props={"strict": "on"})
     b.start(features=b.drv.device_features() & ~(1 << F_INDIRECT))
     before = b.image()
     table = buf(b, size=48)
@@ -542,7 +555,7 @@ def test_guest_errors_say_what_was_ignored(bench):
     try:
         bench.drv.cfg_write(0, 4, 1)                        # capacity: read-only
         bench.drv.common_write(0x16, 2, 0)
-        bench.drv.common_write(0x1A, 2, 3)                  # queue_msix_vector without MSI-X
+        bench.drv.common_write(0x1A, 2, 3)                  # queue_msix_vector: no such vector
         bench.drv.cfg_read(B.CONFIG_SIZE, 4)
         bench.vdev.virtio_error("test breakage")
     finally:
@@ -550,7 +563,7 @@ def test_guest_errors_say_what_was_ignored(bench):
         trace.set_output(sys.stderr)
     text = out.getvalue()
     assert "virtio-blk: config write 0x0+4 = 0x1 ignored" in text, text
-    assert "MSI-X vector 0x3 written without MSI-X; stays NO_VECTOR" in text, text
+    assert "MSI-X vector 0x3 does not exist; mapped to NO_VECTOR" in text, text
     assert f"virtio-blk: config read {B.CONFIG_SIZE:#x}+4 outside {B.CONFIG_SIZE} bytes" in text, text
     assert "virtio-blk: test breakage" in text, text
     assert "virtio_error vdev=virtio-blk test breakage" in text, text

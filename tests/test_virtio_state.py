@@ -99,7 +99,7 @@ def test_queue_state_carries_the_negotiated_ring_features_and_interrupt_bookkeep
     b.run(T_IN, 0, in_len=512)                                       # interrupts: used idx 1
     q = b.vdev.queues[0].state()
     assert (q.signalled_used, q.signalled_valid) == (1, True)
-    early = make()
+    early = make(props={"strict": "on"})
     early.start(driver_ok=False)
     early.blk = None
     early.drv.kick(0)                                                # before DRIVER_OK: held

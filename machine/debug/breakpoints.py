@@ -9,6 +9,7 @@ debugger code: a breakpoint enables the events it needs, for listeners only, whi
     break virtio-blk status                      the driver writes the device status
     break virtio-blk features                    feature negotiation (FEATURES_OK written)
     break virtio-blk needs-reset                 the device gives up (DEVICE_NEEDS_RESET)
+    break virtio-blk request type=flush dev=d1   ... only on the device with id=d1 (any kind takes dev=)
 """
 
 from __future__ import annotations
@@ -77,6 +78,16 @@ def _device_name(value) -> str:
     return str(value)
 
 
+def _device_matches(device: str, dev: str | None, label: str) -> bool:
+    """Does an event from the device called `label` (`virtio-blk`, or `virtio-blk/ID` for a
+    device with an id) concern a breakpoint on DEVICE [dev=ID]? DEVICE is the model (or the
+    id itself); dev= narrows it to one device."""
+    model, _, dev_id = label.partition("/")
+    if device not in (label, dev_id) and not model.startswith(device) and not device.startswith(model):
+        return False
+    return dev is None or dev in (dev_id, label)
+
+
 @dataclass
 class DeviceBreakpoint:
     number: int
@@ -85,6 +96,7 @@ class DeviceBreakpoint:
     type: int | None = None
     sectors: tuple[int, int] | None = None      # inclusive
     queue: int | None = None
+    dev: str | None = None                      # dev=NAME: only the device with this id (or label)
     hits: int = 0
     events: tuple[str, ...] = field(default=())
     last_status: dict = field(default_factory=dict)      # per device, for FEATURES_OK edges
@@ -98,6 +110,8 @@ class DeviceBreakpoint:
             parts.append(f"sector={lo}" if lo == hi else f"sector={lo}-{hi}")
         if self.queue is not None:
             parts.append(f"queue={self.queue}")
+        if self.dev is not None:
+            parts.append(f"dev={self.dev}")
         return " ".join(parts)
 
     # -- matching -------------------------------------------------------------------------------
@@ -105,7 +119,7 @@ class DeviceBreakpoint:
         """None, or a short description of what the device just did. `fields` are the event's
         declared fields (machine/virtio/trace-events)."""
         dev = fields["vdev"]
-        if not _device_name(dev).startswith(self.device) and not self.device.startswith(_device_name(dev)):
+        if not _device_matches(self.device, self.dev, _device_name(dev)):
             return None
         if self.kind == "request":
             return self._match_request(name, fields)
@@ -200,6 +214,10 @@ class DeviceBreakpoints:
                 if a is None or b is None or a < 0 or b < a:
                     raise BreakpointError(f"bad sector range '{value}' (N or FIRST-LAST)")
                 bp.sectors = (a, b)
+            elif key == "dev":
+                if not value:
+                    raise BreakpointError("dev= needs a device id")
+                bp.dev = value
             elif kind == "notify" and key in ("queue", "q", "vq"):
                 q = _int(value)
                 if q is None or q < 0:

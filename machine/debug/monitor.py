@@ -14,8 +14,10 @@ import shlex
 import struct
 from typing import Callable
 
+from ..config import ConfigError
 from ..virtio.device import VirtioDevice
 from ..virtio.pci import VirtioPciDevice
+from ..virtio.props import parse_size
 from ..virtio.spec import (BLK_FEATURE_NAMES, DEVICE_NAMES, FEATURE_NAMES, STATUS_NAMES, VIRTIO_ID_BLOCK,
                            VIRTQ_DESC_F_INDIRECT, VIRTQ_DESC_F_NEXT, VIRTQ_DESC_F_WRITE)
 from .breakpoints import BreakpointError, DeviceBreakpoints
@@ -36,6 +38,7 @@ info virtio-status DEV                  -- status, features and queues of a virt
 info virtio-queue-status DEV Q          -- ring addresses and indices of queue Q
 info virtio-queue-element DEV Q [N]     -- decode the descriptor chain of avail entry N (default: next)
 info breakpoints                        -- device breakpoints
+info status                             -- running, paused, or paused (io-error) by a drive's rerror/werror=stop
 x /fmt addr                             -- virtual memory dump (fmt = /Nfu: count, format x|d|u|o|c|i, size b|h|w|g)
 xp /fmt addr                            -- physical memory dump
 break DEV request [type=T] [sector=A[-B]] -- stop when the device sees a request (T: in|out|flush|get-id|discard|write-zeroes)
@@ -45,6 +48,8 @@ delete N                                -- delete device breakpoint N
 stop                                    -- stop the guest (monitor console)
 c|cont                                  -- resume the guest (monitor console)
 system_reset                            -- reset the machine
+system_powerdown                        -- press the ACPI power button (the guest decides)
+block_resize DRIVE SIZE                 -- resize a drive's image (SIZE in bytes, or with k/M/G/T); the device tells the guest
 quit|q                                  -- quit the emulator
 """
 
@@ -85,8 +90,10 @@ class Monitor:
 
     def __init__(self, target, machine=None, breakpoints: DeviceBreakpoints | None = None,
                  on_quit: Callable[[], None] | None = None, on_reset: Callable[[], None] | None = None,
-                 on_stop: Callable[[], None] | None = None, on_cont: Callable[[], None] | None = None):
+                 on_stop: Callable[[], None] | None = None, on_cont: Callable[[], None] | None = None,
+                 is_running: Callable[[], bool] | None = None):
         self.target = target
+        self.is_running = is_running
         self.machine = machine
         self.breakpoints = breakpoints
         self.on_quit, self.on_reset, self.on_stop, self.on_cont = on_quit, on_reset, on_stop, on_cont
@@ -94,8 +101,9 @@ class Monitor:
             "help": self.cmd_help, "?": self.cmd_help, "info": self.cmd_info,
             "x": self.cmd_x, "xp": self.cmd_xp, "break": self.cmd_break, "b": self.cmd_break,
             "delete": self.cmd_delete, "d": self.cmd_delete,
-            "system_reset": self.cmd_reset, "quit": self.cmd_quit, "q": self.cmd_quit,
+            "system_reset": self.cmd_reset, "system_powerdown": self.cmd_powerdown, "quit": self.cmd_quit, "q": self.cmd_quit,
             "stop": self.cmd_stop, "c": self.cmd_cont, "cont": self.cmd_cont,
+            "block_resize": self.cmd_block_resize,
         }
         self._info = {
             "registers": self.info_registers, "pci": self.info_pci, "mtree": self.info_mtree,
@@ -103,6 +111,7 @@ class Monitor:
             "virtio-queue-status": self.info_virtio_queue_status,
             "virtio-queue-element": self.info_virtio_queue_element,
             "breakpoints": self.info_breakpoints, "break": self.info_breakpoints,
+            "status": self.info_status,
         }
 
     # -- entry point ----------------------------------------------------------------------------
@@ -153,6 +162,26 @@ class Monitor:
             return ""
         return "system_reset is not available here\n"
 
+    def cmd_powerdown(self, args) -> str:
+        pm = _attr(self.machine, "devices", default={}).get("acpi-pm")
+        if pm is None:
+            return "system_powerdown is not available here\n"
+        pm.power_button()
+        return ""
+
+    def cmd_block_resize(self, args) -> str:
+        if len(args) != 2:
+            return "block_resize: usage: block_resize DRIVE SIZE\n"
+        resize = getattr(self.machine, "block_resize", None)
+        if resize is None:
+            return "block_resize is not available here\n"
+        try:
+            size = parse_size("size", args[1])
+        except ConfigError as e:
+            return f"block_resize: {e}\n"
+        resize(args[0], size)          # ValueError: reported by execute() as one line
+        return ""
+
     def cmd_stop(self, args) -> str:
         if self.on_stop:
             self.on_stop()
@@ -162,6 +191,13 @@ class Monitor:
         if self.on_cont:
             self.on_cont()
         return ""
+
+    def info_status(self, args) -> str:
+        reason = getattr(self.machine, "paused_reason", None)
+        if reason:
+            return f"VM status: paused ({reason})\n"
+        running = self.is_running() if self.is_running is not None else False
+        return "VM status: running\n" if running else "VM status: paused\n"
 
     # -- registers ------------------------------------------------------------------------------
     def info_registers(self, args) -> str:
@@ -267,7 +303,12 @@ class Monitor:
             caps = self._pci_caps(cfg)
             if caps:
                 out.append("      capabilities: " + ", ".join(caps))
-            out.append(f'      id "{getattr(dev, "name", "")}"')
+            msix = getattr(dev, "msix", None)
+            if msix is not None:
+                out.append("      " + msix.describe())
+            vdev = _find_virtio(dev)
+            dev_id = getattr(vdev, "id", None) if vdev is not None else None
+            out.append(f'      id "{dev_id or getattr(dev, "name", "")}"')
         return "\n".join(out) + "\n"
 
     @staticmethod
@@ -325,7 +366,10 @@ class Monitor:
             vdev = _find_virtio(dev)
             if vdev is not None and id(vdev) not in seen:
                 seen.add(id(vdev))
-                found.append((f"/machine/pci/{devfn >> 3:02x}.{devfn & 7}/virtio-backend", vdev, dev))
+                dev_id = getattr(vdev, "id", None)
+                # QEMU's QOM path for a device the user named; ours by slot for the others
+                path = f"/machine/peripheral/{dev_id}" if dev_id else f"/machine/pci/{devfn >> 3:02x}.{devfn & 7}"
+                found.append((f"{path}/virtio-backend", vdev, dev))
         for name, dev in (getattr(self.machine, "devices", None) or {}).items():
             vdev = _find_virtio(dev)
             if vdev is not None and id(vdev) not in seen:
@@ -334,19 +378,27 @@ class Monitor:
         return found
 
     def _virtio(self, spec: str):
+        path, vdev, _pci = self._virtio_with_transport(spec)
+        return path, vdev
+
+    def _virtio_with_transport(self, spec: str):
         devs = self.virtio_devices()
         if not devs:
             raise ValueError("no virtio devices")
         for path, vdev, pci in devs:
-            slot = path.split("/")[3] if path.startswith("/machine/pci/") else None
-            names = {path, path.rsplit("/virtio-backend", 1)[0], _virtio_name(vdev),
-                     getattr(pci, "name", None), getattr(vdev, "name", None), slot,
-                     slot and "00:" + slot}
+            devfn = getattr(pci, "devfn", None)
+            slot = f"{devfn >> 3:02x}.{devfn & 7}" if isinstance(devfn, int) else \
+                (path.split("/")[3] if path.startswith("/machine/pci/") else None)
+            dev_id = getattr(vdev, "id", None)
+            names = {path, path.rsplit("/virtio-backend", 1)[0], dev_id,
+                     dev_id and getattr(vdev, "label", None), slot, slot and "00:" + slot} - {None}
             if spec in names:
-                return path, vdev
+                return path, vdev, pci
+        for path, vdev, pci in devs:          # by model: the first one (name it when there are several)
+            if spec in (_virtio_name(vdev), getattr(pci, "name", None), getattr(vdev, "name", None)):
+                return path, vdev, pci
         if spec.isdigit() and int(spec) < len(devs):
-            path, vdev, _ = devs[int(spec)]
-            return path, vdev
+            return devs[int(spec)]
         raise ValueError(f"no virtio device '{spec}' (see 'info virtio')")
 
     def info_virtio(self, args) -> str:
@@ -358,7 +410,7 @@ class Monitor:
     def info_virtio_status(self, args) -> str:
         if not args:
             raise ValueError("usage: info virtio-status DEV")
-        path, vdev = self._virtio(args[0])
+        path, vdev, pci = self._virtio_with_transport(args[0])
         st = vdev.state()
         status = st.status
         table = BLK_FEATURE_NAMES if st.device_id == VIRTIO_ID_BLOCK else {}
@@ -377,6 +429,7 @@ class Monitor:
             out.append(f"  {title}: {bits:#018x}")
             out += [f"        {line}," for line in decode_features(bits, table)]
         out.append(f"  config_generation:       {st.config_generation}")
+        out += _msix_lines(pci)
         return "\n".join(out) + "\n"
 
     def _queue_sel(self, vdev) -> int:
@@ -396,8 +449,13 @@ class Monitor:
     def info_virtio_queue_status(self, args) -> str:
         if len(args) < 2:
             raise ValueError("usage: info virtio-queue-status DEV QUEUE")
-        path, vdev = self._virtio(args[0])
+        path, vdev, pci = self._virtio_with_transport(args[0])
         q, vq = self._queue(vdev, args[1])
+        vectors = getattr(pci, "queue_vectors", None)
+        vector = [] if vectors is None or getattr(pci, "msix", None) is None else \
+            [f"  msix_vector:          {'NO_VECTOR' if vectors[q] == 0xFFFF else vectors[q]}"]
+        if vq.packed:
+            return self._packed_queue_status(path, vdev, q, vq, vector)
         shadow = self._guest_u16(vq.avail_addr + 2) if vq.avail_addr else None
         out = [f"{path}:",
                f"  device_name:          {_virtio_name(vdev)}",
@@ -407,12 +465,41 @@ class Monitor:
                f"  last_avail_idx:       {vq.last_avail_idx}",
                f"  shadow_avail_idx:     {shadow if shadow is not None else '?'}",
                f"  enabled:              {'true' if vq.enabled else 'false'}",
+               *vector,
                "  VRing:",
                f"    num:          {vq.size}",
                f"    num_default:  {vq.max_size}",
                f"    desc:         0x{vq.desc_addr:016x}",
                f"    avail:        0x{vq.avail_addr:016x}",
                f"    used:         0x{vq.used_addr:016x}"]
+        return "\n".join(out) + "\n"
+
+    def _packed_queue_status(self, path, vdev, q, vq, vector: list[str]) -> str:
+        """A packed ring (2.8): ring slots and wrap counters, and both event-suppression
+        structures (off_wrap, flags) as the guest's memory holds them."""
+        def event(gpa: int) -> str:
+            if not gpa:
+                return "?"
+            off_wrap, flags = self._guest_u16(gpa), self._guest_u16(gpa + 2)
+            name = {0: "ENABLE", 1: "DISABLE", 2: "DESC"}.get(flags, str(flags))
+            return f"{name} off={off_wrap & 0x7FFF} wrap={off_wrap >> 15}"
+        out = [f"{path}:",
+               f"  device_name:          {_virtio_name(vdev)}",
+               f"  queue_index:          {q}",
+               f"  packed:               true",
+               f"  inuse:                {vq.inflight_count}",
+               f"  last_avail_idx:       {vq.last_avail_idx} (wrap counter {int(vq.avail_wrap)})",
+               f"  used_idx:             {vq.used_idx} (wrap counter {int(vq.used_wrap)})",
+               f"  enabled:              {'true' if vq.enabled else 'false'}",
+               f"  driver event:         {event(vq.avail_addr)}",
+               f"  device event:         {event(vq.used_addr)}",
+               *vector,
+               "  VRing:",
+               f"    num:          {vq.size}",
+               f"    num_default:  {vq.max_size}",
+               f"    desc:         0x{vq.desc_addr:016x}",
+               f"    driver:       0x{vq.avail_addr:016x}",
+               f"    device:       0x{vq.used_addr:016x}"]
         return "\n".join(out) + "\n"
 
     def info_virtio_queue_element(self, args) -> str:
@@ -423,6 +510,9 @@ class Monitor:
         size, desc, avail, used = vq.size, vq.desc_addr, vq.avail_addr, vq.used_addr
         if not size or not avail:
             return f"{path}:\n  queue {q} is not set up\n"
+        if vq.packed:                 # the device's own walk of the next chain (2.8)
+            chain = vdev.peek_chain(q, int(args[2], 0) if len(args) > 2 else None)
+            return f"{path}:\n  device_name: {_virtio_name(vdev)}\n  packed: {chain}\n"
         last = vq.last_avail_idx
         index = int(args[2], 0) if len(args) > 2 else last
         avail_flags, avail_idx = self._guest_u16(avail), self._guest_u16(avail + 2)
@@ -628,6 +718,27 @@ def _fmt_value(v: int, fmt: str, size: int) -> str:
     if fmt == "c":
         return chr(v) if 0x20 <= v < 0x7F else f"\\x{v & 0xFF:02x}"
     return hex(v)
+
+
+def _msix_lines(pci) -> list[str]:
+    """The transport's vector mappings, and what the MSI-X table says about each vector used."""
+    msix = getattr(pci, "msix", None)
+    if msix is None or not hasattr(pci, "queue_vectors"):
+        return []
+
+    def show(v: int) -> str:
+        if v == 0xFFFF:
+            return "NO_VECTOR"
+        flags = [w for w, on in (("masked", msix.vector_masked(v)), ("pending", msix.is_pending(v))) if on]
+        return f"{v}" + (f" ({', '.join(flags)})" if flags else "")
+
+    state = "enabled" if msix.enabled else "disabled"
+    if msix.function_masked:
+        state += ", function masked"
+    out = [f"  msix:                    {state}, {msix.nvectors} vectors",
+           f"  config_vector:           {show(pci.config_vector)}"]
+    out += [f"  queue {i} vector:          {show(v)}" for i, v in enumerate(pci.queue_vectors)]
+    return out
 
 
 def _find_virtio(dev) -> VirtioDevice | None:

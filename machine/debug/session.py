@@ -36,7 +36,7 @@ class Debugger:
                                              completions=machine is not None)
         self.monitor = Monitor(target, machine, self.breakpoints, on_quit=self._quit,
                                on_reset=self._reset, on_stop=self._console_stop,
-                               on_cont=self._console_cont)
+                               on_cont=self._console_cont, is_running=lambda: self.running)
         if gdb is not None:
             # gdb has its own continue/^C; `monitor stop|cont` there would confuse its state.
             gdb_monitor = Monitor(target, machine, self.breakpoints, on_quit=self._quit,
@@ -153,6 +153,7 @@ class Debugger:
                 if stopped:
                     action = self._wait_stopped()
                     if action.kind == "kill":
+                        self.quit_requested = True      # ended by the user, as quit is
                         return self.exit_status
                     if self._dead is not None:
                         # Nothing can run after a fatal fault: the machine ends here.
@@ -217,7 +218,12 @@ class Debugger:
         if self.gdb is not None:
             self.gdb.report_stop(stop)
         if self.console is not None and (stop.message or stop.kind != STOP_STEP):
-            what = stop.message if stop.kind == STOP_DEVICE else f"stopped ({stop.kind}) at {stop.pc:#x}"
+            if stop.kind == STOP_DEVICE:
+                what = stop.message
+            elif stop.message == "io-error":
+                what = "paused (io-error): a drive's rerror/werror=stop; `cont` retries the request"
+            else:
+                what = f"stopped ({stop.kind}) at {stop.pc:#x}"
             self.console.write(f"\n{what}\n{self.console.PROMPT}")
         return False
 

@@ -15,11 +15,12 @@ bits change, the device (un)maps its BARs in the bus's IoSpace / MemoryMap.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Callable, Protocol
 
 from .. import trace
 from ..irq import IrqLine
 from ..memory import IoSpace, MemoryMap, ones
+from .msix import Msix
 
 
 class Bus(Protocol):
@@ -128,7 +129,6 @@ class PciDevice:
         self._reset_values = bytearray(CONFIG_SIZE)
         self.bars: list[Bar | None] = [None] * NUM_BARS
         self._bar_upper: set[int] = set()         # indexes used as the high dword of a 64-bit BAR
-        self._last_cap = 0                        # config offset of the last capability, 0 if none
         self._cap_end = CAPS_START                # first free byte for the next capability
         # Where the device lives once plugged (PciBus.plug fills these in).
         self.bus: Bus | None = None
@@ -137,6 +137,7 @@ class PciDevice:
         self.memory_map: MemoryMap | None = None
         self.intx: IrqLine | None = None          # the INTx pin's line, wired by the bus
         self._irq_level = False                   # what the device logic asks for, before INTx disable
+        self.msix: Msix | None = None             # MSI-X capability, if add_msix() gave it one
 
         c = self.config
         c[VENDOR_ID:VENDOR_ID + 2] = (vendor_id & 0xFFFF).to_bytes(2, "little")
@@ -214,25 +215,32 @@ class PciDevice:
         self._reset_values[offset:offset + 4] = bytes(4)
 
     def add_capability(self, cap_id: int, body: bytes) -> int:
-        """Append a capability (ID, next pointer, then `body`) to the list; returns the config
-        offset of its ID byte. The whole structure is read-only until a subclass makes fields
-        writable with set_writable()."""
+        """Add a capability (ID, next pointer, then `body`) after the last one in config space
+        and link it at the head of the list, as QEMU does (so a driver walking the list meets
+        the newest capability first); returns the config offset of its ID byte. The whole
+        structure is read-only until a subclass makes fields writable with set_writable()."""
         offset = self._cap_end
         length = 2 + len(body)
         if offset + length > CONFIG_SIZE:
             raise ValueError(f"{self.name}: no room for a {length}-byte capability at {offset:#x}")
         c = self.config
         c[offset] = cap_id & 0xFF
-        c[offset + 1] = 0                                   # end of list
+        c[offset + 1] = c[CAPABILITY_LIST]                  # the previous head (0: end of list)
         c[offset + 2:offset + length] = body
-        if self._last_cap:
-            c[self._last_cap + 1] = offset
-        else:
-            c[CAPABILITY_LIST] = offset
+        c[CAPABILITY_LIST] = offset
         c[STATUS] |= STS_CAP_LIST
-        self._last_cap = offset
         self._cap_end = (offset + length + 3) & ~3           # capabilities are dword aligned
         return offset
+
+    def add_msix(self, nvectors: int, bar: int, send: Callable[[int, int], object]) -> Msix:
+        """Give the function an MSI-X capability with `nvectors` vectors, its table and PBA in
+        memory BAR `bar`; messages go to `send(address, data)`."""
+        self.msix = Msix(self, nvectors, bar, send)
+        return self.msix
+
+    def msix_changed(self) -> None:
+        """The guest wrote MSI-X Message Control (enable, function mask). Subclasses that
+        choose between INTx and MSI-X override it."""
 
     # ------------------------------------------------------------------------------------------
     # Config space accesses (guest-reachable: never raise)
@@ -262,6 +270,10 @@ class PciDevice:
             self._drive_intx()
         elif offset < BAR0 + 4 * NUM_BARS and end > BAR0:
             self._update_mappings()
+        m = self.msix
+        if m is not None and offset < m.control_offset + 2 and end > m.control_offset:
+            m.control_written()
+            self.msix_changed()
 
     # ------------------------------------------------------------------------------------------
     # BAR decoding
@@ -403,6 +415,8 @@ class PciDevice:
                 c[o] = (c[o] & ~m & 0xFF) | (rv[o] & m)
         self._irq_level = False
         c[STATUS] &= ~STS_INTERRUPT & 0xFF
+        if self.msix is not None:
+            self.msix.reset()
         self._update_mappings()
         self._drive_intx()
 

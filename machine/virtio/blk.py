@@ -12,7 +12,9 @@ QEMU's virtio_error).
 
 from __future__ import annotations
 
+import errno
 import struct
+from typing import Callable
 
 from .. import trace
 from ..block import BlockBackend
@@ -55,6 +57,8 @@ class VirtioBlk(VirtioDevice):
         self.backend = backend
         self.props = dict(props or {})
         self.flush_failed = False      # a failed fdatasync poisons every later FLUSH (QEMU does too)
+        self.parked: list[tuple[SplitQueue, BlkRequest]] = []   # waiting for the machine to continue
+        self.on_io_error: Callable[[], None] | None = None      # the board pauses the machine
         self._mv = memoryview(mem.buf)
 
     # -- realize -----------------------------------------------------------------------------------
@@ -96,6 +100,11 @@ class VirtioBlk(VirtioDevice):
         cyls = P.parse_int("cyls", p.get("cyls", str(cyls)), 0, 65535)
         heads = P.parse_int("heads", p.get("heads", "16"), 0, 255)
         secs = P.parse_int("secs", p.get("secs", "63"), 0, 255)
+        # As QEMU: when a track (heads * secs sectors of the image) does not hold whole logical
+        # blocks, the reported sectors per track round down to a multiple of the block size
+        # (63 -> 56 with 4 KiB blocks on most disk sizes).
+        if heads and secs and (self.backend.size // heads // secs) % lbs:
+            secs &= ~(lbs // SECTOR - 1)
 
         f = self.host_features
         f |= bit(VIRTIO_BLK_F_SEG_MAX) | bit(VIRTIO_BLK_F_GEOMETRY) | bit(VIRTIO_BLK_F_BLK_SIZE)
@@ -128,9 +137,10 @@ class VirtioBlk(VirtioDevice):
             self.add_queue(qsize, self.handle_queue)
 
     def update_capacity(self) -> bool:
-        """The image may have been resized on the host (QEMU's block_resize): take the new size,
-        bump the config generation and tell a live driver. Requests are checked against the
-        new capacity from now on. Returns True if it changed."""
+        """The image may have been resized (QEMU's block_resize, or on the host behind our back:
+        checked at every FLUSH and after every failed read or write): take the new size, bump
+        the config generation and tell a live driver. Requests are checked against the new
+        capacity from now on. Returns True if it changed."""
         capacity = self.backend.refresh_size() // SECTOR
         if capacity == self.capacity:
             return False
@@ -148,13 +158,14 @@ class VirtioBlk(VirtioDevice):
 
     def device_reset(self) -> None:
         self.config[OFF_WRITEBACK] = self.default_writeback
+        self.parked.clear()            # a reset drops them, as it drops every request in flight
 
     def write_config(self, offset: int, size: int, value: int) -> None:
         """Only `writeback` is writable, and only once CONFIG_WCE is negotiated (5.2.4)."""
         if offset == OFF_WRITEBACK and size == 1 and self.has_feature(VIRTIO_BLK_F_CONFIG_WCE):
             self.config[OFF_WRITEBACK] = 1 if value & 0xFF else 0
             return
-        trace.guest_error(f"virtio-blk: config write {offset:#x}+{size} = {value:#x} ignored")
+        trace.guest_error(f"{self.label}: config write {offset:#x}+{size} = {value:#x} ignored")
 
     def writeback(self) -> bool:
         """Is the volatile write cache on? (5.2.6.2: which writes must be stable at completion)"""
@@ -180,7 +191,9 @@ class VirtioBlk(VirtioDevice):
             n = min(q.available(), budget)
             for _ in range(n):
                 chain = take()
-                push(chain.head, handle(chain))
+                written = handle(chain, q)
+                if written is not None:          # None: parked by a stop error policy
+                    push(chain.head, written)
             if n:
                 used = True
                 budget -= n
@@ -191,25 +204,71 @@ class VirtioBlk(VirtioDevice):
 
     def parse_request(self, chain: Chain) -> BlkRequest:
         """The request a chain carries (MalformedRequest if none), read against the negotiated
-        features. Reads guest memory only: debuggers use it on chains the device has not taken."""
-        return parse(chain, self.mem.buf, self.has_feature)
+        features. Reads guest memory only: debuggers use it on chains the device has not taken.
+        A tolerant device carries out DISCARD / WRITE_ZEROES even when they were not negotiated
+        (as QEMU does), so it reads their segment as if they were."""
+        return parse(chain, self.mem.buf, self._parsed_as_negotiated)
 
-    def handle_request(self, chain: Chain) -> int:
-        """Carry out one request; returns used.len (bytes written to the guest, status included)."""
+    def _parsed_as_negotiated(self, feature: int) -> bool:
+        """Which request types parse() treats as existing: the negotiated ones, and a tolerant
+        device's DISCARD / WRITE_ZEROES."""
+        if self.has_feature(feature):
+            return True
+        return not self.strict and feature in (VIRTIO_BLK_F_DISCARD, VIRTIO_BLK_F_WRITE_ZEROES)
+
+    def handle_request(self, chain: Chain, q: SplitQueue | None = None) -> int | None:
+        """Carry out one request; returns used.len (bytes written to the guest, status
+        included), or None when a host error parked it (rerror/werror=stop: it completes when
+        the machine continues)."""
+        return self._complete(q, parse(chain, self.mem.buf, self._parsed_as_negotiated))
+
+    def _complete(self, q: SplitQueue | None, req: BlkRequest) -> int | None:
         t0 = trace.timestamp_ns() if EV_COMPLETE.enabled else 0       # host time, for the trace
-        req = parse(chain, self.mem.buf, self.has_feature)
         try:
             written = self.execute(req)
             status = VIRTIO_BLK_S_OK
         except RequestError as e:
             written, status = e.written, e.status
+            if getattr(e, "host_errno", None) is not None:
+                action = self.error_action(e.host_errno, req.type == VIRTIO_BLK_T_IN)
+                if action == "stop" and q is not None:
+                    self.parked.append((q, req))
+                    if self.on_io_error is not None:
+                        self.on_io_error()
+                    return None
+                if action == "ignore":
+                    status = VIRTIO_BLK_S_OK
         self.mem.buf[req.status_host] = status
         self.mem.notify_write(req.status_addr, 1)
         if EV_COMPLETE.enabled:
-            EV_COMPLETE.emit(vdev=self.name, req=req.head, type=req.type, sector=req.sector,
+            EV_COMPLETE.emit(vdev=self.label, req=req.head, type=req.type, sector=req.sector,
                              len=req.data_len, status=status,
                              latency_us=(trace.timestamp_ns() - t0) / 1000 if t0 else 0.0)
         return written + 1
+
+    # -- host errors: QEMU's rerror / werror ---------------------------------------------------------
+    def error_action(self, host_errno: int, is_read: bool) -> str:
+        """What a host I/O error does (-drive rerror= for reads, werror= for everything else):
+        'report' (IOERR to the guest), 'ignore' (OK to the guest), or 'stop' (the machine
+        pauses; the request is retried when it continues). enospc: stop on ENOSPC, else report."""
+        policy = self.backend.on_read_error if is_read else self.backend.on_write_error
+        if policy == "enospc":
+            return "stop" if host_errno == errno.ENOSPC else "report"
+        return policy
+
+    def restart_parked(self) -> None:
+        """The machine continues: retry the requests a stop policy parked, in order (QEMU's
+        restart of failed requests when the VM runs again). One that fails again parks again."""
+        parked, self.parked = self.parked, []
+        touched = []
+        for q, req in parked:
+            written = self._complete(q, req)
+            if written is not None:
+                q.push(req.head, written)
+                if q not in touched:
+                    touched.append(q)
+        for q in touched:
+            self.notify(q)
 
     def execute(self, req: BlkRequest) -> int:
         """Carry out a parsed request: the data bytes written to the guest. A request that
@@ -247,13 +306,13 @@ class VirtioBlk(VirtioDevice):
             self.backend.flush()
         except OSError as e:
             self.flush_failed = True
-            trace.guest_error(f"virtio-blk: sync failed: {e}")
-            raise IoError("sync failed") from None
+            trace.guest_error(f"{self.label}: sync failed: {e}")
+            raise IoError("sync failed", host_errno=e.errno) from None
 
     def _read(self, req: BlkRequest) -> int:
         sector, segs, nbytes = req.sector, req.in_data, req.in_len
         if EV_READ.enabled:
-            EV_READ.emit(vdev=self.name, req=req.head, sector=sector, nsectors=nbytes // SECTOR)
+            EV_READ.emit(vdev=self.label, req=req.head, sector=sector, nsectors=nbytes // SECTOR)
         if not self._range_ok(sector, nbytes):
             raise IoError("sector range")
         if not nbytes:
@@ -262,8 +321,9 @@ class VirtioBlk(VirtioDevice):
         try:
             got = self.backend.readv(sector * SECTOR, [mv[h:h + n] for _a, n, h in segs])
         except OSError as e:
-            trace.guest_error(f"virtio-blk: read error: {e}")
-            raise IoError("read error") from None
+            trace.guest_error(f"{self.label}: read error: {e}")
+            self.update_capacity()             # a host truncation shows up as a failed request
+            raise IoError("read error", host_errno=e.errno) from None
         notify = self.mem.notify_write         # tell the CPU which guest bytes changed
         if got == nbytes:
             for a, n, _h in segs:
@@ -275,12 +335,13 @@ class VirtioBlk(VirtioDevice):
                 break
             notify(a, min(n, left))
             left -= n
-        raise IoError("short read", written=got)
+        self.update_capacity()
+        raise IoError("short read", written=got, host_errno=errno.EIO)
 
     def _write(self, req: BlkRequest) -> None:
         sector, segs, nbytes = req.sector, req.out_data, req.out_len
         if EV_WRITE.enabled:
-            EV_WRITE.emit(vdev=self.name, req=req.head, sector=sector, nsectors=nbytes // SECTOR)
+            EV_WRITE.emit(vdev=self.label, req=req.head, sector=sector, nsectors=nbytes // SECTOR)
         if self.backend.read_only:
             raise IoError("read-only")         # 5.2.6.2: and MUST NOT write any data
         if not self._range_ok(sector, nbytes):
@@ -291,17 +352,19 @@ class VirtioBlk(VirtioDevice):
         try:
             done = self.backend.writev(sector * SECTOR, [mv[h:h + n] for _a, n, h in segs])
         except OSError as e:
-            trace.guest_error(f"virtio-blk: write error: {e}")
-            raise IoError("write error") from None
+            trace.guest_error(f"{self.label}: write error: {e}")
+            self.update_capacity()
+            raise IoError("write error", host_errno=e.errno) from None
         if done != nbytes:
-            raise IoError("short write")
+            raise IoError("short write", host_errno=errno.EIO)
         self._sync_if_writethrough()
 
     def _flush(self) -> None:
         """FLUSH reaches stable storage before completing OK. The sector field is ignored (as
         QEMU). Served even if FLUSH was not negotiated: it is always safe to flush."""
+        self.update_capacity()                 # the host may have grown or shrunk the image
         if self.flush_failed:
-            raise IoError("an earlier flush failed")
+            raise IoError("an earlier flush failed", host_errno=errno.EIO)
         if self.backend.cache == "unsafe":
             return                             # cache=unsafe: flushes are ignored, as QEMU
         try:
@@ -310,8 +373,8 @@ class VirtioBlk(VirtioDevice):
             # After a failed fdatasync the kernel may have dropped the dirty pages and a retry
             # would "succeed"; so every later flush must fail too.
             self.flush_failed = True
-            trace.guest_error(f"virtio-blk: flush failed: {e}")
-            raise IoError("flush failed") from None
+            trace.guest_error(f"{self.label}: flush failed: {e}")
+            raise IoError("flush failed", host_errno=e.errno) from None
 
     def _get_id(self, segs: tuple[Seg, ...], room: int) -> int:
         """The serial as a 20-byte, NUL-padded field, cut to the buffer: at most 20 bytes."""
@@ -327,7 +390,8 @@ class VirtioBlk(VirtioDevice):
 
     def _discard_or_zero(self, req: BlkRequest) -> None:
         discard = req.type == VIRTIO_BLK_T_DISCARD
-        if not self.has_feature(VIRTIO_BLK_F_DISCARD if discard else VIRTIO_BLK_F_WRITE_ZEROES):
+        if not self.has_feature(VIRTIO_BLK_F_DISCARD if discard else VIRTIO_BLK_F_WRITE_ZEROES) and \
+                self.violation("discard-not-negotiated" if discard else "write-zeroes-not-negotiated"):
             raise Unsupported("feature not negotiated")
         if req.out_len > DWZ_SEGMENT.size:     # more segments than max_*_seg (1), as QEMU
             raise Unsupported("more than one segment")
@@ -347,6 +411,7 @@ class VirtioBlk(VirtioDevice):
                 self.backend.write_zeroes(sector * SECTOR, nsect * SECTOR,
                                           bool(flags & VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP))
         except OSError as e:
-            trace.guest_error(f"virtio-blk: {'discard' if discard else 'write zeroes'} failed: {e}")
-            raise IoError("discard failed" if discard else "write zeroes failed") from None
+            trace.guest_error(f"{self.label}: {'discard' if discard else 'write zeroes'} failed: {e}")
+            raise IoError("discard failed" if discard else "write zeroes failed",
+                          host_errno=e.errno) from None
         self._sync_if_writethrough()

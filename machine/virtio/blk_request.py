@@ -61,8 +61,14 @@ class Unsupported(RequestError):
 
 
 class IoError(RequestError):
-    """IOERR: a bad sector range, a write to a read-only disk, a failed host I/O or flush."""
+    """IOERR: a bad sector range, a write to a read-only disk, a failed host I/O or flush.
+    `host_errno`: set when the host failed the I/O (not the guest's request): the drive's
+    rerror/werror policy then decides what the guest sees."""
     status = VIRTIO_BLK_S_IOERR
+
+    def __init__(self, why: str = "", written: int = 0, host_errno: int | None = None):
+        super().__init__(why, written)
+        self.host_errno = host_errno
 
 
 # -- the parsed request ---------------------------------------------------------------------------

@@ -19,7 +19,9 @@ from ..memory import GuestMemory, GuestMemoryError, ones
 from .queue import QUEUE_MAX_SIZE, QueueState, SplitQueue, VirtqueueError, is_power_of_2
 from .spec import (DEVICE_NEEDS_RESET, DRIVER_OK, FAILED, FEATURES_OK, ISR_CONFIG, ISR_QUEUE,
                    VIRTIO_F_BAD_FEATURE, VIRTIO_F_EVENT_IDX, VIRTIO_F_INDIRECT_DESC,
-                   VIRTIO_F_VERSION_1)
+                   VIRTIO_F_RING_PACKED, VIRTIO_F_RING_RESET, VIRTIO_F_VERSION_1)
+from .packed import PackedQueue
+from .rules import RULES, describe
 
 VIRTIO_QUEUE_MAX = 1024            # queues per device, as QEMU
 
@@ -60,12 +62,18 @@ class VirtioDeviceState:
 class Transport(Protocol):
     """What a device asks of the transport it is plugged into."""
     def interrupt_changed(self) -> None: ...      # ISR changed: recompute the interrupt line
+    # A used-buffer (queue index) or config (None) notification, after its ISR bit is set: the
+    # transport picks the line or message (INTx, an MSI-X vector).
+    def send_interrupt(self, queue: int | None) -> None: ...
     def dma_allowed(self) -> bool: ...            # may the device touch guest memory now?
 
 
 class Unplugged:
     """The transport of a device not plugged anywhere (yet): no interrupt, DMA allowed."""
     def interrupt_changed(self) -> None:
+        pass
+
+    def send_interrupt(self, queue: int | None) -> None:
         pass
 
     def dma_allowed(self) -> bool:
@@ -77,10 +85,14 @@ class VirtioDevice:
     `host_features`, `guest_features`, `queues`, `isr`, `broken` (and `error`, why), `config`."""
 
     def __init__(self, name: str, device_id: int, mem: GuestMemory):
-        self.name = name
+        self.name = name                  # the model, e.g. "virtio-blk"
+        self.id: str | None = None        # the user's -device id=, if any
+        self.label = name                 # how logs, trace events and breakpoints name this device
         self.device_id = device_id
         self.mem = mem
-        self.host_features = bit(VIRTIO_F_VERSION_1) | bit(VIRTIO_F_INDIRECT_DESC) | bit(VIRTIO_F_EVENT_IDX)
+        # As QEMU 7.2 offers on the `pc` machine (RING_RESET: its `queue_reset` property, on).
+        self.host_features = bit(VIRTIO_F_VERSION_1) | bit(VIRTIO_F_INDIRECT_DESC) | bit(VIRTIO_F_EVENT_IDX) \
+            | bit(VIRTIO_F_RING_RESET)
         self.guest_features = 0
         self.status = 0
         self.isr = 0
@@ -89,6 +101,9 @@ class VirtioDevice:
         self.config = bytearray()
         self.config_generation = 0
         self.queues: list[SplitQueue] = []
+        self.strict = False               # refuse rule violations instead of tolerating them (rules.py)
+        self.reported: set[str] = set()   # rules already reported as tolerated, once per device
+        self._unoffered = 0               # feature bits the driver wrote that were never offered
         self.transport: Transport = Unplugged()          # set by plug()
 
     def state(self) -> VirtioDeviceState:
@@ -99,6 +114,12 @@ class VirtioDevice:
                                  tuple(q.state() for q in self.queues))
 
     # -- building (realize time) ---------------------------------------------------------------
+    def set_id(self, dev_id: str | None) -> None:
+        """Name the device (-device ...,id=NAME): it is then `virtio-blk/NAME` in every log line
+        and trace event, so several devices of one model can be told apart."""
+        self.id = dev_id
+        self.label = self.name if dev_id is None else f"{self.name}/{dev_id}"
+
     def plug(self, transport: Transport) -> None:
         """Called by the transport the device is put behind."""
         self.transport = transport
@@ -111,6 +132,7 @@ class VirtioDevice:
         if not is_power_of_2(size) or size > QUEUE_MAX_SIZE:
             raise ConfigError(f"{self.name}: queue size {size} must be a power of 2 between 1 and {QUEUE_MAX_SIZE}")
         q = SplitQueue(len(self.queues), size, handler, self.mem)
+        q.violation = self.violation
         self.queues.append(q)
         return q
 
@@ -122,25 +144,33 @@ class VirtioDevice:
 
     # -- feature negotiation ---------------------------------------------------------------------
     def set_guest_features(self, value: int) -> None:
-        """A driver feature write (both halves assembled). Ignored once FEATURES_OK (or, for a
-        legacy driver, DRIVER_OK) is set; bits we never offered are kept so that FEATURES_OK can
-        refuse them, as the spec requires, instead of silently masking."""
+        """A driver feature write (both halves assembled, as the driver wrote them). Ignored once
+        FEATURES_OK (or DRIVER_OK) is set. Bits we never offered are masked off at once, as QEMU
+        does, so they are never honoured on any path; FEATURES_OK reports (or, strict, refuses)
+        them."""
         if self.status & (FEATURES_OK | DRIVER_OK):
-            trace.guest_error(f"{self.name}: feature write {value:#x} after FEATURES_OK ignored")
+            trace.guest_error(f"{self.label}: feature write {value:#x} after FEATURES_OK ignored")
             return
-        self.guest_features = value & 0xFFFFFFFFFFFFFFFF
+        value &= 0xFFFFFFFFFFFFFFFF
+        self._unoffered = value & ~self.host_features
+        self.guest_features = value & self.host_features
+        self._apply_ring_features()
         if EV_FEATURES.enabled:
-            EV_FEATURES.emit(vdev=self.name, features=self.guest_features)
+            EV_FEATURES.emit(vdev=self.label, features=self.guest_features)
 
     def set_legacy_features(self, value: int, legacy_only: int = 0) -> None:
         """Legacy interface: 32 feature bits; the write takes effect at once, masked to what we
-        offer there (`legacy_only`: bits the transport offers only to legacy drivers)."""
-        if self.status & DRIVER_OK:
-            trace.guest_error(f"{self.name}: legacy feature write after DRIVER_OK ignored")
+        offer there (`legacy_only`: bits the transport offers only to legacy drivers). Ignored
+        after FEATURES_OK (a modern driver's negotiation stands) or DRIVER_OK."""
+        if self.status & (FEATURES_OK | DRIVER_OK):
+            trace.guest_error(f"{self.label}: legacy feature write {value:#x} after negotiation ignored")
             return
         if value & bit(VIRTIO_F_BAD_FEATURE):
-            trace.guest_error(f"{self.name}: driver set VIRTIO_F_BAD_FEATURE")
-        self.guest_features = value & (self.host_features | legacy_only) & 0xFFFFFFFF
+            trace.guest_error(f"{self.label}: driver set VIRTIO_F_BAD_FEATURE")
+        value &= 0xFFFFFFFF
+        self._unoffered = value & ~(self.host_features | legacy_only)
+        self.guest_features = value & (self.host_features | legacy_only)
+        self._apply_ring_features()
 
     def features_ok(self, features: int) -> bool:
         """Device-specific veto on a feature set (and the place to act on it)."""
@@ -152,7 +182,7 @@ class VirtioDevice:
         refused (not set) for a set we cannot honour; DRIVER_OK needs FEATURES_OK."""
         value &= 0xFF
         if EV_SET_STATUS.enabled:
-            EV_SET_STATUS.emit(vdev=self.name, val=value)
+            EV_SET_STATUS.emit(vdev=self.label, val=value)
         if value == 0:
             self.reset()
             return
@@ -160,42 +190,66 @@ class VirtioDevice:
         if old & ~value & ~DEVICE_NEEDS_RESET:
             # 2.1.2: the driver MUST NOT clear a status bit (other than by reset). QEMU stores
             # whatever is written; we keep the old status so no half-initialised state appears.
-            trace.guest_error(f"{self.name}: status write {value:#x} clears bits of {old:#x}; ignored")
+            trace.guest_error(f"{self.label}: status write {value:#x} clears bits of {old:#x}; ignored")
             return
         value = (value & ~DEVICE_NEEDS_RESET) | (old & DEVICE_NEEDS_RESET)   # that bit is ours
         if value & FEATURES_OK and not old & FEATURES_OK and modern:
-            if not self._negotiate(self.guest_features):
+            if not self._negotiate():
                 value &= ~FEATURES_OK
         if value & DRIVER_OK and not old & DRIVER_OK:
             if modern and not value & FEATURES_OK:
-                trace.guest_error(f"{self.name}: DRIVER_OK without FEATURES_OK ignored")
-                value &= ~DRIVER_OK
+                if self.violation("driver-ok-without-features-ok"):
+                    value &= ~DRIVER_OK
+                else:
+                    self._negotiate_legacy()
             elif not modern:
                 self._negotiate_legacy()
         self.status = value
         if value & DRIVER_OK and not old & DRIVER_OK:
             self._driver_ok()
 
-    def _negotiate(self, features: int) -> bool:
-        if features & ~self.host_features:
-            trace.guest_error(f"{self.name}: driver accepted features {features & ~self.host_features:#x} never offered")
+    def _negotiate(self) -> bool:
+        """FEATURES_OK on the modern interface: may the device accept the driver's features?"""
+        if self._unoffered and self.violation("unoffered-features", bits=self._unoffered):
             return False
-        if not features >> VIRTIO_F_VERSION_1 & 1:
-            trace.guest_error(f"{self.name}: modern interface without VIRTIO_F_VERSION_1")
+        if not self.has_feature(VIRTIO_F_VERSION_1) and self.violation("no-version-1"):
             return False
-        if not self.features_ok(features):
+        if not self.features_ok(self.guest_features):
             return False
         self._apply_ring_features()
         return True
 
     def _negotiate_legacy(self) -> None:
+        """DRIVER_OK without a modern FEATURES_OK: the features written so far stand."""
+        if self._unoffered:
+            self.violation("unoffered-features", bits=self._unoffered)   # already masked off
         self.features_ok(self.guest_features)
         self._apply_ring_features()
 
     def _apply_ring_features(self) -> None:
+        # The ring layout follows VIRTIO_F_RING_PACKED: swap a queue for one of the other layout,
+        # keeping what the driver already programmed (queues are live only after FEATURES_OK,
+        # when the features no longer change).
+        packed = self.has_feature(VIRTIO_F_RING_PACKED)
+        for i, q in enumerate(self.queues):
+            if isinstance(q, PackedQueue) != packed:
+                self.queues[i] = PackedQueue.like(q) if packed else SplitQueue.like(q)
         for q in self.queues:
             q.event_idx = self.has_feature(VIRTIO_F_EVENT_IDX)
             q.indirect = self.has_feature(VIRTIO_F_INDIRECT_DESC)
+
+    # -- driver rules (rules.py) ---------------------------------------------------------------------
+    def violation(self, key: str, **fields) -> bool:
+        """The driver broke rule `key`. Returns True when the device refuses (strict=on); else
+        the caller carries on as QEMU does, and the first violation of each rule is logged."""
+        rule = RULES[key]
+        if self.strict:
+            trace.guest_error(f"{self.label}: {describe(key, **fields)}; strict: {rule.strict}")
+            return True
+        if key not in self.reported:
+            self.reported.add(key)
+            trace.guest_error(f"{self.label}: {describe(key, **fields)}; tolerated: {rule.tolerated}")
+        return False
 
     def _driver_ok(self) -> None:
         """Activate every enabled queue, then run kicks that arrived early (2.7.13.3: buffers
@@ -221,6 +275,14 @@ class VirtioDevice:
             q.active = False
             self.virtio_error(e)
 
+    def reset_queue(self, q: SplitQueue) -> None:
+        """Per-queue reset (2.6.1): the queue goes back to its default state (disabled, full
+        size, no rings, indices 0) while the rest of the device keeps running. Requests complete
+        inside the kick, so none is in flight."""
+        q.reset()
+        q.event_idx = self.has_feature(VIRTIO_F_EVENT_IDX)
+        q.indirect = self.has_feature(VIRTIO_F_INDIRECT_DESC)
+
     # -- reset ----------------------------------------------------------------------------------
     def reset(self) -> None:
         """Device reset (2.4). Requests complete synchronously inside a notify, so nothing is in
@@ -228,10 +290,12 @@ class VirtioDevice:
         self.device_reset()
         self.status = 0
         self.guest_features = 0
+        self._unoffered = 0
         self.broken = False
         self.error = None
         for q in self.queues:
             q.reset()
+        self._apply_ring_features()              # back to split rings
         if self.isr:
             self.isr = 0
             self.transport.interrupt_changed()
@@ -247,9 +311,9 @@ class VirtioDevice:
         type says which rule was broken) until reset."""
         msg = str(error)
         self.error = error
-        trace.guest_error(f"{self.name}: {msg}")
+        trace.guest_error(f"{self.label}: {msg}")
         if EV_ERROR.enabled:
-            EV_ERROR.emit(vdev=self.name, msg=msg)
+            EV_ERROR.emit(vdev=self.label, msg=msg)
         # Legacy drivers have no NEEDS_RESET bit: for them the device just stops (as QEMU).
         self.broken = True
         if self.has_feature(VIRTIO_F_VERSION_1):
@@ -261,21 +325,22 @@ class VirtioDevice:
     def queue_notify(self, n: int) -> None:
         """The driver kicked queue `n` (an untrusted number)."""
         if EV_QUEUE_NOTIFY.enabled:
-            EV_QUEUE_NOTIFY.emit(vdev=self.name, n=n)
+            EV_QUEUE_NOTIFY.emit(vdev=self.label, n=n)
         if not 0 <= n < len(self.queues):
-            trace.guest_error(f"{self.name}: notify for queue {n} which does not exist")
+            trace.guest_error(f"{self.label}: notify for queue {n} which does not exist")
             return
         q = self.queues[n]
         if self.broken or self.status & FAILED:
             return
         if not self.status & DRIVER_OK:
-            q.pending_kick = True
-            return
+            if not q.active or self.violation("kick-before-driver-ok", queue=n):
+                q.pending_kick = True         # served when DRIVER_OK comes (2.1.2: not before)
+                return
         if not q.active:
-            trace.guest_error(f"{self.name}: notify for queue {n} which is not enabled")
+            trace.guest_error(f"{self.label}: notify for queue {n} which is not enabled")
             return
         if not self.transport.dma_allowed():
-            trace.guest_error(f"{self.name}: notify while bus mastering is off; ignored")
+            trace.guest_error(f"{self.label}: notify while bus mastering is off; ignored")
             return
         try:
             q.handler(q)
@@ -289,15 +354,15 @@ class VirtioDevice:
         if not q.should_notify():
             return
         if EV_NOTIFY.enabled:
-            EV_NOTIFY.emit(vdev=self.name, vq=q.index)
+            EV_NOTIFY.emit(vdev=self.label, vq=q.index)
         self.isr |= ISR_QUEUE
-        self.transport.interrupt_changed()
+        self.transport.send_interrupt(q.index)
 
     def notify_config(self) -> None:
         if EV_CONFIG_NOTIFY.enabled:
-            EV_CONFIG_NOTIFY.emit(vdev=self.name)
+            EV_CONFIG_NOTIFY.emit(vdev=self.label)
         self.isr |= ISR_CONFIG
-        self.transport.interrupt_changed()
+        self.transport.send_interrupt(None)
 
     def read_isr(self) -> int:
         """Read-to-clear (4.1.4.5)."""
@@ -311,19 +376,19 @@ class VirtioDevice:
     def config_read(self, offset: int, size: int) -> int:
         """Little-endian read; outside the structure reads all-ones (as QEMU)."""
         if offset < 0 or offset + size > len(self.config):
-            trace.guest_error(f"{self.name}: config read {offset:#x}+{size} outside {len(self.config)} bytes")
+            trace.guest_error(f"{self.label}: config read {offset:#x}+{size} outside {len(self.config)} bytes")
             return ones(size)
         return int.from_bytes(self.config[offset:offset + size], "little")
 
     def config_write(self, offset: int, size: int, value: int) -> None:
         if offset < 0 or offset + size > len(self.config):
-            trace.guest_error(f"{self.name}: config write {offset:#x}+{size} outside {len(self.config)} bytes ignored")
+            trace.guest_error(f"{self.label}: config write {offset:#x}+{size} outside {len(self.config)} bytes ignored")
             return
         self.write_config(offset, size, value)
 
     def write_config(self, offset: int, size: int, value: int) -> None:
         """Device-specific config write (fields are read-only unless the device says so)."""
-        trace.guest_error(f"{self.name}: write to read-only config {offset:#x} ignored")
+        trace.guest_error(f"{self.label}: write to read-only config {offset:#x} ignored")
 
     def config_changed(self) -> None:
         """The device changed its config: new generation, and tell a live driver (2.4.1)."""

@@ -5,14 +5,19 @@ Layout, as QEMU's `pc` machine gives it:
     the PCI_CFG access window) pointing into one 16 KiB 64-bit prefetchable memory BAR 4, one
     4 KiB page per structure: common @0x0000, ISR @0x1000, device @0x2000, notify @0x3000;
   * legacy interface: I/O BAR 0 with the 0.9.5 header (4.1.4.10) followed by device config;
-  * transitional (the default): both, with the legacy IDs (1af4:1000+id, revision 0).
-Registers are Reg tables. Without MSI-X the device config starts at legacy offset 20 and every
-vector register reads NO_VECTOR; interrupts are INTx pin A, level = ISR != 0.
+  * transitional (the default): both, with the legacy IDs (1af4:1000+id, revision 0);
+  * MSI-X (`vectors`, default num-queues + 1): table and PBA in 32-bit memory BAR 1, its
+    capability at the head of the list (pci/msix.py does the generic part).
+Registers are Reg tables. The config and per-queue vector registers map notifications to MSI-X
+vectors; while MSI-X is enabled the legacy header grows to 24 bytes (the device config moves
+from offset 20 to 24) and notifications go to the mapped vector (none for NO_VECTOR). While it
+is off, interrupts are INTx pin A, level = ISR != 0.
 """
 
 from __future__ import annotations
 
 import struct
+from typing import Callable
 
 from .. import trace
 from ..config import ConfigError
@@ -20,7 +25,7 @@ from ..pci.device import QEMU_SUBSYSTEM_ID, PciDevice
 from ..regs import Reg, RegisterBank
 from .device import VirtioDevice, bit
 from .queue import is_power_of_2
-from .spec import DRIVER_OK, VIRTIO_F_ANY_LAYOUT
+from .spec import DRIVER_OK, VIRTIO_F_ANY_LAYOUT, VIRTIO_F_RING_RESET
 
 VIRTIO_PCI_VENDOR = 0x1AF4
 PCI_CAP_ID_VNDR = 0x09
@@ -42,6 +47,8 @@ REGION_SIZE = 0x1000
 NOTIFY_MULT = 4                         # notify_off_multiplier: queue n is kicked at NOTIFY_OFF + 4n
 LEGACY_BAR = 0
 LEGACY_HEADER = 20                      # 24 when MSI-X is enabled (two vector registers)
+LEGACY_HEADER_MSIX = 24
+MSIX_BAR = 1
 
 EV_NOTIFY_WRITE = trace.Event("virtio_pci_notify_write")
 EV_NOTIFY_WRITE_PIO = trace.Event("virtio_pci_notify_write_pio")
@@ -65,12 +72,14 @@ def _selected(t: "VirtioPciDevice"):
 
 def _queue_writable(t: "VirtioPciDevice", what: str):
     """The selected queue if its configuration may still change, else None (frozen once the queue
-    is enabled or the driver is running: the CVE-2026-5747 lesson)."""
+    is enabled or the driver is running: the CVE-2026-5747 lesson; with VIRTIO_F_RING_RESET a
+    queue the driver reset may be set up again while the device runs, 2.6.1)."""
     q = _selected(t)
     if q is None:
         trace.guest_error(f"{t.name}: {what} write for queue {t.queue_sel} which does not exist")
         return None
-    if q.enabled or t.vdev.status & DRIVER_OK:
+    running = t.vdev.status & DRIVER_OK and not t.vdev.has_feature(VIRTIO_F_RING_RESET)
+    if q.enabled or running:
         trace.guest_error(f"{t.name}: {what} write to queue {q.index} after enable ignored")
         return None
     return q
@@ -92,9 +101,10 @@ def _w_driver_feature(t, v: int) -> None:
     if t.gfselect > 1:
         trace.guest_error(f"{t.name}: driver_feature write with select {t.gfselect} ignored")
         return
-    shift = 32 * t.gfselect
-    f = (t.vdev.guest_features & ~(0xFFFFFFFF << shift)) | (v << shift)
-    t.vdev.set_guest_features(f)
+    # The two halves as written (QEMU keeps them the same way); the device masks what it never
+    # offered, and the register reads back what the device took.
+    t.gf_written[t.gfselect] = v
+    t.vdev.set_guest_features(t.gf_written[0] | t.gf_written[1] << 32)
 
 
 def _w_status(t, v: int) -> None:
@@ -112,7 +122,8 @@ def _w_queue_size(t, v: int) -> None:
     q = _queue_writable(t, "queue_size")
     if q is None:
         return
-    if not is_power_of_2(v) or v > q.max_size:
+    # Split rings are powers of 2 (2.7); packed ones any size up to the maximum (2.8).
+    if not (1 <= v if q.state().packed else is_power_of_2(v)) or v > q.max_size:
         trace.guest_error(f"{t.name}: queue_size {v} for queue {q.index} refused (max {q.max_size})")
         return
     q.size = v
@@ -130,6 +141,17 @@ def _w_queue_enable(t, v: int) -> None:
     q = _queue_writable(t, "queue_enable")
     if q is not None:
         t.vdev.enable_queue(q)
+
+
+def _w_queue_reset(t, v: int) -> None:
+    """1 resets the selected queue (4.1.4.3); it reads 0 again once done, i.e. at once. As QEMU
+    7.2, the write works whether or not VIRTIO_F_RING_RESET was negotiated."""
+    q = _selected(t)
+    if v != 1 or q is None:
+        trace.guest_error(f"{t.name}: queue_reset={v} for queue {t.queue_sel} ignored")
+        return
+    t.vdev.reset_queue(q)
+    t.queue_vectors[q.index] = VIRTIO_MSI_NO_VECTOR
 
 
 def _r_notify_off(t) -> int:
@@ -153,13 +175,29 @@ def _addr_half(field: str, high: bool):
     return read, write
 
 
-def _vector_write(t, v: int) -> None:
-    # No MSI-X capability: every mapping fails, which the spec says reads back as NO_VECTOR.
-    trace.guest_error(f"{t.name}: MSI-X vector {v:#x} written without MSI-X; stays NO_VECTOR")
-
-
-def _no_vector(t) -> int:
+def _vector(t, v: int) -> int:
+    """What a vector register keeps: the vector if the MSI-X table has it, else NO_VECTOR, so a
+    driver reading back sees that the mapping failed (4.1.5.1.2). No MSI-X: always NO_VECTOR."""
+    if t.msix is not None and v < t.msix.nvectors:
+        return v
+    if v != VIRTIO_MSI_NO_VECTOR:
+        trace.guest_error(f"{t.name}: MSI-X vector {v:#x} does not exist; mapped to NO_VECTOR")
     return VIRTIO_MSI_NO_VECTOR
+
+
+def _w_config_vector(t, v: int) -> None:
+    t.config_vector = _vector(t, v)
+
+
+def _r_queue_vector(t) -> int:
+    return t.queue_vectors[t.queue_sel] if _selected(t) is not None else VIRTIO_MSI_NO_VECTOR
+
+
+def _w_queue_vector(t, v: int) -> None:
+    if _selected(t) is None:
+        trace.guest_error(f"{t.name}: queue_msix_vector write for queue {t.queue_sel} which does not exist")
+        return
+    t.queue_vectors[t.queue_sel] = _vector(t, v)
 
 
 COMMON_CFG = [
@@ -167,13 +205,13 @@ COMMON_CFG = [
     Reg(0x04, 4, "device_feature", _r_device_feature, None),
     Reg(0x08, 4, "driver_feature_select", "gfselect", "gfselect"),
     Reg(0x0C, 4, "driver_feature", _r_driver_feature, _w_driver_feature),
-    Reg(0x10, 2, "config_msix_vector", _no_vector, _vector_write),
+    Reg(0x10, 2, "config_msix_vector", "config_vector", _w_config_vector),
     Reg(0x12, 2, "num_queues", lambda t: len(t.vdev.queues), None),
     Reg(0x14, 1, "device_status", lambda t: t.vdev.status, _w_status),
     Reg(0x15, 1, "config_generation", lambda t: t.vdev.config_generation, None),
     Reg(0x16, 2, "queue_select", "queue_sel", "queue_sel"),
     Reg(0x18, 2, "queue_size", _r_queue_size, _w_queue_size),
-    Reg(0x1A, 2, "queue_msix_vector", _no_vector, _vector_write),
+    Reg(0x1A, 2, "queue_msix_vector", _r_queue_vector, _w_queue_vector),
     Reg(0x1C, 2, "queue_enable", _r_queue_enable, _w_queue_enable),
     Reg(0x1E, 2, "queue_notify_off", _r_notify_off, None),
     Reg(0x20, 4, "queue_desc_lo", *_addr_half("desc_addr", False)),
@@ -182,6 +220,8 @@ COMMON_CFG = [
     Reg(0x2C, 4, "queue_driver_hi", *_addr_half("avail_addr", True)),
     Reg(0x30, 4, "queue_device_lo", *_addr_half("used_addr", False)),
     Reg(0x34, 4, "queue_device_hi", *_addr_half("used_addr", True)),
+    Reg(0x38, 2, "queue_notify_data", lambda t: 0, None),    # VIRTIO_F_NOTIFICATION_DATA is not offered
+    Reg(0x3A, 2, "queue_reset", lambda t: 0, _w_queue_reset),
 ]
 
 
@@ -236,6 +276,9 @@ LEGACY_HEADER_REGS = [
     Reg(0x10, 2, "queue_notify", lambda t: 0, _w_legacy_notify),
     Reg(0x12, 1, "status", lambda t: t.vdev.status, _w_legacy_status),
     Reg(0x13, 1, "isr", lambda t: t.vdev.read_isr(), None),
+    # Present only while MSI-X is enabled (LegacyBar moves the device config behind them).
+    Reg(0x14, 2, "config_vector", "config_vector", _w_config_vector),
+    Reg(0x16, 2, "queue_vector", _r_queue_vector, _w_queue_vector),
 ]
 
 
@@ -276,13 +319,15 @@ class LegacyBar:
         self.header = RegisterBank(t, LEGACY_HEADER_REGS, name=f"{t.name}.legacy")
 
     def read(self, offset: int, size: int) -> int:
-        if offset >= LEGACY_HEADER:
-            return self.t.vdev.config_read(offset - LEGACY_HEADER, size)
+        header = self.t.legacy_header_size()
+        if offset >= header:
+            return self.t.vdev.config_read(offset - header, size)
         return self.header.read(offset, size)
 
     def write(self, offset: int, size: int, value: int) -> None:
-        if offset >= LEGACY_HEADER:
-            self.t.vdev.config_write(offset - LEGACY_HEADER, size, value)
+        header = self.t.legacy_header_size()
+        if offset >= header:
+            self.t.vdev.config_write(offset - header, size, value)
         else:
             self.header.write(offset, size, value)
 
@@ -291,7 +336,8 @@ class VirtioPciDevice(PciDevice):
     """A VirtioDevice behind a PCI function. `legacy`/`modern` pick the interfaces."""
 
     def __init__(self, vdev: VirtioDevice, *, legacy: bool = True, modern: bool = True,
-                 class_code: int = PCI_CLASS_STORAGE_SCSI):
+                 class_code: int = PCI_CLASS_STORAGE_SCSI, vectors: int = 0,
+                 msi_send: Callable[[int, int], object] | None = None):
         if not legacy and not modern:
             raise ConfigError("device cannot work as neither modern nor legacy mode is enabled")
         if legacy:                # legacy-only and transitional: 0.9.5 IDs (4.1.2.3)
@@ -307,14 +353,16 @@ class VirtioPciDevice(PciDevice):
         self.modern = modern
         self.legacy_only_features = bit(VIRTIO_F_ANY_LAYOUT)   # offered on the legacy interface only
         self.dfselect = self.gfselect = self.queue_sel = 0
+        self.gf_written = [0, 0]
         self.pci_cfg_cap = 0
+        self.config_vector = VIRTIO_MSI_NO_VECTOR
+        self.queue_vectors = [VIRTIO_MSI_NO_VECTOR] * len(vdev.queues)
         vdev.plug(self)
 
         if legacy:
-            size = 1 << max(2, (LEGACY_HEADER + len(vdev.config) - 1).bit_length())
+            header = LEGACY_HEADER_MSIX if vectors else LEGACY_HEADER
+            size = 1 << max(2, (header + len(vdev.config) - 1).bit_length())
             self.add_io_bar(LEGACY_BAR, size, LegacyBar(self))
-        # An MSI-X capability (table + PBA in their own BAR) would be added here; with it the
-        # legacy device config moves to offset 24 and the vector registers start to hold values.
         self._modern_ops = ModernBar(self) if modern else None
         if modern:
             self.add_mem_bar(MODERN_BAR, MODERN_BAR_SIZE, self._modern_ops, is64=True, prefetchable=True)
@@ -330,11 +378,35 @@ class VirtioPciDevice(PciDevice):
             self.set_writable(cap + 8, 4)            # cap.offset
             self.set_writable(cap + 12, 4)           # cap.length
             self.set_writable(cap + 16, 4)           # pci_cfg_data
+        if vectors:
+            # Last, as QEMU does: MSI-X heads the capability list. No sink: messages go nowhere.
+            self.add_msix(vectors, MSIX_BAR, msi_send or (lambda address, data: False))
 
     # -- the device's Transport ---------------------------------------------------------------------
+    def _msix_on(self) -> bool:
+        return self.msix is not None and self.msix.enabled
+
     def interrupt_changed(self) -> None:
-        """INTx follows ISR: asserted while any ISR bit is set, dropped by the ISR read."""
-        self.set_irq(bool(self.vdev.isr))
+        """INTx follows ISR (asserted while any ISR bit is set, dropped by the ISR read) while
+        MSI-X is off; with MSI-X on the pin stays deasserted."""
+        self.set_irq(bool(self.vdev.isr) and not self._msix_on())
+
+    def send_interrupt(self, queue: int | None) -> None:
+        """A queue (index) or config (None) notification: the vector the driver mapped it to
+        when MSI-X is on (none for NO_VECTOR), else INTx."""
+        if self._msix_on():
+            vector = self.config_vector if queue is None else self.queue_vectors[queue]
+            if vector != VIRTIO_MSI_NO_VECTOR:
+                self.msix.notify(vector)
+        else:
+            self.interrupt_changed()
+
+    def msix_changed(self) -> None:
+        self.interrupt_changed()           # enabling MSI-X deasserts INTx (as QEMU)
+
+    def legacy_header_size(self) -> int:
+        """The legacy header grows by the two vector registers while MSI-X is enabled."""
+        return LEGACY_HEADER_MSIX if self._msix_on() else LEGACY_HEADER
 
     def dma_allowed(self) -> bool:
         return self.bus_master
@@ -352,7 +424,12 @@ class VirtioPciDevice(PciDevice):
 
     # -- reset ---------------------------------------------------------------------------------------
     def transport_reset(self) -> None:
+        """Device reset: selectors and the vector mappings (the MSI-X table is PCI state and
+        stays, as on QEMU)."""
         self.dfselect = self.gfselect = self.queue_sel = 0
+        self.config_vector = VIRTIO_MSI_NO_VECTOR
+        self.queue_vectors = [VIRTIO_MSI_NO_VECTOR] * len(self.vdev.queues)
+        self.gf_written = [0, 0]
 
     def reset(self) -> None:
         """PCI reset (power-on / bus reset) resets the virtio device too."""

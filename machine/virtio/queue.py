@@ -18,6 +18,7 @@ from .. import trace
 from ..memory import GuestMemory, GuestMemoryError
 from .spec import (VIRTQ_AVAIL_F_NO_INTERRUPT, VIRTQ_DESC_F_INDIRECT, VIRTQ_DESC_F_NEXT,
                    VIRTQ_DESC_F_WRITE, VIRTQ_USED_F_NO_NOTIFY)
+from .rules import describe
 
 QUEUE_MAX_SIZE = 1024          # as QEMU's VIRTQUEUE_MAX_SIZE; the spec allows up to 32768
 INDIRECT_MAX = 1024            # entries in one indirect table (bounds work per chain)
@@ -29,6 +30,15 @@ _ELEM = struct.Struct("<II")
 
 EV_POP = trace.Event("virtqueue_pop")
 EV_FILL = trace.Event("virtqueue_fill")
+
+
+def trace_pop(vq: int, chain: "Chain") -> None:
+    """virtqueue_pop for either ring layout (callers check EV_POP.enabled first)."""
+    EV_POP.emit(vq=vq, head=chain.head, in_num=len(chain.writable), out_num=len(chain.readable))
+
+
+def trace_fill(vq: int, head: int, length: int, idx: int) -> None:
+    EV_FILL.emit(vq=vq, head=head, len=length, idx=idx)
 
 
 class VirtqueueError(Exception):
@@ -154,6 +164,9 @@ class QueueState:
     pending_kick: bool            # kicked before DRIVER_OK
     signalled_used: int           # used->idx at the last interrupt (EVENT_IDX bookkeeping)
     signalled_valid: bool
+    packed: bool = False          # a packed ring (packed.py): the indices are ring slots, and
+    avail_wrap: bool = True       # these are the device's wrap counters
+    used_wrap: bool = True
 
     @property
     def inflight_count(self) -> int:
@@ -173,7 +186,21 @@ class SplitQueue:
         self.max_size = max_size
         self.handler = handler
         self.mem = mem
+        # violation(rule, **fields) -> True to refuse: the device's driver-rule policy (rules.py).
+        # A queue on its own refuses, as the spec lets a device do.
+        self.violation: Callable[..., bool] = lambda key, **fields: True
         self.reset()
+
+    @classmethod
+    def like(cls, q: "SplitQueue") -> "SplitQueue":
+        """A queue of this layout carrying q's configuration: the layout is only known once the
+        driver's features are, so the device swaps its queues as VIRTIO_F_RING_PACKED comes and
+        goes (packed.py)."""
+        new = cls(q.index, q.max_size, q.handler, q.mem)
+        new.violation = q.violation
+        new.size, new.enabled = q.size, q.enabled
+        new.desc_addr, new.avail_addr, new.used_addr = q.desc_addr, q.avail_addr, q.used_addr
+        return new
 
     def reset(self) -> None:
         self.size = self.max_size
@@ -287,8 +314,8 @@ class SplitQueue:
             if flags & VIRTQ_DESC_F_INDIRECT:
                 if in_indirect:
                     raise NestedIndirect("nested indirect descriptor")
-                if not self.indirect:
-                    raise IndirectNotNegotiated("indirect descriptor but VIRTIO_F_INDIRECT_DESC not negotiated")
+                if not self.indirect and self.violation("indirect-not-negotiated"):
+                    raise IndirectNotNegotiated(describe("indirect-not-negotiated"))
                 if flags & VIRTQ_DESC_F_NEXT:
                     raise IndirectWithNext("indirect descriptor with NEXT set")
                 if length == 0 or length % 16:

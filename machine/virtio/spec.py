@@ -23,6 +23,8 @@ VIRTIO_F_INDIRECT_DESC = 28
 VIRTIO_F_EVENT_IDX = 29
 VIRTIO_F_BAD_FEATURE = 30          # legacy: a driver that sets it is broken
 VIRTIO_F_VERSION_1 = 32
+VIRTIO_F_RING_PACKED = 34          # packed virtqueues (2.8)
+VIRTIO_F_RING_RESET = 40           # per-queue reset (queue_reset on PCI)
 
 FEATURE_NAMES = {
     VIRTIO_F_NOTIFY_ON_EMPTY: ("NOTIFY_ON_EMPTY", "Notify when the driver has no more buffers (legacy)"),
@@ -31,13 +33,13 @@ FEATURE_NAMES = {
     VIRTIO_F_EVENT_IDX: ("RING_EVENT_IDX", "Used & avail. event fields enabled"),
     VIRTIO_F_VERSION_1: ("VERSION_1", "Device compliant for v1 spec (legacy)"),
     33: ("ACCESS_PLATFORM", "Device can be used on a platform with IOMMU"),
-    34: ("RING_PACKED", "Packed virtqueue layout"),
+    VIRTIO_F_RING_PACKED: ("RING_PACKED", "Packed virtqueue layout"),
     35: ("IN_ORDER", "Buffers used in the order they were made available"),
     36: ("ORDER_PLATFORM", "Memory accesses ordered by platform"),
     37: ("SR_IOV", "Single root I/O virtualization"),
     38: ("NOTIFICATION_DATA", "Extra data in driver notifications"),
     39: ("NOTIF_CONFIG_DATA", "Driver uses config-provided notification data"),
-    40: ("RING_RESET", "Individual virtqueue reset"),
+    VIRTIO_F_RING_RESET: ("RING_RESET", "Individual virtqueue reset"),
 }
 
 # -- ISR (4.1.4.5) ------------------------------------------------------------------------------
@@ -50,6 +52,13 @@ VIRTQ_DESC_F_WRITE = 2
 VIRTQ_DESC_F_INDIRECT = 4
 VIRTQ_AVAIL_F_NO_INTERRUPT = 1
 VIRTQ_USED_F_NO_NOTIFY = 1
+
+# -- packed virtqueue flags and event suppression (2.8) -----------------------------------------
+VIRTQ_DESC_F_AVAIL = 1 << 7
+VIRTQ_DESC_F_USED = 1 << 15
+RING_EVENT_FLAGS_ENABLE = 0
+RING_EVENT_FLAGS_DISABLE = 1
+RING_EVENT_FLAGS_DESC = 2          # only with VIRTIO_F_EVENT_IDX
 
 # -- device IDs (5) -----------------------------------------------------------------------------
 VIRTIO_ID_BLOCK = 2
