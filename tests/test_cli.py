@@ -347,10 +347,29 @@ def test_parse_args_raises_config_error():
 def test_real_process_exit_path():
     """The process itself (python -m machine) prints one line and exits 1, no traceback."""
     proc = subprocess.run([sys.executable, "-m", "machine", "-foo"], cwd=ROOT,
-                          capture_output=True, text=True, timeout=60)
+                          capture_output=True, text=True, timeout=300)
     assert proc.returncode == 1
     assert proc.stderr == "machine: -foo: invalid option\n"
     assert proc.stdout == ""
+
+
+@pytest.mark.parametrize("program,report,insn", [
+    ("cli\nhlt\n", "HLT with IF=0", "hlt"),
+    ("lidtl %cs:bad\nint $0x21\nbad: .word 0\n.long 0\n", "triple fault", "int 0x21"),
+])
+def test_guest_fault_exits_the_process_with_status_2(tmp_path, program, report, insn):
+    """README: a guest fault the machine cannot deliver stops it with a short report (mode,
+    CS:EIP, the instruction, the registers) and process exit status 2."""
+    from asm import rom_image
+    rom = tmp_path / "rom.bin"
+    rom.write_bytes(rom_image("reset:\n" + program))
+    proc = subprocess.run([sys.executable, "-m", "machine", "-bios", str(rom), "-no-reboot",
+                           "-display", "none", "-serial", "none"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2, proc.stderr
+    err = proc.stderr
+    assert report in err and "real mode" in err and "CS:EIP = f000:" in err and insn in err, err
+    assert "EAX=" in err and "EFLAGS=" in err and "Traceback" not in err, err
 
 
 # ------------------------------------------------------------------ the bundled-guest defaults

@@ -73,17 +73,19 @@ ud_site:
     mov $0x1238, %ax
 gp_site:
     mov %ax, %ds                # beyond the GDT limit: #GP(0x1238)
+    movl $de_site1, RESULTS + 28
+    movl $de_site2, RESULTS + 60
     xor %edx, %edx
     mov $7, %eax
     xor %ecx, %ecx
 de_site1:
-    div %ecx                    # #DE, handler sets ecx=1 and retries
+    div %ecx                    # #DE, handler sets ecx=2 and retries: 3 (7 if skipped)
     movl %eax, RESULTS + 32
     xor %edx, %edx
     mov $9, %eax
     xor %ecx, %ecx
 de_site2:
-    div %ecx                    # a second #DE must not turn into #DF
+    div %ecx                    # a second #DE must not turn into #DF: 4 (9 if skipped)
     movl %eax, RESULTS + 36
     # paging: identity map 4 MiB with one 4 MiB page, leave PD[1] not present
     PD_CLEAR
@@ -114,10 +116,14 @@ h_gp:
 h_de:
     incl RESULTS + 40           # count #DE
     push %eax
-    mov 4(%esp), %eax
+    mov 4(%esp), %eax           # saved EIP: of the first #DE in slot 5, of the second in slot 6
+    cmpl $1, RESULTS + 40
+    jne 1f
     mov %eax, RESULTS + 20
-    pop %eax
-    mov $1, %ecx
+    jmp 2f
+1:  mov %eax, RESULTS + 24
+2:  pop %eax
+    mov $2, %ecx
     iret
 h_pf:
     pop %eax
@@ -141,7 +147,9 @@ def test_protected_mode_int_and_faults(tmp_path):
     assert result(m, 2) == ud_site                    # #UD: saved EIP = the ud2
     assert result(m, 3) == 0x1238                     # #GP error code = the selector
     assert result(m, 4) == ud_site + 2 + 4            # #GP at gp_site (after mov $0x1238,%ax)
-    assert result(m, 8) == 7 and result(m, 9) == 9    # both divisions completed after retry
+    assert result(m, 5) == result(m, 7)               # #DE is a fault: saved EIP = the div
+    assert result(m, 6) == result(m, 15)
+    assert result(m, 8) == 3 and result(m, 9) == 4    # both divisions re-executed after the fix
     assert result(m, 10) == 2                         # two #DE, neither became #DF
     assert result(m, 11) == 0x2                       # #PF: write to a not-present page
     assert result(m, 12) == 0x400010                  # CR2
@@ -154,11 +162,27 @@ def test_long_mode_delivery(tmp_path):
     main64:
         SETGATE64 0x40, h40
         SETGATE64 13, h_gp
+        SETGATE64 0, h_de
+        movq $-1, RESULTS + 32         # the #GP handler must overwrite these
+        movq $-1, RESULTS + 64
+        movabs $after_int, %rax
+        mov %rax, RESULTS + 40
+        movabs $de_site, %rax
+        mov %rax, RESULTS + 48
         mov $0x90008, %rsp             # misaligned: the CPU aligns the frame to 16 bytes
         movabs $0x1122334455667788, %rbx
         int $0x40
+    after_int:
         movabs $0x8000000000000000, %rax
         mov (%rax), %rbx               # non-canonical: #GP(0)
+        mov $0x1238, %ax
+        mov %ax, %ds                   # beyond the GDT limit: #GP(0x1238)
+        xor %edx, %edx
+        mov $7, %eax
+        xor %ecx, %ecx
+    de_site:
+        div %rcx                       # #DE; the handler sets rcx=2: 3 (7 if the div were skipped)
+        mov %rax, RESULTS + 80
         EXIT 0
     h40:
         mov %rsp, RESULTS
@@ -169,17 +193,33 @@ def test_long_mode_delivery(tmp_path):
         mov %rbx, RESULTS + 24
         iretq
     h_gp:
-        pop %rax
-        mov %rax, RESULTS + 32         # error code
+        pop %rax                       # error code: the first #GP's to +32, the second's to +64
+        cmpq $-1, RESULTS + 32
+        jne 1f
+        mov %rax, RESULTS + 32
         addq $3, (%rsp)                # skip the 3-byte mov
+        iretq
+    1:  mov %rax, RESULTS + 64
+        addq $2, (%rsp)                # skip the 2-byte mov to %ds
+        iretq
+    h_de:
+        mov (%rsp), %rdx
+        mov %rdx, RESULTS + 56         # return RIP
+        xor %edx, %edx
+        mov $2, %ecx
         iretq
     """, prologue=PM32_PROLOGUE)
     assert m.run(2_000_000) == 1, m.stop_reason
     assert m.cpu.mode == "long"
-    assert m.mem.read_u64(0x3000) == 0x90000 - 40    # 5-qword frame below the aligned RSP
-    assert m.mem.read_u64(0x3000 + 16) == 0x90008
-    assert m.mem.read_u64(0x3000 + 24) == 0x1122334455667788
-    assert m.mem.read_u64(0x3000 + 32) == 0
+    r = m.mem.read_u64
+    assert r(0x3000) == 0x90000 - 40                 # 5-qword frame below the aligned RSP
+    assert r(0x3000 + 8) == r(0x3000 + 40)           # int n: return RIP = the next instruction
+    assert r(0x3000 + 16) == 0x90008
+    assert r(0x3000 + 24) == 0x1122334455667788
+    assert r(0x3000 + 32) == 0                       # non-canonical access: #GP(0)
+    assert r(0x3000 + 64) == 0x1238                  # bad selector: #GP(selector)
+    assert r(0x3000 + 56) == r(0x3000 + 48)          # #DE is a fault: return RIP = the div
+    assert r(0x3000 + 80) == 3
 
 
 def test_triple_fault_reports_and_exits_2_with_no_reboot(tmp_path, capsys):

@@ -12,6 +12,7 @@ import time
 
 import pytest
 
+from elfsym import symbol
 from machine.cli import parse_args
 from machine.config import ConfigError
 from machine.debug.monitor import MonitorConsole
@@ -129,8 +130,42 @@ def test_gdb_ctrl_c_stops_a_running_guest(hello):
     finally:
         m.close()
     assert "Program received signal SIGINT" in out, out
-    assert "$1 = 0x100170" in out, out                 # still spinning where it was patched
+    assert f"$1 = {symbol(hello, 'kmain'):#x}" in out, out     # still spinning where it was patched
     assert "[Inferior 1 (process 1) killed]" in out or "killed" in out.lower(), out
+
+
+@gdb_missing
+def test_gdb_sees_a_fatal_fault_on_the_real_machine_and_it_exits_2(hello):
+    """README: fatal faults are reported to gdb. ud2 at kmain (the kernel has no IDT) ends in a
+    triple fault under -no-reboot: gdb gets SIGSEGV with the report, can still read the
+    registers, and the next continue ends the machine with status 2."""
+    m = Running(["-kernel", str(hello), "-serial", "none", "-display", "none", "-no-reboot",
+                 "-device", "isa-debug-exit,iobase=0xf4,iosize=0x04"])
+    try:
+        out = run_gdb(hello, m.port, "break kmain", "continue", "delete",
+                      "set var *(unsigned short *)$pc = 0x0b0f",       # ud2
+                      "continue", "p/x $pc", "continue")
+        status = m.status()
+    finally:
+        m.close()
+    assert "Program received signal SIGSEGV" in out, out
+    assert "triple fault" in out, out
+    assert f"$1 = {symbol(hello, 'kmain'):#x}" in out, out          # the corpse, at the ud2
+    assert "exited with code 02" in out, out
+    assert status == 2
+
+
+@gdb_missing
+def test_gdb_detach_lets_the_real_machine_run_to_its_end(hello):
+    m = Running(["-kernel", str(hello), "-append", "exit=3", "-serial", "none", "-display", "none",
+                 "-device", "isa-debug-exit,iobase=0xf4,iosize=0x04"])
+    try:
+        out = run_gdb(hello, m.port, "break kmain", "continue", "delete", "detach")
+        status = m.status(60)
+    finally:
+        m.close()
+    assert "Breakpoint 1, kmain" in out and "detached]" in out, out
+    assert status == 7                                  # the guest ran on: (3 << 1) | 1
 
 
 @gdb_missing

@@ -24,7 +24,8 @@ from fuzz import rig
 from machine import trace
 
 BUDGET = 60_000                  # instructions per random program
-WALL_LIMIT = 20                  # seconds: a run still going by then is a host hang
+WALL_LIMIT = 300                 # seconds: only a guard against a host hang, never the assertion
+                                 # (a loaded 2-core host runs these 10-50x slower than idle)
 
 _EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "0"))
 FUZZ_SETTINGS = settings(
@@ -431,7 +432,7 @@ def test_lapic_timer_storm_while_halted_is_bounded(tmp_path):
         jmp 1b
     """)
     try:
-        with wall_limit(5, m):
+        with wall_limit(machine=m):
             status = m.run(max_instructions=100_000)
     finally:
         m.close()
@@ -560,7 +561,8 @@ CPU_DIVERGENCES = {
 }
 
 
-@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.xfail(strict=True, reason=CPU_DIVERGENCES[n]))
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.xfail(strict=True, raises=AssertionError,
+                                                                          reason=CPU_DIVERGENCES[n]))
                                   if n in CPU_DIVERGENCES else n for n in sorted(ODD_INSTRUCTIONS)])
 def test_odd_instructions_behave_as_on_a_cpu(tmp_path, name):
     source, expected = ODD_INSTRUCTIONS[name]
@@ -762,6 +764,46 @@ def soak_options(rng):
     return " ".join(words), props, f",readonly={'on' if readonly else 'off'},cache={cache}", readonly
 
 
+def expected_failures(append: str, props: dict, readonly: bool, sectors: int = 8192) -> set[str]:
+    """The reasons the guest's failing tests must give for these options (guest/main.c documents
+    them); an empty set means every test must pass. Options that stop the device from being set
+    up fail "init" and leave every later test with "device not initialised"."""
+    words = dict(w.split("=", 1) for w in append.split() if "=" in w)
+    tests = words["tests"].split(",")
+    transport = words.get("transport", "auto")
+    has_legacy = props.get("disable-legacy") != "on"
+    has_modern = props.get("disable-modern") != "on"
+    if (transport == "legacy" and not has_legacy) or (transport == "modern" and not has_modern):
+        return {"no usable virtio-blk device"}
+    size = int(props.get("queue-size", "256"))
+    if has_modern and transport != "legacy":            # the driver picks a size on modern only
+        cap = int(words.get("queue_size", "1024"))
+        size = min(size, 1024, cap) if cap else min(size, 1024)
+        size = 1 << (size.bit_length() - 1) if size else 0
+    if size < 3:
+        return {"queue size below 3 cannot hold a request"}
+    if words.get("mode") == "bench":
+        return set()
+    reasons = set()
+    if "pattern" in tests and int(words.get("pattern_lba", "0")) + int(words.get("pattern_sectors", "2048")) > sectors:
+        reasons.add("beyond capacity")
+    if "read_only" in tests and "expect_ro" in words and (words["expect_ro"] != "0") != readonly:
+        reasons.add("VIRTIO_BLK_F_RO is")
+    return reasons
+
+
+def test_soak_expectations_cover_each_kind_of_predicted_failure():
+    """The soak's seeds exercise both a clean pass and every predicted failure, so a guest that
+    fails for another reason (or passes where it must fail) is caught."""
+    import random
+    kinds = set()
+    for seed in range(SOAK_RUNS):
+        append, props, _drive, readonly = soak_options(random.Random(seed))
+        kinds |= expected_failures(append, props, readonly) or {"pass"}
+    assert kinds == {"pass", "no usable virtio-blk device", "queue size below 3 cannot hold a request",
+                     "beyond capacity", "VIRTIO_BLK_F_RO is"}
+
+
 @pytest.fixture(scope="module")
 def guest_elf():
     from building import built
@@ -784,7 +826,7 @@ def test_soak_bundled_guest_with_random_options(tmp_path, guest_elf, seed, capsy
             "-serial", f"file:{serial}", "-no-reboot", "-m", "32",
             "-device", "isa-debug-exit,iobase=0xf4,iosize=0x04",
             "-drive", f"file={image},format=raw,if=none,id=d0{drive_opts}", "-device", device]
-    with wall_limit(60):
+    with wall_limit():
         status = cli.main(argv)
     err = capsys.readouterr().err
     why = f"machine {' '.join(argv)} -> {status}\n{err[-2000:]}"
@@ -793,16 +835,21 @@ def test_soak_bundled_guest_with_random_options(tmp_path, guest_elf, seed, capsy
     why += "\n--- serial ---\n" + out[-2000:]
     if status == 1 and err.startswith("machine:") or "is out of range" in err:
         return                                       # a property the board refuses: one line, status 1
-    bail = "Bail out!" in out
+    assert "Bail out!" not in out, why
+    expected = expected_failures(append, props, readonly)
     if "mode=bench" in append:                      # the benchmark's report instead of TAP
-        assert bail or re.search(r"^bench done status=\w+$", out, re.M), why
+        assert re.search(r"^bench done status=error$" if expected else r"^bench done status=ok$", out, re.M), why
     else:
         plan = re.search(r"^1\.\.(\d+)$", out, re.M)
-        assert bail or plan, why
-        if plan and not bail:
-            results = re.findall(r"^(?:not ok|ok) (\d+) - ", out, re.M)
-            assert [int(n) for n in results] == list(range(1, int(plan.group(1)) + 1)), why
-    assert status in (1, 3), why                    # isa-debug-exit: passed / failed
+        assert plan, why
+        results = re.findall(r"^(?:not ok|ok) (\d+) - ", out, re.M)
+        assert [int(n) for n in results] == list(range(1, int(plan.group(1)) + 1)), why
+        failed = re.findall(r"^not ok \d+ - \w+ # (.*)$", out, re.M)
+        allowed = expected | ({"device not initialised"} if expected & {
+            "no usable virtio-blk device", "queue size below 3 cannot hold a request"} else set())
+        assert all(any(r in f for r in allowed) for f in failed), why
+        assert bool(failed) == bool(expected), why
+    assert status == (3 if expected else 1), why    # isa-debug-exit: failed / passed
     after = image.read_bytes()
     assert len(after) == len(before)
     if readonly:

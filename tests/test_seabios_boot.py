@@ -21,6 +21,7 @@ pytestmark = pytest.mark.skipif(not BIOS.exists(), reason=f"SeaBIOS is not insta
 PASSED = 33                          # isa-debug-exit status for EXIT_OK (0x10)
 IMAGE_SIZE = 8 << 20                 # QEMU gives it PCHS 16/16/63, as our virtio-blk does
 EXIT_DEVICE = ["-device", "isa-debug-exit,iobase=0xf4,iosize=0x04"]
+GUARD = 300                          # seconds: only against a hung run; a boot takes a few
 
 MODES = {
     "transitional": lambda img: ["-drive", f"file={img},format=raw,if=virtio"],
@@ -55,11 +56,11 @@ def make_image(path: Path, boot_sector: bytes, extra: dict[int, bytes] | None = 
     return Boot.image(path, IMAGE_SIZE, bytes(data))
 
 
-def run_ours(boot, *args, timeout=60):
+def run_ours(boot, *args, timeout=GUARD):
     return boot("-bios", BIOS, *args, timeout=timeout)
 
 
-def run_qemu(tmp_path, *args, timeout=60):
+def run_qemu(tmp_path, *args, timeout=GUARD):
     qemu = Boot(program=[QEMU], cwd=tmp_path)
     try:
         return qemu("-bios", BIOS, *args, timeout=timeout)
@@ -136,7 +137,7 @@ def test_boot_menu_on_waits_in_virtual_time(boot, tmp_path, mbr_image):
     log = tmp_path / "seabios.log"
     run = run_ours(boot, *MODES["transitional"](mbr_image), *EXIT_DEVICE,
                    "-boot", "menu=on,splash-time=60000", "-serial", "stdio", "-display", "none",
-                   "-debugcon", f"file:{log}", timeout=50)
+                   "-debugcon", f"file:{log}", timeout=GUARD)
     assert run.exit_status == PASSED, run
     text = log.read_text(errors="replace")
     assert "Press ESC for boot menu." in text
@@ -163,7 +164,7 @@ def test_no_bootable_disk_is_reported_like_qemu(boot, tmp_path):
     handle = boot.start("-bios", BIOS, *MODES["transitional"](img), "-nographic",
                         "-debugcon", f"file:{log}")
     try:
-        handle.wait_for("No bootable device.", timeout=50)
+        handle.wait_for("No bootable device.", timeout=GUARD)
     finally:
         handle.kill()
     text = log.read_text(errors="replace")
@@ -206,11 +207,11 @@ def test_boot_menu_answers_keys_typed_on_the_serial_console(boot, tmp_path, mbr_
     # key goes in as soon as the prompt is seen.
     handle = boot.start("-bios", BIOS, *MODES["transitional"](mbr_image), "-nographic", *EXIT_DEVICE,
                         "-boot", "menu=on,splash-time=65535")
-    handle.wait_for("Press ESC for boot menu.", timeout=50)
+    handle.wait_for("Press ESC for boot menu.", timeout=GUARD)
     handle.send("\x1b")
-    handle.wait_for("1. Virtio disk PCI:00:02.0", timeout=50)
+    handle.wait_for("1. Virtio disk PCI:00:02.0", timeout=GUARD)
     handle.send("1")
-    run = handle.wait(timeout=50)
+    run = handle.wait(timeout=GUARD)
     assert run.exit_status == PASSED, run
     assert "MBR: all passed\n" in run.serial
 

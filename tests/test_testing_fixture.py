@@ -27,7 +27,7 @@ def test_image_is_sparse_sized_and_prefilled(tmp_path):
 def test_run_collects_output_and_status():
     b = stand_in("import sys; data = sys.stdin.read(); sys.stdout.write('got ' + data + '\\r\\n');"
                  "print('err', file=sys.stderr); sys.exit(3)")
-    run = b("-x", input="hello", timeout=30)
+    run = b("-x", input="hello", timeout=120)
     assert run.exit_status == 3 and run.serial == "got hello\n" and run.stderr == "err\n"
     assert run.serial_bytes == b"got hello\r\n"          # CR LF as the guest sent it
     assert run.args == ["-x"]
@@ -45,9 +45,9 @@ def test_wait_for_a_long_running_guest():
                  "print('echo ' + line.strip(), flush=True); time.sleep(600)")
     try:
         h = b.start()
-        assert "ready" in h.wait_for("ready", timeout=30)
+        assert "ready" in h.wait_for("ready", timeout=120)
         h.send("ping\n")
-        h.wait_for("echo ping", timeout=30)
+        h.wait_for("echo ping", timeout=120)
         with pytest.raises(pytest.fail.Exception, match="not seen within 0.2 s"):
             h.wait_for("never", timeout=0.2)
         assert h.exit_status is None
@@ -60,7 +60,7 @@ def test_wait_for_fails_when_the_machine_exits_first():
     b = stand_in("print('bye')")
     h = b.start()
     with pytest.raises(pytest.fail.Exception, match="exited with status 0 before printing 'ok'"):
-        h.wait_for("ok", timeout=30)
+        h.wait_for("ok", timeout=120)
 
 
 def test_registered_as_a_pytest_plugin(pytester, monkeypatch):

@@ -9,6 +9,7 @@ import sys
 
 import pytest
 
+from elfsym import symbol
 from machine import trace
 from machine.api import Session
 from machine.cli import main as cli_main, parse_args
@@ -33,19 +34,20 @@ def test_in_asm_exec_and_cpu_name_blocks_by_guest_symbol(hello, log):
         trace.enable_category("cpu")
         s.run(max_instructions=5000)
     text = log.getvalue()
-    kmain = re.search(r"^IN: kmain\n(0x00100170 <kmain>: +55 +push ebp)$", text, re.M)
-    assert kmain, text[-3000:]
+    kmain, puts = symbol(hello, "kmain"), symbol(hello, "puts")
+    found = re.search(rf"^IN: kmain\n(0x{kmain:08x} <kmain>: +55 +push ebp)$", text, re.M)
+    assert found, text[-3000:]
     # each block's code is shown once, however often it runs
-    assert text.count("\n0x00100170 <kmain>:") == 1
-    assert "0x00100171 <kmain+0x1>:" in text
-    assert re.search(r"^0x[0-9a-f]{8} <kmain\+0x[0-9a-f]+>: +e8 [0-9a-f ]+ call 0x100060 <puts>$", text, re.M)
-    assert "\nTrace 0: [00000000/0000000000100170] kmain\n" in text
-    assert "Trace 0: [00000000/0000000000100060] puts\n" in text
-    assert text.count("Trace 0: [00000000/0000000000100060] puts\n") > 1      # every execution
+    assert text.count(f"\n0x{kmain:08x} <kmain>:") == 1
+    assert f"0x{kmain + 1:08x} <kmain+0x1>:" in text
+    assert re.search(rf"^0x[0-9a-f]{{8}} <kmain\+0x[0-9a-f]+>: +e8 [0-9a-f ]+ call {puts:#x} <puts>$", text, re.M)
+    assert f"\nTrace 0: [00000000/{kmain:016x}] kmain\n" in text
+    assert f"Trace 0: [00000000/{puts:016x}] puts\n" in text
+    assert text.count(f"Trace 0: [00000000/{puts:016x}] puts\n") > 1      # every execution
     # the register dump before kmain's first block: the Multiboot magic in EAX
-    dump = text[text.rindex("Trace 0: [00000000/0000000000100170] kmain"):]
+    dump = text[text.rindex(f"Trace 0: [00000000/{kmain:016x}] kmain"):]
     assert re.search(r"^EAX=2badb002 EBX=[0-9a-f]{8} ECX=[0-9a-f]{8} EDX=[0-9a-f]{8}$", dump, re.M)
-    assert re.search(r"^EIP=00100170 EFL=[0-9a-f]{8} \[[-DOSZAPC]{7}\] CPL=0 II=0", dump, re.M)
+    assert re.search(rf"^EIP={kmain:08x} EFL=[0-9a-f]{{8}} \[[-DOSZAPC]{{7}}\] CPL=0 II=0", dump, re.M)
     assert re.search(r"^CS =0008 00000000 ffffffff [0-9a-f]{8}$", dump, re.M)
     # the real-mode reset vector is 16-bit code
     assert "0x000ffff0:  ea" in text
@@ -105,7 +107,8 @@ def test_int_logs_cpu_exceptions_with_check_exception(hello, log):
     assert stop.kind == "fault"
     text = log.getvalue()
     assert "check_exception old: 0xffffffff new 0x6\n" in text, text[:2000]
-    assert re.search(r"^ +\d+: v=06 e=0000 i=0 cpl=0 IP=0008:00100170 pc=00100170 ", text, re.M), text
+    kmain = symbol(hello, "kmain")
+    assert re.search(rf"^ +\d+: v=06 e=0000 i=0 cpl=0 IP=0008:{kmain:08x} pc={kmain:08x} ", text, re.M), text
     assert re.search(r"^ +\d+: v=0d e=0033 ", text, re.M), text        # IDT entry 6, IDT bit, EXT
     assert re.search(r"^ +\d+: v=08 ", text, re.M), text
 
@@ -116,7 +119,7 @@ def test_d_with_D_writes_the_file_through_the_command_line(hello, tmp_path, caps
                        "-d", "in_asm", "-D", str(out), *EXIT_DEV])
     assert status == 1
     text = out.read_text()
-    assert "IN: kmain\n0x00100170 <kmain>:" in text
+    assert f"IN: kmain\n0x{symbol(hello, 'kmain'):08x} <kmain>:" in text
     assert "IN:" not in capsys.readouterr().err
 
 

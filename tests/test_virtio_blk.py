@@ -218,6 +218,27 @@ def test_writeback_field_is_read_only_without_config_wce(make):
     assert b.drv.cfg_read(B.OFF_WRITEBACK, 1) == 1
 
 
+def test_config_wce_off_property_withholds_the_feature_and_keeps_writeback_fixed(make, monkeypatch):
+    """config-wce=off: CONFIG_WCE is not offered, the writeback field cannot be switched and
+    FLUSH alone decides the cache mode (writeback: no sync per write)."""
+    b = make(props={"config-wce": "off", "strict": "on"})     # strict: unoffered features refused
+    offered = b.drv.device_features()
+    assert not offered >> B.VIRTIO_BLK_F_CONFIG_WCE & 1 and offered >> B.VIRTIO_BLK_F_FLUSH & 1
+    b.start(features=offered | 1 << B.VIRTIO_BLK_F_CONFIG_WCE)   # asking anyway is refused
+    assert b.vqs == []
+    b.start()
+    b.drv.cfg_write(B.OFF_WRITEBACK, 1, 0)
+    assert b.drv.cfg_read(B.OFF_WRITEBACK, 1) == 1
+    calls = []
+    monkeypatch.setattr(os, "fdatasync", lambda fd: calls.append(fd))
+    assert b.run(T_OUT, 0, out=b"a" * 512)[1] == S_OK and calls == []
+
+
+def test_config_wce_on_is_the_default_and_offered(make):
+    assert make().drv.device_features() >> B.VIRTIO_BLK_F_CONFIG_WCE & 1
+    assert make(props={"config-wce": "on"}).drv.device_features() >> B.VIRTIO_BLK_F_CONFIG_WCE & 1
+
+
 def test_config_wce_without_flush_starts_in_writethrough(make):
     b = make()
     b.start(features=b.drv.device_features() & ~(1 << S.VIRTIO_BLK_F_FLUSH))
@@ -238,6 +259,28 @@ def test_short_host_write_is_ioerr(make, monkeypatch):
     b = make().start()
     monkeypatch.setattr(b.backend, "writev", lambda off, bufs: 100)
     assert b.run(T_OUT, 0, out=b"a" * 512)[1] == S_IOERR
+
+
+def test_short_host_read_is_ioerr_not_ok(make, monkeypatch):
+    """A backend that fills only part of the buffers: the guest must not be told OK for a
+    buffer whose tail is stale memory."""
+    b = make().start()
+    real = b.backend.readv
+
+    def short(off, bufs):
+        return real(off, bufs) - 100
+    monkeypatch.setattr(b.backend, "readv", short)
+    assert b.run(T_IN, 0, in_len=1024)[1] == S_IOERR
+
+
+def test_image_truncated_behind_the_device_reads_past_the_new_end_as_ioerr(make):
+    b = make().start()
+    os.truncate(b.path, 1024 * SECT)           # the host halves the image; capacity is stale
+    assert b.vdev.capacity == 2048
+    assert b.run(T_IN, 2047, in_len=512)[1] == S_IOERR
+    assert b.run(T_IN, 1023, in_len=1024)[1] == S_IOERR       # half inside, half past the new end
+    got, st, used_len = b.run(T_IN, 1023, in_len=512)        # still inside: fine
+    assert (st, used_len) == (S_OK, 513) and got == pattern(1 << 20)[1023 * SECT:1024 * SECT]
 
 
 def test_host_read_error_is_ioerr(make, monkeypatch):
@@ -449,3 +492,164 @@ def test_host_resize_updates_capacity_generation_and_sends_config_interrupt(make
     assert b.run(T_IN, 1024, in_len=512)[1] == S_IOERR      # past the new end
     assert b.run(T_IN, 1023, in_len=512)[1] == S_OK
     assert not b.vdev.update_capacity()
+
+
+# -- paths found by mutation testing (bench/mutation.sh) ------------------------------------------
+
+def test_get_id_across_several_descriptors_stops_after_20_bytes(make):
+    b = make(props={"serial": "ABCDEFGHIJKLMNOPQRSTUVWXYZ"}).start()
+    got, st, n = b.run(T_GET_ID, in_len=40, wcuts=[7, 13, 20])
+    assert (got[:20], st, n) == (b"ABCDEFGHIJKLMNOPQRST", S_OK, 21)
+    assert got[20:] == b"\xee" * 20                       # the rest untouched (poison)
+
+
+@pytest.mark.parametrize("rcuts", [[16, 16], [4, 12, 16], [10, 6, 3, 13], [20, 12], [4, 28]])
+def test_discard_segment_is_found_in_any_descriptor_layout(make, rcuts):
+    b = make(discard="unmap", props={"max-discard-sectors": "8"}).start()
+    assert b.run(T_DISCARD, 0, out=seg(16, 8), rcuts=rcuts)[1] == S_OK
+    assert b.run(T_DISCARD, 0, out=seg(16, 9), rcuts=rcuts)[1] == S_IOERR
+
+
+@pytest.mark.parametrize("rcuts", [[16, 16], [4, 12, 16], [10, 6, 3, 13], [20, 12], [4, 28]])
+def test_write_zeroes_segment_is_found_in_any_descriptor_layout(make, rcuts):
+    b = make().start()
+    assert b.run(T_WRITE_ZEROES, 0, out=seg(6, 2), rcuts=rcuts)[1] == S_OK
+    img = b.image()
+    assert img[6 * SECT:8 * SECT] == bytes(1024)
+    assert img[5 * SECT:6 * SECT] + img[8 * SECT:9 * SECT] == pattern(1 << 20)[5 * SECT:6 * SECT] + pattern(1 << 20)[8 * SECT:9 * SECT]
+
+
+def test_discard_and_write_zeroes_maxima_are_separate_and_inclusive(make):
+    b = make(props={"max-discard-sectors": "8", "max-write-zeroes-sectors": "16"}).start()
+    assert b.run(T_DISCARD, 0, out=seg(0, 8))[1] == S_OK
+    assert b.run(T_DISCARD, 0, out=seg(0, 9))[1] == S_IOERR
+    assert b.run(T_WRITE_ZEROES, 0, out=seg(0, 16))[1] == S_OK
+    assert b.run(T_WRITE_ZEROES, 0, out=seg(0, 17))[1] == S_IOERR
+
+
+@pytest.mark.parametrize("negotiated", [B.VIRTIO_BLK_F_DISCARD, B.VIRTIO_BLK_F_WRITE_ZEROES])
+def test_discard_and_write_zeroes_each_need_their_own_feature(make, negotiated):
+    b = make(props={"strict": "on"})                  # the tolerant default serves both anyway
+    other = B.VIRTIO_BLK_F_WRITE_ZEROES if negotiated == B.VIRTIO_BLK_F_DISCARD else B.VIRTIO_BLK_F_DISCARD
+    b.start(features=b.drv.device_features() & ~(1 << other))
+    ok_type, unsupp_type = ((T_DISCARD, T_WRITE_ZEROES) if negotiated == B.VIRTIO_BLK_F_DISCARD
+                            else (T_WRITE_ZEROES, T_DISCARD))
+    assert b.run(ok_type, 0, out=seg(0, 1))[1] == S_OK
+    assert b.run(unsupp_type, 0, out=seg(0, 1))[1] == S_UNSUPP
+
+
+@pytest.mark.parametrize("flags,unmap", [(0, False), (1, True)])
+def test_write_zeroes_passes_the_unmap_flag_to_the_backend(make, monkeypatch, flags, unmap):
+    b = make(discard="unmap").start()
+    calls = []
+    monkeypatch.setattr(b.backend, "write_zeroes", lambda off, n, may_unmap: calls.append((off, n, may_unmap)))
+    assert b.run(T_WRITE_ZEROES, 0, out=seg(2, 3, flags))[1] == S_OK
+    assert calls == [(2 * SECT, 3 * SECT, unmap)]
+
+
+def test_writeback_field_stores_0_or_1_whatever_the_driver_writes(make):
+    b = make().start()
+    b.drv.cfg_write(B.OFF_WRITEBACK, 1, 0x80)
+    assert b.drv.cfg_read(B.OFF_WRITEBACK, 1) == 1
+    b.drv.cfg_write(B.OFF_WRITEBACK, 1, 0)
+    assert b.drv.cfg_read(B.OFF_WRITEBACK, 1) == 0
+
+
+def test_cache_unsafe_never_syncs_even_in_writethrough_mode(make, monkeypatch):
+    b = make(cache="unsafe").start()
+    b.drv.cfg_write(B.OFF_WRITEBACK, 1, 0)               # the driver asks for writethrough
+
+    def boom(fd):
+        raise AssertionError("fdatasync with cache=unsafe")
+    monkeypatch.setattr(os, "fdatasync", boom)
+    assert b.run(T_OUT, 0, out=b"a" * 512)[1] == S_OK
+    assert b.run(T_WRITE_ZEROES, 0, out=seg(0, 1))[1] == S_OK
+    assert b.run(T_FLUSH)[1] == S_OK
+
+
+@pytest.mark.parametrize("rtype,out", [(T_OUT, b"a" * 512), (T_WRITE_ZEROES, seg(0, 1)),
+                                       (T_DISCARD, seg(0, 1))])
+def test_failed_writethrough_sync_is_ioerr_and_poisons_later_flushes(make, monkeypatch, rtype, out):
+    b = make(discard="unmap").start()
+    b.drv.cfg_write(B.OFF_WRITEBACK, 1, 0)
+
+    def fail(fd):
+        raise OSError(5, "EIO")
+    monkeypatch.setattr(os, "fdatasync", fail)
+    assert b.run(rtype, 0, out=out)[1] == S_IOERR
+    monkeypatch.setattr(os, "fdatasync", lambda fd: None)
+    assert b.run(T_FLUSH)[1] == S_IOERR                  # the lost write is never reported stable
+
+
+def test_host_write_error_is_ioerr(make, monkeypatch):
+    b = make().start()
+
+    def fail(off, bufs):
+        raise OSError(5, "EIO")                       # (ENOSPC would stop the machine: werror)
+    monkeypatch.setattr(b.backend, "writev", fail)
+    assert b.run(T_OUT, 0, out=b"a" * 512)[1:] == (S_IOERR, 1)
+
+
+@pytest.mark.parametrize("rtype,method", [(T_DISCARD, "discard"), (T_WRITE_ZEROES, "write_zeroes")])
+def test_host_discard_or_write_zeroes_error_is_ioerr(make, monkeypatch, rtype, method):
+    b = make(discard="unmap").start()
+
+    def fail(*args):
+        raise OSError(5, "EIO")
+    monkeypatch.setattr(b.backend, method, fail)
+    assert b.run(rtype, 0, out=seg(0, 1))[1:] == (S_IOERR, 1)
+
+
+@pytest.mark.parametrize("short", [0, 100, 511, 512, 700])
+def test_read_tells_the_cpu_exactly_which_guest_bytes_changed(make, monkeypatch, short):
+    """Guest RAM the device writes must be reported (translated code there is dropped): the
+    data bytes really read, across descriptors, and the status byte; nothing more."""
+    b = make().start()
+    if short:
+        real = b.backend.readv
+        monkeypatch.setattr(b.backend, "readv", lambda off, bufs: real(off, bufs) - short)
+    req = b.blk.submit(T_IN, 0, in_len=1024, wcuts=[512, 512])
+    seen = []
+    b.mem.add_write_listener(lambda gpa, n: seen.append((gpa, n)))    # the device's writes only
+    b.drv.kick(0)
+    (d1, _), (d2, _), (status, _) = req.writable
+    got = 1024 - short
+    data = [(d1, min(512, got))] + ([(d2, got - 512)] if got > 512 else [])
+    assert [w for w in seen if w[0] in (d1, d2, status)] == data + [(status, 1)]
+
+
+@pytest.mark.parametrize("wcuts", [[511, 2], [512, 1], [1, 1, 511]])
+def test_status_byte_shares_the_last_descriptor_with_data_in_any_split(make, wcuts):
+    b = make().start()
+    got, st, n = b.run(T_IN, 2, in_len=512, wcuts=wcuts)
+    assert (got, st, n) == (pattern(1 << 20)[1024:1536], S_OK, 513)
+
+
+def test_out_of_range_requests_never_reach_the_host_file(make, monkeypatch):
+    """5.2.6.2: the device checks every range against its capacity itself; the backend's own
+    check is a second line, not the one the guest relies on."""
+    b = make(discard="unmap").start()
+    calls = []
+    for name in ("readv", "writev", "discard", "write_zeroes"):
+        monkeypatch.setattr(b.backend, name, lambda *a, name=name: calls.append(name))
+    cap = b.vdev.capacity
+    for rtype, sector, kw in [(T_IN, cap, dict(in_len=512)), (T_IN, cap - 1, dict(in_len=1024)),
+                              (T_OUT, cap, dict(out=b"x" * 512)), (T_OUT, 2**63, dict(out=b"x" * 512)),
+                              (T_DISCARD, 0, dict(out=seg(cap - 1, 2))),
+                              (T_WRITE_ZEROES, 0, dict(out=seg(2**64 - 1, 1)))]:
+        assert b.run(rtype, sector, **kw)[1] == S_IOERR, (rtype, sector)
+    assert calls == []
+
+
+def test_parse_request_reads_against_the_negotiated_features(make):
+    """What a debugger sees: a DISCARD too short for its segment is malformed only when DISCARD
+    was negotiated (otherwise it is an UNSUPP request like any unknown type)."""
+    from machine.virtio.blk_request import SegmentTooShort
+    b = make(props={"strict": "on"})
+    b.start(features=b.drv.device_features() & ~(1 << B.VIRTIO_BLK_F_DISCARD))
+    b.blk.submit(T_DISCARD, 0, out=b"\0" * 8)
+    assert b.vdev.parse_request(b.vdev.queues[0].peek(0)).type == T_DISCARD
+    c = make().start()
+    c.blk.submit(T_DISCARD, 0, out=b"\0" * 8)
+    with pytest.raises(SegmentTooShort):
+        c.vdev.parse_request(c.vdev.queues[0].peek(0))

@@ -9,6 +9,7 @@ from machine.block import open_drive
 from machine.config import ConfigError, DriveConfig
 from machine.memory import GuestMemory, IoSpace, MemoryMap
 from machine.pci.bus import PciBus
+from machine.virtio import blk as B
 from machine.virtio.blk_pci import create_virtio_blk_pci
 
 
@@ -104,6 +105,41 @@ def test_board_level_properties_are_accepted(make):
     make(props={"drive": "d0", "id": "v0", "bootindex": "1", "addr": "0x5", "ioeventfd": "off"})
 
 
+@pytest.mark.parametrize("legacy", [False, True])
+def test_queue_size_property_sets_every_queues_size_and_seg_max(make, legacy):
+    b = make(props={"queue-size": "64", "num-queues": "2"}, legacy=legacy)
+    d = b.drv
+    if legacy:
+        sizes = []
+        for i in range(2):
+            d.bar.write(0x0E, 2, i)
+            sizes.append(d.bar.read(0x0C, 2))
+    else:
+        sizes = []
+        for i in range(2):
+            d.common_write(0x16, 2, i)
+            sizes.append(d.common_read(0x18, 2))
+    assert sizes == [64, 64] and d.cfg_read(12, 4) == 62         # seg_max = queue size - 2
+    b.start(nqueues=2)
+    assert [q.size for q in b.vdev.queues] == [64, 64]
+    assert b.run(T_IN, 0, q=1, in_len=512)[1] == S_OK
+
+
+def test_queue_size_property_bounds_what_the_driver_may_program(make):
+    b = make(props={"queue-size": "64"})
+    b.drv.common_write(0x16, 2, 0)
+    b.drv.common_write(0x18, 2, 128)                    # larger than the maximum: refused
+    assert b.drv.common_read(0x18, 2) == 64
+    b.drv.common_write(0x18, 2, 32)
+    assert b.drv.common_read(0x18, 2) == 32
+
+
+def test_queue_size_1024_is_the_largest_accepted(make):
+    b = make(props={"queue-size": "1024"}).start()
+    assert b.vdev.queues[0].size == 1024 and b.drv.cfg_read(12, 4) == 1022
+    assert b.run(T_IN, 0, in_len=512)[1] == S_OK
+
+
 def test_config_space_matches_the_disk_and_properties(make):
     b = make(disk_size=8 << 20, props={"physical_block_size": "4096", "serial": "x"}).start()
     d = b.drv
@@ -129,6 +165,12 @@ def test_legacy_offers_any_layout_but_not_version_1(make):
     b = make(legacy=True)
     f = b.drv.device_features()
     assert f >> 27 & 1 and f & (1 << 28) and f & (1 << 29)
+    b.start()
+    assert b.vdev.guest_features >> F_VERSION_1 & 1 == 0              # a legacy driver cannot ask
+    assert b.run(T_IN, 0, in_len=512)[1] == S_OK
+    modern = make()                                # the same device through its modern interface
+    f = modern.drv.device_features()
+    assert f >> F_VERSION_1 & 1 and not f >> 27 & 1
 
 
 # -- status and features -------------------------------------------------------------------------------
@@ -374,6 +416,7 @@ def test_bad_ring_addresses_set_needs_reset_at_enable(make, what):
     d.write64(0x30, used)
     d.common_write(0x1C, 2, 1)
     assert d.status & NEEDS_RESET and b.vdev.broken
+    assert b.vdev.isr == 0 and not b.dev.intx.level     # no config interrupt before DRIVER_OK
 
 
 # -- notify, ISR, INTx -----------------------------------------------------------------------------------
@@ -418,6 +461,19 @@ def test_event_idx_interrupts_only_when_used_event_is_crossed(make):
         b.run(T_IN, 0, in_len=512)               # ... -> 6 crosses 5
     assert b.drv.isr() == 1
     assert vq.avail_event() == vq.avail_idx      # device asks to be kicked for the next buffer
+
+
+def test_event_idx_interrupt_comes_exactly_when_the_used_event_entry_is_used(make):
+    """2.7.10: used_event = N asks for an interrupt once the device uses the entry at index N,
+    i.e. when used idx goes from N to N+1: not one request earlier, not later."""
+    b = make().start()
+    vq = b.vqs[0]
+    vq.set_used_event(3)
+    seen = []
+    for _ in range(6):
+        b.run(T_IN, 0, in_len=512)
+        seen.append((vq.used_idx(), b.drv.isr()))
+    assert seen == [(1, 1), (2, 0), (3, 0), (4, 1), (5, 0), (6, 0)]
 
 
 def test_garbage_used_event_only_affects_interrupts(make):
@@ -619,3 +675,205 @@ def test_bars_stop_decoding_when_memory_and_io_decode_are_off(tmp_path):
     mm.write(0xFEBF8000 + 0x14, 1, 1)
     assert dev.vdev.status == 0
     be.close()
+
+
+@pytest.mark.parametrize("bar,off,length", [
+    (0, 0x14, 1), (5, 0x14, 1), (7, 0x14, 1),         # not BAR 4: device_status must not change
+    (4, 0x13, 2), (4, 0x12, 4),                        # unaligned over device_status
+    (4, 0x14, 0), (4, 0x14, 3), (4, 0x14, 8),          # lengths other than 1, 2, 4
+    (4, 0x4000, 4), (4, 0xFFFFFFFC, 4), (4, 0x3FFE, 4),    # past the end of the BAR
+])
+def test_pci_cfg_window_that_is_not_valid_neither_writes_nor_reads_the_bar(make, bar, off, length):
+    """4.1.4.9: the window reaches BAR 4 only with a length of 1, 2 or 4, aligned and inside the
+    BAR. Aimed at device_status (common cfg + 0x14), an access that slipped through would show;
+    a read through a bad window leaves pci_cfg_data as the driver wrote it."""
+    b = make()
+    dev = b.dev
+    cap = b.drv.caps[5][0]
+    common = b.drv._off(1)
+    dev.config_write(cap + 4, 1, bar)
+    dev.config_write(cap + 8, 4, common + off if off < 0x4000 else off)
+    dev.config_write(cap + 12, 4, length)
+    dev.config_write(cap + 16, 4, 0x01010101)          # ACK in every byte
+    assert b.drv.status == 0
+    b.drv.set_status(ACK)
+    dev.config_write(cap + 16, 4, 0x5A5A5A5A)
+    assert dev.config_read(cap + 16, 4) == 0x5A5A5A5A
+    assert dev.config_read(cap + 16, 1) == 0x5A and b.drv.status == ACK
+
+
+def test_only_accesses_overlapping_pci_cfg_data_go_through_the_window(make):
+    """Config accesses just before and just after pci_cfg_data (the window's own fields, the
+    next bytes of config space) must not reach the BAR."""
+    b = make()
+    dev = b.dev
+    cap = b.drv.caps[5][0]
+    common = b.drv._off(1)
+    dev.config_write(cap + 4, 1, 4)
+    dev.config_write(cap + 8, 4, common + 0x16)        # queue_select, 2 bytes
+    dev.config_write(cap + 12, 4, 2)
+    dev.config_write(cap + 16, 4, ACK)                  # queue_select = 1; pci_cfg_data holds ACK
+    dev.config_write(cap + 8, 4, common + 0x14)         # now aim at device_status, 1 byte
+    dev.config_write(cap + 12, 4, 1)
+    dev.config_write(cap + 20, 4, 0)                    # past the data field
+    dev.config_write(cap + 12, 2, 1)                    # before it
+    dev.config_read(cap + 20, 4)
+    dev.config_read(cap + 12, 4)
+    assert b.drv.status == 0
+    dev.config_write(cap + 19, 1, 0)                    # the data field's last byte: goes through
+    assert b.drv.status == ACK
+
+
+
+# -- paths found by mutation testing (bench/mutation.sh) ------------------------------------------
+
+def test_legacy_feature_register_keeps_what_the_driver_may_have(make):
+    b = make(legacy=True)
+    bar = b.drv.bar
+    offered = bar.read(0x00, 4)
+    b.drv.set_status(ACK | DRIVER)
+    bar.write(0x04, 4, 0xFFFFFFFF)
+    assert bar.read(0x04, 4) == offered                 # only offered bits stick
+    bar.write(0x04, 4, 1 << F_EVENT_IDX)
+    assert bar.read(0x04, 4) == 1 << F_EVENT_IDX        # and unasked ones do not
+    b.drv.set_status(ACK | DRIVER | DRIVER_OK)
+    bar.write(0x04, 4, 0)                               # after DRIVER_OK: ignored
+    assert bar.read(0x04, 4) == 1 << F_EVENT_IDX and b.vdev.queues[0].event_idx
+
+
+def test_legacy_status_write_keeps_the_queue_selector_and_0_resets_it(make):
+    b = make(legacy=True, props={"num-queues": "2"})
+    bar = b.drv.bar
+    bar.write(0x0E, 2, 1)
+    b.drv.set_status(ACK)
+    b.drv.set_status(ACK | DRIVER)
+    assert bar.read(0x0E, 2) == 1
+    b.drv.set_status(0)
+    assert bar.read(0x0E, 2) == 0
+
+
+def test_legacy_pfn_reads_back_only_for_an_enabled_queue(make):
+    b = make(legacy=True, props={"num-queues": "2"})
+    bar = b.drv.bar
+    bar.write(0x0E, 2, 1)
+    assert bar.read(0x08, 4) == 0
+    bar.write(0x08, 4, 0x123)
+    assert bar.read(0x08, 4) == 0x123
+    bar.write(0x0E, 2, 0)
+    assert bar.read(0x08, 4) == 0                       # queue 0 was never given a PFN
+    bar.write(0x0E, 2, 5)
+    assert bar.read(0x08, 4) == 0                       # no such queue
+
+
+def test_legacy_pfn_of_a_queue_programmed_but_not_enabled_through_the_modern_interface_is_0(make):
+    b = make()                                          # transitional: both interfaces
+    b.drv.common_write(0x16, 2, 0)
+    b.drv.write64(0x20, 0x123000)                       # queue_desc, queue_enable left 0
+    legacy = b.dev.bars[0].ops
+    legacy.write(0x0E, 2, 0)
+    assert legacy.read(0x08, 4) == 0
+
+
+def test_legacy_config_writes_reach_the_writeback_field(make):
+    b = make(legacy=True).start()
+    b.drv.cfg_write(B.OFF_WRITEBACK, 1, 0)
+    assert b.drv.cfg_read(B.OFF_WRITEBACK, 1) == 0 and b.vdev.config[B.OFF_WRITEBACK] == 0
+    b.drv.cfg_write(B.OFF_WRITEBACK, 1, 1)
+    assert b.vdev.config[B.OFF_WRITEBACK] == 1
+    b.drv.cfg_write(B.OFF_WRITEBACK - 1, 1, 0)           # the byte before: read-only
+    assert b.vdev.config[B.OFF_WRITEBACK - 1] == 0 and b.vdev.config[B.OFF_WRITEBACK] == 1
+
+
+def test_queue_size_equal_to_the_maximum_is_accepted(make):
+    b = make(props={"queue-size": "64"})
+    b.drv.common_write(0x16, 2, 0)
+    b.drv.common_write(0x18, 2, 32)
+    b.drv.common_write(0x18, 2, 64)
+    assert b.drv.common_read(0x18, 2) == 64
+
+
+def test_config_space_reads_up_to_its_last_byte(make):
+    b = make()
+    assert b.drv.cfg_read(B.CONFIG_SIZE - 4, 4) == 1    # write_zeroes_may_unmap, then padding
+    assert b.drv.cfg_read(B.CONFIG_SIZE - 2, 4) == 0xFFFFFFFF     # past the end: all ones
+
+
+def test_config_change_before_driver_ok_interrupts_nobody(make):
+    b = make()
+    with open(b.path, "r+b") as f:
+        f.truncate(512 * 1024)
+    assert b.vdev.update_capacity()
+    assert b.vdev.isr == 0 and not b.dev.intx.level
+    assert b.drv.cfg_read(0, 4) == 1024
+
+
+def test_isr_keeps_both_causes_until_read(make):
+    b = make()
+    b.start(features=b.drv.device_features() & ~(1 << F_EVENT_IDX))     # every request interrupts
+    with open(b.path, "r+b") as f:
+        f.truncate(512 * 1024)
+    b.vdev.update_capacity()                            # config change: bit 1
+    b.run(T_IN, 0, in_len=512)                          # used buffer: bit 0
+    assert b.drv.isr() == 3 and b.drv.isr() == 0
+    b.run(T_IN, 0, in_len=512)                          # the other order
+    with open(b.path, "r+b") as f:
+        f.truncate(256 * 1024)
+    b.vdev.update_capacity()
+    assert b.drv.isr() == 3
+
+
+@pytest.mark.parametrize("off", [0x20, 0x28, 0x30])       # queue_desc, queue_driver, queue_device
+def test_queue_address_registers_read_back_both_halves(make, off):
+    b = make()
+    d = b.drv
+    d.common_write(0x16, 2, 0)
+    d.common_write(off, 4, 0xFFFFF000)
+    d.common_write(off + 4, 4, 0x12)
+    d.common_write(off, 4, 0x00345000)                   # a new low half replaces the old one
+    assert (d.common_read(off, 4), d.common_read(off + 4, 4)) == (0x00345000, 0x12)
+    d.common_write(off + 4, 4, 0xABCDEF01)               # and a new high half keeps the low one
+    assert (d.common_read(off, 4), d.common_read(off + 4, 4)) == (0x00345000, 0xABCDEF01)
+    field = {0x20: "desc_addr", 0x28: "avail_addr", 0x30: "used_addr"}[off]
+    assert getattr(b.vdev.queues[0], field) == 0xABCDEF01_00345000
+    d.common_write(0x16, 2, 7)                           # no such queue: reads 0
+    assert d.common_read(off, 4) == 0 and d.common_read(off + 4, 4) == 0
+
+
+def test_pci_cfg_window_of_4_bytes_and_at_the_last_dword_of_the_bar(make):
+    b = make()
+    dev = b.dev
+    cap = b.drv.caps[5][0]
+    common = b.drv._off(1)
+    dev.config_write(cap + 4, 1, 4)
+    dev.config_write(cap + 8, 4, common + 0x04)          # device_feature, 4 bytes
+    dev.config_write(cap + 12, 4, 4)
+    assert dev.config_read(cap + 16, 4) == b.drv.device_features() & 0xFFFFFFFF
+    dev.config_write(cap + 8, 4, 0x3FFC)                 # the BAR's last dword (notify area)
+    dev.config_write(cap + 16, 4, 0x5A5A5A5A)            # a notify for no queue: ignored
+    assert dev.config_read(cap + 16, 4) == 0             # the area reads as 0 through the window
+    assert not b.needs_reset
+
+
+def test_driver_feature_reads_back_what_was_accepted(make):
+    b = make()
+    d = b.drv
+    d.set_status(ACK | DRIVER)
+    d.write_features(d.device_features())
+    words = []
+    for sel in (0, 1, 2):
+        d.common_write(0x08, 4, sel)
+        words.append(d.common_read(0x0C, 4))
+    assert words[0] | words[1] << 32 == d.device_features() and words[2] == 0
+
+
+def test_notify_for_a_queue_not_enabled_is_ignored(make):
+    b = make(props={"num-queues": "2"}).start(nqueues=1)
+    b.drv.bar.write(b.drv._off(2) + 1 * b.drv.notify_mult, 2, 1)    # queue 1 exists, not enabled
+    assert not b.needs_reset and b.run(T_IN, 0, in_len=512)[1] == S_OK
+
+
+def test_legacy_pfn_write_for_a_missing_queue_is_ignored(make):
+    b = make(legacy=True)
+    b.drv.bar.write(0x0E, 2, 9)
+    b.drv.bar.write(0x08, 4, 0x100)
+    assert not any(q.enabled for q in b.vdev.queues)

@@ -10,9 +10,10 @@ from virtio_driver import (INDIRECT, NEXT, S_OK, T_IN, T_OUT, WRITE, Bench, BlkR
 from machine.memory import GuestMemory
 from machine.virtio.blk_request import HeaderTooShort, MissingHeaders
 from machine.virtio.queue import (AvailIndexTooFar, BadHeadIndex, BadIndirectSize, BadNextIndex,
-                                  BufferNotInRam, DescriptorOrder, HeadInFlight, IndirectNotNegotiated,
-                                  IndirectTooLarge, IndirectWithNext, LoopedDescriptor, NestedIndirect,
-                                  QueueSizeExceeded, SplitQueue, ZeroSizedBuffer)
+                                  BufferNotInRam, ChainTooLong, DescriptorOrder, HeadInFlight,
+                                  IndirectNotNegotiated, IndirectTooLarge, IndirectWithNext,
+                                  LoopedDescriptor, NestedIndirect, QueueNotActive, QueueSizeExceeded,
+                                  SplitQueue, ZeroSizedBuffer)
 
 HDR_IN = struct.pack("<IIQ", T_IN, 0, 0)
 HDR_OUT = struct.pack("<IIQ", T_OUT, 0, 0)
@@ -388,3 +389,264 @@ def test_used_ring_on_top_of_the_avail_ring_is_memory_safe(tmp_path):
     d.kick(0)
     assert b.needs_reset or b.vdev.queues[0].used_idx >= 1
     b.close()
+
+
+# -- bounds: the entry just past a table is a valid-looking descriptor, so only the bounds check
+# -- can refuse it (zeroed memory there would fail as "zero sized" for the wrong reason)
+
+def _valid_desc(mem, table, i, addr=0x1F0000):
+    mem.write(table + 16 * i, struct.pack("<QIHH", addr, 16, 0, 0))
+
+
+def test_head_equal_to_queue_size_is_refused_even_if_that_slot_holds_a_valid_descriptor():
+    q, mem = make_queue(size=4)
+    _valid_desc(mem, 0x100000, 4)              # just past the 4-entry table
+    mem.write_u16(0x101004, 4)
+    mem.write_u16(0x101002, 1)
+    with pytest.raises(BadHeadIndex, match="index 4 is available"):
+        q.pop()
+    with pytest.raises(BadHeadIndex, match="index 4 is available"):
+        q.peek(0)
+    mem.write_u16(0x101004, 3)                 # the last entry is fine
+    assert q.pop().head == 3
+
+
+def test_next_equal_to_queue_size_is_refused_even_if_that_slot_holds_a_valid_descriptor():
+    q, mem = make_queue(size=4)
+    _valid_desc(mem, 0x100000, 4)
+    mem.write(0x100000, struct.pack("<QIHH", 0x110000, 16, 1, 4))     # NEXT -> 4
+    mem.write_u16(0x101002, 1)
+    with pytest.raises(BadNextIndex, match="Desc next is 4"):
+        q.pop()
+
+
+def test_next_equal_to_indirect_table_length_is_refused_even_if_that_entry_is_valid():
+    q, mem = make_queue(size=4)
+    q.indirect = True
+    table = 0x120000
+    mem.write(table, struct.pack("<QIHH", 0x110000, 16, 1, 2))        # NEXT -> 2, table has 2
+    _valid_desc(mem, table, 1)
+    _valid_desc(mem, table, 2)
+    mem.write(0x100000, struct.pack("<QIHH", table, 32, 4, 0))        # INDIRECT, 2 entries
+    mem.write_u16(0x101002, 1)
+    with pytest.raises(BadNextIndex, match="Desc next is 2"):
+        q.pop()
+
+
+def _indirect_chain(q, mem, entries):
+    """A chain whose only descriptor points to an indirect table of `entries` linked entries."""
+    q.indirect = True
+    table = 0x120000
+    for i in range(entries):
+        flags = (1 if i + 1 < entries else 0) | (2 if i else 0)          # NEXT; WRITE after the first
+        mem.write(table + 16 * i, struct.pack("<QIHH", 0x140000 + 16 * i, 16, flags, i + 1))
+    mem.write(0x100000, struct.pack("<QIHH", table, 16 * entries, 4, 0))
+    mem.write_u16(0x101002, 1)
+
+
+def test_indirect_table_of_the_spec_maximum_1024_entries_is_accepted():
+    q, mem = make_queue(size=4)
+    _indirect_chain(q, mem, 1024)
+    chain = q.pop()
+    assert (len(chain.readable), len(chain.writable)) == (1, 1023)
+    assert chain.writable[-1][0] == 0x140000 + 16 * 1023 and chain.writable_len == 16 * 1023
+
+
+def test_indirect_table_of_1025_entries_is_refused():
+    q, mem = make_queue(size=4)
+    _indirect_chain(q, mem, 1025)
+    with pytest.raises(IndirectTooLarge, match="1025 entries is too large"):
+        q.pop()
+
+
+def test_chain_of_exactly_queue_size_descriptors_is_not_a_loop():
+    q, mem = make_queue(size=4)
+    for i in range(4):
+        mem.write(0x100000 + 16 * i, struct.pack("<QIHH", 0x110000 + 0x100 * i, 16, 1 if i < 3 else 0, i + 1))
+    mem.write_u16(0x101002, 1)
+    assert len(q.pop().readable) == 4
+
+
+@pytest.mark.parametrize("start,used_event,fires_at", [
+    (0xFFFC, 0xFFFE, 0xFFFF), (0xFFFD, 0xFFFF, 0), (0xFFFE, 0, 1),
+])
+def test_event_idx_interrupt_across_the_16_bit_wrap(start, used_event, fires_at):
+    """vring_need_event in modulo-2^16 arithmetic: the entry at used_event being used (idx
+    moving from used_event to used_event + 1) interrupts, wherever the wrap falls."""
+    q, mem = make_queue(size=4)
+    q.event_idx = True
+    q.used_idx = start
+    mem.write_u16(0x101004 + 2 * 4, used_event)     # used_event after the 4-entry ring
+    assert q.should_notify()                        # the first decision always interrupts
+    fired = []
+    for _ in range(4):
+        q.push(0, 0)
+        if q.should_notify():
+            fired.append(q.used_idx)
+    assert fired == [fires_at]
+
+
+
+def test_peek_decodes_any_ring_position_and_refuses_an_inactive_queue(bench):
+    vq = bench.vqs[0]
+    d = good_in(bench)
+    for i, desc in enumerate(d):
+        vq.write_desc(vq.desc, i, *desc)
+    vq.write_desc(vq.desc, 3, buf(bench, HDR_IN), 16, NEXT, 4)
+    vq.write_desc(vq.desc, 4, buf(bench, size=1), 1, WRITE, 0)
+    vq.publish(0)
+    vq.publish(3)
+    assert bench.vdev.peek_chain(0, 1).head == 3 and bench.vdev.peek_chain(0, 0).head == 0
+    assert bench.vdev.peek_chain(0).head == 0           # default: the next one the device takes
+    q = SplitQueue(1, 4, lambda q: None, bench.mem)
+    with pytest.raises(QueueNotActive, match="queue 1 is not active"):
+        q.peek(0)
+
+
+@pytest.mark.parametrize("legacy", [True, False])
+def test_trace_events_carry_the_request_fields(tmp_path, legacy):
+    """Each event's fields, for a read of 2 sectors at 3 (head 0: header + one 1025-byte
+    writable descriptor) and a write of 1 sector at 5 (head 2), as QEMU's events show them."""
+    import io
+    import re
+    import sys
+    from machine import trace
+    b = Bench(tmp_path, legacy=legacy).start()
+    out = io.StringIO()
+    trace.set_output(out)
+    try:
+        trace.enable("virt*")
+        b.run(T_IN, 3, in_len=1024)
+        b.run(T_OUT, 5, out=b"x" * 512)
+    finally:
+        trace.disable_all()
+        trace.set_output(sys.stderr)
+        b.close()
+    kick = ("virtio_pci_notify_write_pio addr=0x10 val=0x0 size=2" if legacy
+            else "virtio_pci_notify_write addr=0x3000 val=0x0 size=2")
+    lines = [re.sub(r"latency_us=\d+\.\d$", "latency_us=T", line) for line in out.getvalue().splitlines()]
+    assert lines == [
+        kick,
+        "virtio_queue_notify vdev=virtio-blk n=0",
+        "virtqueue_pop vq=0 head=0 in_num=1 out_num=1",
+        "virtio_blk_handle_read vdev=virtio-blk req=0 sector=3 nsectors=2",
+        "virtio_blk_req_complete vdev=virtio-blk req=0 type=0 sector=3 len=1024 status=0 latency_us=T",
+        "virtqueue_fill vq=0 head=0 len=1025 idx=0",
+        "virtio_notify vdev=virtio-blk vq=0",
+        kick,                                           # EVENT_IDX: no interrupt asked for this one
+        "virtio_queue_notify vdev=virtio-blk n=0",
+        "virtqueue_pop vq=0 head=2 in_num=1 out_num=1",
+        "virtio_blk_handle_write vdev=virtio-blk req=2 sector=5 nsectors=1",
+        "virtio_blk_req_complete vdev=virtio-blk req=2 type=1 sector=5 len=512 status=0 latency_us=T",
+        "virtqueue_fill vq=0 head=2 len=1 idx=1",
+    ]
+
+
+def test_guest_errors_say_what_was_ignored(bench):
+    """-d guest_errors: the driver's mistakes are logged with what and where."""
+    import io
+    import sys
+    from machine import trace
+    from machine.virtio import blk as B
+    out = io.StringIO()
+    trace.set_output(out)
+    trace.enable_category("guest_errors")
+    trace.enable("virtio_error")
+    try:
+        bench.drv.cfg_write(0, 4, 1)                        # capacity: read-only
+        bench.drv.common_write(0x16, 2, 0)
+        bench.drv.common_write(0x1A, 2, 3)                  # queue_msix_vector: no such vector
+        bench.drv.cfg_read(B.CONFIG_SIZE, 4)
+        bench.vdev.virtio_error("test breakage")
+    finally:
+        trace.disable_all()
+        trace.set_output(sys.stderr)
+    text = out.getvalue()
+    assert "virtio-blk: config write 0x0+4 = 0x1 ignored" in text, text
+    assert "MSI-X vector 0x3 does not exist; mapped to NO_VECTOR" in text, text
+    assert f"virtio-blk: config read {B.CONFIG_SIZE:#x}+4 outside {B.CONFIG_SIZE} bytes" in text, text
+    assert "virtio-blk: test breakage" in text, text
+    assert "virtio_error vdev=virtio-blk test breakage" in text, text
+    assert "BAD_FEATURE" not in text and "ignored" not in text.split("config write")[0], text
+
+
+def test_legacy_negotiation_logs_nothing_but_bad_feature_is_logged(tmp_path):
+    import io
+    import sys
+    from machine import trace
+    out = io.StringIO()
+    trace.set_output(out)
+    trace.enable_category("guest_errors")
+    b = Bench(tmp_path, legacy=True)
+    try:
+        b.start()
+        assert out.getvalue() == ""
+        b.drv.set_status(0)
+        b.drv.set_status(1 | 2)
+        b.drv.bar.write(0x04, 4, 1 << 30)                   # VIRTIO_F_BAD_FEATURE
+    finally:
+        trace.disable_all()
+        trace.set_output(sys.stderr)
+        b.close()
+    assert "driver set VIRTIO_F_BAD_FEATURE" in out.getvalue()
+
+
+def test_chain_longer_than_4_gib_is_refused():
+    """2.7.5: a chain describes at most 2^32 bytes; 820 indirect entries of 5 MiB each (the
+    same RAM, described again and again) go past that."""
+    mem = GuestMemory(8 << 20)
+    q = SplitQueue(0, 4, lambda q: None, mem)
+    q.desc_addr, q.avail_addr, q.used_addr = 0x100000, 0x101000, 0x102000
+    q.activate()
+    q.indirect = True
+    table, n = 0x110000, 820
+    for i in range(n):
+        mem.write(table + 16 * i, struct.pack("<QIHH", 0x200000, 5 << 20, 1 if i + 1 < n else 0, i + 1))
+    mem.write(0x100000, struct.pack("<QIHH", table, 16 * n, 4, 0))
+    mem.write_u16(0x101002, 1)
+    with pytest.raises(ChainTooLong, match="longer than 4 GiB"):
+        q.pop()
+
+
+@pytest.mark.parametrize("event_idx", [True, False])
+def test_device_reports_every_guest_byte_it_writes_and_only_those(tmp_path, event_idx):
+    """Translated guest code over a buffer the device writes must be dropped: the device tells
+    the CPU each range it wrote (data, status, used element, used idx, avail_event or
+    used->flags), exactly."""
+    b = Bench(tmp_path)
+    b.start(features=b.drv.device_features() & ~(0 if event_idx else 1 << 29))
+    vq = b.vqs[0]
+    if not event_idx:
+        b.mem.write_u16(vq.used, 1)                     # NO_NOTIFY left set: the device clears it
+    req = BlkRequests(vq).submit(T_IN, 0, in_len=512, wcuts=[512, 1])
+    seen = []
+    b.mem.add_write_listener(lambda gpa, n: seen.append((gpa, n)))
+    b.drv.kick(0)
+    (data, _), (status, _) = req.writable
+    ring_field = (vq.used + 4 + 8 * 256, 2) if event_idx else (vq.used, 2)   # avail_event / flags
+    assert sorted(seen) == sorted([(data, 512), (status, 1), (vq.used + 4, 8), (vq.used + 2, 2), ring_field])
+    b.close()
+
+
+def _long_chain(entry_len, n, writable_from):
+    mem = GuestMemory(8 << 20)
+    q = SplitQueue(0, 4, lambda q: None, mem)
+    q.desc_addr, q.avail_addr, q.used_addr = 0x100000, 0x101000, 0x102000
+    q.activate()
+    q.indirect = True
+    table = 0x110000
+    for i in range(n):
+        flags = (1 if i + 1 < n else 0) | (2 if i >= writable_from else 0)
+        mem.write(table + 16 * i, struct.pack("<QIHH", 0x200000, entry_len, flags, i + 1))
+    mem.write(0x100000, struct.pack("<QIHH", table, 16 * n, 4, 0))
+    mem.write_u16(0x101002, 1)
+    return q
+
+
+def test_chain_of_exactly_4_gib_is_accepted_and_one_byte_more_is_not():
+    q = _long_chain(4 << 20, 1024, writable_from=512)      # 1024 x 4 MiB = 2^32 bytes
+    chain = q.pop()
+    assert chain.readable_len + chain.writable_len == 1 << 32
+    q = _long_chain((4 << 20) + 1, 1024, writable_from=512)
+    with pytest.raises(ChainTooLong):
+        q.pop()

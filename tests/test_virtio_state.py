@@ -88,3 +88,19 @@ def test_info_virtio_status_shows_the_transport_queue_select(make):
     assert "queue_sel:               0" in mon.execute("info virtio-status virtio-blk")
     b.drv.common_write(0x16, 2, 5)              # a queue that does not exist: still selected
     assert "queue_sel:               5" in mon.execute("info virtio-status virtio-blk")
+
+
+def test_queue_state_carries_the_negotiated_ring_features_and_interrupt_bookkeeping(make):
+    b = make()
+    b.start(features=b.drv.device_features() & ~(1 << 28))          # no INDIRECT_DESC
+    q = b.vdev.queues[0].state()
+    assert (q.event_idx, q.indirect, q.pending_kick) == (True, False, False)
+    assert (q.signalled_used, q.signalled_valid) == (0, False)
+    b.run(T_IN, 0, in_len=512)                                       # interrupts: used idx 1
+    q = b.vdev.queues[0].state()
+    assert (q.signalled_used, q.signalled_valid) == (1, True)
+    early = make(props={"strict": "on"})
+    early.start(driver_ok=False)
+    early.blk = None
+    early.drv.kick(0)                                                # before DRIVER_OK: held
+    assert early.vdev.queues[0].state().pending_kick is True
