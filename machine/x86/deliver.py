@@ -18,6 +18,7 @@ from unicorn import x86_const as X
 from .. import trace
 from .. import unicorn_internals as ui
 from . import log
+from ..memory import GuestMemoryError
 
 # Exceptions that push an error code (when raised by the CPU, never for `int n`).
 ERROR_CODE_VECTORS = frozenset((8, 10, 11, 12, 13, 14, 17, 21))
@@ -94,19 +95,27 @@ class Delivery:
     def _trap_length(self) -> int:
         """Length of the `int n` / int3 / into / int1 that RIP has just passed."""
         lin = self.cpu.linear_pc()
-        two = ui.vmem_read(self.uc, lin - 2, 2, UC.UC_PROT_EXEC) or b""
+        two = self.cpu.peek(lin - 2, 2) or b""
         return 2 if two[:1] == b"\xcd" else 1
 
     # The delivery itself ------------------------------------------------------------------
     def _vread(self, lin: int, n: int) -> bytes:
-        data = ui.vmem_read(self.uc, lin, n)
+        data = self.cpu.peek(lin, n)
         if data is None:
             raise DeliveryFault(f"cannot read {n} bytes at {lin:#x}")
         return data
 
     def _vwrite(self, lin: int, data: bytes) -> None:
-        if not ui.vmem_write(self.uc, lin, data):
-            raise DeliveryFault(f"cannot write the interrupt frame at {lin:#x}")
+        # Straight into RAM, without dropping translated code there (as a CPU store would):
+        # an interrupt frame lands on a stack, and with paging on a drop means a full flush.
+        mem = self.cpu.mem
+        pos = 0
+        try:
+            for pa, chunk in self.cpu.phys_chunks(lin & 0xFFFFFFFFFFFFFFFF, len(data)):
+                mem.view(pa, chunk)[:] = data[pos:pos + chunk]
+                pos += chunk
+        except (ValueError, GuestMemoryError):        # MemoryAccessError is a ValueError
+            raise DeliveryFault(f"cannot write the interrupt frame at {lin:#x}") from None
 
     def deliver(self, vector: int, error_code: int | None = None, software: bool = False) -> None:
         """Transfer control to the handler of `vector` as the CPU would, in the current mode.
