@@ -38,6 +38,7 @@ from .cpu_memory import CpuMemory, MemoryAccessError
 from .x86 import log
 from .x86.cpuid import cpuid_table
 from .x86.deliver import ERROR_CODE_VECTORS, EFLAGS_IF, Delivery
+from .x86 import rep_string
 from .memory import PAGE, GuestMemory, IoSpace, MemoryMap
 
 # Virtual time one IN/OUT takes, on top of its instruction: about what a cycle on the ISA/LPC bus
@@ -121,6 +122,9 @@ class Cpu:
         self.physmem = CpuMemory(uc, mem, self._sync_clock)
         self.delivery = Delivery(self)
         memory_map.attach(self.physmem)
+        self._block_hooks = 0                               # -d block log hooks installed
+        # rep stos/movs over RAM at host speed (x86/rep_string.py); None without gcc.
+        self.rep_string = rep_string.attach(uc, mem, self.physmem.ram_host_address)
 
         uc.hook_add(UC.UC_HOOK_INTR, self._on_intr)
         uc.hook_add(UC.UC_HOOK_INSN_INVALID, self._on_invalid)
@@ -352,7 +356,15 @@ class Cpu:
         if linear in self._breakpoints:
             return
         self._breakpoints[linear] = self.uc.hook_add(UC.UC_HOOK_CODE, self._on_breakpoint, None, linear, linear)
+        self._update_rep_string()
         self.uc.ctl_remove_cache(linear, linear + 1)     # already translated code would miss it
+
+    def _update_rep_string(self) -> None:
+        """The rep string hook does many iterations at once: it stands aside while anything
+        watches single instructions or block starts."""
+        if self.rep_string is not None:
+            self.rep_string.set_enabled(not (self._breakpoints or self._dynamic_hook is not None
+                                             or self._if_watch is not None or self._block_hooks))
 
     def remove_breakpoint(self, linear: int) -> None:
         h = self._breakpoints.pop(linear, None)
@@ -361,6 +373,7 @@ class Cpu:
         self._delete_code_hook(h)
         # Stale translated code may still call the deleted hook's thunk: drop it all.
         self.uc.ctl_flush_tb()
+        self._update_rep_string()
 
     def _delete_code_hook(self, handle: int) -> None:
         # Translated blocks may still call a deleted code hook's thunk until the next flush
@@ -377,11 +390,15 @@ class Cpu:
         handle for remove_block_hook."""
         handle = self.uc.hook_add(UC.UC_HOOK_BLOCK, lambda _uc, addr, size, _ud: fn(addr, size))
         self.uc.ctl_flush_tb()           # code translated without the hook would never call it
+        self._block_hooks += 1
+        self._update_rep_string()
         return handle
 
     def remove_block_hook(self, handle: int) -> None:
         self._delete_code_hook(handle)
         self.uc.ctl_flush_tb()
+        self._block_hooks -= 1
+        self._update_rep_string()
 
     def _on_breakpoint(self, uc, address, size, _ud) -> None:
         if self._bp_skip == address:
@@ -404,6 +421,7 @@ class Cpu:
             self._delete_code_hook(self._dynamic_hook)
             self._dynamic_hook = None
         self.uc.ctl_flush_tb()
+        self._update_rep_string()
 
     def request_stop_after_instruction(self) -> None:
         """Callable from inside any callback (port, MMIO, CPUID, RDTSC, memory or interrupt
@@ -451,6 +469,7 @@ class Cpu:
             self._if_calls = 0
             self._if_watch = ui.hook_block(self.uc, self._on_block_if_watch)
             self.uc.ctl_flush_tb()           # code translated without the hook never calls it
+            self._update_rep_string()
         return True
 
     def _drop_if_watch(self) -> None:
@@ -459,6 +478,7 @@ class Cpu:
         self.uc.hook_del(self._if_watch)
         self._if_watch = None
         self.uc.ctl_flush_tb()
+        self._update_rep_string()
 
     def _on_block_if_watch(self, _address: int) -> None:
         if self._if_waiting and self._reg.read(_REG_EFLAGS) & EFLAGS_IF:
@@ -509,6 +529,8 @@ class Cpu:
             raise ValueError("count must be positive")
         self._slice_start_ns = self.clock.now
         self._bp_hit = None
+        if self.rep_string is not None:
+            self.rep_string.sync_ram()
         if self._stop_cause == "stop":
             self._stop_cause = None
         pc = self._wrapped_pc()

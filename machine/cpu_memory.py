@@ -88,6 +88,11 @@ class CpuMemory:
         for r in self.mem.ranges:
             self.uc.mem_map_ptr(r.gpa, r.size, UC.UC_PROT_ALL, base + r.host_offset)
 
+    @property
+    def ram_host_address(self) -> int:
+        """Host address of the RAM buffer (pinned for the engine's lifetime)."""
+        return ctypes.addressof(self._ram_export)
+
     def load_firmware(self, image: bytes) -> None:
         """Map the firmware ROM read-only at [4G - size, 4G) and its last min(size, 128 KiB)
         again ending at 1 MiB (the isa-bios alias real-mode code starts from). A guest write to
