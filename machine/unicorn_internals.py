@@ -1,6 +1,6 @@
 """Every dependency on Unicorn 2.1.4 *internals*, in one place, checked at start-up.
 
-Unicorn's public API cannot do four things a PC needs, so we reach under it:
+Unicorn's public API cannot do five things a PC needs, so we reach under it:
 
 1. Segment loads on a UC_MODE_64 engine. That engine's `reg_write(CS/DS/ES/SS)` only changes the
    selector; with the engine's API mode switched to UC_MODE_32 for the one call, Unicorn performs
@@ -19,6 +19,11 @@ Unicorn's public API cannot do four things a PC needs, so we reach under it:
    (`uc_mmio_map`, and `uc_hook_add` through the binding's private helper, which also takes the
    RDTSC hook the 2.1.4 binding's `hook_add` rejects), bypassing the binding's per-call wrappers;
    they keep its rule that a callback's exception stops emulation and leaves `emu_start`.
+
+5. A native block hook (`native_hook_block`): a C function registered with `uc_hook_add` and
+   called at every translated block start with no Python in between (x86/rep_string.py). It
+   relies on 3. (it advances `emu_counter` itself, below `emu_count`) and on the context
+   offsets of 2.; both are what `self_test()` checks.
 
 Also here: a direct `uc_ctl(UC_CTL_TB_REMOVE_CACHE)` call (2 µs against 6 µs through the
 binding: it sits on the DMA path, once per written range), ctypes wrappers for `uc_vmem_read/write/translate` (exported by libunicorn 2.1.4,

@@ -145,15 +145,14 @@ void rep_string_block(void *uc, uint64_t address, uint32_t size, void *user)
     struct neg_entry *ne = &s->neg[(address ^ (address >> 10)) & (CACHE_SIZE - 1)];
     if (ne->valid && ne->address == address && ne->size == size)
         return;
-    if (reg(s, uc, s->reg_cr0) & CR0_PG)
-        return;                                 /* linear != physical */
+    /* Only "leave this block alone" is cached: acting on a stale entry never changes what
+     * the guest sees, it only forgoes the speed-up.  With paging on (linear != physical) every
+     * block is left alone, and cached so, which keeps the CR0 read off the hot path. */
     uint8_t code[16];
-    if (s->mem_read(uc, address, code, size) != 0)
-        return;
-    int p66, p67, segi;
-    int op = decode(code, size, &p66, &p67, &segi);
+    int p66, p67, segi, op = 0;
+    if (!(reg(s, uc, s->reg_cr0) & CR0_PG) && s->mem_read(uc, address, code, size) == 0)
+        op = decode(code, size, &p66, &p67, &segi);
     if (!op) {
-        /* Only "not a rep block" is cached: acting on it never changes what the guest sees. */
         ne->address = address;
         ne->size = size;
         ne->valid = 1;
