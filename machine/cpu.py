@@ -124,7 +124,7 @@ class Cpu:
         memory_map.attach(self.physmem)
         self._block_hooks = 0                               # -d block log hooks installed
         # rep stos/movs over RAM at host speed (x86/rep_string.py); None without gcc.
-        self.rep_string = rep_string.attach(uc, mem, self.physmem.ram_host_address)
+        self.rep_string = rep_string.attach(uc, self.physmem)
 
         uc.hook_add(UC.UC_HOOK_INTR, self._on_intr)
         uc.hook_add(UC.UC_HOOK_INSN_INVALID, self._on_invalid)
@@ -530,7 +530,7 @@ class Cpu:
         self._slice_start_ns = self.clock.now
         self._bp_hit = None
         if self.rep_string is not None:
-            self.rep_string.sync_ram()
+            self.rep_string.check_ram_layout()
         if self._stop_cause == "stop":
             self._stop_cause = None
         pc = self._wrapped_pc()

@@ -10,13 +10,15 @@
  * virtual time, stops and the final state are the same as without the hook.
  *
  * It only acts where that equivalence is easy to see: paging off (linear = physical), 16/32-bit
- * code, DF = 0, TF = 0, destination (and source) wholly inside one plain RAM range, not on the
- * page of the instruction itself, and no address-size wrap.  Anything else is left to Unicorn. */
+ * code, DF = 0, TF = 0, the destination wholly inside one range where stores are plain host
+ * memory writes (and the source inside one where loads are plain reads: RAM, ROM, shadow RAM as
+ * the chipset maps it), not on the page of the instruction itself, and no address-size wrap.
+ * Anything else is left to Unicorn. */
 
 #include <stdint.h>
 #include <string.h>
 
-#define MAX_RAM     8
+#define MAX_RANGES  16
 #define CACHE_SIZE  1024
 
 /* Unicorn's exported API, passed in as pointers (no link-time dependency on the wheel). */
@@ -25,7 +27,7 @@ typedef int (*mem_read_fn)(void *uc, uint64_t address, void *bytes, uint64_t siz
 typedef int (*context_save_fn)(void *uc, void *context);
 typedef int (*ctl_fn)(void *uc, int control, ...);
 
-struct ram_range {
+struct direct_range {             /* guest-physical range backed 1:1 by host memory */
     uint64_t gpa, size;
     uint8_t *host;
 };
@@ -47,8 +49,8 @@ struct rep_state {
     int32_t enabled;
     int32_t reg_rax, reg_rcx, reg_rsi, reg_rdi, reg_eflags, reg_cr0;
     int32_t ctx_hflags, ctx_segs, seg_size, seg_base;   /* byte offsets in the context */
-    int32_t nram;
-    struct ram_range ram[MAX_RAM];
+    int32_t nread, nwrite;        /* where loads / stores are plain host memory accesses */
+    struct direct_range read[MAX_RANGES], write[MAX_RANGES];
     uint64_t elements, blocks;    /* statistics: elements done here, blocks accelerated */
     struct neg_entry neg[CACHE_SIZE];
 };
@@ -59,10 +61,10 @@ struct rep_state {
 #define EF_DF    (1u << 10)
 #define CR0_PG   (1u << 31)
 
-static uint8_t *host_range(struct rep_state *s, uint64_t gpa, uint64_t len)
+static uint8_t *host_range(const struct direct_range *ranges, int n, uint64_t gpa, uint64_t len)
 {
-    for (int i = 0; i < s->nram; i++) {
-        const struct ram_range *r = &s->ram[i];
+    for (int i = 0; i < n; i++) {
+        const struct direct_range *r = &ranges[i];
         if (gpa >= r->gpa && gpa - r->gpa <= r->size && len <= r->size - (gpa - r->gpa))
             return r->host + (gpa - r->gpa);
     }
@@ -200,11 +202,11 @@ void rep_string_block(void *uc, uint64_t address, uint32_t size, void *user)
     uint64_t code_lo = address & ~0xfffull, code_hi = (address + size + 0xfff) & ~0xfffull;
     if (dst < code_hi && code_lo < dst + len)
         return;                                 /* never rewrite the running block */
-    uint8_t *d = host_range(s, dst, len);
+    uint8_t *d = host_range(s->write, s->nwrite, dst, len);
     if (!d)
         return;
     if (movs) {
-        const uint8_t *sp = host_range(s, src, len);
+        const uint8_t *sp = host_range(s->read, s->nread, src, len);
         if (!sp)
             return;
         if (dst > src && dst < src + len) {

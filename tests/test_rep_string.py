@@ -196,3 +196,22 @@ def test_stands_aside_while_a_breakpoint_is_set(tmp_path):
     assert m.run() == 7
     assert m.cpu.rep_string.elements == 0
     m.cpu.remove_breakpoint(0xFFFFF000)
+
+
+def covers(ranges, gpa: int, size: int) -> bool:
+    return any(g <= gpa and gpa + size <= g + s for g, s, _ in ranges)
+
+
+@pytest.mark.parametrize("mode,readable,writable", [
+    ("ram", True, True), ("ram_ro", True, False), ("ram_wo", False, True), ("bus", True, False)])
+def test_direct_ranges_follow_the_shadow_window_modes(tmp_path, mode, readable, writable):
+    m = machine(tmp_path, "main:\n    EXIT 3\n")
+    physmem = m.cpu.physmem
+    physmem.set_legacy_window(0xE0000, 0x10000, mode, 0xE0000)
+    rd, wr = physmem.direct_ranges()
+    assert covers(rd, 0xE0000, 0x10000) == readable       # 'bus': the ROM alias reads
+    assert covers(wr, 0xE0000, 0x10000) == writable
+    # The hook's own tables follow at once (a PAM write happens inside a port callback).
+    st = m.cpu.rep_string._state
+    assert covers([(r.gpa, r.size, 0) for r in st.write[:st.nwrite]], 0xE0000, 0x10000) == writable
+    assert not covers(wr, 0xA0000, 0x1000)                   # VGA window: never

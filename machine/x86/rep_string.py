@@ -19,15 +19,13 @@ import ctypes
 
 from .. import trace
 from .. import unicorn_internals as ui
-from ..memory import GuestMemory
 from ..toolchain import ToolchainError, ensure_built
 
-MAX_RAM = 8
+MAX_RANGES = 16
 CACHE_SIZE = 1024
-LEGACY_HOLE = (0xA0000, 0x100000)      # VGA window, ROM alias and shadow RAM: never touched here
 
 
-class _Ram(ctypes.Structure):
+class _Range(ctypes.Structure):
     _fields_ = [("gpa", ctypes.c_uint64), ("size", ctypes.c_uint64), ("host", ctypes.c_void_p)]
 
 
@@ -47,8 +45,8 @@ class _State(ctypes.Structure):
                 ("reg_eflags", ctypes.c_int32), ("reg_cr0", ctypes.c_int32),
                 ("ctx_hflags", ctypes.c_int32), ("ctx_segs", ctypes.c_int32),
                 ("seg_size", ctypes.c_int32), ("seg_base", ctypes.c_int32),
-                ("nram", ctypes.c_int32),
-                ("ram", _Ram * MAX_RAM),
+                ("nread", ctypes.c_int32), ("nwrite", ctypes.c_int32),
+                ("read", _Range * MAX_RANGES), ("write", _Range * MAX_RANGES),
                 ("elements", ctypes.c_uint64), ("blocks", ctypes.c_uint64),
                 ("neg", _Neg * CACHE_SIZE)]
 
@@ -64,10 +62,10 @@ def _library():
 
 
 class RepString:
-    """The hook on one engine. `ram_base` is the host address of the RAM buffer (pinned by the
-    caller for the engine's lifetime)."""
+    """The hook on one engine, over `physmem` (the CPU's view of physical memory: where loads and
+    stores are plain host memory accesses)."""
 
-    def __init__(self, uc, mem: GuestMemory, ram_base: int):
+    def __init__(self, uc, physmem):
         lib = _library()
         api = ui.native_api()
         st = self._state = _State()
@@ -83,27 +81,32 @@ class RepString:
         st.ctx_hflags = ui.CONTEXT_DATA + ui.ENV_HFLAGS
         st.ctx_segs = ui.CONTEXT_DATA + ui.ENV_SEGS
         st.seg_size, st.seg_base = ui.SEG_SIZE, 8
-        self._mem = mem
-        self._ram_base = ram_base
+        self._physmem = physmem
         self._ranges_seen = None
-        self.sync_ram()
+        self.sync_ranges()
+        physmem.layout_listener = self.sync_ranges     # shadow windows change mid-slice
         st.enabled = 1
         fn = ctypes.cast(lib.rep_string_block, ctypes.c_void_p).value
         self.handle = ui.native_hook_block(uc, fn, ctypes.addressof(st))
         uc.ctl_flush_tb()                       # code translated before the hook never calls it
 
-    def sync_ram(self) -> None:
-        """Give the hook the RAM ranges it may write (outside the legacy hole below 1 MiB, whose
-        mapping the chipset changes). Cheap when nothing changed."""
-        ranges = self._mem.ranges
-        if ranges is self._ranges_seen:
-            return
-        self._ranges_seen = ranges
-        usable = [r for r in ranges if r.gpa + r.size <= LEGACY_HOLE[0] or r.gpa >= LEGACY_HOLE[1]]
+    def sync_ranges(self) -> None:
+        """Give the hook the ranges it may read and write directly, as mapped now (called when
+        the memory layout changes, inside device callbacks too: the table is read at every
+        block start)."""
+        self._ranges_seen = self._physmem.mem.ranges
+        readable, writable = self._physmem.direct_ranges()
         st = self._state
-        st.nram = min(len(usable), MAX_RAM)
-        for i, r in enumerate(usable[:MAX_RAM]):
-            st.ram[i] = _Ram(r.gpa, r.size, self._ram_base + r.host_offset)
+        st.nread = st.nwrite = 0                  # never a half-written table in use
+        for table, ranges in ((st.read, readable), (st.write, writable)):
+            for i, (gpa, size, host) in enumerate(ranges[:MAX_RANGES]):
+                table[i] = _Range(gpa, size, host)
+        st.nread, st.nwrite = min(len(readable), MAX_RANGES), min(len(writable), MAX_RANGES)
+
+    def check_ram_layout(self) -> None:
+        """Between slices: pick up RAM ranges added or removed (GuestMemory replaces its list)."""
+        if self._physmem.mem.ranges is not self._ranges_seen:
+            self.sync_ranges()
 
     def set_enabled(self, on: bool) -> None:
         self._state.enabled = 1 if on else 0
@@ -114,10 +117,10 @@ class RepString:
         return self._state.elements
 
 
-def attach(uc, mem: GuestMemory, ram_base: int) -> RepString | None:
+def attach(uc, physmem) -> RepString | None:
     """The hook on `uc`, or None (with one trace line) when the helper cannot be built."""
     try:
-        return RepString(uc, mem, ram_base)
+        return RepString(uc, physmem)
     except (ToolchainError, OSError) as exc:
         trace.log("unimp", f"rep string acceleration unavailable: {exc}")
         return None
