@@ -207,11 +207,11 @@ def covers(ranges, gpa: int, size: int) -> bool:
 def test_direct_ranges_follow_the_shadow_window_modes(tmp_path, mode, readable, writable):
     m = machine(tmp_path, "main:\n    EXIT 3\n")
     physmem = m.cpu.physmem
-    physmem.set_legacy_window(0xE0000, 0x10000, mode, 0xE0000)
+    physmem.set_legacy_window(0xF0000, 0x10000, mode, 0xF0000)   # the 64 KiB ROM's alias
     rd, wr = physmem.direct_ranges()
-    assert covers(rd, 0xE0000, 0x10000) == readable       # 'bus': the ROM alias reads
-    assert covers(wr, 0xE0000, 0x10000) == writable
+    assert covers(rd, 0xF0000, 0x10000) == readable       # 'bus': the ROM alias reads
+    assert covers(wr, 0xF0000, 0x10000) == writable
     # The hook's own tables follow at once (a PAM write happens inside a port callback).
     st = m.cpu.rep_string._state
-    assert covers([(r.gpa, r.size, 0) for r in st.write[:st.nwrite]], 0xE0000, 0x10000) == writable
+    assert covers([(r.gpa, r.size, 0) for r in st.write[:st.nwrite]], 0xF0000, 0x10000) == writable
     assert not covers(wr, 0xA0000, 0x1000)                   # VGA window: never
