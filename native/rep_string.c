@@ -61,13 +61,17 @@ struct rep_state {
 #define EF_DF    (1u << 10)
 #define CR0_PG   (1u << 31)
 
-static uint8_t *host_range(const struct direct_range *ranges, int n, uint64_t gpa, uint64_t len)
+/* Host address of `gpa` and the bytes from there to the end of its range (0: not direct). */
+static uint8_t *host_at(const struct direct_range *ranges, int n, uint64_t gpa, uint64_t *room)
 {
     for (int i = 0; i < n; i++) {
         const struct direct_range *r = &ranges[i];
-        if (gpa >= r->gpa && gpa - r->gpa <= r->size && len <= r->size - (gpa - r->gpa))
+        if (gpa >= r->gpa && gpa - r->gpa < r->size) {
+            *room = r->size - (gpa - r->gpa);
             return r->host + (gpa - r->gpa);
+        }
     }
+    *room = 0;
     return 0;
 }
 
@@ -193,22 +197,33 @@ void rep_string_block(void *uc, uint64_t address, uint32_t size, void *user)
             k = room;
         src = seg_base(s, segi) + si;
     }
+    /* Up to the end of the range holding the first element (a later run of the block, one
+     * element on, picks up the next range), and never across 4 GiB (linear addresses wrap). */
+    uint64_t dst = seg_base(s, 0) + di, avail;
+    uint8_t *d = host_at(s->write, s->nwrite, dst, &avail);
+    if (!d || dst >= 0x100000000ull)
+        return;
+    if (avail > 0x100000000ull - dst)
+        avail = 0x100000000ull - dst;
+    if (k > avail / elem)
+        k = avail / elem;
+    const uint8_t *sp = 0;
+    if (movs) {
+        sp = host_at(s->read, s->nread, src, &avail);
+        if (!sp || src >= 0x100000000ull)
+            return;
+        if (avail > 0x100000000ull - src)
+            avail = 0x100000000ull - src;
+        if (k > avail / elem)
+            k = avail / elem;
+    }
     if (!k)
         return;
     uint64_t len = k * elem;
-    uint64_t dst = seg_base(s, 0) + di;
-    if (dst + len > 0x100000000ull || (movs && src + len > 0x100000000ull))
-        return;                                 /* linear addresses wrap at 4 GiB: leave it */
     uint64_t code_lo = address & ~0xfffull, code_hi = (address + size + 0xfff) & ~0xfffull;
     if (dst < code_hi && code_lo < dst + len)
         return;                                 /* never rewrite the running block */
-    uint8_t *d = host_range(s->write, s->nwrite, dst, len);
-    if (!d)
-        return;
     if (movs) {
-        const uint8_t *sp = host_range(s->read, s->nread, src, len);
-        if (!sp)
-            return;
         if (dst > src && dst < src + len) {
             /* Forward element copy over an overlap repeats the pattern, as the CPU does. */
             for (uint64_t i = 0; i < len; i += elem)

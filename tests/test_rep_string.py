@@ -215,3 +215,37 @@ def test_direct_ranges_follow_the_shadow_window_modes(tmp_path, mode, readable, 
     st = m.cpu.rep_string._state
     assert covers([(r.gpa, r.size, 0) for r in st.write[:st.nwrite]], 0xF0000, 0x10000) == writable
     assert not covers(wr, 0xA0000, 0x1000)                   # VGA window: never
+
+
+SHADOW_COPY = """
+main:
+    cld
+    mov $0x200000, %edi             # a pattern to copy
+    mov $0x2000, %ecx
+    mov $0x5a5aa5a5, %eax
+    rep stosl
+    mov $0x200000, %esi             # 32 KiB across two 16 KiB shadow windows, then back out
+    mov $0xe0000, %edi
+    mov $0x8000, %ecx
+    rep movsb
+    mov $0xe2000, %esi
+    mov $0x300000, %edi
+    mov $0x4000, %ecx
+    rep movsb
+    EXIT 3
+"""
+
+
+def test_a_copy_across_shadow_windows_is_done_range_by_range(tmp_path):
+    states = []
+    for accel in (True, False):
+        m = machine(tmp_path, SHADOW_COPY, accel=accel)
+        for base in (0xE0000, 0xE4000):
+            m.cpu.physmem.set_legacy_window(base, 0x4000, "ram", base)
+        assert m.run() == 7
+        assert m.mem.buf[0xE7FFC:0xE8000] == bytes.fromhex("a5a55a5a")   # the RAM under the window
+        assert m.mem.read(0x303FFC, 4) == bytes.fromhex("a5a55a5a")
+        states.append(state(m))
+        if accel:
+            assert m.cpu.rep_string.elements >= 0x8000 + 0x4000
+    assert states[0] == states[1]
