@@ -29,11 +29,12 @@ from typing import Callable
 
 from . import trace
 from .config import CharDev, MachineConfig
-from .debug.breakpoints import DeviceBreakpoint, DeviceBreakpoints, RequestResolver
+from .debug.breakpoints import DeviceBreakpoint, DeviceBreakpoints
 from .debug.monitor import Monitor
 from .debug.symbols import ElfSymbols as _ElfSymbols, UnknownSymbol
 from .debug.machine_target import MachineTarget
 from .debug.target import Stop, STOP_DEVICE, STOP_EXITED, STOP_FAULT
+from .virtio.device import VirtioDeviceState
 
 
 class SessionError(Exception):
@@ -102,8 +103,9 @@ class Session:
             forward = uart.output if uart.output is not None else (sys.stdout.buffer if echo_stdio else None)
             self._tap = _SerialTap(forward, self._serial_written)
             uart.output = self._tap
-        self.breakpoints = DeviceBreakpoints(self._device_hit, RequestResolver(self._virtio_named),
-                                             on_change=lambda n: self.target.set_precise_stops(n > 0))
+        self.breakpoints = DeviceBreakpoints(self._device_hit,
+                                             on_change=lambda n: self.target.set_precise_stops(n > 0),
+                                             completions=True)
         self._monitor = Monitor(self.target, self.machine, self.breakpoints,
                                 on_reset=self.target.reset)
         self.last_stop: Stop | None = None
@@ -308,12 +310,15 @@ class Session:
         """The VirtioDevice itself (status, host_features, guest_features, queues, peek_chain)."""
         return self._monitor._virtio(device)[1]
 
+    def virtio_state(self, device: str = "virtio-blk") -> VirtioDeviceState:
+        """A snapshot of a virtio device and its queues (status, features, broken and why,
+        config, and per queue its addresses and indices): a value that later guest activity
+        does not change."""
+        return self.virtio(device).state()
+
     # -- internals ---------------------------------------------------------------------------------
     def _device_hit(self, bp, message: str) -> None:
         self.target.request_stop("device", message)
-
-    def _virtio_named(self, name: str) -> list:
-        return [v for _, v, _ in self._monitor.virtio_devices() if getattr(v, "name", None) == name]
 
     def _serial_written(self) -> None:
         needle = self._serial_wait

@@ -750,9 +750,7 @@ class _Parser:
 
     def opt_trace(self, arg: str) -> None:
         if arg in ("help", "list"):
-            import machine.pc  # noqa: F401  (defines every device's trace events)
-            import machine.debug.breakpoints  # noqa: F401
-            raise CliExit(trace.help_text() + "\n")
+            raise CliExit(trace.help_text() + "\n")        # from the trace-events tables
         opts = self.keys(split_suboptions(arg, "enable"), {"enable", "events"})
         if "enable" in opts:
             if not opts["enable"]:

@@ -1,12 +1,21 @@
 """Trace events under QEMU's names, and QEMU's `-d` log categories.
 
-A trace point is a module-level `Event`; code guards emission with `if EV.enabled:` so a disabled
-event costs one attribute read on the hot path:
+Each package declares its events, with their fields and format, in one `trace-events` file
+beside its modules (as QEMU does), one line each:
 
-    EV_NOTIFY = trace.Event("virtio_queue_notify", "vdev={vdev} n={n}")
+    virtio_queue_notify(vdev, n) "vdev={vdev} n={n}"
+    ours virtio_error(vdev, msg) "vdev={vdev} {msg}"         # `ours`: not in QEMU 7.2
+
+A trace point is a module-level `Event` of a declared name; code guards emission with
+`if EV.enabled:` so a disabled event costs one attribute read on the hot path:
+
+    EV_NOTIFY = trace.Event("virtio_queue_notify")
     ...
     if EV_NOTIFY.enabled:
         EV_NOTIFY.emit(vdev="virtio-blk", n=0)
+
+Every emit passes exactly the declared fields (a test checks each call site), so listeners
+(device breakpoints, the Python API) can rely on them. `-trace help` reads the tables.
 
 `-trace PATTERN`, `-trace enable=PATTERN`, `-trace events=FILE` enable events by glob pattern;
 `-d guest_errors,...` enables log categories; `-D FILE` sends both to a file (default stderr).
@@ -15,9 +24,11 @@ event costs one attribute read on the hot path:
 from __future__ import annotations
 
 import fnmatch
+import re
 import sys
 import time
-from typing import Callable, TextIO
+from pathlib import Path
+from typing import Callable, NamedTuple, TextIO
 
 _events: dict[str, "Event"] = {}
 _patterns: list[str] = []
@@ -38,14 +49,73 @@ LOG_CATEGORIES = {
 }
 
 
-class Event:
-    __slots__ = ("name", "fmt", "enabled", "printed")
+class Declaration(NamedTuple):
+    """One line of a trace-events table."""
+    name: str
+    fields: tuple[str, ...]
+    fmt: str
+    ours: bool                    # an event of ours alone: QEMU 7.2 has none by this name
+    table: str                    # the package whose table declares it ("machine/virtio")
 
-    def __init__(self, name: str, fmt: str = ""):
+
+_LINE = re.compile(r'(ours\s+)?([a-z][a-z0-9_]*)\(([^)]*)\)\s+"(.*)"')
+_declarations: dict[str, Declaration] | None = None
+
+
+def parse_table(text: str, table: str) -> dict[str, Declaration]:
+    """The declarations of one trace-events file ('#' comments and blank lines skipped).
+    ValueError for a line that is not a declaration, a name declared twice, or a format that
+    uses a field the line does not declare."""
+    out: dict[str, Declaration] = {}
+    for n, line in enumerate(text.splitlines(), 1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        m = _LINE.fullmatch(line)
+        if m is None:
+            raise ValueError(f"{table}/trace-events:{n}: not a declaration: {line}")
+        ours, name, fields, fmt = m.groups()
+        names = tuple(f.strip() for f in fields.split(",") if f.strip())
+        try:
+            fmt.format(**{f: 0 for f in names})
+        except (KeyError, IndexError, ValueError) as exc:
+            raise ValueError(f"{table}/trace-events:{n}: format of {name} does not fit its "
+                             f"fields: {exc}") from None
+        if name in out:
+            raise ValueError(f"{table}/trace-events:{n}: {name} declared twice")
+        out[name] = Declaration(name, names, fmt, bool(ours), table)
+    return out
+
+
+def declarations() -> dict[str, Declaration]:
+    """Every declared event, from the trace-events file of each package (read once)."""
+    global _declarations
+    if _declarations is None:
+        root = Path(__file__).resolve().parent
+        found: dict[str, Declaration] = {}
+        for path in sorted(root.rglob("trace-events")):
+            table = path.parent.relative_to(root.parent).as_posix()
+            for name, decl in parse_table(path.read_text(), table).items():
+                if name in found:
+                    raise ValueError(f"trace event {name} declared in {found[name].table} and {table}")
+                found[name] = decl
+        _declarations = found
+    return _declarations
+
+
+class Event:
+    __slots__ = ("name", "fmt", "fields", "ours", "enabled", "printed")
+
+    def __init__(self, name: str):
         if name in _events:
             raise ValueError(f"trace event {name} defined twice")
+        decl = declarations().get(name)
+        if decl is None:
+            raise ValueError(f"trace event {name} is not declared in any trace-events file")
         self.name = name
-        self.fmt = fmt
+        self.fmt = decl.fmt
+        self.fields = decl.fields
+        self.ours = decl.ours
         self.printed = _matches(name)
         self.enabled = self.printed or _listened(name)
         _events[name] = self
@@ -103,26 +173,14 @@ def events() -> dict[str, Event]:
     return dict(_events)
 
 
-def all_events() -> dict[str, Event]:
-    """Every event the machine defines, whether or not its module has been loaded yet (for
-    `-trace help`): imports each module of the `machine` package that may define some."""
-    import importlib
-    import pkgutil
-
-    import machine
-    for info in pkgutil.walk_packages(machine.__path__, "machine."):
-        if info.name.endswith("__main__"):
-            continue
-        try:
-            importlib.import_module(info.name)
-        except Exception:           # a module that cannot load here defines nothing we can list
-            continue
-    return events()
-
-
 def help_text() -> str:
-    """The `-trace help` listing: one event name per line, sorted, with its format."""
-    return "\n".join(f"{name:<32} {ev.fmt}".rstrip() for name, ev in sorted(all_events().items()))
+    """The `-trace help` listing, from the tables: one event per line, sorted, with its
+    format; the events of ours alone (no QEMU 7.2 event has the name) say so."""
+    lines = []
+    for name, decl in sorted(declarations().items()):
+        line = f"{name:<32} {decl.fmt}"
+        lines.append(line + "   [ours: not in QEMU 7.2]" if decl.ours else line)
+    return "\n".join(lines)
 
 
 def add_listener(fn: Callable[[str, dict], None]) -> None:

@@ -40,6 +40,8 @@ def test_run_to_symbols_device_events_serial_and_exit(session):
     q = s.queues("virtio-blk")[0]
     assert q.enabled and q.used_idx == q.last_avail_idx >= 1
     assert s.virtio().status & 0x4                         # DRIVER_OK
+    state = s.virtio_state("virtio-blk")
+    assert state.started and not state.broken and state.queues[0].used_idx == q.used_idx
     assert "last_avail_idx:" in s.monitor("info virtio-queue-status virtio-blk 0")
 
     pc = s.pc

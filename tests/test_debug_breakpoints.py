@@ -85,19 +85,6 @@ def test_sector_range_breakpoint(rig):
     assert hit(rig) == "device breakpoint 1 (virtio-blk request sector=64-127): request out sector 120"
 
 
-def test_resolver_reads_the_request_the_device_parsed(rig):
-    # For an event that names only the chain (vdev, req), the resolver asks the device's own
-    # parser about the chain it just took.
-    vq, blk = start(rig)
-    blk.submit(T_OUT, 120, out=bytes(16 * 512))
-    rig.drv.kick(0)
-    resolve = rig.dbg.breakpoints.resolver
-    vdev = rig.dev.vdev
-    head = vdev.peek_chain(0, (vdev.queues[0].last_avail_idx - 1) & 0xFFFF).head
-    assert resolve("virtio_blk_req_complete", {"vdev": "virtio-blk", "req": head}) == (T_OUT, 120, 16)
-    assert resolve("virtio_blk_req_complete", {"vdev": "virtio-blk", "req": head + 1}) is None
-
-
 def test_notify_breakpoint_with_queue_filter(rig):
     rig.dbg.monitor.execute("break virtio-blk notify queue=1")
     rig.dbg.monitor.execute("break virtio-blk notify queue=0")

@@ -13,6 +13,8 @@ from machine.debug.monitor import Monitor, parse_format
 from machine.memory import GuestMemory, IoSpace, MemoryMap
 from machine.pci.bus import PciBus
 from machine.pci.device import PciDevice
+from machine.virtio.device import VirtioDevice
+from machine.virtio.queue import SplitQueue
 from test_debug_fakes import FakeTarget
 
 MiB = 1 << 20
@@ -26,17 +28,20 @@ class Ops:
         raise AssertionError("the monitor must never access device registers")
 
 
-class FakeQueue:
-    def __init__(self, size, desc, avail, used):
-        self.size, self.enabled = size, True
-        self.desc_addr, self.avail_addr, self.used_addr = desc, avail, used
-        self.last_avail_idx, self.used_idx, self.inflight = 1, 1, 0
+def fake_queue(mem, size, desc, avail, used):
+    """A queue in the state a driver and a device left it, without running either."""
+    q = SplitQueue(0, size, lambda q: None, mem)
+    q.enabled = True
+    q.desc_addr, q.avail_addr, q.used_addr = desc, avail, used
+    q.last_avail_idx, q.used_idx = 1, 1
+    return q
 
 
-class FakeVirtioBlk:
-    device_id = 2
+class FakeVirtioBlk(VirtioDevice):
+    """A virtio-blk device in a set state, with no behaviour behind it."""
 
-    def __init__(self, queues):
+    def __init__(self, queues, mem):
+        super().__init__("virtio-blk", 2, mem)
         self.status = 0x0F
         self.host_features = (1 << 32) | (1 << 28) | (1 << 29) | (1 << 9) | (1 << 6)
         self.guest_features = (1 << 32) | (1 << 9)
@@ -63,7 +68,7 @@ def build_machine():
     bus.plug(host, 0)
     # A descriptor chain at avail slot 1: header (16 bytes), data (512, device-writable), status.
     desc, avail, used = 0x10000, 0x11000, 0x12000
-    q = FakeQueue(8, desc, avail, used)
+    q = fake_queue(mem, 8, desc, avail, used)
     mem.write(desc + 16 * 3, struct.pack("<QIHH", 0x20000, 16, 1, 5))
     mem.write(desc + 16 * 5, struct.pack("<QIHH", 0x21000, 512, 3, 6))
     mem.write(desc + 16 * 6, struct.pack("<QIHH", 0x22000, 1, 2, 0))
@@ -72,7 +77,7 @@ def build_machine():
     # An indirect chain at ring[0]: one descriptor pointing at a two-entry table.
     mem.write(desc, struct.pack("<QIHH", 0x30000, 32, 4, 0))
     mem.write(0x30000, struct.pack("<QIHH", 0x31000, 16, 1, 1) + struct.pack("<QIHH", 0x32000, 1, 2, 0))
-    vdev = FakeVirtioBlk([q])
+    vdev = FakeVirtioBlk([q], mem)
     dev = FakeVirtioPci(vdev)
     bus.plug(dev, 2)
     dev.config_write(0x10, 4, 0xC000)

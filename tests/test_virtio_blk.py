@@ -9,6 +9,7 @@ import pytest
 from virtio_driver import (F_EVENT_IDX, F_INDIRECT, F_VERSION_1, S_IOERR, S_OK, S_UNSUPP, T_DISCARD,
                            T_FLUSH, T_GET_ID, T_IN, T_OUT, T_WRITE_ZEROES, benches, pattern)
 from machine.virtio import blk as B
+from machine.virtio import spec as S
 from machine.virtio.blk_request import IoError, RequestError, SegmentTooShort, Unsupported
 
 SECT = 512
@@ -128,7 +129,7 @@ def test_logical_block_size_4k_rejects_unaligned_requests(make):
 
 def test_read_only_drive_offers_ro_and_fails_every_write_with_image_unchanged(make):
     b = make(readonly=True).start()
-    assert b.vdev.guest_features >> B.VIRTIO_BLK_F_RO & 1
+    assert b.vdev.guest_features >> S.VIRTIO_BLK_F_RO & 1
     before = b.image()
     assert b.run(T_OUT, 0, out=b"x" * 512)[1:] == (S_IOERR, 1)
     assert b.run(T_WRITE_ZEROES, 0, out=seg(0, 8))[1] == S_IOERR
@@ -140,7 +141,7 @@ def test_read_only_drive_offers_ro_and_fails_every_write_with_image_unchanged(ma
 def test_read_only_enforced_even_if_driver_does_not_ack_ro(make):
     b = make(readonly=True)
     offered = b.drv.device_features()
-    b.start(features=offered & ~(1 << B.VIRTIO_BLK_F_RO))
+    b.start(features=offered & ~(1 << S.VIRTIO_BLK_F_RO))
     before = b.image()
     assert b.run(T_OUT, 0, out=b"x" * 512)[1] == S_IOERR
     assert b.image() == before
@@ -164,7 +165,7 @@ def test_flush_with_nonzero_sector_and_data_still_flushes_ok(make, monkeypatch):
 
 def test_flush_not_negotiated_still_flushes(make, monkeypatch):
     b = make()
-    b.start(features=b.drv.device_features() & ~(1 << B.VIRTIO_BLK_F_FLUSH))
+    b.start(features=b.drv.device_features() & ~(1 << S.VIRTIO_BLK_F_FLUSH))
     calls = []
     monkeypatch.setattr(os, "fdatasync", lambda fd: calls.append(fd))
     assert b.run(T_FLUSH, 0)[1] == S_OK and calls
@@ -212,20 +213,20 @@ def test_cache_writethrough_starts_with_writeback_0_and_syncs_writes(make, monke
 
 def test_writeback_field_is_read_only_without_config_wce(make):
     b = make()
-    b.start(features=b.drv.device_features() & ~(1 << B.VIRTIO_BLK_F_CONFIG_WCE))
+    b.start(features=b.drv.device_features() & ~(1 << S.VIRTIO_BLK_F_CONFIG_WCE))
     b.drv.cfg_write(B.OFF_WRITEBACK, 1, 0)
     assert b.drv.cfg_read(B.OFF_WRITEBACK, 1) == 1
 
 
 def test_config_wce_without_flush_starts_in_writethrough(make):
     b = make()
-    b.start(features=b.drv.device_features() & ~(1 << B.VIRTIO_BLK_F_FLUSH))
+    b.start(features=b.drv.device_features() & ~(1 << S.VIRTIO_BLK_F_FLUSH))
     assert b.drv.cfg_read(B.OFF_WRITEBACK, 1) == 0
 
 
 def test_neither_flush_nor_wce_negotiated_means_writethrough(make, monkeypatch):
     b = make()
-    f = b.drv.device_features() & ~(1 << B.VIRTIO_BLK_F_FLUSH) & ~(1 << B.VIRTIO_BLK_F_CONFIG_WCE)
+    f = b.drv.device_features() & ~(1 << S.VIRTIO_BLK_F_FLUSH) & ~(1 << S.VIRTIO_BLK_F_CONFIG_WCE)
     b.start(features=f)
     calls = []
     monkeypatch.setattr(os, "fdatasync", lambda fd: calls.append(fd))
@@ -292,7 +293,7 @@ def test_bad_discard_and_write_zeroes_segments(make, rtype, payload, status):
 
 def test_discard_and_write_zeroes_unsupp_when_not_negotiated(make):
     b = make()
-    f = b.drv.device_features() & ~(1 << B.VIRTIO_BLK_F_DISCARD) & ~(1 << B.VIRTIO_BLK_F_WRITE_ZEROES)
+    f = b.drv.device_features() & ~(1 << S.VIRTIO_BLK_F_DISCARD) & ~(1 << S.VIRTIO_BLK_F_WRITE_ZEROES)
     b.start(features=f)
     assert b.run(T_DISCARD, 0, out=seg(0, 1))[1] == S_UNSUPP
     assert b.run(T_WRITE_ZEROES, 0, out=seg(0, 1))[1] == S_UNSUPP
@@ -301,7 +302,7 @@ def test_discard_and_write_zeroes_unsupp_when_not_negotiated(make):
 def test_discard_and_write_zeroes_not_offered_when_disabled(make):
     b = make(props={"discard": "off", "write-zeroes": "false"})
     f = b.drv.device_features()
-    assert not f >> B.VIRTIO_BLK_F_DISCARD & 1 and not f >> B.VIRTIO_BLK_F_WRITE_ZEROES & 1
+    assert not f >> S.VIRTIO_BLK_F_DISCARD & 1 and not f >> S.VIRTIO_BLK_F_WRITE_ZEROES & 1
 
 
 def test_short_discard_payload_sets_needs_reset(make):
@@ -315,7 +316,7 @@ def test_short_discard_payload_sets_needs_reset(make):
 def test_short_discard_payload_without_the_feature_is_unsupp_not_a_ring_error(make):
     # Without the feature the type does not exist: what follows its header does not matter.
     b = make()
-    b.start(features=b.drv.device_features() & ~(1 << B.VIRTIO_BLK_F_DISCARD))
+    b.start(features=b.drv.device_features() & ~(1 << S.VIRTIO_BLK_F_DISCARD))
     assert b.run(T_DISCARD, 0, out=b"\0" * 8)[1] == S_UNSUPP and not b.needs_reset
 
 
@@ -344,7 +345,7 @@ def test_each_request_error_carries_its_status():
 
 def test_multiqueue_requests_complete_on_their_own_queue(make):
     b = make(props={"num-queues": "4"})
-    assert b.drv.device_features() >> B.VIRTIO_BLK_F_MQ & 1
+    assert b.drv.device_features() >> S.VIRTIO_BLK_F_MQ & 1
     b.start(nqueues=4)
     assert b.drv.cfg_read(34, 2) == 4
     for q in (3, 0, 2, 1):
@@ -369,7 +370,7 @@ def test_feature_combinations_all_serve_requests(make, features):
 def test_snapshot_drive_accepts_writes_but_never_changes_the_image(make):
     b = make(snapshot=True).start()
     before = b.image()
-    assert not b.vdev.guest_features >> B.VIRTIO_BLK_F_RO & 1
+    assert not b.vdev.guest_features >> S.VIRTIO_BLK_F_RO & 1
     assert b.run(T_OUT, 4, out=b"S" * 1024)[1] == S_OK
     assert b.run(T_IN, 4, in_len=1024)[0] == b"S" * 1024
     assert b.run(T_WRITE_ZEROES, 0, out=seg(0, 1))[1] == S_OK

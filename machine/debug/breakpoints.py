@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from .. import trace
+from ..virtio.spec import BLK_REQUEST_NAMES, FEATURES_OK
 
 # virtio-blk request types (VIRTIO 1.2 §5.2.6) under the names users know them by.
 REQUEST_TYPES = {
@@ -29,45 +30,30 @@ REQUEST_TYPES = {
     "write-zeroes": 13, "write_zeroes": 13,
     "secure-erase": 14,
 }
-REQUEST_TYPE_NAMES = {0: "in", 1: "out", 4: "flush", 8: "get-id", 10: "get-lifetime",
-                      11: "discard", 13: "write-zeroes", 14: "secure-erase"}
-# A device model that emits one event per request kind (QEMU style) instead of a `type` field.
-_EVENT_TYPES = {
-    "virtio_blk_handle_read": 0, "virtio_blk_handle_write": 1, "virtio_blk_handle_flush": 4,
-    "virtio_blk_handle_get_id": 8, "virtio_blk_handle_discard": 11,
-    "virtio_blk_handle_write_zeroes": 13,
-}
+REQUEST_TYPE_NAMES = BLK_REQUEST_NAMES
+# QEMU's per-type request events (declared in machine/virtio/trace-events), for a listener
+# that has no completion events to go by.
+_EVENT_TYPES = {"virtio_blk_handle_read": 0, "virtio_blk_handle_write": 1}
 
-STATUS_FEATURES_OK = 8
-STATUS_NEEDS_RESET = 0x40
-
-# Which trace events each kind of breakpoint listens to. Requests are seen at
-# `virtio_blk_req_complete` (one event for every request type, carrying type, sector and length;
-# for a device model whose event lacks them they are read back from the chain the device just
-# took, see RequestResolver): requests complete synchronously
-# inside the driver's notify, so this stops the guest at the same instruction as an event at the
-# start of the request would. Without a machine to read chains from, the per-type
-# `virtio_blk_handle_*` events are used (read and write only).
+# Which trace events each kind of breakpoint listens to, and (as trace-events declares them)
+# the fields it reads. Requests are seen at `virtio_blk_req_complete` (one event for every
+# request type, with the parsed request's type, sector and length): requests complete
+# synchronously inside the driver's notify, so this stops the guest at the same instruction as
+# an event at the start of the request would. Breakpoints made with `completions=False` use the
+# per-type `virtio_blk_handle_read/write` events instead (read and write only).
 _KIND_EVENTS = {
-    "request": ("virtio_blk_req_complete", "virtio_blk_request*"),
+    "request": ("virtio_blk_req_complete",),
     "notify": ("virtio_queue_notify",),
     "status": ("virtio_set_status",),
     "features": ("virtio_set_status",),
     "needs-reset": ("virtio_error",),
 }
-_REQUEST_EVENTS_NO_RESOLVER = ("virtio_blk_handle_*", "virtio_blk_request*")
+_REQUEST_EVENTS_PER_TYPE = tuple(_EVENT_TYPES)
 KINDS = tuple(_KIND_EVENTS)
 
 
 class BreakpointError(ValueError):
     """A malformed `break` command; the message is for the user."""
-
-
-def _field(fields: dict, *names, default=None):
-    for n in names:
-        if n in fields:
-            return fields[n]
-    return default
 
 
 def _int(value) -> int | None:
@@ -101,7 +87,6 @@ class DeviceBreakpoint:
     queue: int | None = None
     hits: int = 0
     events: tuple[str, ...] = field(default=())
-    resolver: "Callable[[str, dict], tuple[int, int | None, int] | None] | None" = None
     last_status: dict = field(default_factory=dict)      # per device, for FEATURES_OK edges
 
     def describe(self) -> str:
@@ -117,67 +102,52 @@ class DeviceBreakpoint:
 
     # -- matching -------------------------------------------------------------------------------
     def matches(self, name: str, fields: dict) -> str | None:
-        """None, or a short description of what the device just did."""
-        dev = _field(fields, "vdev", "dev", "device")
-        if dev is not None and not _device_name(dev).startswith(self.device) \
-                and not self.device.startswith(_device_name(dev)):
+        """None, or a short description of what the device just did. `fields` are the event's
+        declared fields (machine/virtio/trace-events)."""
+        dev = fields["vdev"]
+        if not _device_name(dev).startswith(self.device) and not self.device.startswith(_device_name(dev)):
             return None
         if self.kind == "request":
             return self._match_request(name, fields)
         if self.kind == "notify":
             if name != "virtio_queue_notify":
                 return None
-            q = _int(_field(fields, "n", "queue", "vq", "index"))
+            q = fields["n"]
             if self.queue is not None and q != self.queue:
                 return None
             return f"queue notify, queue {q}"
-        status = _int(_field(fields, "val", "status", "value"))
+        if self.kind in ("status", "features") and name != "virtio_set_status":
+            return None
         if self.kind == "status":
-            return f"status write {status:#04x}" if name == "virtio_set_status" and status is not None else None
+            return f"status write {fields['val']:#04x}"
         if self.kind == "features":
-            if name != "virtio_set_status" or status is None:
-                return None
-            key = _device_name(dev) if dev is not None else ""
+            status = fields["val"]
+            key = _device_name(dev)
             before = self.last_status.get(key, 0)
             self.last_status[key] = status
-            if status & STATUS_FEATURES_OK and not before & STATUS_FEATURES_OK:
+            if status & FEATURES_OK and not before & FEATURES_OK:
                 return f"feature negotiation (FEATURES_OK written, status {status:#04x})"
             return None
-        if self.kind == "needs-reset":
-            if name == "virtio_error":
-                reason = _field(fields, "msg", "reason", "message", default="")
-                return f"device needs reset: {reason}".rstrip(": ")
+        if self.kind == "needs-reset" and name == "virtio_error":
+            return f"device needs reset: {fields['msg']}".rstrip(": ")
         return None
 
     def _match_request(self, name: str, fields: dict) -> str | None:
-        count = None
+        sector = fields["sector"]
         if name == "virtio_blk_req_complete":
-            if "type" in fields and "sector" in fields:         # the event says it all
-                rtype, sector = _int(fields["type"]), _int(fields["sector"])
-                count = (_int(fields.get("len")) or 0) // 512 if rtype in (0, 1) else 1
-                found = None if rtype is None or sector is None else (rtype, sector, count)
-            else:
-                found = self.resolver(name, fields) if self.resolver is not None else None
-            if found is None:
-                return None
-            rtype, sector, count = found
+            rtype = fields["type"]
+            # the parsed request's length: data read (IN) or written (OUT)
+            count = fields["len"] // 512 if rtype in (0, 1) else 1
+            if rtype not in (0, 1):
+                sector = None                   # the other types name no sector range
         else:
-            rtype = _EVENT_TYPES.get(name)
-            if rtype is None:
-                rtype = _int(_field(fields, "type", "req_type"))
-            if rtype is None:
-                return None
-            sector = _int(_field(fields, "sector", "offset"))
+            rtype, count = _EVENT_TYPES[name], fields["nsectors"]
         if self.type is not None and rtype != self.type:
             return None
-        if rtype not in (0, 1):
-            sector = None if name == "virtio_blk_req_complete" else sector
         if self.sectors is not None:
             if sector is None:
                 return None
-            if count is None:
-                count = _int(_field(fields, "nsectors", "nsector", "count", "sectors"))
-            count = max(1, count or 1)
+            count = max(1, count)
             lo, hi = self.sectors
             if sector > hi or sector + count - 1 < lo:
                 return None
@@ -193,10 +163,9 @@ class DeviceBreakpoints:
     """
 
     def __init__(self, on_hit: Callable[[DeviceBreakpoint, str], None],
-                 resolver: "RequestResolver | None" = None,
-                 on_change: Callable[[int], None] | None = None):
+                 on_change: Callable[[int], None] | None = None, *, completions: bool = False):
         self.on_hit = on_hit
-        self.resolver = resolver
+        self.completions = completions    # request breakpoints see virtio_blk_req_complete
         self.on_change = on_change        # on_change(count) after every add/delete
         self.items: dict[int, DeviceBreakpoint] = {}
         self._next = 1
@@ -210,9 +179,9 @@ class DeviceBreakpoints:
         if kind not in _KIND_EVENTS:
             raise BreakpointError(f"unknown device event '{kind}' (one of: {', '.join(KINDS)})")
         events = _KIND_EVENTS[kind]
-        if kind == "request" and self.resolver is None:
-            events = _REQUEST_EVENTS_NO_RESOLVER
-        bp = DeviceBreakpoint(self._next, device, kind, events=events, resolver=self.resolver)
+        if kind == "request" and not self.completions:
+            events = _REQUEST_EVENTS_PER_TYPE
+        bp = DeviceBreakpoint(self._next, device, kind, events=events)
         for arg in args:
             key, sep, value = arg.partition("=")
             if not sep:
@@ -288,39 +257,3 @@ class DeviceBreakpoints:
         for bp in self.items.values():
             lines.append(f"{bp.number:<4} {bp.hits:<5} {bp.describe()}")
         return "\n".join(lines) + "\n"
-
-
-class RequestResolver:
-    """Reads back, at `virtio_blk_req_complete`, which request the device just carried out:
-    (type, sector, sector count) of the chain at the avail position the device last took, as
-    the device's own parser (`parse_request`) reads it, found with its read-only `peek_chain`.
-    `devices(name)` lists the virtio devices called `name` (the `vdev` of the event)."""
-
-    def __init__(self, devices: Callable[[str], list]):
-        self.devices = devices
-
-    def __call__(self, name: str, fields: dict):
-        try:
-            return self._resolve(fields)
-        except Exception:       # runs inside the device's callback: never break the device
-            return None
-
-    def _resolve(self, fields: dict):
-        head = _int(fields.get("req"))
-        vname = _device_name(fields.get("vdev", ""))
-        for vdev in self.devices(vname):
-            parse_request = getattr(vdev, "parse_request", None)
-            if parse_request is None:                   # not a block device
-                continue
-            for i, q in enumerate(vdev.queues):
-                if not q.active or not q.size:
-                    continue
-                chain = vdev.peek_chain(i, (q.last_avail_idx - 1) & 0xFFFF)
-                if isinstance(chain, Exception) or chain.head != head:
-                    continue                            # malformed, or another queue's request
-                try:
-                    req = parse_request(chain)
-                except Exception:                       # not a request at all
-                    return None
-                return req.type, req.sector, req.nsectors
-        return None

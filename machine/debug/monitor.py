@@ -14,50 +14,12 @@ import shlex
 import struct
 from typing import Callable
 
+from ..virtio.device import VirtioDevice
+from ..virtio.pci import VirtioPciDevice
+from ..virtio.spec import (BLK_FEATURE_NAMES, DEVICE_NAMES, FEATURE_NAMES, STATUS_NAMES, VIRTIO_ID_BLOCK,
+                           VIRTQ_DESC_F_INDIRECT, VIRTQ_DESC_F_NEXT, VIRTQ_DESC_F_WRITE)
 from .breakpoints import BreakpointError, DeviceBreakpoints
 from .target import DebugAccessError
-
-# -- virtio decoding tables (VIRTIO 1.2 §2.1, §6, §5.2.3) -----------------------------------------
-VIRTIO_STATUS_BITS = [(1, "ACKNOWLEDGE"), (2, "DRIVER"), (8, "FEATURES_OK"), (4, "DRIVER_OK"),
-                      (0x40, "DEVICE_NEEDS_RESET"), (0x80, "FAILED")]
-VIRTIO_FEATURES_COMMON = {
-    24: ("NOTIFY_ON_EMPTY", "Notify when the driver has no more buffers (legacy)"),
-    27: ("ANY_LAYOUT", "Device accepts arbitrary descriptor layouts (legacy)"),
-    28: ("RING_INDIRECT_DESC", "Indirect descriptors supported"),
-    29: ("RING_EVENT_IDX", "Used & avail. event fields enabled"),
-    32: ("VERSION_1", "Device compliant for v1 spec (legacy)"),
-    33: ("ACCESS_PLATFORM", "Device can be used on a platform with IOMMU"),
-    34: ("RING_PACKED", "Packed virtqueue layout"),
-    35: ("IN_ORDER", "Buffers used in the order they were made available"),
-    36: ("ORDER_PLATFORM", "Memory accesses ordered by platform"),
-    37: ("SR_IOV", "Single root I/O virtualization"),
-    38: ("NOTIFICATION_DATA", "Extra data in driver notifications"),
-    39: ("NOTIF_CONFIG_DATA", "Driver uses config-provided notification data"),
-    40: ("RING_RESET", "Individual virtqueue reset"),
-}
-VIRTIO_FEATURES_BLK = {
-    0: ("BARRIER", "Request barriers supported (legacy)"),
-    1: ("SIZE_MAX", "Max segment size is size_max"),
-    2: ("SEG_MAX", "Max segments in a request is seg_max"),
-    4: ("GEOMETRY", "Legacy geometry available"),
-    5: ("RO", "Device is read-only"),
-    6: ("BLK_SIZE", "Block size of disk available"),
-    7: ("SCSI", "SCSI packet commands supported (legacy)"),
-    9: ("FLUSH", "Flush command supported"),
-    10: ("TOPOLOGY", "Topology information available"),
-    11: ("CONFIG_WCE", "Writeback mode available in config"),
-    12: ("MQ", "Multiqueue supported"),
-    13: ("DISCARD", "Discard command supported"),
-    14: ("WRITE_ZEROES", "Write zeroes command supported"),
-    15: ("LIFETIME", "Device lifetime information available"),
-    16: ("SECURE_ERASE", "Secure erase supported"),
-    17: ("ZONED", "Zoned block device"),
-}
-VIRTIO_DEVICE_NAMES = {1: "virtio-net", 2: "virtio-blk", 3: "virtio-console", 4: "virtio-rng",
-                       5: "virtio-balloon", 8: "virtio-scsi", 9: "virtio-9p", 16: "virtio-gpu",
-                       18: "virtio-input", 19: "virtio-vsock"}
-
-VRING_DESC_F_NEXT, VRING_DESC_F_WRITE, VRING_DESC_F_INDIRECT = 1, 2, 4
 
 PCI_CLASS_NAMES = {0x0100: "SCSI controller", 0x0101: "IDE controller", 0x0180: "Storage controller",
                    0x0200: "Ethernet controller", 0x0300: "VGA controller", 0x0600: "Host bridge",
@@ -99,8 +61,8 @@ def decode_features(bits: int, table: dict) -> list[str]:
     out = []
     for bit in range(64):
         if bits >> bit & 1:
-            if bit in VIRTIO_FEATURES_COMMON:
-                name, desc = VIRTIO_FEATURES_COMMON[bit]
+            if bit in FEATURE_NAMES:
+                name, desc = FEATURE_NAMES[bit]
             elif bit in table:
                 name, desc = table[bit]
             else:
@@ -110,7 +72,7 @@ def decode_features(bits: int, table: dict) -> list[str]:
 
 
 def decode_status(status: int) -> str:
-    names = [n for bit, n in VIRTIO_STATUS_BITS if status & bit]
+    names = [n for bit, n in STATUS_NAMES if status & bit]
     return ", ".join(names) if names else "(reset)"
 
 
@@ -397,31 +359,35 @@ class Monitor:
         if not args:
             raise ValueError("usage: info virtio-status DEV")
         path, vdev = self._virtio(args[0])
-        status = int(_attr(vdev, "status", default=0))
-        queues = list(_attr(vdev, "queues", default=[]))
-        table = VIRTIO_FEATURES_BLK if _virtio_name(vdev) == "virtio-blk" else {}
+        st = vdev.state()
+        status = st.status
+        table = BLK_FEATURE_NAMES if st.device_id == VIRTIO_ID_BLOCK else {}
         out = [f"{path}:",
                f"  device_name:             {_virtio_name(vdev)}",
-               f"  device_id:               {_attr(vdev, 'device_id', 'DEVICE_ID', default='?')}",
-               f"  broken:                  {'true' if status & 0x40 else 'false'}",
-               f"  started:                 {'true' if status & 4 else 'false'}",
-               f"  num_vqs:                 {len(queues)}",
-               f"  queue_sel:               {_attr(vdev, 'queue_sel', 'queue_select', default=0)}",
-               f"  isr:                     {_attr(vdev, 'isr', default=0)}",
+               f"  device_id:               {st.device_id}",
+               f"  broken:                  {'true' if st.broken else 'false'}",
+               f"  started:                 {'true' if st.started else 'false'}",
+               f"  num_vqs:                 {len(st.queues)}",
+               f"  queue_sel:               {self._queue_sel(vdev)}",
+               f"  isr:                     {st.isr}",
                f"  endianness:              little",
                f"  status: {status:#04x}",
                f"        {decode_status(status)}"]
-        for title, bits in (("Guest features", _attr(vdev, "guest_features", "driver_features", default=0)),
-                            ("Host features", _attr(vdev, "host_features", "device_features", default=0))):
-            out.append(f"  {title}: {int(bits):#018x}")
-            out += [f"        {line}," for line in decode_features(int(bits), table)]
-        gen = _attr(vdev, "config_generation")
-        if gen is not None:
-            out.append(f"  config_generation:       {gen}")
+        for title, bits in (("Guest features", st.guest_features), ("Host features", st.host_features)):
+            out.append(f"  {title}: {bits:#018x}")
+            out += [f"        {line}," for line in decode_features(bits, table)]
+        out.append(f"  config_generation:       {st.config_generation}")
         return "\n".join(out) + "\n"
 
+    def _queue_sel(self, vdev) -> int:
+        """The queue the transport has selected (its common config's queue_select)."""
+        for _, v, dev in self.virtio_devices():
+            if v is vdev and isinstance(dev, VirtioPciDevice):
+                return dev.queue_sel
+        return 0
+
     def _queue(self, vdev, qspec: str):
-        queues = list(_attr(vdev, "queues", default=[]))
+        queues = vdev.state().queues
         q = int(qspec, 0)
         if not 0 <= q < len(queues):
             raise ValueError(f"invalid queue index {q} (device has {len(queues)})")
@@ -432,22 +398,21 @@ class Monitor:
             raise ValueError("usage: info virtio-queue-status DEV QUEUE")
         path, vdev = self._virtio(args[0])
         q, vq = self._queue(vdev, args[1])
-        desc, avail, used = _ring_addrs(vq)
-        shadow = self._guest_u16(avail + 2) if avail else None
+        shadow = self._guest_u16(vq.avail_addr + 2) if vq.avail_addr else None
         out = [f"{path}:",
                f"  device_name:          {_virtio_name(vdev)}",
                f"  queue_index:          {q}",
-               f"  inuse:                {_inflight(vq)}",
-               f"  used_idx:             {_attr(vq, 'used_idx', default=0)}",
-               f"  last_avail_idx:       {_attr(vq, 'last_avail_idx', default=0)}",
+               f"  inuse:                {vq.inflight_count}",
+               f"  used_idx:             {vq.used_idx}",
+               f"  last_avail_idx:       {vq.last_avail_idx}",
                f"  shadow_avail_idx:     {shadow if shadow is not None else '?'}",
-               f"  enabled:              {'true' if _attr(vq, 'enabled', 'ready', default=False) else 'false'}",
+               f"  enabled:              {'true' if vq.enabled else 'false'}",
                "  VRing:",
-               f"    num:          {_attr(vq, 'size', 'num', default=0)}",
-               f"    num_default:  {_attr(vq, 'max_size', 'num_max', 'size', default=0)}",
-               f"    desc:         0x{desc:016x}",
-               f"    avail:        0x{avail:016x}",
-               f"    used:         0x{used:016x}"]
+               f"    num:          {vq.size}",
+               f"    num_default:  {vq.max_size}",
+               f"    desc:         0x{vq.desc_addr:016x}",
+               f"    avail:        0x{vq.avail_addr:016x}",
+               f"    used:         0x{vq.used_addr:016x}"]
         return "\n".join(out) + "\n"
 
     def info_virtio_queue_element(self, args) -> str:
@@ -455,11 +420,10 @@ class Monitor:
             raise ValueError("usage: info virtio-queue-element DEV QUEUE [INDEX]")
         path, vdev = self._virtio(args[0])
         q, vq = self._queue(vdev, args[1])
-        size = int(_attr(vq, "size", "num", default=0))
-        desc, avail, used = _ring_addrs(vq)
+        size, desc, avail, used = vq.size, vq.desc_addr, vq.avail_addr, vq.used_addr
         if not size or not avail:
             return f"{path}:\n  queue {q} is not set up\n"
-        last = int(_attr(vq, "last_avail_idx", default=0))
+        last = vq.last_avail_idx
         index = int(args[2], 0) if len(args) > 2 else last
         avail_flags, avail_idx = self._guest_u16(avail), self._guest_u16(avail + 2)
         used_flags, used_idx = self._guest_u16(used), self._guest_u16(used + 2)
@@ -492,7 +456,10 @@ class Monitor:
         return self.target.read_physical(gpa, n)
 
     def _chain(self, table: int, size: int, head: int) -> list[str]:
-        """Decode a descriptor chain read-only, bounded like the device's own walk."""
+        """Decode a descriptor chain read-only, bounded like the device's own walk. The
+        descriptors themselves are shown (flags, the indirect table, a chain that breaks a
+        rule up to where it does), as QEMU shows them: the device's walk (`peek_chain`) keeps
+        only the buffers of a valid chain."""
         lines, idx, seen = [], head, 0
         indirect_done = False
         limit = size
@@ -505,15 +472,15 @@ class Monitor:
                 break
             seen += 1
             addr, length, flags, nxt = struct.unpack("<QIHH", self._phys(table + 16 * idx, 16))
-            tags = [t for bit, t in ((VRING_DESC_F_WRITE, "write"), (VRING_DESC_F_INDIRECT, "indirect"))
+            tags = [t for bit, t in ((VIRTQ_DESC_F_WRITE, "write"), (VIRTQ_DESC_F_INDIRECT, "indirect"))
                     if flags & bit]
             lines.append(f"addr 0x{addr:x} len {length}" + (f" ({', '.join(tags)})" if tags else ""))
-            if flags & VRING_DESC_F_INDIRECT and not indirect_done and length >= 16 and length % 16 == 0:
+            if flags & VIRTQ_DESC_F_INDIRECT and not indirect_done and length >= 16 and length % 16 == 0:
                 indirect_done = True
                 table, limit, idx, seen = addr, length // 16, 0, 0
                 lines.append("  indirect table:")
                 continue
-            if not flags & VRING_DESC_F_NEXT:
+            if not flags & VIRTQ_DESC_F_NEXT:
                 break
             idx = nxt
             if len(lines) > 64:
@@ -663,42 +630,16 @@ def _fmt_value(v: int, fmt: str, size: int) -> str:
     return hex(v)
 
 
-def _find_virtio(dev):
-    """The VirtioDevice behind a board object: itself, or the one a transport wraps."""
-    if _is_virtio(dev):
+def _find_virtio(dev) -> VirtioDevice | None:
+    """The VirtioDevice behind a board object: itself, or the one its transport carries."""
+    if isinstance(dev, VirtioDevice):
         return dev
-    for attr in ("vdev", "virtio", "device", "backend_device", "virtio_device"):
-        inner = getattr(dev, attr, None)
-        if inner is not None and _is_virtio(inner):
-            return inner
-    return None
+    inner = getattr(dev, "vdev", None)          # the transports' name for their device
+    return inner if isinstance(inner, VirtioDevice) else None
 
 
-def _is_virtio(obj) -> bool:
-    return hasattr(obj, "host_features") and hasattr(obj, "queues") and hasattr(obj, "status")
-
-
-def _virtio_name(vdev) -> str:
-    did = _attr(vdev, "device_id", "DEVICE_ID")
-    if isinstance(did, int) and did in VIRTIO_DEVICE_NAMES:
-        return VIRTIO_DEVICE_NAMES[did]
-    name = _attr(vdev, "device_name", "name")
-    return name if isinstance(name, str) else type(vdev).__name__
-
-
-def _inflight(vq) -> int:
-    v = _attr(vq, "inflight", "inuse", "in_flight", default=0)
-    if callable(v):
-        v = v()
-    if isinstance(v, (set, dict, list, tuple)):
-        v = len(v)
-    return int(v)
-
-
-def _ring_addrs(vq) -> tuple[int, int, int]:
-    return (int(_attr(vq, "desc_addr", "desc", "desc_table", default=0)),
-            int(_attr(vq, "avail_addr", "avail", "driver_addr", "driver", default=0)),
-            int(_attr(vq, "used_addr", "used", "device_addr", "device", default=0)))
+def _virtio_name(vdev: VirtioDevice) -> str:
+    return DEVICE_NAMES.get(vdev.device_id, vdev.name)
 
 
 class MonitorConsole:

@@ -7,7 +7,7 @@ import select
 import sys
 
 from ..config import ConfigError
-from .breakpoints import DeviceBreakpoints, RequestResolver
+from .breakpoints import DeviceBreakpoints
 from .gdbstub import Action, GdbStub, parse_gdb_address
 from .machine_target import MachineTarget
 from .monitor import Monitor, MonitorConsole
@@ -30,10 +30,10 @@ class Debugger:
         self.gdb = gdb
         self.console = console
         self.start_stopped = start_stopped
-        resolver = RequestResolver(self._virtio_named) if machine is not None else None
         precise = getattr(target, "set_precise_stops", None)
-        self.breakpoints = DeviceBreakpoints(self._device_hit, resolver,
-                                             on_change=(lambda n: precise(n > 0)) if precise else None)
+        self.breakpoints = DeviceBreakpoints(self._device_hit,
+                                             on_change=(lambda n: precise(n > 0)) if precise else None,
+                                             completions=machine is not None)
         self.monitor = Monitor(target, machine, self.breakpoints, on_quit=self._quit,
                                on_reset=self._reset, on_stop=self._console_stop,
                                on_cont=self._console_cont)
@@ -51,10 +51,6 @@ class Debugger:
         self._dead: Stop | None = None      # a fatal fault gdb is looking at
 
     # -- callbacks ----------------------------------------------------------------------------------
-    def _virtio_named(self, name: str) -> list:
-        return [vdev for _, vdev, _ in self.monitor.virtio_devices()
-                if getattr(vdev, "name", None) == name]
-
     def _device_hit(self, bp, message: str) -> None:
         self.target.request_stop("device", message)
 

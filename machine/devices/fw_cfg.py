@@ -79,8 +79,8 @@ _DMA_ACCESS = struct.Struct(">IIQ")
 _DIR_ENTRY = struct.Struct(">IHH56s")
 _E820_ENTRY = struct.Struct("<QQI")
 
-EV_SELECT = trace.Event("fw_cfg_select", "key {key:#06x} '{name}', ret: {ret}")
-EV_READ = trace.Event("fw_cfg_read", "= {ret:#x}")
+EV_SELECT = trace.Event("fw_cfg_select")
+EV_READ = trace.Event("fw_cfg_read")
 
 _KEY_NAMES = {v: k.lower() for k, v in list(globals().items())
               if k.isupper() and isinstance(v, int) and v < FILE_FIRST and not k.startswith(("ID_", "DMA_", "E820"))}

@@ -58,10 +58,9 @@ BUS_NS_PER_TICK = 1
 # Divide configuration register bits 3,1,0 -> divisor
 _DIVIDE = {0b000: 2, 0b001: 4, 0b010: 8, 0b011: 16, 0b100: 32, 0b101: 64, 0b110: 128, 0b111: 1}
 
-EV_LOCAL_DELIVER = trace.Event("apic_local_deliver", "vector {vector} lvt {lvt:#x}")
-EV_MEM_WRITE = trace.Event("apic_mem_writel", "{addr:#x} = {val:#010x}")
-EV_DELIVER_IRQ = trace.Event("apic_deliver_irq", "dest {dest} dest_mode {dest_mode} delivery_mode {delivery_mode} "
-                             "vector {vector} trigger_mode {trigger_mode}")
+EV_LOCAL_DELIVER = trace.Event("apic_local_deliver")
+EV_MEM_WRITE = trace.Event("apic_mem_writel")
+EV_DELIVER_IRQ = trace.Event("apic_deliver_irq")
 
 
 def _highest(bits: int) -> int:

@@ -21,8 +21,8 @@ from ..irq import IrqLine
 from ..regs import Reg, RegisterBank
 from .isa import ByteWideOps
 
-EV_INTERRUPT = trace.Event("pic_interrupt", "irq {irq} intno {intno}")
-EV_SET_IRQ = trace.Event("pic_set_irq", "master {master:d} irq {irq} level {level:d}")
+EV_INTERRUPT = trace.Event("pic_interrupt")
+EV_SET_IRQ = trace.Event("pic_set_irq")
 
 ICW1_IC4 = 0x01
 ICW1_SNGL = 0x02

@@ -81,8 +81,8 @@ RX_TRIGGER = (1, 4, 8, 14)          # FCR bits 7:6
 FLUSH_AFTER_NS = 100_000
 HOST_QUEUE_LIMIT = 1 << 16          # bytes of host input held back while the guest is not reading
 
-EV_READ = trace.Event("serial_read", "addr {addr:#x} value {value:#04x}")
-EV_WRITE = trace.Event("serial_write", "addr {addr:#x} value {value:#04x}")
+EV_READ = trace.Event("serial_read")
+EV_WRITE = trace.Event("serial_write")
 
 
 def _modem_lines(mcr: int) -> int:

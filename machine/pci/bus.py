@@ -21,8 +21,8 @@ IntxRouter = Callable[[int, int, bool], None]       # route(devfn, pin 1..4, lev
 NUM_SLOTS = 32
 NUM_FUNCTIONS = 8
 
-EV_CFG_READ = trace.Event("pci_cfg_read", "{dev} offset={offset:#04x} size={size} -> {value:#x}")
-EV_CFG_WRITE = trace.Event("pci_cfg_write", "{dev} offset={offset:#04x} size={size} <- {value:#x}")
+EV_CFG_READ = trace.Event("pci_cfg_read")
+EV_CFG_WRITE = trace.Event("pci_cfg_write")
 
 
 class PciBus:

@@ -88,9 +88,9 @@ IO_SPACE_END = 0x10000
 # x86-64 defines at most 52 physical address bits; a BAR placed above that cannot be reached.
 PHYS_ADDR_LIMIT = 1 << 52
 
-EV_MAP_ADD = trace.Event("pci_update_mappings_add", "{dev} bar={bar} address={address:#x} size={size:#x}")
-EV_MAP_DEL = trace.Event("pci_update_mappings_del", "{dev} bar={bar} address={address:#x} size={size:#x}")
-EV_SET_IRQ = trace.Event("pci_set_irq", "{dev} pin={pin} level={level:d}")
+EV_MAP_ADD = trace.Event("pci_update_mappings_add")
+EV_MAP_DEL = trace.Event("pci_update_mappings_del")
+EV_SET_IRQ = trace.Event("pci_set_irq")
 
 
 @dataclass(eq=False)

@@ -20,28 +20,15 @@ from ..config import ConfigError
 from ..memory import GuestMemory
 from . import props as P
 from .device import VIRTIO_QUEUE_MAX, VirtioDevice, bit
-from .blk_request import (DWZ_SEGMENT, SECTOR, VIRTIO_BLK_F_DISCARD, VIRTIO_BLK_F_WRITE_ZEROES,
-                          VIRTIO_BLK_S_OK, VIRTIO_BLK_T_DISCARD, VIRTIO_BLK_T_FLUSH,
-                          VIRTIO_BLK_T_GET_ID, VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT,
-                          VIRTIO_BLK_T_WRITE_ZEROES, BlkRequest, IoError, RequestError, Seg,
-                          Unsupported, parse)
+from .blk_request import (DWZ_SEGMENT, SECTOR, BlkRequest, IoError, RequestError, Seg, Unsupported,
+                          parse)
 from .queue import QUEUE_MAX_SIZE, Chain, SplitQueue, is_power_of_2
-
-VIRTIO_ID_BLOCK = 2
-
-# Feature bits (5.2.3)
-VIRTIO_BLK_F_SIZE_MAX = 1
-VIRTIO_BLK_F_SEG_MAX = 2
-VIRTIO_BLK_F_GEOMETRY = 4
-VIRTIO_BLK_F_RO = 5
-VIRTIO_BLK_F_BLK_SIZE = 6
-VIRTIO_BLK_F_FLUSH = 9
-VIRTIO_BLK_F_TOPOLOGY = 10
-VIRTIO_BLK_F_CONFIG_WCE = 11
-VIRTIO_BLK_F_MQ = 12
-
-VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP = 1
-VIRTIO_BLK_ID_BYTES = 20
+from .spec import (VIRTIO_BLK_F_BLK_SIZE, VIRTIO_BLK_F_CONFIG_WCE, VIRTIO_BLK_F_DISCARD,
+                   VIRTIO_BLK_F_FLUSH, VIRTIO_BLK_F_GEOMETRY, VIRTIO_BLK_F_MQ, VIRTIO_BLK_F_RO,
+                   VIRTIO_BLK_F_SEG_MAX, VIRTIO_BLK_F_TOPOLOGY, VIRTIO_BLK_F_WRITE_ZEROES,
+                   VIRTIO_BLK_ID_BYTES, VIRTIO_BLK_S_OK, VIRTIO_BLK_T_DISCARD, VIRTIO_BLK_T_FLUSH,
+                   VIRTIO_BLK_T_GET_ID, VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT, VIRTIO_BLK_T_WRITE_ZEROES,
+                   VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP, VIRTIO_ID_BLOCK)
 
 # 0x7fffffff bytes rounded down to sectors: QEMU's default for the discard/write-zeroes maxima.
 REQUEST_MAX_SECTORS = 0x7FFFFE00 >> 9
@@ -50,10 +37,9 @@ CONFIG = struct.Struct("<QIIHBBIBBHIBBHIIIIIB3x")     # struct virtio_blk_config
 CONFIG_SIZE = CONFIG.size                             # 60, as QEMU with discard + write-zeroes
 OFF_WRITEBACK = 32
 
-EV_READ = trace.Event("virtio_blk_handle_read", "vdev={vdev} req={req} sector={sector} nsectors={nsectors}")
-EV_WRITE = trace.Event("virtio_blk_handle_write", "vdev={vdev} req={req} sector={sector} nsectors={nsectors}")
-EV_COMPLETE = trace.Event("virtio_blk_req_complete", "vdev={vdev} req={req} type={type} sector={sector} "
-                          "len={len} status={status} latency_us={latency_us:.1f}")
+EV_READ = trace.Event("virtio_blk_handle_read")
+EV_WRITE = trace.Event("virtio_blk_handle_write")
+EV_COMPLETE = trace.Event("virtio_blk_req_complete")
 
 
 class VirtioBlk(VirtioDevice):

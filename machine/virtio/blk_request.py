@@ -15,21 +15,9 @@ import struct
 from typing import Callable, NamedTuple
 
 from .queue import Chain, VirtqueueError
-
-# Request types and status (5.2.6)
-VIRTIO_BLK_T_IN = 0
-VIRTIO_BLK_T_OUT = 1
-VIRTIO_BLK_T_FLUSH = 4
-VIRTIO_BLK_T_GET_ID = 8
-VIRTIO_BLK_T_DISCARD = 11
-VIRTIO_BLK_T_WRITE_ZEROES = 13
-VIRTIO_BLK_S_OK = 0
-VIRTIO_BLK_S_IOERR = 1
-VIRTIO_BLK_S_UNSUPP = 2
-
-# The discard/write-zeroes features (5.2.3): without them the types do not exist.
-VIRTIO_BLK_F_DISCARD = 13
-VIRTIO_BLK_F_WRITE_ZEROES = 14
+from .spec import (VIRTIO_BLK_F_DISCARD, VIRTIO_BLK_F_WRITE_ZEROES, VIRTIO_BLK_S_IOERR,
+                   VIRTIO_BLK_S_UNSUPP, VIRTIO_BLK_T_DISCARD, VIRTIO_BLK_T_GET_ID, VIRTIO_BLK_T_IN,
+                   VIRTIO_BLK_T_OUT, VIRTIO_BLK_T_WRITE_ZEROES)
 
 SECTOR = 512
 HEADER = struct.Struct("<IIQ")              # struct virtio_blk_req: type, reserved (ioprio), sector

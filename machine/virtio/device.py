@@ -10,45 +10,51 @@ device's `Transport`, which learns about interrupts (`interrupt_changed`) and ga
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Callable, Protocol
 
 from .. import trace
 from ..config import ConfigError
 from ..memory import GuestMemory, GuestMemoryError, ones
-from .queue import QUEUE_MAX_SIZE, SplitQueue, VirtqueueError, is_power_of_2
-
-# Device status bits (2.1)
-ACKNOWLEDGE = 1
-DRIVER = 2
-DRIVER_OK = 4
-FEATURES_OK = 8
-DEVICE_NEEDS_RESET = 64
-FAILED = 128
-
-# Transport/ring feature bits (6)
-VIRTIO_F_NOTIFY_ON_EMPTY = 24      # legacy only
-VIRTIO_F_ANY_LAYOUT = 27           # legacy only; always true for modern devices
-VIRTIO_F_INDIRECT_DESC = 28
-VIRTIO_F_EVENT_IDX = 29
-VIRTIO_F_BAD_FEATURE = 30          # legacy: a driver that sets it is broken
-VIRTIO_F_VERSION_1 = 32
-
-# ISR bits (4.1.4.5)
-ISR_QUEUE = 1
-ISR_CONFIG = 2
+from .queue import QUEUE_MAX_SIZE, QueueState, SplitQueue, VirtqueueError, is_power_of_2
+from .spec import (DEVICE_NEEDS_RESET, DRIVER_OK, FAILED, FEATURES_OK, ISR_CONFIG, ISR_QUEUE,
+                   VIRTIO_F_BAD_FEATURE, VIRTIO_F_EVENT_IDX, VIRTIO_F_INDIRECT_DESC,
+                   VIRTIO_F_VERSION_1)
 
 VIRTIO_QUEUE_MAX = 1024            # queues per device, as QEMU
 
-EV_SET_STATUS = trace.Event("virtio_set_status", "vdev={vdev} val={val}")
-EV_QUEUE_NOTIFY = trace.Event("virtio_queue_notify", "vdev={vdev} n={n}")
-EV_NOTIFY = trace.Event("virtio_notify", "vdev={vdev} vq={vq}")
-EV_CONFIG_NOTIFY = trace.Event("virtio_notify_config", "vdev={vdev}")
-EV_ERROR = trace.Event("virtio_error", "vdev={vdev} {msg}")
-EV_FEATURES = trace.Event("virtio_set_features", "vdev={vdev} features={features:#x}")
+EV_SET_STATUS = trace.Event("virtio_set_status")
+EV_QUEUE_NOTIFY = trace.Event("virtio_queue_notify")
+EV_NOTIFY = trace.Event("virtio_notify")
+EV_CONFIG_NOTIFY = trace.Event("virtio_notify_config")
+EV_ERROR = trace.Event("virtio_error")
+EV_FEATURES = trace.Event("virtio_set_features")
 
 
 def bit(n: int) -> int:
     return 1 << n
+
+
+@dataclass(frozen=True)
+class VirtioDeviceState:
+    """A virtio device's state at one instant, transport-independent: what debuggers print and
+    a snapshot saves. `broken` is the device's own flag (a legacy driver has no NEEDS_RESET
+    bit to show it); `error` says why, as the message of the violation."""
+    name: str
+    device_id: int
+    status: int
+    host_features: int
+    guest_features: int
+    isr: int
+    broken: bool
+    error: str | None
+    config: bytes
+    config_generation: int
+    queues: tuple[QueueState, ...]
+
+    @property
+    def started(self) -> bool:
+        return bool(self.status & DRIVER_OK)
 
 
 class Transport(Protocol):
@@ -84,6 +90,13 @@ class VirtioDevice:
         self.config_generation = 0
         self.queues: list[SplitQueue] = []
         self.transport: Transport = Unplugged()          # set by plug()
+
+    def state(self) -> VirtioDeviceState:
+        return VirtioDeviceState(self.name, self.device_id, self.status, self.host_features,
+                                 self.guest_features, self.isr, self.broken,
+                                 None if self.error is None else str(self.error),
+                                 bytes(self.config), self.config_generation,
+                                 tuple(q.state() for q in self.queues))
 
     # -- building (realize time) ---------------------------------------------------------------
     def plug(self, transport: Transport) -> None:

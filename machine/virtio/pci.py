@@ -18,8 +18,9 @@ from .. import trace
 from ..config import ConfigError
 from ..pci.device import QEMU_SUBSYSTEM_ID, PciDevice
 from ..regs import Reg, RegisterBank
-from .device import (DRIVER_OK, VIRTIO_F_ANY_LAYOUT, VirtioDevice, bit)
+from .device import VirtioDevice, bit
 from .queue import is_power_of_2
+from .spec import DRIVER_OK, VIRTIO_F_ANY_LAYOUT
 
 VIRTIO_PCI_VENDOR = 0x1AF4
 PCI_CAP_ID_VNDR = 0x09
@@ -42,8 +43,8 @@ NOTIFY_MULT = 4                         # notify_off_multiplier: queue n is kick
 LEGACY_BAR = 0
 LEGACY_HEADER = 20                      # 24 when MSI-X is enabled (two vector registers)
 
-EV_NOTIFY_WRITE = trace.Event("virtio_pci_notify_write", "addr={addr:#x} val={val:#x} size={size}")
-EV_NOTIFY_WRITE_PIO = trace.Event("virtio_pci_notify_write_pio", "addr={addr:#x} val={val:#x} size={size}")
+EV_NOTIFY_WRITE = trace.Event("virtio_pci_notify_write")
+EV_NOTIFY_WRITE_PIO = trace.Event("virtio_pci_notify_write_pio")
 
 _CAP = struct.Struct("<BBBBxxII")       # cap_len, cfg_type, bar, id, padding[2], offset, length
 

@@ -11,16 +11,13 @@ cached, which is safe because the size and addresses of an active queue are froz
 from __future__ import annotations
 
 import struct
+from dataclasses import dataclass
 from typing import Callable
 
 from .. import trace
 from ..memory import GuestMemory, GuestMemoryError
-
-VIRTQ_DESC_F_NEXT = 1
-VIRTQ_DESC_F_WRITE = 2
-VIRTQ_DESC_F_INDIRECT = 4
-VIRTQ_AVAIL_F_NO_INTERRUPT = 1
-VIRTQ_USED_F_NO_NOTIFY = 1
+from .spec import (VIRTQ_AVAIL_F_NO_INTERRUPT, VIRTQ_DESC_F_INDIRECT, VIRTQ_DESC_F_NEXT,
+                   VIRTQ_DESC_F_WRITE, VIRTQ_USED_F_NO_NOTIFY)
 
 QUEUE_MAX_SIZE = 1024          # as QEMU's VIRTQUEUE_MAX_SIZE; the spec allows up to 32768
 INDIRECT_MAX = 1024            # entries in one indirect table (bounds work per chain)
@@ -30,8 +27,8 @@ _DESC = struct.Struct("<QIHH")
 _U16 = struct.Struct("<H")
 _ELEM = struct.Struct("<II")
 
-EV_POP = trace.Event("virtqueue_pop", "vq={vq} head={head} in_num={in_num} out_num={out_num}")
-EV_FILL = trace.Event("virtqueue_fill", "vq={vq} head={head} len={len} idx={idx}")
+EV_POP = trace.Event("virtqueue_pop")
+EV_FILL = trace.Event("virtqueue_fill")
 
 
 class VirtqueueError(Exception):
@@ -137,6 +134,32 @@ class Chain:
         return f"Chain(head={self.head} out=[{r}] in=[{w}])"
 
 
+@dataclass(frozen=True)
+class QueueState:
+    """A split queue's state at one instant: what the driver set up and how far the device
+    got. The debuggers print it; a snapshot of the device saves it."""
+    index: int
+    size: int                     # entries the driver chose (at most max_size)
+    max_size: int                 # entries the device offers
+    enabled: bool                 # queue_enable / a legacy PFN written
+    active: bool                  # rings checked and in use
+    desc_addr: int
+    avail_addr: int
+    used_addr: int
+    last_avail_idx: int           # the next avail position the device takes
+    used_idx: int                 # the device's used->idx
+    inflight: tuple[int, ...]     # heads taken and not yet completed, sorted
+    event_idx: bool               # VIRTIO_F_EVENT_IDX negotiated
+    indirect: bool                # VIRTIO_F_INDIRECT_DESC negotiated
+    pending_kick: bool            # kicked before DRIVER_OK
+    signalled_used: int           # used->idx at the last interrupt (EVENT_IDX bookkeeping)
+    signalled_valid: bool
+
+    @property
+    def inflight_count(self) -> int:
+        return len(self.inflight)
+
+
 def is_power_of_2(n: int) -> bool:
     return n > 0 and n & (n - 1) == 0
 
@@ -170,6 +193,13 @@ class SplitQueue:
     @property
     def inflight_count(self) -> int:
         return len(self.inflight)
+
+    def state(self) -> QueueState:
+        return QueueState(self.index, self.size, self.max_size, self.enabled, self.active,
+                          self.desc_addr, self.avail_addr, self.used_addr, self.last_avail_idx,
+                          self.used_idx, tuple(sorted(self.inflight)), self.event_idx,
+                          self.indirect, self.pending_kick, self._signalled_used,
+                          self._signalled_valid)
 
     # -- set-up ----------------------------------------------------------------------------
     def ring_sizes(self) -> tuple[int, int, int]:

@@ -35,7 +35,7 @@ EFLAGS_AC = 1 << 18
 
 _REG_RIP, _REG_RSP, _REG_EFLAGS = X.UC_X86_REG_RIP, X.UC_X86_REG_RSP, X.UC_X86_REG_EFLAGS
 
-EV_INT = trace.Event("cpu_interrupt", "vector={vector:#x} kind={kind} mode={mode} err={err}")
+EV_INT = trace.Event("cpu_interrupt")
 
 
 class DeliveryFault(Exception):
