@@ -6,6 +6,7 @@
 #include "pci.h"
 #include "pic.h"
 #include "multiboot.h"
+#include "linux.h"
 
 void fw_main(void);
 
@@ -23,5 +24,7 @@ void fw_main(void)
 
     pci_setup();
     pic_setup();
+    if (linux_present())
+        linux_boot();
     multiboot_boot();
 }

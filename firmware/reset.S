@@ -1,5 +1,5 @@
-/* Reset vector, the switch from real to 32-bit protected mode, and the two ways out of C:
- * halting and jumping to a Multiboot kernel.  Everything else is C. */
+/* Reset vector, the switch from real to 32-bit protected mode, and the ways out of C:
+ * halting, jumping to a Multiboot kernel and jumping to a Linux kernel.  Everything else is C. */
 #include "layout.h"
 
 /* ---- 16-bit entry, executed from the ROM's low alias (CS = 0xF000) ---- */
@@ -64,6 +64,28 @@ boot_multiboot:
         xorl    %ebp, %ebp
         jmp     *%ecx
 
+/* void boot_linux(uint32_t entry, uint32_t zero_page): the Linux 32-bit boot protocol hand-off.
+ * CS = __BOOT_CS (0x10) and DS/ES/SS = __BOOT_DS (0x18), flat 4 GiB, in a GDT of the layout
+ * the protocol names; ESI = the zero page; EBP, EDI, EBX zero; paging and interrupts off. */
+        .globl  boot_linux
+boot_linux:
+        movl    4(%esp), %ecx
+        movl    8(%esp), %esi
+        lgdtl   linux_gdt_desc
+        ljmpl   $0x10, $1f
+1:      movw    $0x18, %ax
+        movw    %ax, %ds
+        movw    %ax, %es
+        movw    %ax, %ss
+        movw    %ax, %fs
+        movw    %ax, %gs
+        xorl    %eax, %eax
+        xorl    %ebx, %ebx
+        xorl    %edx, %edx
+        xorl    %edi, %edi
+        xorl    %ebp, %ebp
+        jmp     *%ecx
+
 /* ---- GDT: read by lgdt in real mode, so it lives in ROM ---- */
         .section .rodata.gdt, "a"
         .balign 8
@@ -75,6 +97,17 @@ gdt_end:
 gdt_desc:
         .word   gdt_end - gdt - 1
         .long   gdt                     /* linear address in the high alias (A20 is on) */
+
+        .balign 8
+linux_gdt:
+        .quad   0
+        .quad   0
+        .quad   0x00CF9B000000FFFF      /* 0x10 __BOOT_CS */
+        .quad   0x00CF93000000FFFF      /* 0x18 __BOOT_DS */
+linux_gdt_end:
+linux_gdt_desc:
+        .word   linux_gdt_end - linux_gdt - 1
+        .long   linux_gdt
 
 /* ---- The reset vector: the last 16 bytes of the image, at 0xFFFFFFF0 ---- */
         .section .reset, "ax"

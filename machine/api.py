@@ -94,7 +94,9 @@ class Session:
         self.machine = Machine(config)
         attach_block_log(self.machine)
         self.target = MachineTarget(self.machine)
-        self.symbols = ElfSymbols.from_file(config.kernel) if config.kernel else ElfSymbols(_EMPTY_ELF)
+        self.symbols = ElfSymbols(_EMPTY_ELF)
+        if config.kernel and Path(config.kernel).read_bytes()[:4] == b"\x7fELF":
+            self.symbols = ElfSymbols.from_file(config.kernel)      # a bzImage has none
         self._serial_wait: bytes | None = None
         self._serial_from = 0           # run_until_serial searches from here (pexpect style)
         uart = self.machine.devices.get("serial0")

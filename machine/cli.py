@@ -24,14 +24,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from machine import trace
+from machine import kernel_image, trace
 from machine.config import CharDev, ConfigError, DeviceConfig, DriveConfig, MachineConfig, MiB
 
 PROG = "machine"
 VERSION = "0.1.0"
 
-MULTIBOOT_MAGIC = 0x1BADB002
-MULTIBOOT_SEARCH = 8192          # the Multiboot v1 header lies in the first 8 KiB, 4-aligned
 BUNDLED_IMAGE_SIZE = 64 * MiB
 MIN_RAM = 2 * MiB                # below this the PC RAM layout does not fit
 MAX_RAM = 1024 * 1024 * MiB      # 1 TiB: a typo guard, far above anything a test needs
@@ -177,28 +175,10 @@ def _check_output_file(path: str) -> None:
         raise _OptError(f"Could not open '{path}': Permission denied")
 
 
-def check_multiboot_kernel(path: str) -> None:
-    """The firmware loads Multiboot v1 ELF32 kernels only: look for the Multiboot header (magic,
-    flags, checksum summing to zero) at a 4-aligned offset in the first 8 KiB, and an ELF32 file.
-    Raises ValueError with the reason."""
-    with open(path, "rb") as f:
-        head = f.read(MULTIBOOT_SEARCH + 12)
-    found = False
-    for off in range(0, min(len(head) - 11, MULTIBOOT_SEARCH), 4):
-        magic = int.from_bytes(head[off:off + 4], "little")
-        if magic != MULTIBOOT_MAGIC:
-            continue
-        flags = int.from_bytes(head[off + 4:off + 8], "little")
-        checksum = int.from_bytes(head[off + 8:off + 12], "little")
-        if (magic + flags + checksum) & 0xFFFFFFFF == 0:
-            found = True
-            break
-    if not found:
-        raise ValueError("not a Multiboot kernel (no Multiboot header with a valid checksum "
-                         "in the first 8192 bytes)")
-    if head[:4] != b"\x7fELF" or head[4] != 1:
-        raise ValueError("the Multiboot kernel is not an ELF32 file "
-                         "(this machine's firmware loads ELF kernels only)")
+def check_kernel(path: str) -> None:
+    """The firmware boots Multiboot v1 ELF32 kernels and Linux bzImages (see kernel_image).
+    Raises ValueError with the reason when the file is neither."""
+    kernel_image.probe(path)
 
 
 # --------------------------------------------------------------------------- the option table
@@ -228,9 +208,11 @@ _opt("cpu", "MODEL", "refused: the CPU model is fixed (a family 6 CPU with SSE4.
 _opt("smp", "1", "the number of CPUs: only 1", "opt_smp")
 _opt("m", "[size=]SIZE", "RAM size; a bare number is MiB, suffixes K M G T (default 128M)", "opt_m")
 _opt("bios", "FILE", "firmware image (default: the bundled firmware)", "opt_bios")
-_opt("kernel", "FILE", "Multiboot v1 ELF32 kernel to boot (default: the bundled self-test guest)",
-     "opt_kernel")
-_opt("append", "CMDLINE", "the kernel command line (the guest sees 'FILE CMDLINE')", "opt_append")
+_opt("kernel", "FILE", "Linux bzImage or Multiboot v1 ELF32 kernel to boot (default: the bundled "
+     "self-test guest)", "opt_kernel")
+_opt("append", "CMDLINE", "the kernel command line (a Multiboot kernel sees 'FILE CMDLINE')",
+     "opt_append")
+_opt("initrd", "FILE", "initial ram disk for a Linux kernel", "opt_initrd")
 _opt("drive", "file=IMG[,format=raw][,if=virtio|none][,id=ID][,readonly=on|off]"
      "[,cache=writeback|writethrough|none|directsync|unsafe][,discard=unmap|ignore][,snapshot=on|off]",
      "a raw disk image; if=virtio adds a virtio-blk-pci for it", "opt_drive")
@@ -263,7 +245,7 @@ _opt("S", None, "do not start the CPU at start-up (continue from gdb or the moni
 UNSUPPORTED = frozenset("""
     enable-kvm no-kvm xen-domid hda hdb hdc hdd fda fdb cdrom mtdblock sd pflash blockdev
     netdev nic net usb usbdevice vga full-screen g sdl vnc spice curses k audiodev soundhw
-    initrd dtb fw_cfg option-rom rtc icount object numa global name uuid pidfile daemonize
+    dtb fw_cfg option-rom rtc icount object numa global name uuid pidfile daemonize
     loadvm incoming qmp qmp-pretty mon parallel virtfs fsdev mem-path mem-prealloc overcommit
     watchdog-action action semihosting semihosting-config plugin L sandbox runas chroot msg
     preconfig no-shutdown no-hpet no-acpi acpitable smbios singlestep nodefaults
@@ -413,6 +395,8 @@ class _Parser:
                               "devices (COM1 is on stdio: use -serial none or a file)")
         if cfg.append and cfg.kernel is None and cfg.bios is not None:
             raise ConfigError("-append only allowed with -kernel option")
+        if cfg.initrd is not None and cfg.kernel is None:
+            raise ConfigError("-initrd only allowed with -kernel option")
 
     def finish_device(self, dev: DeviceConfig) -> None:
         if dev.driver != "virtio-blk-pci":
@@ -517,7 +501,7 @@ class _Parser:
     def opt_kernel(self, arg: str) -> None:
         _check_readable_file(arg)
         try:
-            check_multiboot_kernel(arg)
+            check_kernel(arg)
         except OSError as err:
             raise _OptError(_describe_oserror(arg, err)) from None
         except ValueError as err:
@@ -526,6 +510,10 @@ class _Parser:
 
     def opt_append(self, arg: str) -> None:
         self.config.append = arg
+
+    def opt_initrd(self, arg: str) -> None:
+        _check_readable_file(arg)
+        self.config.initrd = Path(arg)
 
     # ---- block
 

@@ -48,8 +48,9 @@ class DeviceConfig:
 class MachineConfig:
     ram_size: int = 128 * MiB
     bios: Path | None = None            # None: the bundled firmware (firmware/out/bios.bin)
-    kernel: Path | None = None          # Multiboot v1 ELF32, loaded by the firmware via fw_cfg
-    append: str = ""                    # -append; the guest sees "<kernel path> <append>"
+    kernel: Path | None = None          # Linux bzImage or Multiboot v1 ELF32, loaded by the firmware
+    append: str = ""                    # -append; a Multiboot guest sees "<kernel path> <append>"
+    initrd: Path | None = None          # -initrd: a Linux initrd (a Multiboot kernel: refused)
     serial: CharDev = field(default_factory=lambda: CharDev("stdio"))
     debugcon: CharDev = field(default_factory=CharDev)   # port 0x402 output (firmware progress)
     drives: list[DriveConfig] = field(default_factory=list)

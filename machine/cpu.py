@@ -31,7 +31,7 @@ from unicorn import Uc, UcError
 from unicorn import unicorn_const as UC
 from unicorn import x86_const as X
 
-from . import trace
+from . import pagewalk, syscall_insn, trace
 from . import unicorn_internals as ui
 from .clock import VirtualClock
 from .cpu_memory import CpuMemory, MemoryAccessError
@@ -39,7 +39,7 @@ from .x86 import log
 from .x86.cpuid import cpuid_table
 from .x86.deliver import ERROR_CODE_VECTORS, EFLAGS_IF, Delivery
 from .x86 import rep_string
-from .memory import PAGE, GuestMemory, IoSpace, MemoryMap
+from .memory import PAGE, GuestMemory, GuestMemoryError, IoSpace, MemoryMap
 
 # Virtual time one IN/OUT takes, on top of its instruction: about what a cycle on the ISA/LPC bus
 # costs on real hardware. Without it a guest polling a port for time to pass (the PIT channel 2
@@ -133,6 +133,7 @@ class Cpu:
         ui.hook_out(uc, self._on_out)
         ui.hook_cpuid(uc, self._on_cpuid)
         ui.hook_rdtsc(uc, self._on_rdtsc)
+        uc.hook_add(UC.UC_HOOK_INSN, self._on_syscall, None, 1, 0, X.UC_X86_INS_SYSCALL)
         uc.hook_add(UC.UC_HOOK_MEM_READ_UNMAPPED | UC.UC_HOOK_MEM_WRITE_UNMAPPED, self.physmem.on_unmapped)
         uc.hook_add(UC.UC_HOOK_MEM_WRITE_PROT, self._on_write_prot)
         self.reset()
@@ -169,7 +170,7 @@ class Cpu:
         rip = self._reg.read(_REG_RIP)
         lin = self.linear_pc()
         bits = self.code_bits()
-        code = ui.vmem_read(self.uc, lin, 16, UC.UC_PROT_EXEC) or ui.vmem_read(self.uc, lin, 16)
+        code = self.peek(lin, 16) or self.peek(lin, PAGE - (lin & (PAGE - 1)))
         if code is None:
             return False
         length = decode.instruction_length(code, lin, bits)
@@ -311,7 +312,37 @@ class Cpu:
     def translate(self, vaddr: int) -> int | None:
         """Guest-physical address of linear address `vaddr` through the current page tables,
         or None when it is not mapped."""
-        return ui.vmem_translate(self.uc, vaddr)
+        reg = self._reg
+        return pagewalk.translate(self._ram_u64, self._ram_u32, reg.read(X.UC_X86_REG_CR0),
+                                  reg.read(X.UC_X86_REG_CR3), reg.read(X.UC_X86_REG_CR4),
+                                  self.uc.msr_read(EFER), vaddr)
+
+    def _ram_u64(self, gpa: int) -> int | None:
+        return self.mem.read_u64(gpa) if self.mem.contains(gpa, 8) else None
+
+    def _ram_u32(self, gpa: int) -> int | None:
+        return self.mem.read_u32(gpa) if self.mem.contains(gpa, 4) else None
+
+    def peek(self, lin: int, n: int) -> bytes | None:
+        """`n` bytes of RAM or ROM at linear address `lin`, or None when any of it is unmapped
+        or not memory. Never touches the guest's CPU state (see pagewalk)."""
+        try:
+            return self.read_virtual(lin & 0xFFFFFFFFFFFFFFFF, n)
+        except MemoryAccessError:
+            return None
+
+    def poke_ram(self, lin: int, data: bytes) -> bool:
+        """Write RAM at linear address `lin` as a CPU store would, without dropping translated
+        code there (interrupt frames: with paging on a drop means a full flush). False, and
+        nothing written past the first bad page, when any of it is not RAM."""
+        pos = 0
+        try:
+            for pa, chunk in self._phys_chunks(lin & 0xFFFFFFFFFFFFFFFF, len(data)):
+                self.mem.view(pa, chunk)[:] = data[pos:pos + chunk]
+                pos += chunk
+        except (MemoryAccessError, GuestMemoryError):
+            return False
+        return True
 
     def _phys_chunks(self, vaddr: int, n: int):
         while n > 0:
@@ -544,7 +575,10 @@ class Cpu:
             error = None
             self.running = True
             try:
-                self.uc.emu_start(pc, 0xFFFFFFFFFFFFFFFF, 0, count - retired)
+                # until=0: any other value makes Unicorn drop the block at until-1 after the
+                # run through a page walk whose #PF, when unmapped, leaves CR2 and the pending
+                # exception state clobbered (a later real #PF then arrives as #DF).
+                self.uc.emu_start(pc, 0, 0, count - retired)
             except UcError as exc:
                 error = exc
             finally:
@@ -598,8 +632,7 @@ class Cpu:
 
     def _just_halted(self) -> bool:
         lin = self.linear_pc()
-        b = ui.vmem_read(self.uc, (lin - 1) & 0xFFFFFFFFFFFFFFFF, 1, UC.UC_PROT_EXEC) \
-            or ui.vmem_read(self.uc, (lin - 1) & 0xFFFFFFFFFFFFFFFF, 1)
+        b = self.peek(lin - 1, 1)
         return b == b"\xf4"
 
     def _fatal(self, kind: str, message: str, back: int = 0) -> None:
@@ -642,6 +675,17 @@ class Cpu:
         # Virtual time at this instruction: slice start + instructions retired and port
         # access time so far.
         return self._slice_start_ns + self._counter.value + self._io_ns
+
+    def _on_syscall(self, uc, _ud) -> None:
+        def raise_ud():
+            self.deliver_exception(6, None)
+            # Unicorn moves RIP past the SYSCALL when this hook returns
+            rip = self._reg.read(_REG_RIP)
+            self._reg.write(_REG_RIP, rip - syscall_insn.SYSCALL_LEN)
+        try:
+            syscall_insn.do_syscall(uc, self._reg, self._raw, raise_ud)
+        except UcError as exc:
+            self._fatal("fatal", f"SYSCALL cannot load the STAR code/stack segments: {exc}")
 
     def _on_intr(self, uc, intno, _ud) -> None:
         err, is_int = ui.take_exception_info(self._raw)

@@ -55,6 +55,7 @@ class CpuMemory:
         self.flush_pending = False
         self._dirty: list[tuple[int, int]] = []             # host-written ranges, see on_host_write
         self._remove_code = ui.code_remover(uc)
+        self._raw = ui.RawState(uc)                         # for identity_walks around mem_unmap
         self._ram_ranges_seen: list | None = None          # mem.ranges the starts below are of
         self._ram_starts: list[int] = []
         self.paging = False                                 # CR0.PG, as the CPU last saw it
@@ -219,20 +220,26 @@ class CpuMemory:
         ui.mmio_map(self.uc, base, size, bus_read, write)
         self._wo_windows[base] = (size, ram_offset)
 
+    def _mem_unmap(self, base: int, size: int) -> None:
+        # Unicorn drops translated code there through a page walk that would clobber CR2 and
+        # leave a phantom #PF pending when paging is on (see identity_walks).
+        with ui.identity_walks(self._raw):
+            self.uc.mem_unmap(base, size)
+
     def _unmap_range(self, base: int, size: int) -> None:
         """Unmap whatever is mapped in [base, base+size): RAM/ROM pieces, open-bus pages and
         write-only windows (each whole)."""
         self._drop_open_bus(base, size)
         for gpa, (sz, _) in list(self._wo_windows.items()):
             if gpa < base + size and base < gpa + sz:
-                self.uc.mem_unmap(gpa, sz)
+                self._mem_unmap(gpa, sz)
                 ui.forget_mmio_callbacks(self.uc, gpa, sz)
                 del self._wo_windows[gpa]
         end = base + size
         for begin, last, _perms in list(self.uc.mem_regions()):
             lo, hi = max(begin, base), min(last + 1, end)
             if lo < hi:
-                self.uc.mem_unmap(lo, hi - lo)
+                self._mem_unmap(lo, hi - lo)
 
     # MemoryMap backend ---------------------------------------------------------------------
     def map_mmio(self, region: MmioRegion) -> None:
@@ -270,7 +277,7 @@ class CpuMemory:
 
     def unmap_mmio(self, region: MmioRegion) -> None:
         try:
-            self.uc.mem_unmap(region.base, region.size)
+            self._mem_unmap(region.base, region.size)
         except UcError:
             pass
         ui.forget_mmio_callbacks(self.uc, region.base, region.size)
@@ -300,7 +307,7 @@ class CpuMemory:
         if not self._open_bus:
             return
         for p in [p for p in self._open_bus if base <= p < base + size]:
-            self.uc.mem_unmap(p, PAGE)
+            self._mem_unmap(p, PAGE)
             ui.forget_mmio_callbacks(self.uc, p, PAGE)
             self._open_bus.discard(p)
 

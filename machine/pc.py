@@ -37,7 +37,7 @@ import sys
 from dataclasses import dataclass
 from typing import BinaryIO, Callable
 
-from . import trace
+from . import kernel_image, trace
 from .block import open_drive
 from .clock import VirtualClock
 from .config import CharDev, ConfigError, DeviceConfig, MachineConfig
@@ -271,26 +271,55 @@ class Machine:
                 wanted.append((drive, {}))
         return wanted
 
+    def _fill_kernel(self, fw: FwCfg, low_top: int) -> None:
+        """-kernel/-initrd/-append as QEMU hands them to the firmware: a Multiboot kernel whole
+        in KERNEL_DATA with the command line "<path> <append>"; a Linux kernel split into
+        SETUP_DATA and KERNEL_DATA, the initrd in INITRD_DATA, the command line as given."""
+        cfg = self.config
+        try:
+            linux = kernel_image.probe(cfg.kernel)
+            kernel = open(cfg.kernel, "rb").read() if linux is None else linux.kernel
+            initrd = open(cfg.initrd, "rb").read() if cfg.initrd is not None else None
+        except OSError as exc:
+            raise ConfigError(f"could not load '{exc.filename}': {exc.strerror}") from None
+        except ValueError as exc:
+            raise ConfigError(f"-kernel {cfg.kernel}: {exc}") from None
+        if linux is None:
+            if initrd is not None:
+                raise ConfigError("-initrd: Multiboot modules are not supported "
+                                  "(only a Linux kernel takes an initrd)")
+            cmdline = f"{cfg.kernel} {cfg.append}".encode() + b"\0"
+        else:
+            cmdline = cfg.append.encode() + b"\0"
+            if len(cmdline) - 1 > linux.cmdline_size:
+                raise ConfigError(f"-append: the kernel command line is {len(cmdline) - 1} bytes, "
+                                  f"the kernel accepts at most {linux.cmdline_size}")
+            fw.add_u32(fw_cfg.SETUP_SIZE, len(linux.setup))
+            fw.add_bytes(fw_cfg.SETUP_DATA, linux.setup)
+            if initrd is not None:
+                room = linux.initrd_room(low_top)
+                if len(initrd) > room:
+                    raise ConfigError(f"-initrd {cfg.initrd}: initrd is too large ({len(initrd)} "
+                                      f"bytes; at most {room} fit below the kernel's initrd_addr_max "
+                                      f"{linux.initrd_addr_max:#x} and the top of RAM)")
+                fw.add_u32(fw_cfg.INITRD_SIZE, len(initrd))
+                fw.add_bytes(fw_cfg.INITRD_DATA, initrd)
+        fw.add_u32(fw_cfg.KERNEL_SIZE, len(kernel))
+        fw.add_bytes(fw_cfg.KERNEL_DATA, kernel)
+        fw.add_u32(fw_cfg.CMDLINE_SIZE, len(cmdline))
+        fw.add_bytes(fw_cfg.CMDLINE_DATA, cmdline)
+
     def _fill_fw_cfg(self, fw: FwCfg) -> None:
         cfg = self.config
         fw.add_u64(fw_cfg.RAM_SIZE, cfg.ram_size)
         fw.add_u16(fw_cfg.NB_CPUS, 1)
         fw.add_u16(fw_cfg.MAX_CPUS, 1)
+        low_top = max(r.end for r in self.mem.ranges if r.gpa < FOUR_GIB)
         if cfg.kernel is not None:
-            try:
-                kernel = open(cfg.kernel, "rb").read()
-            except OSError as exc:
-                raise ConfigError(f"could not load kernel '{cfg.kernel}': {exc.strerror}") from None
-            fw.add_u32(fw_cfg.KERNEL_SIZE, len(kernel))
-            fw.add_bytes(fw_cfg.KERNEL_DATA, kernel)
-            # As QEMU builds the Multiboot command line: the kernel path as given, a space, -append.
-            cmdline = f"{cfg.kernel} {cfg.append}".encode() + b"\0"
-            fw.add_u32(fw_cfg.CMDLINE_SIZE, len(cmdline))
-            fw.add_bytes(fw_cfg.CMDLINE_DATA, cmdline)
+            self._fill_kernel(fw, low_top)
         # As QEMU's `pc` machine: one RAM entry from 0 to the top of low RAM (the legacy hole at
         # 0xA0000-0xFFFFF is the firmware's business: it knows what it shadows there), and the
         # RAM above 4 GiB. The firmware ROM at the top of 4 GiB is reserved by the firmware.
-        low_top = max(r.end for r in self.mem.ranges if r.gpa < FOUR_GIB)
         entries = [(0, low_top, fw_cfg.E820_RAM)]
         entries += [(r.gpa, r.size, fw_cfg.E820_RAM) for r in self.mem.ranges if r.gpa >= FOUR_GIB]
         fw.add_file("etc/e820", fw_cfg.e820_table(entries))

@@ -56,6 +56,7 @@ CONTEXT_SIZE = 5608            # uc_context_size() for an x86 engine
 CONTEXT_DATA = 40              # struct uc_context header before the CPUX86State copy
 # Offsets inside the CPUX86State copy:
 ENV_HFLAGS = 176
+ENV_CR0 = 424                  # target_ulong cr[5]: CR0, (CR1), CR2, CR3, CR4
 ENV_SEGS = 184                 # SegmentCache[6]: ES CS SS DS FS GS, 24 bytes each
 SEG_SIZE = 24                  # {u32 selector; u64 base; u32 limit; u32 flags}
 ENV_ERROR_CODE = 5384
@@ -193,6 +194,38 @@ class RawState:
 
     def clear_old_exception(self) -> None:
         self._i32(ENV_OLD_EXCEPTION).value = -1
+
+
+class identity_walks:
+    """`with identity_walks(raw): uc.mem_unmap(...)`: Unicorn's mem_unmap (and every other path
+    into its uc_invalidate_tb) looks the *physical* range up as a *virtual* code address through
+    the guest's page tables; when paging does not map it, the walk raises a #PF that Unicorn
+    swallows half-way: CR2 and the error code are overwritten and the exception stays pending,
+    so the guest takes a page fault it never caused (seen as Linux faulting on a BAR address
+    while sizing BARs). Inside this block CR0.PG reads as clear, so the lookup is the identity
+    (which is what the caller means); the CPU state is restored byte for byte afterwards."""
+
+    def __init__(self, raw: RawState):
+        self._raw = raw
+        self._paged = False
+
+    def __enter__(self):
+        raw = self._raw.save()
+        cr0 = raw._u64(ENV_CR0)
+        self._paged = bool(cr0.value & CR0_PG)
+        if self._paged:
+            cr0.value &= ~CR0_PG
+            raw.restore()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._paged:
+            cr0 = self._raw._u64(ENV_CR0)
+            cr0.value |= CR0_PG
+            self._raw.restore()
+
+
+CR0_PG = 1 << 31
 
 
 def take_exception_info(raw: RawState) -> tuple[int, bool]:
@@ -579,7 +612,58 @@ def _probe() -> str | None:
     uc.emu_start(0x1000, 0x2000)
     if uc.reg_read(X86.UC_X86_REG_RAX) & 0xFF != 2:
         return "uc_ctl(UC_CTL_TB_REMOVE_CACHE) did not drop translated code"
-    return _probe_lean_hooks(uc)
+    return _probe_lean_hooks(uc) or _probe_syscall(uc) or _probe_unmap_walk(uc)
+
+
+def _probe_unmap_walk(uc: Uc) -> str | None:
+    """With paging on and nothing mapped, mem_unmap's code-cache walk clobbers CR2 unless done
+    inside identity_walks; CR0 sits at ENV_CR0 in the raw state."""
+    raw = RawState(uc)
+    uc.mem_map(0x6000, 0x1000)                       # an empty PML4: nothing is mapped
+    uc.mem_write(0x6000, bytes(0x1000))
+    uc.reg_write(X86.UC_X86_REG_CR3, 0x6000)
+    uc.reg_write(X86.UC_X86_REG_CR4, 0x20)
+    uc.reg_write(X86.UC_X86_REG_CR0, 0x80000011)
+    if raw.save()._u64(ENV_CR0).value != 0x80000011:
+        return "CR0 is not where expected in the CPU state"
+    clobbered = []
+    for guarded in (False, True):
+        uc.reg_write(X86.UC_X86_REG_CR2, 0)
+        uc.mem_map(0x7000, 0x1000)
+        if guarded:
+            with identity_walks(raw):
+                uc.mem_unmap(0x7000, 0x1000)
+        else:
+            uc.mem_unmap(0x7000, 0x1000)
+        clobbered.append(uc.reg_read(X86.UC_X86_REG_CR2))
+    uc.reg_write(X86.UC_X86_REG_CR0, 0x11)
+    if uc.reg_read(X86.UC_X86_REG_CR0) & CR0_PG:
+        return "paging could not be turned off again"
+    if clobbered != [0x7000, 0]:
+        return f"mem_unmap's page walk behaves differently than measured (CR2 {clobbered})"
+    return None
+
+
+def _probe_syscall(uc: Uc) -> str | None:
+    """SYSCALL is a no-op unless hooked; inside the hook RIP is the instruction itself, and
+    Unicorn adds its length (2) when the hook returns (see syscall_insn)."""
+    base = 0x4000
+    uc.mem_map(base, 0x1000)
+    uc.mem_write(base, b"\x0f\x05" + b"\xf4" * 14 + b"\xb0\x07\xf4")   # syscall; ... mov al, 7; hlt
+    seen = []
+
+    def on_syscall(_uc, _ud):
+        seen.append(uc.reg_read(X86.UC_X86_REG_RIP))
+        uc.reg_write(X86.UC_X86_REG_RIP, base + 16 - 2)
+    h = uc.hook_add(UC.UC_HOOK_INSN, on_syscall, None, 1, 0, X86.UC_X86_INS_SYSCALL)
+    uc.ctl_flush_tb()
+    uc.reg_write(X86.UC_X86_REG_RAX, 0)
+    uc.emu_start(base, base + 0x1000, count=10)
+    uc.hook_del(h)
+    uc.ctl_flush_tb()
+    if seen != [base] or uc.reg_read(X86.UC_X86_REG_RAX) & 0xFF != 7:
+        return "a SYSCALL hook does not see RIP at the instruction, or RIP is not advanced by 2"
+    return None
 
 
 class _ProbeError(Exception):

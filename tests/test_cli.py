@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from machine import cli
-from machine.cli import CliExit, check_multiboot_kernel, main, parse_args, parse_size, split_suboptions
+from machine.cli import CliExit, check_kernel, main, parse_args, parse_size, split_suboptions
 from machine.config import CharDev, ConfigError, MiB
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -319,8 +319,8 @@ def test_error_is_one_line_and_status_1(files, capsys, args, message):
 def test_multiboot_header_past_8k_is_not_found(tmp_path):
     k = multiboot_elf(tmp_path / "late.elf", offset=8192)
     with pytest.raises(ValueError, match="not a Multiboot kernel"):
-        check_multiboot_kernel(str(k))
-    check_multiboot_kernel(str(multiboot_elf(tmp_path / "edge.elf", offset=8192 - 12)))
+        check_kernel(str(k))
+    check_kernel(str(multiboot_elf(tmp_path / "edge.elf", offset=8192 - 12)))
 
 
 def test_parse_args_raises_config_error():

@@ -7,8 +7,10 @@ detaches or kills) and polls it between instruction slices while the guest runs 
 nothing of this exists, so an undebugged machine pays nothing.
 
 Protocol choices, for gdb 13 against an ELF32 guest:
-* the target description is i386 (eax..gs, st0-7 and the x87 control registers: a 176-byte
-  `g` reply); sending QEMU's x86-64 description to an ELF32 session makes gdb reject it;
+* the target description follows the guest's mode when gdb connects: i386 (eax..gs, st0-7 and
+  the x87 control registers: a 176-byte `g` reply) outside long mode, x86-64 (rax..r15, rip,
+  eflags, selectors, x87) in long mode; sending QEMU's x86-64 description to an ELF32 session
+  makes gdb reject it;
 * stop replies carry `swbreak:`/`hwbreak:`/`watch:` so gdb never has to guess the PC;
 * `qRcmd` (gdb's `monitor`) output travels in `O` packets, as does the message of a device
   breakpoint or a fatal guest fault;
@@ -41,6 +43,14 @@ I386_REGS: list[tuple[str, int]] = (
     + [(f"st{i}", 10) for i in range(8)]
     + [(n, 4) for n in ("fctrl", "fstat", "ftag", "fiseg", "fioff", "foseg", "fooff", "fop")]
 )
+# gdb's amd64 numbering (its 64bit-core.xml): 64-bit GPRs and RIP, 32-bit EFLAGS and selectors.
+AMD64_REGS: list[tuple[str, int]] = (
+    [(n, 8) for n in ("rax", "rbx", "rcx", "rdx", "rsi", "rdi", "rbp", "rsp")]
+    + [(f"r{i}", 8) for i in range(8, 16)] + [("rip", 8)]
+    + [(n, 4) for n in ("eflags", "cs", "ss", "ds", "es", "fs", "gs")]
+    + I386_REGS[16:]
+)
+REGISTERS = {"i386": I386_REGS, "x86-64": AMD64_REGS}
 _FPU_DEFAULTS = {"fctrl": 0x37F, "ftag": 0xFFFF}
 
 _EFLAGS_BITS = [("CF", 0), ("", 1), ("PF", 2), ("AF", 4), ("ZF", 6), ("SF", 7), ("TF", 8),
@@ -48,25 +58,29 @@ _EFLAGS_BITS = [("CF", 0), ("", 1), ("PF", 2), ("AF", 4), ("ZF", 6), ("SF", 7), 
                 ("AC", 18), ("VIF", 19), ("VIP", 20), ("ID", 21)]
 
 
-def _i386_target_xml() -> str:
+def _target_xml(arch: str) -> str:
     flags = "".join(f'<field name="{n}" start="{b}" end="{b}"/>' for n, b in _EFLAGS_BITS)
-    types = {"eip": "code_ptr", "esp": "data_ptr", "ebp": "data_ptr", "eflags": "i386_eflags"}
+    types = {"eip": "code_ptr", "esp": "data_ptr", "ebp": "data_ptr", "eflags": "i386_eflags",
+             "rip": "code_ptr", "rsp": "data_ptr", "rbp": "data_ptr"}
     regs = []
-    for num, (name, size) in enumerate(I386_REGS):
+    for num, (name, size) in enumerate(REGISTERS[arch]):
         if size == 10:
             regs.append(f'<reg name="{name}" bitsize="80" type="i387_ext" regnum="{num}"/>')
         elif name.startswith("f"):
             regs.append(f'<reg name="{name}" bitsize="32" type="int" group="float" regnum="{num}"/>')
         else:
-            regs.append(f'<reg name="{name}" bitsize="32" type="{types.get(name, "int32")}" regnum="{num}"/>')
+            default = "int64" if size == 8 else "int32"
+            regs.append(f'<reg name="{name}" bitsize="{8 * size}" type="{types.get(name, default)}" '
+                        f'regnum="{num}"/>')
+    gdb_arch = "i386:x86-64" if arch == "x86-64" else "i386"
     return ('<?xml version="1.0"?><!DOCTYPE target SYSTEM "gdb-target.dtd">'
-            '<target version="1.0"><architecture>i386</architecture>'
+            f'<target version="1.0"><architecture>{gdb_arch}</architecture>'
             '<feature name="org.gnu.gdb.i386.core">'
             f'<flags id="i386_eflags" size="4">{flags}</flags>'
             + "".join(regs) + "</feature></target>")
 
 
-TARGET_XML = {"i386": _i386_target_xml()}
+TARGET_XML = {arch: _target_xml(arch) for arch in REGISTERS}
 
 
 def checksum(data: bytes) -> int:
@@ -157,6 +171,7 @@ class GdbStub:
         self._watches: set[tuple[int, int, str]] = set()
         self._last_sent = b""
         self._interrupt_seen = False
+        self._arch: str | None = None       # register layout of the gdb session (see _session_arch)
 
     # -- sockets ----------------------------------------------------------------------------------
     def listen(self) -> int:
@@ -455,11 +470,12 @@ class GdbStub:
     def _query(self, text: str) -> None:
         name, _, args = text.partition(":")
         if name == "Supported":
+            self._arch = None               # a new gdb session: the guest's mode decides again
             self.send("PacketSize=4000;qXfer:features:read+;QStartNoAckMode+;"
                       "swbreak+;hwbreak+;vContSupported+")
         elif name == "Xfer" and args.startswith("features:read:"):
             annex, _, span = args[len("features:read:"):].partition(":")
-            xml = TARGET_XML.get(self.target.arch, TARGET_XML["i386"])
+            xml = TARGET_XML[self._session_arch()]
             if annex != "target.xml":
                 self.send("E00")
                 return
@@ -532,10 +548,20 @@ class GdbStub:
             self.send("")
 
     # -- registers --------------------------------------------------------------------------------
+    def _session_arch(self) -> str:
+        """The register layout of this gdb session: chosen from the guest's mode when gdb first
+        asks (x86-64 in long mode, i386 otherwise) and kept, as gdb keeps the description."""
+        arch = self._arch
+        if arch is None:
+            arch = self._arch = getattr(self.target, "arch", "i386")
+            if arch not in REGISTERS:
+                arch = self._arch = "i386"
+        return arch
+
     def _reg_values(self) -> list[bytes]:
         regs = self.target.read_registers()
         out = []
-        for name, size in I386_REGS:
+        for name, size in REGISTERS[self._session_arch()]:
             value = regs.get(name)
             if value is None and name[0] == "e":
                 value = regs.get("r" + name[1:])        # a CPU layer that names 64-bit registers
@@ -548,14 +574,15 @@ class GdbStub:
         return b"".join(self._reg_values()).hex()
 
     def _read_register(self, num: int) -> str:
-        if num >= len(I386_REGS):
+        if num >= len(REGISTERS[self._session_arch()]):
             return "E45"
         return self._reg_values()[num].hex()
 
     def _write_register(self, num: int, data: bytes) -> None:
-        if num >= len(I386_REGS):
+        layout = REGISTERS[self._session_arch()]
+        if num >= len(layout):
             raise DebugAccessError(f"no register {num}")
-        name, size = I386_REGS[num]
+        name, size = layout[num]
         if len(data) != size:
             raise ValueError("bad register size")
         value = int.from_bytes(data, "little")
@@ -566,7 +593,7 @@ class GdbStub:
     def _write_all_registers(self, data: bytes) -> None:
         current = self._reg_values()
         pos = 0
-        for num, (name, size) in enumerate(I386_REGS):
+        for num, (name, size) in enumerate(REGISTERS[self._session_arch()]):
             chunk = data[pos:pos + size]
             pos += size
             if len(chunk) == size and chunk != current[num]:

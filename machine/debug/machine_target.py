@@ -26,10 +26,10 @@ class MachineTarget:
     A CPU that grows `add_watchpoint(addr, len, kind)` is used instead automatically.
     """
 
-    def __init__(self, machine, arch: str = "i386"):
+    def __init__(self, machine, arch: str = "auto"):
         self.machine = machine
         self.cpu = machine.cpu
-        self.arch = arch
+        self._arch = arch
         self._poll: PollFn | None = None
         self._pending: tuple[str, str] | None = None
         self._breakpoints: set[int] = set()
@@ -38,6 +38,13 @@ class MachineTarget:
         self._decoded: dict[tuple[int, int], list[tuple]] = {}
         machine.add_poll_hook(self._poll_hook)
         machine.mem.add_write_listener(self._host_wrote)
+
+    @property
+    def arch(self) -> str:
+        """'x86-64' while the CPU is in long mode, else 'i386' (unless fixed at creation)."""
+        if self._arch != "auto":
+            return self._arch
+        return "x86-64" if self.cpu.mode == "long" else "i386"
 
     # -- registers and memory -------------------------------------------------------------------
     def read_registers(self) -> dict[str, int]:

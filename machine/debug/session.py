@@ -236,7 +236,7 @@ def attach_debugger(machine, config) -> "Debugger | None":
         raise ConfigError(f"-monitor {config.monitor}: only 'stdio' and 'none' are supported")
     if not config.gdb and not config.start_stopped and monitor != "stdio":
         return None
-    target = MachineTarget(machine, arch="i386")
+    target = MachineTarget(machine)
     gdb = None
     if config.gdb and config.gdb.lower() != "none":
         try:

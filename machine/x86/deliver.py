@@ -12,7 +12,6 @@ from __future__ import annotations
 import struct
 
 from unicorn import UcError
-from unicorn import unicorn_const as UC
 from unicorn import x86_const as X
 
 from .. import trace
@@ -94,18 +93,20 @@ class Delivery:
     def _trap_length(self) -> int:
         """Length of the `int n` / int3 / into / int1 that RIP has just passed."""
         lin = self.cpu.linear_pc()
-        two = ui.vmem_read(self.uc, lin - 2, 2, UC.UC_PROT_EXEC) or b""
+        two = self.cpu.peek(lin - 2, 2) or b""
         return 2 if two[:1] == b"\xcd" else 1
 
     # The delivery itself ------------------------------------------------------------------
     def _vread(self, lin: int, n: int) -> bytes:
-        data = ui.vmem_read(self.uc, lin, n)
+        data = self.cpu.peek(lin, n)
         if data is None:
             raise DeliveryFault(f"cannot read {n} bytes at {lin:#x}")
         return data
 
     def _vwrite(self, lin: int, data: bytes) -> None:
-        if not ui.vmem_write(self.uc, lin, data):
+        # Straight into RAM, without dropping translated code there (as a CPU store would):
+        # an interrupt frame lands on a stack, and with paging on a drop means a full flush.
+        if not self.cpu.poke_ram(lin, data):
             raise DeliveryFault(f"cannot write the interrupt frame at {lin:#x}")
 
     def deliver(self, vector: int, error_code: int | None = None, software: bool = False) -> None:

@@ -1,0 +1,103 @@
+"""Linux's own virtio_pci + virtio_blk drive our disk: Debian 12's cloud kernel boots with
+QEMU's command line (-kernel bzImage -initrd -append, no extra kernel parameters), its init
+(tests/linux/init.c) loads the virtio modules and checks size, serial (GET_ID), block size and
+read-only flag, O_DIRECT reads of a host pattern, writes, FLUSH, WRITE_ZEROES and DISCARD byte
+for byte, and reports TAP on the console. The same options run on QEMU, and the image is checked
+from the host afterwards. Each configuration is a separate test so xdist spreads the boots
+(about 1-2 G instructions each on our machine) over the workers.
+
+The kernel package comes from apt (cached, see linux_guest.py); the tests skip, saying why,
+where it cannot be had."""
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import linux_guest as lg
+
+QEMU = shutil.which("qemu-system-x86_64")
+ROOT = Path(__file__).resolve().parent.parent
+OUR_LIMIT = 900.0           # seconds; a guard against a hung run, never an assertion
+QEMU_LIMIT = 120.0
+TAP_RE = re.compile(r"^(not ok|ok) (\d+) - (.*)$")
+
+# id: (virtio-blk-pci properties, -drive properties, logical block size, read-only, rebind)
+MODES = {
+    "transitional": ("", "", 512, False, True),
+    "modern": ("disable-legacy=on", "", 512, False, False),
+    "legacy": ("disable-modern=on", "", 512, False, False),
+    "readonly": ("", "readonly=on", 512, True, False),
+    "num-queues": ("num-queues=4", "", 512, False, False),
+    "lbs4096": ("logical_block_size=4096,physical_block_size=4096", "", 4096, False, False),
+}
+# The TAP lines every run prints, by mode (tests/linux/init.c).
+EXPECTED_TESTS = {"transitional": 17, "readonly": 8}
+
+
+@pytest.fixture(scope="module")
+def kernel() -> lg.Kernel:
+    try:
+        return lg.fetch_kernel()
+    except lg.Unavailable as exc:
+        pytest.skip(f"Debian's cloud kernel cannot be had here: {exc}")
+
+
+@pytest.fixture(scope="module")
+def initrd(kernel, tmp_path_factory) -> Path:
+    from machine.toolchain import ToolchainError, ensure_built
+    try:
+        init = ensure_built("tests/linux", "out/init")
+    except ToolchainError as exc:
+        pytest.skip(f"cannot build the static init: {exc}")
+    try:
+        return lg.build_initramfs(kernel, init, tmp_path_factory.mktemp("linux") / "initrd.cpio")
+    except lg.Unavailable as exc:
+        pytest.skip(f"cannot build the initramfs: {exc}")
+
+
+def tap(output: str) -> list[tuple[bool, int, str]]:
+    return [(m.group(1) == "ok", int(m.group(2)), m.group(3))
+            for m in map(TAP_RE.match, output.splitlines()) if m]
+
+
+def run(program: list[str], kernel: lg.Kernel, initrd: Path, disk: Path, mode: str,
+        limit: float) -> tuple[int, str]:
+    props, drive_props, lbs, ro, rebind = MODES[mode]
+    args = lg.command_line(kernel, initrd, disk, props, drive_props, lbs, ro, rebind)
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    proc = subprocess.run(program + args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                          stdin=subprocess.DEVNULL, text=True, errors="replace", timeout=limit,
+                          env=env, cwd=ROOT)
+    return proc.returncode, proc.stdout
+
+
+def check_run(status: int, output: str, disk: Path, mode: str) -> None:
+    results = tap(output)
+    failed = [f"{n} - {what}" for good, n, what in results if not good]
+    tail = "\n".join(output.splitlines()[-25:])
+    assert not failed, f"failed: {failed}\n{tail}"
+    assert len(results) == EXPECTED_TESTS.get(mode, 14), tail
+    assert f"1..{len(results)}" in output
+    assert status == lg.EXIT_PASS, f"exit status {status}\n{tail}"
+    assert lg.disk_problems(disk, MODES[mode][3]) == []
+
+
+@pytest.mark.parametrize("mode", list(MODES))
+def test_linux_virtio_blk_on_our_machine(kernel, initrd, tmp_path, mode):
+    disk = lg.make_disk(tmp_path / "disk.img")
+    status, output = run([sys.executable, "-m", "machine"], kernel, initrd, disk, mode, OUR_LIMIT)
+    check_run(status, output, disk, mode)
+
+
+@pytest.mark.skipif(QEMU is None, reason="qemu-system-x86_64 is not installed")
+@pytest.mark.parametrize("mode", list(MODES))
+def test_linux_virtio_blk_on_qemu(kernel, initrd, tmp_path, mode):
+    disk = lg.make_disk(tmp_path / "disk.img")
+    status, output = run([QEMU], kernel, initrd, disk, mode, QEMU_LIMIT)
+    check_run(status, output, disk, mode)
