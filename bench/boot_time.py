@@ -57,9 +57,14 @@ def one_run(code: str, env: dict) -> tuple[float, float, float, str, str, float]
 
 
 def main() -> None:
-    args = [a for a in sys.argv[1:] if a != "--no-bytecode-cache"]
-    use_cache = len(args) == len(sys.argv) - 1
-    runs_n = int(args[0]) if args else 5
+    import argparse
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("runs", nargs="?", type=int, default=5, help="warm runs (default 5)")
+    ap.add_argument("--no-bytecode-cache", action="store_true",
+                    help="MACHINE_BYTECODE_CACHE=0 in the children (for the comparison)")
+    opts = ap.parse_args()
+    use_cache = not opts.no_bytecode_cache
+    runs_n = opts.runs
     sys.path.insert(0, str(ROOT))
     from machine.toolchain import ensure_built
     ensure_built("firmware", "out/bios.bin")

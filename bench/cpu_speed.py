@@ -133,7 +133,12 @@ def host_copy(size: int) -> tuple[float, float]:
 
 
 def main() -> None:
-    iters = int(sys.argv[1]) if len(sys.argv) > 1 else 20_000_000
+    import argparse
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("iterations", nargs="?", type=int, default=20_000_000,
+                        help="loop iterations of the ALU loop (default: %(default)s)")
+    iters = parser.parse_args().iterations
     for kind in LOOPS:
         n = iters if kind == "alu" else iters // 4
         raw = raw_rate(kind, n)

@@ -1,5 +1,6 @@
 /* The firmware's whole job, in order.  reset.S gets here in 32-bit protected mode with flat
  * segments, a stack at FW_STACK_TOP and a zeroed .bss; memory layout in layout.h. */
+#include "acpi.h"
 #include "debugcon.h"
 #include "fwcfg.h"
 #include "memmap.h"
@@ -23,6 +24,7 @@ void fw_main(void)
     memmap_init(ram);
 
     pci_setup();
+    acpi_setup();
     pic_setup();
     if (linux_present())
         linux_boot();

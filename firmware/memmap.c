@@ -103,3 +103,38 @@ uint64_t memmap_low_ram_top(void)
     }
     return top;
 }
+
+static void sort_entries(void)
+{
+    for (uint32_t i = 1; i < memmap.count; i++)
+        for (uint32_t j = i; j > 0 && memmap.entry[j - 1].addr > memmap.entry[j].addr; j--) {
+            struct e820_entry t = memmap.entry[j];
+            memmap.entry[j] = memmap.entry[j - 1];
+            memmap.entry[j - 1] = t;
+        }
+}
+
+void memmap_reserve(uint64_t addr, uint64_t len, uint32_t type)
+{
+    uint64_t end = addr + len;
+    uint32_t n = memmap.count;
+    for (uint32_t i = 0; i < n; i++) {
+        struct e820_entry *e = &memmap.entry[i];
+        uint64_t e_end = e->addr + e->len;
+        if (e->type != E820_RAM || e_end <= addr || end <= e->addr)
+            continue;
+        /* Keep the part below; the part above becomes a new entry. */
+        if (e_end > end)
+            add(end, e_end - end, E820_RAM);
+        e->len = addr > e->addr ? addr - e->addr : 0;
+    }
+    /* Drop entries emptied by the cut. */
+    uint32_t k = 0;
+    for (uint32_t i = 0; i < memmap.count; i++)
+        if (memmap.entry[i].len)
+            memmap.entry[k++] = memmap.entry[i];
+    memmap.count = k;
+    add(addr, len, type);
+    sort_entries();
+    dbg_printf("e820: 0x%016llx-0x%016llx type %u (firmware data)\n", addr, end - 1, type);
+}

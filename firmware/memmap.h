@@ -7,6 +7,7 @@
 
 #define E820_RAM       1
 #define E820_RESERVED  2
+#define E820_ACPI      3
 
 struct e820_entry {
     uint64_t addr;
@@ -28,6 +29,9 @@ void memmap_init(uint64_t ram_size);
 bool memmap_is_ram(uint64_t start, uint64_t end);
 /* End of the RAM that contains `addr` (contiguous RAM entries merged), or `addr` if none. */
 uint64_t memmap_ram_end(uint64_t addr);
+/* Take [addr, addr + len) out of RAM and describe it as `type` instead (firmware data the OS
+ * must keep, such as ACPI tables). */
+void memmap_reserve(uint64_t addr, uint64_t len, uint32_t type);
 /* Highest end of RAM below 4 GiB: PCI memory BARs go above it. */
 uint64_t memmap_low_ram_top(void);
 

@@ -112,6 +112,11 @@ static void cfg_write8(uint16_t bdf, uint8_t off, uint8_t v)
 }
 
 /* Write all-ones, read back the writable address bits, restore.  Returns the read-back. */
+void pci_config_writeb(uint16_t bdf, uint8_t off, uint8_t v)
+{
+    cfg_write8(bdf, off, v);
+}
+
 static uint32_t probe_bar(uint16_t bdf, uint8_t off, uint32_t ones)
 {
     uint32_t old = cfg_read32(bdf, off);

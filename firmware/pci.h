@@ -8,4 +8,7 @@
  * mastering, and log one line per function. */
 void pci_setup(void);
 
+/* One configuration byte of a bus 0 function (bdf = device << 3 | function). */
+void pci_config_writeb(uint16_t bdf, uint8_t off, uint8_t v);
+
 #endif

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import struct
 import sys
+import time
 from pathlib import Path
 from typing import Callable
 
@@ -150,34 +151,43 @@ class Session:
             self._temp_image = None
 
     # -- running --------------------------------------------------------------------------------
-    def run(self, max_instructions: int | None = None) -> Stop:
+    def run(self, max_instructions: int | None = None, *, timeout: float | None = None) -> Stop:
         """Run until the guest exits or faults, a breakpoint or device breakpoint hits, or the
-        budget runs out."""
+        budget runs out; or, with `timeout`, until that many seconds of host time have passed
+        (a Stop of kind "interrupt" with message "timeout": the machine can run on). The
+        instruction budget is the deterministic limit; the timeout only guards a script."""
         if self.finished:
             raise SessionError("the machine has finished (exit or fatal fault)")
-        stop = self.target.resume(lambda: None, max_instructions)
+        poll = lambda: None                                      # noqa: E731
+        if timeout is not None:
+            deadline = time.monotonic() + timeout
+            poll = lambda: "timeout" if time.monotonic() >= deadline else None   # noqa: E731
+        stop = self.target.resume(poll, max_instructions)
         self.last_stop = stop
         if stop.kind in (STOP_EXITED, STOP_FAULT):
             self.finished = True
         return stop
 
-    def run_until(self, where: str | int, max_instructions: int | None = None) -> Stop:
+    def run_until(self, where: str | int, max_instructions: int | None = None, *,
+                  timeout: float | None = None) -> Stop:
         """Run until execution reaches a symbol or a (linear) address."""
         addr = self.symbols.address(where) if isinstance(where, str) else where
         temporary = not self.target.has_breakpoint(addr)
         if temporary:
             self.target.add_breakpoint(addr)
         try:
-            return self.run(max_instructions)
+            return self.run(max_instructions, timeout=timeout)
         finally:
             if temporary:
                 self.target.remove_breakpoint(addr)
 
-    def run_until_serial(self, text: str, max_instructions: int | None = None) -> Stop:
+    def run_until_serial(self, text: str, max_instructions: int | None = None, *,
+                         timeout: float | None = None) -> Stop:
         """Run until COM1 output contains `text`, searching (like pexpect) from the end of the
         previous match, so text printed while the guest ran for another reason still counts.
         Returns at once if it is already there; otherwise stops right after the byte that
-        completed it. Either way the next search starts after this match."""
+        completed it. Either way the next search starts after this match. `timeout` (seconds
+        of host time) ends the wait as in run()."""
         if self._tap is None:
             raise SessionError("this machine has no serial port")
         needle = text.encode()
@@ -187,7 +197,7 @@ class Session:
             return Stop(STOP_DEVICE, pc=self.pc, message=f"serial output {text!r}")
         self._serial_wait = needle
         try:
-            stop = self.run(max_instructions)
+            stop = self.run(max_instructions, timeout=timeout)
         finally:
             self._serial_wait = None
         found = self._tap.data.find(needle, self._serial_from)

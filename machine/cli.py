@@ -15,17 +15,22 @@ With no -kernel and no -bios, the machine boots the bundled virtio-blk self-test
 
 from __future__ import annotations
 
+import errno
 import os
 import re
+import signal
 import stat
 import sys
 import tempfile
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
 from machine import kernel_image, trace
+from machine.console import EscapeFilter, Terminal, UserQuit
 from machine.config import CharDev, ConfigError, DeviceConfig, DriveConfig, MachineConfig, MiB
+from machine.block.blkdebug import RulesError, load_rules
 
 PROG = "machine"
 VERSION = "0.1.0"
@@ -34,6 +39,12 @@ BUNDLED_IMAGE_SIZE = 64 * MiB
 MIN_RAM = 2 * MiB                # below this the PC RAM layout does not fit
 MAX_RAM = 1024 * 1024 * MiB      # 1 TiB: a typo guard, far above anything a test needs
 RAM_ALIGN = 8192                 # QEMU rounds -m up to 8 KiB
+# Third-party modules the machine needs (pyproject.toml's dependencies): a checkout run without
+# installing gets one line naming what to install, not a traceback.
+REQUIRED_MODULES = ("unicorn", "capstone")
+# -d items that cost a Python callback per block or instruction (warned about at start).
+SLOW_LOG_ITEMS = {"in_asm": "translated block", "exec": "executed block",
+                  "cpu": "block's registers"}
 
 
 class CliExit(Exception):
@@ -141,10 +152,13 @@ def _describe_oserror(path: str | os.PathLike, err: OSError) -> str:
     return f"Could not open '{os.fspath(path)}': {err.strerror or err}"
 
 
-def _check_readable_file(path: str) -> os.stat_result:
-    """The file exists, is not a directory and can be opened for reading."""
+def _check_readable_file(path: str, block_device_ok: bool = False) -> os.stat_result:
+    """The file exists, is a regular file (or, for a disk image, a block device) and can be
+    opened for reading. Opened with O_NONBLOCK: opening a FIFO for reading would otherwise
+    wait for a writer forever (QEMU 7.2 does hang there). A FIFO, socket or character device
+    (/dev/null, a tty) is refused: none of them is a file with a size to load or a disk."""
     try:
-        fd = os.open(path, os.O_RDONLY)
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
     except OSError as err:
         raise _OptError(_describe_oserror(path, err)) from None
     try:
@@ -153,6 +167,12 @@ def _check_readable_file(path: str) -> os.stat_result:
         os.close(fd)
     if stat.S_ISDIR(st.st_mode):
         raise _OptError(f"Could not open '{path}': Is a directory")
+    if not (stat.S_ISREG(st.st_mode) or (block_device_ok and stat.S_ISBLK(st.st_mode))):
+        kind = ("a FIFO" if stat.S_ISFIFO(st.st_mode) else
+                "a socket" if stat.S_ISSOCK(st.st_mode) else
+                "a character device" if stat.S_ISCHR(st.st_mode) else "not a regular file")
+        wanted = "a regular file or a block device" if block_device_ok else "a regular file"
+        raise _OptError(f"Could not open '{path}': {kind}, not {wanted}")
     return st
 
 
@@ -265,6 +285,52 @@ DEVICES = {
     "isa-debugcon": "debug console: bytes written to port 0x402 go to a chardev",
 }
 _DEVICE_ALIASES = {"virtio-blk": "virtio-blk-pci"}
+# `-device NAME,help`: each device's properties as (name, type, default, meaning), in QEMU's
+# listing format. tests/test_cli_help.py checks this table against what the devices accept.
+DEVICE_PROPERTIES: dict[str, list[tuple[str, str, str, str]]] = {
+    "virtio-blk-pci": [
+        ("drive", "str", "", "the id= of a -drive with if=none (required)"),
+        ("serial", "str", "", "the disk's serial (GET_ID), at most 20 bytes"),
+        ("num-queues", "uint16", "1", "number of request queues (VIRTIO_BLK_F_MQ above 1)"),
+        ("queue-size", "uint16", "256", "entries per queue, a power of 2"),
+        ("logical_block_size", "size", "512", "the sector size the guest is told"),
+        ("physical_block_size", "size", "512", "physical block size (topology)"),
+        ("min_io_size", "size", "0", "minimum I/O size (topology)"),
+        ("opt_io_size", "size", "0", "optimal I/O size (topology)"),
+        ("config-wce", "bool", "on", "offer VIRTIO_BLK_F_CONFIG_WCE (writeback switch)"),
+        ("discard", "bool", "on", "offer VIRTIO_BLK_F_DISCARD"),
+        ("write-zeroes", "bool", "on", "offer VIRTIO_BLK_F_WRITE_ZEROES"),
+        ("max-discard-sectors", "uint32", "4194303", "the largest DISCARD accepted"),
+        ("max-write-zeroes-sectors", "uint32", "4194303", "the largest WRITE_ZEROES accepted"),
+        ("seg-max-adjust", "bool", "on", "seg_max follows the queue size"),
+        ("cyls", "uint32", "(from the size)", "geometry: cylinders"),
+        ("heads", "uint32", "16", "geometry: heads"),
+        ("secs", "uint32", "63", "geometry: sectors per track"),
+        ("disable-legacy", "OnOffAuto", "auto", "on: modern-only device 1af4:1042"),
+        ("disable-modern", "bool", "off", "on: legacy-only device"),
+        ("ioeventfd", "bool", "on", "accepted; requests always complete in the notify"),
+        ("bootindex", "int32", "-1", "accepted; the firmware boots the -kernel"),
+        ("addr", "str", "", "accepted; the board places the device"),
+    ],
+    "isa-debug-exit": [
+        ("iobase", "uint32", "1281", "first port (0x501); the bundled guest uses 0xf4"),
+        ("iosize", "uint32", "2", "number of ports"),
+    ],
+    "isa-debugcon": [
+        ("iobase", "uint32", "233", "the port; only 0x402, where the firmware logs, is supported"),
+        ("chardev", "str", "", "the -chardev id= that receives the bytes"),
+    ],
+}
+
+
+def device_help(driver: str) -> str:
+    """QEMU's `-device NAME,help` listing: one `  name=<type> - meaning (default: x)` line."""
+    lines = [f"{driver} options:"]
+    for name, kind, default, meaning in sorted(DEVICE_PROPERTIES[driver]):
+        head = f"  {name}=<{kind}>"
+        tail = f" (default: {default})" if default else ""
+        lines.append(f"{head:<24} - {meaning}{tail}")
+    return "\n".join(lines)
 # -machine properties naming hardware this PC does not have (accepted only as =off), and
 # host-side tuning that does not change what the guest sees (accepted, ignored).
 _MACHINE_ABSENT = frozenset({"usb", "vmport", "smm", "hpet", "acpi", "graphics", "sata"})
@@ -381,6 +447,7 @@ class _Parser:
                 raise ConfigError(f"{where}: Could not open '{drive.file}': Permission denied")
         if self.nographic and not self.serial_given:
             cfg.serial = CharDev("stdio")
+        self.check_trace_names()
         for ref in self.devices:
             try:
                 self.finish_device(ref.config)
@@ -397,6 +464,18 @@ class _Parser:
             raise ConfigError("-append only allowed with -kernel option")
         if cfg.initrd is not None and cfg.kernel is None:
             raise ConfigError("-initrd only allowed with -kernel option")
+
+    def check_trace_names(self) -> None:
+        """An exact event name (no wildcard) that no event has is almost always a typo: warn,
+        as QEMU does. Patterns with wildcards may legitimately match nothing."""
+        exact = [p for p in self.config.trace if not any(c in p for c in "*?[")]
+        if not exact:
+            return
+        known = trace.declarations()        # every package's trace-events table
+        for name in exact:
+            if name not in known:
+                self.config.warnings.append(f"-trace {name}: warning: trace event '{name}' "
+                                            "does not exist (see -trace help)")
 
     def finish_device(self, dev: DeviceConfig) -> None:
         if dev.driver != "virtio-blk-pci":
@@ -523,6 +602,11 @@ class _Parser:
                           "discard", "snapshot", "media"})
         drive = DriveConfig()
         fmt = opts.get("format", "raw")
+        if "format" not in opts:
+            # QEMU probes the format and warns; raw is the only one here, so no probe is needed,
+            # but the habit of naming it is kept (and the command line stays QEMU's).
+            self.config.warnings.append(f"-drive {arg}: warning: no format= given: the image "
+                                        "is used as raw; add format=raw to say so")
         if fmt != "raw":
             if fmt in _QEMU_FORMATS:
                 raise _OptError(f"format '{fmt}' is not supported by this machine (only raw)")
@@ -562,9 +646,11 @@ class _Parser:
         self.drive_count += 1
 
         path = opts.get("file")
+        if path and path.startswith("blkdebug:"):
+            path = self.blkdebug_image(drive, path)
         if not path:
             raise _OptError("file= is required (an empty drive is not supported)")
-        st = _check_readable_file(path)
+        st = _check_readable_file(path, block_device_ok=True)
         if stat.S_ISREG(st.st_mode) and st.st_size % 512:
             raise _OptError(f"image '{path}' is {st.st_size} bytes, not a multiple of "
                             "the 512-byte sector size")
@@ -572,6 +658,21 @@ class _Parser:
         self.config.drives.append(drive)
         self.drive_where.append(f"-drive {arg}")
         self.drive_ids[ident] = drive
+
+    @staticmethod
+    def blkdebug_image(drive: DriveConfig, spec: str) -> str:
+        """file=blkdebug:RULES:IMAGE (QEMU's syntax): the rules are read now, so a bad rules file
+        is a start-up error; returns the image path."""
+        rules, sep, image = spec[len("blkdebug:"):].partition(":")
+        if not sep:
+            raise _OptError("blkdebug requires both config file and image path")
+        if rules:
+            try:
+                load_rules(rules)
+            except RulesError as e:
+                raise _OptError(str(e)) from None
+            drive.blkdebug = Path(rules)
+        return image
 
     def opt_snapshot(self) -> None:
         self.config.snapshot = True
@@ -588,6 +689,8 @@ class _Parser:
             raise _OptError("Parameter 'driver' is missing")
         if driver not in DEVICES:
             raise _OptError(f"'{driver}' is not a valid device model name")
+        if any(key in ("help", "?") for key, _ in pairs[1:]):
+            raise CliExit(device_help(driver))
         props = dict(pairs[1:])
         ident = props.pop("id", None)
         if ident is not None:
@@ -731,6 +834,13 @@ class _Parser:
                     raise _OptError(f"unknown log item '{name}' (see -d help)")
                 if name not in self.config.log:
                     self.config.log.append(name)
+        slow = [name for name in self.config.log if name in SLOW_LOG_ITEMS]
+        if slow:
+            self.config.warnings = [w for w in self.config.warnings if not w.startswith("-d ")]
+            self.config.warnings.append(
+                f"-d {arg}: warning: {','.join(slow)} log every "
+                f"{' and '.join(SLOW_LOG_ITEMS[n] for n in slow)}: the guest runs orders of "
+                "magnitude slower and the log grows fast")
 
     def opt_D(self, arg: str) -> None:
         _check_output_file(arg)
@@ -839,9 +949,45 @@ def one_line(message: str) -> str:
     return "".join(ch if ch.isprintable() else repr(ch)[1:-1] for ch in message)
 
 
+def _write_tty(text: str) -> None:
+    try:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+    except (OSError, ValueError):
+        pass
+
+
+def threading_is_main() -> bool:
+    """Signal handlers can only be set from the main thread (main() may run in another one,
+    e.g. from a test or an application embedding the command line)."""
+    import threading
+    return threading.current_thread() is threading.main_thread()
+
+
 def _error(message: str) -> int:
     print(f"{PROG}: {one_line(message)}", file=sys.stderr)
     return 1
+
+
+class Terminated(BaseException):
+    """SIGTERM or SIGHUP arrived. A BaseException, like KeyboardInterrupt for SIGINT, so that
+    no `except Exception` on the way swallows it and every `finally` (the temporary image, the
+    terminal mode, the log file) runs."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _raise_terminated(signum, _frame):
+    raise Terminated(signum)
+
+
+def _no_ram(config: MachineConfig) -> str:
+    """The host cannot give the guest its RAM (only the RAM is big enough to fail): say which
+    option asked for it, with QEMU's words."""
+    return (f"-m {config.ram_size // MiB}M: cannot set up guest memory 'pc.ram': "
+            "Cannot allocate memory")
 
 
 def attach_block_log(machine) -> None:
@@ -852,9 +998,10 @@ def attach_block_log(machine) -> None:
         cpulog.attach(machine)
 
 
-def run_machine(config: MachineConfig) -> int:
+def run_machine(config: MachineConfig, stdin_filter=None) -> int:
     """Build the board from `config` and run it (under the debugger when -gdb, -s, -S or
-    -monitor stdio ask for one); returns the machine's exit status."""
+    -monitor stdio ask for one); returns the machine's exit status. `stdin_filter` sees
+    the bytes typed on stdin before the guest does (the console's escape keys)."""
     try:
         from machine.pc import Machine
     except ModuleNotFoundError as err:
@@ -868,13 +1015,25 @@ def run_machine(config: MachineConfig) -> int:
         trace.set_output(logfile)
     machine = None
     try:
-        machine = Machine(config)
+        try:
+            machine = Machine(config)
+        except MemoryError:
+            raise ConfigError(_no_ram(config)) from None
+        except OSError as err:
+            if err.errno != errno.ENOMEM:
+                raise
+            raise ConfigError(_no_ram(config)) from None
         attach_block_log(machine)
+        if stdin_filter is not None:
+            machine.stdin_filter = stdin_filter
         if config.gdb or config.start_stopped or config.monitor == "stdio":
             from machine.debug.session import attach_debugger
             debugger = attach_debugger(machine, config)
             if debugger is not None:
-                return debugger.run()
+                status = debugger.run()
+                if debugger.quit_requested:
+                    raise UserQuit(status)
+                return status
         return machine.run()
     finally:
         if machine is not None and hasattr(machine, "close"):
@@ -891,26 +1050,53 @@ def main(argv: list[str] | None = None) -> int:
 
     argv = sys.argv[1:] if argv is None else list(argv)
     bundled = BundledRun()
+    old_handlers = {}
+    if threading_is_main():
+        for signum in (signal.SIGTERM, signal.SIGHUP):
+            old_handlers[signum] = signal.signal(signum, _raise_terminated)
     try:
         try:
             config = parse_args(argv)
         except CliExit as done:
             print(done.text)
             return done.status
+        for warning in config.warnings:
+            print(f"{PROG}: {one_line(warning)}", file=sys.stderr)
         if uses_bundled_guest(config):
             bundled = bundled_defaults(config)
-        status = run_machine(config)
+        # The console is the terminal's only while COM1 owns stdin (-monitor stdio reads lines).
+        console = config.serial.kind == "stdio" and config.monitor != "stdio"
+        with Terminal(pass_ctrl_c=config.nographic) if console else nullcontext() as term:
+            escapes = EscapeFilter(_write_tty) if term is not None and term.active else None
+            status = run_machine(config, escapes)
         return selftest_status(status) if bundled.map_status else status
-    except (ConfigError, ToolchainError) as err:
+    except ToolchainError as err:
+        status = _error(str(err))
+        if err.details:                    # the compiler's own words, as make printed them
+            print(err.details, file=sys.stderr)
+        return status
+    except ConfigError as err:
         return _error(str(err))
+    except ModuleNotFoundError as err:
+        if err.name not in REQUIRED_MODULES:
+            raise
+        return _error(f"the Python package '{err.name}' is not installed: run "
+                      "'python3 -m pip install .' in the source tree (or pip install the "
+                      "package) first")
     except OSError as err:
         if err.filename is not None:
             return _error(_describe_oserror(err.filename, err))
         return _error(err.strerror or str(err))
-    except KeyboardInterrupt:
-        print(f"{PROG}: terminating on signal 2", file=sys.stderr)
-        return 130
+    except UserQuit as done:
+        return done.status
+    except (KeyboardInterrupt, Terminated) as err:
+        signum = err.signum if isinstance(err, Terminated) else signal.SIGINT
+        print(f"{PROG}: terminating on signal {int(signum)}", file=sys.stderr)
+        # QEMU exits 0 when a signal ends it; the bundled self-test must not read as passed.
+        return 128 + signum if bundled.map_status else 0
     finally:
+        for signum, handler in old_handlers.items():
+            signal.signal(signum, handler)
         if bundled.temp_image is not None:
             try:
                 bundled.temp_image.unlink()

@@ -34,6 +34,7 @@ class DriveConfig:
     cache: str = "writeback"          # writeback | writethrough | none | directsync | unsafe
     discard: str = "ignore"           # ignore | unmap
     snapshot: bool = False
+    blkdebug: Path | None = None      # file=blkdebug:RULES:IMAGE: fault-injection rules
 
 
 @dataclass
@@ -67,3 +68,4 @@ class MachineConfig:
     gdb: str | None = None              # -gdb tcp:HOST:PORT (-s is tcp::1234)
     start_stopped: bool = False         # -S
     monitor: str | None = None          # -monitor stdio
+    warnings: list[str] = field(default_factory=list)   # one line each, printed at start

@@ -11,16 +11,17 @@ each concern to its own module:
 * CPUID (x86/cpuid.py) with a stable feature set matching the devices we model, RDTSC from
   virtual time;
 * a guest store into ROM skipped (x86/decode.py gives its length);
-* debugger services: registers by name, virtual memory access, breakpoints, single step;
-  the fatal fault report is x86/report.py.
+* debugger services: registers by name, virtual memory access, single step; breakpoints and
+  the other hooks on executed code are cpu_hooks.py (`self.hooks`); the fatal fault report
+  is x86/report.py.
 
 Run model: the board calls `run(count)` with count > 0 (always: see unicorn_internals) and acts on
 the returned `SliceResult` between slices. Device callbacks never stop the engine (Unicorn would
 replay the instruction); they only record, and `request_stop_after_instruction()` ends the slice
 cleanly right after the current instruction.
 
-Only the engine's modules (this one, cpu_memory.py, x86/deliver.py, unicorn_internals) import
-unicorn.
+Only the engine's modules (this one, cpu_memory.py, cpu_hooks.py, x86/deliver.py and
+unicorn_internals) import unicorn.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from unicorn import x86_const as X
 from . import pagewalk, syscall_insn, trace
 from . import unicorn_internals as ui
 from .clock import VirtualClock
+from .cpu_hooks import CodeHooks
 from .cpu_memory import CpuMemory, MemoryAccessError
 from .x86 import log
 from .x86.cpuid import cpuid_table
@@ -108,21 +110,12 @@ class Cpu:
         self._stop_cause: str | None = None
         self._fatal_report = ""
         self._write_prot_addr: int | None = None
-        self._breakpoints: dict[int, int] = {}              # linear address -> hook handle
-        self._bp_hit: int | None = None
-        self._bp_skip: int | None = None
-        self._dead_hooks: list = []                         # callbacks kept alive after hook_del
-        self._dynamic_hook: int | None = None
-        self._if_watch: int | None = None                   # block hook, see watch_interrupt_enable
-        self._if_waiting = False                            # an interrupt waits for IF=1
-        self._if_calls = 0                                  # block starts since the watch last hit
-        self._if_gave_up = False                            # the watch gave up on this wait
         self.running = False                                # inside emu_start (hooks are live)
 
         self.physmem = CpuMemory(uc, mem, self._sync_clock)
         self.delivery = Delivery(self)
+        self.hooks = CodeHooks(self)
         memory_map.attach(self.physmem)
-        self._block_hooks = 0                               # -d block log hooks installed
         # rep stos/movs over RAM at host speed (x86/rep_string.py); None without gcc.
         self.rep_string = rep_string.attach(uc, self.physmem)
 
@@ -226,7 +219,7 @@ class Cpu:
         self._raw.restore()
         self.physmem.reset()
         self._stop_cause = None
-        self._bp_skip = None
+        self.hooks.bp_skip = None
         uc.ctl_flush_tb()
 
     @property
@@ -382,77 +375,29 @@ class Cpu:
     # breakpoints and stepping
     # -------------------------------------------------------------------------------------
     def add_breakpoint(self, linear: int) -> None:
-        """Stop *before* executing the instruction at linear address `linear` (run() returns
-        kind 'breakpoint'). Resuming from it executes that instruction (skip-once)."""
-        if linear in self._breakpoints:
-            return
-        self._breakpoints[linear] = self.uc.hook_add(UC.UC_HOOK_CODE, self._on_breakpoint, None, linear, linear)
-        self._update_rep_string()
-        self.uc.ctl_remove_cache(linear, linear + 1)     # already translated code would miss it
-
-    def _update_rep_string(self) -> None:
-        """The rep string hook does many iterations at once: it stands aside while anything
-        watches single instructions or block starts."""
-        if self.rep_string is not None:
-            self.rep_string.set_enabled(not (self._breakpoints or self._dynamic_hook is not None
-                                             or self._if_watch is not None or self._block_hooks))
+        self.hooks.add_breakpoint(linear)
 
     def remove_breakpoint(self, linear: int) -> None:
-        h = self._breakpoints.pop(linear, None)
-        if h is None:
-            return
-        self._delete_code_hook(h)
-        # Stale translated code may still call the deleted hook's thunk: drop it all.
-        self.uc.ctl_flush_tb()
-        self._update_rep_string()
-
-    def _delete_code_hook(self, handle: int) -> None:
-        # Translated blocks may still call a deleted code hook's thunk until the next flush
-        # (the callers flush): keep the callback alive so such a call is harmless.
-        self._dead_hooks.append(ui.hook_callback(self.uc, handle))
-        self.uc.hook_del(handle)
+        self.hooks.remove_breakpoint(linear)
 
     def breakpoints(self) -> list[int]:
-        return sorted(self._breakpoints)
+        return sorted(self.hooks.breakpoints)
 
     def add_block_hook(self, fn) -> int:
-        """fn(linear_address, size) before every executed translated block (for -d in_asm/exec/
-        cpu). It slows the guest about tenfold: add it only while such a log is on. Returns the
-        handle for remove_block_hook."""
-        handle = self.uc.hook_add(UC.UC_HOOK_BLOCK, lambda _uc, addr, size, _ud: fn(addr, size))
-        self.uc.ctl_flush_tb()           # code translated without the hook would never call it
-        self._block_hooks += 1
-        self._update_rep_string()
-        return handle
+        return self.hooks.add_block_hook(fn)
 
     def remove_block_hook(self, handle: int) -> None:
-        self._delete_code_hook(handle)
-        self.uc.ctl_flush_tb()
-        self._block_hooks -= 1
-        self._update_rep_string()
-
-    def _on_breakpoint(self, uc, address, size, _ud) -> None:
-        if self._bp_skip == address:
-            self._bp_skip = None
-            return
-        self._bp_skip = None
-        self._bp_hit = address
-        self._stop_cause = "breakpoint"
-        uc.emu_stop()
+        self.hooks.remove_block_hook(handle)
 
     def set_dynamic_hooks(self, on: bool) -> None:
-        """'Dynamic-hook mode': a never-matching code hook makes every translated block call the
-        hook dispatcher, so code hooks added later take effect at the very next instruction.
-        Costs ~30 % speed. Stops after an instruction no longer need it (they are exact in every
-        mode, see request_stop_after_instruction); kept for debugger front ends that ask."""
-        if on and self._dynamic_hook is None:
-            self._dynamic_hook = self.uc.hook_add(UC.UC_HOOK_CODE, _noop_code, None,
-                                                  0xFFFFFFFFFFFFF000, 0xFFFFFFFFFFFFF000)
-        elif not on and self._dynamic_hook is not None:
-            self._delete_code_hook(self._dynamic_hook)
-            self._dynamic_hook = None
-        self.uc.ctl_flush_tb()
-        self._update_rep_string()
+        self.hooks.set_dynamic_hooks(on)
+
+    @property
+    def watching_interrupt_enable(self) -> bool:
+        return self.hooks.if_waiting
+
+    def watch_interrupt_enable(self, on: bool) -> bool:
+        return self.hooks.watch_interrupt_enable(on)
 
     def request_stop_after_instruction(self) -> None:
         """Callable from inside any callback (port, MMIO, CPUID, RDTSC, memory or interrupt
@@ -464,63 +409,6 @@ class Cpu:
             self._stop_cause = "stop"
         if self.running:
             self._budget.value = self._counter.value
-
-    # Interrupt enable. An interrupt that became pending while IF=0 must be taken as soon as IF
-    # goes to 1 (after the instruction following STI, right after POPF or IRET), not at the
-    # slice end. Unicorn ends a translated block after each of those instructions, so while the
-    # board has such an interrupt waiting, a block hook checks IF at every block start and ends
-    # the slice there. The hook is a Python call per block, and adding or removing it costs a
-    # flush of all translated code, so it is bounded both ways: it stays installed while it
-    # keeps being useful (an interrupt storm: waits come and go every few blocks), and it gives
-    # up after IF_WATCH_BLOCKS block starts without a hit (a BIOS polling a port with IF=0 while
-    # the keyboard's or the timer's interrupt waits): then the board shortens its slices
-    # instead, until that wait is over.
-    IF_WATCH_BLOCKS = 4096
-
-    @property
-    def watching_interrupt_enable(self) -> bool:
-        return self._if_waiting
-
-    def watch_interrupt_enable(self, on: bool) -> bool:
-        """Say (between slices) whether an interrupt waits for IF=1. While one does, the slice
-        ends before the first instruction of a translated block that starts with IF=1 (an STI
-        shadow, if any, is still pending then: see interrupt_shadow). Returns False when the
-        watch gave up on this wait: the caller should then keep its slices short."""
-        self._if_waiting = on
-        if not on:
-            self._if_gave_up = False
-            if self._if_watch is not None and self._if_calls > self.IF_WATCH_BLOCKS:
-                self._drop_if_watch()
-            return True
-        if self._if_gave_up:
-            if self._if_watch is not None:
-                self._drop_if_watch()
-            return False
-        if self._if_watch is None:
-            self._if_calls = 0
-            self._if_watch = ui.hook_block(self.uc, self._on_block_if_watch)
-            self.uc.ctl_flush_tb()           # code translated without the hook never calls it
-            self._update_rep_string()
-        return True
-
-    def _drop_if_watch(self) -> None:
-        # No stale block can call the deleted hook: the flush comes before any code runs again
-        # (so, unlike _delete_code_hook, nothing needs keeping alive).
-        self.uc.hook_del(self._if_watch)
-        self._if_watch = None
-        self.uc.ctl_flush_tb()
-        self._update_rep_string()
-
-    def _on_block_if_watch(self, _address: int) -> None:
-        if self._if_waiting and self._reg.read(_REG_EFLAGS) & EFLAGS_IF:
-            self._if_calls = 0
-            self.request_stop_after_instruction()
-            return
-        self._if_calls += 1
-        if self._if_calls > self.IF_WATCH_BLOCKS:
-            if self._if_waiting:
-                self._if_gave_up = True
-            self.request_stop_after_instruction()       # the board drops the hook
 
     def step(self) -> SliceResult:
         """Execute exactly one instruction (an interrupt/exception it raises is delivered, so a
@@ -559,16 +447,17 @@ class Cpu:
         if count <= 0:
             raise ValueError("count must be positive")
         self._slice_start_ns = self.clock.now
-        self._bp_hit = None
+        hooks = self.hooks
+        hooks.bp_hit = None
         if self.rep_string is not None:
             self.rep_string.check_ram_layout()
         if self._stop_cause == "stop":
             self._stop_cause = None
         pc = self._wrapped_pc()
-        if self._breakpoints:
+        if hooks.breakpoints:
             lin = self.linear_pc()
-            if lin in self._breakpoints:
-                self._bp_skip = lin          # resuming at a breakpoint executes it once
+            if lin in hooks.breakpoints:
+                hooks.bp_skip = lin          # resuming at a breakpoint executes it once
         retired = 0
         while True:
             self._write_prot_addr = None
@@ -609,7 +498,7 @@ class Cpu:
             return SliceResult("fatal", retired, report=self.fault_report(why))
         if cause == "breakpoint":
             self._stop_cause = None
-            return SliceResult("breakpoint", retired, address=self._bp_hit or 0)
+            return SliceResult("breakpoint", retired, address=hooks.bp_hit or 0)
         if cause == "stop":
             self._stop_cause = None
             return SliceResult("stop", retired)
@@ -743,6 +632,3 @@ _ENGINE_ERRORS = {
     UC.UC_ERR_INSN_INVALID: "invalid instruction that could not be delivered as #UD",
     UC.UC_ERR_EXCEPTION: "an exception the CPU layer could not deliver",
 }
-
-def _noop_code(uc, address, size, _ud) -> None:
-    pass

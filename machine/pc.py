@@ -6,8 +6,9 @@
 A PC is a CPU, memory, two address spaces (ports and physical memory) and devices. Wiring, as
 QEMU's i440FX `pc` machine: RAM around the PC holes, the firmware ROM at the top of 4 GiB
 (aliased below 1 MiB), PIC 0x20/0xA0/0x4D0, PIT 0x40 (+0x61), CMOS 0x70 (IRQ8), COM1 0x3F8
-(IRQ4), 8042 keyboard controller 0x60/0x64 (IRQ1/12), debugcon 0x402, isa-debug-exit, fw_cfg
-0x510, port 0x92, LAPIC 0xFEE00000, PCI config 0xCF8 with the i440FX (00:00.0), PIIX3 (00:01.0)
+(IRQ4), 8042 keyboard controller 0x60/0x64 (IRQ1/12), ACPI PM block 0x600 (SCI IRQ9), debugcon 0x402, isa-debug-exit, fw_cfg
+0x510, port 0x92, LAPIC 0xFEE00000, IOAPIC 0xFEC00000 (every ISA IRQ reaches both it and the
+8259s; IRQ0 on pin 2), PCI config 0xCF8 with the i440FX (00:00.0), PIIX3 (00:01.0)
 and a virtio-blk-pci per drive from slot 2. Shadow RAM under 0xC0000-0xFFFFF follows the
 i440FX PAM registers (shadow.py).
 
@@ -37,24 +38,28 @@ import sys
 from dataclasses import dataclass
 from typing import BinaryIO, Callable
 
-from . import kernel_image, trace
-from .block import open_drive
+from . import acpi, kernel_image, trace
+from .block import SECTOR as SECTOR_BYTES, open_drive
 from .clock import VirtualClock
 from .config import CharDev, ConfigError, DeviceConfig, MachineConfig
 from .cpu import Cpu, SliceResult
-from .devices import fw_cfg
+from .devices import acpi_pm, fw_cfg
 from .devices.cmos import Cmos
 from .devices.debug_exit import DebugExit
 from .devices.debugcon import DebugCon
 from .devices.fw_cfg import FwCfg
 from .devices.i8042 import I8042
+from .devices.ioapic import IoApic
 from .devices.lapic import LocalApic
+from .devices.msi import MsiSink
 from .devices.pic import DualPic
 from .devices.pit import Pit
 from .devices.port92 import Port92
 from .devices.serial import Uart16550
+from .irq import IrqLine, SharedLine
 from .memory import FOUR_GIB, GuestMemory, IoSpace, MemoryMap
 from .pci import I440fx, PciBus, PciConfigIo, Piix3
+from .pci.host import RCR_RESET_CPU, RCR_SYSTEM_RESET
 from .shadow import ShadowRam
 from .toolchain import ensure_built
 from .virtio.blk_pci import create_virtio_blk_pci
@@ -73,6 +78,8 @@ STOP_LIMIT = "limit"              # run(max_instructions) used its budget
 
 VIRTIO_BLK_DRIVERS = ("virtio-blk-pci", "virtio-blk")
 KNOWN_DEVICES = ("isa-debug-exit", *VIRTIO_BLK_DRIVERS)
+ACPI_MEM64_ALIGN = 1 << 30         # the 64-bit PCI window starts on a GiB boundary above RAM
+ACPI_MEM64_SIZE = 32 << 30
 FIRST_VIRTIO_SLOT = 2             # 00:00.0 is the i440FX, 00:01.0 the PIIX3
 
 
@@ -140,7 +147,9 @@ class Machine:
         self._halted = False                 # HLT executed, waiting for an interrupt
         self._outputs: list[BinaryIO] = []   # opened chardev files: close() closes them
         self._backends: list = []            # opened drives: close() releases their images
+        self.drives: dict[str, tuple] = {}   # drive id -> (backend, the virtio device using it)
         self._stdin_fd: int | None = None
+        self.stdin_filter: Callable[[bytes], bytes] | None = None
 
         rom = self._firmware_image()
         rom_base = FOUR_GIB - len(rom)
@@ -150,10 +159,16 @@ class Machine:
                                                         (0x100000 - alias, alias, "isa-bios"),
                                                         (0xC0000, 0x40000, "bios-area")])
         self.lapic = LocalApic(self.clock, irq_out=self._interrupt_raised)
+        self.msi = MsiSink(self.lapic)     # bus masters' interrupt messages (MSI, the IOAPIC)
         self.cpu = Cpu(self.mem, self.memory_map, self.io, self.clock, apic=True)
         self.cpu.load_firmware(rom)
         self.pic = DualPic()
         self.pic.on_intr = self._interrupt_raised       # an IRQ from a port or MMIO access
+        self.ioapic = IoApic(self.msi.deliver)
+        self.lapic.eoi_listeners.append(self.ioapic.eoi)
+        # Each ISA IRQ is a wired-OR of everything that drives it (an ISA device, the SCI, the
+        # PIIX3's PIRQ routing), so one source lowering its request never hides another's.
+        self.isa_irqs = [SharedLine(self._isa_irq_sink(n)) for n in range(16)]
         self._build_isa_devices()
         self._build_pci()
 
@@ -172,6 +187,18 @@ class Machine:
             raise ConfigError(f"firmware '{path}' must be a non-empty multiple of 4 KiB, at most 16 MiB")
         return data
 
+    def _isa_irq_sink(self, n: int) -> Callable[[bool], None]:
+        """ISA IRQ n (the OR of its sources) reaches both interrupt controllers, as on a PC: the 8259 input n and the
+        IOAPIC pin n, except IRQ0 (the PIT), which is wired to pin 2 (the MADT says so with an
+        interrupt source override); pin 0 stays free for the 8259's output."""
+        pic_line = self.pic.irq_line(n)
+        ioapic_pin = self.ioapic.pin(2 if n == 0 else n)
+
+        def sink(level: bool) -> None:
+            pic_line.set(level)
+            ioapic_pin.set(level)
+        return sink
+
     def _plug(self, name: str, dev, base: int, size: int) -> None:
         """A device answering in one port range of its own name."""
         self.devices[name] = dev
@@ -181,7 +208,8 @@ class Machine:
         # The order is the reset order, and where port ranges overlap (an isa-debug-exit placed
         # over another device) the later one answers.
         cfg, clock, pic = self.config, self.clock, self.pic
-        irq = pic.irq_line
+        def irq(n: int) -> IrqLine:
+            return self.isa_irqs[n].input(f"isa-irq{n}")
 
         self.devices["pic"] = pic
         self.io.add("pic-master", 0x20, 2, pic.master_ops)
@@ -223,8 +251,15 @@ class Machine:
 
         self._plug("port92", Port92(self._on_guest_reset), 0x92, 1)
 
+        # ACPI power management (PM1 event/control, PM timer) where QEMU's PIIX4 PM has it; the
+        # SCI is ISA IRQ 9, level-triggered; S5 powers the machine off (exit status 0).
+        pm = acpi_pm.AcpiPm(clock, irq(acpi_pm.SCI_IRQ), self._on_power_off)
+        self._plug("acpi-pm", pm, acpi_pm.BASE, acpi_pm.SIZE)
+
         self.devices["lapic"] = self.lapic
         self.memory_map.add("lapic", LocalApic.BASE, LocalApic.SIZE, self.lapic)
+        self.devices["ioapic"] = self.ioapic
+        self.memory_map.add("ioapic", IoApic.BASE, IoApic.SIZE, self.ioapic)
 
     def _build_pci(self) -> None:
         bus = self.pci_bus = PciBus(self.memory_map, self.io)
@@ -233,7 +268,8 @@ class Machine:
         host = I440fx(on_pam_change=self.shadow.pam_changed)
         bus.plug(host, 0)
         self.devices["i440fx"] = host
-        isa = Piix3(self.pic.irq_line)
+        pirq_outputs = [self.isa_irqs[n].input(f"piix3-irq{n}") for n in range(16)]
+        isa = Piix3(pirq_outputs.__getitem__)
         bus.plug(isa, 1)
         self.devices["piix3"] = isa
         slot = FIRST_VIRTIO_SLOT
@@ -245,9 +281,28 @@ class Machine:
             backend = open_drive(drive, snapshot=self.config.snapshot)
             self._backends.append(backend)
             dev = create_virtio_blk_pci(backend, props, self.mem)
+            self.drives[drive.id] = (backend, dev.vdev)
             bus.plug(dev, slot)
             self.devices[f"virtio-blk{n}"] = dev
             slot += 1
+
+    def block_resize(self, drive_id: str, size: int) -> None:
+        """QEMU's block_resize: make drive `drive_id` `size` bytes and tell its device (a new
+        capacity, a config generation and a config-change interrupt). ValueError saying why
+        not, in QEMU's words where it has them."""
+        entry = self.drives.get(drive_id)
+        if entry is None:
+            raise ValueError(f"Device '{drive_id}' not found")
+        if size <= 0 or size % SECTOR_BYTES:
+            raise ValueError(f"the new size must be a positive multiple of {SECTOR_BYTES} bytes")
+        backend, vdev = entry
+        if size % vdev.lbs:
+            raise ValueError(f"the new size must be a multiple of the logical block size {vdev.lbs}")
+        try:
+            backend.resize(size)
+        except OSError as e:
+            raise ValueError(f"Cannot resize '{drive_id}': {e.strerror or e}") from None
+        vdev.update_capacity()
 
     def _virtio_drives(self) -> list[tuple[object, dict]]:
         """(drive, device properties) per virtio-blk: each -device names its drive; every
@@ -323,6 +378,8 @@ class Machine:
         entries = [(0, low_top, fw_cfg.E820_RAM)]
         entries += [(r.gpa, r.size, fw_cfg.E820_RAM) for r in self.mem.ranges if r.gpa >= FOUR_GIB]
         fw.add_file("etc/e820", fw_cfg.e820_table(entries))
+        for name, data in acpi.build(self._acpi_platform(low_top)).items():
+            fw.add_file(name, data)
         # Boot options as QEMU's fw_cfg gives them to SeaBIOS: the menu switch (key 0x0e), the
         # prompt's wait and the wait before rebooting after a failed boot (-1: never) as files.
         fw.add_u16(fw_cfg.BOOT_MENU, 1 if cfg.boot_menu else 0)
@@ -334,6 +391,20 @@ class Machine:
         fw.add_u16(fw_cfg.NOGRAPHIC, 1 if cfg.nographic else 0)
         if cfg.nographic:
             fw.add_file("etc/sercon-port", struct.pack("<H", Uart16550.BASE))
+
+    def _acpi_platform(self, low_top: int) -> acpi.Platform:
+        """What the ACPI tables describe: this board's PM block, reset register and PCI windows
+        (32-bit MMIO from the top of low RAM to the IOAPIC; 64-bit above RAM over 4 GiB)."""
+        pm = acpi.PmBlocks(
+            sci_irq=acpi_pm.SCI_IRQ,
+            pm1a_evt=acpi_pm.BASE + acpi_pm.PM1_EVT_OFFSET, pm1_evt_len=acpi_pm.PM1_EVT_LEN,
+            pm1a_cnt=acpi_pm.BASE + acpi_pm.PM1_CNT_OFFSET, pm1_cnt_len=acpi_pm.PM1_CNT_LEN,
+            pm_tmr=acpi_pm.BASE + acpi_pm.PM_TMR_OFFSET, pm_tmr_len=acpi_pm.PM_TMR_LEN,
+            reset_port=PciConfigIo.BASE + 1, reset_value=RCR_SYSTEM_RESET | RCR_RESET_CPU)
+        ram_end = max(r.end for r in self.mem.ranges)
+        mem64 = max(FOUR_GIB, -(-ram_end // ACPI_MEM64_ALIGN) * ACPI_MEM64_ALIGN)
+        windows = acpi.PciWindows(mem32_start=low_top, mem64_start=mem64, mem64_size=ACPI_MEM64_SIZE)
+        return acpi.Platform(pm=pm, windows=windows, lapic_base=LocalApic.BASE, ioapic_base=IoApic.BASE)
 
     def _output(self, dev: CharDev) -> BinaryIO | None:
         out = _open_chardev(dev)
@@ -349,6 +420,10 @@ class Machine:
             self._exit_status = status
         if self.cpu.running:
             self.cpu.request_stop_after_instruction()
+
+    def _on_power_off(self) -> None:
+        """ACPI S5: the machine turns off, as QEMU's power-off, with exit status 0."""
+        self._on_guest_exit(0)
 
     def _on_guest_reset(self) -> None:
         self._reset_requested = True
@@ -493,6 +568,8 @@ class Machine:
         if not data:
             self._stdin_fd = None          # EOF: nothing more can arrive
             return
+        if self.stdin_filter is not None:
+            data = self.stdin_filter(data)     # the console's escape keys (machine/console.py)
         self.uart.feed_input(data)
 
     def _idle_wait(self) -> bool:

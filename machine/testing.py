@@ -5,8 +5,10 @@ the package: it registers itself as a `pytest11` plugin). Then:
 
     def test_my_guest(boot, tmp_path):
         disk = boot.image(tmp_path / "d.img", size="16M")
-        run = boot("-kernel", "my.elf", "-drive", f"file={disk},format=raw,if=virtio", timeout=60)
-        assert run.exit_status == 1 and "ok 1" in run.serial
+        run = boot("-kernel", "my.elf", "-drive", f"file={disk},format=raw,if=virtio",
+                   "-device", "isa-debug-exit,iobase=0xf4,iosize=0x04", timeout=60)
+        assert run.host_error is None, run.host_error
+        assert run.guest_status == 0 and "ok 1" in run.serial
         assert disk.read_bytes()[:4] == b"TEST"
 
 Each boot is a separate process running `python -m machine ARGS...` (so a crashing or hanging
@@ -34,6 +36,8 @@ from machine.cli import parse_size
 
 PACKAGE_PARENT = Path(__file__).resolve().parent.parent
 TAIL = 2000          # characters of output quoted when a boot fails
+HOST_ERROR_PREFIX = "machine: "                       # cli.PROG: every host-input error line
+HOST_SIGNAL_PREFIX = "machine: terminating on signal"
 
 
 def _tail(text: str) -> str:
@@ -54,6 +58,27 @@ class MachineRun:
     serial: str          # stdout as text: COM1 under -serial stdio (the default)
     stderr: str
     serial_bytes: bytes = b""     # stdout exactly as the machine wrote it
+
+    @property
+    def host_error(self) -> str | None:
+        """The machine's own error line when it refused to run (bad option, missing image,
+        compile error, ...: status 1, as in QEMU), else None. A guest passing through
+        isa-debug-exit also gives status 1; this tells the two apart: host errors are the
+        lines the machine prints as `machine: ...` on stderr."""
+        if self.exit_status != 1:
+            return None
+        for line in self.stderr.splitlines():
+            if line.startswith(HOST_ERROR_PREFIX) and not line.startswith(HOST_SIGNAL_PREFIX):
+                return line[len(HOST_ERROR_PREFIX):]
+        return None
+
+    @property
+    def guest_status(self) -> int | None:
+        """The value the guest wrote to isa-debug-exit (exit status (v << 1) | 1), or None when
+        the run ended any other way (a host error, a fault, a reset under -no-reboot)."""
+        if self.exit_status & 1 and self.host_error is None:
+            return self.exit_status >> 1
+        return None
 
     def __str__(self) -> str:
         return (f"machine {' '.join(self.args)} -> exit status {self.exit_status}\n"

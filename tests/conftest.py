@@ -1,5 +1,6 @@
 import pytest
 
+from building import built
 from machine import trace
 
 
@@ -10,22 +11,13 @@ def _reset_trace():
     trace.disable_all()
 
 
-def _built(directory: str, target: str):
-    """Build a C/asm directory's target, or skip the test when the toolchain cannot."""
-    from machine.toolchain import ToolchainError, ensure_built
-    try:
-        return ensure_built(directory, target)
-    except ToolchainError as exc:
-        pytest.skip(f"cannot build {directory}/{target}: {exc}")
-
-
 @pytest.fixture(scope="module")
 def hello():
     """The hello test kernel (ELF)."""
-    return _built("tests/kernels", "out/hello.elf")
+    return built("tests/kernels", "out/hello.elf")
 
 
 @pytest.fixture(scope="module")
 def guest():
     """The bundled virtio-blk guest (ELF)."""
-    return _built("guest", "out/guest.elf")
+    return built("guest", "out/guest.elf")

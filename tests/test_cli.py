@@ -420,11 +420,11 @@ def test_main_explicit_debug_exit_returns_qemu_status(fake_board):
 
 def test_main_board_errors_are_one_line(fake_board, capsys):
     fake_board.error = ConfigError("-device virtio-blk-pci: Property 'queue-size' must be a power of 2")
-    assert main(["-kernel", "k.elf", "-drive", "file=d.img"]) == 1
+    assert main(["-kernel", "k.elf", "-drive", "file=d.img,format=raw"]) == 1
     assert capsys.readouterr().err == \
         "machine: -device virtio-blk-pci: Property 'queue-size' must be a power of 2\n"
     fake_board.error = FileNotFoundError(2, "No such file or directory", "gone.img")
-    assert main(["-kernel", "k.elf", "-drive", "file=d.img"]) == 1
+    assert main(["-kernel", "k.elf", "-drive", "file=d.img,format=raw"]) == 1
     assert capsys.readouterr().err == \
         "machine: Could not open 'gone.img': No such file or directory\n"
 

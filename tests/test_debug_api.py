@@ -142,3 +142,21 @@ def test_a_device_breakpoint_hit_while_single_stepping_is_reported_by_that_step(
     assert s.where().startswith("vpci_notify")
     stop = s.run_until("vpci_notify")                     # nothing stale left behind
     assert stop.kind == STOP_BREAKPOINT
+
+
+def test_run_until_serial_gives_up_after_its_wall_clock_timeout(tmp_path):
+    """A guest that never prints: the wait ends after `timeout` seconds with a "timeout" stop,
+    and the machine can run on."""
+    import time as _time
+
+    from asm import rom_image
+    from machine.debug.target import STOP_INTERRUPT
+    rom = tmp_path / "spin.bin"
+    rom.write_bytes(rom_image("reset:\n    jmp reset\n"))
+    with Session.from_args(["-bios", str(rom)]) as s:
+        started = _time.monotonic()
+        stop = s.run_until_serial("never printed", timeout=0.5)
+        took = _time.monotonic() - started
+        assert stop.kind == STOP_INTERRUPT and stop.message == "timeout", stop
+        assert 0.5 <= took < 30
+        assert s.run(max_instructions=1000).kind == "limit"     # still usable

@@ -206,3 +206,20 @@ def test_control_commands_and_errors(mon):
     assert mon.execute("") == ""
     assert "unknown subcommand" in mon.execute("info nothing")
     assert mon.execute("x") == "x: missing address\n"
+
+
+def test_system_powerdown_presses_the_acpi_power_button(mon):
+    from types import SimpleNamespace
+
+    from machine.clock import VirtualClock
+    from machine.devices.acpi_pm import PWRBTN_EN, PWRBTN_STS, AcpiPm
+    from machine.irq import IrqLine
+
+    assert "not available" in mon.execute("system_powerdown")      # a board without a PM block
+    sci = IrqLine("sci")
+    pm = AcpiPm(VirtualClock(), sci, lambda: None)
+    pm.write(2, 2, PWRBTN_EN)
+    mon.machine = SimpleNamespace(devices={"acpi-pm": pm})
+    assert mon.execute("system_powerdown") == ""
+    assert pm.read(0, 2) & PWRBTN_STS and sci.level
+    assert "system_powerdown" in mon.execute("help")

@@ -10,17 +10,13 @@ from pathlib import Path
 
 import pytest
 
-from machine.toolchain import ToolchainError, ensure_built
+from building import built
 
 ROM_BASE = 0xFFFF0000
 FW_RAM = (0x7000, 0x20000)
 
 
-def build(directory: str, target: str) -> Path:
-    try:
-        return ensure_built(directory, target)
-    except ToolchainError as e:
-        pytest.skip(str(e))
+build = built
 
 
 def sections(elf: Path) -> dict[str, tuple[int, int, str]]:

@@ -90,3 +90,17 @@ def test_boot_hello_kernel_wait_for(boot, hello):
                    "-device", "isa-debug-exit,iobase=0xf4,iosize=0x04")
     assert "hello from multiboot" in h.wait_for(f'cmdline "{kernel} exit=0"', timeout=120)
     assert h.wait(timeout=120).exit_status == 1
+
+
+def test_a_host_error_and_a_passing_guest_both_exit_1_and_are_told_apart(boot, tmp_path, hello):
+    passed = boot("-kernel", hello, "-append", "exit=0", "-no-reboot",
+                  "-device", "isa-debug-exit,iobase=0xf4,iosize=0x04", timeout=120)
+    refused = boot("-kernel", hello, "-drive", f"file={tmp_path / 'missing.img'},format=raw",
+                   timeout=120)
+    assert passed.exit_status == refused.exit_status == 1
+    assert passed.host_error is None and passed.guest_status == 0, passed
+    assert refused.guest_status is None
+    assert "Could not open" in refused.host_error and "missing.img" in refused.host_error
+    failed = boot("-kernel", hello, "-append", "exit=3", "-no-reboot",
+                  "-device", "isa-debug-exit,iobase=0xf4,iosize=0x04", timeout=120)
+    assert failed.host_error is None and failed.guest_status == 3

@@ -9,7 +9,8 @@ import os
 import stat
 
 from ..config import ConfigError, DriveConfig
-from .lock import try_lock
+from .blkdebug import BlkDebug, RulesError, load_rules
+from .lock import READER, SNAPSHOT_READER, WRITER, LockConflict, lock_image
 from .raw import SECTOR, BlockBackend, RawImage
 from .snapshot import SnapshotOverlay
 
@@ -44,14 +45,21 @@ def open_drive(drive: DriveConfig, *, snapshot: bool = False) -> BlockBackend:
         size = st.st_size if stat.S_ISREG(st.st_mode) else os.lseek(fd, 0, os.SEEK_END)
         if size % SECTOR:
             raise ConfigError(f"'{path}': image size {size} is not a multiple of {SECTOR} bytes")
-        if not try_lock(fd, exclusive=not read_only):
-            what = "write" if not read_only else "shared \"write\""
-            raise ConfigError(f"Failed to get {what} lock on '{path}': is another process using the image?")
+        try:
+            lock_image(fd, SNAPSHOT_READER if use_overlay else READER if read_only else WRITER)
+        except LockConflict as e:
+            raise ConfigError(f"{e} on '{path}': is another process using the image?") from None
     except BaseException:
         os.close(fd)
         raise
-    raw = RawImage(fd, size, read_only=read_only, filename=path, cache=drive.cache,
-                   discard_unmap=DISCARD_MODES[drive.discard])
+    raw: BlockBackend = RawImage(fd, size, read_only=read_only, filename=path, cache=drive.cache,
+                                 discard_unmap=DISCARD_MODES[drive.discard])
+    if drive.blkdebug is not None:
+        try:
+            raw = BlkDebug(raw, load_rules(drive.blkdebug))
+        except RulesError as e:
+            raw.close()
+            raise ConfigError(str(e)) from None
     if use_overlay:
         overlay = SnapshotOverlay(raw)
         overlay.read_only = drive.readonly

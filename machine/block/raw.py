@@ -10,6 +10,7 @@ from __future__ import annotations
 import ctypes
 import errno
 import os
+import stat
 
 from .iov import IOV_MAX, preadv_full, pwritev_full
 
@@ -73,6 +74,10 @@ class BlockBackend:
         """Re-read the size of the storage (after the host resized the image); returns it."""
         return self.size
 
+    def resize(self, size: int) -> None:
+        """Make the disk `size` bytes (QEMU's block_resize); OSError if it cannot be."""
+        raise OSError(errno.ENOTSUP, "this image cannot be resized")
+
 
 class RawImage(BlockBackend):
     def __init__(self, fd: int, size: int, *, read_only: bool, filename: str = "",
@@ -83,6 +88,7 @@ class RawImage(BlockBackend):
         self.filename = filename
         self.cache = cache
         self.discard_unmap = discard_unmap
+        self.regular = stat.S_ISREG(os.fstat(fd).st_mode)    # a block device cannot shrink under us
 
     def _check(self, offset: int, length: int) -> None:
         if offset < 0 or length < 0 or offset + length > self.size:
@@ -102,6 +108,7 @@ class RawImage(BlockBackend):
             raise OSError(errno.EROFS, "read-only image")
         length = sum(len(b) for b in bufs)
         self._check(offset, length)
+        self._check_not_shrunk(offset + length)
         if len(bufs) <= IOV_MAX:
             n = os.pwritev(self.fd, bufs, offset)
             if n == length:
@@ -129,10 +136,26 @@ class RawImage(BlockBackend):
             return
         write_zeroes_fd(self.fd, offset, length)
 
+    def _check_not_shrunk(self, end: int) -> None:
+        """A write must never regrow an image the host truncated behind our back (a pwrite past
+        the end would silently extend the file): one fstat per write, cheap against the write."""
+        if self.regular and end > os.fstat(self.fd).st_size:
+            self.refresh_size()
+            raise OSError(errno.EIO, "the image shrank on the host")
+
     def refresh_size(self) -> int:
-        size = os.fstat(self.fd).st_size
+        st = os.fstat(self.fd)
+        size = st.st_size if self.regular else os.lseek(self.fd, 0, os.SEEK_END)
         self.size = size - size % SECTOR
         return self.size
+
+    def resize(self, size: int) -> None:
+        if self.read_only:
+            raise OSError(errno.EACCES, "the image is read-only")
+        if not self.regular:
+            raise OSError(errno.ENOTSUP, "only a regular file can be resized")
+        os.ftruncate(self.fd, size)
+        self.size = size
 
     def close(self) -> None:
         if self.fd >= 0:

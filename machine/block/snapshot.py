@@ -81,6 +81,19 @@ class SnapshotOverlay(BlockBackend):
             write_zeroes_fd(self.fd, offset, length)
         self._mark(offset, length)
 
+    def resize(self, size: int) -> None:
+        """The overlay takes the new size; the base image never changes. Sectors past the
+        base's end read as zeroes from the overlay."""
+        if self.read_only:
+            raise OSError(errno.EACCES, "the image is read-only")
+        os.ftruncate(self.fd, size)
+        sectors = size // SECTOR
+        if sectors < len(self.map):
+            del self.map[sectors:]
+        else:
+            self.map.extend(b"\x01" * (sectors - len(self.map)))
+        self.size = size
+
     def close(self) -> None:
         if self.fd >= 0:
             os.close(self.fd)

@@ -3,11 +3,14 @@ breakpoints and watchpoints, and the board's run loop turned into `Stop`s."""
 
 from __future__ import annotations
 
+import sys
+
 from .target import (DebugAccessError, PollFn, Stop, STOP_BREAKPOINT, STOP_DEVICE, STOP_EXITED,
                      STOP_FAULT, STOP_INTERRUPT, STOP_LIMIT, STOP_RESET, STOP_STEP, STOP_WATCHPOINT,
                      WATCH_KINDS)
 
 
+_watch_warned = False          # the slow-watchpoint warning is printed once per process
 _WATCH_POLL_EVERY = 1024        # instructions between host polls while stepping for watchpoints
 
 
@@ -103,6 +106,13 @@ class MachineTarget:
             self._soft_watch[(addr, length, kind)] = self.read_memory(addr, length)
         except DebugAccessError:
             return False
+        global _watch_warned
+        if not _watch_warned:
+            # Software watchpoints step the guest instruction by instruction: say so once, or a
+            # run that takes seconds instead of milliseconds looks like a hang.
+            _watch_warned = True
+            print("machine: warning: watchpoints single-step the guest; it runs about 100 times "
+                  "slower while one is set", file=sys.stderr)
         return True
 
     def remove_watchpoint(self, addr: int, length: int, kind: str) -> None:

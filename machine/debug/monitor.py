@@ -14,8 +14,10 @@ import shlex
 import struct
 from typing import Callable
 
+from ..config import ConfigError
 from ..virtio.device import VirtioDevice
 from ..virtio.pci import VirtioPciDevice
+from ..virtio.props import parse_size
 from ..virtio.spec import (BLK_FEATURE_NAMES, DEVICE_NAMES, FEATURE_NAMES, STATUS_NAMES, VIRTIO_ID_BLOCK,
                            VIRTQ_DESC_F_INDIRECT, VIRTQ_DESC_F_NEXT, VIRTQ_DESC_F_WRITE)
 from .breakpoints import BreakpointError, DeviceBreakpoints
@@ -45,6 +47,8 @@ delete N                                -- delete device breakpoint N
 stop                                    -- stop the guest (monitor console)
 c|cont                                  -- resume the guest (monitor console)
 system_reset                            -- reset the machine
+system_powerdown                        -- press the ACPI power button (the guest decides)
+block_resize DRIVE SIZE                 -- resize a drive's image (SIZE in bytes, or with k/M/G/T); the device tells the guest
 quit|q                                  -- quit the emulator
 """
 
@@ -94,8 +98,9 @@ class Monitor:
             "help": self.cmd_help, "?": self.cmd_help, "info": self.cmd_info,
             "x": self.cmd_x, "xp": self.cmd_xp, "break": self.cmd_break, "b": self.cmd_break,
             "delete": self.cmd_delete, "d": self.cmd_delete,
-            "system_reset": self.cmd_reset, "quit": self.cmd_quit, "q": self.cmd_quit,
+            "system_reset": self.cmd_reset, "system_powerdown": self.cmd_powerdown, "quit": self.cmd_quit, "q": self.cmd_quit,
             "stop": self.cmd_stop, "c": self.cmd_cont, "cont": self.cmd_cont,
+            "block_resize": self.cmd_block_resize,
         }
         self._info = {
             "registers": self.info_registers, "pci": self.info_pci, "mtree": self.info_mtree,
@@ -152,6 +157,26 @@ class Monitor:
             self.on_reset()
             return ""
         return "system_reset is not available here\n"
+
+    def cmd_powerdown(self, args) -> str:
+        pm = _attr(self.machine, "devices", default={}).get("acpi-pm")
+        if pm is None:
+            return "system_powerdown is not available here\n"
+        pm.power_button()
+        return ""
+
+    def cmd_block_resize(self, args) -> str:
+        if len(args) != 2:
+            return "block_resize: usage: block_resize DRIVE SIZE\n"
+        resize = getattr(self.machine, "block_resize", None)
+        if resize is None:
+            return "block_resize is not available here\n"
+        try:
+            size = parse_size("size", args[1])
+        except ConfigError as e:
+            return f"block_resize: {e}\n"
+        resize(args[0], size)          # ValueError: reported by execute() as one line
+        return ""
 
     def cmd_stop(self, args) -> str:
         if self.on_stop:

@@ -153,6 +153,7 @@ class Debugger:
                 if stopped:
                     action = self._wait_stopped()
                     if action.kind == "kill":
+                        self.quit_requested = True      # ended by the user, as quit is
                         return self.exit_status
                     if self._dead is not None:
                         # Nothing can run after a fatal fault: the machine ends here.

@@ -6,6 +6,10 @@ timer, fixed-mode LVT entries, self-IPIs through the ICR) go into IRR; `pending(
 `acknowledge()` are the CPU's view, honouring TPR and ISR priority classes. The INIT/SIPI IPIs that
 firmware broadcasts to find other CPUs reach nobody here.
 
+Interrupts from outside (MSI writes, the IOAPIC's messages) arrive through `deliver()` after
+`accepts_destination()` says the message addresses this APIC (msi.py does the decoding). The EOI
+of a level-triggered vector is broadcast to `eoi_listeners` (the IOAPIC clears Remote IRR).
+
 The timer counts the 1 GHz bus clock (one tick per virtual nanosecond, QEMU's APIC bus rate)
 divided by the divide configuration. TSC-deadline mode is not offered (LVT timer bit 18 reads 0).
 
@@ -78,6 +82,7 @@ class LocalApic:
         self._timer = clock.timer(self._on_timer, "apic-timer")
         self._bank = RegisterBank(self, _REGS, "lapic", default=0)
         self._lint = [IrqLine(f"lint{i}", self._lint_sink(i)) for i in range(2)]
+        self.eoi_listeners: list[Callable[[int], None]] = []   # f(vector) on a level EOI
         self.reset()
 
     def reset(self) -> None:
@@ -157,6 +162,28 @@ class LocalApic:
     def lint_line(self, pin: int) -> IrqLine:
         """LINT0/LINT1 input pins (for fixed-mode delivery; ExtINT is answered by lint0_extint)."""
         return self._lint[pin]
+
+    # -- interrupts from the system bus (MSI, IOAPIC) ------------------------------------------
+    def accepts_destination(self, dest: int, logical: bool) -> bool:
+        """Whether a message for destination `dest` (8 bits) reaches this APIC: physical mode
+        matches the APIC ID or 0xFF (broadcast); logical mode matches LDR under the flat model
+        (DFR 0xF...) or the cluster model (DFR 0x0...)."""
+        if not logical:
+            return dest == 0xFF or dest == self.id >> 24
+        if dest == 0xFF:
+            return True
+        ldr = self.ldr >> 24
+        if self.dfr >> 28 == 0xF:                       # flat: one bit per APIC
+            return bool(dest & ldr)
+        return dest >> 4 == ldr >> 4 and bool(dest & ldr & 0xF)   # cluster: id, then bits
+
+    def deliver(self, vector: int, level_triggered: bool = False) -> None:
+        """A fixed (or lowest-priority: there is one CPU) interrupt from the bus: into IRR, and
+        into TMR when level-triggered so that its EOI is broadcast. Ignored while the APIC is
+        disabled in hardware, as such an APIC takes no messages."""
+        if not self.hw_enabled:
+            return
+        self._accept(vector & 0xFF, level=level_triggered)
 
     # -- interrupt acceptance ----------------------------------------------------------------
     def _accept(self, vector: int, level: bool = False) -> None:
@@ -252,6 +279,8 @@ class LocalApic:
             for i in (LVT_LINT0, LVT_LINT1):        # level LINT sources may request again
                 if self.lvt[i] & 0xFF == v:
                     self.lvt[i] &= ~LVT_REMOTE_IRR
+            for listener in self.eoi_listeners:     # the EOI message to the IOAPIC(s)
+                listener(v)
         if self.irq_out is not None and self.pending():
             self.irq_out()
 

@@ -128,9 +128,10 @@ class VirtioBlk(VirtioDevice):
             self.add_queue(qsize, self.handle_queue)
 
     def update_capacity(self) -> bool:
-        """The image may have been resized on the host (QEMU's block_resize): take the new size,
-        bump the config generation and tell a live driver. Requests are checked against the
-        new capacity from now on. Returns True if it changed."""
+        """The image may have been resized (QEMU's block_resize, or on the host behind our back:
+        checked at every FLUSH and after every failed read or write): take the new size, bump
+        the config generation and tell a live driver. Requests are checked against the new
+        capacity from now on. Returns True if it changed."""
         capacity = self.backend.refresh_size() // SECTOR
         if capacity == self.capacity:
             return False
@@ -197,7 +198,7 @@ class VirtioBlk(VirtioDevice):
     def handle_request(self, chain: Chain) -> int:
         """Carry out one request; returns used.len (bytes written to the guest, status included)."""
         t0 = trace.timestamp_ns() if EV_COMPLETE.enabled else 0       # host time, for the trace
-        req = self.parse_request(chain)
+        req = parse(chain, self.mem.buf, self.has_feature)
         try:
             written = self.execute(req)
             status = VIRTIO_BLK_S_OK
@@ -263,6 +264,7 @@ class VirtioBlk(VirtioDevice):
             got = self.backend.readv(sector * SECTOR, [mv[h:h + n] for _a, n, h in segs])
         except OSError as e:
             trace.guest_error(f"virtio-blk: read error: {e}")
+            self.update_capacity()             # a host truncation shows up as a failed request
             raise IoError("read error") from None
         notify = self.mem.notify_write         # tell the CPU which guest bytes changed
         if got == nbytes:
@@ -275,6 +277,7 @@ class VirtioBlk(VirtioDevice):
                 break
             notify(a, min(n, left))
             left -= n
+        self.update_capacity()
         raise IoError("short read", written=got)
 
     def _write(self, req: BlkRequest) -> None:
@@ -292,6 +295,7 @@ class VirtioBlk(VirtioDevice):
             done = self.backend.writev(sector * SECTOR, [mv[h:h + n] for _a, n, h in segs])
         except OSError as e:
             trace.guest_error(f"virtio-blk: write error: {e}")
+            self.update_capacity()
             raise IoError("write error") from None
         if done != nbytes:
             raise IoError("short write")
@@ -300,6 +304,7 @@ class VirtioBlk(VirtioDevice):
     def _flush(self) -> None:
         """FLUSH reaches stable storage before completing OK. The sector field is ignored (as
         QEMU). Served even if FLUSH was not negotiated: it is always safe to flush."""
+        self.update_capacity()                 # the host may have grown or shrunk the image
         if self.flush_failed:
             raise IoError("an earlier flush failed")
         if self.backend.cache == "unsafe":

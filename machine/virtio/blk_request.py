@@ -94,6 +94,9 @@ class BlkRequest(NamedTuple):
         return 1
 
 
+_new = tuple.__new__
+
+
 def gather(buf, segs: list[Seg], skip: int, length: int) -> bytes:
     """`length` bytes starting `skip` bytes into the scattered buffer, copied once."""
     out = bytearray()
@@ -159,5 +162,6 @@ def parse(chain: Chain, buf, has_feature: Callable[[int], bool]) -> BlkRequest:
         elif has_feature(feature):
             raise SegmentTooShort("virtio-blk discard/write_zeroes header too short")
     last_addr, last_len, last_host = chain.writable[-1]
-    return BlkRequest(chain.head, rtype, sector, out_data, out_len, in_data, in_len,
-                      last_addr + last_len - 1, last_host + last_len - 1, segment)
+    # tuple.__new__ skips NamedTuple's Python-level constructor: half the cost, on every request.
+    return _new(BlkRequest, (chain.head, rtype, sector, out_data, out_len, in_data, in_len,
+                             last_addr + last_len - 1, last_host + last_len - 1, segment))

@@ -47,9 +47,13 @@ def parse_size(name: str, value: str, lo: int = 0, hi: int = (1 << 64) - 1) -> i
         num, suffix = v[:-1], v[-1]
     try:
         n = float(num) if "." in num else int(num, 0)
-    except ValueError:
+        # 1.0e999 is an infinite float and a huge one can overflow with the suffix: as QEMU,
+        # anything that is not a size below 2^64 is "not a size" (int(inf) would raise).
+        n = int(n * _SUFFIX[suffix])
+    except (ValueError, OverflowError):
         raise ConfigError(f"Property '{name}' expects a size, not '{value}'") from None
-    n = int(n * _SUFFIX[suffix])
+    if n >= 1 << 64:
+        raise ConfigError(f"Property '{name}' expects a size below 2^64, not '{value}'")
     if not lo <= n <= hi:
         raise ConfigError(f"Property '{name}' value {n} is out of range [{lo}, {hi}]")
     return n

@@ -3,6 +3,7 @@ instruction there and the registers. It is written from inside CPU hooks, so it 
 
 from __future__ import annotations
 
+from ..cpu_memory import MemoryAccessError
 from .decode import format_one
 
 
@@ -20,7 +21,7 @@ def fault_report(cpu, why: str, back: int = 0) -> str:
         return f"{why}\n(registers unavailable: {exc})"
     try:
         code = cpu.read_virtual(lin, 16)
-    except ValueError:                       # the CPU's MemoryAccessError: not mapped
+    except MemoryAccessError:
         code = b""
     insn = format_one(code, lin, bits) if code else f"{lin:#x}: (code not readable)"
     mode_txt = {64: "long mode, 64-bit code", 32: f"{mode} mode, 32-bit code",

@@ -1,0 +1,238 @@
+"""Fault injection with QEMU's blkdebug rules: the rules file parser, the rule engine (events arm
+rules, requests are checked against them, states and `once`), the backend wrapper, the command
+line, and the guest self-test failing the very same requests on our machine and on QEMU 7.2."""
+
+from __future__ import annotations
+
+import errno
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from machine.block import open_drive
+from machine.block.blkdebug import BlkDebug, RulesError, parse_rules
+from machine.config import ConfigError, DriveConfig
+
+QEMU = shutil.which("qemu-system-x86_64")
+
+
+class Recorder:
+    """An inner backend that records what reached it."""
+    size = 1 << 20
+    read_only = False
+    discard_unmap = True
+    cache = "writeback"
+    filename = "rec"
+
+    def __init__(self):
+        self.calls = []
+
+    def readv(self, offset, bufs):
+        self.calls.append(("read", offset))
+        return sum(len(b) for b in bufs)
+
+    def writev(self, offset, bufs):
+        self.calls.append(("write", offset))
+        return sum(len(b) for b in bufs)
+
+    def flush(self):
+        self.calls.append(("flush", 0))
+
+    def discard(self, offset, length):
+        self.calls.append(("discard", offset))
+
+    def write_zeroes(self, offset, length, may_unmap):
+        self.calls.append(("write-zeroes", offset))
+
+    def refresh_size(self):
+        return self.size
+
+    def close(self):
+        self.calls.append(("close", 0))
+
+
+def wrap(text):
+    inner = Recorder()
+    return BlkDebug(inner, parse_rules(text)), inner
+
+
+BUF = [memoryview(bytearray(512))]
+
+
+def fails(fn, *args):
+    try:
+        fn(*args)
+    except OSError as e:
+        return e.errno
+    return None
+
+
+# ---------------------------------------------------------------- parsing
+
+
+def test_rules_parse_with_qemus_defaults():
+    (rule,) = parse_rules('[inject-error]\nevent = "read_aio"\n')
+    assert (rule.errno, rule.offset, rule.once, rule.state) == (errno.EIO, -1, False, 0)
+    assert "block-status" not in rule.iotypes and {"read", "write", "flush"} <= rule.iotypes
+    (rule,) = parse_rules('# comment\n[inject-error]\nevent = "write_aio"\nsector = "8"\n'
+                          'errno = "28"\nonce = "on"\niotype = "write"\n')
+    assert (rule.errno, rule.offset, rule.once, rule.iotypes) == (28, 8 * 512, True, {"write"})
+
+
+@pytest.mark.parametrize("text, message", [
+    ('[inject-error]\nerrno = "5"\n', "Missing event name"),
+    ('[inject-error]\nevent = "no_such_event"\n', "invalid event"),
+    ('[inject-error]\nevent = "read_aio"\nerrno = "five"\n', "not a number"),
+    ('[inject-error]\nevent = "read_aio"\nonce = "maybe"\n', "'on' or 'off'"),
+    ('[inject-error]\nevent = "read_aio"\niotype = "sideways"\n', "invalid iotype"),
+    ('[inject-error]\nevent = read_aio\n', "parse error"),
+    ('[inject-error]\nevent = "read_aio"\nnew_state = "2"\n', "Invalid parameter 'new_state'"),
+    ('[break-everything]\nevent = "read_aio"\n', "unknown section"),
+    ('event = "read_aio"\n', "no group defined"),
+])
+def test_bad_rules_are_refused_with_the_line(text, message):
+    with pytest.raises(RulesError, match=message):
+        parse_rules(text)
+
+
+# ---------------------------------------------------------------- the engine
+
+
+def test_a_rule_is_armed_by_its_event_and_stays_armed():
+    bd, inner = wrap('[inject-error]\nevent = "write_aio"\nerrno = "5"\n')
+    assert fails(bd.readv, 0, BUF) is None            # not armed yet: reads pass
+    assert fails(bd.writev, 0, BUF) == errno.EIO      # the write's own event armed it
+    assert fails(bd.readv, 0, BUF) == errno.EIO       # armed rules fail any covered request kind
+    assert fails(bd.flush) == errno.EIO
+    assert inner.calls == [("read", 0)]               # nothing failed reached the image
+
+
+def test_sector_and_iotype_limit_what_fails():
+    bd, inner = wrap('[inject-error]\nevent = "none"\nsector = "4"\niotype = "read"\n')
+    assert fails(bd.readv, 0, BUF) is None            # sector 0 only
+    assert fails(bd.readv, 4 * 512, BUF) == errno.EIO
+    assert fails(bd.readv, 3 * 512, [memoryview(bytearray(1024))]) == errno.EIO   # covers 3 and 4
+    assert fails(bd.writev, 4 * 512, BUF) is None     # iotype=read
+    assert fails(bd.flush) is None                    # a flush covers no sector
+
+
+def test_once_fires_on_the_first_matching_request_only():
+    bd, _ = wrap('[inject-error]\nevent = "none"\nerrno = "28"\nonce = "on"\n')
+    assert fails(bd.readv, 0, BUF) == errno.ENOSPC
+    assert fails(bd.readv, 0, BUF) is None
+    assert bd.engine.rules == []
+
+
+def test_state_transitions_pick_the_second_write():
+    bd, inner = wrap('[set-state]\nevent = "write_aio"\nstate = "1"\nnew_state = "2"\n'
+                     '[inject-error]\nevent = "write_aio"\nstate = "2"\nerrno = "5"\n')
+    assert fails(bd.writev, 0, BUF) is None           # state 1 -> 2; the error rule was not armed
+    assert bd.engine.state == 2
+    assert fails(bd.writev, 512, BUF) == errno.EIO
+    assert inner.calls == [("write", 0)]
+
+
+def test_a_new_event_with_error_rules_replaces_the_armed_set():
+    bd, _ = wrap('[inject-error]\nevent = "read_aio"\nsector = "0"\n'
+                 '[inject-error]\nevent = "flush_to_disk"\nsector = "1"\n')
+    assert fails(bd.readv, 0, BUF) == errno.EIO
+    assert fails(bd.flush) is None                    # arms the sector-1 rule, disarms sector 0
+    assert fails(bd.writev, 0, BUF) is None           # write_aio has no rules: the set stays
+    assert fails(bd.writev, 512, BUF) == errno.EIO
+    assert fails(bd.readv, 512, BUF) is None          # read_aio re-arms the sector-0 rule only
+    assert fails(bd.readv, 0, BUF) == errno.EIO
+
+
+def test_errno_zero_matches_and_lets_the_request_through():
+    bd, inner = wrap('[inject-error]\nevent = "none"\nerrno = "0"\nonce = "on"\n'
+                     '[inject-error]\nevent = "none"\n')
+    assert fails(bd.readv, 0, BUF) is None            # the first armed rule matches: no error
+    assert len(bd.engine.rules) == 2 and inner.calls == [("read", 0)]
+
+
+def test_write_zeroes_discard_and_flush_go_through_the_rules():
+    bd, inner = wrap('[inject-error]\nevent = "pwritev_zero"\niotype = "write-zeroes"\n')
+    assert fails(bd.write_zeroes, 0, 512, False) == errno.EIO
+    assert fails(bd.writev, 0, BUF) is None
+    bd, inner = wrap('[inject-error]\nevent = "none"\niotype = "discard"\n')
+    assert fails(bd.discard, 0, 512) == errno.EIO
+    inner.discard_unmap = False                       # discard=ignore: never reaches the image
+    assert fails(bd.discard, 0, 512) is None
+
+
+# ---------------------------------------------------------------- drives and the command line
+
+
+def test_a_drive_with_rules_wraps_the_image(tmp_path):
+    img = tmp_path / "d.img"
+    img.write_bytes(bytes(4096))
+    rules = tmp_path / "r.conf"
+    rules.write_text('[inject-error]\nevent = "write_aio"\n')
+    be = open_drive(DriveConfig(file=img, blkdebug=rules))
+    assert isinstance(be, BlkDebug) and be.size == 4096
+    assert fails(be.writev, 0, [memoryview(b"x" * 512)]) == errno.EIO
+    be.close()
+    assert img.read_bytes() == bytes(4096)
+
+
+@pytest.mark.parametrize("spec, message", [
+    ("blkdebug:{rules}", "requires both config file and image path"),
+    ("blkdebug:{missing}:{img}", "Could not read blkdebug config file"),
+    ("blkdebug:{bad}:{img}", "Missing event name"),
+])
+def test_bad_blkdebug_drives_are_one_line_and_status_1(tmp_path, spec, message):
+    img = tmp_path / "d.img"
+    img.write_bytes(bytes(4096))
+    rules = tmp_path / "r.conf"
+    rules.write_text('[inject-error]\nevent = "read_aio"\n')
+    bad = tmp_path / "bad.conf"
+    bad.write_text('[inject-error]\nerrno = "5"\n')
+    drive = spec.format(rules=rules, img=img, missing=tmp_path / "nope", bad=bad)
+    r = subprocess.run([sys.executable, "-m", "machine", "-drive", f"file={drive},format=raw,if=virtio"],
+                       capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
+    assert r.returncode == 1, r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1 and message in r.stderr, r.stderr
+    assert "Traceback" not in r.stderr
+
+
+# ---------------------------------------------------------------- the same failures as QEMU
+
+RULES = {
+    # every write fails once: the guest's first write sees IOERR, the rest succeed
+    "write_once": '[inject-error]\nevent = "write_aio"\nerrno = "5"\nonce = "on"\n',
+    # from the first flush on, every request covering any sector fails
+    "after_flush": '[inject-error]\nevent = "flush_to_disk"\nerrno = "5"\n',
+    # the second write and everything after it
+    "second_write": ('[set-state]\nevent = "write_aio"\nstate = "1"\nnew_state = "2"\n'
+                     '[inject-error]\nevent = "write_aio"\nstate = "2"\nerrno = "5"\n'),
+}
+
+
+def tap_lines(out: str) -> list[str]:
+    return [l for l in out.replace("\r", "").splitlines() if l.startswith(("ok ", "not ok "))]
+
+
+@pytest.mark.skipif(QEMU is None, reason="qemu-system-x86_64 is not installed")
+@pytest.mark.parametrize("name", RULES)
+def test_the_guest_sees_the_same_failures_as_on_qemu(guest, tmp_path, name):
+    rules = tmp_path / "r.conf"
+    rules.write_text(RULES[name])
+    results = {}
+    for who, program in (("qemu", [QEMU, "-nodefaults"]), ("ours", [sys.executable, "-m", "machine"])):
+        img = tmp_path / f"{who}.img"
+        with open(img, "wb") as f:
+            f.truncate(4 << 20)
+        r = subprocess.run([*program, "-display", "none", "-no-reboot", "-m", "128", "-serial", "stdio",
+                            "-device", "isa-debug-exit,iobase=0xf4,iosize=0x04", "-kernel", str(guest),
+                            "-drive", f"file=blkdebug:{rules}:{img},format=raw,if=none,id=d0",
+                            "-device", "virtio-blk-pci,drive=d0"],
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=120,
+                           stdin=subprocess.DEVNULL)
+        results[who] = (r.returncode, tap_lines(r.stdout), img.read_bytes())
+    q, o = results["qemu"], results["ours"]
+    assert any(l.startswith("not ok") for l in q[1]), "the rules must make some guest test fail"
+    assert o[0] == q[0] == 3
+    assert o[1] == q[1]
+    assert o[2] == q[2]

@@ -1,0 +1,88 @@
+"""How a machine ends when the user ends it: SIGTERM and SIGHUP clean up the temporary image as
+SIGINT does; monitor `quit` and gdb `kill` exit 0 as QEMU does, also for the bundled self-test."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def machine_process(tmp_path: Path, *args: str) -> subprocess.Popen:
+    env = dict(os.environ, TMPDIR=str(tmp_path),
+               PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
+    return subprocess.Popen([sys.executable, "-m", "machine", *args], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, cwd=tmp_path)
+
+
+def wait_for_image(tmp_path: Path, proc: subprocess.Popen, timeout: float = 60) -> Path:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        images = list(tmp_path.glob("machine-*.img"))
+        if images and proc.poll() is None:
+            return images[0]
+        assert proc.poll() is None, proc.communicate()
+        time.sleep(0.05)
+    proc.kill()
+    pytest.fail("the temporary image never appeared")
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP, signal.SIGINT])
+def test_a_terminating_signal_removes_the_temporary_image(tmp_path, guest, signum):
+    # -S with the monitor on stdio: the bundled run waits, stopped, for a command.
+    proc = machine_process(tmp_path, "-S", "-monitor", "stdio")
+    wait_for_image(tmp_path, proc)
+    time.sleep(0.3)                  # into the monitor's wait (a signal earlier works too)
+    proc.send_signal(signum)
+    out, err = proc.communicate(timeout=30)
+    assert f"terminating on signal {int(signum)}" in err.decode(), err
+    assert proc.returncode == 128 + signum      # the self-test did not pass
+    assert list(tmp_path.glob("machine-*.img")) == []
+    assert b"Traceback" not in err
+
+
+def test_a_signal_ends_a_qemu_style_run_with_status_0_as_qemu(tmp_path, hello):
+    proc = machine_process(tmp_path, "-kernel", str(hello), "-S", "-monitor", "stdio")
+    time.sleep(1.0)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0 and "terminating on signal 15" in err.decode(), err
+
+
+def test_monitor_quit_exits_0_on_the_bundled_run(tmp_path, guest):
+    proc = machine_process(tmp_path, "-S", "-monitor", "stdio")
+    out, err = proc.communicate(b"quit\n", timeout=60)
+    assert proc.returncode == 0, err
+    assert list(tmp_path.glob("machine-*.img")) == []
+
+
+def test_gdb_kill_exits_0_on_the_bundled_run(guest, monkeypatch, capsys):
+    import machine.debug.session as session
+    from machine import cli
+    real_attach = session.attach_debugger
+    replies = []
+
+    def attach(machine, config):
+        config.gdb = "tcp:127.0.0.1:0"           # any free port
+        debugger = real_attach(machine, config)
+
+        def gdb_client():
+            with socket.create_connection(("127.0.0.1", debugger.gdb.port), timeout=10) as s:
+                s.sendall(b"$?#3f")
+                replies.append(s.recv(100))
+                s.sendall(b"+$k#6b")
+                time.sleep(0.2)
+        threading.Thread(target=gdb_client, daemon=True).start()
+        return debugger
+    monkeypatch.setattr(session, "attach_debugger", attach)
+    assert cli.main(["-S"]) == 0
+    assert replies and (b"$S05" in replies[0] or b"$T05" in replies[0]), replies
