@@ -46,7 +46,6 @@
 #define PROT_MODE_ADDR      0x100000u
 #define MIN_VERSION         0x0206      /* cmdline_size; everything since 2.6.22 */
 #define LOADER_TYPE_UNKNOWN 0xff        /* "no assigned id", as the protocol allows */
-#define TOP_RESERVE         0x20000u    /* left free under the RAM top (ACPI tables live there) */
 #define CMDLINE_MAX         4096
 
 /* What the kernel gets, in firmware RAM below 1 MiB (the kernel copies both early). */
@@ -109,8 +108,8 @@ static void fill_cmdline(uint32_t version)
     *p32(BP_EXT_CMD_LINE_PTR) = 0;
 }
 
-/* The initrd goes as high as the kernel allows (initrd_addr_max) and RAM below 4 GiB does,
- * page aligned, and must stay clear of the protected-mode kernel. */
+/* The initrd goes as high as the kernel allows (initrd_addr_max) and RAM below 4 GiB does (the
+ * ACPI tables, if any, are already carved out of it), page aligned, clear of the kernel. */
 static void load_initrd(uint32_t kernel_end)
 {
     uint32_t size = fwcfg_read_u32(FW_CFG_INITRD_SIZE);
@@ -119,7 +118,6 @@ static void load_initrd(uint32_t kernel_end)
     uint64_t top = memmap_ram_end(PROT_MODE_ADDR);
     if (top > 0x100000000ull)
         top = 0x100000000ull;
-    top = top > TOP_RESERVE ? top - TOP_RESERVE : 0;
     uint64_t max = (uint64_t)*p32(HDR_INITRD_ADDR_MAX) + 1;
     if (top > max)
         top = max;

@@ -53,7 +53,13 @@ class CodeHooks:
             return
         self.breakpoints[linear] = self.uc.hook_add(UC.UC_HOOK_CODE, self._on_breakpoint, None, linear, linear)
         self._changed()
-        self.uc.ctl_remove_cache(linear, linear + 1)     # already translated code would miss it
+        # Already translated code would miss it. Removing one block looks `linear` up through
+        # the page tables, which clobbers the guest when it is unmapped (see identity_walks):
+        # with paging on, drop everything instead.
+        if self._reg.read(X.UC_X86_REG_CR0) & 0x80000000:
+            self.uc.ctl_flush_tb()
+        else:
+            self.uc.ctl_remove_cache(linear, linear + 1)
 
     def remove_breakpoint(self, linear: int) -> None:
         h = self.breakpoints.pop(linear, None)
@@ -68,7 +74,16 @@ class CodeHooks:
         # Translated blocks may still call a deleted code hook's thunk until the next flush
         # (the callers flush): keep the callback alive so such a call is harmless.
         self._dead_hooks.append(ui.hook_callback(self.uc, handle))
-        self.uc.hook_del(handle)
+        self._hook_del(handle)
+
+    def _hook_del(self, handle: int) -> None:
+        # hook_del drops the blocks the hook was compiled into by looking their virtual
+        # addresses up through the page tables; for a block of another address space or of
+        # freed kernel memory the walk faults, and Unicorn swallows the #PF half-way: CR2 and
+        # the exception state are clobbered. The callers flush all translated code right
+        # after, so the lookup may as well be the identity.
+        with ui.identity_walks(self.uc, self.cpu._raw):
+            self.uc.hook_del(handle)
 
     def add_block_hook(self, fn) -> int:
         """fn(linear_address, size) before every executed translated block (for -d in_asm/exec/
@@ -146,7 +161,7 @@ class CodeHooks:
     def _drop_if_watch(self) -> None:
         # No stale block can call the deleted hook: the flush comes before any code runs again
         # (so, unlike _delete_code_hook, nothing needs keeping alive).
-        self.uc.hook_del(self._if_watch)
+        self._hook_del(self._if_watch)
         self._if_watch = None
         self.uc.ctl_flush_tb()
         self._changed()

@@ -223,7 +223,7 @@ class CpuMemory:
     def _mem_unmap(self, base: int, size: int) -> None:
         # Unicorn drops translated code there through a page walk that would clobber CR2 and
         # leave a phantom #PF pending when paging is on (see identity_walks).
-        with ui.identity_walks(self._raw):
+        with ui.identity_walks(self.uc, self._raw):
             self.uc.mem_unmap(base, size)
 
     def _unmap_range(self, base: int, size: int) -> None:

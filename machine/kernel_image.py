@@ -14,7 +14,7 @@ MULTIBOOT_SEARCH = 8192          # the Multiboot v1 header lies in the first 8 K
 
 LINUX_MIN_VERSION = 0x0206       # cmdline_size in the header; every kernel since 2.6.22
 PROT_MODE_ADDR = 0x100000        # where the firmware loads the protected-mode kernel
-INITRD_TOP_RESERVE = 0x20000     # the firmware keeps the initrd this far below the RAM top
+INITRD_TOP_RESERVE = 0x20000     # room the firmware's ACPI tables may take at the RAM top
 _LOADED_HIGH = 0x01
 
 
@@ -27,8 +27,9 @@ class LinuxKernel:
     cmdline_size: int            # longest command line the kernel takes (without the NUL)
 
     def initrd_room(self, low_ram_top: int) -> int:
-        """Bytes of initrd the firmware can place: below the RAM top (less what it keeps
-        free there) and initrd_addr_max, above the protected-mode kernel, page aligned."""
+        """Bytes of initrd the firmware can surely place: below the RAM top (less the room its
+        ACPI tables may take there) and initrd_addr_max, above the protected-mode kernel, page
+        aligned. (As QEMU's initrd_max, which keeps 128 KiB of ACPI data below the top.)"""
         top = min(low_ram_top - INITRD_TOP_RESERVE, self.initrd_addr_max + 1)
         bottom = (PROT_MODE_ADDR + len(self.kernel) + 0xFFF) & ~0xFFF
         return max(0, (top & ~0xFFF) - bottom)

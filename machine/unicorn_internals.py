@@ -197,15 +197,17 @@ class RawState:
 
 
 class identity_walks:
-    """`with identity_walks(raw): uc.mem_unmap(...)`: Unicorn's mem_unmap (and every other path
+    """`with identity_walks(uc, raw): uc.mem_unmap(...)`: Unicorn's mem_unmap (and every other path
     into its uc_invalidate_tb) looks the *physical* range up as a *virtual* code address through
     the guest's page tables; when paging does not map it, the walk raises a #PF that Unicorn
-    swallows half-way: CR2 and the error code are overwritten and the exception stays pending,
+    swallows half-way: CR2, the error code and old_exception are overwritten (two such walks
+    leave old_exception at #DF: the next real fault becomes a silent triple fault),
     so the guest takes a page fault it never caused (seen as Linux faulting on a BAR address
     while sizing BARs). Inside this block CR0.PG reads as clear, so the lookup is the identity
     (which is what the caller means); the CPU state is restored byte for byte afterwards."""
 
-    def __init__(self, raw: RawState):
+    def __init__(self, uc: Uc, raw: RawState):
+        self._uch = uc._uch
         self._raw = raw
         self._paged = False
 
@@ -223,9 +225,14 @@ class identity_walks:
             cr0 = self._raw._u64(ENV_CR0)
             cr0.value |= CR0_PG
             self._raw.restore()
+            # The identity lookups filled TLB entries (virtual = physical) that paging does
+            # not back: drop them all.
+            _uc_ctl_none(self._uch, _CTL_TLB_FLUSH)
 
 
 CR0_PG = 1 << 31
+_CTL_TLB_FLUSH = UC.UC_CTL_TLB_FLUSH | (UC.UC_CTL_IO_WRITE << 30)
+_uc_ctl_none = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p, ctypes.c_int)(("uc_ctl", _uclib))
 
 
 def take_exception_info(raw: RawState) -> tuple[int, bool]:
@@ -631,7 +638,7 @@ def _probe_unmap_walk(uc: Uc) -> str | None:
         uc.reg_write(X86.UC_X86_REG_CR2, 0)
         uc.mem_map(0x7000, 0x1000)
         if guarded:
-            with identity_walks(raw):
+            with identity_walks(uc, raw):
                 uc.mem_unmap(0x7000, 0x1000)
         else:
             uc.mem_unmap(0x7000, 0x1000)

@@ -18,7 +18,7 @@ PASS, FAIL = 1, 3                      # isa-debug-exit statuses for out 0 / out
 INITRD_MAGIC = b"INRD"
 
 
-def protected_mode_code(initrd_size: int, initrd_addr: int) -> bytes:
+def protected_mode_code(initrd_size: int, initrd_lo: int, initrd_hi: int) -> bytes:
     """32-bit code checking the hand-off: CS/DS are __BOOT_CS/__BOOT_DS, ESI the zero page with
     type_of_loader set, e820 entries, the initrd where expected, then echo the command line to
     COM1 and exit 0 through isa-debug-exit."""
@@ -36,9 +36,13 @@ def protected_mode_code(initrd_size: int, initrd_addr: int) -> bytes:
         je fail
         cmpl $1, 0x2d0 + 16(%esi)       # first e820 entry is RAM
         jne fail
-        mov 0x218(%esi), %ebx           # ramdisk_image
-        cmp ${initrd_addr:#x}, %ebx
-        jne fail
+        mov 0x218(%esi), %ebx           # ramdisk_image: page aligned, as high as allowed
+        test $0xfff, %ebx
+        jnz fail
+        cmp ${initrd_lo:#x}, %ebx
+        jb fail
+        cmp ${initrd_hi:#x}, %ebx
+        ja fail
         cmpl ${int.from_bytes(INITRD_MAGIC, 'little'):#x}, (%ebx)
         jne fail
         cmpl ${initrd_size:#x}, 0x21c(%esi)
@@ -78,17 +82,22 @@ def fake_bzimage(code: bytes, version: int = 0x020F, initrd_addr_max: int = 0x7F
     return image[:len(image) - truncate] if truncate else image
 
 
-def expected_initrd_addr(size: int, ram: int, initrd_addr_max: int) -> int:
-    top = min(ram - kernel_image.INITRD_TOP_RESERVE, initrd_addr_max + 1)
-    return (top - size) & ~0xFFF
+def expected_initrd_range(size: int, ram: int, initrd_addr_max: int) -> tuple[int, int]:
+    """Where the firmware may put the initrd: page aligned right under the lower of RAM's top
+    and initrd_addr_max, less at most the room the ACPI tables take at the top of RAM."""
+    top = min(ram, initrd_addr_max + 1)
+    hi = (top - size) & ~0xFFF
+    lo = hi if initrd_addr_max + 1 < ram - kernel_image.INITRD_TOP_RESERVE \
+        else (top - kernel_image.INITRD_TOP_RESERVE - size) & ~0xFFF
+    return lo, hi
 
 
 @pytest.mark.parametrize("initrd_addr_max", [0x7FFFFFFF, 0x37FFFFF])
 def test_firmware_hands_a_bzimage_the_zero_page(tmp_path, initrd_addr_max):
     initrd = INITRD_MAGIC + bytes(10000)
     ram = 128 << 20
-    addr = expected_initrd_addr(len(initrd), ram, initrd_addr_max)
-    image = fake_bzimage(protected_mode_code(len(initrd), addr), initrd_addr_max=initrd_addr_max)
+    lo, hi = expected_initrd_range(len(initrd), ram, initrd_addr_max)
+    image = fake_bzimage(protected_mode_code(len(initrd), lo, hi), initrd_addr_max=initrd_addr_max)
     kernel = tmp_path / "bzImage"
     kernel.write_bytes(image)
     (tmp_path / "initrd").write_bytes(initrd)
