@@ -12,7 +12,7 @@ import time
 import pytest
 
 from asm import LONG_MODE, PM32_PROLOGUE, build_machine
-from machine.debug.target import attach_debugger
+from machine.debug.session import attach_debugger
 
 def run_gdb_no_file(port: int, *commands: str) -> str:
     """gdb in batch mode with no program file: everything comes from the stub."""
@@ -83,7 +83,7 @@ def test_gdb_registers_disassembly_and_stepping_in_long_mode(tmp_path):
 
 
 def test_arch_follows_the_cpu_mode(tmp_path):
-    from machine.debug.target import MachineTarget
+    from machine.debug.machine_target import MachineTarget
     m = build_machine(tmp_path, PROGRAM, prologue=PM32_PROLOGUE)
     target = MachineTarget(m)
     assert target.arch == "i386"                       # reset: real mode
