@@ -1,6 +1,6 @@
-"""Packaging glue that pyproject.toml cannot express: the firmware and guest sources (C and
+"""Packaging glue that pyproject.toml cannot express: the firmware, guest and native sources (C and
 assembly, built with gcc on first use by machine/toolchain.py) travel inside the wheel as
-machine/_bundled/{firmware,guest}, so an installed package runs `python3 -m machine` without a
+machine/_bundled/{firmware,guest,native}, so an installed package runs `python3 -m machine` without a
 checkout. An editable install uses the checkout's directories directly and copies nothing."""
 
 import shutil
@@ -10,7 +10,7 @@ from setuptools import setup
 from setuptools.command.build_py import build_py
 
 HERE = Path(__file__).resolve().parent
-BUNDLED_SOURCES = ("firmware", "guest")
+BUNDLED_SOURCES = ("firmware", "guest", "native")
 
 
 class build_py_with_sources(build_py):

@@ -76,6 +76,21 @@ void fwcfg_skip(uint32_t len)
     }
 }
 
+/* Zero `len` bytes at host speed where the device has DMA: a DMA read past the end of an item
+ * writes zeros (QEMU's behaviour, and ours).  The signature item is 4 bytes long: select it,
+ * skip them, read.  Without DMA, a plain memset. */
+void fwcfg_zero(void *dst, uint32_t len)
+{
+    if (!use_dma) {
+        memset(dst, 0, len);
+        return;
+    }
+    fwcfg_select(FW_CFG_SIGNATURE);
+    dma_op(DMA_CTL_SKIP, 0, 4);
+    if (len)
+        dma_op(DMA_CTL_READ, dst, len);
+}
+
 bool fwcfg_probe(void)
 {
     char sig[4];

@@ -22,6 +22,9 @@ bool fwcfg_has_dma(void);
 void fwcfg_select(uint16_t key);
 void fwcfg_read(void *dst, uint32_t len);       /* from the selected item's current offset */
 void fwcfg_skip(uint32_t len);
+/* Fill memory with zeros: by DMA when available (no guest loop; changes the selection), else
+ * with memset. */
+void fwcfg_zero(void *dst, uint32_t len);
 uint32_t fwcfg_read_u32(uint16_t key);          /* numeric items are little-endian */
 uint64_t fwcfg_read_u64(uint16_t key);
 

@@ -183,7 +183,12 @@ static void load_segments(struct fwcfg_stream *s, uint32_t n)
                    ph->paddr, ph->paddr + ph->memsz - 1, ph->offset, ph->filesz,
                    ph->memsz - ph->filesz);
         fwcfg_stream_read_at(s, ph->offset, (void *)ph->paddr, ph->filesz);
-        memset((uint8_t *)ph->paddr + ph->filesz, 0, ph->memsz - ph->filesz);
+        /* .bss: zeroed by the device (as QEMU's own loader prepares the image on the host), not
+         * by a guest loop over megabytes.  DMA zeroing selects another item: re-open the
+         * stream (a forward DMA skip costs nothing). */
+        fwcfg_zero((uint8_t *)ph->paddr + ph->filesz, ph->memsz - ph->filesz);
+        if (fwcfg_has_dma())
+            fwcfg_stream_open(s, s->key);
     }
 }
 

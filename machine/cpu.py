@@ -40,6 +40,7 @@ from .cpu_memory import CpuMemory, MemoryAccessError
 from .x86 import log
 from .x86.cpuid import cpuid_table
 from .x86.deliver import ERROR_CODE_VECTORS, EFLAGS_IF, Delivery
+from .x86 import rep_string
 from .memory import PAGE, GuestMemory, IoSpace, MemoryMap
 
 # Virtual time one IN/OUT takes, on top of its instruction: about what a cycle on the ISA/LPC bus
@@ -115,6 +116,8 @@ class Cpu:
         self.delivery = Delivery(self)
         self.hooks = CodeHooks(self)
         memory_map.attach(self.physmem)
+        # rep stos/movs over RAM at host speed (x86/rep_string.py); None without gcc.
+        self.rep_string = rep_string.attach(uc, self.physmem)
 
         uc.hook_add(UC.UC_HOOK_INTR, self._on_intr)
         uc.hook_add(UC.UC_HOOK_INSN_INVALID, self._on_invalid)
@@ -438,6 +441,8 @@ class Cpu:
         self._slice_start_ns = self.clock.now
         hooks = self.hooks
         hooks.bp_hit = None
+        if self.rep_string is not None:
+            self.rep_string.check_ram_layout()
         if self._stop_cause == "stop":
             self._stop_cause = None
         pc = self._wrapped_pc()

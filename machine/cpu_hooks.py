@@ -33,6 +33,18 @@ class CodeHooks:
         self.if_waiting = False                             # an interrupt waits for IF=1
         self._if_calls = 0                                  # block starts since the watch last hit
         self._if_gave_up = False                            # the watch gave up on this wait
+        self._block_hooks = 0                               # -d block log hooks installed
+
+    def observing(self) -> bool:
+        """Does any hook watch single instructions or block starts? The rep string hook, which
+        does many iterations at once, stands aside while one does."""
+        return bool(self.breakpoints or self._dynamic_hook is not None
+                    or self._if_watch is not None or self._block_hooks)
+
+    def _changed(self) -> None:
+        rep = getattr(self.cpu, "rep_string", None)
+        if rep is not None:
+            rep.set_enabled(not self.observing())
 
     def add_breakpoint(self, linear: int) -> None:
         """Stop *before* executing the instruction at linear address `linear` (run() returns
@@ -40,6 +52,7 @@ class CodeHooks:
         if linear in self.breakpoints:
             return
         self.breakpoints[linear] = self.uc.hook_add(UC.UC_HOOK_CODE, self._on_breakpoint, None, linear, linear)
+        self._changed()
         # Already translated code would miss it. Removing one block looks `linear` up through
         # the page tables, which clobbers the guest when it is unmapped (see identity_walks):
         # with paging on, drop everything instead.
@@ -55,6 +68,7 @@ class CodeHooks:
         self._delete_code_hook(h)
         # Stale translated code may still call the deleted hook's thunk: drop it all.
         self.uc.ctl_flush_tb()
+        self._changed()
 
     def _delete_code_hook(self, handle: int) -> None:
         # Translated blocks may still call a deleted code hook's thunk until the next flush
@@ -78,11 +92,15 @@ class CodeHooks:
         handle for remove_block_hook."""
         handle = self.uc.hook_add(UC.UC_HOOK_BLOCK, lambda _uc, addr, size, _ud: fn(addr, size))
         self.uc.ctl_flush_tb()           # code translated without the hook would never call it
+        self._block_hooks += 1
+        self._changed()
         return handle
 
     def remove_block_hook(self, handle: int) -> None:
         self._delete_code_hook(handle)
         self.uc.ctl_flush_tb()
+        self._block_hooks -= 1
+        self._changed()
 
     def _on_breakpoint(self, uc, address, size, _ud) -> None:
         if self.bp_skip == address:
@@ -105,6 +123,7 @@ class CodeHooks:
             self._delete_code_hook(self._dynamic_hook)
             self._dynamic_hook = None
         self.uc.ctl_flush_tb()
+        self._changed()
 
     # Interrupt enable. An interrupt that became pending while IF=0 must be taken as soon as IF
     # goes to 1 (after the instruction following STI, right after POPF or IRET), not at the
@@ -137,6 +156,7 @@ class CodeHooks:
             self._if_calls = 0
             self._if_watch = ui.hook_block(self.uc, self._on_block_if_watch)
             self.uc.ctl_flush_tb()           # code translated without the hook never calls it
+            self._changed()
         return True
 
     def _drop_if_watch(self) -> None:
@@ -145,6 +165,7 @@ class CodeHooks:
         self._hook_del(self._if_watch)
         self._if_watch = None
         self.uc.ctl_flush_tb()
+        self._changed()
 
     def _on_block_if_watch(self, _address: int) -> None:
         if self.if_waiting and self._reg.read(_REG_EFLAGS) & EFLAGS_IF:

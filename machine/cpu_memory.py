@@ -50,12 +50,14 @@ class CpuMemory:
         self._rom_ranges: list[tuple[int, int, int]] = []   # (gpa, size, offset in rom)
         self._ro_ram: list[tuple[int, int, int]] = []       # read-only RAM windows (gpa, size, offset in RAM)
         self._legacy_ram: list[tuple[int, int, int]] = []   # every RAM window set_legacy_window mapped
-        self._wo_windows: dict[int, int] = {}               # write-only shadow windows: gpa -> size
+        self._wo_windows: dict[int, tuple[int, int]] = {}   # write-only shadow windows: gpa -> (size, RAM offset)
+        self.layout_listener: Callable[[], None] | None = None   # told when direct_ranges() changes
         self._open_bus: set[int] = set()                     # page addresses mapped as all-ones
         self.callback_depth = 0                             # inside a device callback (nested)
         self.flush_pending = False
         self._dirty: list[tuple[int, int]] = []             # host-written ranges, see on_host_write
         self._remove_code = ui.code_remover(uc)
+        self._raw = ui.RawState(uc)                         # for identity_walks around mem_unmap
         self._ram_ranges_seen: list | None = None          # mem.ranges the starts below are of
         self._ram_starts: list[int] = []
         self.paging = False                                 # CR0.PG, as the CPU last saw it
@@ -90,6 +92,26 @@ class CpuMemory:
         for r in self.mem.ranges:
             self.uc.mem_map_ptr(r.gpa, r.size, UC.UC_PROT_ALL, base + r.host_offset)
 
+    LEGACY_HOLE = (0xA0000, 0x100000)
+
+    def direct_ranges(self) -> tuple[list[tuple[int, int, int]], list[tuple[int, int, int]]]:
+        """(readable, writable): guest-physical ranges (gpa, size, host address) where a plain
+        CPU load, respectively store, is exactly a host memory access, as mapped right now: RAM,
+        ROM (reads), the shadow windows below 1 MiB by their mode. Everything else (MMIO, open
+        bus, the bus side of a window) is in neither list."""
+        ram = ctypes.addressof(self._ram_export)
+        lo, hi = self.LEGACY_HOLE
+        plain = [(r.gpa, r.size, ram + r.host_offset) for r in self.mem.ranges
+                 if r.gpa + r.size <= lo or r.gpa >= hi]
+        readable = plain + [(g, s, ram + off) for g, s, off in self._legacy_ram]
+        if self._rom is not None:
+            rom = ctypes.addressof(self._rom_export)
+            readable += [(g, s, rom + off) for g, s, off in self._rom_ranges]
+        ro = {g for g, _, _ in self._ro_ram}
+        writable = plain + [(g, s, ram + off) for g, s, off in self._legacy_ram if g not in ro]
+        writable += [(g, s, ram + off) for g, (s, off) in self._wo_windows.items()]
+        return readable, writable
+
     def load_firmware(self, image: bytes) -> None:
         """Map the firmware ROM read-only at [4G - size, 4G) and its last min(size, 128 KiB)
         again ending at 1 MiB (the isa-bios alias real-mode code starts from). A guest write to
@@ -111,6 +133,8 @@ class CpuMemory:
             self._drop_open_bus(gpa, sz)
             self.uc.mem_map_ptr(gpa, sz, UC.UC_PROT_READ | UC.UC_PROT_EXEC, ptr + off)
         self.uc.ctl_flush_tb()
+        if self.layout_listener is not None:
+            self.layout_listener()
 
     def rom_ranges(self) -> list[tuple[int, int]]:
         return [(g, s) for g, s, _ in self._rom_ranges]
@@ -153,6 +177,8 @@ class CpuMemory:
         # Translated code is keyed by where Unicorn found it, and the bytes behind these
         # addresses just changed owner: drop it all (PAM changes are rare).
         self.uc.ctl_flush_tb()
+        if self.layout_listener is not None:
+            self.layout_listener()
 
     def _rom_alias_window(self) -> tuple[int, int, int]:
         """(gpa, size, rom offset) of the isa-bios alias: the last 128 KiB at most, below 1 MiB."""
@@ -194,7 +220,13 @@ class CpuMemory:
             buf[off:off + sz] = (value & ((1 << (8 * sz)) - 1)).to_bytes(sz, "little")
 
         ui.mmio_map(self.uc, base, size, bus_read, write)
-        self._wo_windows[base] = size
+        self._wo_windows[base] = (size, ram_offset)
+
+    def _mem_unmap(self, base: int, size: int) -> None:
+        # Unicorn drops translated code there through a page walk that would clobber CR2 and
+        # leave a phantom #PF pending when paging is on (see identity_walks).
+        with ui.identity_walks(self.uc, self._raw):
+            self.uc.mem_unmap(base, size)
 
     def _mem_unmap(self, base: int, size: int) -> None:
         # Unicorn drops translated code there through a page walk that would clobber CR2 and
@@ -206,7 +238,7 @@ class CpuMemory:
         """Unmap whatever is mapped in [base, base+size): RAM/ROM pieces, open-bus pages and
         write-only windows (each whole)."""
         self._drop_open_bus(base, size)
-        for gpa, sz in list(self._wo_windows.items()):
+        for gpa, (sz, _) in list(self._wo_windows.items()):
             if gpa < base + size and base < gpa + sz:
                 self._mem_unmap(gpa, sz)
                 ui.forget_mmio_callbacks(self.uc, gpa, sz)

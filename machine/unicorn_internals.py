@@ -1,6 +1,6 @@
 """Every dependency on Unicorn 2.1.4 *internals*, in one place, checked at start-up.
 
-Unicorn's public API cannot do four things a PC needs, so we reach under it:
+Unicorn's public API cannot do five things a PC needs, so we reach under it:
 
 1. Segment loads on a UC_MODE_64 engine. That engine's `reg_write(CS/DS/ES/SS)` only changes the
    selector; with the engine's API mode switched to UC_MODE_32 for the one call, Unicorn performs
@@ -19,6 +19,11 @@ Unicorn's public API cannot do four things a PC needs, so we reach under it:
    (`uc_mmio_map`, and `uc_hook_add` through the binding's private helper, which also takes the
    RDTSC hook the 2.1.4 binding's `hook_add` rejects), bypassing the binding's per-call wrappers;
    they keep its rule that a callback's exception stops emulation and leaves `emu_start`.
+
+5. A native block hook (`native_hook_block`): a C function registered with `uc_hook_add` and
+   called at every translated block start with no Python in between (x86/rep_string.py). It
+   relies on 3. (it advances `emu_counter` itself, below `emu_count`) and on the context
+   offsets of 2.; both are what `self_test()` checks.
 
 Also here: a direct `uc_ctl(UC_CTL_TB_REMOVE_CACHE)` call (2 µs against 6 µs through the
 binding: it sits on the DMA path, once per written range), ctypes wrappers for `uc_vmem_read/write/translate` (exported by libunicorn 2.1.4,
@@ -355,6 +360,39 @@ def hook_block(uc: Uc, fn) -> int:
     return uc._Uc__do_hook_add(UC.UC_HOOK_BLOCK, _BLOCK_T(on_block), 1, 0)
 
 
+def native_hook_block(uc: Uc, function: int, user_data: int) -> int:
+    """Register a C function (its address) as a UC_HOOK_BLOCK callback with `user_data`: no
+    Python runs per block. Code translated before the hook exists does not call it: flush
+    after adding (and after hook_del)."""
+    handle_out = ctypes.c_size_t()
+    err = _uclib.uc_hook_add(uc._uch, ctypes.cast(ctypes.byref(handle_out), ctypes.POINTER(ctypes.c_ulong)),
+                             UC.UC_HOOK_BLOCK, ctypes.c_void_p(function),
+                             ctypes.c_void_p(user_data), 1, 0)
+    if err != UC.UC_ERR_OK:
+        raise UcError(err)
+    return handle_out.value
+
+
+# Register ids a native hook reads and writes with uc_reg_read/uc_reg_write.
+NATIVE_REGS = {"rax": X86.UC_X86_REG_RAX, "rcx": X86.UC_X86_REG_RCX, "rsi": X86.UC_X86_REG_RSI,
+               "rdi": X86.UC_X86_REG_RDI, "eflags": X86.UC_X86_REG_EFLAGS, "cr0": X86.UC_X86_REG_CR0}
+
+
+def native_api() -> dict[str, int]:
+    """Addresses of the libunicorn functions a native hook may call, by name."""
+    return {name: ctypes.cast(getattr(_uclib, name), ctypes.c_void_p).value
+            for name in ("uc_reg_read", "uc_reg_write", "uc_mem_read", "uc_context_save", "uc_ctl")}
+
+
+def context_alloc(uc: Uc) -> int:
+    """A uc_context for `uc_context_save` (freed with the process: one per CPU)."""
+    ctx = ctypes.c_void_p()
+    err = _uclib.uc_context_alloc(uc._uch, ctypes.byref(ctx))
+    if err != UC.UC_ERR_OK:
+        raise UcError(err)
+    return ctx.value
+
+
 class _RegBatch:
     """Fixed registers read or written with one `uc_reg_read_batch` / `uc_reg_write_batch`
     call: on this path each ctypes call costs about a microsecond, the register access itself
@@ -444,6 +482,7 @@ def hook_callback(uc: Uc, handle: int):
 # types lets ctypes pass plain ints. uc_ctl is variadic, but on x86-64 SysV integer arguments
 # travel in the same registers either way (the binding relies on that too).
 _CTL_REMOVE_CACHE = UC.UC_CTL_TB_REMOVE_CACHE | (2 << 26) | (UC.UC_CTL_IO_WRITE << 30)
+CTL_REMOVE_CACHE = _CTL_REMOVE_CACHE          # for native callers of uc_ctl (x86/rep_string.py)
 _uc_ctl_u64_u64 = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p, ctypes.c_int,
                                    ctypes.c_uint64, ctypes.c_uint64)(("uc_ctl", _uclib))
 

@@ -362,3 +362,13 @@ def test_hello_kernel_on_qemu(tmp_path, hello, append, exit_value):
     mmap = check_hello_serial(serial, f"{hello} {append}")
     assert any(t == 1 and a <= 0x100000 < a + n for a, n, t in mmap)
     assert f"exit {exit_value}" in serial
+
+
+def test_firmware_zeroes_bss_through_fw_cfg_dma_on_qemu(tmp_path, bios):
+    # The .bss zeroing relies on QEMU's fw_cfg writing zeros for a DMA read past an item's end.
+    from bss_kernel import EXIT_ZEROED, bss_kernel
+    kernel = tmp_path / "bss.elf"
+    kernel.write_bytes(bss_kernel(1 << 20))
+    status, log, _ = run_to_exit(tmp_path, "-bios", str(bios),
+                                 "-fw_cfg", f"name=opt/machine/kernel,file={kernel}")
+    assert status == (EXIT_ZEROED << 1) | 1, log

@@ -64,7 +64,10 @@ def test_devices_are_wired_at_their_ports(tmp_path):
 
 def test_fw_cfg_items(tmp_path):
     kernel = tmp_path / "k.elf"
-    kernel.write_bytes(b"\x7fELF" + bytes(60))
+    # 64 bytes: an ELF32 ident and a Multiboot header (the board checks what -kernel is).
+    mb = (0x1BADB002).to_bytes(4, "little") + (3).to_bytes(4, "little") \
+        + (-(0x1BADB002 + 3) & 0xFFFFFFFF).to_bytes(4, "little")
+    kernel.write_bytes(b"\x7fELF\x01" + bytes(11) + mb + bytes(36))
     m = make(tmp_path, "reset: hlt\n", ram_size=64 << 20, kernel=kernel, append="console=ttyS0 x=1",
              boot_menu=True, serial=CharDev("null"))
     dev = m.devices["fw_cfg"]

@@ -19,7 +19,6 @@ state (interrupt enables, flags) is cleared then.
 
 from __future__ import annotations
 
-import calendar
 import time
 
 from .. import trace
@@ -260,6 +259,7 @@ class Cmos:
             return
         # Day 31 in a 30-day month rolls over (timegm normalises). The day of week is its own
         # counter on the chip: a date write leaves its offset from the computed weekday alone.
+        import calendar         # only a guest setting the clock needs it: kept off start-up
         self._set_epoch(calendar.timegm((f[0], f[1], f[2], f[3], f[4], f[5], 0, 0, 0)))
 
     def _uip(self) -> bool:

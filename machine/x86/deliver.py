@@ -12,7 +12,6 @@ from __future__ import annotations
 import struct
 
 from unicorn import UcError
-from unicorn import unicorn_const as UC
 from unicorn import x86_const as X
 
 from .. import trace
