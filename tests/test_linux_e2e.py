@@ -35,7 +35,10 @@ MODES = {
     "readonly": ("", "readonly=on", 512, True, False),
     "num-queues": ("num-queues=4", "", 512, False, False),
     "lbs4096": ("logical_block_size=4096,physical_block_size=4096", "", 4096, False, False),
+    "intx": ("vectors=0", "", 512, False, False),
+    "packed": ("packed=on", "", 512, False, False),
 }
+VIRTIO_F_RING_PACKED = 34
 # The TAP lines every run prints, by mode (tests/linux/init.c).
 EXPECTED_TESTS = {"transitional": 17, "readonly": 8}
 
@@ -50,11 +53,8 @@ def kernel() -> lg.Kernel:
 
 @pytest.fixture(scope="module")
 def initrd(kernel, tmp_path_factory) -> Path:
-    from machine.toolchain import ToolchainError, ensure_built
-    try:
-        init = ensure_built("tests/linux", "out/init")
-    except ToolchainError as exc:
-        pytest.skip(f"cannot build the static init: {exc}")
+    from building import built
+    init = built("tests/linux", "out/init")     # a missing tool skips; our compile error fails
     try:
         return lg.build_initramfs(kernel, init, tmp_path_factory.mktemp("linux") / "initrd.cpio")
     except lg.Unavailable as exc:
@@ -86,6 +86,22 @@ def check_run(status: int, output: str, disk: Path, mode: str) -> None:
     assert f"1..{len(results)}" in output
     assert status == lg.EXIT_PASS, f"exit status {status}\n{tail}"
     assert lg.disk_problems(disk, MODES[mode][3]) == []
+    check_transport(output, mode)
+
+
+def check_transport(output: str, mode: str) -> None:
+    """Linux's virtio_pci uses MSI-X by default, INTx through the IOAPIC with vectors=0, and
+    negotiates the packed ring with packed=on (init.c reports what it negotiated)."""
+    irqs = [l[len("# irq: "):] for l in output.splitlines() if l.startswith("# irq: ")]
+    features = [l[len("# virtio features: "):] for l in output.splitlines()
+                if l.startswith("# virtio features: ")]
+    assert irqs and features, output[-2000:]
+    if mode == "intx":
+        assert any("IO-APIC" in l for l in irqs) and not any("MSI" in l for l in irqs), irqs
+    else:
+        assert any("PCI-MSI" in l and "-req" in l for l in irqs), irqs
+    packed = features[0][VIRTIO_F_RING_PACKED] == "1"
+    assert packed == (mode == "packed"), features
 
 
 @pytest.mark.parametrize("mode", list(MODES))

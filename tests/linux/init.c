@@ -69,8 +69,37 @@ static void diag(const char *fmt, ...)
     fflush(stdout);
 }
 
+/* What the transport negotiated, for the host to check per mode: the virtio feature bits as
+ * Linux shows them (bit 0 first) and the interrupt lines of the virtio device (MSI-X vectors
+ * or the IOAPIC pin). */
+static int read_file(const char *path, char *buf, size_t len);
+
+static void report_transport(void)
+{
+    char text[512];
+    if (read_file("/sys/block/vda/device/features", text, sizeof(text)) == 0)
+        diag("virtio features: %s", text);
+    FILE *f = fopen("/proc/interrupts", "r");
+    if (!f)
+        return;
+    char line[512];
+    while (fgets(line, sizeof(line), f)) {
+        if (!strstr(line, "virtio"))
+            continue;
+        line[strcspn(line, "\n")] = 0;
+        char squeezed[512], *out = squeezed;
+        for (char *c = line; *c && out < squeezed + sizeof(squeezed) - 1; c++)
+            if (*c != ' ' || (out > squeezed && out[-1] != ' '))
+                *out++ = *c;
+        *out = 0;
+        diag("irq: %s", squeezed);
+    }
+    fclose(f);
+}
+
 static __attribute__((noreturn)) void finish(void)
 {
+    report_transport();
     printf("1..%d\n", test_no);
     printf("# %s\n", failures ? "FAILED" : "all passed");
     fflush(stdout);
