@@ -4,6 +4,7 @@ SIGINT does; monitor `quit` and gdb `kill` exit 0 as QEMU does, also for the bun
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -78,7 +79,15 @@ def test_gdb_kill_exits_0_on_the_bundled_run(guest, monkeypatch, capsys):
         def gdb_client():
             with socket.create_connection(("127.0.0.1", debugger.gdb.port), timeout=10) as s:
                 s.sendall(b"$?#3f")
-                replies.append(s.recv(100))
+                # The ack '+' and the stop reply may come in separate segments: read up to the
+                # reply's checksum.
+                got = b""
+                while not re.search(rb"\$[^#]*#..", got):
+                    chunk = s.recv(100)
+                    if not chunk:
+                        break
+                    got += chunk
+                replies.append(got)
                 s.sendall(b"+$k#6b")
                 time.sleep(0.2)
         threading.Thread(target=gdb_client, daemon=True).start()
