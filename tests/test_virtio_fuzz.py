@@ -73,6 +73,18 @@ class WriteLog:
             setattr(be, name, wrapped)
 
 
+def assert_image_written_only_as_asked(before: bytes, after: bytes, log: WriteLog, read_only: bool) -> None:
+    """The image is unchanged outside the ranges the backend was asked to write, never longer,
+    and never asked to change at all when read-only."""
+    assert len(after) == len(before)
+    if read_only:
+        assert after == before and not log.ranges
+    for off, n in log.ranges:
+        assert 0 <= off and off + n <= len(before)
+    for i in changed_runs(before, after):
+        assert any(o <= i < o + n for o, n in log.ranges)
+
+
 def changed_runs(before: bytes, after: bytes):
     runs, i, n = [], 0, len(after)
     step = 4096
@@ -138,15 +150,7 @@ def test_random_descriptor_tables_never_escape_or_write_where_they_should_not(sc
                                    if flags & WRITE and not flags & INDIRECT]
             for off in changed_runs(ram_before, bytes(b.mem.buf)):
                 assert used_lo <= off < used_hi or any(lo <= off < hi for lo, hi in writable), hex(off)
-            # image: unchanged outside the ranges the backend was asked to write, never longer
-            after = b.image()
-            assert len(after) == len(image_before)
-            if read_only:
-                assert after == image_before and not log.ranges
-            for off, n in log.ranges:
-                assert 0 <= off and off + n <= len(image_before)
-            for i in changed_runs(image_before, after):
-                assert any(o <= i < o + n for o, n in log.ranges)
+            assert_image_written_only_as_asked(image_before, b.image(), log, read_only)
             # either everything made available was completed, or the device stopped (broken:
             # NEEDS_RESET on the modern interface; legacy has no such bit, as QEMU)
             assert b.needs_reset == (b.vdev.broken and not legacy)
