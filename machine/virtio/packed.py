@@ -25,7 +25,7 @@ from .queue import (EV_FILL, EV_POP, INDIRECT_MAX, MAX_CHAIN_BYTES, BadIndirectS
                     BufferNotInRam, Chain, ChainTooLong, DescriptorOrder, HeadInFlight,
                     IndirectNotNegotiated, QueueSizeExceeded,
                     IndirectTooLarge, IndirectWithNext, LoopedDescriptor, MisalignedRings,
-                    NestedIndirect, QueueNotActive, QueueState, RingsNotInRam, SplitQueue, trace_fill, trace_pop,
+                    NestedIndirect, QueueNotActive, QueueState, SplitQueue, trace_fill, trace_pop,
                     VirtqueueError, ZeroSizedBuffer)
 from .rules import describe
 from .spec import (RING_EVENT_FLAGS_DESC, RING_EVENT_FLAGS_DISABLE, RING_EVENT_FLAGS_ENABLE,
@@ -65,14 +65,7 @@ class PackedQueue(SplitQueue):
         if self.desc_addr % 16 or self.avail_addr % 4 or self.used_addr % 4:
             raise MisalignedRings(f"queue {self.index}: misaligned rings desc={self.desc_addr:#x} "
                                   f"driver={self.avail_addr:#x} device={self.used_addr:#x}")
-        dsz, asz, usz = self.ring_sizes()
-        try:
-            self._d = self.mem.host_offset(self.desc_addr, dsz)
-            self._a = self.mem.host_offset(self.avail_addr, asz)
-            self._u = self.mem.host_offset(self.used_addr, usz)
-        except GuestMemoryError as e:
-            raise RingsNotInRam(f"queue {self.index}: cannot map rings ({e})") from None
-        self.active = True
+        self._map_rings()
 
     # -- the driver's side of the ring ------------------------------------------------------
     def _is_avail(self, slot: int, wrap: bool) -> bool:

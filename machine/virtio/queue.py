@@ -241,6 +241,10 @@ class SplitQueue:
         if self.desc_addr % 16 or self.avail_addr % 2 or self.used_addr % 4:
             raise MisalignedRings(f"queue {self.index}: misaligned rings desc={self.desc_addr:#x} "
                                  f"avail={self.avail_addr:#x} used={self.used_addr:#x}")
+        self._map_rings()
+
+    def _map_rings(self) -> None:
+        """Cache the host offsets of the three ring areas (each wholly in RAM) and go active."""
         dsz, asz, usz = self.ring_sizes()
         try:
             self._d = self.mem.host_offset(self.desc_addr, dsz)
