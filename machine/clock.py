@@ -12,6 +12,8 @@ import heapq
 import itertools
 from typing import Callable
 
+from . import vmstate
+
 NS_PER_SEC = 1_000_000_000
 
 
@@ -44,13 +46,43 @@ class Timer:
 
 
 class VirtualClock:
+    # Time, and every armed timer as (index in creation order, deadline) in firing order, so
+    # timers due at the same instant still fire in the order they did (see `armed`).
+    VMSTATE = vmstate.Description("clock", 1, (
+        vmstate.Field("now", vmstate.U64),
+        vmstate.Field("armed", vmstate.List(vmstate.Tuple(vmstate.U32, vmstate.U64), 1 << 16))))
+
     def __init__(self):
         self.now = 0                       # ns since power-on
         self._heap: list[tuple[int, int, Timer]] = []
         self._counter = itertools.count()
+        self.timers: list[Timer] = []      # in creation order (the board builds the same list each time)
 
     def timer(self, callback: Callable[[], None], name: str = "timer") -> Timer:
-        return Timer(self, callback, name)
+        t = Timer(self, callback, name)
+        self.timers.append(t)
+        return t
+
+    @property
+    def armed(self) -> tuple:
+        index = {id(t): i for i, t in enumerate(self.timers)}
+        live = sorted((d, seq, t) for d, seq, t in self._heap if t._seq == seq)
+        return tuple((index[id(t)], d) for d, _, t in live)
+
+    @armed.setter
+    def armed(self, items) -> None:
+        for t in self.timers:
+            t.cancel()
+        self._heap.clear()
+        for i, deadline in items:
+            self.timers[i].arm(deadline)
+
+    def vmstate_check(self, values: dict) -> None:
+        seen = set()
+        for i, deadline in values["armed"]:
+            if i >= len(self.timers) or i in seen:
+                raise vmstate.VMStateError(f"clock: timer {i} does not exist or is armed twice")
+            seen.add(i)
 
     def _prune(self) -> None:
         heap = self._heap
