@@ -42,6 +42,7 @@ from . import acpi, kernel_image, trace
 from . import savevm
 from .block import SECTOR as SECTOR_BYTES, open_drive
 from .block.undo import Journal
+from .savevm_store import SnapshotError, SnapshotStore
 from .clock import VirtualClock
 from .config import CharDev, ConfigError, DeviceConfig, MachineConfig
 from .cpu import Cpu, SliceResult
@@ -197,6 +198,8 @@ class Machine:
         self.isa_irqs = [SharedLine(self._isa_irq_sink(n)) for n in range(16)]
         self._build_isa_devices()
         self._build_pci()
+        # Named snapshots beside the first writable image: this run keeps them loadable.
+        self._snapshot_store = SnapshotStore.attach(self)
 
     # -------------------------------------------------------------------------------------
     # construction
@@ -759,6 +762,34 @@ class Machine:
             raise savevm.VMStateError(f"loading the snapshot failed, the machine is unchanged: {e}") from None
         finally:
             backup.release()
+
+    # Named snapshots (QEMU's savevm/loadvm/delvm/info snapshots): SnapshotError in QEMU's words.
+    def _store(self) -> SnapshotStore:
+        if self._snapshot_store is None:
+            self._snapshot_store = SnapshotStore.locate(self)     # raises when no disk can hold one
+        return self._snapshot_store
+
+    def savevm(self, name: str):
+        return self._store().save(name)
+
+    def loadvm(self, name: str) -> None:
+        self._store().load(name)
+
+    def delvm(self, name: str) -> None:
+        self._store().delete(name)
+
+    def info_snapshots(self) -> str:
+        try:
+            return self._store().info_text()
+        except SnapshotError as e:
+            return f"{e}\n"
+
+    def snapshots(self) -> list:
+        """The named snapshots (SnapshotInfo: id, name, size, date, clock, instructions)."""
+        try:
+            return self._store().infos()
+        except SnapshotError:
+            return []
 
     def encode_state(self, state: "savevm.MachineState") -> bytes:
         return savevm.encode(self, state)

@@ -603,6 +603,8 @@ def _probe() -> str | None:
         return "uc_struct.mode is not where expected"
     if _uclib.uc_context_size(uc._uch) != CONTEXT_SIZE:
         return "the CPU context has a different size"
+    if RawState(uc).save().hflags2 != 1:            # HF2_GIF, set at power-on
+        return "hflags2 is not where expected"
     # Code: nop x5; hlt. Run with count=3 and check the counter and the segment cache layout.
     uc.mem_map(0x1000, 0x1000)
     uc.mem_write(0x1000, b"\x90" * 5 + b"\xf4")

@@ -142,6 +142,13 @@ class I440fx(PciDevice):
 
     VMSTATE = vmstate.Description("i440fx", 1, PciDevice.VMSTATE_FIELDS)
 
+    def post_load(self) -> None:
+        """Shadow RAM follows the restored PAM/SMRAM bytes (the callback remaps what differs)."""
+        super().post_load()
+        if self.on_pam_change is not None:
+            for off in (*range(PAM0, PAM0 + PAM_COUNT), SMRAM):
+                self.on_pam_change(off, self.config[off])
+
     def _chipset_bytes(self) -> bytes:
         return bytes(self.config[PAM0:PAM0 + PAM_COUNT]) + bytes((self.config[SMRAM],))
 
