@@ -247,8 +247,12 @@ def _inflate(data: bytes, limit: int) -> bytes:
         out = d.decompress(data, limit + 1)
     except zlib.error as e:
         raise VMStateError(f"ram: corrupted ({e})") from None
-    if len(out) > limit or not d.eof or d.unused_data:
-        raise VMStateError("ram: not the size of this machine's RAM")
+    if len(out) > limit:
+        raise VMStateError(f"the snapshot has more RAM than this machine's {limit >> 20} MiB")
+    if len(out) != limit:
+        raise VMStateError(f"the snapshot has {len(out) >> 20} MiB of RAM, this machine {limit >> 20} MiB")
+    if not d.eof or d.unused_data:
+        raise VMStateError("ram: corrupted")
     return out
 
 
