@@ -130,7 +130,7 @@ def test_inside_linux(tmp_path):
         pytest.skip(f"cannot build the initramfs: {exc}")
     disk = lg.make_disk(tmp_path / "disk.img")
     with Session.from_args(lg.command_line(kernel, initrd, disk)) as s:
-        assert s.run_until_serial("ok 3", max_instructions=20_000_000_000).kind != "exited"
+        assert s.run_until_serial("ok 8", max_instructions=20_000_000_000).kind != "exited"
         kind, status, out, _, _ = _exact_from_here(s, disk)
         assert (kind, status) == ("exited", lg.EXIT_PASS) and b"not ok" not in out, out[-2000:]
 
@@ -292,3 +292,51 @@ def test_a_failing_apply_puts_everything_back(small, monkeypatch):
     with pytest.raises(VMStateError, match="unchanged: .*Input/output error"):
         s.machine.load_state(state)
     assert _fingerprint(s.machine) == before
+
+
+def test_through_gdbs_monitor(guest, tmp_path):
+    """gdb: `monitor savevm`, run on, `monitor loadvm`, and gdb (its register cache flushed)
+    is back where the snapshot was; the guest then runs to its exit as before."""
+    import shutil
+    if shutil.which("gdb") is None:
+        pytest.skip("gdb is not installed")
+    from test_debug_machine import Running, run_gdb
+    img = Boot.image(tmp_path / "d.img", 4 << 20)
+    m = Running(["-kernel", str(guest), "-drive", f"file={img},format=raw,if=virtio",
+                 "-display", "none", "-serial", "none", *EXIT])
+    try:
+        out = run_gdb(guest, m.port, "break vblk_init", "continue", "p/x $pc",
+                      "monitor savevm at-init", "monitor info snapshots",
+                      "delete", "stepi 500", "p/x $pc",
+                      "monitor loadvm at-init", "maint flush register-cache", "p/x $pc",
+                      "continue")
+    finally:
+        m.close()
+    pcs = re.findall(r"^\$\d+ = (0x[0-9a-f]+)$", out, re.M)
+    assert len(pcs) == 3 and pcs[0] == pcs[2] != pcs[1], out
+    assert "at-init" in out and "ICOUNT" in out, out
+    assert "exited with code 01" in out, out
+
+
+def test_a_resized_disk_comes_back_with_its_size(guest, tmp_path):
+    img = Boot.image(tmp_path / "d.img", 4 << 20)
+    with _guest_session(guest, img) as s:
+        s.run(max_instructions=1_000_000)
+        state = s.save_state()
+        before = _digest(img)
+        assert s.monitor("block_resize virtio0 8M") == ""
+        assert img.stat().st_size == 8 << 20
+        s.load_state(state)
+        assert img.stat().st_size == 4 << 20 and _digest(img) == before
+        assert s.machine.drives["virtio0"][1].capacity == (4 << 20) // 512
+
+
+def test_a_snapshot_drive_cannot_hold_named_snapshots(guest, tmp_path):
+    img = Boot.image(tmp_path / "d.img", 4 << 20)
+    with _guest_session(guest, img, "-snapshot") as s:
+        assert s.monitor("savevm x") == "Error: Device 'virtio0' is writable but does not support snapshots\n"
+        s.run(max_instructions=2_000_000)
+        state = s.save_state()             # in memory it works: the overlay is rolled back too
+        end = _to_end(s, img)
+        s.load_state(state)
+        assert _to_end(s, img) == end
