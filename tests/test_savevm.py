@@ -340,3 +340,23 @@ def test_a_snapshot_drive_cannot_hold_named_snapshots(guest, tmp_path):
         end = _to_end(s, img)
         s.load_state(state)
         assert _to_end(s, img) == end
+
+
+def test_parked_requests_of_a_werror_stop_pause(guest, tmp_path):
+    """Paused on an I/O error (werror=stop) with a request parked: the snapshot keeps it, and
+    continuing after loadvm retries it as continuing the first time did."""
+    from test_block_error_policy import rules
+    img = Boot.image(tmp_path / "d.img", 16 << 20)
+    with Session.from_args(["-kernel", str(guest), *EXIT, "-display", "none",
+                            "-drive", f"file=blkdebug:{rules(tmp_path)}:{img},format=raw,if=none,id=d0,werror=stop",
+                            "-device", "virtio-blk-pci,drive=d0"]) as s:
+        assert s.run(max_instructions=BUDGET).message == "io-error"
+        vdev = s.machine.drives["d0"][1]
+        parked = [(q.index, req) for q, req in vdev.parked]
+        assert parked
+        state = s.save_state()
+        first = _to_end(s, img)
+        s.load_state(state)
+        assert [(q.index, req) for q, req in vdev.parked] == parked
+        assert s.monitor("info status") == "VM status: paused (io-error)\n"
+        assert _to_end(s, img) == first and first[:2] == ("exited", 1)
