@@ -119,6 +119,29 @@ def test_linux_virtio_blk_on_qemu(kernel, initrd, tmp_path, mode):
     check_run(status, output, disk, mode)
 
 
+@pytest.mark.parametrize("program", ["ours", "qemu"])
+@pytest.mark.parametrize("end", ["poweroff", "reboot"])
+def test_linux_poweroff_and_reboot_end_the_machine(kernel, initrd, tmp_path, program, end):
+    """`poweroff` goes through ACPI S5 (the DSDT's \\_S5, PM1a_CNT), `reboot` through the FADT's
+    reset register (or 0xCF9, the keyboard controller): under -no-reboot both end the machine
+    with status 0, on ours as on QEMU, after the init's checks passed."""
+    if program == "qemu" and QEMU is None:
+        pytest.skip("qemu-system-x86_64 is not installed")
+    disk = lg.make_disk(tmp_path / "disk.img")
+    args = lg.command_line(kernel, initrd, disk, end=end)
+    cmd = [sys.executable, "-m", "machine"] if program == "ours" else [QEMU]
+    proc = subprocess.run(cmd + args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                          stdin=subprocess.DEVNULL, text=True, errors="replace",
+                          timeout=OUR_LIMIT if program == "ours" else QEMU_LIMIT,
+                          env=dict(os.environ, PYTHONPATH=str(ROOT)), cwd=ROOT)
+    results = tap(proc.stdout)
+    tail = "\n".join(proc.stdout.splitlines()[-25:])
+    assert results and all(good for good, _, _ in results), tail
+    assert "# all passed" in proc.stdout, tail
+    assert proc.returncode == 0, f"exit status {proc.returncode}\n{tail}"
+    assert lg.disk_problems(disk, False) == []
+
+
 @pytest.mark.skipif(shutil.which("gdb") is None, reason="gdb is not installed")
 def test_gdb_and_device_breakpoints_on_a_running_linux_kernel(kernel, initrd, tmp_path):
     """A driver author's session on the real driver: a device breakpoint on Linux's first FLUSH
