@@ -51,6 +51,10 @@ def _exact_from_here(s, img):
     state = s.save_state()
     first = _to_end(s, img)
     s.load_state(state)
+    # Everything the snapshot holds reads back as saved (registers, devices, timers, RAM).
+    again = s.save_state(disks=False)
+    assert [(x.name, x.instance_id, x.values) for x in again.sections] == \
+        [(x.name, x.instance_id, x.values) for x in state.sections]
     assert _to_end(s, img) == first
     state.release()
     return first
