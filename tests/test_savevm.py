@@ -197,8 +197,15 @@ def test_missing_name_and_no_disk_say_what_qemu_says(guest, tmp_path, boot):
 
 def _fingerprint(m) -> tuple:
     state = m.save_state(disks=False)
-    return tuple((s.name, s.instance_id, s.values if s.name != "ram" else hashlib.sha256(s.values).digest())
+    return tuple((s.name, s.instance_id, s.values if s.name != "ram" else _ram_digest(s.values))
                  for s in state.sections)
+
+
+def _ram_digest(chunks) -> bytes:
+    h = hashlib.sha256()
+    for off, data in chunks:
+        h.update(off.to_bytes(8, "little") + data)
+    return h.digest()
 
 
 def _reencode(blob: bytes, edit) -> bytes:

@@ -59,7 +59,11 @@ def _fingerprint(m) -> bytes:
     h = hashlib.sha256()
     for s in state.sections:
         h.update(s.name.encode() + repr(s.instance_id).encode())
-        h.update(s.values if s.name == "ram" else repr(s.values).encode())
+        if s.name == "ram":
+            for off, data in s.values:
+                h.update(off.to_bytes(8, "little") + data)
+        else:
+            h.update(repr(s.values).encode())
     return h.digest()
 
 
