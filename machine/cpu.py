@@ -287,9 +287,7 @@ class Cpu:
         v["xmm"] = tuple(uc.reg_read(r) for r in _XMM_REGS)
         v["hflags"] = raw.hflags
         v["hflags2"] = raw.hflags2
-        h = self.hooks
-        v.update(if_waiting=h.if_waiting, if_calls=h._if_calls, if_gave_up=h._if_gave_up,
-                 if_watch=h._if_watch is not None)
+        v["if_waiting"], v["if_calls"], v["if_gave_up"], v["if_watch"] = self.hooks.if_watch_state()
         return v
 
     @staticmethod
@@ -347,17 +345,8 @@ class Cpu:
         uc.ctl_flush_tb()
         ui.flush_tlb(uc)
         self._stop_cause = None
-        h = self.hooks
-        h.bp_skip = None
-        h.watch_interrupt_enable(False)
-        if v["if_watch"] and h._if_watch is None:
-            h._if_calls = 0
-            h._if_watch = ui.hook_block(uc, h._on_block_if_watch)
-            h._changed()
-        elif not v["if_watch"] and h._if_watch is not None:
-            h._drop_if_watch()
-        h.if_waiting, h._if_calls, h._if_gave_up = v["if_waiting"], v["if_calls"], v["if_gave_up"]
-        uc.ctl_flush_tb()
+        self.hooks.bp_skip = None
+        self.hooks.restore_if_watch(v["if_waiting"], v["if_calls"], v["if_gave_up"], v["if_watch"])
 
     @property
     def mode(self) -> str:

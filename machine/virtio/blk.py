@@ -288,9 +288,6 @@ class VirtioBlk(VirtioDevice):
         self.parked = parked
         del self._parked_heads
 
-    def drain(self) -> None:
-        """Requests complete inside the kick; parked ones are state (parked_heads)."""
-
     def restart_parked(self) -> None:
         """The machine continues: retry the requests a stop policy parked, in order (QEMU's
         restart of failed requests when the VM runs again). One that fails again parks again."""
