@@ -1,0 +1,137 @@
+"""I/O threads: QEMU's `-object iothread,id=ID`. A device given `iothread=ID` executes its
+requests here, so they overlap with guest execution (and the CPU thread parses the next request
+while this thread moves the data of the last one).
+
+Who touches what. The CPU thread (the run loop, device callbacks) owns Unicorn, device
+registers, the used rings, interrupts and the virtual clock. A worker runs only the `work()`
+callables it is given: they move bytes between a backend and guest RAM through host offsets the
+CPU thread already checked, and return a result. The CPU thread picks results up with `poll()`
+(the run loop calls it between slices) and runs each job's `done(result)` there, in the order
+the jobs were submitted; after a batch, each owner's `io_batch_done()` runs once (one interrupt
+for many completions). So a completion's data and status bytes are in RAM before `done` puts
+the used entry there, and the used entry before the used index: the guest, which only runs on
+the CPU thread, sees them in that order.
+
+One worker per thread, first in first out, as a QEMU iothread is one thread: a FLUSH submitted
+after writes runs after them, and a backend (a snapshot overlay, blkdebug's rule engine) is
+never entered by two threads at once.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import deque
+from typing import Any, Callable, Protocol
+
+
+# QEMU's iothread properties: adaptive polling and batching knobs of its event loop. Accepted
+# (the command line checks them); a worker here sleeps on a condition variable instead of polling.
+PROPERTIES = ("poll-max-ns", "poll-grow", "poll-shrink", "aio-max-batch")
+
+
+class Owner(Protocol):
+    def io_batch_done(self) -> None: ...
+
+
+class _Failure:
+    """An exception raised by work(): re-raised on the CPU thread by poll() (a bug in a device
+    model must not vanish with a worker)."""
+    __slots__ = ("error",)
+
+    def __init__(self, error: BaseException):
+        self.error = error
+
+
+class IoThread:
+    """One worker thread and its queues. `in_flight`: jobs submitted whose `done` has not run
+    yet (CPU thread's view)."""
+
+    def __init__(self, ident: str):
+        self.id = ident
+        self._jobs: deque = deque()        # (owner, work, done) for the worker
+        self._results: deque = deque()     # (owner, done, result) for the CPU thread
+        self._cond = threading.Condition()
+        self._thread: threading.Thread | None = None
+        self._closing = False
+        self.in_flight = 0
+
+    # -- the CPU thread ---------------------------------------------------------------------------
+    def submit(self, owner: Owner, work: Callable[[], Any], done: Callable[[Any], None]) -> None:
+        """Run work() on the worker; done(result) later runs on the CPU thread (poll/drain)."""
+        if self._closing:
+            raise RuntimeError(f"iothread {self.id} is closed")
+        self.in_flight += 1
+        with self._cond:
+            self._jobs.append((owner, work, done))
+            self._cond.notify_all()
+        if self._thread is None:
+            # Started on first use, daemon: a backend stuck in the kernel must not keep the
+            # process alive after the machine is gone.
+            self._thread = threading.Thread(target=self._worker, name=f"iothread-{self.id}", daemon=True)
+            self._thread.start()
+
+    def poll(self) -> int:
+        """Run the done() of every finished job, in submission order, then each owner's
+        io_batch_done(). Returns how many completed."""
+        results = self._results
+        if not results:                  # a plain read: the worker only ever appends
+            return 0
+        owners: list = []
+        n = 0
+        try:
+            while results:
+                owner, done, result = results.popleft()
+                self.in_flight -= 1
+                n += 1
+                if isinstance(result, _Failure):
+                    raise result.error
+                done(result)
+                if owner not in owners:
+                    owners.append(owner)
+        finally:
+            for owner in owners:
+                owner.io_batch_done()
+        return n
+
+    def wait(self, timeout: float) -> None:
+        """Block until a job finishes (or `timeout` seconds pass); nothing if none is in flight."""
+        with self._cond:
+            if not self._results and self.in_flight:
+                self._cond.wait(timeout)
+
+    def drain(self) -> None:
+        """Wait until every submitted job is finished and its done() has run: nothing of this
+        thread is in flight afterwards (reset, stop, snapshot, close)."""
+        while self.in_flight:
+            with self._cond:
+                while len(self._results) < self.in_flight:
+                    self._cond.wait()
+            self.poll()
+
+    def close(self) -> None:
+        """Drain, then end the worker."""
+        self.drain()
+        self._closing = True
+        with self._cond:
+            self._cond.notify_all()
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+
+    # -- the worker -------------------------------------------------------------------------------
+    def _worker(self) -> None:
+        cond, jobs, results = self._cond, self._jobs, self._results
+        while True:
+            with cond:
+                while not jobs and not self._closing:
+                    cond.wait()
+                if not jobs:
+                    return
+                owner, work, done = jobs.popleft()
+            try:
+                result = work()
+            except BaseException as e:       # noqa: BLE001 - handed to the CPU thread
+                result = _Failure(e)
+            with cond:
+                results.append((owner, done, result))
+                cond.notify_all()
