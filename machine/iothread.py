@@ -19,6 +19,7 @@ never entered by two threads at once.
 
 from __future__ import annotations
 
+import queue
 import threading
 from collections import deque
 from typing import Any, Callable, Protocol
@@ -44,31 +45,36 @@ class _Failure:
 
 class IoThread:
     """One worker thread and its queues. `in_flight`: jobs submitted whose `done` has not run
-    yet (CPU thread's view)."""
+    yet (the CPU thread's count)."""
 
     def __init__(self, ident: str):
         self.id = ident
-        self._jobs: deque = deque()        # (owner, work, done) for the worker
-        self._results: deque = deque()     # (owner, done, result) for the CPU thread
-        self._cond = threading.Condition()
+        # Jobs go through a SimpleQueue (C, the cheapest hand-over that wakes a sleeping
+        # worker); results come back on a deque, with an Event for a CPU thread that sleeps.
+        self._jobs: queue.SimpleQueue = queue.SimpleQueue()
+        self._results: deque = deque()           # (owner, done, result), appended by the worker
+        self._finished = threading.Event()       # set after each append to _results
         self._thread: threading.Thread | None = None
-        self._closing = False
+        self._closed = False
         self.in_flight = 0
+        # on_busy(): called on the CPU thread when a job is submitted with none in flight (the
+        # board ends the current slice so the next ones are short and completions seen soon).
+        self.on_busy: Callable[[], None] | None = None
 
     # -- the CPU thread ---------------------------------------------------------------------------
     def submit(self, owner: Owner, work: Callable[[], Any], done: Callable[[Any], None]) -> None:
         """Run work() on the worker; done(result) later runs on the CPU thread (poll/drain)."""
-        if self._closing:
+        if self._closed:
             raise RuntimeError(f"iothread {self.id} is closed")
-        self.in_flight += 1
-        with self._cond:
-            self._jobs.append((owner, work, done))
-            self._cond.notify_all()
         if self._thread is None:
             # Started on first use, daemon: a backend stuck in the kernel must not keep the
             # process alive after the machine is gone.
             self._thread = threading.Thread(target=self._worker, name=f"iothread-{self.id}", daemon=True)
             self._thread.start()
+        self.in_flight += 1
+        self._jobs.put((owner, work, done))
+        if self.in_flight == 1 and self.on_busy is not None:
+            self.on_busy()
 
     def poll(self) -> int:
         """Run the done() of every finished job, in submission order, then each owner's
@@ -93,45 +99,43 @@ class IoThread:
                 owner.io_batch_done()
         return n
 
-    def wait(self, timeout: float) -> None:
-        """Block until a job finishes (or `timeout` seconds pass); nothing if none is in flight."""
-        with self._cond:
-            if not self._results and self.in_flight:
-                self._cond.wait(timeout)
+    def wait(self, timeout: float | None) -> None:
+        """Block until a job finishes (or `timeout` seconds pass); at once if one already has
+        or none is in flight."""
+        finished = self._finished
+        finished.clear()
+        if self._results or not self.in_flight:  # checked after clear(): no wake-up is lost
+            return
+        finished.wait(timeout)
 
     def drain(self) -> None:
         """Wait until every submitted job is finished and its done() has run: nothing of this
         thread is in flight afterwards (reset, stop, snapshot, close)."""
         while self.in_flight:
-            with self._cond:
-                while len(self._results) < self.in_flight:
-                    self._cond.wait()
+            if len(self._results) < self.in_flight:
+                self.wait(None)
             self.poll()
 
     def close(self) -> None:
         """Drain, then end the worker."""
         self.drain()
-        self._closing = True
-        with self._cond:
-            self._cond.notify_all()
+        self._closed = True
         if self._thread is not None:
+            self._jobs.put(None)
             self._thread.join()
             self._thread = None
 
     # -- the worker -------------------------------------------------------------------------------
     def _worker(self) -> None:
-        cond, jobs, results = self._cond, self._jobs, self._results
+        jobs, results, finished = self._jobs, self._results, self._finished
         while True:
-            with cond:
-                while not jobs and not self._closing:
-                    cond.wait()
-                if not jobs:
-                    return
-                owner, work, done = jobs.popleft()
+            job = jobs.get()
+            if job is None:
+                return
+            owner, work, done = job
             try:
                 result = work()
             except BaseException as e:       # noqa: BLE001 - handed to the CPU thread
                 result = _Failure(e)
-            with cond:
-                results.append((owner, done, result))
-                cond.notify_all()
+            results.append((owner, done, result))
+            finished.set()

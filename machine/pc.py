@@ -178,6 +178,8 @@ class Machine:
         self.stdin_filter: Callable[[bytes], bytes] | None = None
         # -object iothread: where devices with iothread= run their requests (see run())
         self.iothreads: dict[str, IoThread] = {ident: IoThread(ident) for ident in config.iothreads}
+        for io in self.iothreads.values():
+            io.on_busy = self._io_started
 
         rom = self._firmware_image()
         rom_base = FOUR_GIB - len(rom)
@@ -635,6 +637,12 @@ class Machine:
     # -------------------------------------------------------------------------------------
     # the run loop
     # -------------------------------------------------------------------------------------
+    def _io_started(self) -> None:
+        """A device handed a request to an idle I/O thread, inside a slice: end the slice after
+        this instruction, so the run loop switches to short slices and polls for completions."""
+        if self.cpu.running:
+            self.cpu.request_stop_after_instruction()
+
     def _io_in_flight(self) -> bool:
         for io in self.iothreads.values():
             if io.in_flight:
