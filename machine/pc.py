@@ -21,6 +21,9 @@ LINT0 ExtINT), polls host input and debugger hooks, and acts on what device call
 (exit, reset, stop): callbacks never stop the engine themselves. An interrupt raised during a
 slice (a self-IPI, a device's IRQ from a port access) ends the slice after the current
 instruction when the CPU would take it, so it is delivered at once rather than at the slice end.
+With `-object iothread` devices run requests on I/O threads: the loop completes what they
+finished between slices, keeps slices short (IO_SLICE) while requests are in flight, and a halted
+CPU waits for a completion. That mode is not deterministic; without it nothing changes.
 
 Exit status of run(): isa-debug-exit's `(value << 1) | 1`; 0 for a guest reset under -no-reboot
 or an instruction budget/stop request; FATAL_STATUS (2) for a guest that cannot go on (triple
