@@ -72,6 +72,7 @@ FATAL_STATUS = 2
 MAX_SLICE = 500_000          # instructions; bounds stop/^C latency (~10 ms at worst)
 MASKED_SLICE = 10_000        # instructions; slice length during a long wait for IF=1 (see run())
 IO_SLICE = 4_000             # instructions; slice length while I/O-thread requests are in flight
+BOTTOM_HALF_NS = 1_000       # virtual time from a bottom half's request to its run
 IO_WAIT = 0.02               # seconds a halted CPU waits for a completion before polling hooks
 
 # Stop kinds (the same words the debugger layer uses).
@@ -497,13 +498,11 @@ class Machine:
             self.cpu.request_stop_after_instruction()
 
     def bottom_half(self, fn: Callable[[], None]) -> None:
-        """Run fn() on this thread at the next slice boundary (QEMU's bottom half), at the
-        virtual time it was asked for: devices continue long work there, so the monitor, gdb
-        and timers get their turn in between. From a device callback the slice ends after the
-        current instruction; where that is depends only on the guest, so runs stay repeatable."""
-        self.clock.timer(fn, "bottom-half").arm(self.clock.now)
-        if self.cpu.running:
-            self.cpu.request_stop_after_instruction()
+        """Run fn() on this thread soon, between two slices (QEMU's bottom half): a timer
+        BOTTOM_HALF_NS of virtual time from now, so a device continuing long work from there
+        lets the guest, timers, the monitor and gdb (poll hooks) have their turn between two
+        parts. Virtual time, not host time, decides when: runs stay repeatable."""
+        self.clock.timer(fn, "bottom-half").arm(self.clock.now + BOTTOM_HALF_NS)
 
     def add_poll_hook(self, fn: Callable[[], None]) -> None:
         """fn() runs between slices (and while the CPU idles); it may call request_stop()."""
