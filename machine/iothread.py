@@ -22,6 +22,7 @@ from __future__ import annotations
 import queue
 import threading
 from collections import deque
+from threading import Event   # by name: trace tables read `X.Event(...)` as a trace event
 from typing import Any, Callable, Protocol
 
 
@@ -53,7 +54,7 @@ class IoThread:
         # worker); results come back on a deque, with an Event for a CPU thread that sleeps.
         self._jobs: queue.SimpleQueue = queue.SimpleQueue()
         self._results: deque = deque()           # (owner, done, result), appended by the worker
-        self._finished = threading.Event()       # set after each append to _results
+        self._finished = Event()                 # set after each append to _results
         self._thread: threading.Thread | None = None
         self._closed = False
         self.in_flight = 0
