@@ -711,7 +711,7 @@ class _Parser:
                 raise _OptError(f"Parameter '{key}' expects an int64 value")
         if ident in self.config.iothreads:
             raise _OptError(f"Duplicate ID '{ident}' for object")
-        self.config.iothreads.append(ident)
+        self.config.iothreads[ident] = opts
 
     def opt_device(self, arg: str) -> None:
         pairs = split_suboptions(arg, "driver")

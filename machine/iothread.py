@@ -26,9 +26,12 @@ from threading import Event   # by name: trace tables read `X.Event(...)` as a t
 from typing import Any, Callable, Protocol
 
 
-# QEMU's iothread properties: adaptive polling and batching knobs of its event loop. Accepted
-# (the command line checks them); a worker here sleeps on a condition variable instead of polling.
+# QEMU's iothread properties: adaptive polling and batching knobs of its event loop. Here
+# poll-max-ns is how long the CPU thread waits for a completion right after handing an idle
+# thread a request (a guest at one request in flight waits for it anyway: the CPU thread waiting
+# costs less than running its polling loop); the others are accepted and checked.
 PROPERTIES = ("poll-max-ns", "poll-grow", "poll-shrink", "aio-max-batch")
+POLL_MAX_NS = 32768                              # QEMU's default
 
 
 class Owner(Protocol):
@@ -48,8 +51,9 @@ class IoThread:
     """One worker thread and its queues. `in_flight`: jobs submitted whose `done` has not run
     yet (the CPU thread's count)."""
 
-    def __init__(self, ident: str):
+    def __init__(self, ident: str, poll_ns: int = POLL_MAX_NS):
         self.id = ident
+        self.poll_ns = poll_ns
         # Jobs go through a SimpleQueue (C, the cheapest hand-over that wakes a sleeping
         # worker); results come back on a deque, with an Event for a CPU thread that sleeps.
         self._jobs: queue.SimpleQueue = queue.SimpleQueue()
