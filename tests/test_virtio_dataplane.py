@@ -273,16 +273,16 @@ def test_the_board_gives_devices_their_iothread_and_a_bottom_half(tmp_path):
     img, img2 = tmp_path / "d.img", tmp_path / "e.img"
     img.write_bytes(bytes(DISK))
     img2.write_bytes(bytes(DISK))
-    cfg = parse_args(["-object", "iothread,id=io0,poll-max-ns=32768", "-drive",
+    cfg = parse_args(["-object", "iothread,id=io0,poll-max-ns=1000", "-drive",
                       f"file={img},format=raw,if=none,id=d0", "-device", "virtio-blk-pci,drive=d0,iothread=io0",
                       "-drive", f"file={img2},format=raw,if=none,id=d1",
                       "-device", "virtio-blk-pci,drive=d1", "-serial", "null"])
-    assert cfg.iothreads == {"io0": {"poll-max-ns": "32768"}}
+    assert cfg.iothreads == {"io0": {"poll-max-ns": "1000"}}
     m = Machine(cfg)
     try:
         d0, d1 = m.drives["d0"][1], m.drives["d1"][1]
         assert d0.iothread is m.iothreads["io0"] and d1.iothread is None
-        assert m.iothreads["io0"].poll_ns == 32768       # poll-max-ns: the wait after a first kick
+        assert m.iothreads["io0"].poll_ns == 1000        # poll-max-ns: the wait after a first kick
         ran = []
         m.bottom_half(lambda: ran.append(m.clock.now))
         m.run(max_instructions=5000)
