@@ -22,16 +22,16 @@ from __future__ import annotations
 import queue
 import threading
 from collections import deque
+from time import monotonic_ns
 from threading import Event   # by name: trace tables read `X.Event(...)` as a trace event
 from typing import Any, Callable, Protocol
 
 
-# QEMU's iothread properties: adaptive polling and batching knobs of its event loop. Here
-# poll-max-ns is how long the CPU thread waits for a completion right after handing an idle
-# thread a request (a guest at one request in flight waits for it anyway: the CPU thread waiting
-# costs less than running its polling loop); the others are accepted and checked.
+# QEMU's iothread properties: adaptive polling and batching knobs of its event loop. Accepted
+# and checked; a worker here sleeps until it has work. (Making the CPU thread wait up to
+# poll-max-ns for a first completion was measured: on a busy host the wake-ups cost more.)
 PROPERTIES = ("poll-max-ns", "poll-grow", "poll-shrink", "aio-max-batch")
-POLL_MAX_NS = 32768                              # QEMU's default
+STEAL_NS = 50_000        # a job the worker has not started after this long runs on the CPU thread
 
 
 class Owner(Protocol):
@@ -51,13 +51,18 @@ class IoThread:
     """One worker thread and its queues. `in_flight`: jobs submitted whose `done` has not run
     yet (the CPU thread's count)."""
 
-    def __init__(self, ident: str, poll_ns: int = POLL_MAX_NS):
+    def __init__(self, ident: str):
         self.id = ident
-        self.poll_ns = poll_ns
-        # Jobs go through a SimpleQueue (C, the cheapest hand-over that wakes a sleeping
-        # worker); results come back on a deque, with an Event for a CPU thread that sleeps.
-        self._jobs: queue.SimpleQueue = queue.SimpleQueue()
-        self._results: deque = deque()           # (owner, done, result), appended by the worker
+        self._jobs: deque = deque()              # (owner, work, done, submitted ns), FIFO
+        # A token wakes a sleeping worker (a SimpleQueue is C, the cheapest hand-over). Only
+        # when it sleeps: a wake-up costs the submitter dearly on a busy host (the woken thread
+        # preempts it, then waits for the GIL it holds).
+        self._tokens: queue.SimpleQueue = queue.SimpleQueue()
+        self._idle = False                       # the worker is about to sleep or sleeps
+        # Held while a job is taken and run and its result queued: one job at a time, in
+        # order, whichever thread runs it (see run_stale).
+        self._run_lock = threading.Lock()
+        self._results: deque = deque()           # (owner, done, result), in submission order
         self._finished = Event()                 # set after each append to _results
         self._thread: threading.Thread | None = None
         self._closed = False
@@ -77,9 +82,42 @@ class IoThread:
             self._thread = threading.Thread(target=self._worker, name=f"iothread-{self.id}", daemon=True)
             self._thread.start()
         self.in_flight += 1
-        self._jobs.put((owner, work, done))
+        self._jobs.append((owner, work, done, monotonic_ns()))
+        if self._idle:                           # read after the append: see _worker
+            self._idle = False
+            self._tokens.put(None)
         if self.in_flight == 1 and self.on_busy is not None:
             self.on_busy()
+
+    def run_stale(self, age_ns: int) -> int:
+        """Run here the jobs the worker has left waiting for `age_ns` or more: on a loaded host
+        a woken thread may wait milliseconds for a core, while the CPU thread would only spin
+        the guest's polling loop. Only when the worker is not inside a job, and in order, so
+        jobs still run one at a time in submission order. Returns how many ran here."""
+        jobs = self._jobs
+        try:
+            oldest = jobs[0][3]
+        except IndexError:                       # none waiting (or the worker just took it)
+            return 0
+        if monotonic_ns() - oldest < age_ns:
+            return 0
+        if not self._run_lock.acquire(blocking=False):
+            return 0                             # the worker is running one: it is not stalled
+        n = 0
+        try:
+            while jobs:
+                self._run_one(jobs.popleft())
+                n += 1
+        finally:
+            self._run_lock.release()
+        if n:
+            self._finished.set()
+        return n
+
+    @property
+    def running(self) -> bool:
+        """Is a job being run right now?"""
+        return self._run_lock.locked()
 
     def poll(self) -> int:
         """Run the done() of every finished job, in submission order, then each owner's
@@ -118,7 +156,8 @@ class IoThread:
         thread is in flight afterwards (reset, stop, snapshot, close)."""
         while self.in_flight:
             if len(self._results) < self.in_flight:
-                self.wait(None)
+                self.run_stale(0)                # whatever the worker has not started, now
+                self.wait(0.01)
             self.poll()
 
     def close(self) -> None:
@@ -126,21 +165,33 @@ class IoThread:
         self.drain()
         self._closed = True
         if self._thread is not None:
-            self._jobs.put(None)
+            self._tokens.put(None)               # a spare token is harmless: see _worker
             self._thread.join()
             self._thread = None
 
+    # -- either thread, under the run lock -----------------------------------------------------------
+    def _run_one(self, job) -> None:
+        owner, work, done, _t = job
+        try:
+            result = work()
+        except BaseException as e:               # noqa: BLE001 - handed to the CPU thread
+            result = _Failure(e)
+        self._results.append((owner, done, result))
+
     # -- the worker -------------------------------------------------------------------------------
     def _worker(self) -> None:
-        jobs, results, finished = self._jobs, self._results, self._finished
+        tokens, jobs, lock, finished = self._tokens, self._jobs, self._run_lock, self._finished
         while True:
-            job = jobs.get()
-            if job is None:
-                return
-            owner, work, done = job
-            try:
-                result = work()
-            except BaseException as e:       # noqa: BLE001 - handed to the CPU thread
-                result = _Failure(e)
-            results.append((owner, done, result))
+            # Say "idle" before looking at the queue: a job appended before the look is seen,
+            # one appended after it finds the flag set and sends a token.
+            self._idle = True
+            if not jobs:
+                if self._closed:
+                    return
+                tokens.get()
+                continue
+            self._idle = False
+            with lock:
+                if jobs:                         # else the CPU thread ran it (run_stale)
+                    self._run_one(jobs.popleft())
             finished.set()

@@ -59,7 +59,7 @@ from .devices.pic import DualPic
 from .devices.pit import Pit
 from .devices.port92 import Port92
 from .devices.serial import Uart16550
-from .iothread import POLL_MAX_NS, IoThread
+from .iothread import STEAL_NS, IoThread
 from .irq import IrqLine, SharedLine
 from .memory import FOUR_GIB, GuestMemory, IoSpace, MemoryMap
 from .pci import I440fx, PciBus, PciConfigIo, Piix3
@@ -182,10 +182,9 @@ class Machine:
         self.stdin_filter: Callable[[bytes], bytes] | None = None
         # -object iothread: where devices with iothread= run their requests (see run())
         self.iothreads: dict[str, IoThread] = {}
-        for ident, props in config.iothreads.items():
-            io = self.iothreads[ident] = IoThread(ident, int(props.get("poll-max-ns", str(POLL_MAX_NS)), 0))
+        for ident in config.iothreads:
+            io = self.iothreads[ident] = IoThread(ident)
             io.on_busy = self._io_started
-        self._io_kicked = False              # an idle I/O thread got work during the last slice
 
         rom = self._firmware_image()
         rom_base = FOUR_GIB - len(rom)
@@ -644,7 +643,6 @@ class Machine:
     def _io_started(self) -> None:
         """A device handed a request to an idle I/O thread, inside a slice: end the slice after
         this instruction, so the run loop switches to short slices and polls for completions."""
-        self._io_kicked = True
         if self.cpu.running:
             self.cpu.request_stop_after_instruction()
 
@@ -714,11 +712,9 @@ class Machine:
             if iothreads:
                 # Completions reach the rings and raise their interrupts here, between slices;
                 # while requests are in flight slices are short so they are picked up soon.
-                if self._io_kicked:
-                    self._io_kicked = False
-                    for io in self.iothreads.values():
-                        if io.in_flight and io.poll_ns:
-                            io.wait(io.poll_ns / 1e9)     # poll-max-ns: the first completion
+                for io in self.iothreads.values():
+                    if io.in_flight:
+                        io.run_stale(STEAL_NS)           # a worker the host has not scheduled
                 self._poll_io()
                 io_busy = self._io_in_flight()
             if self._poll_hooks or self._stdin_fd is not None:
@@ -744,7 +740,7 @@ class Machine:
                     # stands still meanwhile, as a request inside a notify takes none either.
                     for io in self.iothreads.values():
                         if io.in_flight:
-                            io.wait(IO_WAIT)
+                            io.wait(IO_WAIT if io.running else STEAL_NS / 1e9)
                             break
                     continue
                 # A halted CPU stays halted until an interrupt is delivered: idle time jumps to
