@@ -115,6 +115,11 @@ class IoThread:
         return n
 
     @property
+    def ready(self) -> bool:
+        """Has a job finished whose done() has not run yet?"""
+        return bool(self._results)
+
+    @property
     def running(self) -> bool:
         """Is a job being run right now?"""
         return self._run_lock.locked()

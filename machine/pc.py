@@ -653,9 +653,21 @@ class Machine:
         return False
 
     def _poll_io(self) -> None:
-        """Complete what the I/O threads finished: used rings, then interrupts (CPU thread)."""
-        for io in self.iothreads.values():
-            io.poll()
+        """Complete what the I/O threads finished: used rings, then interrupts (CPU thread).
+        The batch's RAM writes (data, status bytes, used rings) drop translated code once,
+        merged, at the end, as inside a device callback."""
+        ready = [io for io in self.iothreads.values() if io.ready]
+        if not ready:
+            return
+        physmem = self.cpu.physmem
+        physmem.callback_depth += 1
+        try:
+            for io in ready:
+                io.poll()
+        finally:
+            physmem.callback_depth -= 1
+            if physmem.flush_pending:
+                physmem.flush_now()
 
     def drain(self) -> None:
         """Wait for every request in flight on an I/O thread and complete it: the machine's

@@ -367,3 +367,39 @@ def test_a_queue_of_big_requests_is_served_across_slices_with_the_poll_hooks_in_
         assert blk.result(reqs[-1]) == (pattern(4 << 20), S_OK) and vdev.iothread is None
     finally:
         m.close()
+
+
+def test_the_cpu_hears_of_every_byte_an_io_thread_request_wrote(tmp_path):
+    """Translated code over RAM that DMA rewrote must go: the worker cannot touch Unicorn, so
+    the run loop reports the data, status and used-ring bytes when it completes the request."""
+    from asm import rom_image
+    from machine.cli import parse_args
+    from machine.pc import Machine
+    from virtio_driver import Allocator, ModernPci
+    rom = tmp_path / "rom.bin"
+    rom.write_bytes(rom_image("reset: jmp reset\n"))
+    img = tmp_path / "d.img"
+    img.write_bytes(pattern(DISK))
+    m = Machine(parse_args(["-bios", str(rom), "-serial", "null", "-object", "iothread,id=io0",
+                            "-drive", f"file={img},format=raw,if=none,id=d0",
+                            "-device", "virtio-blk-pci,drive=d0,iothread=io0"]))
+    try:
+        drv = ModernPci(m.devices["virtio-blk0"], m.mem)
+        vq = drv.init(Allocator(m.mem, start=8 << 20))[0]
+        req = BlkRequests(vq).submit(T_IN, 0, in_len=8192)
+        heard = []
+        m.mem.add_write_listener(lambda gpa, n: heard.append((gpa, gpa + n)))
+        drv.kick(0)
+        heard.clear()                              # (the kick re-armed kicks: avail_event)
+        m.iothreads["io0"].wait(10)
+        assert heard == []                         # nothing from the worker itself
+        m.run(max_instructions=100)                # the run loop completes it
+        assert vq.get_used() == [(req.head, 8193)]
+        covered = set()
+        for b, e in heard:
+            covered.update(range(b, e))
+        for a, n in req.writable:                  # data buffer and status byte, every byte
+            assert set(range(a, a + n)) <= covered, (a, n, heard)
+        assert any(b <= vq.used + 2 < e for b, e in heard)   # the used index
+    finally:
+        m.close()
