@@ -24,6 +24,11 @@ Unicorn's public API cannot do five things a PC needs, so we reach under it:
    called at every translated block start with no Python in between (x86/rep_string.py). It
    relies on 3. (it advances `emu_counter` itself, below `emu_count`) and on the context
    offsets of 2.; both are what `self_test()` checks.
+6. The fast mode's clock (x86/fast_clock.py): with `emu_start(count=0)` a native block hook
+   counts and calls `uc_emu_stop` at a block start, which must end the run before that block's
+   first instruction with nothing replayed, also when a port callback earlier in the run asked
+   for the stop. `self_test_block_clock()` checks it when the fast mode is first used (it needs
+   the native helper built).
 
 Also here: a direct `uc_ctl(UC_CTL_TB_REMOVE_CACHE)` call (2 µs against 6 µs through the
 binding: it sits on the DMA path, once per written range), ctypes wrappers for `uc_vmem_read/write/translate` (exported by libunicorn 2.1.4,
@@ -381,7 +386,16 @@ NATIVE_REGS = {"rax": X86.UC_X86_REG_RAX, "rcx": X86.UC_X86_REG_RCX, "rsi": X86.
 def native_api() -> dict[str, int]:
     """Addresses of the libunicorn functions a native hook may call, by name."""
     return {name: ctypes.cast(getattr(_uclib, name), ctypes.c_void_p).value
-            for name in ("uc_reg_read", "uc_reg_write", "uc_mem_read", "uc_context_save", "uc_ctl")}
+            for name in ("uc_reg_read", "uc_reg_write", "uc_mem_read", "uc_context_save", "uc_ctl",
+                         "uc_emu_stop")}
+
+
+def native_hook_del(uc: Uc, handle: int) -> None:
+    """Remove a hook added by native_hook_block (the binding's hook_del expects a callback of
+    its own). Translated code may still call it: flush after."""
+    err = _uclib.uc_hook_del(uc._uch, ctypes.c_size_t(handle))
+    if err != UC.UC_ERR_OK:
+        raise UcError(err)
 
 
 def context_alloc(uc: Uc) -> int:
@@ -546,6 +560,66 @@ class RawReg:
 # ------------------------------------------------------------------------------------------
 # start-up self-test
 # ------------------------------------------------------------------------------------------
+
+_block_clock_checked = False
+
+
+def self_test_block_clock(function: int, state_type, stop_budget: int) -> None:
+    """Check 6. on a scratch engine with the fast clock's native hook `function` and its state
+    type (fields counter, budget, reg_read, emu_stop, reg_eflags, bytes_per_insn, stopped):
+    a budget stops the engine at a block start before that block runs, and a budget lowered
+    from an OUT callback stops at the next block start with the OUT done once. Raises
+    UnsupportedUnicorn otherwise."""
+    global _block_clock_checked
+    if _block_clock_checked:
+        return
+    try:
+        problem = _probe_block_clock(function, state_type, stop_budget)
+    except Exception as exc:               # any surprise means the internals moved
+        problem = f"internal probe failed ({exc})"
+    if problem:
+        raise UnsupportedUnicorn(
+            f"the fast mode (-icount off) needs exactly unicorn {REQUIRED_VERSION}; {problem}. "
+            f"Run without -icount off, or install it with: pip install unicorn=={REQUIRED_VERSION}")
+    _block_clock_checked = True
+
+
+def _probe_block_clock(function: int, state_type, stop_budget: int) -> str | None:
+    uc = Uc(UC.UC_ARCH_X86, UC.UC_MODE_64)
+    uc.mem_map(0x1000, 0x1000)
+    # 0x1000: inc rbx; dec rcx; jnz 0x1000; hlt          (8-byte loop block)
+    # 0x1100: inc rdx; out 0x80, al; inc rbx; jmp 0x1100 (a port callback inside a block)
+    uc.mem_write(0x1000, bytes.fromhex("48ffc3" "48ffc9" "75f8" "f4"))
+    uc.mem_write(0x1100, bytes.fromhex("48ffc2" "e680" "48ffc3" "ebf6"))
+    st = state_type()
+    api = native_api()
+    st.reg_read, st.emu_stop = api["uc_reg_read"], api["uc_emu_stop"]
+    st.reg_eflags = X86.UC_X86_REG_EFLAGS
+    st.bytes_per_insn = 8                  # one unit per loop block
+    native_hook_block(uc, function, ctypes.addressof(st))
+    uc.reg_write(X86.UC_X86_REG_RCX, 1000)
+    st.counter, st.budget = 0, 10
+    uc.emu_start(0x1000, 0, 0, 0)
+    r = uc.reg_read
+    if (st.stopped, st.counter, r(X86.UC_X86_REG_RBX), r(X86.UC_X86_REG_RIP)) != (stop_budget, 10, 10, 0x1000):
+        return ("a native block hook's uc_emu_stop does not end the run at the block start "
+                f"(counter {st.counter}, blocks run {r(X86.UC_X86_REG_RBX)})")
+    outs = []
+    counter = ctypes.c_uint64.from_address(ctypes.addressof(st) + state_type.counter.offset)
+    budget = ctypes.c_uint64.from_address(ctypes.addressof(st) + state_type.budget.offset)
+
+    def on_out(port, size, value):
+        outs.append(port)
+        budget.value = counter.value       # what Cpu.request_stop_after_instruction does
+    hook_out(uc, on_out)
+    uc.ctl_flush_tb()
+    uc.reg_write(X86.UC_X86_REG_RBX, 0)
+    st.counter, st.budget, st.stopped = 0, 1000, 0
+    uc.emu_start(0x1100, 0, 0, 0)
+    got = (outs, r(X86.UC_X86_REG_RDX), r(X86.UC_X86_REG_RBX), r(X86.UC_X86_REG_RIP), st.stopped)
+    if got != ([0x80], 1, 1, 0x1100, stop_budget):
+        return f"a stop asked from a port callback is not clean at the next block start ({got})"
+    return None
 
 _checked = False
 
