@@ -438,6 +438,11 @@ class Cpu:
         """Was the CPU built for the fast mode (-icount off)?"""
         return self._fast_clock is not None
 
+    @property
+    def fast_now(self) -> bool:
+        """Did the last slice run in the fast mode?"""
+        return self._fast
+
     def hold_exact(self, on: bool) -> None:
         """A debugger attached (on) or gone (off): while any holds it, every slice runs in the
         exact mode (instruction-exact stops and counts)."""
