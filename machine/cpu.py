@@ -49,7 +49,8 @@ from .cpu_memory import CpuMemory, MemoryAccessError
 from .x86 import log
 from .x86.cpuid import cpuid_table
 from .x86.deliver import ERROR_CODE_VECTORS, EFLAGS_IF, Delivery
-from .x86 import fast_clock, rep_string
+from .x86 import fast_clock, rep_string, tsc
+from .toolchain import ToolchainError
 from .memory import PAGE, GuestMemory, IoSpace, MemoryMap
 
 # Virtual time one IN/OUT takes, on top of its instruction: about what a cycle on the ISA/LPC bus
@@ -142,7 +143,13 @@ class Cpu:
         ui.hook_in(uc, self._on_in)
         ui.hook_out(uc, self._on_out)
         ui.hook_cpuid(uc, self._on_cpuid)
-        ui.hook_rdtsc(uc, self._on_rdtsc)
+        # RDTSC natively (x86/tsc.py), or through Python where the helper cannot be built.
+        self.tsc = None
+        try:
+            self.tsc = tsc.NativeTsc(uc, self._counter)
+        except (ToolchainError, OSError) as exc:
+            trace.log("unimp", f"native RDTSC unavailable: {exc}")
+            ui.hook_rdtsc(uc, self._on_rdtsc)
         uc.hook_add(UC.UC_HOOK_INSN, self._on_syscall, None, 1, 0, X.UC_X86_INS_SYSCALL)
         uc.hook_add(UC.UC_HOOK_MEM_READ_UNMAPPED | UC.UC_HOOK_MEM_WRITE_UNMAPPED, self.physmem.on_unmapped)
         uc.hook_add(UC.UC_HOOK_MEM_WRITE_PROT, self._on_write_prot)
@@ -471,6 +478,8 @@ class Cpu:
                 rep.attach()
         if rep is not None:
             rep.use_counter(self._counter, self._budget)
+        if self.tsc is not None:
+            self.tsc.use_counter(self._counter)
         self._fast = fast
         self.uc.ctl_flush_tb()
 
@@ -510,6 +519,7 @@ class Cpu:
         if count <= 0:
             raise ValueError("count must be positive")
         self._slice_start_ns = self.clock.now
+        self._tsc_base()
         hooks = self.hooks
         hooks.bp_hit = None
         if self.rep_string is not None:
@@ -557,6 +567,7 @@ class Cpu:
                     return SliceResult("count", retired)
                 pc = self._wrapped_pc()
                 self._slice_start_ns = self._slice_start_ns + counted    # the counter restarts
+                self._tsc_base()
                 continue
             break
         cause = self._stop_cause
@@ -611,8 +622,14 @@ class Cpu:
     # -------------------------------------------------------------------------------------
     # hooks: port I/O, CPUID, RDTSC, interrupts
     # -------------------------------------------------------------------------------------
+    def _tsc_base(self) -> None:
+        """Tell the native RDTSC hook the slice start plus port time (after either changes)."""
+        if self.tsc is not None:
+            self.tsc.set_base(self._slice_start_ns + self._io_ns)
+
     def _on_in(self, port: int, size: int) -> int:
         self._io_ns += IO_PORT_NS
+        self._tsc_base()
         self._sync_clock()
         physmem = self.physmem
         physmem.callback_depth += 1
@@ -625,6 +642,7 @@ class Cpu:
 
     def _on_out(self, port: int, size: int, value: int) -> None:
         self._io_ns += IO_PORT_NS
+        self._tsc_base()
         self._sync_clock()
         physmem = self.physmem
         physmem.callback_depth += 1
@@ -639,8 +657,8 @@ class Cpu:
         return self._cpuid.get(leaf, _CPUID_ZERO)
 
     def _on_rdtsc(self) -> int:
-        # Virtual time at this instruction: slice start + instructions retired and port
-        # access time so far.
+        # Without the native hook (x86/tsc.py computes the same): virtual time at this
+        # instruction, slice start + instructions retired and port access time so far.
         return self._slice_start_ns + self._counter.value + self._io_ns
 
     def _on_syscall(self, uc, _ud) -> None:

@@ -379,7 +379,7 @@ def native_hook_block(uc: Uc, function: int, user_data: int) -> int:
 
 
 # Register ids a native hook reads and writes with uc_reg_read/uc_reg_write.
-NATIVE_REGS = {"rax": X86.UC_X86_REG_RAX, "rcx": X86.UC_X86_REG_RCX, "rsi": X86.UC_X86_REG_RSI,
+NATIVE_REGS = {"rax": X86.UC_X86_REG_RAX, "rdx": X86.UC_X86_REG_RDX, "rcx": X86.UC_X86_REG_RCX, "rsi": X86.UC_X86_REG_RSI,
                "rdi": X86.UC_X86_REG_RDI, "eflags": X86.UC_X86_REG_EFLAGS, "cr0": X86.UC_X86_REG_CR0}
 
 
@@ -388,6 +388,18 @@ def native_api() -> dict[str, int]:
     return {name: ctypes.cast(getattr(_uclib, name), ctypes.c_void_p).value
             for name in ("uc_reg_read", "uc_reg_write", "uc_mem_read", "uc_context_save", "uc_ctl",
                          "uc_emu_stop")}
+
+
+def native_hook_rdtsc(uc: Uc, function: int, user_data: int) -> int:
+    """Register a C function `uint32_t fn(uc, user_data)` answering RDTSC (it sets EDX:EAX and
+    returns 1 to skip the host's instruction), as hook_rdtsc does for a Python one."""
+    handle_out = ctypes.c_size_t()
+    err = _uclib.uc_hook_add(uc._uch, ctypes.cast(ctypes.byref(handle_out), ctypes.POINTER(ctypes.c_ulong)),
+                             UC.UC_HOOK_INSN, ctypes.c_void_p(function), ctypes.c_void_p(user_data),
+                             ctypes.c_uint64(1), ctypes.c_uint64(0), ctypes.c_int(X86.UC_X86_INS_RDTSC))
+    if err != UC.UC_ERR_OK:
+        raise UcError(err)
+    return handle_out.value
 
 
 def native_hook_del(uc: Uc, handle: int) -> None:
@@ -582,6 +594,38 @@ def self_test_block_clock(function: int, state_type, stop_budget: int) -> None:
             f"the fast mode (-icount off) needs exactly unicorn {REQUIRED_VERSION}; {problem}. "
             f"Run without -icount off, or install it with: pip install unicorn=={REQUIRED_VERSION}")
     _block_clock_checked = True
+
+
+_native_rdtsc_checked = False
+
+
+def self_test_native_rdtsc(function: int, state_type) -> None:
+    """A native RDTSC hook (`function`, state with base, counter, reg_write, reg_rax, reg_rdx)
+    puts base + *counter in EDX:EAX and skips the host's instruction. Raises UnsupportedUnicorn
+    otherwise."""
+    global _native_rdtsc_checked
+    if _native_rdtsc_checked:
+        return
+    try:
+        uc = Uc(UC.UC_ARCH_X86, UC.UC_MODE_64)
+        uc.mem_map(0x1000, 0x1000)
+        uc.mem_write(0x1000, b"\x0f\x31\xf4")              # rdtsc; hlt
+        counter = ctypes.c_uint64(0x55)
+        st = state_type(base=0x1122334455667700, counter=ctypes.addressof(counter),
+                        reg_write=native_api()["uc_reg_write"],
+                        reg_rax=X86.UC_X86_REG_RAX, reg_rdx=X86.UC_X86_REG_RDX)
+        native_hook_rdtsc(uc, function, ctypes.addressof(st))
+        uc.emu_start(0x1000, 0, 0, 10)
+        got = (uc.reg_read(X86.UC_X86_REG_RDX), uc.reg_read(X86.UC_X86_REG_RAX))
+        problem = None if got == (0x11223344, 0x55667755) else \
+            f"a native RDTSC hook does not set EDX:EAX ({got[0]:#x}:{got[1]:#x})"
+    except Exception as exc:               # any surprise means the internals moved
+        problem = f"internal probe failed ({exc})"
+    if problem:
+        raise UnsupportedUnicorn(
+            f"this emulator needs exactly unicorn {REQUIRED_VERSION}; {problem}. "
+            f"Install it with: pip install unicorn=={REQUIRED_VERSION}")
+    _native_rdtsc_checked = True
 
 
 def _probe_block_clock(function: int, state_type, stop_budget: int) -> str | None:

@@ -73,3 +73,27 @@ void icount_block(void *uc, uint64_t address, uint32_t size, void *user)
     s->counter += charge ? charge : 1;
     s->blocks++;
 }
+
+/* RDTSC from virtual time, for machine/x86/tsc.py, in both modes: a Python hook costs a few
+ * microseconds per RDTSC, and Linux spins on the TSC in its delay loops (over ten million RDTSC
+ * in one boot).  The time stamp is the slice's start plus its port I/O time (`base`, kept by
+ * Python) plus the instructions retired so far (`*counter`: Unicorn's counter in the exact
+ * mode, the fast clock's in the fast mode). */
+struct tsc_state {
+    uint64_t base;
+    uint64_t *counter;
+    reg_rw_fn reg_write;
+    int32_t reg_rax, reg_rdx;
+    uint64_t reads;               /* statistics: RDTSC executed */
+};
+
+uint32_t icount_rdtsc(void *uc, void *user)
+{
+    struct tsc_state *s = user;
+    uint64_t tsc = s->base + *s->counter;
+    uint64_t lo = tsc & 0xffffffffu, hi = tsc >> 32;
+    s->reg_write(uc, s->reg_rax, &lo);
+    s->reg_write(uc, s->reg_rdx, &hi);
+    s->reads++;
+    return 1;                     /* skip the native instruction (the host's TSC) */
+}

@@ -205,3 +205,27 @@ def test_the_command_line_selects_the_mode():
     for bad in ("3", "shift=auto", "shift=0,align=on"):
         with pytest.raises(ConfigError, match="shift=0|Invalid parameter"):
             parse_args(["-icount", bad])
+
+
+@pytest.mark.parametrize("icount", [True, False], ids=["exact", "fast"])
+def test_rdtsc_is_answered_natively_from_virtual_time(tmp_path, icount):
+    from machine.cpu import IO_PORT_NS
+    m = build_machine(tmp_path, """
+    main:
+        rdtsc
+        mov %eax, RESULTS
+        out %al, $0x80
+        jmp 1f
+    1:  rdtsc
+        mov %eax, RESULTS + 4
+        EXIT 0
+    """, prologue=PM32_PROLOGUE, icount=icount)
+    if m.cpu.tsc is None:
+        pytest.skip("the native helpers cannot be built here")
+    assert m.run(100_000) == 1
+    assert m.cpu.tsc.reads == 2
+    delta = result(m, 1) - result(m, 0)
+    if icount:
+        assert delta == 4 + IO_PORT_NS          # mov, out, jmp, rdtsc: 1 ns each, and the port
+    else:
+        assert IO_PORT_NS < delta < IO_PORT_NS + 20     # the port, and the second block's charge

@@ -43,13 +43,18 @@ class _State(ctypes.Structure):
 _lib = None
 
 
-def _function() -> int:
-    """Address of the native block hook (builds native/ on first use; ToolchainError or
-    OSError when it cannot be built or loaded)."""
+def library() -> ctypes.CDLL:
+    """native/icount.c, built on first use (ToolchainError or OSError when it cannot be built
+    or loaded)."""
     global _lib
     if _lib is None:
         _lib = ctypes.CDLL(str(ensure_built("native", "out/libicount.so")))
-    return ctypes.cast(_lib.icount_block, ctypes.c_void_p).value
+    return _lib
+
+
+def _function() -> int:
+    """Address of the native block hook."""
+    return ctypes.cast(library().icount_block, ctypes.c_void_p).value
 
 
 class FastClock:
