@@ -219,6 +219,7 @@ def test_rdtsc_is_answered_natively_from_virtual_time(tmp_path, icount):
     1:  rdtsc
         mov %eax, RESULTS + 4
         EXIT 0
+    2:  jmp 2b                          # ends the block (the fast mode charges by block size)
     """, prologue=PM32_PROLOGUE, icount=icount)
     if m.cpu.tsc is None:
         pytest.skip("the native helpers cannot be built here")
