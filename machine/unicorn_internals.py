@@ -576,9 +576,10 @@ class RawReg:
 _block_clock_checked = False
 
 
-def self_test_block_clock(function: int, state_type, stop_budget: int) -> None:
+def self_test_block_clock(function: int, state_type, stop_budget: int, bytes_per_insn: int) -> None:
     """Check 6. on a scratch engine with the fast clock's native hook `function` and its state
-    type (fields counter, budget, reg_read, emu_stop, reg_eflags, bytes_per_insn, stopped):
+    type (fields counter, budget, reg_read, emu_stop, reg_eflags, stopped) and the bytes per
+    charged unit (`bytes_per_insn`):
     a budget stops the engine at a block start before that block runs, and a budget lowered
     from an OUT callback stops at the next block start with the OUT done once. Raises
     UnsupportedUnicorn otherwise."""
@@ -586,7 +587,7 @@ def self_test_block_clock(function: int, state_type, stop_budget: int) -> None:
     if _block_clock_checked:
         return
     try:
-        problem = _probe_block_clock(function, state_type, stop_budget)
+        problem = _probe_block_clock(function, state_type, stop_budget, bytes_per_insn)
     except Exception as exc:               # any surprise means the internals moved
         problem = f"internal probe failed ({exc})"
     if problem:
@@ -628,7 +629,7 @@ def self_test_native_rdtsc(function: int, state_type) -> None:
     _native_rdtsc_checked = True
 
 
-def _probe_block_clock(function: int, state_type, stop_budget: int) -> str | None:
+def _probe_block_clock(function: int, state_type, stop_budget: int, bytes_per_insn: int) -> str | None:
     uc = Uc(UC.UC_ARCH_X86, UC.UC_MODE_64)
     uc.mem_map(0x1000, 0x1000)
     # 0x1000: inc rbx; dec rcx; jnz 0x1000; hlt          (8-byte loop block)
@@ -639,13 +640,13 @@ def _probe_block_clock(function: int, state_type, stop_budget: int) -> str | Non
     api = native_api()
     st.reg_read, st.emu_stop = api["uc_reg_read"], api["uc_emu_stop"]
     st.reg_eflags = X86.UC_X86_REG_EFLAGS
-    st.bytes_per_insn = 8                  # one unit per loop block
     native_hook_block(uc, function, ctypes.addressof(st))
     uc.reg_write(X86.UC_X86_REG_RCX, 1000)
-    st.counter, st.budget = 0, 10
+    unit = -(-8 // bytes_per_insn)         # the charge of the 8-byte loop block
+    st.counter, st.budget = 0, 10 * unit
     uc.emu_start(0x1000, 0, 0, 0)
     r = uc.reg_read
-    if (st.stopped, st.counter, r(X86.UC_X86_REG_RBX), r(X86.UC_X86_REG_RIP)) != (stop_budget, 10, 10, 0x1000):
+    if (st.stopped, st.counter, r(X86.UC_X86_REG_RBX), r(X86.UC_X86_REG_RIP)) != (stop_budget, 10 * unit, 10, 0x1000):
         return ("a native block hook's uc_emu_stop does not end the run at the block start "
                 f"(counter {st.counter}, blocks run {r(X86.UC_X86_REG_RBX)})")
     outs = []

@@ -193,8 +193,8 @@ def test_the_self_test_refuses_a_hook_state_of_another_layout(monkeypatch):
     monkeypatch.setattr(ui, "_block_clock_checked", False)
     fn = fast_clock._function()
     with pytest.raises(ui.UnsupportedUnicorn, match="fast mode"):
-        ui.self_test_block_clock(fn, WrongOrder, fast_clock.STOP_BUDGET)
-    ui.self_test_block_clock(fn, fast_clock._State, fast_clock.STOP_BUDGET)
+        ui.self_test_block_clock(fn, WrongOrder, fast_clock.STOP_BUDGET, fast_clock.bytes_per_insn())
+    ui.self_test_block_clock(fn, fast_clock._State, fast_clock.STOP_BUDGET, fast_clock.bytes_per_insn())
 
 
 def test_the_command_line_selects_the_mode():

@@ -5,7 +5,7 @@ block to the slice's clock and ends the slice at a block start.
 In the exact mode Unicorn counts each instruction itself (`emu_start` with count > 0), which
 calls a helper before every instruction and costs about nine tenths of the engine's speed. In
 the fast mode the engine runs with count = 0 and this hook does the counting, once per block:
-the charge is the block's size in bytes divided by BYTES_PER_INSN, rounded up (an estimate of
+the charge is the block's size in bytes divided by 3 (`bytes_per_insn()`), rounded up (an estimate of
 its instruction count: the hook is told the block's address and size, not how many
 instructions it holds). The hook stops the engine cleanly at a block start (before the block
 runs, so nothing is replayed) when the slice's budget is used up, when a callback lowered the
@@ -25,7 +25,7 @@ from ..toolchain import ensure_built
 
 # x86 code averages about three bytes per instruction (16/32-bit firmware a little less,
 # 64-bit kernel code a little more); a rep string block (2-4 bytes) is charged 1 per element.
-BYTES_PER_INSN = 3
+# A constant of native/icount.c (read from it at the first use: `bytes_per_insn()`).
 
 STOP_NONE, STOP_BUDGET, STOP_IF = 0, 1, 2
 
@@ -35,7 +35,7 @@ class _State(ctypes.Structure):
     _fields_ = [("counter", ctypes.c_uint64), ("budget", ctypes.c_uint64),
                 ("reg_read", ctypes.c_void_p), ("emu_stop", ctypes.c_void_p),
                 ("reg_eflags", ctypes.c_int32), ("if_watch", ctypes.c_int32),
-                ("stopped", ctypes.c_int32), ("bytes_per_insn", ctypes.c_int32),
+                ("stopped", ctypes.c_int32), ("unused", ctypes.c_int32),
                 ("blocks", ctypes.c_uint64),
                 ("chain", ctypes.c_void_p), ("chain_user", ctypes.c_void_p)]
 
@@ -52,6 +52,11 @@ def library() -> ctypes.CDLL:
     return _lib
 
 
+def bytes_per_insn() -> int:
+    """The fast clock charges a block ceil(size / this) units."""
+    return ctypes.c_int.in_dll(library(), "icount_bytes_per_insn").value
+
+
 def _function() -> int:
     """Address of the native block hook."""
     return ctypes.cast(library().icount_block, ctypes.c_void_p).value
@@ -66,12 +71,11 @@ class FastClock:
     def __init__(self, uc):
         self._uc = uc
         self._fn = _function()
-        ui.self_test_block_clock(self._fn, _State, STOP_BUDGET)
+        ui.self_test_block_clock(self._fn, _State, STOP_BUDGET, bytes_per_insn())
         st = self._state = _State()
         api = ui.native_api()
         st.reg_read, st.emu_stop = api["uc_reg_read"], api["uc_emu_stop"]
         st.reg_eflags = ui.NATIVE_REGS["eflags"]
-        st.bytes_per_insn = BYTES_PER_INSN
         base = ctypes.addressof(st)
         self.counter = ctypes.c_uint64.from_address(base + _State.counter.offset)
         self.budget = ctypes.c_uint64.from_address(base + _State.budget.offset)
