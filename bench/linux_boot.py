@@ -101,7 +101,7 @@ def main() -> int:
             name = f"ours {mode}"
             rows.append((name, None, wall, status, lg.disk_problems(disk, False)))
             what = "guest instructions" if mode == "exact" else "estimated instructions (block sizes)"
-            notes.append(f"{name}: {instructions / 1e9:.2f} G {what} in {wall:.1f} s wall, "
+            notes.append(f"{name}: {instructions:,} {what} in {wall:.1f} s wall, "
                          f"{cpu:.1f} s CPU ({instructions / wall / 1e6:.1f} M/s)")
             if report:
                 notes.append(report)

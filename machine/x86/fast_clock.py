@@ -5,9 +5,10 @@ block to the slice's clock and ends the slice at a block start.
 In the exact mode Unicorn counts each instruction itself (`emu_start` with count > 0), which
 calls a helper before every instruction and costs about nine tenths of the engine's speed. In
 the fast mode the engine runs with count = 0 and this hook does the counting, once per block:
-the charge is the block's size in bytes divided by 3 (`bytes_per_insn()`), rounded up (an estimate of
-its instruction count: the hook is told the block's address and size, not how many
-instructions it holds). The hook stops the engine cleanly at a block start (before the block
+the charge is the block's size in bytes divided by 3 (`bytes_per_insn()`: x86 code averages
+about three bytes per instruction), rounded up, an estimate of its instruction count: the hook
+is told the block's address and size, not how many instructions it holds. A rep string block
+(2-4 bytes) is charged 1 per element, as in the exact mode. The hook stops the engine cleanly at a block start (before the block
 runs, so nothing is replayed) when the slice's budget is used up, when a callback lowered the
 budget to ask for a stop, or, while an interrupt waits for IF = 1, when the block starts with
 IF set.
@@ -22,10 +23,6 @@ import ctypes
 
 from .. import unicorn_internals as ui
 from ..toolchain import ensure_built
-
-# x86 code averages about three bytes per instruction (16/32-bit firmware a little less,
-# 64-bit kernel code a little more); a rep string block (2-4 bytes) is charged 1 per element.
-# A constant of native/icount.c (read from it at the first use: `bytes_per_insn()`).
 
 STOP_NONE, STOP_BUDGET, STOP_IF = 0, 1, 2
 
