@@ -104,9 +104,8 @@ class Cpu:
 
     def __init__(self, mem: GuestMemory, memory_map: MemoryMap, io: IoSpace, clock: VirtualClock,
                  apic: bool = False, icount: bool = True):
-        """`icount`: the exact mode (True) or the fast mode (False: raises ToolchainError or
-        OSError when its native helper cannot be built, UnsupportedUnicorn when its self-test
-        fails)."""
+        """`icount`: the exact mode (True) or the fast mode (False: raises ToolchainError when
+        its native helper cannot be built, UnsupportedUnicorn when its self-test fails)."""
         ui.self_test()
         self.mem = mem
         self.memory_map = memory_map

@@ -22,7 +22,7 @@ from __future__ import annotations
 import ctypes
 
 from .. import unicorn_internals as ui
-from ..toolchain import ensure_built
+from ..toolchain import ToolchainError, ensure_built
 
 STOP_NONE, STOP_BUDGET, STOP_IF = 0, 1, 2
 
@@ -41,11 +41,15 @@ _lib = None
 
 
 def library() -> ctypes.CDLL:
-    """native/icount.c, built on first use (ToolchainError or OSError when it cannot be built
-    or loaded)."""
+    """native/icount.c, built on first use (ToolchainError when it cannot be built or
+    loaded: the command line reports it in one line)."""
     global _lib
     if _lib is None:
-        _lib = ctypes.CDLL(str(ensure_built("native", "out/libicount.so")))
+        path = ensure_built("native", "out/libicount.so")
+        try:
+            _lib = ctypes.CDLL(str(path))
+        except OSError as exc:
+            raise ToolchainError(f"cannot load {path.name}: {exc}") from None
     return _lib
 
 
