@@ -150,8 +150,16 @@ class Cpu:
             trace.log("unimp", f"native RDTSC unavailable: {exc}")
             ui.hook_rdtsc(uc, self._on_rdtsc)
         uc.hook_add(UC.UC_HOOK_INSN, self._on_syscall, None, 1, 0, X.UC_X86_INS_SYSCALL)
-        uc.hook_add(UC.UC_HOOK_MEM_READ_UNMAPPED | UC.UC_HOOK_MEM_WRITE_UNMAPPED, self.physmem.on_unmapped)
-        uc.hook_add(UC.UC_HOOK_MEM_WRITE_PROT, self._on_write_prot)
+        # The unmapped and write-protect hooks only where no base RAM is: Unicorn keeps every
+        # store to an address any memory hook covers on its slow "not dirty" path (a memory
+        # lookup and a check for translated code per store); RAM outside the hooks takes the
+        # TLB's fast path after its first store, translated code there is still protected
+        # (unicorn_internals.store_fast_path_probe). Unassigned addresses, MMIO, the ROMs and
+        # the shadow windows below 1 MiB all lie in these gaps.
+        for begin, end in _ram_gaps(mem):
+            uc.hook_add(UC.UC_HOOK_MEM_READ_UNMAPPED | UC.UC_HOOK_MEM_WRITE_UNMAPPED,
+                        self.physmem.on_unmapped, None, begin, end)
+            uc.hook_add(UC.UC_HOOK_MEM_WRITE_PROT, self._on_write_prot, None, begin, end)
         self.reset()
 
     # -------------------------------------------------------------------------------------
@@ -712,6 +720,19 @@ class Cpu:
         """The report printed for a fatal guest fault (machine/x86/report.py)."""
         from .x86 import report         # capstone is loaded only when a guest faults fatally
         return report.fault_report(self, why, back)
+
+
+def _ram_gaps(mem: GuestMemory) -> list[tuple[int, int]]:
+    """[begin, end] (inclusive, as Unicorn's hook bounds) of the physical address space outside
+    the RAM ranges as built."""
+    gaps, at = [], 0
+    for r in sorted(mem.ranges, key=lambda r: r.gpa):
+        if r.gpa > at:
+            gaps.append((at, r.gpa - 1))
+        at = max(at, r.end)
+    if at <= 0xFFFFFFFFFFFFFFFF:
+        gaps.append((at, 0xFFFFFFFFFFFFFFFF))
+    return gaps
 
 
 _ENGINE_ERRORS = {

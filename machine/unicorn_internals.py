@@ -29,6 +29,11 @@ Unicorn's public API cannot do five things a PC needs, so we reach under it:
    first instruction with nothing replayed, also when a port callback earlier in the run asked
    for the stop. `self_test_block_clock()` checks it when the fast mode is first used (it needs
    the native helper built).
+7. Memory hooks bounded to where RAM is not (cpu.py): Unicorn keeps every store to an address
+   that any memory hook covers on its "not dirty" slow path, and lets other RAM pages take the
+   TLB fast path after their first store, while still dropping translated code that a later
+   store overwrites (it re-arms the slow path for a page when it translates code there).
+   `_probe_store_fast_path()` checks that a guest's self-modifying code is still seen.
 
 Also here: a direct `uc_ctl(UC_CTL_TB_REMOVE_CACHE)` call (2 µs against 6 µs through the
 binding: it sits on the DMA path, once per written range), ctypes wrappers for `uc_vmem_read/write/translate` (exported by libunicorn 2.1.4,
@@ -738,7 +743,29 @@ def _probe() -> str | None:
     uc.emu_start(0x1000, 0x2000)
     if uc.reg_read(X86.UC_X86_REG_RAX) & 0xFF != 2:
         return "uc_ctl(UC_CTL_TB_REMOVE_CACHE) did not drop translated code"
-    return _probe_lean_hooks(uc) or _probe_syscall(uc) or _probe_unmap_walk(uc)
+    return (_probe_lean_hooks(uc) or _probe_syscall(uc) or _probe_unmap_walk(uc)
+            or _probe_store_fast_path())
+
+
+def _probe_store_fast_path() -> str | None:
+    """With a memory hook only outside the page, a store makes the page's TLB entry take the
+    fast path; code then translated on that page and overwritten by a later store must not run
+    stale (see 7.)."""
+    uc = Uc(UC.UC_ARCH_X86, UC.UC_MODE_64)
+    uc.mem_map(0x1000, 0x3000)
+    uc.hook_add(UC.UC_HOOK_MEM_WRITE_PROT, lambda *a: False, None, 0x100000, 0x1FFFFF)
+    uc.mem_write(0x1000, bytes.fromhex(
+        "c60425002100" "0090"       # movb $0x90, 0x2100   (the page's first store: now dirty)
+        "e8" "f30f0000"             # call 0x2000         (code translated on that page)
+        "c60425012000" "0002"       # movb $2, 0x2001     (overwrites that code's immediate)
+        "e8" "e60f0000"             # call 0x2000
+        "f4"))                      # hlt
+    uc.mem_write(0x2000, bytes.fromhex("b801000000" "c3"))     # mov $1, %eax; ret
+    uc.reg_write(X86.UC_X86_REG_RSP, 0x3800)
+    uc.emu_start(0x1000, 0, 0, 100)
+    if uc.reg_read(X86.UC_X86_REG_RAX) != 2:
+        return "a store over translated code on a page written before was not seen"
+    return None
 
 
 def _probe_unmap_walk(uc: Uc) -> str | None:
