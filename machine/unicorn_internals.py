@@ -1,6 +1,6 @@
 """Every dependency on Unicorn 2.1.4 *internals*, in one place, checked at start-up.
 
-Unicorn's public API cannot do five things a PC needs, so we reach under it:
+Unicorn's public API cannot do what a PC needs in these ways, so we reach under it:
 
 1. Segment loads on a UC_MODE_64 engine. That engine's `reg_write(CS/DS/ES/SS)` only changes the
    selector; with the engine's API mode switched to UC_MODE_32 for the one call, Unicorn performs

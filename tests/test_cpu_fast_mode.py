@@ -230,3 +230,15 @@ def test_rdtsc_is_answered_natively_from_virtual_time(tmp_path, icount):
         assert delta == 4 + IO_PORT_NS          # mov, out, jmp, rdtsc: 1 ns each, and the port
     else:
         assert IO_PORT_NS < delta < IO_PORT_NS + 20     # the port, and the second block's charge
+
+
+def test_memory_hooks_cover_exactly_the_gaps_between_ram_ranges():
+    """Unicorn keeps stores to any address a memory hook covers on its slow path, so the CPU's
+    unmapped and write-protect hooks are bounded to where the base RAM is not; self-modifying
+    code on RAM outside them is still seen (the start-up probe)."""
+    from machine.cpu import _ram_gaps
+    from machine.memory import GuestMemory
+    mem = GuestMemory(256 << 20)
+    assert [(r.gpa, r.end) for r in mem.ranges] == [(0, 0xA0000), (0x100000, 256 << 20)]
+    assert _ram_gaps(mem) == [(0xA0000, 0xFFFFF), (256 << 20, 0xFFFFFFFFFFFFFFFF)]
+    assert ui._probe_store_fast_path() is None
