@@ -224,6 +224,9 @@ _opt("h|help", None, "print this help and exit", "opt_help")
 _opt("version", None, "print the version and exit", "opt_version")
 _opt("machine|M", "[type=]pc[,accel=tcg]", "the machine type: only 'pc' (i440FX + PIIX3)", "opt_machine")
 _opt("accel", "tcg", "the accelerator: only 'tcg' (the CPU is emulated by Unicorn)", "opt_accel")
+_opt("icount", "[shift=]0|off",
+     "virtual time: shift=0 (default) counts every instruction as 1 ns, deterministic; 'off' "
+     "is the fast mode: about 10x faster, time estimated per translated block", "opt_icount")
 _opt("cpu", "MODEL", "refused: the CPU model is fixed (a family 6 CPU with SSE4.2, no AVX)",
      "opt_cpu")
 _opt("smp", "1", "the number of CPUs: only 1", "opt_smp")
@@ -271,7 +274,7 @@ _opt("S", None, "do not start the CPU at start-up (continue from gdb or the moni
 UNSUPPORTED = frozenset("""
     enable-kvm no-kvm xen-domid hda hdb hdc hdd fda fdb cdrom mtdblock sd pflash blockdev
     netdev nic net usb usbdevice vga full-screen g sdl vnc spice curses k audiodev soundhw
-    dtb fw_cfg option-rom rtc icount numa global name uuid pidfile daemonize
+    dtb fw_cfg option-rom rtc numa global name uuid pidfile daemonize
     loadvm incoming qmp qmp-pretty mon parallel virtfs fsdev mem-path mem-prealloc overcommit
     watchdog-action action semihosting semihosting-config plugin L sandbox runas chroot msg
     preconfig no-shutdown no-hpet no-acpi acpitable smbios singlestep nodefaults
@@ -567,6 +570,18 @@ class _Parser:
                 raise _OptError(f"accelerator '{accel}' is not supported by this machine "
                                 "(only tcg: the CPU is emulated)")
             raise _OptError(f"invalid accelerator '{accel}'")
+
+    def opt_icount(self, arg: str) -> None:
+        # QEMU runs TCG without instruction counting unless -icount is given; here counting is
+        # the default (tests and gdb rely on exact, repeatable time) and `off` opts out.
+        shift = self.keys(split_suboptions(arg, "shift"), {"shift"}).get("shift", "")
+        if shift == "off":
+            self.config.icount = False
+        elif shift.isdigit() and int(shift) == 0:
+            self.config.icount = True
+        else:
+            raise _OptError(f"shift={shift}: only shift=0 (1 ns per instruction, the "
+                            "default) or 'off' (the fast mode) is supported")
 
     def opt_cpu(self, arg: str) -> None:
         # Our CPUID is the board's own fixed model, which matches none of QEMU's: accepting a

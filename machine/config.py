@@ -73,3 +73,4 @@ class MachineConfig:
     start_stopped: bool = False         # -S
     monitor: str | None = None          # -monitor stdio
     warnings: list[str] = field(default_factory=list)   # one line each, printed at start
+    icount: bool = True                 # exact mode (-icount shift=0); False: fast mode (-icount off)

@@ -195,7 +195,7 @@ class Machine:
                                                         (0xC0000, 0x40000, "bios-area")])
         self.lapic = LocalApic(self.clock, irq_out=self._interrupt_raised)
         self.msi = MsiSink(self.lapic)     # bus masters' interrupt messages (MSI, the IOAPIC)
-        self.cpu = Cpu(self.mem, self.memory_map, self.io, self.clock, apic=True)
+        self.cpu = Cpu(self.mem, self.memory_map, self.io, self.clock, apic=True, icount=config.icount)
         self.cpu.load_firmware(rom)
         self.pic = DualPic()
         self.pic.on_intr = self._interrupt_raised       # an IRQ from a port or MMIO access
