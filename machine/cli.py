@@ -31,6 +31,7 @@ from machine import kernel_image, trace
 from machine.console import EscapeFilter, Terminal, UserQuit
 from machine.config import CharDev, ConfigError, DeviceConfig, DriveConfig, MachineConfig, MiB
 from machine.block.blkdebug import RulesError, load_rules
+from machine.iothread import PROPERTIES as IOTHREAD_PROPERTIES
 
 PROG = "machine"
 VERSION = "0.1.0"
@@ -244,6 +245,9 @@ _opt("drive", "file=IMG[,format=raw][,if=virtio|none][,id=ID][,readonly=on|off]"
 _opt("device", "DRIVER[,prop=value...]",
      "add a device: virtio-blk-pci,drive=ID[,...], isa-debug-exit[,iobase=0xf4,iosize=0x04], "
      "isa-debugcon,iobase=0x402,chardev=ID ('-device help' lists them)", "opt_device")
+_opt("object", "iothread,id=ID[,poll-max-ns=N,poll-grow=N,poll-shrink=N,aio-max-batch=N]",
+     "an I/O thread: a device with iothread=ID runs its requests there, overlapped with the "
+     "guest (not deterministic)", "opt_object")
 _opt("chardev", "file,id=ID,path=FILE | stdio,id=ID | null,id=ID",
      "a character backend for -device isa-debugcon or -serial chardev:ID", "opt_chardev")
 _opt("serial", "stdio|file:PATH|chardev:ID|null|none", "where COM1 goes (default stdio)", "opt_serial")
@@ -270,7 +274,7 @@ _opt("S", None, "do not start the CPU at start-up (continue from gdb or the moni
 UNSUPPORTED = frozenset("""
     enable-kvm no-kvm xen-domid hda hdb hdc hdd fda fdb cdrom mtdblock sd pflash blockdev
     netdev nic net usb usbdevice vga full-screen g sdl vnc spice curses k audiodev soundhw
-    dtb fw_cfg option-rom rtc object numa global name uuid pidfile daemonize
+    dtb fw_cfg option-rom rtc numa global name uuid pidfile daemonize
     loadvm incoming qmp qmp-pretty mon parallel virtfs fsdev mem-path mem-prealloc overcommit
     watchdog-action action semihosting semihosting-config plugin L sandbox runas chroot msg
     preconfig no-shutdown no-hpet no-acpi acpitable smbios singlestep nodefaults
@@ -313,7 +317,8 @@ DEVICE_PROPERTIES: dict[str, list[tuple[str, str, str, str]]] = {
         ("secs", "uint32", "63", "geometry: sectors per track"),
         ("disable-legacy", "OnOffAuto", "auto", "on: modern-only device 1af4:1042"),
         ("disable-modern", "bool", "off", "on: legacy-only device"),
-        ("ioeventfd", "bool", "on", "accepted; requests always complete in the notify"),
+        ("ioeventfd", "bool", "on", "accepted; where requests run is set by iothread"),
+        ("iothread", "str", "", "run requests on this -object iothread (overlapped, not deterministic)"),
         ("bootindex", "int32", "-1", "accepted; the firmware boots the -kernel"),
         ("addr", "str", "", "accepted; the board places the device"),
     ],
@@ -721,6 +726,27 @@ class _Parser:
         self.config.snapshot = True
 
     # ---- devices and character backends
+
+    def opt_object(self, arg: str) -> None:
+        pairs = split_suboptions(arg, "qom-type")
+        qom_type = pairs[0][1] if pairs and pairs[0][0] == "qom-type" else ""
+        if qom_type != "iothread":
+            raise _OptError(f"Parameter 'qom-type' does not accept value '{qom_type}'"
+                            if qom_type else "Parameter 'qom-type' is missing")
+        opts = self.keys(pairs[1:], {"id", *IOTHREAD_PROPERTIES})
+        ident = opts.pop("id", None)
+        if not ident:
+            raise _OptError("Parameter 'id' is missing")
+        for key, value in opts.items():
+            try:
+                n = int(value, 0)
+            except ValueError:
+                n = -1
+            if not 0 <= n < 1 << 63:
+                raise _OptError(f"Parameter '{key}' expects an int64 value")
+        if ident in self.config.iothreads:
+            raise _OptError(f"Duplicate ID '{ident}' for object")
+        self.config.iothreads[ident] = opts
 
     def opt_device(self, arg: str) -> None:
         pairs = split_suboptions(arg, "driver")

@@ -59,6 +59,7 @@ class MachineConfig:
     debugcon: CharDev = field(default_factory=CharDev)   # port 0x402 output (firmware progress)
     drives: list[DriveConfig] = field(default_factory=list)
     devices: list[DeviceConfig] = field(default_factory=list)
+    iothreads: dict[str, dict[str, str]] = field(default_factory=dict)  # -object iothread: id -> properties
     no_reboot: bool = False             # guest reset -> exit instead of rebooting
     snapshot: bool = False              # -snapshot: every drive writes to a throw-away overlay
     boot_menu: bool | None = None       # -boot menu=on|off (through fw_cfg)
