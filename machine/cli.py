@@ -22,6 +22,7 @@ import signal
 import stat
 import sys
 import tempfile
+import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -196,6 +197,27 @@ def _check_output_file(path: str) -> None:
         raise _OptError(f"Could not open '{path}': Permission denied")
 
 
+def rtc_base(base: str, now: float | None = None) -> float | None:
+    """-rtc base=: the RTC's date at power-on in seconds since the epoch, as the RTC shows it
+    (utc: the host's time, None here so the board reads it at power-on; localtime: the host's
+    local time; a date "2006-06-17T16:01:21" or "2006-06-17", taken as the RTC's own time).
+    A fixed date makes a guest that reads the RTC repeat exactly: after power-on the RTC
+    follows virtual time, whatever `clock=` says."""
+    if base == "utc":
+        return None
+    if base == "localtime":
+        now = time.time() if now is None else now
+        return now + time.localtime(now).tm_gmtoff
+    import calendar                     # only here: it pulls in locale, a start-up cost
+    for fmt in ("%Y-%m-%dT%H:%M:%S", "%Y-%m-%d"):
+        try:
+            return float(calendar.timegm(time.strptime(base, fmt)))
+        except ValueError:
+            continue
+    raise _OptError(f"invalid datetime format '{base}' "
+                    "(valid formats: '2006-06-17T16:01:21' or '2006-06-17')")
+
+
 def check_kernel(path: str) -> None:
     """The firmware boots Multiboot v1 ELF32 kernels and Linux bzImages (see kernel_image).
     Raises ValueError with the reason when the file is neither."""
@@ -268,13 +290,16 @@ _opt("trace", "[enable=]PATTERN | events=FILE | help",
 _opt("gdb", "tcp:[HOST]:PORT", "wait for a gdb connection on HOST:PORT", "opt_gdb")
 _opt("s", None, "shorthand for -gdb tcp::1234", "opt_s")
 _opt("S", None, "do not start the CPU at start-up (continue from gdb or the monitor)", "opt_S")
+_opt("rtc", "[base=utc|localtime|DATE][,clock=host|rt|vm][,driftfix=none|slew]",
+     "the RTC's date at power-on (DATE: 2006-06-17T16:01:21 or 2006-06-17); it then follows "
+     "virtual time", "opt_rtc")
 
 # QEMU options a user may well type that this machine does not implement: refused by name, so
 # the user learns it is a limitation rather than a typo.
 UNSUPPORTED = frozenset("""
     enable-kvm no-kvm xen-domid hda hdb hdc hdd fda fdb cdrom mtdblock sd pflash blockdev
     netdev nic net usb usbdevice vga full-screen g sdl vnc spice curses k audiodev soundhw
-    dtb fw_cfg option-rom rtc numa global name uuid pidfile daemonize
+    dtb fw_cfg option-rom numa global name uuid pidfile daemonize
     loadvm incoming qmp qmp-pretty mon parallel virtfs fsdev mem-path mem-prealloc overcommit
     watchdog-action action semihosting semihosting-config plugin L sandbox runas chroot msg
     preconfig no-shutdown no-hpet no-acpi acpitable smbios singlestep nodefaults
@@ -582,6 +607,15 @@ class _Parser:
         else:
             raise _OptError(f"shift={shift}: only shift=0 (1 ns per instruction, the "
                             "default) or 'off' (the fast mode) is supported")
+
+    def opt_rtc(self, arg: str) -> None:
+        opts = self.keys(split_suboptions(arg, "base"), {"base", "clock", "driftfix"})
+        if opts.get("clock", "host") not in ("host", "rt", "vm"):
+            raise _OptError(f"invalid option value '{opts['clock']}'")
+        if opts.get("driftfix", "none") not in ("none", "slew"):
+            raise _OptError(f"invalid option value '{opts['driftfix']}'")
+        if "base" in opts:
+            self.config.rtc_base = rtc_base(opts["base"])
 
     def opt_cpu(self, arg: str) -> None:
         # Our CPUID is the board's own fixed model, which matches none of QEMU's: accepting a

@@ -73,4 +73,6 @@ class MachineConfig:
     start_stopped: bool = False         # -S
     monitor: str | None = None          # -monitor stdio
     warnings: list[str] = field(default_factory=list)   # one line each, printed at start
+    rtc_base: float | None = None       # -rtc base=: the RTC's date at power-on (epoch
+                                        # seconds); None: the host's time then
     icount: bool = True                 # exact mode (-icount shift=0); False: fast mode (-icount off)

@@ -255,7 +255,7 @@ class Machine:
         self._plug("pit", pit, 0x40, 4)
         self.io.add("port61", 0x61, 1, pit.port61_ops)
 
-        self._plug("cmos", Cmos(irq(8), clock, cfg.ram_size), 0x70, 2)
+        self._plug("cmos", Cmos(irq(8), clock, cfg.ram_size, start_time=cfg.rtc_base), 0x70, 2)
 
         # With the clock, COM1 output reaches the host per line and when the guest stops
         # writing; run() and step() flush the rest before they return.
