@@ -35,11 +35,12 @@ class CodeHooks:
         self._if_gave_up = False                            # the watch gave up on this wait
         self._block_hooks = 0                               # -d block log hooks installed
 
-    def observing(self) -> bool:
+    def observing(self, ignore_if_watch: bool = False) -> bool:
         """Does any hook watch single instructions or block starts? The rep string hook, which
-        does many iterations at once, stands aside while one does."""
+        does many iterations at once, stands aside while one does; the fast mode waits for
+        all but the IF watch (it has its own) to go."""
         return bool(self.breakpoints or self._dynamic_hook is not None
-                    or self._if_watch is not None or self._block_hooks)
+                    or (self._if_watch is not None and not ignore_if_watch) or self._block_hooks)
 
     def _changed(self) -> None:
         rep = getattr(self.cpu, "rep_string", None)
@@ -172,6 +173,12 @@ class CodeHooks:
         elif not installed and self._if_watch is not None:
             self._drop_if_watch()
         self.if_waiting, self._if_calls, self._if_gave_up = waiting, calls, gave_up
+
+    def drop_if_watch(self) -> None:
+        """Remove the IF watch's block hook, if installed (the fast mode watches natively)."""
+        if self._if_watch is not None:
+            self._drop_if_watch()
+        self._if_gave_up = False
 
     def _drop_if_watch(self) -> None:
         # No stale block can call the deleted hook: the flush comes before any code runs again
