@@ -280,6 +280,7 @@ _opt("nographic", None, "no display, COM1 on stdio", "opt_nographic")
 _opt("monitor", "stdio|none", "the monitor", "opt_monitor")
 _opt("no-reboot", None, "exit instead of rebooting when the guest resets", "opt_no_reboot")
 _opt("snapshot", None, "write every drive to a throw-away overlay, never to the image", "opt_snapshot")
+_opt("loadvm", "NAME", "start from snapshot NAME (savevm NAME in the monitor made it)", "opt_loadvm")
 _opt("boot", "[menu=on|off][,splash-time=MS][,reboot-timeout=MS]",
      "firmware boot options, through fw_cfg (order=, splash= ... accepted, ignored)",
      "opt_boot")
@@ -759,6 +760,9 @@ class _Parser:
     def opt_snapshot(self) -> None:
         self.config.snapshot = True
 
+    def opt_loadvm(self, arg: str) -> None:
+        self.config.loadvm = arg
+
     # ---- devices and character backends
 
     def opt_object(self, arg: str) -> None:
@@ -1134,6 +1138,12 @@ def run_machine(config: MachineConfig, stdin_filter=None) -> int:
                 raise
             raise ConfigError(_no_ram(config)) from None
         attach_block_log(machine)
+        if config.loadvm is not None:
+            from machine.savevm_store import SnapshotError
+            try:
+                machine.loadvm(config.loadvm)
+            except SnapshotError as e:
+                raise ConfigError(str(e)) from None
         if stdin_filter is not None:
             machine.stdin_filter = stdin_filter
         if config.gdb or config.start_stopped or config.monitor == "stdio":

@@ -62,6 +62,7 @@ class MachineConfig:
     iothreads: dict[str, dict[str, str]] = field(default_factory=dict)  # -object iothread: id -> properties
     no_reboot: bool = False             # guest reset -> exit instead of rebooting
     snapshot: bool = False              # -snapshot: every drive writes to a throw-away overlay
+    loadvm: str | None = None           # -loadvm NAME: start from that named snapshot
     boot_menu: bool | None = None       # -boot menu=on|off (through fw_cfg)
     boot_menu_wait: int | None = None   # -boot splash-time=MS: how long the boot menu prompt waits
     boot_fail_wait: int = -1            # -boot reboot-timeout=MS after a failed boot; -1: never reboot

@@ -41,7 +41,7 @@ from unicorn import Uc, UcError
 from unicorn import unicorn_const as UC
 from unicorn import x86_const as X
 
-from . import pagewalk, syscall_insn, trace
+from . import pagewalk, syscall_insn, trace, vmstate
 from . import unicorn_internals as ui
 from .clock import VirtualClock
 from .cpu_hooks import CodeHooks
@@ -75,6 +75,48 @@ EFER = 0xC0000080
 
 
 _CPUID_ZERO = (0, 0, 0, 0)
+
+# ------------------------------------------------------------------------------------------
+# Saved CPU state (machine/vmstate.py): everything the guest can observe or that steers the
+# next instruction. The public API reads and writes most of it; the segment caches and hflags
+# (CPL, interrupt shadow, mode bits) go through the raw context (unicorn_internals).
+# ------------------------------------------------------------------------------------------
+_STATE_GPRS = ("rax", "rbx", "rcx", "rdx", "rsi", "rdi", "rbp", "rsp",
+               "r8", "r9", "r10", "r11", "r12", "r13", "r14", "r15", "rip", "eflags")
+_STATE_CTRL = {"cr0": X.UC_X86_REG_CR0, "cr2": X.UC_X86_REG_CR2, "cr3": X.UC_X86_REG_CR3,
+               "cr4": X.UC_X86_REG_CR4, "dr0": X.UC_X86_REG_DR0, "dr1": X.UC_X86_REG_DR1,
+               "dr2": X.UC_X86_REG_DR2, "dr3": X.UC_X86_REG_DR3, "dr6": X.UC_X86_REG_DR6,
+               "dr7": X.UC_X86_REG_DR7}
+# The MSRs Unicorn implements that a guest may have written (EFER separately: it goes first).
+STATE_MSRS = (0x174, 0x175, 0x176,                        # SYSENTER_CS/ESP/EIP
+              0xC0000081, 0xC0000082, 0xC0000083, 0xC0000084,  # STAR LSTAR CSTAR FMASK
+              0xC0000102, 0xC0000103,                     # KERNEL_GS_BASE, TSC_AUX
+              0x277, 0x1A0, 0x17A,                        # PAT, MISC_ENABLE, MCG_STATUS
+              0x2FF, 0x250, 0x258, 0x259, *range(0x268, 0x270),   # MTRR default and fixed
+              *range(0x200, 0x210))                       # MTRR variable pairs
+_SEG = vmstate.Tuple(vmstate.U16, vmstate.U64, vmstate.U32, vmstate.U32)   # selector base limit flags
+# hflags bits QEMU defines (target/i386/cpu.h: CPL..MPX_IU); anything else is refused.
+HFLAGS_KNOWN = 0x07FBFFFF
+CPU_VMSTATE = vmstate.Description("cpu", 1, (
+    *(vmstate.Field(n, vmstate.U64) for n in _STATE_GPRS),
+    *(vmstate.Field(n, vmstate.U64) for n in _STATE_CTRL),
+    vmstate.Field("efer", vmstate.U64),
+    vmstate.Field("msrs", vmstate.List(vmstate.U64, len(STATE_MSRS), len(STATE_MSRS))),
+    vmstate.Field("segs", vmstate.List(_SEG, 6, 6)),
+    vmstate.Field("ldtr", _SEG), vmstate.Field("tr", _SEG),
+    vmstate.Field("gdtr", vmstate.Tuple(vmstate.U64, vmstate.U32)),
+    vmstate.Field("idtr", vmstate.Tuple(vmstate.U64, vmstate.U32)),
+    vmstate.Field("fpregs", vmstate.List(vmstate.Tuple(vmstate.U64, vmstate.U16), 8, 8)),
+    vmstate.Field("fpcw", vmstate.U16), vmstate.Field("fpsw", vmstate.U16),
+    vmstate.Field("fptag", vmstate.U16), vmstate.Field("mxcsr", vmstate.U32),
+    vmstate.Field("xmm", vmstate.List(vmstate.U128, 16, 16)),
+    vmstate.Field("hflags", vmstate.U32), vmstate.Field("hflags2", vmstate.U32),
+    # The run loop's watch for IF=1 (cpu_hooks.py): it shapes slices, so it is state too.
+    vmstate.Field("if_waiting", vmstate.BOOL), vmstate.Field("if_calls", vmstate.U32),
+    vmstate.Field("if_gave_up", vmstate.BOOL), vmstate.Field("if_watch", vmstate.BOOL),
+))
+_FP_REGS = tuple(getattr(X, f"UC_X86_REG_FP{i}") for i in range(8))
+_XMM_REGS = tuple(getattr(X, f"UC_X86_REG_XMM{i}") for i in range(16))
 
 
 @dataclass
@@ -252,6 +294,90 @@ class Cpu:
         self._stop_cause = None
         self.hooks.bp_skip = None
         uc.ctl_flush_tb()
+
+    # -- snapshots ----------------------------------------------------------------------------
+    def save_state(self) -> dict:
+        """The CPU's state as CPU_VMSTATE values (between slices)."""
+        uc, reg = self.uc, self._reg
+        v: dict = {n: reg.read(_GPRS[n]) for n in _STATE_GPRS}
+        for n, rid in _STATE_CTRL.items():
+            v[n] = reg.read(rid)
+        v["efer"] = uc.msr_read(EFER)
+        v["msrs"] = tuple(uc.msr_read(m) for m in STATE_MSRS)
+        raw = self._raw.save()
+        v["segs"] = tuple(raw.seg(i) for i in range(6))
+        v["ldtr"] = tuple(uc.reg_read(X.UC_X86_REG_LDTR))
+        v["tr"] = tuple(uc.reg_read(X.UC_X86_REG_TR))
+        v["gdtr"] = tuple(uc.reg_read(X.UC_X86_REG_GDTR)[1:3])
+        v["idtr"] = tuple(uc.reg_read(X.UC_X86_REG_IDTR)[1:3])
+        v["fpregs"] = tuple(tuple(uc.reg_read(r)) for r in _FP_REGS)
+        v["fpcw"] = reg.read(X.UC_X86_REG_FPCW)
+        v["fpsw"] = reg.read(X.UC_X86_REG_FPSW)
+        v["fptag"] = reg.read(X.UC_X86_REG_FPTAG)
+        v["mxcsr"] = reg.read(X.UC_X86_REG_MXCSR)
+        v["xmm"] = tuple(uc.reg_read(r) for r in _XMM_REGS)
+        v["hflags"] = raw.hflags
+        v["hflags2"] = raw.hflags2
+        v["if_waiting"], v["if_calls"], v["if_gave_up"], v["if_watch"] = self.hooks.if_watch_state()
+        return v
+
+    @staticmethod
+    def check_state(v: dict) -> None:
+        """Refuse CPU state no x86 CPU can be in, before anything is written (VMStateError)."""
+        vmstate.check_values(CPU_VMSTATE, v)
+        hf = v["hflags"]
+        if hf & ~HFLAGS_KNOWN:
+            raise vmstate.VMStateError(f"cpu: unknown hflags bits {hf & ~HFLAGS_KNOWN:#x}")
+        lma = bool(v["efer"] & (1 << 10))
+        if bool(hf & ui.HF_LMA) != lma or bool(hf & ui.HF_PE) != bool(v["cr0"] & 1) \
+                or (hf & ui.HF_CS64 and not lma) or (v["cr0"] & 0x80000000 and not v["cr0"] & 1) \
+                or (lma and not v["cr0"] & 0x80000000):
+            raise vmstate.VMStateError("cpu: mode bits disagree (CR0, EFER.LMA, hflags)")
+        if any(s[1] >> 32 for s in v["segs"][:4]) and not lma:
+            raise vmstate.VMStateError("cpu: a 64-bit segment base outside long mode")
+
+    def load_state(self, v: dict) -> None:
+        """Put the CPU in state `v` (checked with check_state first)."""
+        uc, reg = self.uc, self._reg
+        # Leave paging (and long mode) first, then EFER/CR3/CR4, then CR0: with EFER.LME set,
+        # turning PG on enters long mode, the only way EFER.LMA gets set.
+        reg.write(X.UC_X86_REG_CR0, reg.read(X.UC_X86_REG_CR0) & ~0x80000000)
+        uc.msr_write(EFER, v["efer"])
+        reg.write(X.UC_X86_REG_CR3, v["cr3"])
+        reg.write(X.UC_X86_REG_CR4, v["cr4"])
+        reg.write(X.UC_X86_REG_CR0, v["cr0"])
+        reg.write(X.UC_X86_REG_CR2, v["cr2"])
+        for n in ("dr0", "dr1", "dr2", "dr3", "dr6", "dr7"):
+            reg.write(_STATE_CTRL[n], v[n])
+        for m, value in zip(STATE_MSRS, v["msrs"]):
+            uc.msr_write(m, value)
+        for n in _STATE_GPRS:
+            reg.write(_GPRS[n], v[n])
+        uc.reg_write(X.UC_X86_REG_LDTR, v["ldtr"])
+        uc.reg_write(X.UC_X86_REG_TR, v["tr"])
+        uc.reg_write(X.UC_X86_REG_GDTR, (0, *v["gdtr"], 0))
+        uc.reg_write(X.UC_X86_REG_IDTR, (0, *v["idtr"], 0))
+        reg.write(X.UC_X86_REG_FPCW, v["fpcw"])
+        reg.write(X.UC_X86_REG_FPSW, v["fpsw"])
+        reg.write(X.UC_X86_REG_FPTAG, v["fptag"])
+        for r, value in zip(_FP_REGS, v["fpregs"]):
+            uc.reg_write(r, value)
+        reg.write(X.UC_X86_REG_MXCSR, v["mxcsr"])
+        for r, value in zip(_XMM_REGS, v["xmm"]):
+            uc.reg_write(r, value)
+        raw = self._raw.save()
+        for i, seg in enumerate(v["segs"]):
+            raw.set_seg(i, *seg)
+        raw.hflags = v["hflags"]
+        raw.hflags2 = v["hflags2"]
+        raw.clear_old_exception()
+        raw.restore()
+        self._update_paging()
+        uc.ctl_flush_tb()
+        ui.flush_tlb(uc)
+        self._stop_cause = None
+        self.hooks.bp_skip = None
+        self.hooks.restore_if_watch(v["if_waiting"], v["if_calls"], v["if_gave_up"], v["if_watch"])
 
     @property
     def mode(self) -> str:

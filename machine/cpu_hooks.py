@@ -160,6 +160,20 @@ class CodeHooks:
             self._changed()
         return True
 
+    def if_watch_state(self) -> tuple[bool, int, bool, bool]:
+        """(waiting, block starts counted, gave up, hook installed): a snapshot keeps them,
+        since they decide slice lengths."""
+        return self.if_waiting, self._if_calls, self._if_gave_up, self._if_watch is not None
+
+    def restore_if_watch(self, waiting: bool, calls: int, gave_up: bool, installed: bool) -> None:
+        if installed and self._if_watch is None:
+            self._if_watch = ui.hook_block(self.uc, self._on_block_if_watch)
+            self.uc.ctl_flush_tb()
+            self._changed()
+        elif not installed and self._if_watch is not None:
+            self._drop_if_watch()
+        self.if_waiting, self._if_calls, self._if_gave_up = waiting, calls, gave_up
+
     def drop_if_watch(self) -> None:
         """Remove the IF watch's block hook, if installed (the fast mode watches natively)."""
         if self._if_watch is not None:

@@ -34,6 +34,7 @@ after whatever the guest wrote to COM1.
 
 from __future__ import annotations
 
+import functools
 import os
 import select
 import struct
@@ -42,7 +43,10 @@ from dataclasses import dataclass
 from typing import BinaryIO, Callable
 
 from . import acpi, kernel_image, trace
+from . import savevm
 from .block import SECTOR as SECTOR_BYTES, open_drive
+from .block.undo import Journal
+from .savevm_store import SnapshotError, SnapshotStore
 from .clock import VirtualClock
 from .config import CharDev, ConfigError, DeviceConfig, MachineConfig
 from .cpu import Cpu, SliceResult
@@ -176,6 +180,7 @@ class Machine:
         self._outputs: list[BinaryIO] = []   # opened chardev files: close() closes them
         self._backends: list = []            # opened drives: close() releases their images
         self.drives: dict[str, tuple] = {}   # drive id -> (backend, the virtio device using it)
+        self.journals: dict[str, Journal] = {}   # drive id -> its undo-log journal (writable drives)
         self._parking_devices: list = []    # devices whose failed requests may wait (rerror/werror=stop)
         self.paused_reason: str | None = None   # why run() last ended paused ('io-error'), for `info status`
         self._stdin_fd: int | None = None
@@ -206,6 +211,9 @@ class Machine:
         self.isa_irqs = [SharedLine(self._isa_irq_sink(n)) for n in range(16)]
         self._build_isa_devices()
         self._build_pci()
+        self.clock.restore_oneshot = self._restore_bottom_half
+        # Named snapshots beside the first writable image: this run keeps them loadable.
+        self._snapshot_store = SnapshotStore.attach(self)
 
     # -------------------------------------------------------------------------------------
     # construction
@@ -321,12 +329,15 @@ class Machine:
                 raise ConfigError(f"PCI: slot {where[0]} function {where[1]} not available for virtio-blk-pci, "
                                   f"in use by {bus.devices[where[0] << 3 | where[1]].name}")
             backend = open_drive(drive, snapshot=self.config.snapshot)
+            if not backend.read_only:
+                # Snapshots keep undo logs of writable disks (block/undo.py): a pass-through until one does.
+                backend = self.journals[drive.id] = Journal(backend)
             self._backends.append(backend)
             dev = create_virtio_blk_pci(backend, props, self.mem, msi_send=self.msi.send,
                                         iothreads=self.iothreads)
             self.drives[drive.id] = (backend, dev.vdev)
             dev.vdev.on_io_error = self._io_error
-            dev.vdev.defer = self.bottom_half
+            dev.vdev.defer = functools.partial(self._device_bottom_half, n)
             self._parking_devices.append(dev.vdev)
             bus.plug(dev, *where)
             self.devices[f"virtio-blk{n}"] = dev
@@ -519,12 +530,26 @@ class Machine:
         if self.cpu.running:                 # from a device callback: end the slice early
             self.cpu.request_stop_after_instruction()
 
-    def bottom_half(self, fn: Callable[[], None]) -> None:
+    def bottom_half(self, fn: Callable[[], None], key: str | None = None) -> None:
         """Run fn() on this thread soon, between two slices (QEMU's bottom half): a timer
         BOTTOM_HALF_NS of virtual time from now, so a device continuing long work from there
         lets the guest, timers, the monitor and gdb (poll hooks) have their turn between two
-        parts. Virtual time, not host time, decides when: runs stay repeatable."""
-        self.clock.timer(fn, "bottom-half").arm(self.clock.now + BOTTOM_HALF_NS)
+        parts. Virtual time, not host time, decides when: runs stay repeatable. `key` lets a
+        snapshot save it (see _restore_bottom_half)."""
+        self.clock.oneshot(fn, self.clock.now + BOTTOM_HALF_NS, key)
+
+    def _device_bottom_half(self, n: int, fn: Callable[[], None], queue: int | None = None) -> None:
+        """virtio-blk n's defer(): resuming queue `queue` is saved as "virtio-blk<n>/<queue>"."""
+        self.bottom_half(fn, None if queue is None else f"virtio-blk{n}/{queue}")
+
+    def _restore_bottom_half(self, key: str) -> Callable[[], None] | None:
+        """The callback of a saved bottom half, or None when this machine has no such queue."""
+        dev, _, queue = key.partition("/")
+        vdev = getattr(self.devices.get(dev), "vdev", None)
+        if vdev is None or not queue.isdigit() or int(queue) >= len(vdev.queues):
+            return None
+        qi = int(queue)
+        return lambda: vdev.resume_queue(vdev.queues[qi])
 
     def add_poll_hook(self, fn: Callable[[], None]) -> None:
         """fn() runs between slices (and while the CPU idles); it may call request_stop()."""
@@ -830,6 +855,62 @@ class Machine:
         else:
             self.stop_reason = StopReason(STOP_STEP, 0, address=self.cpu.linear_pc())
         return self.stop_reason
+
+    # -------------------------------------------------------------------------------------
+    # snapshots (savevm.py)
+    # -------------------------------------------------------------------------------------
+    def save_state(self, *, disks: bool = True) -> "savevm.MachineState":
+        """The whole machine's state now, in memory (between runs). With `disks`, every
+        writable drive keeps an undo log from now on, so loading it brings the disks back
+        too; `state.release()` ends that."""
+        return savevm.capture(self, disks=disks)
+
+    def load_state(self, state: "savevm.MachineState") -> None:
+        """Become `state`: RAM, CPU, devices, timers, disks. A state this machine cannot take
+        raises VMStateError and changes nothing."""
+        savevm.check(self, state)
+        backup = savevm.capture(self)
+        try:
+            savevm.apply(self, state)
+        except (savevm.VMStateError, OSError) as e:
+            savevm.apply(self, backup)
+            raise savevm.VMStateError(f"loading the snapshot failed, the machine is unchanged: {e}") from None
+        finally:
+            backup.release()
+
+    # Named snapshots (QEMU's savevm/loadvm/delvm/info snapshots): SnapshotError in QEMU's words.
+    def _store(self) -> SnapshotStore:
+        if self._snapshot_store is None:
+            self._snapshot_store = SnapshotStore.locate(self)     # raises when no disk can hold one
+        return self._snapshot_store
+
+    def savevm(self, name: str):
+        return self._store().save(name)
+
+    def loadvm(self, name: str) -> None:
+        self._store().load(name)
+
+    def delvm(self, name: str) -> None:
+        self._store().delete(name)
+
+    def info_snapshots(self) -> str:
+        try:
+            return self._store().info_text()
+        except SnapshotError as e:
+            return f"{e}\n"
+
+    def snapshots(self) -> list:
+        """The named snapshots (SnapshotInfo: id, name, size, date, clock, instructions)."""
+        try:
+            return self._store().infos()
+        except SnapshotError:
+            return []
+
+    def encode_state(self, state: "savevm.MachineState") -> bytes:
+        return savevm.encode(self, state)
+
+    def decode_state(self, data: bytes) -> "savevm.MachineState":
+        return savevm.decode(self, data)
 
     def close(self) -> None:
         for io in self.iothreads.values():     # requests in flight end before their images close

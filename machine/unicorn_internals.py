@@ -66,6 +66,7 @@ CONTEXT_SIZE = 5608            # uc_context_size() for an x86 engine
 CONTEXT_DATA = 40              # struct uc_context header before the CPUX86State copy
 # Offsets inside the CPUX86State copy:
 ENV_HFLAGS = 176
+ENV_HFLAGS2 = 180              # GIF/HIF/NMI/VINTR... (snapshots carry it as it is)
 ENV_CR0 = 424                  # target_ulong cr[5]: CR0, (CR1), CR2, CR3, CR4
 ENV_SEGS = 184                 # SegmentCache[6]: ES CS SS DS FS GS, 24 bytes each
 SEG_SIZE = 24                  # {u32 selector; u64 base; u32 limit; u32 flags}
@@ -205,6 +206,23 @@ class RawState:
     def clear_old_exception(self) -> None:
         self._i32(ENV_OLD_EXCEPTION).value = -1
 
+    @property
+    def hflags2(self) -> int:
+        return self._u32(ENV_HFLAGS2).value
+
+    @hflags2.setter
+    def hflags2(self, value: int) -> None:
+        self._u32(ENV_HFLAGS2).value = value
+
+    def set_seg(self, index: int, selector: int, base: int, limit: int, flags: int) -> None:
+        """Write a segment register's selector and hidden cache (a snapshot restoring it as it
+        was: no descriptor load, which could fault or read a GDT that has changed since)."""
+        off = ENV_SEGS + SEG_SIZE * index
+        self._u32(off).value = selector
+        self._u64(off + 8).value = base
+        self._u32(off + 16).value = limit
+        self._u32(off + 20).value = flags
+
 
 class identity_walks:
     """`with identity_walks(uc, raw): uc.mem_unmap(...)`: Unicorn's mem_unmap (and every other path
@@ -243,6 +261,11 @@ class identity_walks:
 CR0_PG = 1 << 31
 _CTL_TLB_FLUSH = UC.UC_CTL_TLB_FLUSH | (UC.UC_CTL_IO_WRITE << 30)
 _uc_ctl_none = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p, ctypes.c_int)(("uc_ctl", _uclib))
+
+
+def flush_tlb(uc: Uc) -> None:
+    """Drop every software TLB entry (after the CPU state was replaced wholesale)."""
+    _uc_ctl_none(uc._uch, _CTL_TLB_FLUSH)
 
 
 def take_exception_info(raw: RawState) -> tuple[int, bool]:
@@ -704,6 +727,8 @@ def _probe() -> str | None:
         return "uc_struct.mode is not where expected"
     if _uclib.uc_context_size(uc._uch) != CONTEXT_SIZE:
         return "the CPU context has a different size"
+    if RawState(uc).save().hflags2 != 1:            # HF2_GIF, set at power-on
+        return "hflags2 is not where expected"
     # Code: nop x5; hlt. Run with count=3 and check the counter and the segment cache layout.
     uc.mem_map(0x1000, 0x1000)
     uc.mem_write(0x1000, b"\x90" * 5 + b"\xf4")

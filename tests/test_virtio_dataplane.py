@@ -230,7 +230,7 @@ def test_one_notify_does_bounded_work_and_a_bottom_half_goes_on(tmp_path):
     b = Bench(tmp_path, disk_size=DISK).start()
     try:
         deferred = []
-        b.vdev.defer = deferred.append
+        b.vdev.defer = lambda fn, queue=None: deferred.append(fn)
         b.vdev.notify_max_bytes = 8192            # two 4 KiB reads (plus header and status)
         vq = b.vqs[0]
         blk = BlkRequests(vq)
@@ -270,7 +270,7 @@ def test_a_bottom_half_after_a_reset_does_nothing(tmp_path):
     b = Bench(tmp_path, disk_size=DISK).start()
     try:
         deferred = []
-        b.vdev.defer = deferred.append
+        b.vdev.defer = lambda fn, queue=None: deferred.append(fn)
         b.vdev.notify_max_requests = 1
         vq = b.vqs[0]
         blk = BlkRequests(vq)

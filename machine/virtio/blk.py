@@ -20,15 +20,15 @@ import errno
 import struct
 from typing import Callable
 
-from .. import trace
+from .. import trace, vmstate
 from ..block import BlockBackend
 from ..config import ConfigError
-from ..memory import GuestMemory
+from ..memory import GuestMemory, GuestMemoryError
 from . import props as P
 from .device import VIRTIO_QUEUE_MAX, VirtioDevice, bit
 from .blk_request import (DWZ_SEGMENT, SECTOR, BlkRequest, IoError, RequestError, Seg, Unsupported,
                           parse)
-from .queue import QUEUE_MAX_SIZE, Chain, SplitQueue, is_power_of_2
+from .queue import QUEUE_MAX_SIZE, Chain, SplitQueue, VirtqueueError, is_power_of_2
 from .spec import (VIRTIO_BLK_F_BLK_SIZE, VIRTIO_BLK_F_CONFIG_WCE, VIRTIO_BLK_F_DISCARD,
                    VIRTIO_BLK_F_FLUSH, VIRTIO_BLK_F_GEOMETRY, VIRTIO_BLK_F_MQ, VIRTIO_BLK_F_RO,
                    VIRTIO_BLK_F_SEG_MAX, VIRTIO_BLK_F_TOPOLOGY, VIRTIO_BLK_F_WRITE_ZEROES,
@@ -247,7 +247,7 @@ class VirtioBlk(VirtioDevice):
             if not q.rearm_kicks() or more:      # nothing added meanwhile, or out of budget
                 break
         if more and self.defer is not None:
-            self.defer(lambda: self.resume_queue(q))
+            self.defer(lambda: self.resume_queue(q), q.index)      # the index: a snapshot saves it
         if done:
             self.notify(q)
 
@@ -390,6 +390,38 @@ class VirtioBlk(VirtioDevice):
         if policy == "enospc":
             return "stop" if host_errno == errno.ENOSPC else "report"
         return policy
+
+    # -- saved state -----------------------------------------------------------------------------------
+    # The core's, plus the capacity (block_resize), a failed flush, and the requests a stop
+    # policy parked, by (queue, head): their chains are still in guest RAM, parsed again on load.
+    VMSTATE = vmstate.Description("virtio-blk", 1, VirtioDevice.VMSTATE_FIELDS + (
+        vmstate.Field("capacity", vmstate.U64), vmstate.Field("flush_failed", vmstate.BOOL),
+        vmstate.Field("parked_heads", vmstate.List(vmstate.Tuple(vmstate.U16, vmstate.U16), 1 << 16))))
+
+    @property
+    def parked_heads(self) -> tuple:
+        return tuple((q.index, req.head) for q, req in self.parked)
+
+    @parked_heads.setter
+    def parked_heads(self, heads) -> None:
+        self._parked_heads = heads          # parsed in post_load, once the queues are in place
+
+    def vmstate_check(self, values: dict) -> None:
+        super().vmstate_check(values)
+        for qi, head in values["parked_heads"]:
+            if qi >= len(self.queues):
+                raise vmstate.VMStateError(f"{self.label}: a parked request on queue {qi}, which does not exist")
+
+    def post_load(self) -> None:
+        parked = []
+        for qi, head in self._parked_heads:
+            q = self.queues[qi]
+            try:
+                parked.append((q, self.parse_request(q.walk(head))))
+            except (VirtqueueError, GuestMemoryError) as e:
+                raise vmstate.VMStateError(f"{self.label}: parked request {head} on queue {qi}: {e}") from None
+        self.parked = parked
+        del self._parked_heads
 
     def restart_parked(self) -> None:
         """The machine continues: retry the requests a stop policy parked, in order (QEMU's

@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable, Protocol
 
-from .. import trace
+from .. import trace, vmstate
 from ..config import ConfigError
 from ..memory import GuestMemory, GuestMemoryError, ones
 from .queue import QUEUE_MAX_SIZE, QueueState, SplitQueue, VirtqueueError, is_power_of_2
@@ -108,9 +108,58 @@ class VirtioDevice:
         # Where requests run: None executes them inside the notify (deterministic); else an
         # IoThread (machine/iothread.py) the board gives a device with iothread=.
         self.iothread = None
-        # defer(fn): run fn on the CPU thread soon, between two slices (a bottom half on the
-        # virtual clock, set by the board); None: work left over waits for the next kick.
-        self.defer: Callable[[Callable[[], None]], None] | None = None
+        # defer(fn, queue): run fn on the CPU thread soon, between two slices (a bottom half on
+        # the virtual clock, set by the board; `queue`, the queue fn resumes, lets a snapshot
+        # save it); None: work left over waits for the next kick.
+        self.defer: Callable[..., None] | None = None
+
+    # -- saved state (machine/vmstate.py) ------------------------------------------------------
+    # Status, features, ISR, NEEDS_RESET and its reason, config space and generation, and every
+    # queue (its layout too: a packed queue object is rebuilt as one, pre_load).
+    VMSTATE_FIELDS = (
+        vmstate.Field("guest_features", vmstate.U64), vmstate.Field("_unoffered", vmstate.U64),
+        vmstate.Field("status", vmstate.U8), vmstate.Field("isr", vmstate.U8),
+        vmstate.Field("broken", vmstate.BOOL),
+        vmstate.Field("error_message", vmstate.Optional(vmstate.Str())),
+        vmstate.Field("config", vmstate.Bytes(4096)),
+        vmstate.Field("config_generation", vmstate.U8),
+        vmstate.Field("reported", vmstate.List(vmstate.Str(256), 256)),
+        vmstate.Field("queues", vmstate.StructList(SplitQueue.VMSTATE, VIRTIO_QUEUE_MAX)))
+    VMSTATE = vmstate.Description("virtio-device", 1, VMSTATE_FIELDS)
+
+    @property
+    def error_message(self) -> str | None:
+        return None if self.error is None else str(self.error)
+
+    @error_message.setter
+    def error_message(self, message: str | None) -> None:
+        self.error = None if message is None else VirtqueueError(message)
+
+    def vmstate_check(self, values: dict) -> None:
+        if len(values["config"]) != len(self.config):
+            raise vmstate.VMStateError(f"{self.label}: config space of {len(values['config'])} bytes, "
+                                       f"this device has {len(self.config)}")
+        if values["guest_features"] & ~self.host_features:
+            raise vmstate.VMStateError(f"{self.label}: features {values['guest_features']:#x} were never offered")
+        for q, qv in zip(self.queues, values["queues"]):
+            # The queue's own set-up checks, on a scratch queue of the saved layout.
+            cls = PackedQueue if qv["packed"] else SplitQueue
+            scratch = cls(q.index, q.max_size, q.handler, self.mem)
+            scratch.size = qv["size"]
+            scratch.desc_addr, scratch.avail_addr, scratch.used_addr = qv["desc_addr"], qv["avail_addr"], qv["used_addr"]
+            if qv["active"]:
+                try:
+                    scratch.activate()
+                except VirtqueueError as e:
+                    raise vmstate.VMStateError(f"{self.label}: {e}") from None
+            if qv["size"] > q.max_size or any(h >= max(qv["size"], 1) for h in qv["inflight"]) \
+                    or any(h >= max(qv["size"], 1) or n > qv["size"] for h, n in qv["ndescs"]):
+                raise vmstate.VMStateError(f"{self.label}: queue {q.index} state does not fit its size")
+
+    def pre_load(self, values: dict) -> None:
+        for i, (q, qv) in enumerate(zip(self.queues, values["queues"])):
+            if isinstance(q, PackedQueue) != qv["packed"]:
+                self.queues[i] = PackedQueue.like(q) if qv["packed"] else SplitQueue.like(q)
 
     def state(self) -> VirtioDeviceState:
         return VirtioDeviceState(self.name, self.device_id, self.status, self.host_features,

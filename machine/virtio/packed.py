@@ -42,6 +42,13 @@ PACKED_MAX_SIZE = 32768
 
 class PackedQueue(SplitQueue):
     """A packed virtqueue; the transport programs it exactly as a split one."""
+    @property
+    def packed(self) -> bool:
+        return True
+
+    @packed.setter
+    def packed(self, value: bool) -> None:
+        pass
 
     def reset(self) -> None:
         super().reset()
