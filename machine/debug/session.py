@@ -24,8 +24,9 @@ class Debugger:
     """
 
     def __init__(self, target, machine=None, gdb=None, console=None,
-                 start_stopped: bool = False):
+                 start_stopped: bool = False, reverse_options: dict | None = None):
         self.target = target
+        self.reverse_options = reverse_options or {}
         self.machine = machine
         self.gdb = gdb
         self.console = console
@@ -146,6 +147,9 @@ class Debugger:
         stopped = self.start_stopped
         if self.gdb is not None:
             self.gdb.last_stop = Stop(STOP_STEP, pc=self._pc())
+            if self.machine is not None and hasattr(self.target, "enable_reverse"):
+                # gdb may go back from the first stop on: the history starts here.
+                self.target.enable_reverse(**self.reverse_options)
         try:
             while True:
                 if self.quit_requested:
@@ -159,6 +163,11 @@ class Debugger:
                         # Nothing can run after a fatal fault: the machine ends here.
                         self.gdb.report_exit(Stop(STOP_EXITED, exit_status=self.exit_status))
                         return self.exit_status
+                    if action.kind in ("reverse-step", "reverse-continue"):
+                        stop = (self.target.reverse_step() if action.kind == "reverse-step"
+                                else self.target.reverse_continue())
+                        self._handle(stop)
+                        continue
                     if action.kind == "step":
                         stop = self.target.step(irqs=action.irqs)
                         if self._handle(stop):
