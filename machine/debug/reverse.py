@@ -41,7 +41,7 @@ from dataclasses import dataclass
 from .target import (Stop, STOP_BREAKPOINT, STOP_DEVICE, STOP_LIMIT, STOP_STEP, STOP_WATCHPOINT)
 
 PAGE = 4096
-INTERVAL = 1_000_000           # instructions between checkpoints while the guest runs
+INTERVAL = 4_000_000           # instructions between checkpoints while the guest runs
 NEAR = 200_000                 # a replay longer than this leaves a checkpoint this close behind
 MAX_BYTES = 1 << 30            # RAM pages kept by all checkpoints before the oldest go
 
@@ -192,9 +192,16 @@ class History:
         self.target.state_changed()
 
     # -- recording (called by the target around each run-loop call) ------------------------------
+    def _in_step(self) -> None:
+        """The machine is where the history left it; else something replaced it behind the
+        history's back (a monitor `loadvm`): the history starts again from here."""
+        if self._now() != self.point[1:]:
+            self.start()
+
     def before_forward(self) -> None:
         """The guest is about to run forward for real: from a past point, the recorded future
         goes (the point itself is kept as a checkpoint)."""
+        self._in_step()
         if self.at_end:
             return
         index, instr, clock = self.point
@@ -243,8 +250,11 @@ class History:
         halts, event by event up to `clock`."""
         m = self.machine
         while m.instructions < instr:
+            before = self._now()
             m.run(max_instructions=instr - m.instructions)
             if m.stop_reason is not None and m.stop_reason.kind not in ("limit", "interrupt"):
+                break
+            if self._now() == before:
                 break
         while clock is not None and m.clock.now < clock and m._halted:
             m.run(max_instructions=1)
@@ -305,6 +315,7 @@ class History:
 
     # -- the reverse commands --------------------------------------------------------------------
     def reverse_step(self) -> Stop:
+        self._in_step()
         index, instr, clock = self.point
         first = self.checkpoints[0]
         if (index, (instr, clock)) <= (first.index, first.at) or instr == 0:
@@ -331,6 +342,7 @@ class History:
 
     def reverse_continue(self) -> Stop:
         """Back to the last breakpoint, watchpoint or device breakpoint hit before this point."""
+        self._in_step()
         here = (self.point[0], self.point[1:])
         cks = [c for c in self.checkpoints if (c.index, c.at) < here]
         for n in range(len(cks) - 1, -1, -1):
@@ -357,16 +369,14 @@ class History:
                     return Stop(STOP_BREAKPOINT, pc=target.pc())
             k = ck.index
             self.replaying = "scan"
-            while (k, self._now()) < end:
-                if k >= len(self.calls):
-                    break
+            while k < len(self.calls) and (k, self._now()) < end:
                 call = self.calls[k]
                 goal = call.end if k < end[0] else end[1]
                 if call.kind == "step" and self._now() == call.start:
                     self.machine.step()
                     target.clear_pending()
                     if target.pc() in target._breakpoints or target.watch_changed():
-                        if (k + 1, self._now()) < end or k + 1 < end[0]:
+                        if (k + 1, self._now()) < end:
                             hits += 1
                             if hits == stop_at:
                                 self.point = (k + 1, *self._now())
@@ -383,10 +393,9 @@ class History:
                         elif stop.kind != STOP_LIMIT:
                             break
                     self._run_to(goal[0], goal[1])
-                if self._now() == call.end:
-                    k += 1
-                elif k >= end[0]:
-                    break
+                if k == end[0] or self._now() != call.end:
+                    break           # at the end, or (never expected) off the recorded path
+                k += 1
             return hits
         finally:
             self.replaying = False

@@ -24,9 +24,8 @@ class Debugger:
     """
 
     def __init__(self, target, machine=None, gdb=None, console=None,
-                 start_stopped: bool = False, reverse_options: dict | None = None):
+                 start_stopped: bool = False):
         self.target = target
-        self.reverse_options = reverse_options or {}
         self.machine = machine
         self.gdb = gdb
         self.console = console
@@ -149,7 +148,7 @@ class Debugger:
             self.gdb.last_stop = Stop(STOP_STEP, pc=self._pc())
             if self.machine is not None and hasattr(self.target, "enable_reverse"):
                 # gdb may go back from the first stop on: the history starts here.
-                self.target.enable_reverse(**self.reverse_options)
+                self.target.enable_reverse()
         try:
             while True:
                 if self.quit_requested:
