@@ -53,13 +53,15 @@ class MachineConfig:
     bios: Path | None = None            # None: the bundled firmware (firmware/out/bios.bin)
     kernel: Path | None = None          # Linux bzImage or Multiboot v1 ELF32, loaded by the firmware
     append: str = ""                    # -append; a Multiboot guest sees "<kernel path> <append>"
-    initrd: Path | None = None          # -initrd: a Linux initrd (a Multiboot kernel: refused)
+    initrd: str | Path | None = None    # -initrd: a Linux initrd, or a Multiboot kernel's modules
+                                       # (QEMU's "file args,file args")
     serial: CharDev = field(default_factory=lambda: CharDev("stdio"))
     debugcon: CharDev = field(default_factory=CharDev)   # port 0x402 output (firmware progress)
     drives: list[DriveConfig] = field(default_factory=list)
     devices: list[DeviceConfig] = field(default_factory=list)
     no_reboot: bool = False             # guest reset -> exit instead of rebooting
     snapshot: bool = False              # -snapshot: every drive writes to a throw-away overlay
+    loadvm: str | None = None           # -loadvm NAME: start from that named snapshot
     boot_menu: bool | None = None       # -boot menu=on|off (through fw_cfg)
     boot_menu_wait: int | None = None   # -boot splash-time=MS: how long the boot menu prompt waits
     boot_fail_wait: int = -1            # -boot reboot-timeout=MS after a failed boot; -1: never reboot

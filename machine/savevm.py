@@ -11,7 +11,7 @@ number among sections of that name) and the version of its field table; the valu
 `vmstate.capture()` took (plain, immutable data). Sections, in load order:
 
     machine   the run loop's state: instructions retired, resets, halted, pending requests
-    ram       guest RAM (bytes)
+    ram       guest RAM: the 64 KiB chunks that are not all zero, as (offset, bytes)
     cpu       registers, hidden segment state, FPU/SSE, MSRs, hflags (cpu.CPU_VMSTATE)
     <device>  one per device in the board's order (pic, pit, mc146818rtc, serial, ..., each
               PCI function, the virtio devices), then pci-bus
@@ -28,8 +28,9 @@ ranges, the devices' own rules); only then is anything changed. Should applying 
 
 Encoding (little-endian):  magic "PCVMSNAP", u32 format version, u32 section count, then per
 section: u8 name length, name, u32 instance id, u32 version, u64 payload length, payload (the
-fields in table order, vmstate.py; RAM zlib-compressed), and a final u32 CRC-32 of everything
-before it. Decoding checks the CRC, bounds every length, and refuses trailing bytes.
+fields in table order, vmstate.py; for RAM: u64 size, u32 chunk size, u32 count, the chunks'
+indices, then their bytes zlib-compressed), and a final u32 CRC-32 of everything before it.
+Decoding checks the CRC, bounds every length, and refuses trailing bytes.
 """
 
 from __future__ import annotations
@@ -63,7 +64,7 @@ class Section:
     name: str
     instance_id: int
     version: int
-    values: object            # a dict of field values; bytes for "ram"
+    values: object            # a dict of field values; for "ram" a tuple of (offset, bytes)
 
 
 @dataclass
@@ -86,6 +87,52 @@ class MachineState:
             if journal is not None:
                 journal.stop_log(log)
         self.undo.clear()
+
+
+# ------------------------------------------------------------------------------------------
+# RAM: only the chunks that hold something are kept, and only the chunks that differ are
+# written back (so untouched guest RAM stays unallocated on the host, and going back and
+# forth between nearby states costs what changed)
+# ------------------------------------------------------------------------------------------
+RAM_CHUNK = 64 * 1024
+_ZERO_CHUNK = bytes(RAM_CHUNK)
+
+
+def ram_chunks(buf) -> tuple:
+    # Slices of the mmap are bytes: compared with memcmp (a memoryview compares per element).
+    size = len(buf)
+    out = []
+    for off in range(0, size, RAM_CHUNK):
+        part = buf[off:off + RAM_CHUNK]
+        if part != _ZERO_CHUNK[:len(part)]:
+            out.append((off, part))
+    return tuple(out)
+
+
+def _check_ram(chunks, size: int) -> None:
+    if type(chunks) is not tuple:
+        raise VMStateError("ram: not a list of chunks")
+    last = -1
+    for item in chunks:
+        if type(item) is not tuple or len(item) != 2:
+            raise VMStateError("ram: not a list of chunks")
+        off, data = item
+        if type(off) is not int or type(data) is not bytes or off % RAM_CHUNK or off <= last \
+                or off >= size or len(data) != min(RAM_CHUNK, size - off):
+            raise VMStateError("ram: a chunk outside this machine's RAM")
+        last = off
+
+
+def load_ram(buf, chunks) -> None:
+    size = len(buf)
+    given = dict(chunks)
+    for off in range(0, size, RAM_CHUNK):
+        end = min(size, off + RAM_CHUNK)
+        want = given.get(off)
+        if want is None:
+            want = _ZERO_CHUNK[:end - off]
+        if buf[off:end] != want:
+            buf[off:end] = want
 
 
 def device_sections(machine) -> list[tuple[str, int, object, vmstate.Description]]:
@@ -136,7 +183,7 @@ def capture(machine, *, disks: bool = True, ram: bool = True) -> MachineState:
         "paused_reason": machine.paused_reason, "ram_size": machine.mem.size,
         "drives": _drives(machine)})]
     if ram:
-        sections.append(Section("ram", 0, 1, bytes(machine.mem.buf)))
+        sections.append(Section("ram", 0, 1, ram_chunks(machine.mem.buf)))
     sections.append(Section("cpu", 0, CPU_VMSTATE.version, machine.cpu.save_state()))
     for name, inst, obj, desc in device_sections(machine):
         sections.append(Section(name, inst, desc.version, vmstate.capture(obj, desc)))
@@ -168,11 +215,11 @@ def check(machine, state: MachineState) -> None:
     if m.values["ram_size"] != machine.mem.size:
         raise VMStateError(f"the snapshot has {m.values['ram_size'] >> 20} MiB of RAM, this machine "
                            f"{machine.mem.size >> 20} MiB")
-    if m.values["drives"] != _drives(machine):
+    saved, current = dict(m.values["drives"]), dict(_drives(machine))
+    rolled_back = {str(drive_id) for drive_id in state.undo}      # their size comes back with them
+    if saved.keys() != current.keys() or any(saved[d] != current[d] for d in saved if d not in rolled_back):
         raise VMStateError("the snapshot was taken with other drives (ids or sizes)")
-    ram = _expect(state, "ram", 0, 1).values
-    if not isinstance(ram, bytes) or len(ram) != machine.mem.size:
-        raise VMStateError("the snapshot's RAM does not match this machine's RAM size")
+    _check_ram(_expect(state, "ram", 0, 1).values, machine.mem.size)
     cpu = _expect(state, "cpu", 0, CPU_VMSTATE.version)
     machine.cpu.check_state(cpu.values)
     expected = {("machine", 0), ("ram", 0), ("cpu", 0), ("clock", 0)}
@@ -199,7 +246,7 @@ def apply(machine, state: MachineState) -> None:
     m = state.section("machine").values
     ram = state.section("ram")
     if ram is not None:                  # a state taken without RAM: the caller restored it
-        machine.mem.buf[:] = ram.values
+        load_ram(machine.mem.buf, ram.values)
     machine.cpu.invalidate_code()
     machine.cpu.load_state(state.section("cpu").values)
     for name, inst, obj, desc in device_sections(machine):
@@ -235,7 +282,7 @@ def encode(machine, state: MachineState) -> bytes:
     out += struct.pack("<II", FORMAT_VERSION, len(state.sections))
     for s in state.sections:
         if s.name == "ram":
-            payload = zlib.compress(s.values, 1)
+            payload = _encode_ram(s.values, machine.mem.size)
         else:
             payload = vmstate.encode(descs[s.name], s.values)
         name = s.name.encode()
@@ -246,15 +293,45 @@ def encode(machine, state: MachineState) -> bytes:
     return bytes(out)
 
 
-def _inflate(data: bytes, limit: int) -> bytes:
+_RAM_HEAD = struct.Struct("<QII")      # RAM size, chunk size, chunk count
+
+
+def _encode_ram(chunks, size: int) -> bytes:
+    """RAM size, chunk size, count, the chunks' offsets / chunk size (u32 each), then the
+    chunks' bytes, concatenated and zlib-compressed."""
+    head = _RAM_HEAD.pack(size, RAM_CHUNK, len(chunks))
+    index = struct.pack(f"<{len(chunks)}I", *(off // RAM_CHUNK for off, _ in chunks))
+    return head + index + zlib.compress(b"".join(data for _, data in chunks), 1)
+
+
+def _decode_ram(payload: bytes, size: int) -> tuple:
+    if len(payload) < _RAM_HEAD.size:
+        raise VMStateError("ram: truncated")
+    saved, chunk, n = _RAM_HEAD.unpack_from(payload)
+    if saved != size:
+        raise VMStateError(f"the snapshot has {saved >> 20} MiB of RAM, this machine {size >> 20} MiB")
+    if chunk != RAM_CHUNK or n > -(-size // RAM_CHUNK):
+        raise VMStateError("ram: corrupted")
+    end = _RAM_HEAD.size + 4 * n
+    if len(payload) < end:
+        raise VMStateError("ram: truncated")
+    offsets = [i * RAM_CHUNK for i in struct.unpack_from(f"<{n}I", payload, _RAM_HEAD.size)]
+    if any(b <= a for a, b in zip(offsets, offsets[1:])) or any(off >= size for off in offsets):
+        raise VMStateError("ram: chunks out of order or outside this machine's RAM")
+    lengths = [min(RAM_CHUNK, size - off) for off in offsets]
+    total = sum(lengths)
     d = zlib.decompressobj()
     try:
-        out = d.decompress(data, limit + 1)
+        data = d.decompress(payload[end:], total + 1)
     except zlib.error as e:
         raise VMStateError(f"ram: corrupted ({e})") from None
-    if len(out) > limit or not d.eof or d.unused_data:
-        raise VMStateError("ram: not the size of this machine's RAM")
-    return out
+    if len(data) != total or not d.eof or d.unused_data:
+        raise VMStateError("ram: corrupted")
+    chunks, pos = [], 0
+    for off, n_bytes in zip(offsets, lengths):
+        chunks.append((off, data[pos:pos + n_bytes]))
+        pos += n_bytes
+    return tuple(chunks)
 
 
 def decode(machine, data: bytes) -> MachineState:
@@ -286,7 +363,7 @@ def decode(machine, data: bytes) -> MachineState:
         if name == "ram":
             if sver != 1:
                 raise VMStateError(f"section 'ram' has version {sver}, this build reads only version 1")
-            sections.append(Section(name, inst, sver, _inflate(payload, machine.mem.size)))
+            sections.append(Section(name, inst, sver, _decode_ram(payload, machine.mem.size)))
             continue
         desc = descs.get(name)
         if desc is None:

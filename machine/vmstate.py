@@ -472,9 +472,6 @@ def _set(obj, path: str, value) -> None:
 
 
 def capture(obj, desc: Description) -> dict:
-    pre = getattr(obj, "pre_save", None)
-    if pre is not None:
-        pre()
     return {f.name: f.kind.capture(_get(obj, f.name)) for f in desc.fields}
 
 

@@ -83,6 +83,13 @@ class Piix3(PciDevice):
         for pirq in self._pirqs:
             pirq.resync()
 
+    def post_load(self) -> None:
+        super().post_load()
+        # The bridge's own outputs: high exactly on the ISA IRQs it raised (their wired-ORs
+        # are recomputed by the board).
+        for irq in range(16):
+            self._pic_irq(irq).level = irq in self._raised
+
     def vmstate_check(self, values: dict) -> None:
         for key, _ in values["intx_inputs"]:
             if not 1 <= key & 7 <= 4:
