@@ -142,7 +142,7 @@ def target(guest, tmp_path):
 
 def test_a_point_inside_a_run_is_what_a_straight_run_reaches(target, guest, tmp_path):
     from machine.pc import Machine
-    target.enable_reverse(interval=1_000_000)
+    target.enable_reverse(interval=1_000_000, max_overhead=None)     # exactly every 1M
     stop = target.resume(lambda: None, 2_500_000)
     assert stop.kind == "limit" and target.machine.instructions == 2_500_000
     at = [c.at[0] for c in target.history.checkpoints]
@@ -226,3 +226,33 @@ def test_a_machine_replaced_behind_the_history_starts_a_new_one(target):
     assert stop.extra.get("replaylog") == "begin" and target.machine.instructions == 300_000
     target.step()
     assert target.reverse_step().extra == {} and target.machine.instructions == 300_000
+
+
+@gdb_missing
+def test_the_history_is_kept_only_while_gdb_is_connected(guest, tmp_path):
+    img = tmp_path / "d.img"
+    img.write_bytes(bytes(4 << 20))
+    m = Running(guest_args(guest, img, "init"))
+    try:
+        target = m.debugger.target
+        assert target.history is None                   # nothing recorded before gdb comes
+        out = run_gdb(guest, m.port, "stepi", "reverse-stepi", "detach")
+        assert "No more reverse-execution history" not in out, out
+        assert m.status(60) == 1, out
+        assert target.history is None                   # gdb detached: checkpoints freed
+    finally:
+        m.close()
+
+
+def test_periodic_checkpoints_are_spaced_to_bound_their_cost(target):
+    from machine.debug.reverse import History
+    history = History(target)
+    history._ran = [4_000_000, 0.2]                       # 20 M instructions/s
+    history._stretch(0.1)                                  # a 0.1 s checkpoint: <= 25 % -> 8 M apart
+    assert history._spacing == 8_000_000
+    history._ran = [4_000_000, 0.2]
+    history._stretch(0.001)                                # cheap: never closer than the interval
+    assert history._spacing == history.interval
+    history._ran = [4_000_000, 0.01]
+    history._stretch(1.0)                                  # at most MAX_STRETCH intervals apart
+    assert history._spacing == 10 * history.interval

@@ -16,8 +16,8 @@ Protocol choices, for gdb 13 against an ELF32 guest:
   breakpoint or a fatal guest fault;
 * QEMU's `qqemu.sstep` packets select whether a single step may enter an interrupt handler
   (default: no, as QEMU);
-* with a target that can go back (`reverse_step`/`reverse_continue`: the machine's recorded
-  history, debug/reverse.py), `bs` and `bc` run it backwards (ReverseStep+/ReverseContinue+ in
+* with a target that can go back (`reverse_step`/`reverse_continue`: the machine's history,
+  recorded while gdb is connected, debug/reverse.py), `bs` and `bc` run it backwards (ReverseStep+/ReverseContinue+ in
   qSupported); at the start of the history the stop reply carries `replaylog:begin`, which gdb
   reports as "No more reverse-execution history".
 """
@@ -448,7 +448,7 @@ class GdbStub:
         return action
 
     def _can_reverse(self) -> bool:
-        return getattr(self.target, "history", None) is not None
+        return callable(getattr(self.target, "reverse_step", None))
 
     def _step_action(self) -> Action:
         return Action("step", irqs=not (self.sstep_flags & SSTEP_NOIRQ))

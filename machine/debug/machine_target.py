@@ -4,6 +4,7 @@ breakpoints and watchpoints, and the board's run loop turned into `Stop`s."""
 from __future__ import annotations
 
 import sys
+import time
 
 from .target import (DebugAccessError, PollFn, Stop, STOP_BREAKPOINT, STOP_DEVICE, STOP_EXITED,
                      STOP_FAULT, STOP_INTERRUPT, STOP_LIMIT, STOP_RESET, STOP_STEP, STOP_WATCHPOINT,
@@ -195,10 +196,10 @@ class MachineTarget:
             left = max_instructions
             while True:
                 chunk = h.budget() if left is None else min(left, h.budget())
-                start = h._now()
+                start, t0 = h._now(), time.perf_counter()
                 self.machine.run(max_instructions=chunk)
                 stop = self._classify(self.machine.stop_reason)
-                h.record("run", start, stop.kind)
+                h.record("run", start, stop.kind, time.perf_counter() - t0)
                 if stop.kind != STOP_LIMIT:
                     return stop
                 if left is not None:
@@ -215,10 +216,20 @@ class MachineTarget:
         self.history = History(self, **options)
         self.history.start()
 
+    def disable_reverse(self) -> None:
+        """Stop recording and free the checkpoints (gdb went away)."""
+        if self.history is not None:
+            self.history.close()
+            self.history = None
+
     def reverse_step(self) -> Stop:
+        if self.history is None:
+            self.enable_reverse()          # nothing recorded yet: the history starts here
         return self.history.reverse_step()
 
     def reverse_continue(self) -> Stop:
+        if self.history is None:
+            self.enable_reverse()
         return self.history.reverse_continue()
 
     def state_changed(self) -> None:

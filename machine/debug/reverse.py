@@ -29,13 +29,16 @@ those events too). Breakpoints are taken out of the CPU while re-executing.
   guest wrote are counted along the history, and only those beyond what the host already got
   are passed on.
 
-Memory: RAM pages unchanged since the previous checkpoint are shared, so a checkpoint costs its
-changed pages (RAM is compared with the last checkpoint's pages in place); the oldest checkpoints go when
-the pages kept pass `max_bytes` (the history then starts later).
+Memory: RAM pages unchanged since the previous checkpoint are shared (all-zero pages are one
+page), so a checkpoint costs its changed pages; RAM is compared with the last checkpoint's
+pages in place. The oldest checkpoints go when the pages kept pass `max_bytes` (the history
+then starts later). Periodic checkpoints are spaced further apart (up to MAX_STRETCH
+intervals) when comparing a big RAM would cost more than MAX_OVERHEAD of the running time.
 """
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 from .target import (Stop, STOP_BREAKPOINT, STOP_DEVICE, STOP_LIMIT, STOP_STEP, STOP_WATCHPOINT)
@@ -43,7 +46,10 @@ from .target import (Stop, STOP_BREAKPOINT, STOP_DEVICE, STOP_LIMIT, STOP_STEP, 
 PAGE = 4096
 INTERVAL = 4_000_000           # instructions between checkpoints while the guest runs
 NEAR = 200_000                 # a replay longer than this leaves a checkpoint this close behind
-MAX_BYTES = 1 << 30            # RAM pages kept by all checkpoints before the oldest go
+MAX_BYTES = 512 << 20          # RAM pages kept by all checkpoints before the oldest go
+MAX_OVERHEAD = 0.25            # periodic checkpoints may cost this share of the running time...
+MAX_STRETCH = 10               # ...by spacing them up to this many intervals apart
+ZERO_PAGE = bytes(PAGE)        # untouched RAM: one shared page
 
 HIT_KINDS = (STOP_BREAKPOINT, STOP_WATCHPOINT, STOP_DEVICE)
 
@@ -93,11 +99,15 @@ class OutputGate:
 class History:
     """The recorded history of one machine under a debug target (`MachineTarget`)."""
 
-    def __init__(self, target, interval: int = INTERVAL, max_bytes: int = MAX_BYTES):
+    def __init__(self, target, interval: int = INTERVAL, max_bytes: int = MAX_BYTES,
+                 max_overhead: float | None = MAX_OVERHEAD):
         self.target = target
         self.machine = target.machine
         self.interval = interval
         self.max_bytes = max_bytes
+        self.max_overhead = max_overhead
+        self._spacing = interval          # the interval stretched for big, slow-to-copy RAM
+        self._ran = [0, 0.0]              # instructions run and host seconds since the last one
         self.calls: list[Call] = []
         self.checkpoints: list[Checkpoint] = []
         self.point: tuple[int, int, int] = (0, 0, 0)     # (call index, instructions, clock)
@@ -124,6 +134,13 @@ class History:
         self.point = (0, *self._now())
         self._checkpoint()
 
+    def close(self) -> None:
+        """Free the checkpoints and stop counting console output."""
+        self.clear()
+        uart = getattr(self.machine, "uart", None)
+        if self.gate is not None and uart is not None and uart.output is self.gate:
+            uart.output = self.gate.inner
+
     def clear(self) -> None:
         for ck in self.checkpoints:
             ck.state.release()
@@ -141,8 +158,16 @@ class History:
         size = len(buf)
         ref = self._pages
         if ref is None or len(ref) != -(-size // PAGE):
-            pages = tuple(buf[i:i + PAGE] for i in range(0, size, PAGE))
-            new = size
+            pages = []
+            new = 0
+            for off in range(0, size, PAGE):
+                page = buf[off:off + PAGE]
+                if page == ZERO_PAGE:
+                    page = ZERO_PAGE
+                else:
+                    new += len(page)
+                pages.append(page)
+            pages = tuple(pages)
         else:
             find = buf.find
             pages = list(ref)
@@ -216,20 +241,37 @@ class History:
         self.point = (len(self.calls), instr, clock)
         self._checkpoint()
 
-    def record(self, kind: str, start: tuple[int, int], stop_kind: str) -> None:
-        """A call into the run loop has been made: note it, and checkpoint after a stop or when
-        the interval since the last checkpoint has passed."""
+    def record(self, kind: str, start: tuple[int, int], stop_kind: str, seconds: float = 0.0) -> None:
+        """A call into the run loop has been made (taking `seconds` of host time): note it,
+        and checkpoint after a stop or when the interval since the last checkpoint has passed."""
         now = self._now()
         self.calls.append(Call(kind, start, now))
         self.point = (len(self.calls), *now)
+        self._ran[0] += now[0] - start[0]
+        self._ran[1] += seconds
         last = self.checkpoints[-1].at[0] if self.checkpoints else -self.interval
-        if (kind == "run" and stop_kind not in (STOP_LIMIT, STOP_STEP)) or now[0] - last >= self.interval:
+        if kind == "run" and stop_kind not in (STOP_LIMIT, STOP_STEP):
             self._checkpoint()
+        elif now[0] - last >= self._spacing:
+            t0 = time.perf_counter()
+            self._checkpoint()
+            self._stretch(time.perf_counter() - t0)
+
+    def _stretch(self, cost: float) -> None:
+        """Space periodic checkpoints so that taking them costs at most `max_overhead` of the
+        time the guest runs (a big RAM takes long to compare): where they fall changes nothing
+        the guest sees, only how far a reverse step may have to re-execute."""
+        instructions, seconds = self._ran
+        self._ran = [0, 0.0]
+        if self.max_overhead is None or seconds <= 0 or instructions <= 0:
+            return
+        wanted = int(instructions / seconds * cost / self.max_overhead)
+        self._spacing = min(self.interval * MAX_STRETCH, max(self.interval, wanted))
 
     def budget(self) -> int:
         """Instructions until the next periodic checkpoint (resume() runs in such chunks)."""
         last = self.checkpoints[-1].at[0] if self.checkpoints else 0
-        return max(1, self.interval - (self.machine.instructions - last))
+        return max(1, self._spacing - (self.machine.instructions - last))
 
     def modified(self) -> None:
         """The debugger changed registers or memory: re-execution cannot reproduce that, so the

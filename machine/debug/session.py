@@ -111,10 +111,22 @@ class Debugger:
     def _can_resume(self) -> bool:
         return (self.gdb is not None) or (self.console is not None and not self.console.closed)
 
+    def _sync_reverse(self) -> None:
+        """Record the machine's history (for gdb's reverse commands) exactly while gdb is
+        connected: it starts at the first stop gdb sees, and costs nothing without gdb."""
+        if self.machine is None or not hasattr(self.target, "enable_reverse"):
+            return
+        connected = self.gdb is not None and self.gdb.has_client
+        if connected and self.target.history is None:
+            self.target.enable_reverse()
+        elif not connected and self.target.history is not None:
+            self.target.disable_reverse()
+
     def _wait_stopped(self):
         """Block until gdb or the console gives the guest back; returns an Action."""
         self._cont_requested = False
         while True:
+            self._sync_reverse()
             if self.quit_requested:
                 return Action("kill")
             if self.console is not None and self.console.pending:
@@ -146,9 +158,6 @@ class Debugger:
         stopped = self.start_stopped
         if self.gdb is not None:
             self.gdb.last_stop = Stop(STOP_STEP, pc=self._pc())
-            if self.machine is not None and hasattr(self.target, "enable_reverse"):
-                # gdb may go back from the first stop on: the history starts here.
-                self.target.enable_reverse()
         try:
             while True:
                 if self.quit_requested:
@@ -173,6 +182,7 @@ class Debugger:
                             return self.exit_status
                         continue
                     stopped = False
+                self._sync_reverse()
                 self.running = True
                 try:
                     stop = self.target.resume(self._poll)
