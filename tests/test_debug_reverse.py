@@ -256,3 +256,29 @@ def test_periodic_checkpoints_are_spaced_to_bound_their_cost(target):
     history._ran = [4_000_000, 0.01]
     history._stretch(1.0)                                  # at most MAX_STRETCH intervals apart
     assert history._spacing == 10 * history.interval
+
+
+@gdb_missing
+def test_back_from_a_fatal_fault_and_into_it_again(hello):
+    """A triple fault leaves a corpse gdb can look at; going back from it is how one finds the
+    cause, and running forward again reaches the same fault."""
+    m = Running(["-kernel", str(hello), "-serial", "none", "-display", "none", "-no-reboot",
+                 *EXIT_DEV])
+    try:
+        out = run_gdb(hello, m.port, *marked(
+            "break kmain", "continue", "delete",
+            "stepi", "stepi", "p/x $pc",               # 5: two instructions into kmain
+            "set var *(unsigned short *)$pc = 0x0b0f",  # ud2 there: no IDT, a triple fault
+            "continue",                                 # 7
+            "reverse-stepi", "p/x $pc",                 # 9: back at the ud2, before the fault
+            "continue", "continue"))                    # 10: the same fault; 11: the end
+        status = m.status()
+    finally:
+        m.close()
+    s = sections(out)
+    assert "Program received signal SIGSEGV" in s[7] and "triple fault" in s[7], out
+    at_ud2 = re.search(r"\$1 = (0x[0-9a-f]+)", s[5]).group(1)
+    assert re.search(r"\$2 = (0x[0-9a-f]+)", s[9]).group(1) == at_ud2, out   # the fault undone
+    assert "Program received signal SIGSEGV" in s[10], out
+    assert "exited with code 02" in s[11], out
+    assert status == 2

@@ -59,6 +59,7 @@ class Call:
     kind: str                  # 'step' | 'run'
     start: tuple[int, int]     # (instructions, clock) before
     end: tuple[int, int]       # (instructions, clock) after
+    stop: str = ""             # why it ended (a Stop kind)
 
 
 @dataclass
@@ -68,7 +69,7 @@ class Checkpoint:
     state: object              # savevm.MachineState without RAM (with the disks' undo logs)
     pages: tuple               # RAM, one bytes object per page (shared with other checkpoints)
     new_bytes: int             # bytes of pages this checkpoint added
-    output: int                # console bytes the guest had written by then
+    output: tuple              # bytes the guest had written to each console by then
 
 
 class OutputGate:
@@ -114,11 +115,16 @@ class History:
         self.replaying = False
         self._pages: tuple | None = None                 # RAM at the last checkpoint taken or loaded
         self._bytes = 0
-        uart = getattr(self.machine, "uart", None)
-        self.gate = None
-        if uart is not None and uart.output is not None:
-            self.gate = OutputGate(uart.output)
-            uart.output = self.gate
+        # Every console the guest writes to: the UART and the debug console (0x402).
+        self.gates: list[tuple[object, OutputGate]] = []
+        consoles = [getattr(self.machine, "uart", None)]
+        consoles += [d for d in self.machine.devices.values() if type(d).__name__ == "DebugCon"]
+        for dev in consoles:
+            if dev is not None and dev not in [g[0] for g in self.gates] \
+                    and getattr(dev, "output", None) is not None:
+                gate = OutputGate(dev.output)
+                dev.output = gate
+                self.gates.append((dev, gate))
 
     # -- where we are ----------------------------------------------------------------------------
     def _now(self) -> tuple[int, int]:
@@ -137,9 +143,9 @@ class History:
     def close(self) -> None:
         """Free the checkpoints and stop counting console output."""
         self.clear()
-        uart = getattr(self.machine, "uart", None)
-        if self.gate is not None and uart is not None and uart.output is self.gate:
-            uart.output = self.gate.inner
+        for dev, gate in self.gates:
+            if dev.output is gate:
+                dev.output = gate.inner
 
     def clear(self) -> None:
         for ck in self.checkpoints:
@@ -191,8 +197,7 @@ class History:
         pages, new = self._capture_pages()
         from .. import savevm
         state = savevm.capture(self.machine, ram=False)
-        ck = Checkpoint(index, at, state, pages, new,
-                        self.gate.produced if self.gate is not None else 0)
+        ck = Checkpoint(index, at, state, pages, new, tuple(g.produced for _, g in self.gates))
         self.checkpoints.append(ck)
         self.checkpoints.sort(key=lambda c: (c.index, c.at))
         self._bytes += new
@@ -212,8 +217,8 @@ class History:
                 buf[off:off + len(page)] = page
         self._pages = ck.pages                        # the next checkpoint compares with these
         savevm.apply(self.machine, ck.state)
-        if self.gate is not None:
-            self.gate.produced = ck.output
+        for (_, gate), produced in zip(self.gates, ck.output):
+            gate.produced = produced
         self.target.state_changed()
 
     # -- recording (called by the target around each run-loop call) ------------------------------
@@ -245,7 +250,7 @@ class History:
         """A call into the run loop has been made (taking `seconds` of host time): note it,
         and checkpoint after a stop or when the interval since the last checkpoint has passed."""
         now = self._now()
-        self.calls.append(Call(kind, start, now))
+        self.calls.append(Call(kind, start, now, stop_kind))
         self.point = (len(self.calls), *now)
         self._ran[0] += now[0] - start[0]
         self._ran[1] += seconds
@@ -363,6 +368,14 @@ class History:
         if (index, (instr, clock)) <= (first.index, first.at) or instr == 0:
             return self.begin_stop()
         target = instr - 1
+        if self.point[1:] == self._now() and 0 < index <= len(self.calls):
+            last = self.calls[index - 1]
+            if last.start[0] == instr and last.stop not in ("", STOP_LIMIT, STOP_STEP) \
+                    and (index - 1, last.start) >= (first.index, first.at):
+                # The last run retired nothing yet changed the machine (a fatal fault, an
+                # interrupt delivered before a breakpoint): going back undoes that first.
+                self.goto(index - 1, *last.start)
+                return Stop(STOP_STEP, pc=self.target.pc())
         # The last point before this one with one instruction fewer: a call boundary when one
         # is there, else the first moment inside a run.
         for i in range(min(index, len(self.calls) - 1), -1, -1):

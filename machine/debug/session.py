@@ -167,15 +167,18 @@ class Debugger:
                     if action.kind == "kill":
                         self.quit_requested = True      # ended by the user, as quit is
                         return self.exit_status
-                    if self._dead is not None:
-                        # Nothing can run after a fatal fault: the machine ends here.
-                        self.gdb.report_exit(Stop(STOP_EXITED, exit_status=self.exit_status))
-                        return self.exit_status
                     if action.kind in ("reverse-step", "reverse-continue"):
+                        # Also from a fatal fault: going back is how one finds its cause.
+                        self._dead = None
+                        self.exit_status = 0
                         stop = (self.target.reverse_step() if action.kind == "reverse-step"
                                 else self.target.reverse_continue())
                         self._handle(stop)
                         continue
+                    if self._dead is not None:
+                        # Nothing can run after a fatal fault: the machine ends here.
+                        self.gdb.report_exit(Stop(STOP_EXITED, exit_status=self.exit_status))
+                        return self.exit_status
                     if action.kind == "step":
                         stop = self.target.step(irqs=action.irqs)
                         if self._handle(stop):
