@@ -191,6 +191,9 @@ def disk_problems(path: Path, read_only: bool) -> list[str]:
     return problems
 
 
+RTC_BASE = "2024-01-01T00:00:00"
+
+
 def command_line(kernel: Kernel, initrd: Path, disk: Path, device_props: str = "",
                  drive_props: str = "", lbs: int = 512, read_only: bool = False,
                  rebind: bool = False, end: str = "exit") -> list[str]:
@@ -205,5 +208,6 @@ def command_line(kernel: Kernel, initrd: Path, disk: Path, device_props: str = "
     device = f"virtio-blk-pci,drive=d0,serial={SERIAL}" + (f",{device_props}" if device_props else "")
     return ["-machine", "pc", "-m", "256", "-kernel", str(kernel.vmlinuz), "-initrd", str(initrd),
             "-append", append, "-serial", "stdio", "-display", "none", "-no-reboot",
+            "-rtc", f"base={RTC_BASE}",            # no host time: runs repeat exactly
             "-drive", drive, "-device", device,
             "-device", "isa-debug-exit,iobase=0xf4,iosize=0x04"]

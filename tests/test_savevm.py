@@ -371,3 +371,27 @@ def test_parked_requests_of_a_werror_stop_pause(guest, tmp_path):
         assert [(q.index, req) for q, req in vdev.parked] == parked
         assert s.monitor("info status") == "VM status: paused (io-error)\n"
         assert _to_end(s, img) == first and first[:2] == ("exited", 1)
+
+
+def test_a_pending_bottom_half_is_saved_by_its_queue(guest, tmp_path):
+    """A virtio-blk queue's bottom half (bounded work per notify) is state: saved as
+    'virtio-blk0/0', restored as a one-shot timer that resumes that queue; one without a key
+    cannot be saved."""
+    img = Boot.image(tmp_path / "d.img", 4 << 20)
+    with _guest_session(guest, img) as s:
+        m = s.machine
+        s.run(max_instructions=1_000_000)
+        resumed = []
+        vdev = m.drives["virtio0"][1]
+        vdev.resume_queue = lambda q: resumed.append(q.index)
+        vdev.defer(lambda: None, 0)
+        state = s.machine.decode_state(s.machine.encode_state(s.save_state(disks=False)))
+        assert [a for a in state.section("clock").values["armed"] if a[0] == -1] == \
+            [(-1, m.clock.now + 1000, "virtio-blk0/0")]
+        s.run(max_instructions=100_000)            # the original fires, then is gone
+        s.load_state(state)
+        s.run(max_instructions=100_000)
+        assert resumed == [0]                      # the restored one resumed queue 0
+        m.bottom_half(lambda: None)
+        with pytest.raises(VMStateError, match="cannot be saved"):
+            s.save_state()

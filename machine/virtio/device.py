@@ -105,6 +105,13 @@ class VirtioDevice:
         self.reported: set[str] = set()   # rules already reported as tolerated, once per device
         self._unoffered = 0               # feature bits the driver wrote that were never offered
         self.transport: Transport = Unplugged()          # set by plug()
+        # Where requests run: None executes them inside the notify (deterministic); else an
+        # IoThread (machine/iothread.py) the board gives a device with iothread=.
+        self.iothread = None
+        # defer(fn, queue): run fn on the CPU thread soon, between two slices (a bottom half on
+        # the virtual clock, set by the board; `queue`, the queue fn resumes, lets a snapshot
+        # save it); None: work left over waits for the next kick.
+        self.defer: Callable[..., None] | None = None
 
     # -- saved state (machine/vmstate.py) ------------------------------------------------------
     # Status, features, ISR, NEEDS_RESET and its reason, config space and generation, and every
@@ -153,10 +160,6 @@ class VirtioDevice:
         for i, (q, qv) in enumerate(zip(self.queues, values["queues"])):
             if isinstance(q, PackedQueue) != qv["packed"]:
                 self.queues[i] = PackedQueue.like(q) if qv["packed"] else SplitQueue.like(q)
-
-    def drain(self) -> None:
-        """Finish what is in flight before a snapshot: nothing here (requests complete inside
-        the kick); a device with an I/O thread waits for it."""
 
     def state(self) -> VirtioDeviceState:
         return VirtioDeviceState(self.name, self.device_id, self.status, self.host_features,
@@ -329,16 +332,46 @@ class VirtioDevice:
 
     def reset_queue(self, q: SplitQueue) -> None:
         """Per-queue reset (2.6.1): the queue goes back to its default state (disabled, full
-        size, no rings, indices 0) while the rest of the device keeps running. Requests complete
-        inside the kick, so none is in flight."""
-        q.reset()
+        size, no rings, indices 0) while the rest of the device keeps running. Its requests
+        still in flight run to their end and are dropped: none reaches the ring."""
+        q.reset()                                # first: a completion now finds a new generation
+        self.drain()
+        self.device_queue_reset(q)
         q.event_idx = self.has_feature(VIRTIO_F_EVENT_IDX)
         q.indirect = self.has_feature(VIRTIO_F_INDIRECT_DESC)
 
+    def device_queue_reset(self, q: SplitQueue) -> None:
+        """Device-specific part of a queue reset (e.g. drop requests waiting on it)."""
+
+    # -- requests in flight ---------------------------------------------------------------------
+    def drain(self) -> None:
+        """Wait until no request of this device is in flight: afterwards every request taken
+        from a ring has completed on it (or was dropped by a reset). Reset, queue reset, a
+        machine stop, snapshots and close call it. Without an I/O thread requests complete
+        inside their notify and nothing is ever in flight."""
+        if self.iothread is not None:
+            self.iothread.drain()
+
+    def resume_queue(self, q: SplitQueue) -> None:
+        """A bottom half: go on serving `q` where a bounded notify stopped, if the queue and
+        device are still live (a reset in between makes it a no-op)."""
+        if q.index >= len(self.queues) or self.queues[q.index] is not q or not q.active \
+                or self.broken or not self.status & DRIVER_OK or not self.transport.dma_allowed():
+            return
+        try:
+            q.handler(q)
+        except (VirtqueueError, GuestMemoryError) as e:
+            self.virtio_error(e)
+
     # -- reset ----------------------------------------------------------------------------------
     def reset(self) -> None:
-        """Device reset (2.4). Requests complete synchronously inside a notify, so nothing is in
-        flight here: once this returns, no old request can touch memory or interrupt."""
+        """Device reset (2.4). Requests still in flight on an I/O thread run to their end first
+        (their data may land in RAM, as on QEMU, whose reset drains too) but none completes on a
+        ring: once this returns, no old request can touch memory or interrupt."""
+        if self.iothread is not None:
+            for q in self.queues:
+                q.reset()                        # new generations: late completions are dropped
+            self.drain()
         self.device_reset()
         self.status = 0
         self.guest_features = 0

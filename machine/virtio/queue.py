@@ -237,6 +237,9 @@ class SplitQueue:
         return new
 
     def reset(self) -> None:
+        # Each reset starts a new generation: a request taken before it and finishing after it
+        # (on an I/O thread) sees the change and never completes on the new rings.
+        self.generation = getattr(self, "generation", -1) + 1
         self.size = self.max_size
         self.enabled = False
         self.desc_addr = self.avail_addr = self.used_addr = 0
@@ -406,7 +409,10 @@ class SplitQueue:
 
     # -- the used ring -----------------------------------------------------------------------
     def push(self, head: int, length: int) -> None:
-        """Complete `head` with `length` = bytes the device wrote. len is stored before idx."""
+        """Complete `head` with `length` = bytes the device wrote. len is stored before idx.
+        A queue that is not active (reset, never set up) has no rings: nothing is written."""
+        if not self.active:
+            return
         self.inflight.discard(head)
         if EV_FILL.enabled:
             EV_FILL.emit(vq=self.index, head=head, len=length, idx=self.used_idx)
