@@ -688,6 +688,12 @@ class Cpu:
             # The fast clock charges a block only when it lets it run.
             budget = self._budget.value
             retired += budget if counted > budget and not fast else counted
+            if self._stop_cause == "breakpoint" and not fast and counted <= budget and retired > 0:
+                # The counting hook ran before the breakpoint's, which stopped the engine
+                # before the instruction: it was counted but not executed. Without this, each
+                # breakpoint stop would move virtual time on by one and a re-execution without
+                # the breakpoint would not end where the stop was.
+                retired -= 1
             if error is not None and self._stop_cause is None and error.errno == UC.UC_ERR_WRITE_PROT \
                     and self._write_prot_addr is not None and self.physmem.is_read_only(self._write_prot_addr) \
                     and self._skip_rom_write():

@@ -167,9 +167,11 @@ def _drives(machine) -> tuple:
 # capture / check / apply
 # ------------------------------------------------------------------------------------------
 
-def capture(machine, *, disks: bool = True) -> MachineState:
+def capture(machine, *, disks: bool = True, ram: bool = True) -> MachineState:
     """The machine's state now (between slices). With `disks`, an undo log starts on every
-    writable drive, so loading the state also brings the disks back."""
+    writable drive, so loading the state also brings the disks back. Without `ram` the state
+    has no RAM section: the caller keeps RAM its own way (the debugger's reverse execution
+    shares unchanged pages between checkpoints) and puts it back before apply()."""
     for dev in machine.devices.values():
         for obj in (dev, getattr(dev, "vdev", None)):
             drain = getattr(obj, "drain", None)
@@ -180,7 +182,8 @@ def capture(machine, *, disks: bool = True) -> MachineState:
         "exit_status": machine._exit_status, "reset_requested": machine._reset_requested,
         "paused_reason": machine.paused_reason, "ram_size": machine.mem.size,
         "drives": _drives(machine)})]
-    sections.append(Section("ram", 0, 1, ram_chunks(machine.mem.buf)))
+    if ram:
+        sections.append(Section("ram", 0, 1, ram_chunks(machine.mem.buf)))
     sections.append(Section("cpu", 0, CPU_VMSTATE.version, machine.cpu.save_state()))
     for name, inst, obj, desc in device_sections(machine):
         sections.append(Section(name, inst, desc.version, vmstate.capture(obj, desc)))
@@ -241,7 +244,9 @@ def apply(machine, state: MachineState) -> None:
     for drive_id, log in state.undo.items():
         machine.journals[drive_id].rollback(log)
     m = state.section("machine").values
-    load_ram(machine.mem.buf, state.section("ram").values)
+    ram = state.section("ram")
+    if ram is not None:                  # a state taken without RAM: the caller restored it
+        load_ram(machine.mem.buf, ram.values)
     machine.cpu.invalidate_code()
     machine.cpu.load_state(state.section("cpu").values)
     for name, inst, obj, desc in device_sections(machine):

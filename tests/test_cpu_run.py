@@ -270,6 +270,34 @@ def test_breakpoint_stops_before_and_resumes(tmp_path):
     assert hits == 2 and result(m, 0) == 3
 
 
+def test_a_breakpoint_stop_counts_only_the_instructions_executed(tmp_path):
+    # Stopped before the instruction at the breakpoint, the machine has retired what a run
+    # without breakpoints retires to get there, and its clock says the same: debugging with
+    # breakpoints does not move virtual time (reverse execution re-runs without them).
+    src = """
+        mov $3, %cx
+    top:
+        incw RESULTS
+        loop top
+        EXIT 0
+    """
+    top = PROGRAM_BASE + 3
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    m = build_machine(tmp_path / "a", src)
+    m.cpu.add_breakpoint(top)
+    stops = []
+    while m.run(10_000) == 0 and m.stop_reason.kind == "breakpoint":
+        stops.append((m.instructions, m.clock.now))
+    plain = build_machine(tmp_path / "b", src)
+    seen = []
+    while len(seen) < len(stops):
+        plain.run(1)
+        if plain.cpu.linear_pc() == top:
+            seen.append((plain.instructions, plain.clock.now))
+    assert len(stops) == 3 and stops == seen
+
+
 def test_step_executes_one_instruction(tmp_path):
     m = build_machine(tmp_path, "nop\n nop\n EXIT 0\n")
     m.step()

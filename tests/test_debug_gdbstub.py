@@ -229,3 +229,25 @@ def test_single_step_skips_interrupt_handlers_unless_asked(session):
     assert c.ask("Qqemu.sstep=1") == b"OK"                 # gdb: maint packet Qqemu.sstep=1
     assert c.ask("s") == b"T05thread:01;"
     assert target.step_irqs == [False, True]
+
+
+def test_reverse_packets_only_for_a_target_that_can_go_back():
+    from machine.debug.gdbstub import GdbStub
+    from machine.debug.target import STOP_STEP, Stop
+
+    class Target:
+        arch = "i386"
+
+    stub = GdbStub(Target())
+    sent: list = []
+    stub.send = sent.append
+    stub.handle_packet(b"qSupported:swbreak+")
+    assert "Reverse" not in sent[-1]
+    assert stub.handle_packet(b"bs") is None and sent[-1] == ""       # unsupported: empty reply
+    Target.reverse_step = Target.reverse_continue = lambda self: None
+    stub.handle_packet(b"qSupported:swbreak+")
+    assert sent[-1].endswith(";ReverseStep+;ReverseContinue+")
+    assert stub.handle_packet(b"bs").kind == "reverse-step" and stub.waiting
+    assert stub.handle_packet(b"bc").kind == "reverse-continue"
+    begin = Stop(STOP_STEP, extra={"replaylog": "begin"})           # gdb: no more history
+    assert stub.stop_reply(begin) == "T05replaylog:begin;thread:01;"

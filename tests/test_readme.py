@@ -121,7 +121,7 @@ def test_every_block_is_one_this_file_checks():
             assert "Session.from_args" in text or "def test_my_guest(boot" in text, number
         else:
             assert lang == "", f"README line {number}: a ```{lang} block"
-            assert text.startswith(("1..", "(gdb) monitor ")), f"README line {number}"
+            assert text.startswith(("1..", "(gdb) ")), f"README line {number}"
 
 
 def test_the_readme_test_command_is_what_ci_runs():
@@ -216,9 +216,9 @@ def test_the_boot_fixture_example(workspace):
     assert "1 passed" in run.stdout
 
 
-@pytest.mark.skipif(shutil.which("gdb") is None, reason="gdb is not installed")
-def test_the_gdb_example(workspace):
-    """The debugging block, with a free port in place of -s's 1234 (tests run in parallel)."""
+def debugging_lines(workspace) -> tuple[str, str]:
+    """The debugging block's machine and gdb lines, with a free port in place of -s's 1234
+    (tests run in parallel), on a fresh disk.img."""
     (text,) = [text for lang, text, _ in blocks() if lang == "sh" and " -s -S " in text]
     machine_line, gdb_line = shell_lines(text)
     with socket.socket() as probe:
@@ -227,15 +227,55 @@ def test_the_gdb_example(workspace):
     machine_line = machine_line.rstrip("&").strip().replace(" -s ", f" -gdb tcp::{port} ")
     gdb_line = gdb_line.replace(":1234", f":{port}")
     sh(workspace, "python3 -m machine.img create disk.img 64M")
-    machine = subprocess.Popen(["bash", "-c", f"exec {machine_line}"], cwd=workspace,
-                               env=env_for(workspace), stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True)
+    return machine_line, gdb_line
+
+
+def start_machine(workspace, machine_line: str) -> subprocess.Popen:
+    return subprocess.Popen(["bash", "-c", f"exec {machine_line}"], cwd=workspace,
+                            env=env_for(workspace), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True)
+
+
+@pytest.mark.skipif(shutil.which("gdb") is None, reason="gdb is not installed")
+def test_the_gdb_example(workspace):
+    """The debugging block."""
+    machine_line, gdb_line = debugging_lines(workspace)
+    machine = start_machine(workspace, machine_line)
     try:
         # -batch: gdb runs the README's commands and exits, detaching: the guest runs on.
         gdb = sh(workspace, gdb_line.replace("gdb ", "gdb -batch -nx ", 1))
         assert re.search(r"Breakpoint 1, vblk_init", gdb.stdout), gdb.stdout + gdb.stderr
         out, err = machine.communicate(timeout=60)
         assert machine.returncode == 1, err            # the guest passed (isa-debug-exit 0)
+    finally:
+        if machine.poll() is None:
+            machine.kill()
+            machine.wait()
+
+
+@pytest.mark.skipif(shutil.which("gdb") is None, reason="gdb is not installed")
+def test_the_reverse_debugging_session(workspace):
+    """The `(gdb)` session block: its commands typed into gdb attached to the debugging block's
+    machine; every other line of the block is output gdb must print, in that order (`...`
+    stands for anything: addresses, line numbers)."""
+    (text,) = [text for lang, text, _ in blocks() if lang == "" and text.startswith("(gdb) ")
+               and not text.startswith("(gdb) monitor ")]
+    commands = [line[len("(gdb) "):] for line in text.splitlines() if line.startswith("(gdb) ")]
+    expected = [line for line in text.splitlines() if not line.startswith("(gdb) ")]
+    machine_line, gdb_line = debugging_lines(workspace)
+    target = gdb_line.split(" -ex ")[1]                      # 'target remote :PORT'
+    args = " ".join(f"-ex {shlex.quote(c)}" for c in [shlex.split(target)[0], *commands])
+    machine = start_machine(workspace, machine_line)
+    try:
+        out = sh(workspace, f"gdb -batch -nx guest/out/guest.elf {args} 2>&1").stdout
+        pos = 0
+        for line in expected:
+            pattern = ".*".join(re.escape(part) for part in line.split("..."))
+            found = re.compile(pattern, re.M).search(out, pos)
+            assert found, f"not in gdb's output (after what came before): {line}\n{out}"
+            pos = found.end()
+        out, err = machine.communicate(timeout=60)
+        assert machine.returncode == 1, err            # gdb detached, the guest passed
     finally:
         if machine.poll() is None:
             machine.kill()

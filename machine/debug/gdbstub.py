@@ -15,7 +15,11 @@ Protocol choices, for gdb 13 against an ELF32 guest:
 * `qRcmd` (gdb's `monitor`) output travels in `O` packets, as does the message of a device
   breakpoint or a fatal guest fault;
 * QEMU's `qqemu.sstep` packets select whether a single step may enter an interrupt handler
-  (default: no, as QEMU).
+  (default: no, as QEMU);
+* with a target that can go back (`reverse_step`/`reverse_continue`: the machine's history,
+  recorded while gdb is connected, debug/reverse.py), `bs` and `bc` run it backwards (ReverseStep+/ReverseContinue+ in
+  qSupported); at the start of the history the stop reply carries `replaylog:begin`, which gdb
+  reports as "No more reverse-execution history".
 """
 
 from __future__ import annotations
@@ -114,7 +118,8 @@ def unescape_binary(data: bytes) -> bytes:
 @dataclass
 class Action:
     """What gdb asked for while the guest was stopped."""
-    kind: str                   # 'continue' | 'step' | 'detach' | 'kill'
+    kind: str                   # 'continue' | 'step' | 'reverse-step' | 'reverse-continue' |
+                                # 'detach' | 'kill'
     irqs: bool = False          # a step that may enter an interrupt handler
 
 
@@ -286,6 +291,8 @@ class GdbStub:
 
     # -- reporting a stop -------------------------------------------------------------------------
     def stop_reply(self, stop: Stop) -> str:
+        if stop.extra.get("replaylog") == "begin":
+            return f"T{SIGTRAP:02x}replaylog:begin;thread:01;"
         if stop.kind == STOP_EXITED:
             return "W%02x" % ((stop.exit_status or 0) & 0xFF)
         if stop.kind == STOP_INTERRUPT:
@@ -415,6 +422,8 @@ class GdbStub:
         elif cmd == "S":
             self._set_pc(text.partition(";")[2])
             return self._resume(self._step_action())
+        elif cmd == "b" and text in ("s", "c") and self._can_reverse():
+            return self._resume(Action("reverse-step" if text == "s" else "reverse-continue"))
         elif cmd == "H" or cmd == "T":
             self.send("OK")
         elif cmd == "D":
@@ -437,6 +446,9 @@ class GdbStub:
     def _resume(self, action: Action) -> Action:
         self.waiting = True
         return action
+
+    def _can_reverse(self) -> bool:
+        return callable(getattr(self.target, "reverse_step", None))
 
     def _step_action(self) -> Action:
         return Action("step", irqs=not (self.sstep_flags & SSTEP_NOIRQ))
@@ -472,7 +484,8 @@ class GdbStub:
         if name == "Supported":
             self._arch = None               # a new gdb session: the guest's mode decides again
             self.send("PacketSize=4000;qXfer:features:read+;QStartNoAckMode+;"
-                      "swbreak+;hwbreak+;vContSupported+")
+                      "swbreak+;hwbreak+;vContSupported+"
+                      + (";ReverseStep+;ReverseContinue+" if self._can_reverse() else ""))
         elif name == "Xfer" and args.startswith("features:read:"):
             annex, _, span = args[len("features:read:"):].partition(":")
             xml = TARGET_XML[self._session_arch()]

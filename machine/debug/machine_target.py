@@ -4,6 +4,7 @@ breakpoints and watchpoints, and the board's run loop turned into `Stop`s."""
 from __future__ import annotations
 
 import sys
+import time
 
 from .target import (DebugAccessError, PollFn, Stop, STOP_BREAKPOINT, STOP_DEVICE, STOP_EXITED,
                      STOP_FAULT, STOP_INTERRUPT, STOP_LIMIT, STOP_RESET, STOP_STEP, STOP_WATCHPOINT,
@@ -39,6 +40,8 @@ class MachineTarget:
         self._soft_watch: dict[tuple[int, int, str], bytes] = {}
         self._hw_watch = hasattr(self.cpu, "add_watchpoint")
         self._decoded: dict[tuple[int, int], list[tuple]] = {}
+        self.history = None                 # reverse.History once reverse execution is on
+        self.last_watch: tuple[int, str] = (0, "watch")
         machine.add_poll_hook(self._poll_hook)
         machine.mem.add_write_listener(self._host_wrote)
 
@@ -58,6 +61,7 @@ class MachineTarget:
             self.cpu.write_register(name, value)
         except (KeyError, ValueError) as exc:
             raise DebugAccessError(f"cannot write register {name}: {exc}") from None
+        self._modified()
 
     def read_memory(self, vaddr: int, length: int) -> bytes:
         try:
@@ -75,6 +79,11 @@ class MachineTarget:
             self.cpu.write_virtual(vaddr, bytes(data))
         except (ValueError, OverflowError) as exc:
             raise DebugAccessError(f"cannot access memory at {vaddr:#x}: {exc}") from None
+        self._modified()
+
+    def _modified(self) -> None:
+        if self.history is not None:
+            self.history.modified()
 
     def read_physical(self, paddr: int, length: int) -> bytes:
         try:
@@ -133,7 +142,10 @@ class MachineTarget:
         return self.cpu.linear_pc() if hasattr(self.cpu, "linear_pc") else self.cpu.read_registers()["eip"]
 
     def request_stop(self, reason: str, message: str = "") -> None:
-        """Callable from a device callback: the board stops cleanly after the current instruction."""
+        """Callable from a device callback: the board stops cleanly after the current instruction.
+        While the history re-executes to reach a point, device breakpoints stay quiet."""
+        if self.history is not None and self.history.replaying is True:
+            return
         if self._pending is None:
             self._pending = (reason, message)
         self.machine.request_stop(reason)
@@ -153,27 +165,103 @@ class MachineTarget:
         return None if stop.kind == STOP_LIMIT else stop
 
     def step(self, irqs: bool = False) -> Stop:
+        h = self.history
+        if h is not None:
+            h.before_forward()
+            start = h._now()
         if irqs:
             self.machine.run(max_instructions=1)     # pending interrupts are delivered first
             reason = self.machine.stop_reason
         else:
             reason = self.machine.step()
         stop = self._classify(reason)
+        if h is not None:
+            h.record("run" if irqs else "step", start, stop.kind)
         if stop.kind in (STOP_LIMIT, STOP_STEP):
             stop = self._collect() or Stop(STOP_STEP, pc=self.pc())
         return stop
 
-    def resume(self, poll: PollFn, max_instructions: int | None = None) -> Stop:
+    def resume(self, poll: PollFn, max_instructions: int | None = None, record: bool = True) -> Stop:
+        h = self.history if record else None
+        if h is not None:
+            h.before_forward()
         self._poll = poll
         try:
             if self._soft_watch:
-                return self._resume_watching(poll, max_instructions)
-            self.machine.run(max_instructions=max_instructions)
-            return self._classify(self.machine.stop_reason)
+                return self._resume_watching(poll, max_instructions, h)
+            if h is None:
+                self.machine.run(max_instructions=max_instructions)
+                return self._classify(self.machine.stop_reason)
+            # Recorded: in chunks that end at the history's periodic checkpoints.
+            left = max_instructions
+            while True:
+                chunk = h.budget() if left is None else min(left, h.budget())
+                start, t0 = h._now(), time.perf_counter()
+                self.machine.run(max_instructions=chunk)
+                stop = self._classify(self.machine.stop_reason)
+                h.record("run", start, stop.kind, time.perf_counter() - t0)
+                if stop.kind != STOP_LIMIT:
+                    return stop
+                if left is not None:
+                    left -= chunk
+                    if left <= 0:
+                        return stop
         finally:
             self._poll = None
 
-    def _resume_watching(self, poll: PollFn, max_instructions: int | None) -> Stop:
+    # -- what reverse execution needs of the target ------------------------------------------------
+    def enable_reverse(self, **options) -> None:
+        """Record from now on: reverse-step and reverse-continue become possible."""
+        from .reverse import History
+        self.history = History(self, **options)
+        self.history.start()
+
+    def disable_reverse(self) -> None:
+        """Stop recording and free the checkpoints (gdb went away)."""
+        if self.history is not None:
+            self.history.close()
+            self.history = None
+
+    def reverse_step(self) -> Stop:
+        if self.history is None:
+            self.enable_reverse()          # nothing recorded yet: the history starts here
+        return self.history.reverse_step()
+
+    def reverse_continue(self) -> Stop:
+        if self.history is None:
+            self.enable_reverse()
+        return self.history.reverse_continue()
+
+    def state_changed(self) -> None:
+        """The whole machine was put back to a checkpoint."""
+        self._decoded.clear()
+        self._pending = None
+
+    def clear_pending(self) -> None:
+        self._pending = None
+        self.machine._stop_request = None
+
+    def refresh_watchpoints(self) -> None:
+        for key in self._soft_watch:
+            try:
+                self._soft_watch[key] = self.read_memory(key[0], key[1])
+            except DebugAccessError:
+                pass
+
+    def watch_changed(self) -> bool:
+        """A written watchpoint's bytes differ from what they were (then noted as the new value)."""
+        for key in [k for k in self._soft_watch if k[2] == "watch"]:
+            try:
+                new = self.read_memory(key[0], key[1])
+            except DebugAccessError:
+                continue
+            if new != self._soft_watch[key]:
+                self._soft_watch[key] = new
+                self.last_watch = (key[0], "watch")
+                return True
+        return False
+
+    def _resume_watching(self, poll: PollFn, max_instructions: int | None, history=None) -> Stop:
         n = 0
         first = True
         machine = self.machine
@@ -185,9 +273,12 @@ class MachineTarget:
                 return Stop(STOP_BREAKPOINT, pc=pc)
             first = False
             accesses = self._accesses(pc) if access_watches else ()
+            start = history._now() if history is not None else None
             machine.run(max_instructions=1)
             n += 1
             reason = machine.stop_reason
+            if history is not None:
+                history.record("run", start, getattr(reason, "kind", "limit"))
             if reason is not None and reason.kind != "limit":
                 stop = self._classify(reason)
                 if stop.kind not in (STOP_LIMIT, STOP_STEP):
@@ -199,10 +290,12 @@ class MachineTarget:
                     continue
                 if new != self._soft_watch[key]:
                     self._soft_watch[key] = new
+                    self.last_watch = (key[0], "watch")
                     return Stop(STOP_WATCHPOINT, pc=self.pc(), addr=key[0], watch_kind="watch")
             for addr, length, kind in access_watches:
                 for a, size, is_read in accesses:
                     if a < addr + length and addr < a + size and (is_read or kind == "awatch"):
+                        self.last_watch = (addr, kind)
                         return Stop(STOP_WATCHPOINT, pc=self.pc(), addr=addr, watch_kind=kind)
             if n % _WATCH_POLL_EVERY == 0:
                 why = poll()
@@ -279,6 +372,7 @@ class MachineTarget:
 
     def reset(self) -> None:
         self.machine.reset()
+        self._modified()
 
     def _classify(self, reason) -> Stop:
         """The board's StopReason as a debugger Stop. Our own stop request (`_pending`) pairs

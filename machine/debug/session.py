@@ -111,10 +111,22 @@ class Debugger:
     def _can_resume(self) -> bool:
         return (self.gdb is not None) or (self.console is not None and not self.console.closed)
 
+    def _sync_reverse(self) -> None:
+        """Record the machine's history (for gdb's reverse commands) exactly while gdb is
+        connected: it starts at the first stop gdb sees, and costs nothing without gdb."""
+        if self.machine is None or not hasattr(self.target, "enable_reverse"):
+            return
+        connected = self.gdb is not None and self.gdb.has_client
+        if connected and self.target.history is None:
+            self.target.enable_reverse()
+        elif not connected and self.target.history is not None:
+            self.target.disable_reverse()
+
     def _wait_stopped(self):
         """Block until gdb or the console gives the guest back; returns an Action."""
         self._cont_requested = False
         while True:
+            self._sync_reverse()
             if self.quit_requested:
                 return Action("kill")
             if self.console is not None and self.console.pending:
@@ -155,6 +167,14 @@ class Debugger:
                     if action.kind == "kill":
                         self.quit_requested = True      # ended by the user, as quit is
                         return self.exit_status
+                    if action.kind in ("reverse-step", "reverse-continue"):
+                        # Also from a fatal fault: going back is how one finds its cause.
+                        self._dead = None
+                        self.exit_status = 0
+                        stop = (self.target.reverse_step() if action.kind == "reverse-step"
+                                else self.target.reverse_continue())
+                        self._handle(stop)
+                        continue
                     if self._dead is not None:
                         # Nothing can run after a fatal fault: the machine ends here.
                         self.gdb.report_exit(Stop(STOP_EXITED, exit_status=self.exit_status))
@@ -165,6 +185,7 @@ class Debugger:
                             return self.exit_status
                         continue
                     stopped = False
+                self._sync_reverse()
                 self.running = True
                 try:
                     stop = self.target.resume(self._poll)
