@@ -91,6 +91,7 @@ class VirtioBlk(VirtioDevice):
         serial = p.get("serial", "")
         self.serial = serial.encode("utf-8", "replace")[:VIRTIO_BLK_ID_BYTES]   # QEMU truncates too
         self.lbs = lbs
+        self.seg_max = qsize - 2 if seg_adjust else 126
         self.capacity = self.backend.size // SECTOR
         if self.backend.size % lbs:
             raise ConfigError(f"image size {self.backend.size} is not a multiple of logical_block_size {lbs}")
@@ -127,7 +128,7 @@ class VirtioBlk(VirtioDevice):
         self.default_writeback = 0 if self.backend.cache in ("writethrough", "directsync") else 1
         phys_exp = (pbs // lbs).bit_length() - 1
         self.config = bytearray(CONFIG.pack(
-            self.capacity, 0, qsize - 2 if seg_adjust else 126,
+            self.capacity, 0, self.seg_max,
             cyls, heads, secs, lbs,
             phys_exp, 0, min_io // lbs, opt_io // lbs,
             self.default_writeback, 0, nq,
@@ -274,9 +275,13 @@ class VirtioBlk(VirtioDevice):
         """Carry out a parsed request: the data bytes written to the guest. A request that
         fails raises the RequestError whose type carries its status."""
         rtype = req.type
-        if rtype == VIRTIO_BLK_T_IN:
-            return self._read(req)
-        if rtype == VIRTIO_BLK_T_OUT:
+        if rtype in (VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT):
+            nseg = len(req.in_data) + len(req.out_data)
+            if nseg > self.seg_max and self.has_feature(VIRTIO_BLK_F_SEG_MAX) and \
+                    self.violation("seg-max", n=nseg, seg_max=self.seg_max):
+                raise IoError("more segments than seg_max")
+            if rtype == VIRTIO_BLK_T_IN:
+                return self._read(req)
             self._write(req)
         elif rtype == VIRTIO_BLK_T_FLUSH:
             self._flush()
@@ -292,11 +297,12 @@ class VirtioBlk(VirtioDevice):
 
     def _range_ok(self, sector: int, nbytes: int) -> bool:
         """Sector ranges in exact integer arithmetic (no wrap-around): aligned to the logical
-        block size and wholly inside the disk."""
+        block size, wholly inside the disk, and no longer than QEMU's largest request
+        (BDRV_REQUEST_MAX_SECTORS: 2 GiB - 512; a longer read or write gets IOERR there too)."""
         if nbytes % SECTOR or nbytes % self.lbs or sector % (self.lbs // SECTOR):
             return False
         n = nbytes // SECTOR
-        return sector <= self.capacity and n <= self.capacity - sector
+        return n <= REQUEST_MAX_SECTORS and sector <= self.capacity and n <= self.capacity - sector
 
     def _sync_if_writethrough(self) -> None:
         """A write in writethrough mode is stable before it completes (5.2.6.2)."""

@@ -21,12 +21,12 @@ from __future__ import annotations
 import struct
 
 from ..memory import GuestMemoryError
-from .queue import (EV_FILL, EV_POP, INDIRECT_MAX, MAX_CHAIN_BYTES, BadIndirectSize, BadQueueSize,
-                    BufferNotInRam, Chain, ChainTooLong, DescriptorOrder, HeadInFlight,
+from .queue import (EV_FILL, EV_POP, MAX_BUFFERS, MAX_CHAIN_BYTES, BadIndirectSize, BadQueueSize,
+                    BufferNotInRam, Chain, ChainLongerThanQueue, ChainTooLong, DescriptorOrder, HeadInFlight,
                     IndirectNotNegotiated, QueueSizeExceeded,
-                    IndirectTooLarge, IndirectWithNext, LoopedDescriptor, MisalignedRings,
+                    IndirectWithNext, LoopedDescriptor, MisalignedRings,
                     NestedIndirect, QueueNotActive, QueueState, SplitQueue, trace_fill, trace_pop,
-                    VirtqueueError, ZeroSizedBuffer)
+                    VirtqueueError, ZeroSizedBuffer, too_many_buffers)
 from .rules import describe
 from .spec import (RING_EVENT_FLAGS_DESC, RING_EVENT_FLAGS_DISABLE, RING_EVENT_FLAGS_ENABLE,
                    VIRTQ_DESC_F_AVAIL, VIRTQ_DESC_F_INDIRECT, VIRTQ_DESC_F_NEXT, VIRTQ_DESC_F_USED,
@@ -118,6 +118,8 @@ class PackedQueue(SplitQueue):
                 host = host_offset(addr, length)
             except GuestMemoryError:
                 raise BufferNotInRam(f"bogus descriptor {addr:#x}+{length:#x} (not RAM)") from None
+            if len(chain.readable) + len(chain.writable) >= MAX_BUFFERS:
+                raise too_many_buffers(writable)
             if writable:
                 chain.writable.append((addr, length, host))
                 chain.writable_len += length
@@ -147,8 +149,6 @@ class PackedQueue(SplitQueue):
                     raise IndirectWithNext("indirect descriptor with NEXT set")
                 if length == 0 or length % 16:
                     raise BadIndirectSize(f"Invalid size for indirect buffer table ({length})")
-                if length // 16 > INDIRECT_MAX:
-                    raise IndirectTooLarge(f"indirect table of {length // 16} entries is too large")
                 try:
                     table = host_offset(addr, length)
                 except GuestMemoryError:
@@ -163,6 +163,9 @@ class PackedQueue(SplitQueue):
             add(addr, length, bool(flags & VIRTQ_DESC_F_WRITE))
             if not flags & VIRTQ_DESC_F_NEXT:
                 break
+        n = len(chain.readable) + len(chain.writable)
+        if n > size and self.violation("list-longer-than-queue", n=n, size=size):
+            raise ChainLongerThanQueue(describe("list-longer-than-queue", n=n, size=size))
         return chain, count, slot, wrap
 
     # -- the device's side ------------------------------------------------------------------

@@ -21,7 +21,9 @@ from .spec import (VIRTQ_AVAIL_F_NO_INTERRUPT, VIRTQ_DESC_F_INDIRECT, VIRTQ_DESC
 from .rules import describe
 
 QUEUE_MAX_SIZE = 1024          # as QEMU's VIRTQUEUE_MAX_SIZE; the spec allows up to 32768
-INDIRECT_MAX = 1024            # entries in one indirect table (bounds work per chain)
+# Buffers in one chain, however long its indirect table: QEMU maps a chain into at most
+# VIRTQUEUE_MAX_SIZE (1024) iovecs and fails the device past that. It also bounds the walk.
+MAX_BUFFERS = 1024
 MAX_CHAIN_BYTES = 1 << 32      # spec: a chain describes at most 2^32 bytes
 
 _DESC = struct.Struct("<QIHH")
@@ -101,8 +103,19 @@ class BadIndirectSize(VirtqueueError):
     """An indirect table whose length is zero or not a multiple of 16 bytes."""
 
 
-class IndirectTooLarge(VirtqueueError):
-    """An indirect table of more entries than we walk (INDIRECT_MAX)."""
+class TooManyBuffers(VirtqueueError):
+    """A chain of more than MAX_BUFFERS buffers (QEMU: "too many descriptors")."""
+
+
+class ChainLongerThanQueue(VirtqueueError):
+    """A chain of more descriptors than the queue size (2.7.5.3.1, 2.8.17): refused only by a
+    strict device; QEMU carries it out up to MAX_BUFFERS."""
+
+
+def too_many_buffers(writable: bool) -> TooManyBuffers:
+    kind = "write" if writable else "read"
+    return TooManyBuffers(f"virtio: too many {kind} descriptors in indirect table "
+                          f"(more than {MAX_BUFFERS} buffers in one chain)")
 
 
 class BufferNotInRam(VirtqueueError):
@@ -324,8 +337,6 @@ class SplitQueue:
                     raise IndirectWithNext("indirect descriptor with NEXT set")
                 if length == 0 or length % 16:
                     raise BadIndirectSize(f"Invalid size for indirect buffer table ({length})")
-                if length // 16 > INDIRECT_MAX:
-                    raise IndirectTooLarge(f"indirect table of {length // 16} entries is too large")
                 try:
                     table = host_offset(addr, length)
                 except GuestMemoryError:
@@ -341,6 +352,8 @@ class SplitQueue:
                 host = host_offset(addr, length)
             except GuestMemoryError:
                 raise BufferNotInRam(f"bogus descriptor {addr:#x}+{length:#x} (not RAM)") from None
+            if len(readable) + len(writable) >= MAX_BUFFERS:
+                raise too_many_buffers(bool(flags & VIRTQ_DESC_F_WRITE))
             if flags & VIRTQ_DESC_F_WRITE:
                 writable.append((addr, length, host))
                 wlen += length
@@ -358,6 +371,9 @@ class SplitQueue:
                 raise BadNextIndex(f"Desc next is {i}")
         chain.readable_len = rlen
         chain.writable_len = wlen
+        n = len(readable) + len(writable)
+        if n > self.size and self.violation("chain-longer-than-queue", n=n, size=self.size):
+            raise ChainLongerThanQueue(describe("chain-longer-than-queue", n=n, size=self.size))
         return chain
 
     def peek(self, pos: int) -> Chain:
