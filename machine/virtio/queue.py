@@ -229,6 +229,8 @@ class SplitQueue:
         self._signalled_used = 0
         self._signalled_valid = False
         self._d = self._a = self._u = 0
+        self._dw_buf = self._uw_buf = self.mem.buf    # where ring writes go (see _map_rings)
+        self._dw = self._uw = 0
 
     @property
     def inflight_count(self) -> int:
@@ -257,15 +259,36 @@ class SplitQueue:
         self._map_rings()
 
     def _map_rings(self) -> None:
-        """Cache the host offsets of the three ring areas (each wholly in RAM) and go active."""
+        """Cache the host offsets of the three ring areas (each wholly in RAM) and where the
+        device's writes to them go, and go active. Called again whenever the memory map changes
+        (`remap`), as QEMU rebuilds its ring caches: a ring in shadow RAM the chipset has since
+        write-protected is still read from RAM, but the device's writes to it are lost, as
+        QEMU's and a real PC's are."""
         dsz, asz, usz = self.ring_sizes()
+        mem = self.mem
         try:
-            self._d = self.mem.host_offset(self.desc_addr, dsz)
-            self._a = self.mem.host_offset(self.avail_addr, asz)
-            self._u = self.mem.host_offset(self.used_addr, usz)
+            self._d = mem.host_offset(self.desc_addr, dsz)
+            self._a = mem.host_offset(self.avail_addr, asz)
+            self._u = mem.host_offset(self.used_addr, usz)
         except GuestMemoryError as e:
             raise RingsNotInRam(f"queue {self.index}: cannot map rings ({e})") from None
+        self._dw_buf, self._dw = self._write_target(self.desc_addr, dsz, self._d)
+        self._uw_buf, self._uw = self._write_target(self.used_addr, usz, self._u)
         self.active = True
+
+    def _write_target(self, gpa: int, size: int, off: int):
+        """(buffer, offset) the device writes a ring area through: guest RAM, or for an area
+        in a read-only window a private copy (the device reads back what it wrote, RAM keeps
+        what the driver put there)."""
+        if self.mem.writable(gpa, size):
+            return self.mem.buf, off
+        return bytearray(self.mem.buf[off:off + size]), 0
+
+    def remap(self) -> None:
+        """The memory map changed (the chipset remapped shadow RAM): look the rings up again.
+        Raises RingsNotInRam if a ring is no longer in RAM at all."""
+        if self.active:
+            self._map_rings()
 
     # -- reading the avail ring ------------------------------------------------------------
     def avail_idx(self) -> int:
@@ -349,9 +372,9 @@ class SplitQueue:
             if length == 0:
                 raise ZeroSizedBuffer("zero sized buffers are not allowed")
             try:
-                host = host_offset(addr, length)
-            except GuestMemoryError:
-                raise BufferNotInRam(f"bogus descriptor {addr:#x}+{length:#x} (not RAM)") from None
+                host = host_offset(addr, length, flags & VIRTQ_DESC_F_WRITE != 0)
+            except GuestMemoryError as e:
+                raise BufferNotInRam(f"bogus descriptor {addr:#x}+{length:#x} ({e})") from None
             if len(readable) + len(writable) >= MAX_BUFFERS:
                 raise too_many_buffers(bool(flags & VIRTQ_DESC_F_WRITE))
             if flags & VIRTQ_DESC_F_WRITE:
@@ -393,11 +416,12 @@ class SplitQueue:
         if EV_FILL.enabled:
             EV_FILL.emit(vq=self.index, head=head, len=length, idx=self.used_idx)
         mem = self.mem
+        ubuf, u = self._uw_buf, self._uw
         slot = 4 + 8 * (self.used_idx % self.size)
-        _ELEM.pack_into(mem.buf, self._u + slot, head, length)
+        _ELEM.pack_into(ubuf, u + slot, head, length)
         mem.notify_write(self.used_addr + slot, 8)
         self.used_idx = (self.used_idx + 1) & 0xFFFF
-        _U16.pack_into(mem.buf, self._u + 2, self.used_idx)
+        _U16.pack_into(ubuf, u + 2, self.used_idx)
         mem.notify_write(self.used_addr + 2, 2)
 
     def should_notify(self) -> bool:
@@ -419,18 +443,18 @@ class SplitQueue:
         """Tell the driver whether to kick: used->flags NO_NOTIFY, or with EVENT_IDX avail_event
         (ask for a kick once the driver moves past the avail index we have seen). A field that
         already holds the value is not rewritten (each host write costs a code-cache check)."""
-        buf = self.mem.buf
+        ubuf, u = self._uw_buf, self._uw
         if self.event_idx:
             if not suppress:
                 off = 4 + 8 * self.size
-                idx = _U16.unpack_from(buf, self._a + 2)[0]
-                if _U16.unpack_from(buf, self._u + off)[0] != idx:
-                    _U16.pack_into(buf, self._u + off, idx)
+                idx = _U16.unpack_from(self.mem.buf, self._a + 2)[0]
+                if _U16.unpack_from(ubuf, u + off)[0] != idx:
+                    _U16.pack_into(ubuf, u + off, idx)
                     self.mem.notify_write(self.used_addr + off, 2)
             return
         flags = VIRTQ_USED_F_NO_NOTIFY if suppress else 0
-        if _U16.unpack_from(buf, self._u)[0] != flags:
-            _U16.pack_into(buf, self._u, flags)
+        if _U16.unpack_from(ubuf, u)[0] != flags:
+            _U16.pack_into(ubuf, u, flags)
             self.mem.notify_write(self.used_addr, 2)
 
     def rearm_kicks(self) -> bool:
