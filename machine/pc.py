@@ -313,6 +313,7 @@ class Machine:
             dev = create_virtio_blk_pci(backend, props, self.mem, msi_send=self.msi.send)
             self.drives[drive.id] = (backend, dev.vdev)
             dev.vdev.on_io_error = self._io_error
+            dev.vdev.clock = self.clock        # blkdebug [delay] rules hold completions in virtual time
             self._parking_devices.append(dev.vdev)
             bus.plug(dev, *where)
             self.devices[f"virtio-blk{n}"] = dev

@@ -91,6 +91,9 @@ def test_rules_parse_with_qemus_defaults():
     ('[inject-error]\nevent = "read_aio"\nnew_state = "2"\n', "Invalid parameter 'new_state'"),
     ('[break-everything]\nevent = "read_aio"\n', "unknown section"),
     ('event = "read_aio"\n', "no group defined"),
+    ('[delay]\nevent = "read_aio"\n', "needs latency-ns"),
+    ('[delay]\nevent = "read_aio"\nlatency-ns = "0"\n', "must be positive"),
+    ('[delay]\nevent = "read_aio"\nlatency-ns = "9"\nerrno = "5"\n', "Invalid parameter 'errno'"),
 ])
 def test_bad_rules_are_refused_with_the_line(text, message):
     with pytest.raises(RulesError, match=message):
@@ -252,3 +255,68 @@ def test_rules_over_a_snapshot_overlay(tmp_path):
     assert be.readv(0, [memoryview(buf)]) == 512 and buf == b"y" * 512
     be.close()
     assert img.read_bytes() == bytes(4096)
+
+
+# ---------------------------------------------------------------- [delay] (ours): held completions
+
+
+def test_delay_rules_are_armed_like_error_rules_and_leave_failures_alone():
+    bd, _ = wrap('[delay]\nevent = "read_aio"\nsector = "8"\nlatency-ns = "5000"\n'
+                 '[delay]\nevent = "write_aio"\nonce = "on"\nlatency-ns = "7000"\n'
+                 '[inject-error]\nevent = "write_aio"\nsector = "16"\n')
+    assert fails(bd.readv, 0, BUF) is None and bd.take_delay_ns() == 0      # not sector 8
+    assert fails(bd.readv, 8 * 512, BUF) is None and bd.take_delay_ns() == 5000
+    assert bd.take_delay_ns() == 0                                        # taken once
+    assert fails(bd.writev, 16 * 512, BUF) == errno.EIO                   # failed and held
+    assert bd.take_delay_ns() == 7000
+    assert fails(bd.writev, 0, BUF) is None and bd.take_delay_ns() == 0   # once: gone
+    assert fails(bd.readv, 8 * 512, BUF) is None and bd.take_delay_ns() == 5000   # still armed
+
+
+def test_a_delay_rule_holds_the_completion_for_virtual_time(tmp_path):
+    """The request is carried out at once; its used element and interrupt come latency-ns of
+    virtual time later, while other requests complete as usual; a reset drops what is held."""
+    from virtio_driver import S_OK, T_IN, Bench, pattern
+    from machine.clock import VirtualClock
+
+    rules = tmp_path / "r.conf"
+    rules.write_text('[delay]\nevent = "read_aio"\nsector = "8"\nlatency-ns = "5000000"\n')
+    b = Bench(tmp_path, blkdebug=rules)
+    try:
+        clock = b.vdev.clock = VirtualClock()
+        b.start(features=b.drv.device_features() & ~(1 << 29))     # no EVENT_IDX: every completion interrupts
+        vq = b.vqs[0]
+        held = b.blk.submit(T_IN, 8, in_len=512)
+        b.drv.kick(0)
+        assert vq.get_used() == [] and b.blk.result(held) == (pattern(1 << 20)[4096:4608], S_OK)
+        quick = b.blk.submit(T_IN, 0, in_len=512)
+        b.drv.kick(0)
+        assert vq.get_used() == [(quick.head, 513)]
+        b.vdev.read_isr()                            # the driver acknowledges: INTx drops
+        assert not b.dev.intx.level
+        clock.advance(4_999_999)
+        assert vq.get_used() == [] and not b.dev.intx.level
+        clock.advance(1)
+        assert vq.get_used() == [(held.head, 513)] and b.dev.intx.level
+
+        b.blk.submit(T_IN, 8, in_len=512)
+        b.drv.kick(0)
+        assert b.vdev.delayed
+        b.start()                                    # reset: the held completion is dropped
+        assert not b.vdev.delayed and clock.next_deadline() is None
+        assert b.vqs[0].used_idx() == 0
+    finally:
+        b.close()
+
+
+def test_the_board_gives_virtio_blk_its_virtual_clock(tmp_path):
+    from machine.config import DeviceConfig, MachineConfig
+    from machine.pc import Machine
+    img = tmp_path / "d.img"
+    img.write_bytes(bytes(1 << 20))
+    m = Machine(MachineConfig(drives=[DriveConfig(file=img, id="d0", interface="none")],
+                              devices=[DeviceConfig("virtio-blk-pci", {"drive": "d0"})]))
+    try:
+        assert m.devices["virtio-blk0"].vdev.clock is m.clock
+    finally:
+        m.close()

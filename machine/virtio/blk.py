@@ -18,6 +18,7 @@ from typing import Callable
 
 from .. import trace
 from ..block import BlockBackend
+from ..clock import VirtualClock
 from ..config import ConfigError
 from ..memory import GuestMemory
 from . import props as P
@@ -44,6 +45,15 @@ EV_WRITE = trace.Event("virtio_blk_handle_write")
 EV_COMPLETE = trace.Event("virtio_blk_req_complete")
 
 
+class HeldCompletion:
+    """A request carried out whose completion a blkdebug [delay] rule holds back."""
+    __slots__ = ("queue", "head", "written", "timer")
+
+    def __init__(self, queue: SplitQueue, head: int, written: int):
+        self.queue, self.head, self.written = queue, head, written
+        self.timer = None
+
+
 class VirtioBlk(VirtioDevice):
     """A virtio-blk device on a BlockBackend. `props` are QEMU's -device property strings."""
 
@@ -59,6 +69,11 @@ class VirtioBlk(VirtioDevice):
         self.flush_failed = False      # a failed fdatasync poisons every later FLUSH (QEMU does too)
         self.parked: list[tuple[SplitQueue, BlkRequest]] = []   # waiting for the machine to continue
         self.on_io_error: Callable[[], None] | None = None      # the board pauses the machine
+        # blkdebug [delay] rules: the backend says how long to hold a completion, measured on
+        # the board's virtual clock (without one, as in unit tests, nothing is held).
+        self.clock: VirtualClock | None = None
+        self._take_delay: Callable[[], int] | None = getattr(backend, "take_delay_ns", None)
+        self.delayed: list[HeldCompletion] = []
         self._mv = memoryview(mem.buf)
 
     # -- realize -----------------------------------------------------------------------------------
@@ -160,6 +175,9 @@ class VirtioBlk(VirtioDevice):
     def device_reset(self) -> None:
         self.config[OFF_WRITEBACK] = self.default_writeback
         self.parked.clear()            # a reset drops them, as it drops every request in flight
+        for held in self.delayed:
+            held.timer.cancel()
+        self.delayed.clear()
 
     def write_config(self, offset: int, size: int, value: int) -> None:
         """Only `writeback` is writable, and only once CONFIG_WCE is negotiated (5.2.4)."""
@@ -187,12 +205,17 @@ class VirtioBlk(VirtioDevice):
         # the one vCPU, so the driver could never see them off (and each flip is a RAM write).
         budget = 2 * q.size
         used = False
-        take, push, handle = q.take, q.push, self.handle_request
+        take, push, handle, take_delay = q.take, q.push, self.handle_request, self._take_delay
         while True:
             n = min(q.available(), budget)
             for _ in range(n):
                 chain = take()
                 written = handle(chain, q)
+                if take_delay is not None:
+                    delay = take_delay()
+                    if delay and written is not None and self.clock is not None:
+                        self._hold(q, chain.head, written, delay)
+                        continue
                 if written is not None:          # None: parked by a stop error policy
                     push(chain.head, written)
             if n:
@@ -202,6 +225,25 @@ class VirtioBlk(VirtioDevice):
                 break
         if used:
             self.notify(q)
+
+    def _hold(self, q: SplitQueue, head: int, written: int, delay_ns: int) -> None:
+        """Complete `head` `delay_ns` of virtual time from now (a blkdebug [delay] rule)."""
+        held = HeldCompletion(q, head, written)
+        held.timer = self.clock.timer(lambda: self._release(held), f"{self.label} delay")
+        self.delayed.append(held)
+        held.timer.arm_in(delay_ns)
+
+    def _release(self, held: "HeldCompletion") -> None:
+        """A held completion is due: push it and interrupt, unless a device or queue reset (or
+        a broken device) dropped it meanwhile."""
+        if held not in self.delayed:
+            return
+        self.delayed.remove(held)
+        q = held.queue
+        if self.broken or not q.active or held.head not in q.inflight:
+            return
+        q.push(held.head, held.written)
+        self.notify(q)
 
     def parse_request(self, chain: Chain) -> BlkRequest:
         """The request a chain carries (MalformedRequest if none), read against the negotiated
@@ -264,6 +306,8 @@ class VirtioBlk(VirtioDevice):
         touched = []
         for q, req in parked:
             written = self._complete(q, req)
+            if self._take_delay is not None:
+                self._take_delay()             # a retried request is not held again
             if written is not None:
                 q.push(req.head, written)
                 if q not in touched:
