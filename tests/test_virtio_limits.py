@@ -6,7 +6,12 @@ a default device, saying once which rule the driver broke; a strict=on device re
 buffers QEMU fails the device (virtio_error), and so do we; an indirect table larger than that
 is fine as long as the chain in it is not."""
 
+import json
+import shutil
+import socket
 import struct
+import subprocess
+import time
 
 import pytest
 
@@ -176,3 +181,87 @@ def test_a_read_longer_than_qemus_largest_request_gets_ioerr(tmp_path):
         assert calls == [0]
     finally:
         backend.close()
+
+
+# ---------------------------------------------------------------- the same chains on QEMU 7.2
+
+QEMU = shutil.which("qemu-system-x86_64")
+Q_RING, Q_TABLE, Q_HDR, Q_DATA, Q_STATUS = 0x100000, 0x400000, 0x200000, 0x300000, 0x210000
+
+
+def qemu_read_chain(tmp_path, n_data: int, table_entries: int | None = None) -> tuple[int, int, str]:
+    """One IN request of n_data 512-byte buffers in an indirect table (header + data + status),
+    on QEMU's legacy virtio-blk-pci interface driven by port writes through QMP, the rings put
+    in RAM by loader devices while the CPU never runs (-S). Returns (used.idx, status byte,
+    QEMU's stderr)."""
+    parts = [(Q_HDR, 16, NEXT)] + [(Q_DATA + SECT * (i % 8), SECT, WRITE | NEXT) for i in range(n_data)]
+    parts.append((Q_STATUS, 1, WRITE))
+    table = b"".join(struct.pack("<QIHH", a, n, f, i + 1 if f & NEXT else 0) for i, (a, n, f) in enumerate(parts))
+    entries = table_entries or len(parts)
+    blobs = {Q_TABLE: table.ljust(16 * entries, b"\0"),
+             Q_RING: struct.pack("<QIHH", Q_TABLE, 16 * entries, INDIRECT, 0),
+             Q_RING + 0x1000: struct.pack("<HHH", 0, 1, 0),           # avail: idx 1, ring[0] = 0
+             Q_HDR: struct.pack("<IIQ", T_IN, 0, 0), Q_STATUS: b"\xEE"}
+    args = [QEMU, "-machine", "pc", "-accel", "tcg", "-S", "-display", "none", "-nodefaults", "-m", "64",
+            "-qmp", f"unix:{tmp_path / 'qmp.sock'},server=on,wait=off",
+            "-drive", f"file={tmp_path / 'd.img'},format=raw,if=none,id=d0",
+            "-device", "virtio-blk-pci,drive=d0,addr=4"]
+    (tmp_path / "d.img").write_bytes(pattern(1 << 20))
+    for addr, data in blobs.items():
+        (tmp_path / f"{addr:x}.bin").write_bytes(data)
+        args += ["-device", f"loader,file={tmp_path / f'{addr:x}.bin'},addr={addr:#x},force-raw=on"]
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        for _ in range(500):
+            if (tmp_path / "qmp.sock").exists():
+                break
+            time.sleep(0.02)
+        with socket.socket(socket.AF_UNIX) as s:
+            s.connect(str(tmp_path / "qmp.sock"))
+            f = s.makefile("rw")
+
+            def hmp(line: str) -> str:
+                f.write(json.dumps({"execute": "human-monitor-command",
+                                    "arguments": {"command-line": line}}) + "\n")
+                f.flush()
+                while True:
+                    reply = json.loads(f.readline())
+                    if "return" in reply:
+                        return reply["return"]
+                    assert "error" not in reply, reply
+
+            json.loads(f.readline())
+            f.write('{"execute": "qmp_capabilities"}\n')
+            f.flush()
+            json.loads(f.readline())
+            # config mechanism #1: I/O + memory + bus master, BAR0 (legacy registers) at 0xC000
+            for line in ("o /w 0xcf8 0x80002004", "o /h 0xcfc 0x7", "o /w 0xcf8 0x80002010",
+                         "o /w 0xcfc 0xc000", "o /b 0xc012 3",                 # ACK | DRIVER
+                         "o /w 0xc004 0x10000004",         # INDIRECT_DESC | SEG_MAX
+                         "o /h 0xc00e 0", f"o /w 0xc008 {Q_RING >> 12:#x}", "o /b 0xc012 7",
+                         "o /h 0xc010 0"):                 # DRIVER_OK, then notify queue 0
+                hmp(line)
+            for _ in range(200):                           # the request completes on QEMU's main loop
+                used = int(hmp(f"xp /1hx {Q_RING + 0x2002:#x}").split()[-1], 16)
+                if used:
+                    break
+                time.sleep(0.01)
+            status = int(hmp(f"xp /1bx {Q_STATUS:#x}").split()[-1], 16)
+    finally:
+        proc.kill()
+        err = proc.communicate()[1]
+    return used, status, err
+
+
+@pytest.mark.skipif(QEMU is None, reason="qemu-system-x86_64 is not installed")
+def test_qemu_agrees_on_the_request_limits(tmp_path):
+    """What the tests above expect, QEMU 7.2 does with the same chains (queue 256, seg_max 254)."""
+    for n_data, table_entries, expected in [
+            (MAX_BUFFERS - 2, None, (1, S_OK)),        # 1024 buffers: longer than queue and seg_max
+            (1, 2048, (1, S_OK)),                      # a short chain in a 2048-entry table
+            (MAX_BUFFERS - 1, None, (0, 0xEE))]:       # 1025 buffers: the device fails
+        d = tmp_path / f"{n_data}-{table_entries}"
+        d.mkdir()
+        used, status, err = qemu_read_chain(d, n_data, table_entries)
+        assert (used, status) == expected, err
+    assert "too many write descriptors in indirect table" in err
