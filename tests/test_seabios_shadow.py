@@ -198,3 +198,29 @@ def test_virtqueue_rings_in_shadow_ram_follow_the_pam_registers(tmp_path):
         assert b.needs_reset and type(b.vdev.error) is RingsNotInRam
     finally:
         b.close()
+
+
+def test_a_packed_ring_in_write_protected_shadow_ram_is_read_and_never_written(tmp_path):
+    """The packed ring's used elements are written over its descriptors: write-protected, the
+    device still reads the descriptors from RAM and its used elements are lost."""
+    from test_virtio_packed import packed_bench, start
+    from virtio_driver import S_OK, T_IN, Allocator, BlkRequests, benches, pattern
+
+    made = benches(tmp_path)
+    b = packed_bench(next(made))
+    try:
+        sh = ShadowRam(b.mem, FakeCpu())
+        sh.pam_changed(0x5E, 0x33)
+        data_alloc, b.alloc = b.alloc, Allocator(b.mem, start=0xE0000)
+        ring = start(b, size=16)
+        assert 0xE0000 <= ring.desc < 0xE4000
+        b.blk = BlkRequests(ring)
+        b.blk.alloc = data_alloc
+        r = b.blk.submit(T_IN, 2, in_len=512)
+        sh.pam_changed(0x5E, 0x11)
+        ring_before = b.mem.read(ring.desc, 16 * 16)
+        b.drv.kick(0)
+        assert b.blk.result(r) == (pattern(1 << 20)[1024:1536], S_OK)
+        assert b.mem.read(ring.desc, 16 * 16) == ring_before and not b.needs_reset
+    finally:
+        next(made, None)                               # closes the bench
