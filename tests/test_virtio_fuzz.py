@@ -59,8 +59,8 @@ def scenario(draw):
 
 
 # The same distributions drawn with `random` instead of Hypothesis: bench/fuzz.py's campaigns
-# spend ~75 % of their time in Hypothesis's draws otherwise (test_fuzz_campaign.py checks that
-# these scenarios are ones the strategies above can produce).
+# spend ~75 % of their time in Hypothesis's draws otherwise (test_fuzz_campaign.py checks these
+# scenarios against the strategies' bounds and runs them).
 HEADER_TYPES = [0, 1, 4, 8, 11, 13, 2, 0x80000000]
 HEADER_SECTORS = [0, 1, 7, 127, 128, 2**64 - 1]
 LENGTHS = [0, 1, 8, 15, 16, 17, 512, 513, 1024, 4096, 2**32 - 1]
