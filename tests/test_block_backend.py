@@ -1,6 +1,7 @@
 """Block backends: opening images (errors as one-line ConfigErrors), raw I/O on RAM views,
 hole punching, OFD image locking between two openers, and the snapshot overlay."""
 
+import errno
 import os
 import subprocess
 import sys
@@ -120,6 +121,42 @@ def test_snapshot_writes_go_to_the_overlay_and_the_image_never_changes(tmp_path)
     assert p.read_bytes() == before
     be.close()
     assert p.read_bytes() == before
+
+
+def test_a_read_only_snapshot_refuses_every_change(tmp_path):
+    """-snapshot with readonly=on: the overlay takes no writes either (EROFS, as the image)."""
+    p = image(tmp_path)
+    be = open_drive(DriveConfig(file=p, snapshot=True, readonly=True))
+    try:
+        assert isinstance(be, SnapshotOverlay) and be.read_only
+        for call, args, err in ((be.writev, (0, [memoryview(b"x" * 512)]), errno.EROFS),
+                                (be.write_zeroes, (0, 512, False), errno.EROFS),
+                                (be.resize, (32768,), errno.EACCES)):
+            with pytest.raises(OSError) as e:
+                call(*args)
+            assert e.value.errno == err and "read-only" in e.value.strerror.lower()
+        assert e.value.strerror == "the image is read-only"
+        out = bytearray(512)
+        be.readv(0, [memoryview(out)])
+        assert bytes(out) == p.read_bytes()[:512] and be.size == 16384
+    finally:
+        be.close()
+
+
+def test_snapshot_write_zeroes_without_hole_punching_writes_zeroes(tmp_path, monkeypatch):
+    """A host file system that cannot punch holes: the overlay's zeroes are written out."""
+    import machine.block.snapshot as snap
+    p = image(tmp_path)
+    be = open_drive(DriveConfig(file=p, snapshot=True))
+    try:
+        be.writev(0, [memoryview(b"S" * 2048)])
+        monkeypatch.setattr(snap, "punch_hole", lambda fd, off, n: False)
+        be.write_zeroes(512, 1024, True)
+        out = bytearray(2048)
+        be.readv(0, [memoryview(out)])
+        assert bytes(out) == b"S" * 512 + bytes(1024) + b"S" * 512
+    finally:
+        be.close()
 
 
 def test_snapshot_does_not_take_the_write_lock(tmp_path):

@@ -28,6 +28,16 @@ class Recorder:
 
     def __init__(self):
         self.calls = []
+        self.args = []                 # every call with all its arguments
+
+    def __getattribute__(self, name):
+        attr = object.__getattribute__(self, name)
+        if name in ("readv", "writev", "flush", "discard", "write_zeroes"):
+            def record(*a):
+                object.__getattribute__(self, "args").append((name, *a))
+                return attr(*a)
+            return record
+        return attr
 
     def readv(self, offset, bufs):
         self.calls.append(("read", offset))
@@ -163,6 +173,25 @@ def test_write_zeroes_discard_and_flush_go_through_the_rules():
     assert fails(bd.discard, 0, 512) == errno.EIO
     inner.discard_unmap = False                       # discard=ignore: never reaches the image
     assert fails(bd.discard, 0, 512) is None
+
+
+def test_requests_reach_the_image_unchanged_and_fire_their_events_after():
+    bd, inner = wrap('[set-state]\nevent = "pwritev_done"\nstate = "1"\nnew_state = "2"\n'
+                     '[inject-error]\nevent = "read_aio"\nstate = "2"\n'
+                     '[inject-error]\nevent = "none"\nsector = "8"\niotype = "discard"\n')
+    assert fails(bd.readv, 0, BUF) is None           # state 1
+    assert fails(bd.write_zeroes, 1024, 2048, True) is None
+    assert fails(bd.discard, 4096 + 512, 512) is None       # sector 9: not covered
+    assert fails(bd.discard, 4096, 1024) == errno.EIO
+    assert inner.args[1:] == [("write_zeroes", 1024, 2048, True), ("discard", 4608, 512)]
+    assert fails(bd.readv, 0, BUF) == errno.EIO      # pwritev_done moved the engine to state 2
+
+
+def test_a_failed_write_zeroes_still_ends_with_pwritev_done():
+    bd, _ = wrap('[inject-error]\nevent = "pwritev_zero"\niotype = "write-zeroes"\nonce = "on"\n'
+                 '[set-state]\nevent = "pwritev_done"\nstate = "1"\nnew_state = "3"\n')
+    assert fails(bd.write_zeroes, 0, 512, False) == errno.EIO
+    assert bd.engine.state == 3
 
 
 # ---------------------------------------------------------------- drives and the command line
