@@ -8,13 +8,14 @@
 #define MB_HEADER_MAGIC      0x1BADB002u
 #define MB_BOOT_MAGIC        0x2BADB002u
 #define MB_SEARCH_LIMIT      8192       /* the header sits in the first 8 KiB, 4-byte aligned */
-/* Header flag bits 0-15 are requirements: we honour 0 (page-aligned modules: we load none) and
+/* Header flag bits 0-15 are requirements: we honour 0 (modules are always page aligned) and
  * 1 (memory information); 2 (video mode) and anything newer we cannot give, so we must refuse.
  * Bit 16 (load addresses in the header) is optional for ELF kernels: we use the ELF headers. */
 #define MB_REQ_SUPPORTED     0x0003u
 
 #define MBI_MEM              (1u << 0)
 #define MBI_CMDLINE          (1u << 2)
+#define MBI_MODS             (1u << 3)
 #define MBI_MMAP             (1u << 6)
 #define MBI_BOOT_LOADER_NAME (1u << 9)
 
@@ -65,6 +66,23 @@ struct elf32_phdr {
 
 #define MAX_PHDRS    32
 #define CMDLINE_MAX  4096
+/* The module table the board hands over in fw_cfg file opt/machine/modules (machine/pc.py
+ * builds it from -initrd "file args,file args", QEMU's syntax):
+ *     u32 count, u32 strings_len, count x { u32 size, u32 string_offset },
+ *     strings_len bytes of NUL-terminated command lines, then the modules' bytes in order.
+ * The limits are machine/kernel_image.py's too, so the host refuses what would not fit here. */
+#define MODS_MAX         32
+#define MOD_STRINGS_MAX  4096
+#define PAGE_SIZE        4096u
+
+struct mb_module {
+    uint32_t mod_start, mod_end;        /* [start, end) */
+    uint32_t string, reserved;
+} __attribute__((packed));
+
+struct mod_entry {
+    uint32_t size, string_offset;
+} __attribute__((packed));
 
 static const char loader_name[] = "machine firmware";
 
@@ -73,6 +91,9 @@ static struct mb_info mbi;
 static struct mb_mmap_entry mb_mmap[MEMMAP_MAX];
 static char cmdline[CMDLINE_MAX];
 static char boot_loader_name[sizeof(loader_name)];
+static struct mb_module mods[MODS_MAX];
+static char mod_strings[MOD_STRINGS_MAX];
+static uint32_t mods_count;
 
 /* Loader scratch */
 static uint8_t head[MB_SEARCH_LIMIT] __attribute__((aligned(4)));
@@ -204,6 +225,70 @@ static uint32_t entry_address(uint32_t entry, uint32_t n)
     fatal("kernel entry point 0x%x is outside its loaded segments", entry);
 }
 
+/* The first byte past every loaded segment: modules go after it. */
+static uint64_t kernel_end(uint32_t n)
+{
+    uint64_t end = 0;
+    for (uint32_t i = 0; i < n; i++)
+        if (phdrs[i].type == PT_LOAD && phdrs[i].memsz && phdrs[i].paddr + (uint64_t)phdrs[i].memsz > end)
+            end = phdrs[i].paddr + (uint64_t)phdrs[i].memsz;
+    return end;
+}
+
+/* Multiboot modules, page aligned one after the other above the kernel, as the kernel's
+ * header flag 0 may require.  Everything is checked before anything is read into RAM. */
+static void load_modules(uint64_t above)
+{
+    uint32_t size;
+    uint16_t key = fwcfg_find_file("opt/machine/modules", &size);
+    if (!key)
+        return;
+    struct fwcfg_stream s;
+    uint32_t head_words[2];
+    static struct mod_entry table[MODS_MAX];
+    if (size < sizeof(head_words))
+        fatal("opt/machine/modules: %u bytes is too short for its header", size);
+    fwcfg_stream_open(&s, key);
+    fwcfg_stream_read_at(&s, 0, head_words, sizeof(head_words));
+    uint32_t count = head_words[0], strings_len = head_words[1];
+    if (count > MODS_MAX || strings_len > MOD_STRINGS_MAX)
+        fatal("opt/machine/modules: %u modules with %u bytes of command lines (at most %u and %u)",
+              count, strings_len, MODS_MAX, MOD_STRINGS_MAX);
+    uint32_t table_len = count * sizeof(struct mod_entry);
+    uint64_t data = sizeof(head_words) + (uint64_t)table_len + strings_len;
+    if (data > size)
+        fatal("opt/machine/modules: its table runs past the file's %u bytes", size);
+    fwcfg_stream_read_at(&s, sizeof(head_words), table, table_len);
+    fwcfg_stream_read_at(&s, sizeof(head_words) + table_len, mod_strings, strings_len);
+    if (strings_len)
+        mod_strings[strings_len - 1] = 0;
+
+    uint64_t at = (above + PAGE_SIZE - 1) & ~(uint64_t)(PAGE_SIZE - 1), offset = data;
+    for (uint32_t i = 0; i < count; i++) {
+        uint64_t end = at + table[i].size;
+        if (table[i].string_offset >= strings_len)
+            fatal("module %u: command line offset %u is outside the %u-byte string table",
+                  i, table[i].string_offset, strings_len);
+        if (offset + table[i].size > size)
+            fatal("module %u: its %u bytes run past the end of opt/machine/modules", i, table[i].size);
+        if (end > 0x100000000ull || !memmap_is_ram(at, end > at ? end : at + 1))
+            fatal("module %u (%u bytes) does not fit in RAM at 0x%llx", i, table[i].size, at);
+        if (at < FW_RAM_END && FW_RAM_START < end)
+            fatal("module %u at 0x%llx-0x%llx overlaps the firmware's RAM 0x%x-0x%x",
+                  i, at, end - 1, FW_RAM_START, FW_RAM_END - 1);
+        mods[i] = (struct mb_module){ .mod_start = (uint32_t)at, .mod_end = (uint32_t)end,
+                                      .string = (uint32_t)&mod_strings[table[i].string_offset] };
+        offset += table[i].size;
+        at = (end + PAGE_SIZE - 1) & ~(uint64_t)(PAGE_SIZE - 1);
+    }
+    for (uint32_t i = 0, pos = data; i < count; pos += table[i].size, i++) {
+        dbg_printf("module %u: 0x%08x-0x%08x \"%s\"\n", i, mods[i].mod_start, mods[i].mod_end,
+                   (const char *)mods[i].string);
+        fwcfg_stream_read_at(&s, pos, (void *)mods[i].mod_start, table[i].size);
+    }
+    mods_count = count;
+}
+
 static void build_mbi(void)
 {
     uint32_t n = 0;
@@ -225,6 +310,11 @@ static void build_mbi(void)
     mbi.mmap_length = n * sizeof(struct mb_mmap_entry);
     mbi.mmap_addr = (uint32_t)mb_mmap;
     mbi.boot_loader_name = (uint32_t)boot_loader_name;
+    if (mods_count) {
+        mbi.flags |= MBI_MODS;
+        mbi.mods_count = mods_count;
+        mbi.mods_addr = (uint32_t)mods;
+    }
 }
 
 void multiboot_boot(void)
@@ -262,6 +352,7 @@ void multiboot_boot(void)
     uint32_t phys_entry = entry_address(entry, phnum);
 
     load_segments(&s, phnum);
+    load_modules(kernel_end(phnum));
     read_cmdline();
     build_mbi();
 

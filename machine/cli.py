@@ -232,7 +232,8 @@ _opt("kernel", "FILE", "Linux bzImage or Multiboot v1 ELF32 kernel to boot (defa
      "self-test guest)", "opt_kernel")
 _opt("append", "CMDLINE", "the kernel command line (a Multiboot kernel sees 'FILE CMDLINE')",
      "opt_append")
-_opt("initrd", "FILE", "initial ram disk for a Linux kernel", "opt_initrd")
+_opt("initrd", "FILE", "initial ram disk for a Linux kernel; for a Multiboot kernel its modules, "
+     "'file args,file args' (',,' is a comma in a name)", "opt_initrd")
 _opt("drive", "file=IMG[,format=raw][,if=virtio|none][,id=ID][,readonly=on|off]"
      "[,cache=writeback|writethrough|none|directsync|unsafe][,discard=unmap|ignore][,snapshot=on|off]"
      "[,werror=report|ignore|stop|enospc][,rerror=report|ignore|stop]",
@@ -465,6 +466,24 @@ class _Parser:
             raise ConfigError("-append only allowed with -kernel option")
         if cfg.initrd is not None and cfg.kernel is None:
             raise ConfigError("-initrd only allowed with -kernel option")
+        if cfg.initrd is not None:
+            self.check_initrd(cfg.initrd, kernel_image.probe(cfg.kernel) is None)
+
+    @staticmethod
+    def check_initrd(initrd: str, multiboot: bool) -> None:
+        """A Linux initrd is one file; a Multiboot kernel's -initrd lists its modules, and QEMU
+        names the one it cannot open."""
+        if not multiboot:
+            try:
+                _check_readable_file(initrd)
+            except _OptError as err:
+                raise ConfigError(f"-initrd {initrd}: {err}") from None
+            return
+        for path, _ in kernel_image.multiboot_module_specs(initrd):
+            try:
+                _check_readable_file(path)
+            except _OptError as err:
+                raise ConfigError(f"-initrd: {err}") from None
 
     def check_trace_names(self) -> None:
         """An exact event name (no wildcard) that no event has is almost always a typo: warn,
@@ -592,8 +611,9 @@ class _Parser:
         self.config.append = arg
 
     def opt_initrd(self, arg: str) -> None:
-        _check_readable_file(arg)
-        self.config.initrd = Path(arg)
+        # A Linux initrd or a Multiboot module list ("file args,file args"): which one depends on
+        # -kernel, which may come later; finish() checks the files.
+        self.config.initrd = arg
 
     # ---- block
 

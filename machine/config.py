@@ -53,7 +53,8 @@ class MachineConfig:
     bios: Path | None = None            # None: the bundled firmware (firmware/out/bios.bin)
     kernel: Path | None = None          # Linux bzImage or Multiboot v1 ELF32, loaded by the firmware
     append: str = ""                    # -append; a Multiboot guest sees "<kernel path> <append>"
-    initrd: Path | None = None          # -initrd: a Linux initrd (a Multiboot kernel: refused)
+    initrd: str | Path | None = None    # -initrd: a Linux initrd, or a Multiboot kernel's modules
+                                       # (QEMU's "file args,file args")
     serial: CharDev = field(default_factory=lambda: CharDev("stdio"))
     debugcon: CharDev = field(default_factory=CharDev)   # port 0x402 output (firmware progress)
     drives: list[DriveConfig] = field(default_factory=list)

@@ -17,6 +17,10 @@ PROT_MODE_ADDR = 0x100000        # where the firmware loads the protected-mode k
 INITRD_TOP_RESERVE = 0x20000     # room the firmware's ACPI tables may take at the RAM top
 _LOADED_HIGH = 0x01
 
+MODULES_FILE = "opt/machine/modules"   # the fw_cfg file firmware/multiboot.c loads modules from
+MODS_MAX = 32                    # firmware/multiboot.c's table sizes
+MOD_STRINGS_MAX = 4096
+
 
 @dataclass(frozen=True)
 class LinuxKernel:
@@ -88,3 +92,41 @@ def probe(path) -> LinuxKernel | None:
         return parse_linux(data)
     raise ValueError("not a Multiboot kernel or a Linux bzImage (no Multiboot header with a "
                      "valid checksum in the first 8192 bytes, no Linux setup header)")
+
+
+def multiboot_module_specs(initrd: str) -> list[tuple[str, str]]:
+    """-initrd for a Multiboot kernel, as QEMU reads it: modules separated by commas (",," is a
+    comma inside a name), each "FILE ARGS...": the file is the first word, and the module's
+    command line is the whole entry. Returns (file, command line) pairs; "" gives none."""
+    entries, current, i = [], [], 0
+    while i < len(initrd):
+        if initrd[i] == ",":
+            if initrd[i + 1:i + 2] == ",":
+                current.append(",")
+                i += 2
+                continue
+            entries.append("".join(current))
+            current = []
+        else:
+            current.append(initrd[i])
+        i += 1
+    entries.append("".join(current))
+    return [(entry.split(" ", 1)[0], entry) for entry in entries if entry]
+
+
+def multiboot_modules_blob(modules: list[tuple[str, bytes]]) -> bytes:
+    """The fw_cfg file firmware/multiboot.c reads: u32 count, u32 strings_len, then per module
+    u32 size and u32 offset of its command line, the NUL-terminated command lines, then the
+    modules' bytes in order. Raises ValueError for more than the firmware's tables hold."""
+    strings = b"".join(cmdline.encode() + b"\0" for cmdline, _ in modules)
+    if len(modules) > MODS_MAX:
+        raise ValueError(f"{len(modules)} Multiboot modules (at most {MODS_MAX})")
+    if len(strings) > MOD_STRINGS_MAX:
+        raise ValueError(f"the Multiboot modules' command lines take {len(strings)} bytes "
+                         f"(at most {MOD_STRINGS_MAX})")
+    table, offset = [], 0
+    for cmdline, data in modules:
+        table.append(struct.pack("<II", len(data), offset))
+        offset += len(cmdline.encode()) + 1
+    return (struct.pack("<II", len(modules), len(strings)) + b"".join(table) + strings
+            + b"".join(data for _, data in modules))

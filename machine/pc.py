@@ -369,15 +369,16 @@ class Machine:
             # reports what is wrong with it (the command line refuses such files earlier).
             linux = kernel_image.parse_linux(data) if kernel_image.is_linux(data[:0x206]) else None
             kernel = data if linux is None else linux.kernel
-            initrd = open(cfg.initrd, "rb").read() if cfg.initrd is not None else None
+            initrd = None
+            if cfg.initrd is not None and linux is not None:
+                initrd = open(cfg.initrd, "rb").read()
         except OSError as exc:
             raise ConfigError(f"could not load '{exc.filename}': {exc.strerror}") from None
         except ValueError as exc:
             raise ConfigError(f"-kernel {cfg.kernel}: {exc}") from None
         if linux is None:
-            if initrd is not None:
-                raise ConfigError("-initrd: Multiboot modules are not supported "
-                                  "(only a Linux kernel takes an initrd)")
+            if cfg.initrd is not None:
+                fw.add_file(kernel_image.MODULES_FILE, self._multiboot_modules(str(cfg.initrd), low_top))
             cmdline = f"{cfg.kernel} {cfg.append}".encode() + b"\0"
         else:
             cmdline = cfg.append.encode() + b"\0"
@@ -398,6 +399,26 @@ class Machine:
         fw.add_bytes(fw_cfg.KERNEL_DATA, kernel)
         fw.add_u32(fw_cfg.CMDLINE_SIZE, len(cmdline))
         fw.add_bytes(fw_cfg.CMDLINE_DATA, cmdline)
+
+    @staticmethod
+    def _multiboot_modules(initrd: str, low_top: int) -> bytes:
+        """-initrd with a Multiboot kernel: the modules, QEMU's "file args,file args" list."""
+        modules = []
+        for path, cmdline in kernel_image.multiboot_module_specs(initrd):
+            try:
+                with open(path, "rb") as f:
+                    modules.append((cmdline, f.read()))
+            except OSError:
+                raise ConfigError(f"Failed to open file '{path}'") from None
+        try:
+            blob = kernel_image.multiboot_modules_blob(modules)
+        except ValueError as exc:
+            raise ConfigError(f"-initrd: {exc}") from None
+        total = sum(-(-len(data) // 4096) * 4096 for _, data in modules)
+        if total > low_top - kernel_image.PROT_MODE_ADDR:
+            raise ConfigError(f"-initrd: the Multiboot modules take {total} bytes of RAM, more "
+                              f"than the {low_top - kernel_image.PROT_MODE_ADDR} above 1 MiB")
+        return blob
 
     def _fill_fw_cfg(self, fw: FwCfg) -> None:
         cfg = self.config

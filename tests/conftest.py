@@ -40,6 +40,7 @@ def pytest_collection_modifyitems(session, config, items):
     """Linux boots on our machine take about a minute each, the rest of the suite seconds:
     start them first, so pytest-xdist hands them round-robin to every worker instead of
     leaving them queued on one at the end."""
-    slow = [i for i in items if "test_linux_e2e.py::test_linux_virtio_blk_on_our_machine" in i.nodeid]
+    slow = [i for i in items if "test_linux_e2e.py::test_linux_virtio_blk_on_our_machine" in i.nodeid
+            or "test_linux_e2e.py::test_gdb_and_device_breakpoints_on_a_running_linux_kernel" in i.nodeid]
     if slow:
         items[:] = slow + [i for i in items if i not in slow]

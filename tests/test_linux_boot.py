@@ -165,11 +165,3 @@ def test_initrd_too_large(tmp_path, capsys, ram, initrd_addr_max, size):
     assert main(["-m", ram, "-kernel", str(k), "-initrd", str(rd), "-display", "none"]) == 1
     err = capsys.readouterr().err.splitlines()
     assert len(err) == 1 and "initrd is too large" in err[0], err
-
-
-def test_initrd_with_a_multiboot_kernel_is_refused(tmp_path, capsys, hello):
-    rd = tmp_path / "initrd"
-    rd.write_bytes(b"x")
-    assert main(["-kernel", str(hello), "-initrd", str(rd)]) == 1
-    err = capsys.readouterr().err.splitlines()
-    assert len(err) == 1 and "Multiboot modules are not supported" in err[0], err

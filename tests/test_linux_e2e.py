@@ -117,3 +117,72 @@ def test_linux_virtio_blk_on_qemu(kernel, initrd, tmp_path, mode):
     disk = lg.make_disk(tmp_path / "disk.img")
     status, output = run([QEMU], kernel, initrd, disk, mode, QEMU_LIMIT)
     check_run(status, output, disk, mode)
+
+
+@pytest.mark.skipif(shutil.which("gdb") is None, reason="gdb is not installed")
+def test_gdb_and_device_breakpoints_on_a_running_linux_kernel(kernel, initrd, tmp_path):
+    """A driver author's session on the real driver: a device breakpoint on Linux's first FLUSH
+    stops the machine inside the kernel; gdb attaches with the x86-64 description, reads the
+    registers, decodes and steps kernel code and asks the monitor about the device; after
+    `detach` Linux carries on and every check of its init still passes. Trace events see the
+    same requests."""
+    import io
+    import threading
+    import time
+
+    from machine import trace
+    from machine.cli import parse_args
+    from machine.config import CharDev
+    from machine.debug.session import attach_debugger
+    from machine.debug.target import STOP_DEVICE
+    from machine.pc import Machine
+
+    disk = lg.make_disk(tmp_path / "disk.img")
+    serial = tmp_path / "serial.txt"
+    config = parse_args(lg.command_line(kernel, initrd, disk, rebind=True))
+    config.serial = CharDev("file", str(serial))
+    config.gdb = "tcp:127.0.0.1:0"
+    m = Machine(config)
+    dbg = attach_debugger(m, config)
+    assert "Device breakpoint 1" in dbg.monitor.execute("break virtio-blk request type=flush")
+    events = io.StringIO()
+    trace.set_output(events)
+    trace.enable("virtio_blk_req_complete")
+    result = {}
+    thread = threading.Thread(target=lambda: result.setdefault("status", dbg.run()), daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + OUR_LIMIT
+        while getattr(dbg.gdb.last_stop, "kind", None) != STOP_DEVICE:
+            assert thread.is_alive() and time.monotonic() < deadline, serial.read_text()[-2000:]
+            time.sleep(0.2)
+        out = subprocess.run(
+            ["gdb", "-batch", "-nx", "-ex", "set confirm off", "-ex", "set pagination off",
+             "-ex", f"target remote 127.0.0.1:{dbg.gdb.port}",
+             "-ex", "show architecture", "-ex", "info registers rip cs",
+             "-ex", "x/i $pc", "-ex", "stepi", "-ex", "info registers rip",
+             "-ex", "monitor info virtio",
+             "-ex", "monitor info virtio-status 0",
+             "-ex", "monitor info virtio-queue-status 0 0",
+             "-ex", "monitor delete 1", "-ex", "detach"],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=120).stdout
+        thread.join(OUR_LIMIT)
+    finally:
+        dbg.quit_requested = True
+        thread.join(10)
+        m.close()
+        trace.disable_all()
+        trace.set_output(sys.stderr)
+
+    assert "i386:x86-64" in out, out
+    rips = [int(v, 16) for v in re.findall(r"^rip\s+(0x[0-9a-f]+)", out, re.M)]
+    assert len(rips) == 2 and all(r >= 0xFFFF800000000000 for r in rips), out   # kernel text
+    assert rips[1] != rips[0], out                                               # stepi moved
+    assert re.search(r"^cs\s+0x10\s", out, re.M), out                            # __KERNEL_CS
+    assert re.search(r"=> 0xffff[0-9a-f]+.*:\s+\S+", out), out
+    assert "[virtio-blk]" in out and "DRIVER_OK" in out and "FLUSH: Flush command supported" in out, out
+    assert re.search(r"last_avail_idx:\s+\d+", out), out
+    output = serial.read_text()
+    check_run(result.get("status"), output, disk, "transitional")
+    flushes = re.findall(r"virtio_blk_req_complete .*type=4 .*status=0", events.getvalue())
+    assert flushes, events.getvalue()[-2000:]

@@ -10,6 +10,7 @@
 #define MB_BOOT_MAGIC        0x2BADB002u
 #define MBI_MEM              (1u << 0)
 #define MBI_CMDLINE          (1u << 2)
+#define MBI_MODS             (1u << 3)
 #define MBI_MMAP             (1u << 6)
 #define MBI_BOOT_LOADER_NAME (1u << 9)
 
@@ -18,6 +19,11 @@ struct mb_info {
     uint32_t syms[4];
     uint32_t mmap_length, mmap_addr, drives_length, drives_addr, config_table;
     uint32_t boot_loader_name;
+} __attribute__((packed));
+
+struct mb_module {
+    uint32_t mod_start, mod_end;    /* [start, end) */
+    uint32_t string, reserved;
 } __attribute__((packed));
 
 struct mb_mmap_entry {
@@ -141,6 +147,30 @@ void kmain(uint32_t magic, const struct mb_info *mbi)
         puts("boot_loader_name \"");
         puts((const char *)mbi->boot_loader_name);
         puts("\"\n");
+    }
+    if (mbi->flags & MBI_MODS) {
+        /* Each module's place, command line and a checksum of its bytes (FNV-1a), so a test can
+         * check the contents without the kernel knowing them. */
+        puts("mods ");
+        put_dec(mbi->mods_count);
+        putc('\n');
+        const struct mb_module *m = (const void *)mbi->mods_addr;
+        for (uint32_t i = 0; i < mbi->mods_count; i++, m++) {
+            uint32_t h = 2166136261u;
+            for (const uint8_t *b = (const uint8_t *)m->mod_start; b < (const uint8_t *)m->mod_end; b++)
+                h = (h ^ *b) * 16777619u;
+            puts("mod ");
+            put_dec(i);
+            putc(' ');
+            put_hex(m->mod_start, 8);
+            putc('-');
+            put_hex(m->mod_end, 8);
+            puts(" fnv ");
+            put_hex(h, 8);
+            puts(" \"");
+            puts(m->string ? (const char *)m->string : "");
+            puts("\"\n");
+        }
     }
     if (mbi->flags & MBI_MMAP) {
         /* Each entry's size field counts the bytes after itself. */
