@@ -129,13 +129,13 @@ def test_a_read_only_snapshot_refuses_every_change(tmp_path):
     be = open_drive(DriveConfig(file=p, snapshot=True, readonly=True))
     try:
         assert isinstance(be, SnapshotOverlay) and be.read_only
-        for call, args, err in ((be.writev, (0, [memoryview(b"x" * 512)]), errno.EROFS),
-                                (be.write_zeroes, (0, 512, False), errno.EROFS),
-                                (be.resize, (32768,), errno.EACCES)):
+        for call, args, err, text in (
+                (be.writev, (0, [memoryview(b"x" * 512)]), errno.EROFS, "read-only image"),
+                (be.write_zeroes, (0, 512, False), errno.EROFS, "read-only image"),
+                (be.resize, (32768,), errno.EACCES, "the image is read-only")):
             with pytest.raises(OSError) as e:
                 call(*args)
-            assert e.value.errno == err and "read-only" in e.value.strerror.lower()
-        assert e.value.strerror == "the image is read-only"
+            assert (e.value.errno, e.value.strerror) == (err, text)
         out = bytearray(512)
         be.readv(0, [memoryview(out)])
         assert bytes(out) == p.read_bytes()[:512] and be.size == 16384
@@ -155,6 +155,25 @@ def test_snapshot_write_zeroes_without_hole_punching_writes_zeroes(tmp_path, mon
         out = bytearray(2048)
         be.readv(0, [memoryview(out)])
         assert bytes(out) == b"S" * 512 + bytes(1024) + b"S" * 512
+    finally:
+        be.close()
+
+
+@pytest.mark.parametrize("offset, length", [(-512, 512), (0, -512), (16384 - 512, 1024),
+                                            (100, 512), (0, 100), (16384, 512)])
+def test_snapshot_refuses_ranges_outside_the_disk_or_unaligned(tmp_path, offset, length):
+    be = open_drive(DriveConfig(file=image(tmp_path), snapshot=True))
+    try:
+        calls = [(be.write_zeroes, (offset, length, False)), (be.discard, (offset, length))]
+        if length >= 0:                            # readv/writev take their length from the buffers
+            buf = [memoryview(bytearray(length))]
+            calls += [(be.readv, (offset, buf)), (be.writev, (offset, buf))]
+        for call, args in calls:
+            with pytest.raises(OSError) as e:
+                call(*args)
+            assert e.value.errno == errno.EINVAL, call
+        assert be.readv(16384 - 512, [memoryview(bytearray(512))]) == 512     # the last sector is fine
+        be.discard(16384 - 512, 512)
     finally:
         be.close()
 

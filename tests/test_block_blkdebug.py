@@ -5,6 +5,7 @@ line, and the guest self-test failing the very same requests on our machine and 
 from __future__ import annotations
 
 import errno
+import os
 import shutil
 import subprocess
 import sys
@@ -185,6 +186,9 @@ def test_requests_reach_the_image_unchanged_and_fire_their_events_after():
     assert fails(bd.discard, 4096, 1024) == errno.EIO
     assert inner.args[1:] == [("write_zeroes", 1024, 2048, True), ("discard", 4608, 512)]
     assert fails(bd.readv, 0, BUF) == errno.EIO      # pwritev_done moved the engine to state 2
+    bd, _ = wrap('[inject-error]\nevent = "pwritev"\nsector = "16"\niotype = "write-zeroes"\n')
+    assert fails(bd.write_zeroes, 0, 16 * 512, False) is None          # ends just before it
+    assert fails(bd.write_zeroes, 15 * 512, 1024, False) == errno.EIO  # covers sector 16
 
 
 def test_a_failed_write_zeroes_still_ends_with_pwritev_done():
@@ -195,6 +199,28 @@ def test_a_failed_write_zeroes_still_ends_with_pwritev_done():
 
 
 # ---------------------------------------------------------------- drives and the command line
+
+
+def test_resize_reaches_the_image_through_the_rules(tmp_path):
+    img = tmp_path / "d.img"
+    img.write_bytes(bytes(4096))
+    rules = tmp_path / "r.conf"
+    rules.write_text('[inject-error]\nevent = "write_aio"\n')
+    be = open_drive(DriveConfig(file=img, blkdebug=rules))
+    try:
+        be.resize(8192)
+        assert img.stat().st_size == 8192 and be.size == 8192
+        os.truncate(img, 16384)                        # the host grows it behind the machine
+        assert be.refresh_size() == 16384 == be.size
+    finally:
+        be.close()
+
+
+def test_a_backend_that_cannot_resize_says_so():
+    from machine.block.raw import BlockBackend
+    with pytest.raises(OSError) as e:
+        BlockBackend().resize(4096)
+    assert e.value.errno == errno.ENOTSUP
 
 
 def test_a_drive_with_rules_wraps_the_image(tmp_path):
