@@ -54,12 +54,79 @@ def test_raw_read_and_write_through_views(tmp_path):
 
 def test_read_only_drive_refuses_writes(tmp_path):
     p = image(tmp_path)
-    be = open_drive(DriveConfig(file=p, readonly=True))
-    with pytest.raises(OSError):
-        be.writev(0, [memoryview(b"x" * 512)])
-    with pytest.raises(OSError):
-        be.write_zeroes(0, 512, False)
+    before = p.read_bytes()
+    be = open_drive(DriveConfig(file=p, readonly=True, discard="unmap"))
+    for call, args, err, text in ((be.writev, (0, [memoryview(b"x" * 512)]), errno.EROFS, "read-only image"),
+                                  (be.write_zeroes, (0, 512, False), errno.EROFS, "read-only image"),
+                                  (be.discard, (0, 512), errno.EROFS, "read-only image"),
+                                  (be.resize, (32768,), errno.EACCES, "the image is read-only")):
+        with pytest.raises(OSError) as e:
+            call(*args)
+        assert (e.value.errno, e.value.strerror) == (err, text)
     be.close()
+    assert p.read_bytes() == before
+
+
+def _allocated(p) -> int:
+    return os.stat(p).st_blocks * 512
+
+
+def test_write_zeroes_with_unmap_leaves_a_hole_and_without_it_real_zeroes(tmp_path):
+    import machine.block.raw as raw
+    raw._libc = None                               # load libc's fallocate in this test too
+    p = image(tmp_path, bytes(range(256)) * 4096)  # 1 MiB, all allocated
+    be = open_drive(DriveConfig(file=p, discard="unmap"))
+    try:
+        full = _allocated(p)
+        be.write_zeroes(0, 512 * 1024, True)       # unmap allowed: a hole
+        assert _allocated(p) <= full - 512 * 1024
+        be.write_zeroes(512 * 1024, 4096, False)   # no unmap: written zeroes, still allocated
+        data = p.read_bytes()
+        assert data[:512 * 1024 + 4096] == bytes(512 * 1024 + 4096)
+        assert data[512 * 1024 + 4096:] == (bytes(range(256)) * 4096)[512 * 1024 + 4096:]
+    finally:
+        be.close()
+
+
+def test_hole_punching_errors(tmp_path, monkeypatch):
+    """A file system without holes: False (the caller writes zeroes); any other failure raises."""
+    import ctypes
+    import machine.block.raw as raw
+
+    class Libc:
+        def __init__(self, err):
+            self.err = err
+
+        def fallocate(self, fd, mode, offset, length):
+            assert mode == 3 and (offset, length) == (4096, 512)     # PUNCH_HOLE | KEEP_SIZE
+            ctypes.set_errno(self.err)
+            return -1
+
+    for err, result in ((errno.EOPNOTSUPP, False), (errno.ENOSYS, False), (errno.EBADF, OSError)):
+        monkeypatch.setattr(raw, "_libc", Libc(err))
+        if result is OSError:
+            with pytest.raises(OSError) as e:
+                raw.punch_hole(3, 4096, 512)
+            assert (e.value.errno, e.value.strerror) == (errno.EBADF, os.strerror(errno.EBADF))
+        else:
+            assert raw.punch_hole(3, 4096, 512) is False
+
+
+def test_zeroes_written_out_over_more_than_one_chunk(tmp_path, monkeypatch):
+    import machine.block.raw as raw
+    p = image(tmp_path, b"\xAA" * (3 << 20))
+    fd = os.open(p, os.O_RDWR)
+    try:
+        raw.write_zeroes_fd(fd, 4096, (5 << 19) - 4096)        # 2.5 MiB from 4 KiB: three chunks
+        data = p.read_bytes()
+        assert data[:4096] == b"\xAA" * 4096 and data[4096:5 << 19] == bytes((5 << 19) - 4096)
+        assert data[5 << 19:] == b"\xAA" * ((3 << 20) - (5 << 19))
+        monkeypatch.setattr(raw, "pwritev_full", lambda fd, bufs, off: 0)
+        with pytest.raises(OSError) as e:
+            raw.write_zeroes_fd(fd, 0, 512)
+        assert (e.value.errno, e.value.strerror) == (errno.EIO, "short write")
+    finally:
+        os.close(fd)
 
 
 def test_discard_unmap_punches_a_hole_and_keeps_the_size(tmp_path):
