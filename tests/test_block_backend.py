@@ -270,3 +270,45 @@ def test_iov_helpers_split_and_read_more_than_iov_max_buffers(tmp_path):
     os.close(fd)
     parts = split([memoryview(b"abc"), memoryview(b"defg")], 2, 3)
     assert b"".join(bytes(x) for x in parts) == b"cde"
+
+
+def test_iov_advance_and_split_cut_exactly():
+    from machine.block.iov import _advance
+    a, b, c = memoryview(b"abcde"), memoryview(b"fg"), memoryview(b"hij")
+    assert [bytes(x) for x in _advance([a, b, c], 3)] == [b"de", b"fg", b"hij"]   # mid-buffer
+    assert [bytes(x) for x in _advance([a, b, c], 5)] == [b"fg", b"hij"]          # on a boundary
+    assert [bytes(x) for x in _advance([a, b, c], 8)] == [b"ij"]
+    assert _advance([a, b, c], 10) == []
+    assert [bytes(x) for x in split([a, b, c], 5, 3)] == [b"fg", b"h"]           # starts on a boundary
+    assert [bytes(x) for x in split([a, b, c], 7, 3)] == [b"hij"]
+
+
+def test_short_transfers_resume_in_the_middle_of_a_buffer(tmp_path):
+    """os.preadv moving fewer bytes than asked: the rest of that buffer comes next."""
+    from machine.block.iov import _vectored_full
+    p = image(tmp_path)
+    fd = os.open(p, os.O_RDONLY)
+    try:
+        calls = []
+
+        def stingy(fd, bufs, offset):               # at most 3 bytes per call
+            calls.append(len(bufs))
+            n = min(3, len(bufs[0]))
+            bufs[0][:n] = os.pread(fd, n, offset)
+            return n
+        out = [bytearray(5), bytearray(4)]
+        assert _vectored_full(stingy, fd, [memoryview(x) for x in out], 100) == 9
+        assert b"".join(out) == p.read_bytes()[100:109] and calls == [2, 2, 1, 1]
+    finally:
+        os.close(fd)
+
+
+def test_only_a_regular_file_can_be_resized(tmp_path):
+    be = open_drive(DriveConfig(file=image(tmp_path)))
+    try:
+        be.regular = False                          # as for a block device
+        with pytest.raises(OSError) as e:
+            be.resize(32768)
+        assert (e.value.errno, e.value.strerror) == (errno.ENOTSUP, "only a regular file can be resized")
+    finally:
+        be.close()

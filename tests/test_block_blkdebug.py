@@ -191,6 +191,13 @@ def test_requests_reach_the_image_unchanged_and_fire_their_events_after():
     assert fails(bd.write_zeroes, 15 * 512, 1024, False) == errno.EIO  # covers sector 16
 
 
+@pytest.mark.parametrize("event", ["flush_to_os", "flush_to_disk"])
+def test_a_flush_fires_both_flush_events(event):
+    bd, inner = wrap(f'[inject-error]\nevent = "{event}"\niotype = "flush"\n')
+    assert fails(bd.flush) == errno.EIO and inner.calls == []
+    assert fails(bd.readv, 0, BUF) is None
+
+
 def test_a_failed_write_zeroes_still_ends_with_pwritev_done():
     bd, _ = wrap('[inject-error]\nevent = "pwritev_zero"\niotype = "write-zeroes"\nonce = "on"\n'
                  '[set-state]\nevent = "pwritev_done"\nstate = "1"\nnew_state = "3"\n')
