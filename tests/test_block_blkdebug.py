@@ -198,6 +198,38 @@ def test_a_flush_fires_both_flush_events(event):
     assert fails(bd.readv, 0, BUF) is None
 
 
+def test_a_write_fires_pwritev_then_pwritev_done():
+    bd, _ = wrap('[set-state]\nevent = "pwritev"\nstate = "1"\nnew_state = "2"\n'
+                 '[set-state]\nevent = "pwritev_done"\nstate = "2"\nnew_state = "3"\n')
+    assert fails(bd.writev, 0, BUF) is None and bd.engine.state == 3
+
+
+def test_every_rule_of_an_event_is_armed_in_file_order():
+    bd, _ = wrap('[inject-error]\nevent = "read_aio"\nsector = "8"\nerrno = "5"\n'
+                 '[inject-error]\nevent = "read_aio"\nsector = "16"\nerrno = "28"\n'
+                 '[delay]\nevent = "read_aio"\nsector = "8"\nlatency-ns = "5000"\n'
+                 '[delay]\nevent = "read_aio"\nlatency-ns = "7000"\n')
+    assert fails(bd.readv, 8 * 512, BUF) == errno.EIO and bd.take_delay_ns() == 5000
+    assert fails(bd.readv, 16 * 512, BUF) == errno.ENOSPC and bd.take_delay_ns() == 7000
+    assert fails(bd.readv, 0, BUF) is None and bd.take_delay_ns() == 7000
+
+
+def test_rules_files_name_themselves_in_errors(tmp_path):
+    from machine.block.blkdebug import load_rules
+    with pytest.raises(RulesError) as e:
+        load_rules(tmp_path / "missing.conf")
+    assert str(e.value) == f"Could not read blkdebug config file '{tmp_path / 'missing.conf'}': " \
+                           "No such file or directory"
+    bad = tmp_path / "bad.conf"
+    bad.write_text('[inject-error]\nevent = "read_aio"\nbogus = "1"\n')
+    with pytest.raises(RulesError) as e:
+        load_rules(bad)
+    assert str(e.value) == f"{bad}:3: Invalid parameter 'bogus' in [inject-error]"
+    bad.write_bytes(b"\xff\xfe[")
+    with pytest.raises(RulesError, match=f"Could not read blkdebug config file '{bad}': .*utf-8"):
+        load_rules(bad)
+
+
 def test_a_failed_write_zeroes_still_ends_with_pwritev_done():
     bd, _ = wrap('[inject-error]\nevent = "pwritev_zero"\niotype = "write-zeroes"\nonce = "on"\n'
                  '[set-state]\nevent = "pwritev_done"\nstate = "1"\nnew_state = "3"\n')
