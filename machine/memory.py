@@ -119,10 +119,6 @@ class GuestMemory:
         cache where their rings are look them up again."""
         self._map_listeners.append(fn)
 
-    def remove_map_listener(self, fn: Callable[[], None]) -> None:
-        if fn in self._map_listeners:
-            self._map_listeners.remove(fn)
-
     # -- translation ---------------------------------------------------------------------
     def host_offset(self, gpa: int, length: int, write: bool = False) -> int:
         """Offset into `buf` of [gpa, gpa+length), or GuestMemoryError if not wholly in RAM
