@@ -111,6 +111,47 @@ def test_bad_rules_are_refused_with_the_line(text, message):
         parse_rules(text)
 
 
+@pytest.mark.parametrize("section, key, value, message", [
+    ("inject-error", "state", "x", "[inject-error] state: 'x' is not a number"),
+    ("inject-error", "errno", "x", "[inject-error] errno: 'x' is not a number"),
+    ("inject-error", "sector", "x", "[inject-error] sector: 'x' is not a number"),
+    ("inject-error", "once", "x", "[inject-error] once: expects 'on' or 'off', not 'x'"),
+    ("inject-error", "immediately", "x", "[inject-error] immediately: expects 'on' or 'off', not 'x'"),
+    ("set-state", "new_state", "x", "[set-state] new_state: 'x' is not a number"),
+    ("delay", "latency-ns", "x", "[delay] latency-ns: 'x' is not a number"),
+])
+def test_bad_values_name_their_section_and_key(section, key, value, message):
+    extra = 'latency-ns = "1"\n' if section == "delay" and key != "latency-ns" else ""
+    with pytest.raises(RulesError) as e:
+        parse_rules(f'[{section}]\nevent = "read_aio"\n{extra}{key} = "{value}"\n')
+    assert str(e.value) == message
+
+
+def test_values_as_qemu_reads_them():
+    rules = parse_rules('[inject-error]\nevent = "read_aio"\nsector = "0x10"\nonce = "yes"\n'
+                        'immediately = "true"\n'
+                        '[inject-error]\nevent = "read_aio"\nonce = "no"\nimmediately = "false"\n'
+                        '[set-state]\nevent = "none"\n'
+                        '[delay]\nevent = "none"\nlatency-ns = "1"\n')
+    assert (rules[0].offset, rules[0].once, rules[0].immediately) == (16 * 512, True, True)
+    assert (rules[1].once, rules[1].immediately) == (False, False)
+    assert rules[2].new_state == 0 and rules[3].delay_ns == 1
+    with pytest.raises(RulesError) as e:
+        parse_rules('\n[inject-error]\nevent = "nope"\n')
+    assert str(e.value) == "rules:2: invalid event 'nope'"
+
+
+def test_an_injected_error_says_which_errno():
+    bd, _ = wrap('[inject-error]\nevent = "read_aio"\nerrno = "28"\n'
+                 '[inject-error]\nevent = "write_aio"\nerrno = "4095"\n')
+    with pytest.raises(OSError) as e:
+        bd.readv(0, BUF)
+    assert (e.value.errno, e.value.strerror) == (28, "blkdebug: injected ENOSPC")
+    with pytest.raises(OSError) as e:
+        bd.writev(0, BUF)
+    assert (e.value.errno, e.value.strerror) == (4095, "blkdebug: injected 4095")
+
+
 # ---------------------------------------------------------------- the engine
 
 
