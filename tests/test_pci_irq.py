@@ -207,3 +207,10 @@ def test_irq_lines_deliver_exact_levels_and_late_connections_see_the_current_one
     assert wired == [True] and shared.level is False
     shared.connect(wired.append)
     assert wired == [True, False] and type(wired[-1]) is bool
+
+    b, c = shared.input("b"), shared.input("c")   # wired-OR: only the first raise and last lower count
+    b.raise_()
+    c.raise_()
+    b.lower()
+    c.lower()
+    assert wired == [True, False, True, False] and shared.input().name == "shared"
