@@ -312,3 +312,60 @@ def test_only_a_regular_file_can_be_resized(tmp_path):
         assert (e.value.errno, e.value.strerror) == (errno.ENOTSUP, "only a regular file can be resized")
     finally:
         be.close()
+
+
+@pytest.mark.parametrize("offset, length", [(-512, 512), (0, -512), (16384 - 512, 1024), (16384, 512)])
+def test_raw_ranges_outside_the_image_are_refused(tmp_path, offset, length):
+    be = open_drive(DriveConfig(file=image(tmp_path), discard="unmap"))
+    try:
+        calls = [(be.write_zeroes, (offset, length, True)), (be.discard, (offset, length))]
+        if length >= 0:
+            calls += [(be.readv, (offset, [memoryview(bytearray(length))])),
+                      (be.writev, (offset, [memoryview(bytearray(length))]))]
+        for call, args in calls:
+            with pytest.raises(OSError) as e:
+                call(*args)
+            assert (e.value.errno, e.value.strerror) == (errno.EINVAL, f"range {offset}+{length} outside the image")
+        be.write_zeroes(16384, 0, True)            # empty, at the very end: fine
+        be.discard(0, 0)
+        assert be.readv(16384 - 512, [memoryview(bytearray(512))]) == 512
+    finally:
+        be.close()
+
+
+def test_raw_transfers_of_more_buffers_than_one_system_call_takes(tmp_path):
+    p = image(tmp_path)
+    be = open_drive(DriveConfig(file=p))
+    try:
+        out = bytearray(2000)
+        assert be.readv(100, [memoryview(out)[i:i + 1] for i in range(2000)]) == 2000
+        assert bytes(out) == p.read_bytes()[100:2100]
+        data = bytes(range(250)) * 8
+        assert be.writev(4096, [memoryview(data)[i:i + 1] for i in range(2000)]) == 2000
+        assert p.read_bytes()[4096:6096] == data
+    finally:
+        be.close()
+
+
+def test_a_write_past_an_end_the_host_shrank_fails_and_does_not_regrow(tmp_path):
+    p = image(tmp_path)
+    be = open_drive(DriveConfig(file=p))
+    try:
+        os.truncate(p, 8192)
+        with pytest.raises(OSError) as e:
+            be.writev(8192, [memoryview(bytes(4096))])
+        assert (e.value.errno, e.value.strerror) == (errno.EIO, "the image shrank on the host")
+        assert p.stat().st_size == 8192 and be.size == 8192
+    finally:
+        be.close()
+
+
+def test_the_size_of_a_non_regular_file_comes_from_seeking_to_its_end(tmp_path):
+    p = image(tmp_path)
+    be = open_drive(DriveConfig(file=p))
+    try:
+        be.regular = False                          # as for a block device
+        os.truncate(p, 8192 + 100)
+        assert be.refresh_size() == 8192 == be.size
+    finally:
+        be.close()
