@@ -35,8 +35,9 @@ def test_only_raw_format_is_accepted(tmp_path):
 
 
 def test_no_file_is_a_config_error():
-    with pytest.raises(ConfigError):
+    with pytest.raises(ConfigError) as e:
         open_drive(DriveConfig(file=None))
+    assert str(e.value) == "drive has no file= (an empty drive is not supported)"
 
 
 def test_raw_read_and_write_through_views(tmp_path):
