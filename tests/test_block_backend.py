@@ -370,3 +370,38 @@ def test_the_size_of_a_non_regular_file_comes_from_seeking_to_its_end(tmp_path):
         assert be.refresh_size() == 8192 == be.size
     finally:
         be.close()
+
+
+def test_hole_punching_through_libc_reports_real_errors_and_takes_64_bit_offsets(tmp_path):
+    import machine.block.raw as raw
+    raw._libc = None
+    with pytest.raises(OSError) as e:
+        raw.punch_hole(987654, 0, 4096)             # no such descriptor: libc's errno comes back
+    assert e.value.errno == errno.EBADF
+    p = tmp_path / "big.img"
+    with open(p, "wb") as f:
+        f.truncate(5 << 30)                         # sparse
+        f.seek((4 << 30) + 8192)
+        f.write(b"x" * 4096)
+        f.flush()
+        punched = raw.punch_hole(f.fileno(), (4 << 30) + 8192, 4096)   # a 64-bit offset
+    with open(p, "rb") as f:
+        f.seek((4 << 30) + 8192)
+        data = f.read(4096)
+    assert data == (bytes(4096) if punched else b"x" * 4096)
+
+
+def test_closing_twice_is_harmless(tmp_path):
+    be = open_drive(DriveConfig(file=image(tmp_path)))
+    be.close()
+    assert be.fd == -1
+    be.close()
+
+
+def test_a_snapshot_keeps_the_drive_options(tmp_path):
+    p = image(tmp_path)
+    be = open_drive(DriveConfig(file=p, snapshot=True, cache="writethrough", discard="unmap"))
+    try:
+        assert (be.cache, be.discard_unmap, be.filename) == ("writethrough", True, str(p))
+    finally:
+        be.close()

@@ -300,7 +300,7 @@ def test_a_backend_that_cannot_resize_says_so():
     from machine.block.raw import BlockBackend
     with pytest.raises(OSError) as e:
         BlockBackend().resize(4096)
-    assert e.value.errno == errno.ENOTSUP
+    assert (e.value.errno, e.value.strerror) == (errno.ENOTSUP, "this image cannot be resized")
 
 
 def test_a_drive_with_rules_wraps_the_image(tmp_path):

@@ -193,6 +193,10 @@ def test_irq_lines_deliver_exact_levels_and_late_connections_see_the_current_one
     late.connect(seen.append)                      # a raised line tells its new sink at once
     IrqLine("quiet").connect(seen.append)          # a low one does not
     assert seen == [True]
+    late.lower()
+    late.raise_()                                  # and the new sink hears what follows
+    assert seen == [True, False, True]
+    seen[:] = [True]
     late.connect(None)
     late.lower()                                   # no sink: nothing to tell
     assert seen == [True] and late.level is False
