@@ -18,7 +18,8 @@ Prints executions per second and findings; each finding's input is saved under -
 The ring and packed targets also have plain `random` generators beside their strategies
 (`random_scenario` in the test modules): by default a campaign feeds those scenarios straight to
 the test body, about twice the executions per second of Hypothesis's draws (`--hypothesis`
-switches back). A finding is then saved as the 64-bit seed of its scenario (`.seed`), which `--replay` rebuilds.
+switches back). A finding is then saved as the 64-bit seed of its scenario (`.seed`), which
+`--replay` rebuilds.
 """
 
 from __future__ import annotations
