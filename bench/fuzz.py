@@ -1,10 +1,12 @@
 """Fuzz campaigns over the device path and the command line, for hours rather than CI's seconds.
 
 The targets are the suite's own property tests (tests/test_virtio_fuzz.py, the packed ring's
-tests/test_virtio_packed_fuzz.py, tests/test_cli.py):
+tests/test_virtio_packed_fuzz.py, tests/test_cli.py, the snapshot loader's
+tests/test_savevm_fuzz.py):
 their invariants are the oracle (no exception escapes; guest RAM changes only in writable buffers
 and the used ring; the image only where the backend was asked to write, never a read-only one;
-every available request completed or the device in NEEDS_RESET; every bad argv one error line).
+every available request completed or the device in NEEDS_RESET; every bad argv one error line;
+every snapshot file loaded or refused with one line, a refused one changing nothing).
 Hypothesis turns each input buffer into a test case (`fuzz_one_input`), so a random-bytes loop or
 a coverage-guided fuzzer (atheris, if installed) drives the same checks.
 
@@ -68,6 +70,7 @@ def _cli_target():
 
 
 def targets() -> dict:
+    import test_savevm_fuzz as sf
     import test_virtio_fuzz as vf
     import test_virtio_packed_fuzz as pf
     return {
@@ -75,6 +78,7 @@ def targets() -> dict:
         "packed": pf.test_random_packed_rings_never_escape_or_write_where_they_should_not,
         "registers": vf.test_random_register_traffic_never_raises,
         "cli": _cli_target(),
+        "snapshot": sf.test_any_snapshot_bytes_load_or_are_refused_cleanly,
     }
 
 
@@ -133,7 +137,7 @@ def campaign(name: str, test, *, runs: int | None, seconds: float | None, seed: 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--target", default="all", help="ring, packed, registers, cli or all (default all)")
+    ap.add_argument("--target", default="all", help="ring, packed, registers, cli, snapshot or all (default all)")
     ap.add_argument("--runs", type=int, help="executions per target")
     ap.add_argument("--seconds", type=float, help="time per target")
     ap.add_argument("--seed", type=int, default=1)

@@ -5,7 +5,11 @@ fresh images, plus the host's own page-cache bandwidth on the same file system a
 and the wall time of a boot-initialise-exit run with no I/O (`tests=init`).
 
     python bench/guest_io.py [--mib 256] [--ops 4096] [--runs 1] [--boot-runs 5] [--quick]
-                             [--dir DIR] [--qemu PATH | --no-qemu] [--raw]
+                             [--dir DIR] [--qemu PATH | --no-qemu] [--raw] [--iothread]
+
+`--iothread` adds two columns: both emulators again with `-object iothread,id=io0` and the
+device's `iothread=io0` (requests on an I/O thread); the target check then reads their ratio.
+`--boot-runs 0` skips the boot timing.
 
 Not a test: the figures depend on the host and its load; the ratio ours/QEMU, measured in the
 same run on the same host, is what matters. Every figure is host wall time (see `phase_times`):
@@ -154,13 +158,15 @@ def run_guest(cmd: list[str], env: dict[str, str] | None = None) -> GuestRun:
     return GuestRun(status, total, tsc_khz, calibration, phases, out, errors)
 
 
-def guest_options(guest: Path, image: Path, append: str) -> list[str]:
-    """The options both emulators get (QEMU also gets -nodefaults -accel tcg)."""
+def guest_options(guest: Path, image: Path, append: str, iothread: bool = False) -> list[str]:
+    """The options both emulators get (QEMU also gets -nodefaults -accel tcg). `iothread`: the
+    device runs its requests on an I/O thread (-object iothread, iothread=) on both."""
     return ["-display", "none", "-serial", "stdio", "-no-reboot", "-m", RAM,
             "-device", "isa-debug-exit,iobase=0xf4,iosize=0x04",
             "-kernel", str(guest), "-append", append,
+            *(["-object", "iothread,id=io0"] if iothread else []),
             "-drive", f"file={image},format=raw,if=none,id=d0",
-            "-device", "virtio-blk-pci,drive=d0"]
+            "-device", "virtio-blk-pci,drive=d0" + (",iothread=io0" if iothread else "")]
 
 
 class Emulators:
@@ -175,11 +181,12 @@ class Emulators:
         self.env["PYTHONDONTWRITEBYTECODE"] = ""
         self.env["PYTHONPYCACHEPREFIX"] = str(workdir / "pycache")
 
-    def names(self) -> list[str]:
-        return ["ours"] + (["qemu"] if self.qemu else [])
+    def names(self, iothread: bool = False) -> list[str]:
+        base = ["ours"] + (["qemu"] if self.qemu else [])
+        return base + [f"{n}-io" for n in base] if iothread else base
 
     def run(self, name: str, options: list[str]) -> GuestRun:
-        if name == "ours":
+        if name.split("-")[0] == "ours":
             return run_guest([sys.executable, "-m", "machine", *options], self.env)
         return run_guest([self.qemu, "-nodefaults", "-accel", "tcg", *options])
 
@@ -281,8 +288,14 @@ def fmt(value: float | None, width: int = 9) -> str:
 
 
 def print_table(results: dict[str, list[GuestRun]], ceiling: dict, emulators: list[str]) -> None:
+    """One row per case: each emulator's median, then ours/qemu (and, with --iothread, ours-io
+    over qemu-io: both with an I/O thread), the target check on the last ratio, the host."""
+    pairs = [(o, q) for o, q in (("ours", "qemu"), ("ours-io", "qemu-io"))
+             if o in emulators and q in emulators]
+    heads = "".join(f"{n:>10}" for n in emulators) + "".join(f"{o + '/' + q:>16}"
+                                                            for o, q in pairs)
     print()
-    print(f"{'case':<22}{'unit':>5}{'ours':>10}{'qemu':>10}{'ours/qemu':>10}  {'target':<10}"
+    print(f"{'case':<22}{'unit':>5}{heads}  {'target':<10}"
           f"{'host':>10}   (host wall time; median of {len(results['ours'])} run(s))")
     for op, bs, qd in CASES:
         values = {}
@@ -291,8 +304,8 @@ def print_table(results: dict[str, list[GuestRun]], ceiling: dict, emulators: li
                    if (op, bs, qd) in run.phases]
             got = [r for r in got if r is not None]
             values[name] = statistics.median(got) if got else None
-        ours, qemu = values.get("ours"), values.get("qemu")
-        ratio = ours / qemu if ours and qemu else None
+        ratios = [values[o] / values[q] if values[o] and values[q] else None for o, q in pairs]
+        ratio = ratios[-1] if ratios else None
         target = target_for(op, bs, qd)
         mark = ""
         if target is not None and ratio is not None:
@@ -303,8 +316,8 @@ def print_table(results: dict[str, list[GuestRun]], ceiling: dict, emulators: li
         unit = "IOPS" if op == "randread" else "MB/s"
         label = f"{op} {bs // 1024 if bs < MiB else bs // MiB}{'K' if bs < MiB else 'M'} qd={qd}"
         goal = f">={target:g} {mark}" if target else ""
-        print(f"{label:<22}{unit:>5}{fmt(ours, 10)}{fmt(qemu, 10)}{fmt(ratio, 10)}  {goal:<10}"
-              f"{fmt(host, 10)}")
+        cells = "".join(fmt(values[n], 10) for n in emulators) + "".join(fmt(r, 16) for r in ratios)
+        print(f"{label:<22}{unit:>5}{cells}  {goal:<10}{fmt(host, 10)}")
 
 
 def print_clock_check(results: dict[str, list[GuestRun]]) -> None:
@@ -319,7 +332,7 @@ def print_clock_check(results: dict[str, list[GuestRun]]) -> None:
         ticks = sum(p.ticks for p in run.phases.values())
         guest = ticks / (run.tsc_khz * 1000.0) if run.tsc_khz else float("nan")
         setup = sum(p.setup for p in run.phases.values())
-        print(f"  {name:<5} tsc_khz={run.tsc_khz:<8} guest {guest:7.3f} s  host {wall:7.3f} s  "
+        print(f"  {name:<7} tsc_khz={run.tsc_khz:<8} guest {guest:7.3f} s  host {wall:7.3f} s  "
               f"guest/host {guest / wall:5.2f} | host time outside the requests: TSC "
               f"calibration {run.calibration:5.2f} s, buffer set-up {setup:5.2f} s, "
               f"whole run {run.total:6.2f} s")
@@ -419,6 +432,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--raw", action="store_true", help="print every guest's bench lines")
     ap.add_argument("--pristine", action="store_true",
                     help="run the unchanged guest, timing from one result line to the next")
+    ap.add_argument("--iothread", action="store_true",
+                    help="also run both emulators with the device's requests on an I/O thread "
+                         "(-object iothread,id=io0 and iothread=io0): columns ours-io, qemu-io")
     ap.add_argument("--breakdown", action="store_true",
                     help="also run this machine once with timers around the device path")
     argv = sys.argv[1:] if argv is None else list(argv)
@@ -434,7 +450,7 @@ def main(argv: list[str] | None = None) -> int:
     guest = ensure_built("guest", "out/guest.elf")
     workdir = Path(tempfile.mkdtemp(prefix="guest-io-", dir=args.dir))
     emus = Emulators(qemu, workdir)
-    names = emus.names()
+    names = emus.names(args.iothread)
     image_bytes = args.mib * MiB
     try:
         print(f"# guest I/O: span {args.mib} MiB, {args.ops} random reads, {args.runs} run(s); "
@@ -448,9 +464,9 @@ def main(argv: list[str] | None = None) -> int:
 
         # Boot-initialise-exit with no I/O. One unmeasured run each first: bytecode, page cache.
         init_image = fresh_image(workdir / "init.img", 64 * MiB)
-        boot_times: dict[str, list[float]] = {n: [] for n in names}
-        for i in range(args.boot_runs + 1):
-            for name in names:
+        boot_times: dict[str, list[float]] = {n: [] for n in emus.names()}
+        for i in range(args.boot_runs + 1 if args.boot_runs else 0):
+            for name in emus.names():
                 run = emus.run(name, guest_options(guest, init_image, "tests=init"))
                 if run.status != 1:
                     print(f"{name}: boot-init-exit run failed (status {run.status}):\n"
@@ -464,7 +480,7 @@ def main(argv: list[str] | None = None) -> int:
         for i in range(args.runs):
             for name in names:
                 image = fresh_image(workdir / f"{name}.img", image_bytes)
-                run = emus.run(name, guest_options(bench_guest, image, append))
+                run = emus.run(name, guest_options(bench_guest, image, append, name.endswith("-io")))
                 if args.raw:
                     print(f"--- {name} run {i + 1} ({run.total:.2f} s)")
                     print("\n".join(l for l in run.output if "bench" in l))
@@ -477,9 +493,12 @@ def main(argv: list[str] | None = None) -> int:
 
         print_table(results, ceiling, names)
         print()
+        if not args.boot_runs:
+            print_clock_check(results)
+            return 0
         line = "boot-init-exit (tests=init), wall seconds, median of %d:" % args.boot_runs
         med = {n: statistics.median(t) for n, t in boot_times.items()}
-        parts = [f"{n} {med[n]:.3f} s" for n in names]
+        parts = [f"{n} {med[n]:.3f} s" for n in emus.names()]
         if "qemu" in med:
             ratio = med["qemu"] / med["ours"]
             parts.append(f"qemu/ours {ratio:.2f} (target >= 1: {'ok' if ratio >= 1 else 'MISS'})")

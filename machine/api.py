@@ -35,6 +35,7 @@ from .debug.monitor import Monitor
 from .debug.symbols import ElfSymbols as _ElfSymbols, UnknownSymbol
 from .debug.machine_target import MachineTarget
 from .debug.target import Stop, STOP_DEVICE, STOP_EXITED, STOP_FAULT
+from .savevm_store import SnapshotError  # noqa: F401  (what savevm/loadvm raise)
 from .virtio.device import VirtioDeviceState
 
 
@@ -111,6 +112,7 @@ class Session:
                                              completions=True)
         self._monitor = Monitor(self.target, self.machine, self.breakpoints,
                                 on_reset=self.target.reset)
+        self._monitor.on_snapshot_loaded = self._after_load
         self.last_stop: Stop | None = None
         self.finished = False
         self._temp_image: Path | None = None
@@ -304,6 +306,37 @@ class Session:
     def exit_status(self) -> int | None:
         s = self.last_stop
         return s.exit_status if s is not None and s.kind in (STOP_EXITED, STOP_FAULT) else None
+
+    # -- snapshots ------------------------------------------------------------------------------
+    def savevm(self, name: str):
+        """Save the whole machine as snapshot `name` (beside the first writable disk image);
+        returns its SnapshotInfo. SnapshotError (QEMU's message) when it cannot."""
+        return self.machine.savevm(name)
+
+    def loadvm(self, name: str) -> None:
+        """Go back to snapshot `name`: RAM, CPU, devices, timers and disks as they were. The
+        machine can run again even if it had finished."""
+        self.machine.loadvm(name)
+        self._after_load()
+
+    def delvm(self, name: str) -> None:
+        self.machine.delvm(name)
+
+    def snapshots(self) -> list:
+        return self.machine.snapshots()
+
+    def save_state(self, *, disks: bool = True):
+        """An in-memory snapshot (MachineState; `state.release()` when no longer needed).
+        `disks=False`: the drives are not tracked (the state then restores RAM and devices only)."""
+        return self.machine.save_state(disks=disks)
+
+    def load_state(self, state) -> None:
+        self.machine.load_state(state)
+        self._after_load()
+
+    def _after_load(self) -> None:
+        self.finished = False
+        self.last_stop = None
 
     def monitor(self, command: str) -> str:
         """Any monitor command ('info pci', 'x /4xw 0x1000', 'info virtio-queue-status virtio-blk 0')."""

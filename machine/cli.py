@@ -22,6 +22,7 @@ import signal
 import stat
 import sys
 import tempfile
+import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +32,7 @@ from machine import kernel_image, trace
 from machine.console import EscapeFilter, Terminal, UserQuit
 from machine.config import CharDev, ConfigError, DeviceConfig, DriveConfig, MachineConfig, MiB
 from machine.block.blkdebug import RulesError, load_rules
+from machine.iothread import PROPERTIES as IOTHREAD_PROPERTIES
 
 PROG = "machine"
 VERSION = "0.1.0"
@@ -195,6 +197,27 @@ def _check_output_file(path: str) -> None:
         raise _OptError(f"Could not open '{path}': Permission denied")
 
 
+def rtc_base(base: str, now: float | None = None) -> float | None:
+    """-rtc base=: the RTC's date at power-on in seconds since the epoch, as the RTC shows it
+    (utc: the host's time, None here so the board reads it at power-on; localtime: the host's
+    local time; a date "2006-06-17T16:01:21" or "2006-06-17", taken as the RTC's own time).
+    A fixed date makes a guest that reads the RTC repeat exactly: after power-on the RTC
+    follows virtual time, whatever `clock=` says."""
+    if base == "utc":
+        return None
+    if base == "localtime":
+        now = time.time() if now is None else now
+        return now + time.localtime(now).tm_gmtoff
+    import calendar                     # only here: it pulls in locale, a start-up cost
+    for fmt in ("%Y-%m-%dT%H:%M:%S", "%Y-%m-%d"):
+        try:
+            return float(calendar.timegm(time.strptime(base, fmt)))
+        except ValueError:
+            continue
+    raise _OptError(f"invalid datetime format '{base}' "
+                    "(valid formats: '2006-06-17T16:01:21' or '2006-06-17')")
+
+
 def check_kernel(path: str) -> None:
     """The firmware boots Multiboot v1 ELF32 kernels and Linux bzImages (see kernel_image).
     Raises ValueError with the reason when the file is neither."""
@@ -223,6 +246,9 @@ _opt("h|help", None, "print this help and exit", "opt_help")
 _opt("version", None, "print the version and exit", "opt_version")
 _opt("machine|M", "[type=]pc[,accel=tcg]", "the machine type: only 'pc' (i440FX + PIIX3)", "opt_machine")
 _opt("accel", "tcg", "the accelerator: only 'tcg' (the CPU is emulated by Unicorn)", "opt_accel")
+_opt("icount", "[shift=]0|off",
+     "virtual time: shift=0 (default) counts every instruction as 1 ns, deterministic; 'off' "
+     "is the fast mode: about 10x faster, time estimated per translated block", "opt_icount")
 _opt("cpu", "MODEL", "refused: the CPU model is fixed (a family 6 CPU with SSE4.2, no AVX)",
      "opt_cpu")
 _opt("smp", "1", "the number of CPUs: only 1", "opt_smp")
@@ -241,6 +267,9 @@ _opt("drive", "file=IMG[,format=raw][,if=virtio|none][,id=ID][,readonly=on|off]"
 _opt("device", "DRIVER[,prop=value...]",
      "add a device: virtio-blk-pci,drive=ID[,...], isa-debug-exit[,iobase=0xf4,iosize=0x04], "
      "isa-debugcon,iobase=0x402,chardev=ID ('-device help' lists them)", "opt_device")
+_opt("object", "iothread,id=ID[,poll-max-ns=N,poll-grow=N,poll-shrink=N,aio-max-batch=N]",
+     "an I/O thread: a device with iothread=ID runs its requests there, overlapped with the "
+     "guest (not deterministic)", "opt_object")
 _opt("chardev", "file,id=ID,path=FILE | stdio,id=ID | null,id=ID",
      "a character backend for -device isa-debugcon or -serial chardev:ID", "opt_chardev")
 _opt("serial", "stdio|file:PATH|chardev:ID|null|none", "where COM1 goes (default stdio)", "opt_serial")
@@ -251,6 +280,7 @@ _opt("nographic", None, "no display, COM1 on stdio", "opt_nographic")
 _opt("monitor", "stdio|none", "the monitor", "opt_monitor")
 _opt("no-reboot", None, "exit instead of rebooting when the guest resets", "opt_no_reboot")
 _opt("snapshot", None, "write every drive to a throw-away overlay, never to the image", "opt_snapshot")
+_opt("loadvm", "NAME", "start from snapshot NAME (savevm NAME in the monitor made it)", "opt_loadvm")
 _opt("boot", "[menu=on|off][,splash-time=MS][,reboot-timeout=MS]",
      "firmware boot options, through fw_cfg (order=, splash= ... accepted, ignored)",
      "opt_boot")
@@ -261,13 +291,16 @@ _opt("trace", "[enable=]PATTERN | events=FILE | help",
 _opt("gdb", "tcp:[HOST]:PORT", "wait for a gdb connection on HOST:PORT", "opt_gdb")
 _opt("s", None, "shorthand for -gdb tcp::1234", "opt_s")
 _opt("S", None, "do not start the CPU at start-up (continue from gdb or the monitor)", "opt_S")
+_opt("rtc", "[base=utc|localtime|DATE][,clock=host|rt|vm][,driftfix=none|slew]",
+     "the RTC's date at power-on (DATE: 2006-06-17T16:01:21 or 2006-06-17); it then follows "
+     "virtual time", "opt_rtc")
 
 # QEMU options a user may well type that this machine does not implement: refused by name, so
 # the user learns it is a limitation rather than a typo.
 UNSUPPORTED = frozenset("""
     enable-kvm no-kvm xen-domid hda hdb hdc hdd fda fdb cdrom mtdblock sd pflash blockdev
     netdev nic net usb usbdevice vga full-screen g sdl vnc spice curses k audiodev soundhw
-    dtb fw_cfg option-rom rtc icount object numa global name uuid pidfile daemonize
+    dtb fw_cfg option-rom numa global name uuid pidfile daemonize
     loadvm incoming qmp qmp-pretty mon parallel virtfs fsdev mem-path mem-prealloc overcommit
     watchdog-action action semihosting semihosting-config plugin L sandbox runas chroot msg
     preconfig no-shutdown no-hpet no-acpi acpitable smbios singlestep nodefaults
@@ -310,7 +343,8 @@ DEVICE_PROPERTIES: dict[str, list[tuple[str, str, str, str]]] = {
         ("secs", "uint32", "63", "geometry: sectors per track"),
         ("disable-legacy", "OnOffAuto", "auto", "on: modern-only device 1af4:1042"),
         ("disable-modern", "bool", "off", "on: legacy-only device"),
-        ("ioeventfd", "bool", "on", "accepted; requests always complete in the notify"),
+        ("ioeventfd", "bool", "on", "accepted; where requests run is set by iothread"),
+        ("iothread", "str", "", "run requests on this -object iothread (overlapped, not deterministic)"),
         ("bootindex", "int32", "-1", "accepted; the firmware boots the -kernel"),
         ("addr", "str", "", "accepted; the board places the device"),
     ],
@@ -563,6 +597,27 @@ class _Parser:
                                 "(only tcg: the CPU is emulated)")
             raise _OptError(f"invalid accelerator '{accel}'")
 
+    def opt_icount(self, arg: str) -> None:
+        # QEMU runs TCG without instruction counting unless -icount is given; here counting is
+        # the default (tests and gdb rely on exact, repeatable time) and `off` opts out.
+        shift = self.keys(split_suboptions(arg, "shift"), {"shift"}).get("shift", "")
+        if shift == "off":
+            self.config.icount = False
+        elif shift.isdigit() and int(shift) == 0:
+            self.config.icount = True
+        else:
+            raise _OptError(f"shift={shift}: only shift=0 (1 ns per instruction, the "
+                            "default) or 'off' (the fast mode) is supported")
+
+    def opt_rtc(self, arg: str) -> None:
+        opts = self.keys(split_suboptions(arg, "base"), {"base", "clock", "driftfix"})
+        if opts.get("clock", "host") not in ("host", "rt", "vm"):
+            raise _OptError(f"invalid option value '{opts['clock']}'")
+        if opts.get("driftfix", "none") not in ("none", "slew"):
+            raise _OptError(f"invalid option value '{opts['driftfix']}'")
+        if "base" in opts:
+            self.config.rtc_base = rtc_base(opts["base"])
+
     def opt_cpu(self, arg: str) -> None:
         # Our CPUID is the board's own fixed model, which matches none of QEMU's: accepting a
         # name (even qemu64, QEMU's default) would promise the guest features it does not get.
@@ -705,7 +760,31 @@ class _Parser:
     def opt_snapshot(self) -> None:
         self.config.snapshot = True
 
+    def opt_loadvm(self, arg: str) -> None:
+        self.config.loadvm = arg
+
     # ---- devices and character backends
+
+    def opt_object(self, arg: str) -> None:
+        pairs = split_suboptions(arg, "qom-type")
+        qom_type = pairs[0][1] if pairs and pairs[0][0] == "qom-type" else ""
+        if qom_type != "iothread":
+            raise _OptError(f"Parameter 'qom-type' does not accept value '{qom_type}'"
+                            if qom_type else "Parameter 'qom-type' is missing")
+        opts = self.keys(pairs[1:], {"id", *IOTHREAD_PROPERTIES})
+        ident = opts.pop("id", None)
+        if not ident:
+            raise _OptError("Parameter 'id' is missing")
+        for key, value in opts.items():
+            try:
+                n = int(value, 0)
+            except ValueError:
+                n = -1
+            if not 0 <= n < 1 << 63:
+                raise _OptError(f"Parameter '{key}' expects an int64 value")
+        if ident in self.config.iothreads:
+            raise _OptError(f"Duplicate ID '{ident}' for object")
+        self.config.iothreads[ident] = opts
 
     def opt_device(self, arg: str) -> None:
         pairs = split_suboptions(arg, "driver")
@@ -1059,6 +1138,12 @@ def run_machine(config: MachineConfig, stdin_filter=None) -> int:
                 raise
             raise ConfigError(_no_ram(config)) from None
         attach_block_log(machine)
+        if config.loadvm is not None:
+            from machine.savevm_store import SnapshotError
+            try:
+                machine.loadvm(config.loadvm)
+            except SnapshotError as e:
+                raise ConfigError(str(e)) from None
         if stdin_filter is not None:
             machine.stdin_filter = stdin_filter
         if config.gdb or config.start_stopped or config.monitor == "stdio":

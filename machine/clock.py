@@ -12,11 +12,13 @@ import heapq
 import itertools
 from typing import Callable
 
+from . import vmstate
+
 NS_PER_SEC = 1_000_000_000
 
 
 class Timer:
-    __slots__ = ("clock", "callback", "deadline", "_seq", "name")
+    __slots__ = ("clock", "callback", "deadline", "_seq", "name", "key")
 
     def __init__(self, clock: "VirtualClock", callback: Callable[[], None], name: str = "timer"):
         self.clock = clock
@@ -24,6 +26,7 @@ class Timer:
         self.deadline: int | None = None
         self._seq = -1
         self.name = name
+        self.key: str | None = None        # a one-shot timer's description, for snapshots
 
     def arm(self, deadline_ns: int) -> None:
         """(Re)arm to fire when virtual time reaches `deadline_ns` (absolute)."""
@@ -44,13 +47,69 @@ class Timer:
 
 
 class VirtualClock:
+    # Time, and every armed timer in firing order, so timers due at the same instant still fire
+    # in the order they did (see `armed`): a device's timer by its index in creation order, a
+    # one-shot timer (a bottom half) as -1 and its key, which `restore_oneshot` turns back
+    # into its callback.
+    VMSTATE = vmstate.Description("clock", 1, (
+        vmstate.Field("now", vmstate.U64),
+        vmstate.Field("armed", vmstate.List(vmstate.Tuple(vmstate.I64, vmstate.U64, vmstate.Str(64)), 1 << 16))))
+
     def __init__(self):
         self.now = 0                       # ns since power-on
         self._heap: list[tuple[int, int, Timer]] = []
         self._counter = itertools.count()
+        self.timers: list[Timer] = []      # in creation order (the board builds the same list each time)
+        # key -> callback of a one-shot timer being restored (None: not a valid key); the board's
+        self.restore_oneshot: Callable[[str], Callable[[], None] | None] = lambda key: None
 
     def timer(self, callback: Callable[[], None], name: str = "timer") -> Timer:
-        return Timer(self, callback, name)
+        t = Timer(self, callback, name)
+        self.timers.append(t)
+        return t
+
+    def oneshot(self, callback: Callable[[], None], deadline_ns: int, key: str | None = None) -> Timer:
+        """A timer armed once and forgotten (not in `timers`): a bottom half. Only one with a
+        `key` (see restore_oneshot) can be part of a snapshot."""
+        t = Timer(self, callback, "oneshot")
+        t.key = key
+        t.arm(deadline_ns)
+        return t
+
+    @property
+    def armed(self) -> tuple:
+        index = {id(t): i for i, t in enumerate(self.timers)}
+        out = []
+        for d, seq, t in sorted((d, seq, t) for d, seq, t in self._heap if t._seq == seq):
+            i = index.get(id(t))
+            if i is None and t.key is None:
+                raise vmstate.VMStateError(f"clock: timer '{t.name}' cannot be saved")
+            out.append((-1, d, t.key) if i is None else (i, d, ""))
+        return tuple(out)
+
+    @armed.setter
+    def armed(self, items) -> None:
+        for t in self.timers:
+            t.cancel()
+        for _, _, t in self._heap:
+            t.cancel()
+        self._heap.clear()
+        for i, deadline, key in items:
+            if i >= 0:
+                self.timers[i].arm(deadline)
+            else:
+                self.oneshot(self.restore_oneshot(key), deadline, key)
+
+    def vmstate_check(self, values: dict) -> None:
+        seen = set()
+        for i, deadline, key in values["armed"]:
+            if i < 0:
+                if i != -1 or self.restore_oneshot(key) is None:
+                    raise vmstate.VMStateError(f"clock: no one-shot timer '{key}' on this machine")
+                continue
+            if i >= len(self.timers) or i in seen:
+                raise vmstate.VMStateError(f"clock: timer {i} does not exist or is armed twice")
+            seen.add(i)
 
     def _prune(self) -> None:
         heap = self._heap

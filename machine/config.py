@@ -59,8 +59,10 @@ class MachineConfig:
     debugcon: CharDev = field(default_factory=CharDev)   # port 0x402 output (firmware progress)
     drives: list[DriveConfig] = field(default_factory=list)
     devices: list[DeviceConfig] = field(default_factory=list)
+    iothreads: dict[str, dict[str, str]] = field(default_factory=dict)  # -object iothread: id -> properties
     no_reboot: bool = False             # guest reset -> exit instead of rebooting
     snapshot: bool = False              # -snapshot: every drive writes to a throw-away overlay
+    loadvm: str | None = None           # -loadvm NAME: start from that named snapshot
     boot_menu: bool | None = None       # -boot menu=on|off (through fw_cfg)
     boot_menu_wait: int | None = None   # -boot splash-time=MS: how long the boot menu prompt waits
     boot_fail_wait: int = -1            # -boot reboot-timeout=MS after a failed boot; -1: never reboot
@@ -72,3 +74,6 @@ class MachineConfig:
     start_stopped: bool = False         # -S
     monitor: str | None = None          # -monitor stdio
     warnings: list[str] = field(default_factory=list)   # one line each, printed at start
+    rtc_base: float | None = None       # -rtc base=: the RTC's date at power-on (epoch
+                                        # seconds); None: the host's time then
+    icount: bool = True                 # exact mode (-icount shift=0); False: fast mode (-icount off)

@@ -15,10 +15,19 @@ each concern to its own module:
   the other hooks on executed code are cpu_hooks.py (`self.hooks`); the fatal fault report
   is x86/report.py.
 
-Run model: the board calls `run(count)` with count > 0 (always: see unicorn_internals) and acts on
-the returned `SliceResult` between slices. Device callbacks never stop the engine (Unicorn would
-replay the instruction); they only record, and `request_stop_after_instruction()` ends the slice
-cleanly right after the current instruction.
+Run model: the board calls `run(count)` with count > 0 and acts on the returned `SliceResult`
+between slices. Device callbacks never stop the engine (Unicorn would replay the instruction);
+they only record, and `request_stop_after_instruction()` ends the slice cleanly right after the
+current instruction (exact mode) or at the next translated block start (fast mode).
+
+Two clock modes (QEMU's -icount): the exact mode (the default, `-icount shift=0`) has Unicorn
+count every instruction (`emu_start` with count > 0): 1 ns of virtual time per instruction,
+slices end exactly at their budget, the same guest gives the same instruction count. The fast
+mode (`-icount off`) runs the engine with count = 0 and charges each translated block to the
+clock from a native block hook (x86/fast_clock.py): 3x (Linux) to 10x (tight loops) the
+speed, virtual time estimated from block sizes, slices end at block starts. Anything that observes single
+instructions (breakpoints, single steps, dynamic-hook mode, the -d block log, an attached
+debugger) runs in the exact mode; the CPU switches between the two at slice boundaries.
 
 Only the engine's modules (this one, cpu_memory.py, cpu_hooks.py, x86/deliver.py and
 unicorn_internals) import unicorn.
@@ -32,7 +41,7 @@ from unicorn import Uc, UcError
 from unicorn import unicorn_const as UC
 from unicorn import x86_const as X
 
-from . import pagewalk, syscall_insn, trace
+from . import pagewalk, syscall_insn, trace, vmstate
 from . import unicorn_internals as ui
 from .clock import VirtualClock
 from .cpu_hooks import CodeHooks
@@ -40,7 +49,8 @@ from .cpu_memory import CpuMemory, MemoryAccessError
 from .x86 import log
 from .x86.cpuid import cpuid_table
 from .x86.deliver import ERROR_CODE_VECTORS, EFLAGS_IF, Delivery
-from .x86 import rep_string
+from .x86 import fast_clock, rep_string, tsc
+from .toolchain import ToolchainError
 from .memory import PAGE, GuestMemory, IoSpace, MemoryMap
 
 # Virtual time one IN/OUT takes, on top of its instruction: about what a cycle on the ISA/LPC bus
@@ -65,6 +75,48 @@ EFER = 0xC0000080
 
 
 _CPUID_ZERO = (0, 0, 0, 0)
+
+# ------------------------------------------------------------------------------------------
+# Saved CPU state (machine/vmstate.py): everything the guest can observe or that steers the
+# next instruction. The public API reads and writes most of it; the segment caches and hflags
+# (CPL, interrupt shadow, mode bits) go through the raw context (unicorn_internals).
+# ------------------------------------------------------------------------------------------
+_STATE_GPRS = ("rax", "rbx", "rcx", "rdx", "rsi", "rdi", "rbp", "rsp",
+               "r8", "r9", "r10", "r11", "r12", "r13", "r14", "r15", "rip", "eflags")
+_STATE_CTRL = {"cr0": X.UC_X86_REG_CR0, "cr2": X.UC_X86_REG_CR2, "cr3": X.UC_X86_REG_CR3,
+               "cr4": X.UC_X86_REG_CR4, "dr0": X.UC_X86_REG_DR0, "dr1": X.UC_X86_REG_DR1,
+               "dr2": X.UC_X86_REG_DR2, "dr3": X.UC_X86_REG_DR3, "dr6": X.UC_X86_REG_DR6,
+               "dr7": X.UC_X86_REG_DR7}
+# The MSRs Unicorn implements that a guest may have written (EFER separately: it goes first).
+STATE_MSRS = (0x174, 0x175, 0x176,                        # SYSENTER_CS/ESP/EIP
+              0xC0000081, 0xC0000082, 0xC0000083, 0xC0000084,  # STAR LSTAR CSTAR FMASK
+              0xC0000102, 0xC0000103,                     # KERNEL_GS_BASE, TSC_AUX
+              0x277, 0x1A0, 0x17A,                        # PAT, MISC_ENABLE, MCG_STATUS
+              0x2FF, 0x250, 0x258, 0x259, *range(0x268, 0x270),   # MTRR default and fixed
+              *range(0x200, 0x210))                       # MTRR variable pairs
+_SEG = vmstate.Tuple(vmstate.U16, vmstate.U64, vmstate.U32, vmstate.U32)   # selector base limit flags
+# hflags bits QEMU defines (target/i386/cpu.h: CPL..MPX_IU); anything else is refused.
+HFLAGS_KNOWN = 0x07FBFFFF
+CPU_VMSTATE = vmstate.Description("cpu", 1, (
+    *(vmstate.Field(n, vmstate.U64) for n in _STATE_GPRS),
+    *(vmstate.Field(n, vmstate.U64) for n in _STATE_CTRL),
+    vmstate.Field("efer", vmstate.U64),
+    vmstate.Field("msrs", vmstate.List(vmstate.U64, len(STATE_MSRS), len(STATE_MSRS))),
+    vmstate.Field("segs", vmstate.List(_SEG, 6, 6)),
+    vmstate.Field("ldtr", _SEG), vmstate.Field("tr", _SEG),
+    vmstate.Field("gdtr", vmstate.Tuple(vmstate.U64, vmstate.U32)),
+    vmstate.Field("idtr", vmstate.Tuple(vmstate.U64, vmstate.U32)),
+    vmstate.Field("fpregs", vmstate.List(vmstate.Tuple(vmstate.U64, vmstate.U16), 8, 8)),
+    vmstate.Field("fpcw", vmstate.U16), vmstate.Field("fpsw", vmstate.U16),
+    vmstate.Field("fptag", vmstate.U16), vmstate.Field("mxcsr", vmstate.U32),
+    vmstate.Field("xmm", vmstate.List(vmstate.U128, 16, 16)),
+    vmstate.Field("hflags", vmstate.U32), vmstate.Field("hflags2", vmstate.U32),
+    # The run loop's watch for IF=1 (cpu_hooks.py): it shapes slices, so it is state too.
+    vmstate.Field("if_waiting", vmstate.BOOL), vmstate.Field("if_calls", vmstate.U32),
+    vmstate.Field("if_gave_up", vmstate.BOOL), vmstate.Field("if_watch", vmstate.BOOL),
+))
+_FP_REGS = tuple(getattr(X, f"UC_X86_REG_FP{i}") for i in range(8))
+_XMM_REGS = tuple(getattr(X, f"UC_X86_REG_XMM{i}") for i in range(16))
 
 
 @dataclass
@@ -93,7 +145,9 @@ class Cpu:
     `clock` gives virtual time to RDTSC (1 instruction = 1 ns; the TSC ticks at 1 GHz)."""
 
     def __init__(self, mem: GuestMemory, memory_map: MemoryMap, io: IoSpace, clock: VirtualClock,
-                 apic: bool = False):
+                 apic: bool = False, icount: bool = True):
+        """`icount`: the exact mode (True) or the fast mode (False: raises ToolchainError when
+        its native helper cannot be built, UnsupportedUnicorn when its self-test fails)."""
         ui.self_test()
         self.mem = mem
         self.memory_map = memory_map
@@ -102,8 +156,13 @@ class Cpu:
         self.uc = uc = Uc(UC.UC_ARCH_X86, UC.UC_MODE_64)
         self._raw = ui.RawState(uc)
         self._reg = ui.RawReg(uc)
-        self._counter = ui.emu_counter(uc)
-        self._budget = ui.emu_count(uc)                     # lowered to stop after an instruction
+        # The live counter and budget of the running slice: Unicorn's own in the exact mode,
+        # the fast clock's in the fast mode (see _set_fast).
+        self._exact_counter = self._counter = ui.emu_counter(uc)
+        self._exact_budget = self._budget = ui.emu_count(uc)   # lowered to stop after an instruction
+        self._fast_clock = None if icount else fast_clock.FastClock(uc)
+        self._fast = False                                  # the mode of the last slice
+        self._exact_holds = 0                               # see hold_exact()
         self._cpuid = cpuid_table(apic)
         self._slice_start_ns = 0
         self._io_ns = 0                                     # port access time in this slice
@@ -125,10 +184,24 @@ class Cpu:
         ui.hook_in(uc, self._on_in)
         ui.hook_out(uc, self._on_out)
         ui.hook_cpuid(uc, self._on_cpuid)
-        ui.hook_rdtsc(uc, self._on_rdtsc)
+        # RDTSC natively (x86/tsc.py), or through Python where the helper cannot be built.
+        self.tsc = None
+        try:
+            self.tsc = tsc.NativeTsc(uc, self._counter)
+        except (ToolchainError, OSError) as exc:
+            trace.log("unimp", f"native RDTSC unavailable: {exc}")
+            ui.hook_rdtsc(uc, self._on_rdtsc)
         uc.hook_add(UC.UC_HOOK_INSN, self._on_syscall, None, 1, 0, X.UC_X86_INS_SYSCALL)
-        uc.hook_add(UC.UC_HOOK_MEM_READ_UNMAPPED | UC.UC_HOOK_MEM_WRITE_UNMAPPED, self.physmem.on_unmapped)
-        uc.hook_add(UC.UC_HOOK_MEM_WRITE_PROT, self._on_write_prot)
+        # The unmapped and write-protect hooks only where no base RAM is: Unicorn keeps every
+        # store to an address any memory hook covers on its slow "not dirty" path (a memory
+        # lookup and a check for translated code per store); RAM outside the hooks takes the
+        # TLB's fast path after its first store, translated code there is still protected
+        # (unicorn_internals.store_fast_path_probe). Unassigned addresses, MMIO, the ROMs and
+        # the shadow windows below 1 MiB all lie in these gaps.
+        for begin, end in _ram_gaps(mem):
+            uc.hook_add(UC.UC_HOOK_MEM_READ_UNMAPPED | UC.UC_HOOK_MEM_WRITE_UNMAPPED,
+                        self.physmem.on_unmapped, None, begin, end)
+            uc.hook_add(UC.UC_HOOK_MEM_WRITE_PROT, self._on_write_prot, None, begin, end)
         self.reset()
 
     # -------------------------------------------------------------------------------------
@@ -221,6 +294,90 @@ class Cpu:
         self._stop_cause = None
         self.hooks.bp_skip = None
         uc.ctl_flush_tb()
+
+    # -- snapshots ----------------------------------------------------------------------------
+    def save_state(self) -> dict:
+        """The CPU's state as CPU_VMSTATE values (between slices)."""
+        uc, reg = self.uc, self._reg
+        v: dict = {n: reg.read(_GPRS[n]) for n in _STATE_GPRS}
+        for n, rid in _STATE_CTRL.items():
+            v[n] = reg.read(rid)
+        v["efer"] = uc.msr_read(EFER)
+        v["msrs"] = tuple(uc.msr_read(m) for m in STATE_MSRS)
+        raw = self._raw.save()
+        v["segs"] = tuple(raw.seg(i) for i in range(6))
+        v["ldtr"] = tuple(uc.reg_read(X.UC_X86_REG_LDTR))
+        v["tr"] = tuple(uc.reg_read(X.UC_X86_REG_TR))
+        v["gdtr"] = tuple(uc.reg_read(X.UC_X86_REG_GDTR)[1:3])
+        v["idtr"] = tuple(uc.reg_read(X.UC_X86_REG_IDTR)[1:3])
+        v["fpregs"] = tuple(tuple(uc.reg_read(r)) for r in _FP_REGS)
+        v["fpcw"] = reg.read(X.UC_X86_REG_FPCW)
+        v["fpsw"] = reg.read(X.UC_X86_REG_FPSW)
+        v["fptag"] = reg.read(X.UC_X86_REG_FPTAG)
+        v["mxcsr"] = reg.read(X.UC_X86_REG_MXCSR)
+        v["xmm"] = tuple(uc.reg_read(r) for r in _XMM_REGS)
+        v["hflags"] = raw.hflags
+        v["hflags2"] = raw.hflags2
+        v["if_waiting"], v["if_calls"], v["if_gave_up"], v["if_watch"] = self.hooks.if_watch_state()
+        return v
+
+    @staticmethod
+    def check_state(v: dict) -> None:
+        """Refuse CPU state no x86 CPU can be in, before anything is written (VMStateError)."""
+        vmstate.check_values(CPU_VMSTATE, v)
+        hf = v["hflags"]
+        if hf & ~HFLAGS_KNOWN:
+            raise vmstate.VMStateError(f"cpu: unknown hflags bits {hf & ~HFLAGS_KNOWN:#x}")
+        lma = bool(v["efer"] & (1 << 10))
+        if bool(hf & ui.HF_LMA) != lma or bool(hf & ui.HF_PE) != bool(v["cr0"] & 1) \
+                or (hf & ui.HF_CS64 and not lma) or (v["cr0"] & 0x80000000 and not v["cr0"] & 1) \
+                or (lma and not v["cr0"] & 0x80000000):
+            raise vmstate.VMStateError("cpu: mode bits disagree (CR0, EFER.LMA, hflags)")
+        if any(s[1] >> 32 for s in v["segs"][:4]) and not lma:
+            raise vmstate.VMStateError("cpu: a 64-bit segment base outside long mode")
+
+    def load_state(self, v: dict) -> None:
+        """Put the CPU in state `v` (checked with check_state first)."""
+        uc, reg = self.uc, self._reg
+        # Leave paging (and long mode) first, then EFER/CR3/CR4, then CR0: with EFER.LME set,
+        # turning PG on enters long mode, the only way EFER.LMA gets set.
+        reg.write(X.UC_X86_REG_CR0, reg.read(X.UC_X86_REG_CR0) & ~0x80000000)
+        uc.msr_write(EFER, v["efer"])
+        reg.write(X.UC_X86_REG_CR3, v["cr3"])
+        reg.write(X.UC_X86_REG_CR4, v["cr4"])
+        reg.write(X.UC_X86_REG_CR0, v["cr0"])
+        reg.write(X.UC_X86_REG_CR2, v["cr2"])
+        for n in ("dr0", "dr1", "dr2", "dr3", "dr6", "dr7"):
+            reg.write(_STATE_CTRL[n], v[n])
+        for m, value in zip(STATE_MSRS, v["msrs"]):
+            uc.msr_write(m, value)
+        for n in _STATE_GPRS:
+            reg.write(_GPRS[n], v[n])
+        uc.reg_write(X.UC_X86_REG_LDTR, v["ldtr"])
+        uc.reg_write(X.UC_X86_REG_TR, v["tr"])
+        uc.reg_write(X.UC_X86_REG_GDTR, (0, *v["gdtr"], 0))
+        uc.reg_write(X.UC_X86_REG_IDTR, (0, *v["idtr"], 0))
+        reg.write(X.UC_X86_REG_FPCW, v["fpcw"])
+        reg.write(X.UC_X86_REG_FPSW, v["fpsw"])
+        reg.write(X.UC_X86_REG_FPTAG, v["fptag"])
+        for r, value in zip(_FP_REGS, v["fpregs"]):
+            uc.reg_write(r, value)
+        reg.write(X.UC_X86_REG_MXCSR, v["mxcsr"])
+        for r, value in zip(_XMM_REGS, v["xmm"]):
+            uc.reg_write(r, value)
+        raw = self._raw.save()
+        for i, seg in enumerate(v["segs"]):
+            raw.set_seg(i, *seg)
+        raw.hflags = v["hflags"]
+        raw.hflags2 = v["hflags2"]
+        raw.clear_old_exception()
+        raw.restore()
+        self._update_paging()
+        uc.ctl_flush_tb()
+        ui.flush_tlb(uc)
+        self._stop_cause = None
+        self.hooks.bp_skip = None
+        self.hooks.restore_if_watch(v["if_waiting"], v["if_calls"], v["if_gave_up"], v["if_watch"])
 
     @property
     def mode(self) -> str:
@@ -389,6 +546,12 @@ class Cpu:
         return self.hooks.if_waiting
 
     def watch_interrupt_enable(self, on: bool) -> bool:
+        """Say (between slices) whether an interrupt waits for IF=1 (cpu_hooks.py). In the fast
+        mode the fast clock's native hook watches, at no cost worth giving up for."""
+        if self._fast_allowed():
+            self.hooks.drop_if_watch()
+            self.hooks.if_waiting = on
+            return True
         return self.hooks.watch_interrupt_enable(on)
 
     def request_stop_after_instruction(self) -> None:
@@ -404,17 +567,62 @@ class Cpu:
 
     def step(self) -> SliceResult:
         """Execute exactly one instruction (an interrupt/exception it raises is delivered, so a
-        step over `int n` ends at the handler's first instruction)."""
-        return self.run(1)
+        step over `int n` ends at the handler's first instruction). Always in the exact mode."""
+        return self.run(1, exact=True)
+
+    # -------------------------------------------------------------------------------------
+    # clock modes
+    # -------------------------------------------------------------------------------------
+    @property
+    def fast_now(self) -> bool:
+        """Did the last slice run in the fast mode?"""
+        return self._fast
+
+    def hold_exact(self, on: bool) -> None:
+        """A debugger attached (on) or gone (off): while any holds it, every slice runs in the
+        exact mode (instruction-exact stops and counts)."""
+        self._exact_holds += 1 if on else -1
+
+    def _fast_allowed(self) -> bool:
+        return (self._fast_clock is not None and not self._exact_holds
+                and not self.hooks.observing(ignore_if_watch=True))
+
+    def _set_fast(self, fast: bool) -> None:
+        """Switch the engine's counting between slices. Code translated in one mode is wrong in
+        the other (count-0 blocks never call Unicorn's counting hook; the fast clock's hook is
+        compiled into the blocks translated while it exists), so every switch drops it all."""
+        if fast == self._fast:
+            return
+        fc, rep = self._fast_clock, self.rep_string
+        if fast:
+            self._counter, self._budget = fc.counter, fc.budget
+            if rep is not None:
+                rep.detach(self._raw)             # called by the fast clock's hook instead
+            fc.attach(rep.native if rep is not None else None)
+        else:
+            self._counter, self._budget = self._exact_counter, self._exact_budget
+            fc.detach(self._raw)
+            if rep is not None:
+                rep.attach()
+        if rep is not None:
+            rep.use_counter(self._counter, self._budget)
+        if self.tsc is not None:
+            self.tsc.use_counter(self._counter)
+        self._fast = fast
+        self.uc.ctl_flush_tb()
 
     # -------------------------------------------------------------------------------------
     # running
     # -------------------------------------------------------------------------------------
-    def run(self, count: int) -> SliceResult:
+    def run(self, count: int, exact: bool = False) -> SliceResult:
         """Execute at most `count` (> 0) instructions and say why it stopped. Virtual time
         moves on by `retired + io_ns` of the result (the caller advances the clock); devices
-        called during the slice see `clock.now` at their own access."""
+        called during the slice see `clock.now` at their own access.
+        In the fast mode (unless `exact`), `count` and `retired` are the fast clock's estimate,
+        and the slice ends at the first block start once `count` is reached: it runs at least
+        one block and may go past `count` by part of one."""
         self._io_ns = 0
+        self._set_fast(not exact and self._fast_allowed())
         result = self._run_slice(count)
         result.io_ns = self._io_ns
         return result
@@ -439,6 +647,7 @@ class Cpu:
         if count <= 0:
             raise ValueError("count must be positive")
         self._slice_start_ns = self.clock.now
+        self._tsc_base()
         hooks = self.hooks
         hooks.bp_hit = None
         if self.rep_string is not None:
@@ -451,6 +660,7 @@ class Cpu:
             if lin in hooks.breakpoints:
                 hooks.bp_skip = lin          # resuming at a breakpoint executes it once
         retired = 0
+        fast, fc = self._fast, self._fast_clock
         while True:
             self._write_prot_addr = None
             error = None
@@ -462,7 +672,12 @@ class Cpu:
                 # also stops the engine where a block starts at it: code at linear 0 (32-bit
                 # code wrapping at 4 GiB) runs with the old, harmless-there end address.
                 until = 0 if self.linear_pc() else 0xFFFFFFFFFFFFFFFF
-                self.uc.emu_start(pc, until, 0, count - retired)
+                if fast:
+                    # The rep string hook acts only with paging off: skip its call otherwise.
+                    fc.start(count - retired, hooks.if_waiting, not self.physmem.paging)
+                    self.uc.emu_start(pc, until, 0, 0)
+                else:
+                    self.uc.emu_start(pc, until, 0, count - retired)
             except UcError as exc:
                 error = exc
             finally:
@@ -470,8 +685,9 @@ class Cpu:
             counted = self._counter.value
             # The budget this emu_start ended with: `count - retired`, or lower when a callback
             # asked to stop after its instruction (Unicorn counts one past it when it stops).
+            # The fast clock charges a block only when it lets it run.
             budget = self._budget.value
-            retired += budget if counted > budget else counted
+            retired += budget if counted > budget and not fast else counted
             if error is not None and self._stop_cause is None and error.errno == UC.UC_ERR_WRITE_PROT \
                     and self._write_prot_addr is not None and self.physmem.is_read_only(self._write_prot_addr) \
                     and self._skip_rom_write():
@@ -479,6 +695,7 @@ class Cpu:
                     return SliceResult("count", retired)
                 pc = self._wrapped_pc()
                 self._slice_start_ns = self._slice_start_ns + counted    # the counter restarts
+                self._tsc_base()
                 continue
             break
         cause = self._stop_cause
@@ -497,7 +714,12 @@ class Cpu:
         if cause == "stop":
             self._stop_cause = None
             return SliceResult("stop", retired)
-        if counted > budget:
+        if fast:
+            if fc.stopped == fast_clock.STOP_BUDGET:
+                return SliceResult("count", retired)
+            if fc.stopped == fast_clock.STOP_IF:
+                return SliceResult("stop", retired)
+        elif counted > budget:
             return SliceResult("count", retired)
         if self._just_halted():
             return SliceResult("halt", retired)
@@ -528,8 +750,14 @@ class Cpu:
     # -------------------------------------------------------------------------------------
     # hooks: port I/O, CPUID, RDTSC, interrupts
     # -------------------------------------------------------------------------------------
+    def _tsc_base(self) -> None:
+        """Tell the native RDTSC hook the slice start plus port time (after either changes)."""
+        if self.tsc is not None:
+            self.tsc.set_base(self._slice_start_ns + self._io_ns)
+
     def _on_in(self, port: int, size: int) -> int:
         self._io_ns += IO_PORT_NS
+        self._tsc_base()
         self._sync_clock()
         physmem = self.physmem
         physmem.callback_depth += 1
@@ -542,6 +770,7 @@ class Cpu:
 
     def _on_out(self, port: int, size: int, value: int) -> None:
         self._io_ns += IO_PORT_NS
+        self._tsc_base()
         self._sync_clock()
         physmem = self.physmem
         physmem.callback_depth += 1
@@ -556,8 +785,8 @@ class Cpu:
         return self._cpuid.get(leaf, _CPUID_ZERO)
 
     def _on_rdtsc(self) -> int:
-        # Virtual time at this instruction: slice start + instructions retired and port
-        # access time so far.
+        # Without the native hook (x86/tsc.py computes the same): virtual time at this
+        # instruction, slice start + instructions retired and port access time so far.
         return self._slice_start_ns + self._counter.value + self._io_ns
 
     def _on_syscall(self, uc, _ud) -> None:
@@ -617,6 +846,19 @@ class Cpu:
         """The report printed for a fatal guest fault (machine/x86/report.py)."""
         from .x86 import report         # capstone is loaded only when a guest faults fatally
         return report.fault_report(self, why, back)
+
+
+def _ram_gaps(mem: GuestMemory) -> list[tuple[int, int]]:
+    """[begin, end] (inclusive, as Unicorn's hook bounds) of the physical address space outside
+    the RAM ranges as built."""
+    gaps, at = [], 0
+    for r in sorted(mem.ranges, key=lambda r: r.gpa):
+        if r.gpa > at:
+            gaps.append((at, r.gpa - 1))
+        at = max(at, r.end)
+    if at <= 0xFFFFFFFFFFFFFFFF:
+        gaps.append((at, 0xFFFFFFFFFFFFFFFF))
+    return gaps
 
 
 _ENGINE_ERRORS = {

@@ -35,11 +35,12 @@ class CodeHooks:
         self._if_gave_up = False                            # the watch gave up on this wait
         self._block_hooks = 0                               # -d block log hooks installed
 
-    def observing(self) -> bool:
+    def observing(self, ignore_if_watch: bool = False) -> bool:
         """Does any hook watch single instructions or block starts? The rep string hook, which
-        does many iterations at once, stands aside while one does."""
+        does many iterations at once, stands aside while one does; the fast mode waits for
+        all but the IF watch (it has its own) to go."""
         return bool(self.breakpoints or self._dynamic_hook is not None
-                    or self._if_watch is not None or self._block_hooks)
+                    or (self._if_watch is not None and not ignore_if_watch) or self._block_hooks)
 
     def _changed(self) -> None:
         rep = getattr(self.cpu, "rep_string", None)
@@ -158,6 +159,26 @@ class CodeHooks:
             self.uc.ctl_flush_tb()           # code translated without the hook never calls it
             self._changed()
         return True
+
+    def if_watch_state(self) -> tuple[bool, int, bool, bool]:
+        """(waiting, block starts counted, gave up, hook installed): a snapshot keeps them,
+        since they decide slice lengths."""
+        return self.if_waiting, self._if_calls, self._if_gave_up, self._if_watch is not None
+
+    def restore_if_watch(self, waiting: bool, calls: int, gave_up: bool, installed: bool) -> None:
+        if installed and self._if_watch is None:
+            self._if_watch = ui.hook_block(self.uc, self._on_block_if_watch)
+            self.uc.ctl_flush_tb()
+            self._changed()
+        elif not installed and self._if_watch is not None:
+            self._drop_if_watch()
+        self.if_waiting, self._if_calls, self._if_gave_up = waiting, calls, gave_up
+
+    def drop_if_watch(self) -> None:
+        """Remove the IF watch's block hook, if installed (the fast mode watches natively)."""
+        if self._if_watch is not None:
+            self._drop_if_watch()
+        self._if_gave_up = False
 
     def _drop_if_watch(self) -> None:
         # No stale block can call the deleted hook: the flush comes before any code runs again

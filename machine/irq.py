@@ -50,6 +50,7 @@ class SharedLine:
     def __init__(self, sink: Sink | None = None):
         self._sink = sink
         self._asserted: set[int] = set()
+        self._inputs: list[tuple[int, IrqLine]] = []
 
     def connect(self, sink: Sink | None) -> None:
         self._sink = sink
@@ -70,7 +71,14 @@ class SharedLine:
             if before != after and self._sink is not None:
                 self._sink(after)
 
-        return IrqLine(name, _set)
+        line = IrqLine(name, _set)
+        self._inputs.append((ident, line))
+        return line
+
+    def resync(self) -> None:
+        """Recompute the OR from the inputs' levels without calling the sink (after a snapshot
+        restored the levels of the lines and, separately, what the sink's owner had seen)."""
+        self._asserted = {ident for ident, line in self._inputs if line.level}
 
     @property
     def level(self) -> bool:

@@ -21,6 +21,9 @@ LINT0 ExtINT), polls host input and debugger hooks, and acts on what device call
 (exit, reset, stop): callbacks never stop the engine themselves. An interrupt raised during a
 slice (a self-IPI, a device's IRQ from a port access) ends the slice after the current
 instruction when the CPU would take it, so it is delivered at once rather than at the slice end.
+With `-object iothread` devices run requests on I/O threads: the loop completes what they
+finished between slices, keeps slices short (IO_SLICE) while requests are in flight, and a halted
+CPU waits for a completion. That mode is not deterministic; without it nothing changes.
 
 Exit status of run(): isa-debug-exit's `(value << 1) | 1`; 0 for a guest reset under -no-reboot
 or an instruction budget/stop request; FATAL_STATUS (2) for a guest that cannot go on (triple
@@ -31,6 +34,7 @@ after whatever the guest wrote to COM1.
 
 from __future__ import annotations
 
+import functools
 import os
 import select
 import struct
@@ -39,7 +43,10 @@ from dataclasses import dataclass
 from typing import BinaryIO, Callable
 
 from . import acpi, kernel_image, trace
+from . import savevm
 from .block import SECTOR as SECTOR_BYTES, open_drive
+from .block.undo import Journal
+from .savevm_store import SnapshotError, SnapshotStore
 from .clock import VirtualClock
 from .config import CharDev, ConfigError, DeviceConfig, MachineConfig
 from .cpu import Cpu, SliceResult
@@ -56,6 +63,7 @@ from .devices.pic import DualPic
 from .devices.pit import Pit
 from .devices.port92 import Port92
 from .devices.serial import Uart16550
+from .iothread import STEAL_NS, IoThread
 from .irq import IrqLine, SharedLine
 from .memory import FOUR_GIB, GuestMemory, IoSpace, MemoryMap
 from .pci import I440fx, PciBus, PciConfigIo, Piix3
@@ -67,6 +75,9 @@ from .virtio.blk_pci import create_virtio_blk_pci
 FATAL_STATUS = 2
 MAX_SLICE = 500_000          # instructions; bounds stop/^C latency (~10 ms at worst)
 MASKED_SLICE = 10_000        # instructions; slice length during a long wait for IF=1 (see run())
+IO_SLICE = 4_000             # instructions; slice length while I/O-thread requests are in flight
+BOTTOM_HALF_NS = 1_000       # virtual time from a bottom half's request to its run
+IO_WAIT = 0.02               # seconds a halted CPU waits for a completion before polling hooks
 
 # Stop kinds (the same words the debugger layer uses).
 STOP_EXITED = "exited"            # the guest asked to exit (isa-debug-exit, reset under -no-reboot)
@@ -169,10 +180,16 @@ class Machine:
         self._outputs: list[BinaryIO] = []   # opened chardev files: close() closes them
         self._backends: list = []            # opened drives: close() releases their images
         self.drives: dict[str, tuple] = {}   # drive id -> (backend, the virtio device using it)
+        self.journals: dict[str, Journal] = {}   # drive id -> its undo-log journal (writable drives)
         self._parking_devices: list = []    # devices whose failed requests may wait (rerror/werror=stop)
         self.paused_reason: str | None = None   # why run() last ended paused ('io-error'), for `info status`
         self._stdin_fd: int | None = None
         self.stdin_filter: Callable[[bytes], bytes] | None = None
+        # -object iothread: where devices with iothread= run their requests (see run())
+        self.iothreads: dict[str, IoThread] = {}
+        for ident in config.iothreads:
+            io = self.iothreads[ident] = IoThread(ident)
+            io.on_busy = self._io_started
 
         rom = self._firmware_image()
         rom_base = FOUR_GIB - len(rom)
@@ -183,7 +200,7 @@ class Machine:
                                                         (0xC0000, 0x40000, "bios-area")])
         self.lapic = LocalApic(self.clock, irq_out=self._interrupt_raised)
         self.msi = MsiSink(self.lapic)     # bus masters' interrupt messages (MSI, the IOAPIC)
-        self.cpu = Cpu(self.mem, self.memory_map, self.io, self.clock, apic=True)
+        self.cpu = Cpu(self.mem, self.memory_map, self.io, self.clock, apic=True, icount=config.icount)
         self.cpu.load_firmware(rom)
         self.pic = DualPic()
         self.pic.on_intr = self._interrupt_raised       # an IRQ from a port or MMIO access
@@ -194,6 +211,9 @@ class Machine:
         self.isa_irqs = [SharedLine(self._isa_irq_sink(n)) for n in range(16)]
         self._build_isa_devices()
         self._build_pci()
+        self.clock.restore_oneshot = self._restore_bottom_half
+        # Named snapshots beside the first writable image: this run keeps them loadable.
+        self._snapshot_store = SnapshotStore.attach(self)
 
     # -------------------------------------------------------------------------------------
     # construction
@@ -243,7 +263,7 @@ class Machine:
         self._plug("pit", pit, 0x40, 4)
         self.io.add("port61", 0x61, 1, pit.port61_ops)
 
-        self._plug("cmos", Cmos(irq(8), clock, cfg.ram_size), 0x70, 2)
+        self._plug("cmos", Cmos(irq(8), clock, cfg.ram_size, start_time=cfg.rtc_base), 0x70, 2)
 
         # With the clock, COM1 output reaches the host per line and when the guest stops
         # writing; run() and step() flush the rest before they return.
@@ -309,11 +329,16 @@ class Machine:
                 raise ConfigError(f"PCI: slot {where[0]} function {where[1]} not available for virtio-blk-pci, "
                                   f"in use by {bus.devices[where[0] << 3 | where[1]].name}")
             backend = open_drive(drive, snapshot=self.config.snapshot)
+            if not backend.read_only:
+                # Snapshots keep undo logs of writable disks (block/undo.py): a pass-through until one does.
+                backend = self.journals[drive.id] = Journal(backend)
             self._backends.append(backend)
-            dev = create_virtio_blk_pci(backend, props, self.mem, msi_send=self.msi.send)
+            dev = create_virtio_blk_pci(backend, props, self.mem, msi_send=self.msi.send,
+                                        iothreads=self.iothreads)
             self.drives[drive.id] = (backend, dev.vdev)
             dev.vdev.on_io_error = self._io_error
             dev.vdev.clock = self.clock        # blkdebug [delay] rules hold completions in virtual time
+            dev.vdev.defer = functools.partial(self._device_bottom_half, n)
             self._parking_devices.append(dev.vdev)
             bus.plug(dev, *where)
             self.devices[f"virtio-blk{n}"] = dev
@@ -506,6 +531,27 @@ class Machine:
         if self.cpu.running:                 # from a device callback: end the slice early
             self.cpu.request_stop_after_instruction()
 
+    def bottom_half(self, fn: Callable[[], None], key: str | None = None) -> None:
+        """Run fn() on this thread soon, between two slices (QEMU's bottom half): a timer
+        BOTTOM_HALF_NS of virtual time from now, so a device continuing long work from there
+        lets the guest, timers, the monitor and gdb (poll hooks) have their turn between two
+        parts. Virtual time, not host time, decides when: runs stay repeatable. `key` lets a
+        snapshot save it (see _restore_bottom_half)."""
+        self.clock.oneshot(fn, self.clock.now + BOTTOM_HALF_NS, key)
+
+    def _device_bottom_half(self, n: int, fn: Callable[[], None], queue: int | None = None) -> None:
+        """virtio-blk n's defer(): resuming queue `queue` is saved as "virtio-blk<n>/<queue>"."""
+        self.bottom_half(fn, None if queue is None else f"virtio-blk{n}/{queue}")
+
+    def _restore_bottom_half(self, key: str) -> Callable[[], None] | None:
+        """The callback of a saved bottom half, or None when this machine has no such queue."""
+        dev, _, queue = key.partition("/")
+        vdev = getattr(self.devices.get(dev), "vdev", None)
+        if vdev is None or not queue.isdigit() or int(queue) >= len(vdev.queues):
+            return None
+        qi = int(queue)
+        return lambda: vdev.resume_queue(vdev.queues[qi])
+
     def add_poll_hook(self, fn: Callable[[], None]) -> None:
         """fn() runs between slices (and while the CPU idles); it may call request_stop()."""
         self._poll_hooks.append(fn)
@@ -641,6 +687,41 @@ class Machine:
     # -------------------------------------------------------------------------------------
     # the run loop
     # -------------------------------------------------------------------------------------
+    def _io_started(self) -> None:
+        """A device handed a request to an idle I/O thread, inside a slice: end the slice after
+        this instruction, so the run loop switches to short slices and polls for completions."""
+        if self.cpu.running:
+            self.cpu.request_stop_after_instruction()
+
+    def _io_in_flight(self) -> bool:
+        for io in self.iothreads.values():
+            if io.in_flight:
+                return True
+        return False
+
+    def _poll_io(self) -> None:
+        """Complete what the I/O threads finished: used rings, then interrupts (CPU thread).
+        The batch's RAM writes (data, status bytes, used rings) drop translated code once,
+        merged, at the end, as inside a device callback."""
+        ready = [io for io in self.iothreads.values() if io.ready]
+        if not ready:
+            return
+        physmem = self.cpu.physmem
+        physmem.callback_depth += 1
+        try:
+            for io in ready:
+                io.poll()
+        finally:
+            physmem.callback_depth -= 1
+            if physmem.flush_pending:
+                physmem.flush_now()
+
+    def drain(self) -> None:
+        """Wait for every request in flight on an I/O thread and complete it: the machine's
+        state is then whole (a stop, a snapshot, close)."""
+        for io in self.iothreads.values():
+            io.drain()
+
     def _io_error(self) -> None:
         """A device's rerror/werror=stop policy parked a failed request: pause the machine, as
         QEMU stops the VM (`info status`: paused (io-error))."""
@@ -654,6 +735,8 @@ class Machine:
                 vdev.restart_parked()
 
     def _finish(self, reason: StopReason) -> int:
+        if self.iothreads:
+            self.drain()                   # as QEMU's vm_stop: nothing in flight while stopped
         self.stop_reason = reason
         if reason.kind == STOP_INTERRUPT and reason.message == IO_ERROR:
             self.paused_reason = IO_ERROR
@@ -682,7 +765,17 @@ class Machine:
         budget = max_instructions
         self.stop_reason = None
         self._resume()
+        iothreads = bool(self.iothreads)
         while True:
+            io_busy = False
+            if iothreads:
+                # Completions reach the rings and raise their interrupts here, between slices;
+                # while requests are in flight slices are short so they are picked up soon.
+                for io in self.iothreads.values():
+                    if io.in_flight:
+                        io.run_stale(STEAL_NS)           # a worker the host has not scheduled
+                self._poll_io()
+                io_busy = self._io_in_flight()
             if self._poll_hooks or self._stdin_fd is not None:
                 self._poll_host()
             reason = self._take_request()
@@ -701,6 +794,14 @@ class Machine:
                     continue
                 count = 1              # the instruction after STI/MOV SS runs first (e.g. the HLT)
             if self._halted:
+                if io_busy:
+                    # Waiting for the disk: the I/O thread's completion wakes it. Virtual time
+                    # stands still meanwhile, as a request inside a notify takes none either.
+                    for io in self.iothreads.values():
+                        if io.in_flight:
+                            io.wait(IO_WAIT if io.running else STEAL_NS / 1e9)
+                            break
+                    continue
                 # A halted CPU stays halted until an interrupt is delivered: idle time jumps to
                 # the next timer event, and timers that raise nothing do not wake it.
                 deadline = clock.next_deadline()
@@ -726,6 +827,8 @@ class Machine:
             waiting = not cpu.interrupts_enabled() and self._interrupt_source() is not None
             if not cpu.watch_interrupt_enable(waiting):
                 count = min(count, MASKED_SLICE)
+            if io_busy:
+                count = min(count, IO_SLICE)
             result = self._run_cpu(count)
             if budget is not None:
                 budget -= result.retired
@@ -754,7 +857,65 @@ class Machine:
             self.stop_reason = StopReason(STOP_STEP, 0, address=self.cpu.linear_pc())
         return self.stop_reason
 
+    # -------------------------------------------------------------------------------------
+    # snapshots (savevm.py)
+    # -------------------------------------------------------------------------------------
+    def save_state(self, *, disks: bool = True) -> "savevm.MachineState":
+        """The whole machine's state now, in memory (between runs). With `disks`, every
+        writable drive keeps an undo log from now on, so loading it brings the disks back
+        too; `state.release()` ends that."""
+        return savevm.capture(self, disks=disks)
+
+    def load_state(self, state: "savevm.MachineState") -> None:
+        """Become `state`: RAM, CPU, devices, timers, disks. A state this machine cannot take
+        raises VMStateError and changes nothing."""
+        savevm.check(self, state)
+        backup = savevm.capture(self)
+        try:
+            savevm.apply(self, state)
+        except (savevm.VMStateError, OSError) as e:
+            savevm.apply(self, backup)
+            raise savevm.VMStateError(f"loading the snapshot failed, the machine is unchanged: {e}") from None
+        finally:
+            backup.release()
+
+    # Named snapshots (QEMU's savevm/loadvm/delvm/info snapshots): SnapshotError in QEMU's words.
+    def _store(self) -> SnapshotStore:
+        if self._snapshot_store is None:
+            self._snapshot_store = SnapshotStore.locate(self)     # raises when no disk can hold one
+        return self._snapshot_store
+
+    def savevm(self, name: str):
+        return self._store().save(name)
+
+    def loadvm(self, name: str) -> None:
+        self._store().load(name)
+
+    def delvm(self, name: str) -> None:
+        self._store().delete(name)
+
+    def info_snapshots(self) -> str:
+        try:
+            return self._store().info_text()
+        except SnapshotError as e:
+            return f"{e}\n"
+
+    def snapshots(self) -> list:
+        """The named snapshots (SnapshotInfo: id, name, size, date, clock, instructions)."""
+        try:
+            return self._store().infos()
+        except SnapshotError:
+            return []
+
+    def encode_state(self, state: "savevm.MachineState") -> bytes:
+        return savevm.encode(self, state)
+
+    def decode_state(self, data: bytes) -> "savevm.MachineState":
+        return savevm.decode(self, data)
+
     def close(self) -> None:
+        for io in self.iothreads.values():     # requests in flight end before their images close
+            io.close()
         self.uart.flush()
         for out in self._outputs:
             try:

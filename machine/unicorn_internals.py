@@ -1,6 +1,6 @@
 """Every dependency on Unicorn 2.1.4 *internals*, in one place, checked at start-up.
 
-Unicorn's public API cannot do five things a PC needs, so we reach under it:
+Unicorn's public API cannot do what a PC needs in these ways, so we reach under it:
 
 1. Segment loads on a UC_MODE_64 engine. That engine's `reg_write(CS/DS/ES/SS)` only changes the
    selector; with the engine's API mode switched to UC_MODE_32 for the one call, Unicorn performs
@@ -24,6 +24,16 @@ Unicorn's public API cannot do five things a PC needs, so we reach under it:
    called at every translated block start with no Python in between (x86/rep_string.py). It
    relies on 3. (it advances `emu_counter` itself, below `emu_count`) and on the context
    offsets of 2.; both are what `self_test()` checks.
+6. The fast mode's clock (x86/fast_clock.py): with `emu_start(count=0)` a native block hook
+   counts and calls `uc_emu_stop` at a block start, which must end the run before that block's
+   first instruction with nothing replayed, also when a port callback earlier in the run asked
+   for the stop. `self_test_block_clock()` checks it when the fast mode is first used (it needs
+   the native helper built).
+7. Memory hooks bounded to where RAM is not (cpu.py): Unicorn keeps every store to an address
+   that any memory hook covers on its "not dirty" slow path, and lets other RAM pages take the
+   TLB fast path after their first store, while still dropping translated code that a later
+   store overwrites (it re-arms the slow path for a page when it translates code there).
+   `_probe_store_fast_path()` checks that a guest's self-modifying code is still seen.
 
 Also here: a direct `uc_ctl(UC_CTL_TB_REMOVE_CACHE)` call (2 µs against 6 µs through the
 binding: it sits on the DMA path, once per written range), ctypes wrappers for `uc_vmem_read/write/translate` (exported by libunicorn 2.1.4,
@@ -56,6 +66,7 @@ CONTEXT_SIZE = 5608            # uc_context_size() for an x86 engine
 CONTEXT_DATA = 40              # struct uc_context header before the CPUX86State copy
 # Offsets inside the CPUX86State copy:
 ENV_HFLAGS = 176
+ENV_HFLAGS2 = 180              # GIF/HIF/NMI/VINTR... (snapshots carry it as it is)
 ENV_CR0 = 424                  # target_ulong cr[5]: CR0, (CR1), CR2, CR3, CR4
 ENV_SEGS = 184                 # SegmentCache[6]: ES CS SS DS FS GS, 24 bytes each
 SEG_SIZE = 24                  # {u32 selector; u64 base; u32 limit; u32 flags}
@@ -195,6 +206,23 @@ class RawState:
     def clear_old_exception(self) -> None:
         self._i32(ENV_OLD_EXCEPTION).value = -1
 
+    @property
+    def hflags2(self) -> int:
+        return self._u32(ENV_HFLAGS2).value
+
+    @hflags2.setter
+    def hflags2(self, value: int) -> None:
+        self._u32(ENV_HFLAGS2).value = value
+
+    def set_seg(self, index: int, selector: int, base: int, limit: int, flags: int) -> None:
+        """Write a segment register's selector and hidden cache (a snapshot restoring it as it
+        was: no descriptor load, which could fault or read a GDT that has changed since)."""
+        off = ENV_SEGS + SEG_SIZE * index
+        self._u32(off).value = selector
+        self._u64(off + 8).value = base
+        self._u32(off + 16).value = limit
+        self._u32(off + 20).value = flags
+
 
 class identity_walks:
     """`with identity_walks(uc, raw): uc.mem_unmap(...)`: Unicorn's mem_unmap (and every other path
@@ -233,6 +261,11 @@ class identity_walks:
 CR0_PG = 1 << 31
 _CTL_TLB_FLUSH = UC.UC_CTL_TLB_FLUSH | (UC.UC_CTL_IO_WRITE << 30)
 _uc_ctl_none = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p, ctypes.c_int)(("uc_ctl", _uclib))
+
+
+def flush_tlb(uc: Uc) -> None:
+    """Drop every software TLB entry (after the CPU state was replaced wholesale)."""
+    _uc_ctl_none(uc._uch, _CTL_TLB_FLUSH)
 
 
 def take_exception_info(raw: RawState) -> tuple[int, bool]:
@@ -374,14 +407,35 @@ def native_hook_block(uc: Uc, function: int, user_data: int) -> int:
 
 
 # Register ids a native hook reads and writes with uc_reg_read/uc_reg_write.
-NATIVE_REGS = {"rax": X86.UC_X86_REG_RAX, "rcx": X86.UC_X86_REG_RCX, "rsi": X86.UC_X86_REG_RSI,
+NATIVE_REGS = {"rax": X86.UC_X86_REG_RAX, "rdx": X86.UC_X86_REG_RDX, "rcx": X86.UC_X86_REG_RCX, "rsi": X86.UC_X86_REG_RSI,
                "rdi": X86.UC_X86_REG_RDI, "eflags": X86.UC_X86_REG_EFLAGS, "cr0": X86.UC_X86_REG_CR0}
 
 
 def native_api() -> dict[str, int]:
     """Addresses of the libunicorn functions a native hook may call, by name."""
     return {name: ctypes.cast(getattr(_uclib, name), ctypes.c_void_p).value
-            for name in ("uc_reg_read", "uc_reg_write", "uc_mem_read", "uc_context_save", "uc_ctl")}
+            for name in ("uc_reg_read", "uc_reg_write", "uc_mem_read", "uc_context_save", "uc_ctl",
+                         "uc_emu_stop")}
+
+
+def native_hook_rdtsc(uc: Uc, function: int, user_data: int) -> int:
+    """Register a C function `uint32_t fn(uc, user_data)` answering RDTSC (it sets EDX:EAX and
+    returns 1 to skip the host's instruction), as hook_rdtsc does for a Python one."""
+    handle_out = ctypes.c_size_t()
+    err = _uclib.uc_hook_add(uc._uch, ctypes.cast(ctypes.byref(handle_out), ctypes.POINTER(ctypes.c_ulong)),
+                             UC.UC_HOOK_INSN, ctypes.c_void_p(function), ctypes.c_void_p(user_data),
+                             ctypes.c_uint64(1), ctypes.c_uint64(0), ctypes.c_int(X86.UC_X86_INS_RDTSC))
+    if err != UC.UC_ERR_OK:
+        raise UcError(err)
+    return handle_out.value
+
+
+def native_hook_del(uc: Uc, handle: int) -> None:
+    """Remove a hook added by native_hook_block (the binding's hook_del expects a callback of
+    its own). Translated code may still call it: flush after."""
+    err = _uclib.uc_hook_del(uc._uch, ctypes.c_size_t(handle))
+    if err != UC.UC_ERR_OK:
+        raise UcError(err)
 
 
 def context_alloc(uc: Uc) -> int:
@@ -547,6 +601,99 @@ class RawReg:
 # start-up self-test
 # ------------------------------------------------------------------------------------------
 
+_block_clock_checked = False
+
+
+def self_test_block_clock(function: int, state_type, stop_budget: int, bytes_per_insn: int) -> None:
+    """Check 6. on a scratch engine with the fast clock's native hook `function` and its state
+    type (fields counter, budget, reg_read, emu_stop, reg_eflags, stopped) and the bytes per
+    charged unit (`bytes_per_insn`):
+    a budget stops the engine at a block start before that block runs, and a budget lowered
+    from an OUT callback stops at the next block start with the OUT done once. Raises
+    UnsupportedUnicorn otherwise."""
+    global _block_clock_checked
+    if _block_clock_checked:
+        return
+    try:
+        problem = _probe_block_clock(function, state_type, stop_budget, bytes_per_insn)
+    except Exception as exc:               # any surprise means the internals moved
+        problem = f"internal probe failed ({exc})"
+    if problem:
+        raise UnsupportedUnicorn(
+            f"the fast mode (-icount off) needs exactly unicorn {REQUIRED_VERSION}; {problem}. "
+            f"Run without -icount off, or install it with: pip install unicorn=={REQUIRED_VERSION}")
+    _block_clock_checked = True
+
+
+_native_rdtsc_checked = False
+
+
+def self_test_native_rdtsc(function: int, state_type) -> None:
+    """A native RDTSC hook (`function`, state with base, counter, reg_write, reg_rax, reg_rdx)
+    puts base + *counter in EDX:EAX and skips the host's instruction. Raises UnsupportedUnicorn
+    otherwise."""
+    global _native_rdtsc_checked
+    if _native_rdtsc_checked:
+        return
+    try:
+        uc = Uc(UC.UC_ARCH_X86, UC.UC_MODE_64)
+        uc.mem_map(0x1000, 0x1000)
+        uc.mem_write(0x1000, b"\x0f\x31\xf4")              # rdtsc; hlt
+        counter = ctypes.c_uint64(0x55)
+        st = state_type(base=0x1122334455667700, counter=ctypes.addressof(counter),
+                        reg_write=native_api()["uc_reg_write"],
+                        reg_rax=X86.UC_X86_REG_RAX, reg_rdx=X86.UC_X86_REG_RDX)
+        native_hook_rdtsc(uc, function, ctypes.addressof(st))
+        uc.emu_start(0x1000, 0, 0, 10)
+        got = (uc.reg_read(X86.UC_X86_REG_RDX), uc.reg_read(X86.UC_X86_REG_RAX))
+        problem = None if got == (0x11223344, 0x55667755) else \
+            f"a native RDTSC hook does not set EDX:EAX ({got[0]:#x}:{got[1]:#x})"
+    except Exception as exc:               # any surprise means the internals moved
+        problem = f"internal probe failed ({exc})"
+    if problem:
+        raise UnsupportedUnicorn(
+            f"this emulator needs exactly unicorn {REQUIRED_VERSION}; {problem}. "
+            f"Install it with: pip install unicorn=={REQUIRED_VERSION}")
+    _native_rdtsc_checked = True
+
+
+def _probe_block_clock(function: int, state_type, stop_budget: int, bytes_per_insn: int) -> str | None:
+    uc = Uc(UC.UC_ARCH_X86, UC.UC_MODE_64)
+    uc.mem_map(0x1000, 0x1000)
+    # 0x1000: inc rbx; dec rcx; jnz 0x1000; hlt          (8-byte loop block)
+    # 0x1100: inc rdx; out 0x80, al; inc rbx; jmp 0x1100 (a port callback inside a block)
+    uc.mem_write(0x1000, bytes.fromhex("48ffc3" "48ffc9" "75f8" "f4"))
+    uc.mem_write(0x1100, bytes.fromhex("48ffc2" "e680" "48ffc3" "ebf6"))
+    st = state_type()
+    api = native_api()
+    st.reg_read, st.emu_stop = api["uc_reg_read"], api["uc_emu_stop"]
+    st.reg_eflags = X86.UC_X86_REG_EFLAGS
+    native_hook_block(uc, function, ctypes.addressof(st))
+    uc.reg_write(X86.UC_X86_REG_RCX, 1000)
+    unit = -(-8 // bytes_per_insn)         # the charge of the 8-byte loop block
+    st.counter, st.budget = 0, 10 * unit
+    uc.emu_start(0x1000, 0, 0, 0)
+    r = uc.reg_read
+    if (st.stopped, st.counter, r(X86.UC_X86_REG_RBX), r(X86.UC_X86_REG_RIP)) != (stop_budget, 10 * unit, 10, 0x1000):
+        return ("a native block hook's uc_emu_stop does not end the run at the block start "
+                f"(counter {st.counter}, blocks run {r(X86.UC_X86_REG_RBX)})")
+    outs = []
+    counter = ctypes.c_uint64.from_address(ctypes.addressof(st) + state_type.counter.offset)
+    budget = ctypes.c_uint64.from_address(ctypes.addressof(st) + state_type.budget.offset)
+
+    def on_out(port, size, value):
+        outs.append(port)
+        budget.value = counter.value       # what Cpu.request_stop_after_instruction does
+    hook_out(uc, on_out)
+    uc.ctl_flush_tb()
+    uc.reg_write(X86.UC_X86_REG_RBX, 0)
+    st.counter, st.budget, st.stopped = 0, 1000, 0
+    uc.emu_start(0x1100, 0, 0, 0)
+    got = (outs, r(X86.UC_X86_REG_RDX), r(X86.UC_X86_REG_RBX), r(X86.UC_X86_REG_RIP), st.stopped)
+    if got != ([0x80], 1, 1, 0x1100, stop_budget):
+        return f"a stop asked from a port callback is not clean at the next block start ({got})"
+    return None
+
 _checked = False
 
 
@@ -580,6 +727,8 @@ def _probe() -> str | None:
         return "uc_struct.mode is not where expected"
     if _uclib.uc_context_size(uc._uch) != CONTEXT_SIZE:
         return "the CPU context has a different size"
+    if RawState(uc).save().hflags2 != 1:            # HF2_GIF, set at power-on
+        return "hflags2 is not where expected"
     # Code: nop x5; hlt. Run with count=3 and check the counter and the segment cache layout.
     uc.mem_map(0x1000, 0x1000)
     uc.mem_write(0x1000, b"\x90" * 5 + b"\xf4")
@@ -619,7 +768,29 @@ def _probe() -> str | None:
     uc.emu_start(0x1000, 0x2000)
     if uc.reg_read(X86.UC_X86_REG_RAX) & 0xFF != 2:
         return "uc_ctl(UC_CTL_TB_REMOVE_CACHE) did not drop translated code"
-    return _probe_lean_hooks(uc) or _probe_syscall(uc) or _probe_unmap_walk(uc)
+    return (_probe_lean_hooks(uc) or _probe_syscall(uc) or _probe_unmap_walk(uc)
+            or _probe_store_fast_path())
+
+
+def _probe_store_fast_path() -> str | None:
+    """With a memory hook only outside the page, a store makes the page's TLB entry take the
+    fast path; code then translated on that page and overwritten by a later store must not run
+    stale (see 7.)."""
+    uc = Uc(UC.UC_ARCH_X86, UC.UC_MODE_64)
+    uc.mem_map(0x1000, 0x3000)
+    uc.hook_add(UC.UC_HOOK_MEM_WRITE_PROT, lambda *a: False, None, 0x100000, 0x1FFFFF)
+    uc.mem_write(0x1000, bytes.fromhex(
+        "c60425002100" "0090"       # movb $0x90, 0x2100   (the page's first store: now dirty)
+        "e8" "f30f0000"             # call 0x2000         (code translated on that page)
+        "c60425012000" "0002"       # movb $2, 0x2001     (overwrites that code's immediate)
+        "e8" "e60f0000"             # call 0x2000
+        "f4"))                      # hlt
+    uc.mem_write(0x2000, bytes.fromhex("b801000000" "c3"))     # mov $1, %eax; ret
+    uc.reg_write(X86.UC_X86_REG_RSP, 0x3800)
+    uc.emu_start(0x1000, 0, 0, 100)
+    if uc.reg_read(X86.UC_X86_REG_RAX) != 2:
+        return "a store over translated code on a page written before was not seen"
+    return None
 
 
 def _probe_unmap_walk(uc: Uc) -> str | None:

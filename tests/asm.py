@@ -218,7 +218,7 @@ class PortRecorder:
 
 
 def build_machine(tmp_path, program: str, *, rom: str = STUB_ROM_SOURCE, no_reboot: bool = True,
-                  ram_size: int = 32 * 1024 * 1024, prologue: str = ""):
+                  ram_size: int = 32 * 1024 * 1024, prologue: str = "", icount: bool = True):
     """A Machine running `prologue + program` from PROGRAM_BASE, with isa-debug-exit at EXIT_PORT
     and a PortRecorder (returned as machine.recorder) at OUT_PORT."""
     from machine.config import CharDev, DeviceConfig, MachineConfig
@@ -227,7 +227,7 @@ def build_machine(tmp_path, program: str, *, rom: str = STUB_ROM_SOURCE, no_rebo
     rom_path = tmp_path / "rom.bin"
     rom_path.write_bytes(rom_image(rom))
     config = MachineConfig(ram_size=ram_size, bios=rom_path, serial=CharDev("null"),
-                           no_reboot=no_reboot,
+                           no_reboot=no_reboot, icount=icount,
                            devices=[DeviceConfig("isa-debug-exit", {"iobase": hex(EXIT_PORT), "iosize": "1"})])
     m = Machine(config)
     code = assemble(COMMON_MACROS + prologue + program if not prologue else prologue + program,

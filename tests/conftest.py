@@ -41,6 +41,8 @@ def pytest_collection_modifyitems(session, config, items):
     start them first, so pytest-xdist hands them round-robin to every worker instead of
     leaving them queued on one at the end."""
     slow = [i for i in items if "test_linux_e2e.py::test_linux_virtio_blk_on_our_machine" in i.nodeid
-            or "test_linux_e2e.py::test_gdb_and_device_breakpoints_on_a_running_linux_kernel" in i.nodeid]
+            or "test_linux_e2e.py::test_gdb_and_device_breakpoints_on_a_running_linux_kernel" in i.nodeid
+            or ("test_linux_e2e.py::test_linux_poweroff_and_reboot" in i.nodeid and "ours" in i.nodeid)
+            or "test_savevm.py::test_inside_linux" in i.nodeid]
     if slow:
         items[:] = slow + [i for i in items if i not in slow]

@@ -191,16 +191,23 @@ def disk_problems(path: Path, read_only: bool) -> list[str]:
     return problems
 
 
+RTC_BASE = "2024-01-01T00:00:00"
+
+
 def command_line(kernel: Kernel, initrd: Path, disk: Path, device_props: str = "",
                  drive_props: str = "", lbs: int = 512, read_only: bool = False,
-                 rebind: bool = False) -> list[str]:
+                 rebind: bool = False, end: str = "exit") -> list[str]:
     """The options (without the program name) that run the test, the same for this machine
-    and qemu-system-x86_64."""
+    and qemu-system-x86_64. `end`: how the init ends the machine (exit: isa-debug-exit with
+    the verdict; poweroff, reboot: Linux's own paths, status 0 under -no-reboot)."""
     append = (f"console=ttyS0 vt_sectors={DISK_SECTORS} vt_serial={SERIAL} vt_lbs={lbs} "
               f"vt_ro={int(read_only)} vt_rebind={int(rebind)}")
+    if end != "exit":
+        append += f" vt_end={end}"
     drive = f"file={disk},format=raw,if=none,id=d0" + (f",{drive_props}" if drive_props else "")
     device = f"virtio-blk-pci,drive=d0,serial={SERIAL}" + (f",{device_props}" if device_props else "")
     return ["-machine", "pc", "-m", "256", "-kernel", str(kernel.vmlinuz), "-initrd", str(initrd),
             "-append", append, "-serial", "stdio", "-display", "none", "-no-reboot",
+            "-rtc", f"base={RTC_BASE}",            # no host time: runs repeat exactly
             "-drive", drive, "-device", device,
             "-device", "isa-debug-exit,iobase=0xf4,iosize=0x04"]

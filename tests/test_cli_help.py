@@ -13,7 +13,7 @@ from machine.virtio.blk import VirtioBlk
 # What the transport and the board take besides the virtio-blk device's own properties
 # (machine/virtio/pci.py create_virtio_blk_pci).
 TRANSPORT_PROPERTIES = {"drive", "disable-legacy", "disable-modern", "ioeventfd", "bootindex",
-                        "addr"}
+                        "addr", "iothread"}
 
 
 @pytest.mark.parametrize("spec", ["virtio-blk-pci,help", "virtio-blk,help",

@@ -190,3 +190,60 @@ def test_garbage_time_writes_never_raise(value):
     wr(dev, 0x0B, 0x00)
     for index in range(128):
         rd(dev, index)
+
+
+# ---- -rtc base= on the command line ------------------------------------------------------------
+
+def rtc_of(argv):
+    from machine.cli import parse_args
+    from machine.pc import Machine
+    m = Machine(parse_args(argv))
+    try:
+        return [rd(m.devices["cmos"], i) for i in (0, 2, 4, 7, 8, 9, 0x32)]
+    finally:
+        m.close()
+
+
+def test_rtc_base_date_is_what_the_guest_reads():
+    # BCD seconds, minutes, hours, day, month, year, century of 2006-06-17 16:01:21
+    assert rtc_of(["-rtc", "base=2006-06-17T16:01:21"]) == [0x21, 0x01, 0x16, 0x17, 0x06, 0x06, 0x20]
+    assert rtc_of(["-rtc", "base=2006-06-17,clock=vm,driftfix=slew"]) == [0, 0, 0, 0x17, 0x06, 0x06, 0x20]
+
+
+def test_rtc_base_fixed_makes_two_machines_alike():
+    # Host time (the default) enters at power-on, with its fraction of a second: only a fixed
+    # base lets two runs of a guest that reads the RTC repeat exactly.
+    from machine.cli import parse_args
+    from machine.pc import Machine
+    a, b = (Machine(parse_args(["-rtc", "base=2024-01-01T00:00:00"])) for _ in range(2))
+    try:
+        for m in (a, b):
+            m.clock.advance(2_500_000_000)
+        assert [rd(a.devices["cmos"], i) for i in (0, 0x0A)] == [rd(b.devices["cmos"], i) for i in (0, 0x0A)]
+        assert a.devices["cmos"].div_base == b.devices["cmos"].div_base == 0
+    finally:
+        a.close()
+        b.close()
+
+
+def test_rtc_base_utc_and_localtime():
+    from machine.cli import rtc_base
+    assert rtc_base("utc") is None                                  # the board reads the host clock
+    now = 1_700_000_000.25
+    import time
+    assert rtc_base("localtime", now) == now + time.localtime(now).tm_gmtoff
+    assert rtc_base("2006-06-17") == calendar.timegm((2006, 6, 17, 0, 0, 0, 0, 0, 0))
+
+
+@pytest.mark.parametrize("arg,message", [
+    ("base=2006-13-01", "invalid datetime format '2006-13-01'"),
+    ("base=yesterday", "invalid datetime format"),
+    ("clock=wall", "invalid option value 'wall'"),
+    ("driftfix=fast", "invalid option value 'fast'"),
+    ("speed=1", "Invalid parameter 'speed'"),
+])
+def test_bad_rtc_options_are_one_error_line(capsys, arg, message):
+    from machine.cli import main
+    assert main(["-rtc", arg]) == 1
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and err[0].startswith(f"machine: -rtc {arg}: ") and message in err[0], err

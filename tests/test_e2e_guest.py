@@ -161,6 +161,19 @@ def test_multiqueue(run_machine, guest, tmp_path):
     assert_pattern_written(image, last_sector=False)
 
 
+def test_every_self_test_passes_with_requests_on_an_io_thread(run_machine, guest, tmp_path):
+    """iothread=: requests run on an I/O thread and complete from the run loop; the whole
+    self-test (polled and interrupt-driven completions, many in flight, four queues, FLUSH)
+    passes as in the default mode."""
+    image = blank_image(tmp_path / "disk.img")
+    args = guest_args(guest, image, f"expect_serial={SERIAL} expect_ro=0 expect_sectors={IMAGE_SECTORS}",
+                      ",iothread=io0,num-queues=4")
+    run = run_machine("-object", "iothread,id=io0", *args)
+    assert run.exit_status == PASSED, run
+    assert list(results(run)) == ALL_TESTS, run
+    assert_pattern_written(image)
+
+
 # --------------------------------------------------------------------------- drive options
 
 def test_serial_property_reaches_get_id(run_machine, guest, tmp_path):

@@ -39,6 +39,11 @@ MODES = {
     "packed": ("packed=on", "", 512, False, False),
 }
 VIRTIO_F_RING_PACKED = 34
+# The configuration booted in the exact clock mode (the default, every instruction counted); the
+# others boot with -icount off, the fast mode (about 3x faster here: these tests check I/O, not
+# instruction counts), so the suite's Linux boots stay affordable. The gdb test below boots in
+# the exact mode too (an attached debugger holds it).
+EXACT_MODE = "transitional"
 # The TAP lines every run prints, by mode (tests/linux/init.c).
 EXPECTED_TESTS = {"transitional": 17, "readonly": 8}
 
@@ -67,9 +72,9 @@ def tap(output: str) -> list[tuple[bool, int, str]]:
 
 
 def run(program: list[str], kernel: lg.Kernel, initrd: Path, disk: Path, mode: str,
-        limit: float) -> tuple[int, str]:
+        limit: float, extra: tuple[str, ...] = ()) -> tuple[int, str]:
     props, drive_props, lbs, ro, rebind = MODES[mode]
-    args = lg.command_line(kernel, initrd, disk, props, drive_props, lbs, ro, rebind)
+    args = lg.command_line(kernel, initrd, disk, props, drive_props, lbs, ro, rebind) + list(extra)
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     proc = subprocess.run(program + args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                           stdin=subprocess.DEVNULL, text=True, errors="replace", timeout=limit,
@@ -107,7 +112,9 @@ def check_transport(output: str, mode: str) -> None:
 @pytest.mark.parametrize("mode", list(MODES))
 def test_linux_virtio_blk_on_our_machine(kernel, initrd, tmp_path, mode):
     disk = lg.make_disk(tmp_path / "disk.img")
-    status, output = run([sys.executable, "-m", "machine"], kernel, initrd, disk, mode, OUR_LIMIT)
+    clock = () if mode == EXACT_MODE else ("-icount", "off")
+    status, output = run([sys.executable, "-m", "machine"], kernel, initrd, disk, mode, OUR_LIMIT,
+                         clock)
     check_run(status, output, disk, mode)
 
 
@@ -117,6 +124,31 @@ def test_linux_virtio_blk_on_qemu(kernel, initrd, tmp_path, mode):
     disk = lg.make_disk(tmp_path / "disk.img")
     status, output = run([QEMU], kernel, initrd, disk, mode, QEMU_LIMIT)
     check_run(status, output, disk, mode)
+
+
+@pytest.mark.parametrize("program", ["ours", "qemu"])
+@pytest.mark.parametrize("end", ["poweroff", "reboot"])
+def test_linux_poweroff_and_reboot_end_the_machine(kernel, initrd, tmp_path, program, end):
+    """`poweroff` goes through ACPI S5 (the DSDT's \\_S5, PM1a_CNT), `reboot` through the FADT's
+    reset register (or 0xCF9, the keyboard controller): under -no-reboot both end the machine
+    with status 0, on ours as on QEMU, after the init's checks passed."""
+    if program == "qemu" and QEMU is None:
+        pytest.skip("qemu-system-x86_64 is not installed")
+    disk = lg.make_disk(tmp_path / "disk.img")
+    args = lg.command_line(kernel, initrd, disk, end=end)
+    cmd = [sys.executable, "-m", "machine"] if program == "ours" else [QEMU]
+    if program == "ours":
+        args += ["-icount", "off"]          # the fast mode: these check the end, not counts
+    proc = subprocess.run(cmd + args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                          stdin=subprocess.DEVNULL, text=True, errors="replace",
+                          timeout=OUR_LIMIT if program == "ours" else QEMU_LIMIT,
+                          env=dict(os.environ, PYTHONPATH=str(ROOT)), cwd=ROOT)
+    results = tap(proc.stdout)
+    tail = "\n".join(proc.stdout.splitlines()[-25:])
+    assert results and all(good for good, _, _ in results), tail
+    assert "# all passed" in proc.stdout, tail
+    assert proc.returncode == 0, f"exit status {proc.returncode}\n{tail}"
+    assert lg.disk_problems(disk, False) == []
 
 
 @pytest.mark.skipif(shutil.which("gdb") is None, reason="gdb is not installed")

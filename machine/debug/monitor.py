@@ -15,6 +15,7 @@ import struct
 from typing import Callable
 
 from ..config import ConfigError
+from ..savevm_store import SnapshotError
 from ..virtio.device import VirtioDevice
 from ..virtio.pci import VirtioPciDevice
 from ..virtio.props import parse_size
@@ -39,6 +40,10 @@ info virtio-queue-status DEV Q          -- ring addresses and indices of queue Q
 info virtio-queue-element DEV Q [N]     -- decode the descriptor chain of avail entry N (default: next)
 info breakpoints                        -- device breakpoints
 info status                             -- running, paused, or paused (io-error) by a drive's rerror/werror=stop
+info snapshots                          -- the named snapshots of this machine's disks
+savevm NAME                             -- save the whole machine (RAM, CPU, devices, disks) as NAME
+loadvm NAME                             -- go back to snapshot NAME (RAM and disks as they were)
+delvm NAME                              -- delete snapshot NAME
 x /fmt addr                             -- virtual memory dump (fmt = /Nfu: count, format x|d|u|o|c|i, size b|h|w|g)
 xp /fmt addr                            -- physical memory dump
 break DEV request [type=T] [sector=A[-B]] -- stop when the device sees a request (T: in|out|flush|get-id|discard|write-zeroes)
@@ -97,6 +102,7 @@ class Monitor:
         self.machine = machine
         self.breakpoints = breakpoints
         self.on_quit, self.on_reset, self.on_stop, self.on_cont = on_quit, on_reset, on_stop, on_cont
+        self.on_snapshot_loaded: Callable[[], None] | None = None     # e.g. the debugger forgets cached state
         self._commands = {
             "help": self.cmd_help, "?": self.cmd_help, "info": self.cmd_info,
             "x": self.cmd_x, "xp": self.cmd_xp, "break": self.cmd_break, "b": self.cmd_break,
@@ -104,6 +110,7 @@ class Monitor:
             "system_reset": self.cmd_reset, "system_powerdown": self.cmd_powerdown, "quit": self.cmd_quit, "q": self.cmd_quit,
             "stop": self.cmd_stop, "c": self.cmd_cont, "cont": self.cmd_cont,
             "block_resize": self.cmd_block_resize,
+            "savevm": self.cmd_savevm, "loadvm": self.cmd_loadvm, "delvm": self.cmd_delvm,
         }
         self._info = {
             "registers": self.info_registers, "pci": self.info_pci, "mtree": self.info_mtree,
@@ -111,7 +118,7 @@ class Monitor:
             "virtio-queue-status": self.info_virtio_queue_status,
             "virtio-queue-element": self.info_virtio_queue_element,
             "breakpoints": self.info_breakpoints, "break": self.info_breakpoints,
-            "status": self.info_status,
+            "status": self.info_status, "snapshots": self.info_snapshots,
         }
 
     # -- entry point ----------------------------------------------------------------------------
@@ -181,6 +188,34 @@ class Monitor:
             return f"block_resize: {e}\n"
         resize(args[0], size)          # ValueError: reported by execute() as one line
         return ""
+
+    # -- snapshots (the board's savevm_store): errors as QEMU prints them ----------------------
+    def _snapshot_cmd(self, what: str, args) -> str:
+        fn = getattr(self.machine, what, None)
+        if fn is None:
+            return f"{what} is not available here\n"
+        if len(args) != 1:
+            return f"{what}: usage: {what} NAME\n"
+        try:
+            fn(args[0])
+        except SnapshotError as e:      # one line; the machine is unchanged
+            return f"Error: {e}\n"
+        if self.on_snapshot_loaded is not None and what == "loadvm":
+            self.on_snapshot_loaded()
+        return ""
+
+    def cmd_savevm(self, args) -> str:
+        return self._snapshot_cmd("savevm", args)
+
+    def cmd_loadvm(self, args) -> str:
+        return self._snapshot_cmd("loadvm", args)
+
+    def cmd_delvm(self, args) -> str:
+        return self._snapshot_cmd("delvm", args)
+
+    def info_snapshots(self, args) -> str:
+        fn = getattr(self.machine, "info_snapshots", None)
+        return fn() if fn is not None else "info snapshots is not available here\n"
 
     def cmd_stop(self, args) -> str:
         if self.on_stop:

@@ -243,6 +243,9 @@ def attach_debugger(machine, config) -> "Debugger | None":
     if not config.gdb and not config.start_stopped and monitor != "stdio":
         return None
     target = MachineTarget(machine)
+    # Breakpoints, steps and watchpoints need instruction-exact stops: with a debugger wired,
+    # a fast-mode machine (-icount off) runs in the exact mode.
+    machine.cpu.hold_exact(True)
     gdb = None
     if config.gdb and config.gdb.lower() != "none":
         try:

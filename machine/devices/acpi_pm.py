@@ -19,6 +19,8 @@ from __future__ import annotations
 from typing import Callable
 
 from .. import trace
+from .. import vmstate
+from ..vmstate import LINE, U16
 from ..clock import VirtualClock
 from ..irq import IrqLine
 from ..regs import Reg, RegisterBank
@@ -57,6 +59,12 @@ def _ns_at_tick(tick: int) -> int:
 
 
 class AcpiPm:
+    VMSTATE = vmstate.Description("acpi-pm", 1, (
+        vmstate.Field("sts", U16),
+        vmstate.Field("en", U16),
+        vmstate.Field("cnt", U16),
+        vmstate.Field("sci", LINE)))
+
     BASE = BASE
     SIZE = SIZE
 

@@ -22,6 +22,8 @@ from __future__ import annotations
 import time
 
 from .. import trace
+from .. import vmstate
+from ..vmstate import BOOL, I64, LINE, OPT_I64
 from ..clock import NS_PER_SEC, VirtualClock
 from ..irq import IrqLine
 from ..memory import FOUR_GIB, pc_ram_layout
@@ -108,6 +110,18 @@ def _from_bcd(v: int) -> int | None:
 
 
 class Cmos:
+    VMSTATE = vmstate.Description("mc146818rtc", 1, (
+        vmstate.Field("cmos", vmstate.Bytes(128, 128)),
+        vmstate.Field("index", vmstate.UInt(7)),
+        vmstate.Field("nmi_masked", BOOL),
+        vmstate.Field("div_base", I64),
+        vmstate.Field("epoch_at_base", I64),
+        vmstate.Field("frozen", OPT_I64),
+        vmstate.Field("dow_adjust", vmstate.UInt(3)),
+        vmstate.Field("_u_seen", I64),
+        vmstate.Field("_p_seen", I64),
+        vmstate.Field("irq", LINE)))
+
     BASE = 0x70
     SIZE = 2
     IRQ = 8

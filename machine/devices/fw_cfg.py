@@ -23,6 +23,8 @@ from __future__ import annotations
 import struct
 
 from .. import trace
+from .. import vmstate
+from ..vmstate import U32
 from ..memory import GuestMemory, GuestMemoryError, ones
 
 # Standard keys
@@ -120,6 +122,18 @@ class FwCfg:
         self.add_u32(ID, ID_TRADITIONAL | (ID_DMA if dma else 0))
         self._rebuild_dir()
         self.reset()
+
+    # The selected item and the read position; the items are the configuration's.
+    VMSTATE = vmstate.Description("fw_cfg", 1, (
+        vmstate.Field("key", vmstate.UInt(16)), vmstate.Field("offset", U32),
+        vmstate.Field("_dma_addr", vmstate.Bytes(8, 8))))
+
+    def vmstate_check(self, values: dict) -> None:
+        if values["key"] & ~KEY_MASK:
+            raise vmstate.VMStateError(f"fw_cfg: key {values['key']:#x} out of range")
+
+    def post_load(self) -> None:
+        self._data = self._items.get(self.key, b"")
 
     def reset(self) -> None:
         self.key = 0

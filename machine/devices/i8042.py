@@ -27,8 +27,9 @@ from __future__ import annotations
 from collections import deque
 from typing import Callable
 
-from .. import trace
+from .. import trace, vmstate
 from ..irq import IrqLine
+from ..vmstate import BOOL, LINE, U8
 from ..memory import ones
 
 ST_OBF = 0x01
@@ -59,6 +60,16 @@ QUEUE_MAX = 16            # the keyboard's own buffer; more is dropped, as the d
 
 
 class I8042:
+    # A command waiting for its parameter byte is saved as its command byte.
+    VMSTATE = vmstate.Description("i8042", 1, (
+        vmstate.Field("queue", vmstate.List(vmstate.Tuple(U8, vmstate.Choice(KBD, AUX)), QUEUE_MAX)),
+        vmstate.Field("last", U8), vmstate.Field("status", U8), vmstate.Field("ctr", U8),
+        vmstate.Field("output_port", U8),
+        vmstate.Field("pending_command", vmstate.Optional(U8)),
+        vmstate.Field("kbd_pending_command", vmstate.Optional(U8)),
+        vmstate.Field("scanning", BOOL), vmstate.Field("scancode_set", U8),
+        vmstate.Field("irq1", LINE), vmstate.Field("irq12", LINE)))
+
     DATA = 0x60
     STATUS = 0x64
 
@@ -111,6 +122,35 @@ class I8042:
         self.scanning = True
         self.scancode_set = 2
         self._update_irq()
+
+    # -- saved state: a pending parameter handler by its command byte ------------------------
+    @staticmethod
+    def _command_of(table: dict, handler) -> int | None:
+        if handler is None:
+            return None
+        return next(cmd for cmd, (fn, _) in table.items() if fn is handler)
+
+    @property
+    def pending_command(self) -> int | None:
+        return self._command_of(self._commands, self.pending)
+
+    @pending_command.setter
+    def pending_command(self, cmd: int | None) -> None:
+        self.pending = None if cmd is None else self._commands[cmd][0]
+
+    @property
+    def kbd_pending_command(self) -> int | None:
+        return self._command_of(self._kbd_commands, self.kbd_pending)
+
+    @kbd_pending_command.setter
+    def kbd_pending_command(self, cmd: int | None) -> None:
+        self.kbd_pending = None if cmd is None else self._kbd_commands[cmd][0]
+
+    def vmstate_check(self, values: dict) -> None:
+        for field, table in (("pending_command", self._commands), ("kbd_pending_command", self._kbd_commands)):
+            cmd = values[field]
+            if cmd is not None and not table.get(cmd, (None, False))[1]:
+                raise vmstate.VMStateError(f"i8042: {cmd:#x} is not a command that takes a parameter")
 
     # -- output buffer and interrupts -------------------------------------------------------
     def _push(self, byte: int, source: str) -> None:

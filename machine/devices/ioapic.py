@@ -29,6 +29,8 @@ from __future__ import annotations
 from typing import Callable
 
 from .. import trace
+from .. import vmstate
+from ..vmstate import U8, U64
 from ..irq import IrqLine
 from ..regs import Reg, RegisterBank
 from .msi import MsiMessage
@@ -56,6 +58,14 @@ EV_DELIVER = trace.Event("ioapic_service")
 
 
 class IoApic:
+    VMSTATE = vmstate.Description("ioapic", 1, (
+        vmstate.Field("id", vmstate.UInt(4)),
+        vmstate.Field("regsel", U8),
+        vmstate.Field("irr", vmstate.UInt(NUM_PINS)),
+        vmstate.Field("redtbl", vmstate.List(U64, NUM_PINS, NUM_PINS)),
+        vmstate.Field("lines", vmstate.UInt(NUM_PINS)),
+        vmstate.Field("_pins", vmstate.LineList(NUM_PINS))))
+
     BASE = 0xFEC00000
     SIZE = 0x1000
 

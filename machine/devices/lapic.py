@@ -25,6 +25,8 @@ from __future__ import annotations
 from typing import Callable
 
 from .. import trace
+from .. import vmstate
+from ..vmstate import BOOL, I64, U8, U32
 from ..clock import VirtualClock
 from ..irq import IrqLine
 from ..regs import Reg, RegisterBank
@@ -72,6 +74,26 @@ def _highest(bits: int) -> int:
 
 
 class LocalApic:
+    VMSTATE = vmstate.Description("apic", 1, (
+        vmstate.Field("hw_enabled", BOOL),
+        vmstate.Field("id", U32),
+        vmstate.Field("tpr", U8),
+        vmstate.Field("ldr", U32),
+        vmstate.Field("dfr", U32),
+        vmstate.Field("svr", U32),
+        vmstate.Field("irr", vmstate.UInt(256)),
+        vmstate.Field("isr", vmstate.UInt(256)),
+        vmstate.Field("tmr", vmstate.UInt(256)),
+        vmstate.Field("esr", U32),
+        vmstate.Field("esr_pending", U32),
+        vmstate.Field("icr_lo", U32),
+        vmstate.Field("icr_hi", U32),
+        vmstate.Field("lvt", vmstate.List(U32, len(_LVT_RESET), len(_LVT_RESET))),
+        vmstate.Field("initial_count", U32),
+        vmstate.Field("divide_conf", vmstate.UInt(4)),
+        vmstate.Field("_start", I64),
+        vmstate.Field("_lint", vmstate.LineList(2))))
+
     BASE = 0xFEE00000
     SIZE = 0x1000
 
@@ -104,6 +126,9 @@ class LocalApic:
         self._divisor = 2
         self._start = 0                 # virtual ns at which the current count began
         self._timer.cancel()
+
+    def post_load(self) -> None:
+        self._divisor = _DIVIDE[(self.divide_conf & 3) | ((self.divide_conf >> 1) & 4)]
 
     # -- ops -------------------------------------------------------------------------------
     def read(self, offset: int, size: int) -> int:

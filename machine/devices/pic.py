@@ -17,7 +17,9 @@ from __future__ import annotations
 from typing import Callable
 
 from .. import trace
+from .. import vmstate
 from ..irq import IrqLine
+from ..vmstate import BOOL, U8
 from ..regs import Reg, RegisterBank
 from .isa import ByteWideOps
 
@@ -269,7 +271,20 @@ class _ElcrOps:
         self._ops.write(offset, size, value)
 
 
+_CHIP_STATE = vmstate.Description("i8259", 1, tuple(vmstate.Field(n, k) for n, k in (
+    ("elcr", U8), ("lines", U8), ("irr", U8), ("isr", U8), ("imr", U8), ("lowest", vmstate.UInt(3)),
+    ("vector_base", U8), ("read_isr", BOOL), ("poll", BOOL), ("special_mask", BOOL),
+    ("auto_eoi", BOOL), ("rotate_on_aeoi", BOOL), ("special_fully_nested", BOOL),
+    ("init_step", U8), ("single", BOOL), ("icw4_needed", BOOL))))
+
+
 class DualPic:
+    # Both chips and the input lines' levels (the chips' `lines` say the same from their side).
+    VMSTATE = vmstate.Description("pic", 1, (
+        vmstate.Field("master", vmstate.Struct(_CHIP_STATE)),
+        vmstate.Field("slave", vmstate.Struct(_CHIP_STATE)),
+        vmstate.Field("_lines", vmstate.LineList(16))))
+
     MASTER_BASE = 0x20
     SLAVE_BASE = 0xA0
     ELCR_BASE = 0x4D0
@@ -299,6 +314,11 @@ class DualPic:
 
     def _cascade(self) -> None:
         self.master.set_input(CASCADE_IRQ, self.slave.best_request() >= 0)
+
+    def vmstate_check(self, values: dict) -> None:
+        for chip in ("master", "slave"):
+            if values[chip]["init_step"] not in (0, 2, 3, 4):
+                raise vmstate.VMStateError(f"pic.{chip}: init_step {values[chip]['init_step']} is not 0, 2, 3 or 4")
 
     def irq_line(self, n: int) -> IrqLine:
         if not 0 <= n < 16:

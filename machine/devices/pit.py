@@ -17,7 +17,9 @@ word but no count yet holds its last value.
 from __future__ import annotations
 
 from ..clock import NS_PER_SEC, VirtualClock
+from .. import vmstate
 from ..irq import IrqLine
+from ..vmstate import BOOL, I64, LINE, OPT_I64, U8, U16, U32
 from ..memory import ones
 from ..regs import Reg, RegisterBank
 from .isa import ByteWideOps
@@ -278,7 +280,21 @@ class _Port61:
         pit.channels[2].set_gate(bool(value & 1), ns_to_ticks(pit.clock.now))
 
 
+_CHANNEL_STATE = vmstate.Description("pit-channel", 1, tuple(vmstate.Field(n, k) for n, k in (
+    ("mode", vmstate.UInt(3)), ("rw", vmstate.UInt(2)), ("bcd", BOOL), ("reload", U16),
+    ("n", U32), ("armed", BOOL), ("start", I64), ("paused_at", OPT_I64), ("triggered", BOOL),
+    ("gate", BOOL), ("idle_count", U32), ("write_low", BOOL), ("low_byte", U8),
+    ("read_high", BOOL), ("latched", vmstate.Optional(U32)), ("latch_high", BOOL),
+    ("status", vmstate.Optional(U8)), ("next_n", U32), ("switch_at", OPT_I64))))
+
+
 class Pit:
+    # The channels, port 0x61's stored bits and the IRQ0 level; the timer is the clock's.
+    VMSTATE = vmstate.Description("pit", 1, (
+        vmstate.Field("channels", vmstate.StructList(_CHANNEL_STATE, 3)),
+        vmstate.Field("port61", vmstate.UInt(4)),
+        vmstate.Field("irq0", LINE)))
+
     BASE = 0x40
     SIZE = 4
     IRQ = 0
@@ -305,6 +321,12 @@ class Pit:
 
     def write(self, offset: int, size: int, value: int) -> None:
         self._ops.write(offset, size, value)
+
+    def vmstate_check(self, values: dict) -> None:
+        for i, ch in enumerate(values["channels"]):
+            if ch["mode"] > 5 or not 1 <= ch["n"] <= 0x10000 or not 0 <= ch["next_n"] <= 0x10000 \
+                    or ch["rw"] == 0 or ch["idle_count"] > 0xFFFF:
+                raise vmstate.VMStateError(f"pit: channel {i} has an impossible mode or count")
 
     def now_ticks(self) -> int:
         return ns_to_ticks(self.clock.now)

@@ -12,6 +12,8 @@ from __future__ import annotations
 from typing import Callable
 
 from .. import trace
+from .. import vmstate
+from ..vmstate import U8
 from ..memory import ones
 
 A20 = 0x02
@@ -19,6 +21,9 @@ FAST_RESET = 0x01
 
 
 class Port92:
+    VMSTATE = vmstate.Description("port92", 1, (
+        vmstate.Field("value", U8),))
+
     BASE = 0x92
     SIZE = 1
 

@@ -22,6 +22,8 @@ from collections import deque
 from typing import TYPE_CHECKING, BinaryIO
 
 from .. import trace
+from .. import vmstate
+from ..vmstate import BOOL, LINE, U8, U16
 from ..irq import IrqLine
 from ..regs import Reg, RegisterBank
 from .isa import ByteWideOps
@@ -98,6 +100,24 @@ _BYTES = [bytes((b,)) for b in range(256)]
 
 
 class Uart16550:
+    # What the guest sees, plus the host input not yet taken into the FIFO and whether output
+    # waits for its flush timer (a timer is part of the machine's timing).
+    VMSTATE = vmstate.Description("serial", 1, (
+        vmstate.Field("ier", U8),
+        vmstate.Field("lcr", U8),
+        vmstate.Field("mcr", U8),
+        vmstate.Field("scr", U8),
+        vmstate.Field("fcr", U8),
+        vmstate.Field("divisor", U16),
+        vmstate.Field("lsr_errors", U8),
+        vmstate.Field("rx", vmstate.List(U8, 1 << 20)),
+        vmstate.Field("last_rx", U8),
+        vmstate.Field("thr_ipending", BOOL),
+        vmstate.Field("msr_delta", U8),
+        vmstate.Field("_host_rx", vmstate.List(U8, 1 << 20)),
+        vmstate.Field("_unflushed", BOOL),
+        vmstate.Field("irq", LINE)))
+
     BASE = 0x3F8
     SIZE = 8
     IRQ = 4

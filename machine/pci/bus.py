@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Callable
 
-from .. import trace
+from .. import trace, vmstate
 from ..irq import IrqLine
 from ..memory import IoSpace, MemoryMap, ones
 from .device import PciDevice
@@ -36,6 +36,17 @@ class PciBus:
         self._router: IntxRouter | None = None
         # Last level of every INTx pin, so a router connected late (or replaced) starts right.
         self._intx_levels: dict[int, bool] = {}
+
+    VMSTATE = vmstate.Description("pci-bus", 1, (
+        vmstate.Field("intx_levels", vmstate.List(vmstate.Tuple(vmstate.U16, vmstate.BOOL), 256 * 8)),))
+
+    @property
+    def intx_levels(self) -> tuple:
+        return tuple(sorted(self._intx_levels.items()))
+
+    @intx_levels.setter
+    def intx_levels(self, items) -> None:
+        self._intx_levels = dict(items)
 
     # -- topology ---------------------------------------------------------------------------
     def plug(self, dev: PciDevice, slot: int, function: int = 0) -> None:

@@ -17,7 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable, Protocol
 
-from .. import trace
+from .. import trace, vmstate
 from ..irq import IrqLine
 from ..memory import IoSpace, MemoryMap, ones
 from .msix import Msix
@@ -115,6 +115,15 @@ class PciDevice:
     """A PCI function with a type 0 header. Subclasses add BARs and capabilities in their
     constructor, may widen `wmask` for their own registers (`set_writable`), and may override
     config_read/config_write (calling super()) to give registers side effects."""
+
+    # Config space (wmask too: a locked register changes its own writable bits), the device's
+    # interrupt request and the INTx pin; BAR mappings are re-derived from config space.
+    VMSTATE_FIELDS = (
+        vmstate.Field("config", vmstate.Bytes(CONFIG_SIZE, CONFIG_SIZE)),
+        vmstate.Field("wmask", vmstate.Bytes(CONFIG_SIZE, CONFIG_SIZE)),
+        vmstate.Field("_irq_level", vmstate.BOOL),
+        vmstate.Field("intx", vmstate.LINE))
+    VMSTATE = vmstate.Description("pci-device", 1, VMSTATE_FIELDS)
 
     def __init__(self, name: str, vendor_id: int, device_id: int, class_code: int,
                  revision: int = 0, subsystem_vendor_id: int = 0, subsystem_id: int = 0,
@@ -322,6 +331,9 @@ class PciDevice:
         if base == 0 or base + bar.size > PHYS_ADDR_LIMIT:
             return None
         return base
+
+    def post_load(self) -> None:
+        self._update_mappings()
 
     def _update_mappings(self) -> None:
         for bar in self.bars:

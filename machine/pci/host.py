@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Callable
 
-from .. import trace
+from .. import trace, vmstate
 from ..memory import ones
 from .bus import PciBus
 from .device import QEMU_SUBSYSTEM_ID, QEMU_SUBSYSTEM_VENDOR_ID, PciDevice
@@ -35,6 +35,8 @@ class PciConfigIo:
 
     BASE = 0xCF8
     SIZE = 8
+    VMSTATE = vmstate.Description("pci-config-io", 1, (
+        vmstate.Field("address", vmstate.U32), vmstate.Field("rcr", vmstate.U8)))
 
     def __init__(self, bus: PciBus, on_reset: Callable[[], None] | None = None):
         self.bus = bus
@@ -137,6 +139,15 @@ class I440fx(PciDevice):
             self.set_writable(PAM0 + i, 1, 0x33)
         self.set_writable(SMRAM, 1, SMRAM_WMASK, reset=SMRAM_RESET)
         self.config[SMRAM] = SMRAM_RESET
+
+    VMSTATE = vmstate.Description("i440fx", 1, PciDevice.VMSTATE_FIELDS)
+
+    def post_load(self) -> None:
+        """Shadow RAM follows the restored PAM/SMRAM bytes (the callback remaps what differs)."""
+        super().post_load()
+        if self.on_pam_change is not None:
+            for off in (*range(PAM0, PAM0 + PAM_COUNT), SMRAM):
+                self.on_pam_change(off, self.config[off])
 
     def _chipset_bytes(self) -> bytes:
         return bytes(self.config[PAM0:PAM0 + PAM_COUNT]) + bytes((self.config[SMRAM],))

@@ -20,7 +20,7 @@ from __future__ import annotations
 import struct
 from typing import Callable, Protocol
 
-from .. import trace
+from .. import trace, vmstate
 
 
 class Function(Protocol):
@@ -96,6 +96,14 @@ class Msix:
 
     def vector_masked(self, vector: int) -> bool:
         return bool(self.table[ENTRY_SIZE * vector + 12] & VECTOR_MASKED)
+
+    VMSTATE = vmstate.Description("msix", 1, (
+        vmstate.Field("table", vmstate.Bytes(ENTRY_SIZE * 2048)),
+        vmstate.Field("pending", vmstate.Bytes(2048 // 8))))
+
+    def vmstate_check(self, values: dict) -> None:
+        if len(values["table"]) != len(self.table) or len(values["pending"]) != len(self.pending):
+            raise vmstate.VMStateError(f"msix: {self.dev.name} has {self.nvectors} vectors, the snapshot another count")
 
     def is_pending(self, vector: int) -> bool:
         return bool(self.pending[vector >> 3] >> (vector & 7) & 1)

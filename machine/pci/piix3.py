@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Callable
 
-from .. import trace
+from .. import trace, vmstate
 from ..irq import IrqLine, SharedLine
 from .device import QEMU_SUBSYSTEM_ID, QEMU_SUBSYSTEM_VENDOR_ID, PciDevice
 
@@ -56,6 +56,49 @@ class Piix3(PciDevice):
         self._inputs: dict[int, IrqLine] = {}              # (devfn << 3 | pin) -> input of a PIRQ
         self._routes: list[int | None] = [None] * NUM_PIRQS  # ISA IRQ each PIRQ goes to now
         self._raised: set[int] = set()                     # ISA IRQs this bridge holds high
+
+    # The PIRQ routing in force, the ISA IRQs the bridge drives, and each INTx input's level.
+    VMSTATE = vmstate.Description("piix3", 1, PciDevice.VMSTATE_FIELDS + (
+        vmstate.Field("_routes", vmstate.List(vmstate.Optional(vmstate.U8), NUM_PIRQS, NUM_PIRQS)),
+        vmstate.Field("_raised", vmstate.List(vmstate.U8, 16)),
+        vmstate.Field("intx_inputs", vmstate.List(vmstate.Tuple(vmstate.U16, vmstate.BOOL), 256 * 8))))
+
+    @property
+    def intx_inputs(self) -> tuple:
+        return tuple(sorted((key, line.level) for key, line in self._inputs.items()))
+
+    @intx_inputs.setter
+    def intx_inputs(self, items) -> None:
+        for key, level in items:
+            line = self._inputs.get(key)
+            if line is None:
+                idx = pirq_index((key >> 3) >> 3, key & 7)
+                line = self._pirqs[idx].input(f"PIRQ{'ABCD'[idx]}:{key >> 6:02x}.{(key >> 3) & 7}")
+                self._inputs[key] = line
+            line.level = level
+        present = {key for key, _ in items}
+        for key, line in self._inputs.items():
+            if key not in present:
+                line.level = False
+        for pirq in self._pirqs:
+            pirq.resync()
+
+    def post_load(self) -> None:
+        super().post_load()
+        # The bridge's own outputs: high exactly on the ISA IRQs it raised (their wired-ORs
+        # are recomputed by the board).
+        for irq in range(16):
+            self._pic_irq(irq).level = irq in self._raised
+
+    def vmstate_check(self, values: dict) -> None:
+        for key, _ in values["intx_inputs"]:
+            if not 1 <= key & 7 <= 4:
+                raise vmstate.VMStateError(f"piix3: INTx input {key:#x} has no pin A-D")
+        for irq in values["_routes"]:
+            if irq is not None and irq not in LEGAL_ISA_IRQS:
+                raise vmstate.VMStateError(f"piix3: a PIRQ routed to IRQ {irq}")
+        if any(irq > 15 for irq in values["_raised"]):
+            raise vmstate.VMStateError("piix3: raised IRQ out of range")
 
     def attach(self, bus: PciBus, devfn: int, io: IoSpace, memory_map: MemoryMap,
                intx: IrqLine | None) -> None:

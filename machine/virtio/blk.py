@@ -1,13 +1,17 @@
 """virtio-blk (VIRTIO 1.2 section 5.2): config space, feature set and request handling.
 
-Requests complete synchronously inside the queue notify, in two steps: the chain is parsed
-into a frozen `BlkRequest` (blk_request.py: header gathered from any number of readable
-descriptors into one host copy, status = the last byte of the last writable descriptor), then
-executed: data moves straight between the image and guest RAM views. The status byte is
-written in one place (`handle_request`: OK, or the status a `RequestError` carries), the
-completion traced once, and the chain put on the used ring with len = the exact number of bytes
-written. Structural violations (no header, no status) are ring errors (DEVICE_NEEDS_RESET, as
-QEMU's virtio_error).
+A request goes in two steps: the chain is parsed into a frozen `BlkRequest` (blk_request.py:
+header gathered from any number of readable descriptors into one host copy, status = the last
+byte of the last writable descriptor), then executed: data moves straight between the image and
+guest RAM views. The status byte is written in one place (`_run`: OK, or the status a
+`RequestError` carries), the completion traced once, and the chain put on the used ring with
+len = the exact number of bytes written. Structural violations (no header, no status) are ring
+errors (DEVICE_NEEDS_RESET, as QEMU's virtio_error).
+
+Where it runs. By default (deterministic) every request completes inside the notify that made
+it available, a bounded amount per notify, the rest from a bottom half between CPU slices. With
+`iothread=` (machine/iothread.py) the notify only parses and hands requests to the I/O thread;
+their completions reach the used ring on the CPU thread when the run loop polls.
 """
 
 from __future__ import annotations
@@ -16,16 +20,16 @@ import errno
 import struct
 from typing import Callable
 
-from .. import trace
+from .. import trace, vmstate
 from ..block import BlockBackend
 from ..clock import VirtualClock
 from ..config import ConfigError
-from ..memory import GuestMemory
+from ..memory import GuestMemory, GuestMemoryError
 from . import props as P
 from .device import VIRTIO_QUEUE_MAX, VirtioDevice, bit
 from .blk_request import (DWZ_SEGMENT, SECTOR, BlkRequest, IoError, RequestError, Seg, Unsupported,
                           parse)
-from .queue import QUEUE_MAX_SIZE, Chain, SplitQueue, is_power_of_2
+from .queue import QUEUE_MAX_SIZE, Chain, SplitQueue, VirtqueueError, is_power_of_2
 from .spec import (VIRTIO_BLK_F_BLK_SIZE, VIRTIO_BLK_F_CONFIG_WCE, VIRTIO_BLK_F_DISCARD,
                    VIRTIO_BLK_F_FLUSH, VIRTIO_BLK_F_GEOMETRY, VIRTIO_BLK_F_MQ, VIRTIO_BLK_F_RO,
                    VIRTIO_BLK_F_SEG_MAX, VIRTIO_BLK_F_TOPOLOGY, VIRTIO_BLK_F_WRITE_ZEROES,
@@ -43,6 +47,38 @@ OFF_WRITEBACK = 32
 EV_READ = trace.Event("virtio_blk_handle_read")
 EV_WRITE = trace.Event("virtio_blk_handle_write")
 EV_COMPLETE = trace.Event("virtio_blk_req_complete")
+
+# Work done inside one notify in the deterministic mode (see handle_queue): a queue of ordinary
+# requests (the bench's 16 x 1 MiB) fits; a queue of 1 GiB reads goes on between CPU slices.
+NOTIFY_MAX_REQUESTS = 1024
+NOTIFY_MAX_BYTES = 16 << 20
+
+
+class _Direct:
+    """Effects of a request executed on the CPU thread: acted on at once."""
+    __slots__ = ("wrote", "size_changed")
+
+    def __init__(self, dev: "VirtioBlk"):
+        self.wrote = dev.mem.notify_write        # the CPU drops translated code there
+        self.size_changed = dev.update_capacity
+
+
+class _Deferred:
+    """Effects of a request executed on an I/O thread, noted for the CPU thread (Unicorn and
+    the config interrupt belong to it): the guest bytes written, whether the image size must
+    be checked again, and the result, (used.len, status) or None for parked."""
+    __slots__ = ("ranges", "recheck_size", "result")
+
+    def __init__(self):
+        self.ranges: list[tuple[int, int]] = []
+        self.recheck_size = False
+        self.result: tuple[int, int] | None = None
+
+    def wrote(self, gpa: int, length: int) -> None:
+        self.ranges.append((gpa, length))
+
+    def size_changed(self) -> None:
+        self.recheck_size = True
 
 
 class HeldCompletion:
@@ -75,6 +111,10 @@ class VirtioBlk(VirtioDevice):
         self._take_delay: Callable[[], int] | None = getattr(backend, "take_delay_ns", None)
         self.delayed: list[HeldCompletion] = []
         self._mv = memoryview(mem.buf)
+        self._direct = _Direct(self)
+        self._to_notify: list[SplitQueue] = []     # queues with completions since the last batch
+        self.notify_max_requests = NOTIFY_MAX_REQUESTS
+        self.notify_max_bytes = NOTIFY_MAX_BYTES
 
     # -- realize -----------------------------------------------------------------------------------
     def realize(self) -> None:
@@ -198,32 +238,42 @@ class VirtioBlk(VirtioDevice):
 
     # -- the queue handler ---------------------------------------------------------------------------
     def handle_queue(self, q: SplitQueue) -> None:
-        # The guest cannot add buffers while we run, so a legitimate kick never makes more than
-        # `size` chains available; the budget only bounds a guest whose IN data rewrites its
-        # own avail ring. What is left over waits for the next kick (kicks are re-enabled).
+        if self.iothread is not None:
+            self._submit_available(q)
+            return
+        # Bounded work per notify: at most `notify_max_requests` requests and about
+        # `notify_max_bytes` bytes (the request that crosses the line completes); what is left
+        # goes on from a bottom half (`defer`, between two CPU slices), so one kick of a queue
+        # full of huge requests cannot hold the CPU, the monitor and the gdb stub for minutes.
+        # Without a bottom half the rest waits for the next kick (kicks are re-enabled).
         # Kicks are not switched off around the batch: requests complete inside the kick, on
         # the one vCPU, so the driver could never see them off (and each flip is a RAM write).
-        budget = 2 * q.size
-        used = False
+        max_requests, max_bytes = self.notify_max_requests, self.notify_max_bytes
+        done = nbytes = held = 0
+        more = False
         take, push, handle, take_delay = q.take, q.push, self.handle_request, self._take_delay
         while True:
-            n = min(q.available(), budget)
-            for _ in range(n):
+            for _ in range(q.available()):
+                if done >= max_requests or nbytes >= max_bytes:
+                    more = True
+                    break
                 chain = take()
+                nbytes += chain.readable_len + chain.writable_len
                 written = handle(chain, q)
+                done += 1
                 if take_delay is not None:
                     delay = take_delay()
                     if delay and written is not None and self.clock is not None:
-                        self._hold(q, chain.head, written, delay)
+                        self._hold(q, chain.head, written, delay)      # a blkdebug [delay] rule
+                        held += 1
                         continue
                 if written is not None:          # None: parked by a stop error policy
                     push(chain.head, written)
-            if n:
-                used = True
-                budget -= n
-            if not q.rearm_kicks() or budget <= 0:     # nothing added meanwhile, or out of budget
+            if not q.rearm_kicks() or more:      # nothing added meanwhile, or out of budget
                 break
-        if used:
+        if more and self.defer is not None:
+            self.defer(lambda: self.resume_queue(q), q.index)      # the index: a snapshot saves it
+        if done > held:
             self.notify(q)
 
     def _hold(self, q: SplitQueue, head: int, written: int, delay_ns: int) -> None:
@@ -266,28 +316,114 @@ class VirtioBlk(VirtioDevice):
         return self._complete(q, parse(chain, self.mem.buf, self._parsed_as_negotiated))
 
     def _complete(self, q: SplitQueue | None, req: BlkRequest) -> int | None:
+        """Execute `req` now, on this thread (the deterministic mode)."""
         t0 = trace.timestamp_ns() if EV_COMPLETE.enabled else 0       # host time, for the trace
+        self._trace_handle(req)
+        result = self._run(req, self._direct, q is not None)
+        if result is None:
+            self._park(q, req)
+            return None
+        if t0:
+            self._trace_complete(req, result[1], t0)
+        return result[0]
+
+    def _trace_handle(self, req: BlkRequest) -> None:
+        """The read/write trace events (and the debugger's request breakpoints on them), always
+        emitted on the CPU thread, before the request runs."""
+        rtype = req.type
+        if rtype == VIRTIO_BLK_T_IN and EV_READ.enabled:
+            EV_READ.emit(vdev=self.label, req=req.head, sector=req.sector, nsectors=req.in_len // SECTOR)
+        elif rtype == VIRTIO_BLK_T_OUT and EV_WRITE.enabled:
+            EV_WRITE.emit(vdev=self.label, req=req.head, sector=req.sector, nsectors=req.out_len // SECTOR)
+
+    def _trace_complete(self, req: BlkRequest, status: int, t0: int) -> None:
+        EV_COMPLETE.emit(vdev=self.label, req=req.head, type=req.type, sector=req.sector,
+                         len=req.data_len, status=status,
+                         latency_us=(trace.timestamp_ns() - t0) / 1000 if t0 else 0.0)
+
+    def _run(self, req: BlkRequest, eff: "_Direct | _Deferred", can_park: bool) -> tuple[int, int] | None:
+        """Execute `req` and write its status byte: (used.len, status), or None when a stop
+        error policy parks it (the status byte is then left alone). Touches only the backend
+        and guest RAM bytes, telling `eff` what it wrote: safe on an I/O thread."""
         try:
-            written = self.execute(req)
+            written = self.execute(req, eff)
             status = VIRTIO_BLK_S_OK
         except RequestError as e:
             written, status = e.written, e.status
             if getattr(e, "host_errno", None) is not None:
                 action = self.error_action(e.host_errno, req.type == VIRTIO_BLK_T_IN)
-                if action == "stop" and q is not None:
-                    self.parked.append((q, req))
-                    if self.on_io_error is not None:
-                        self.on_io_error()
+                if action == "stop" and can_park:
                     return None
                 if action == "ignore":
                     status = VIRTIO_BLK_S_OK
-        self.mem.buf[req.status_host] = status
-        self.mem.notify_write(req.status_addr, 1)
-        if EV_COMPLETE.enabled:
-            EV_COMPLETE.emit(vdev=self.label, req=req.head, type=req.type, sector=req.sector,
-                             len=req.data_len, status=status,
-                             latency_us=(trace.timestamp_ns() - t0) / 1000 if t0 else 0.0)
-        return written + 1
+        self._mv[req.status_host] = status
+        eff.wrote(req.status_addr, 1)
+        return written + 1, status
+
+    def _park(self, q: SplitQueue, req: BlkRequest) -> None:
+        self.parked.append((q, req))
+        if self.on_io_error is not None:
+            self.on_io_error()
+
+    # -- requests on an I/O thread (iothread=) -------------------------------------------------------
+    def _submit_available(self, q: SplitQueue) -> None:
+        """Hand every available request to the I/O thread. Parsing stays here (it reads the
+        guest's header and may find a ring error, which breaks the device on this thread). The
+        loop is bounded: nothing completes while it runs, so take() refuses more than the queue
+        size in flight."""
+        take, submit = q.take, self._submit
+        while True:
+            for _ in range(q.available()):
+                submit(q, parse(take(), self.mem.buf, self._parsed_as_negotiated))
+            if not q.rearm_kicks():
+                break
+
+    def _submit(self, q: SplitQueue, req: BlkRequest) -> None:
+        gen = q.generation
+        t0 = trace.timestamp_ns() if EV_COMPLETE.enabled else 0
+        self._trace_handle(req)
+
+        def work() -> _Deferred | None:                  # on the I/O thread
+            if q.generation != gen:
+                return None                              # the queue was reset before it ran
+            eff = _Deferred()
+            eff.result = self._run(req, eff, True)
+            return eff
+
+        def done(eff: _Deferred | None) -> None:         # back on the CPU thread
+            self._finish(q, gen, req, eff, t0)
+
+        self.iothread.submit(self, work, done)
+
+    def _finish(self, q: SplitQueue, gen: int, req: BlkRequest, eff: "_Deferred | None", t0: int) -> None:
+        """A request the I/O thread executed: tell the CPU which bytes changed, then complete
+        it on its ring, unless the queue (or device) was reset meanwhile: then nothing reaches
+        a ring (2.4: after reset the device must not use the driver's old rings)."""
+        if eff is None:
+            return
+        notify = self.mem.notify_write
+        for a, n in eff.ranges:
+            notify(a, n)
+        if eff.recheck_size:
+            self.update_capacity()
+        if q.generation != gen or self.broken or not q.active or \
+                q.index >= len(self.queues) or self.queues[q.index] is not q:
+            return
+        if eff.result is None:
+            self._park(q, req)
+            return
+        used_len, status = eff.result
+        if t0:
+            self._trace_complete(req, status, t0)
+        q.push(req.head, used_len)
+        if q not in self._to_notify:
+            self._to_notify.append(q)
+
+    def io_batch_done(self) -> None:
+        """After a batch of completions: one used-buffer notification per queue touched."""
+        queues, self._to_notify = self._to_notify, []
+        for q in queues:
+            self.notify(q)
 
     # -- host errors: QEMU's rerror / werror ---------------------------------------------------------
     def error_action(self, host_errno: int, is_read: bool) -> str:
@@ -299,10 +435,47 @@ class VirtioBlk(VirtioDevice):
             return "stop" if host_errno == errno.ENOSPC else "report"
         return policy
 
+    # -- saved state -----------------------------------------------------------------------------------
+    # The core's, plus the capacity (block_resize), a failed flush, and the requests a stop
+    # policy parked, by (queue, head): their chains are still in guest RAM, parsed again on load.
+    VMSTATE = vmstate.Description("virtio-blk", 1, VirtioDevice.VMSTATE_FIELDS + (
+        vmstate.Field("capacity", vmstate.U64), vmstate.Field("flush_failed", vmstate.BOOL),
+        vmstate.Field("parked_heads", vmstate.List(vmstate.Tuple(vmstate.U16, vmstate.U16), 1 << 16))))
+
+    @property
+    def parked_heads(self) -> tuple:
+        return tuple((q.index, req.head) for q, req in self.parked)
+
+    @parked_heads.setter
+    def parked_heads(self, heads) -> None:
+        self._parked_heads = heads          # parsed in post_load, once the queues are in place
+
+    def vmstate_check(self, values: dict) -> None:
+        super().vmstate_check(values)
+        for qi, head in values["parked_heads"]:
+            if qi >= len(self.queues):
+                raise vmstate.VMStateError(f"{self.label}: a parked request on queue {qi}, which does not exist")
+
+    def post_load(self) -> None:
+        parked = []
+        for qi, head in self._parked_heads:
+            q = self.queues[qi]
+            try:
+                parked.append((q, self.parse_request(q.walk(head))))
+            except (VirtqueueError, GuestMemoryError) as e:
+                raise vmstate.VMStateError(f"{self.label}: parked request {head} on queue {qi}: {e}") from None
+        self.parked = parked
+        del self._parked_heads
+
     def restart_parked(self) -> None:
         """The machine continues: retry the requests a stop policy parked, in order (QEMU's
-        restart of failed requests when the VM runs again). One that fails again parks again."""
+        restart of failed requests when the VM runs again). One that fails again parks again.
+        With an I/O thread they go back to it."""
         parked, self.parked = self.parked, []
+        if self.iothread is not None:
+            for q, req in parked:
+                self._submit(q, req)
+            return
         touched = []
         for q, req in parked:
             written = self._complete(q, req)
@@ -315,9 +488,16 @@ class VirtioBlk(VirtioDevice):
         for q in touched:
             self.notify(q)
 
-    def execute(self, req: BlkRequest) -> int:
+    def device_queue_reset(self, q: SplitQueue) -> None:
+        # A parked request of a reset queue is dropped, as every request in flight on it.
+        self.parked = [(pq, req) for pq, req in self.parked if pq is not q]
+
+    def execute(self, req: BlkRequest, eff: "_Direct | _Deferred | None" = None) -> int:
         """Carry out a parsed request: the data bytes written to the guest. A request that
-        fails raises the RequestError whose type carries its status."""
+        fails raises the RequestError whose type carries its status. `eff` hears of the guest
+        bytes written and of a possible change of the image size (default: acted on at once)."""
+        if eff is None:
+            eff = self._direct
         rtype = req.type
         if rtype in (VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT):
             nseg = len(req.in_data) + len(req.out_data)
@@ -325,12 +505,12 @@ class VirtioBlk(VirtioDevice):
                     self.violation("seg-max", n=nseg, seg_max=self.seg_max):
                 raise IoError("more segments than seg_max")
             if rtype == VIRTIO_BLK_T_IN:
-                return self._read(req)
-            self._write(req)
+                return self._read(req, eff)
+            self._write(req, eff)
         elif rtype == VIRTIO_BLK_T_FLUSH:
-            self._flush()
+            self._flush(eff)
         elif rtype == VIRTIO_BLK_T_GET_ID:
-            return self._get_id(req.in_data, req.in_len)
+            return self._get_id(req.in_data, req.in_len, eff)
         elif rtype in (VIRTIO_BLK_T_DISCARD, VIRTIO_BLK_T_WRITE_ZEROES):
             self._discard_or_zero(req)
         else:
@@ -359,10 +539,8 @@ class VirtioBlk(VirtioDevice):
             trace.guest_error(f"{self.label}: sync failed: {e}")
             raise IoError("sync failed", host_errno=e.errno) from None
 
-    def _read(self, req: BlkRequest) -> int:
+    def _read(self, req: BlkRequest, eff: "_Direct | _Deferred") -> int:
         sector, segs, nbytes = req.sector, req.in_data, req.in_len
-        if EV_READ.enabled:
-            EV_READ.emit(vdev=self.label, req=req.head, sector=sector, nsectors=nbytes // SECTOR)
         if not self._range_ok(sector, nbytes):
             raise IoError("sector range")
         if not nbytes:
@@ -372,9 +550,9 @@ class VirtioBlk(VirtioDevice):
             got = self.backend.readv(sector * SECTOR, [mv[h:h + n] for _a, n, h in segs])
         except OSError as e:
             trace.guest_error(f"{self.label}: read error: {e}")
-            self.update_capacity()             # a host truncation shows up as a failed request
+            eff.size_changed()                 # a host truncation shows up as a failed request
             raise IoError("read error", host_errno=e.errno) from None
-        notify = self.mem.notify_write         # tell the CPU which guest bytes changed
+        notify = eff.wrote                     # tell the CPU which guest bytes changed
         if got == nbytes:
             for a, n, _h in segs:
                 notify(a, n)
@@ -385,13 +563,11 @@ class VirtioBlk(VirtioDevice):
                 break
             notify(a, min(n, left))
             left -= n
-        self.update_capacity()
+        eff.size_changed()
         raise IoError("short read", written=got, host_errno=errno.EIO)
 
-    def _write(self, req: BlkRequest) -> None:
+    def _write(self, req: BlkRequest, eff: "_Direct | _Deferred") -> None:
         sector, segs, nbytes = req.sector, req.out_data, req.out_len
-        if EV_WRITE.enabled:
-            EV_WRITE.emit(vdev=self.label, req=req.head, sector=sector, nsectors=nbytes // SECTOR)
         if self.backend.read_only:
             raise IoError("read-only")         # 5.2.6.2: and MUST NOT write any data
         if not self._range_ok(sector, nbytes):
@@ -403,16 +579,16 @@ class VirtioBlk(VirtioDevice):
             done = self.backend.writev(sector * SECTOR, [mv[h:h + n] for _a, n, h in segs])
         except OSError as e:
             trace.guest_error(f"{self.label}: write error: {e}")
-            self.update_capacity()
+            eff.size_changed()
             raise IoError("write error", host_errno=e.errno) from None
         if done != nbytes:
             raise IoError("short write", host_errno=errno.EIO)
         self._sync_if_writethrough()
 
-    def _flush(self) -> None:
+    def _flush(self, eff: "_Direct | _Deferred") -> None:
         """FLUSH reaches stable storage before completing OK. The sector field is ignored (as
         QEMU). Served even if FLUSH was not negotiated: it is always safe to flush."""
-        self.update_capacity()                 # the host may have grown or shrunk the image
+        eff.size_changed()                     # the host may have grown or shrunk the image
         if self.flush_failed:
             raise IoError("an earlier flush failed", host_errno=errno.EIO)
         if self.backend.cache == "unsafe":
@@ -426,15 +602,16 @@ class VirtioBlk(VirtioDevice):
             trace.guest_error(f"{self.label}: flush failed: {e}")
             raise IoError("flush failed", host_errno=e.errno) from None
 
-    def _get_id(self, segs: tuple[Seg, ...], room: int) -> int:
+    def _get_id(self, segs: tuple[Seg, ...], room: int, eff: "_Direct | _Deferred") -> int:
         """The serial as a 20-byte, NUL-padded field, cut to the buffer: at most 20 bytes."""
         ident = self.serial.ljust(VIRTIO_BLK_ID_BYTES, b"\0")[:min(room, VIRTIO_BLK_ID_BYTES)]
         pos = 0
-        for a, n, _h in segs:
+        for a, n, h in segs:
             if pos >= len(ident):
                 break
             chunk = ident[pos:pos + n]
-            self.mem.write(a, chunk)
+            self._mv[h:h + len(chunk)] = chunk
+            eff.wrote(a, len(chunk))
             pos += len(chunk)
         return pos
 

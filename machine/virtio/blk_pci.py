@@ -6,6 +6,8 @@ from __future__ import annotations
 from typing import Callable
 
 from ..block import BlockBackend
+from ..config import ConfigError
+from ..iothread import IoThread
 from ..memory import GuestMemory
 from ..pci.msix import MSIX_MAX_VECTORS
 from . import props as P
@@ -15,20 +17,28 @@ from .spec import VIRTIO_F_RING_PACKED, VIRTIO_F_RING_RESET
 from .pci import VirtioPciDevice
 
 TRANSPORT_PROPERTIES = ("drive", "id", "bootindex", "addr", "ioeventfd", "disable-legacy", "disable-modern",
-                        "strict", "vectors", "queue_reset", "packed")
+                        "strict", "vectors", "queue_reset", "packed", "iothread")
 
 
 def create_virtio_blk_pci(backend: BlockBackend, props: dict[str, str], mem: GuestMemory,
-                          msi_send: Callable[[int, int], object] | None = None) -> VirtioPciDevice:
+                          msi_send: Callable[[int, int], object] | None = None,
+                          iothreads: dict[str, IoThread] | None = None) -> VirtioPciDevice:
     """A realized virtio-blk-pci function on `backend`, ready for `bus.plug(dev, slot)`.
     `props` are the -device properties (strings); `drive`, `id`, `addr` and `bootindex` are the
     board's business and only accepted here. MSI-X messages go to `msi_send(address, data)`.
+    `iothread=ID` names one of `iothreads` (the -object iothread's): requests run there.
     ConfigError on an unknown property or bad value."""
     props = dict(props)
+    iothread = None
+    if "iothread" in props:
+        name = props.pop("iothread")
+        iothread = (iothreads or {}).get(name)
+        if iothread is None:
+            raise ConfigError(f"Device '{name}' not found")
     legacy_opt = P.parse_on_off_auto("disable-legacy", props.pop("disable-legacy", "auto"))
     modern_opt = P.parse_on_off_auto("disable-modern", props.pop("disable-modern", "off"))
     if "ioeventfd" in props:
-        P.parse_bool("ioeventfd", props.pop("ioeventfd"))    # requests always complete in the notify
+        P.parse_bool("ioeventfd", props.pop("ioeventfd"))    # where requests run is iothread='s business
     if "bootindex" in props:
         P.parse_int("bootindex", props.pop("bootindex"), -1, 0xFFFF)
     strict = P.parse_bool("strict", props.pop("strict", "off"))
@@ -46,6 +56,7 @@ def create_virtio_blk_pci(backend: BlockBackend, props: dict[str, str], mem: Gue
     if packed:                            # QEMU's packed=on: offer VIRTIO_F_RING_PACKED (2.8)
         vdev.host_features |= bit(VIRTIO_F_RING_PACKED)
     vdev.set_id(dev_id)
+    vdev.iothread = iothread
     # QEMU's default: one vector per queue plus one for config changes; 0 means no MSI-X.
     nvectors = len(vdev.queues) + 1 if vectors is None else P.parse_int("vectors", vectors, 0, MSIX_MAX_VECTORS)
     # disable-legacy=auto means legacy on: a conventional PCI bus, as QEMU's `pc` machine.

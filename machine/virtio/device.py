@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable, Protocol
 
-from .. import trace
+from .. import trace, vmstate
 from ..config import ConfigError
 from ..memory import GuestMemory, GuestMemoryError, ones
 from .queue import QUEUE_MAX_SIZE, QueueState, SplitQueue, VirtqueueError, is_power_of_2
@@ -106,6 +106,61 @@ class VirtioDevice:
         self._unoffered = 0               # feature bits the driver wrote that were never offered
         self.transport: Transport = Unplugged()          # set by plug()
         mem.add_map_listener(self._memory_map_changed)
+        # Where requests run: None executes them inside the notify (deterministic); else an
+        # IoThread (machine/iothread.py) the board gives a device with iothread=.
+        self.iothread = None
+        # defer(fn, queue): run fn on the CPU thread soon, between two slices (a bottom half on
+        # the virtual clock, set by the board; `queue`, the queue fn resumes, lets a snapshot
+        # save it); None: work left over waits for the next kick.
+        self.defer: Callable[..., None] | None = None
+
+    # -- saved state (machine/vmstate.py) ------------------------------------------------------
+    # Status, features, ISR, NEEDS_RESET and its reason, config space and generation, and every
+    # queue (its layout too: a packed queue object is rebuilt as one, pre_load).
+    VMSTATE_FIELDS = (
+        vmstate.Field("guest_features", vmstate.U64), vmstate.Field("_unoffered", vmstate.U64),
+        vmstate.Field("status", vmstate.U8), vmstate.Field("isr", vmstate.U8),
+        vmstate.Field("broken", vmstate.BOOL),
+        vmstate.Field("error_message", vmstate.Optional(vmstate.Str())),
+        vmstate.Field("config", vmstate.Bytes(4096)),
+        vmstate.Field("config_generation", vmstate.U8),
+        vmstate.Field("reported", vmstate.List(vmstate.Str(256), 256)),
+        vmstate.Field("queues", vmstate.StructList(SplitQueue.VMSTATE, VIRTIO_QUEUE_MAX)))
+    VMSTATE = vmstate.Description("virtio-device", 1, VMSTATE_FIELDS)
+
+    @property
+    def error_message(self) -> str | None:
+        return None if self.error is None else str(self.error)
+
+    @error_message.setter
+    def error_message(self, message: str | None) -> None:
+        self.error = None if message is None else VirtqueueError(message)
+
+    def vmstate_check(self, values: dict) -> None:
+        if len(values["config"]) != len(self.config):
+            raise vmstate.VMStateError(f"{self.label}: config space of {len(values['config'])} bytes, "
+                                       f"this device has {len(self.config)}")
+        if values["guest_features"] & ~self.host_features:
+            raise vmstate.VMStateError(f"{self.label}: features {values['guest_features']:#x} were never offered")
+        for q, qv in zip(self.queues, values["queues"]):
+            # The queue's own set-up checks, on a scratch queue of the saved layout.
+            cls = PackedQueue if qv["packed"] else SplitQueue
+            scratch = cls(q.index, q.max_size, q.handler, self.mem)
+            scratch.size = qv["size"]
+            scratch.desc_addr, scratch.avail_addr, scratch.used_addr = qv["desc_addr"], qv["avail_addr"], qv["used_addr"]
+            if qv["active"]:
+                try:
+                    scratch.activate()
+                except VirtqueueError as e:
+                    raise vmstate.VMStateError(f"{self.label}: {e}") from None
+            if qv["size"] > q.max_size or any(h >= max(qv["size"], 1) for h in qv["inflight"]) \
+                    or any(h >= max(qv["size"], 1) or n > qv["size"] for h, n in qv["ndescs"]):
+                raise vmstate.VMStateError(f"{self.label}: queue {q.index} state does not fit its size")
+
+    def pre_load(self, values: dict) -> None:
+        for i, (q, qv) in enumerate(zip(self.queues, values["queues"])):
+            if isinstance(q, PackedQueue) != qv["packed"]:
+                self.queues[i] = PackedQueue.like(q) if qv["packed"] else SplitQueue.like(q)
 
     def state(self) -> VirtioDeviceState:
         return VirtioDeviceState(self.name, self.device_id, self.status, self.host_features,
@@ -292,16 +347,46 @@ class VirtioDevice:
 
     def reset_queue(self, q: SplitQueue) -> None:
         """Per-queue reset (2.6.1): the queue goes back to its default state (disabled, full
-        size, no rings, indices 0) while the rest of the device keeps running. Requests complete
-        inside the kick, so none is in flight."""
-        q.reset()
+        size, no rings, indices 0) while the rest of the device keeps running. Its requests
+        still in flight run to their end and are dropped: none reaches the ring."""
+        q.reset()                                # first: a completion now finds a new generation
+        self.drain()
+        self.device_queue_reset(q)
         q.event_idx = self.has_feature(VIRTIO_F_EVENT_IDX)
         q.indirect = self.has_feature(VIRTIO_F_INDIRECT_DESC)
 
+    def device_queue_reset(self, q: SplitQueue) -> None:
+        """Device-specific part of a queue reset (e.g. drop requests waiting on it)."""
+
+    # -- requests in flight ---------------------------------------------------------------------
+    def drain(self) -> None:
+        """Wait until no request of this device is in flight: afterwards every request taken
+        from a ring has completed on it (or was dropped by a reset). Reset, queue reset, a
+        machine stop, snapshots and close call it. Without an I/O thread requests complete
+        inside their notify and nothing is ever in flight."""
+        if self.iothread is not None:
+            self.iothread.drain()
+
+    def resume_queue(self, q: SplitQueue) -> None:
+        """A bottom half: go on serving `q` where a bounded notify stopped, if the queue and
+        device are still live (a reset in between makes it a no-op)."""
+        if q.index >= len(self.queues) or self.queues[q.index] is not q or not q.active \
+                or self.broken or not self.status & DRIVER_OK or not self.transport.dma_allowed():
+            return
+        try:
+            q.handler(q)
+        except (VirtqueueError, GuestMemoryError) as e:
+            self.virtio_error(e)
+
     # -- reset ----------------------------------------------------------------------------------
     def reset(self) -> None:
-        """Device reset (2.4). Requests complete synchronously inside a notify, so nothing is in
-        flight here: once this returns, no old request can touch memory or interrupt."""
+        """Device reset (2.4). Requests still in flight on an I/O thread run to their end first
+        (their data may land in RAM, as on QEMU, whose reset drains too) but none completes on a
+        ring: once this returns, no old request can touch memory or interrupt."""
+        if self.iothread is not None:
+            for q in self.queues:
+                q.reset()                        # new generations: late completions are dropped
+            self.drain()
         self.device_reset()
         self.status = 0
         self.guest_features = 0

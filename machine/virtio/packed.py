@@ -42,6 +42,13 @@ PACKED_MAX_SIZE = 32768
 
 class PackedQueue(SplitQueue):
     """A packed virtqueue; the transport programs it exactly as a split one."""
+    @property
+    def packed(self) -> bool:
+        return True
+
+    @packed.setter
+    def packed(self, value: bool) -> None:
+        pass
 
     def reset(self) -> None:
         super().reset()
@@ -171,7 +178,9 @@ class PackedQueue(SplitQueue):
     # -- the device's side ------------------------------------------------------------------
     def push(self, head: int, length: int) -> None:
         """Complete buffer `head` with `length` bytes written: id and len first, then the flags
-        that hand the slot back (2.8.7)."""
+        that hand the slot back (2.8.7). Nothing on a queue that is not active."""
+        if not self.active:
+            return
         self.inflight.discard(head)
         ndescs = self._ndescs.pop(head, 1)
         if EV_FILL.enabled:

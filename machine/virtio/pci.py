@@ -19,9 +19,10 @@ from __future__ import annotations
 import struct
 from typing import Callable
 
-from .. import trace
+from .. import trace, vmstate
 from ..config import ConfigError
 from ..pci.device import QEMU_SUBSYSTEM_ID, PciDevice
+from ..pci.msix import Msix
 from ..regs import Reg, RegisterBank
 from .device import VirtioDevice, bit
 from .queue import is_power_of_2
@@ -381,6 +382,24 @@ class VirtioPciDevice(PciDevice):
         if vectors:
             # Last, as QEMU does: MSI-X heads the capability list. No sink: messages go nowhere.
             self.add_msix(vectors, MSIX_BAR, msi_send or (lambda address, data: False))
+
+    # -- saved state: PCI function, selectors, vector mappings, MSI-X table and PBA ------------------
+    VMSTATE = vmstate.Description("virtio-pci", 1, PciDevice.VMSTATE_FIELDS + (
+        vmstate.Field("dfselect", vmstate.U32), vmstate.Field("gfselect", vmstate.U32),
+        vmstate.Field("queue_sel", vmstate.U16),
+        vmstate.Field("gf_written", vmstate.List(vmstate.U32, 2, 2)),
+        vmstate.Field("config_vector", vmstate.U16),
+        vmstate.Field("queue_vectors", vmstate.List(vmstate.U16, 1024)),
+        vmstate.Field("msix", vmstate.Optional(vmstate.Struct(Msix.VMSTATE)))))
+
+    def vmstate_check(self, values: dict) -> None:
+        if len(values["queue_vectors"]) != len(self.queue_vectors):
+            raise vmstate.VMStateError(f"{self.name}: {len(values['queue_vectors'])} queue vectors, "
+                                       f"this device has {len(self.queue_vectors)}")
+        if (values["msix"] is None) != (self.msix is None):
+            raise vmstate.VMStateError(f"{self.name}: MSI-X present in only one of the snapshot and this machine")
+        if self.msix is not None:
+            vmstate.check(self.msix, Msix.VMSTATE, values["msix"], f"{self.name}.msix")
 
     # -- the device's Transport ---------------------------------------------------------------------
     def _msix_on(self) -> bool:

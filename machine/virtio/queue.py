@@ -14,7 +14,7 @@ import struct
 from dataclasses import dataclass
 from typing import Callable
 
-from .. import trace
+from .. import trace, vmstate
 from ..memory import GuestMemory, GuestMemoryError
 from .spec import (VIRTQ_AVAIL_F_NO_INTERRUPT, VIRTQ_DESC_F_INDIRECT, VIRTQ_DESC_F_NEXT,
                    VIRTQ_DESC_F_WRITE, VIRTQ_USED_F_NO_NOTIFY)
@@ -194,6 +194,40 @@ class SplitQueue:
     """A split virtqueue. The transport writes `size`, `desc_addr`, `avail_addr`, `used_addr`
     and `enabled`; the device pops chains and pushes completions."""
 
+    # Saved for both layouts (the wrap counters and buffer slot counts only mean something for
+    # a packed ring); host offsets are re-derived from the addresses (post_load).
+    VMSTATE = vmstate.Description("virtqueue", 1, tuple(vmstate.Field(n, k) for n, k in (
+        ("packed", vmstate.BOOL), ("size", vmstate.U16), ("enabled", vmstate.BOOL),
+        ("desc_addr", vmstate.U64), ("avail_addr", vmstate.U64), ("used_addr", vmstate.U64),
+        ("last_avail_idx", vmstate.U16), ("used_idx", vmstate.U16),
+        ("inflight", vmstate.List(vmstate.U16, QUEUE_MAX_SIZE)), ("event_idx", vmstate.BOOL),
+        ("indirect", vmstate.BOOL), ("active", vmstate.BOOL), ("pending_kick", vmstate.BOOL),
+        ("_signalled_used", vmstate.U16), ("_signalled_valid", vmstate.BOOL),
+        ("avail_wrap", vmstate.BOOL), ("used_wrap", vmstate.BOOL),
+        ("ndescs", vmstate.List(vmstate.Tuple(vmstate.U16, vmstate.U16), QUEUE_MAX_SIZE)))))
+    avail_wrap = used_wrap = True
+
+    @property
+    def packed(self) -> bool:
+        return False
+
+    @packed.setter
+    def packed(self, value: bool) -> None:
+        pass                        # the layout is the class's (VirtioDevice.pre_load picks it)
+
+    @property
+    def ndescs(self) -> tuple:
+        return tuple(sorted(getattr(self, "_ndescs", {}).items()))
+
+    @ndescs.setter
+    def ndescs(self, items) -> None:
+        if hasattr(self, "_ndescs"):
+            self._ndescs = dict(items)
+
+    def post_load(self) -> None:
+        if self.active:
+            self._map_rings()
+
     def __init__(self, index: int, max_size: int, handler: Callable[["SplitQueue"], None], mem: GuestMemory):
         self.index = index
         self.max_size = max_size
@@ -216,6 +250,9 @@ class SplitQueue:
         return new
 
     def reset(self) -> None:
+        # Each reset starts a new generation: a request taken before it and finishing after it
+        # (on an I/O thread) sees the change and never completes on the new rings.
+        self.generation = getattr(self, "generation", -1) + 1
         self.size = self.max_size
         self.enabled = False
         self.desc_addr = self.avail_addr = self.used_addr = 0
@@ -411,7 +448,10 @@ class SplitQueue:
 
     # -- the used ring -----------------------------------------------------------------------
     def push(self, head: int, length: int) -> None:
-        """Complete `head` with `length` = bytes the device wrote. len is stored before idx."""
+        """Complete `head` with `length` = bytes the device wrote. len is stored before idx.
+        A queue that is not active (reset, never set up) has no rings: nothing is written."""
+        if not self.active:
+            return
         self.inflight.discard(head)
         if EV_FILL.enabled:
             EV_FILL.emit(vq=self.index, head=head, len=length, idx=self.used_idx)

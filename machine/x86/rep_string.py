@@ -86,9 +86,29 @@ class RepString:
         self.sync_ranges()
         physmem.layout_listener = self.sync_ranges     # shadow windows change mid-slice
         st.enabled = 1
-        fn = ctypes.cast(lib.rep_string_block, ctypes.c_void_p).value
-        self.handle = ui.native_hook_block(uc, fn, ctypes.addressof(st))
+        self._uc = uc
+        self.function = ctypes.cast(lib.rep_string_block, ctypes.c_void_p).value
+        self.handle: int | None = None
+        self.attach()
         uc.ctl_flush_tb()                       # code translated before the hook never calls it
+
+    @property
+    def native(self) -> tuple[int, int]:
+        """(function, user data): for a native hook that calls this one itself."""
+        return self.function, ctypes.addressof(self._state)
+
+    def attach(self) -> None:
+        """Register the hook with Unicorn (the caller flushes translated code)."""
+        if self.handle is None:
+            self.handle = ui.native_hook_block(self._uc, self.function, ctypes.addressof(self._state))
+
+    def detach(self, raw) -> None:
+        """Unregister it, while another native hook calls it (the caller flushes translated
+        code; until then stale blocks may still call it, which is harmless)."""
+        if self.handle is not None:
+            with ui.identity_walks(self._uc, raw):
+                ui.native_hook_del(self._uc, self.handle)
+            self.handle = None
 
     def sync_ranges(self) -> None:
         """Give the hook the ranges it may read and write directly, as mapped now (called when
@@ -107,6 +127,12 @@ class RepString:
         """Between slices: pick up RAM ranges added or removed (GuestMemory replaces its list)."""
         if self._physmem.mem.ranges is not self._ranges_seen:
             self.sync_ranges()
+
+    def use_counter(self, counter: ctypes.c_uint64, budget: ctypes.c_uint64) -> None:
+        """Count against another clock's counter and budget (live ctypes views): Unicorn's in
+        the exact mode, the fast clock's in the fast mode."""
+        self._state.counter = ctypes.addressof(counter)
+        self._state.budget = ctypes.addressof(budget)
 
     def set_enabled(self, on: bool) -> None:
         self._state.enabled = 1 if on else 0
