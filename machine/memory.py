@@ -47,10 +47,12 @@ def ones(size: int) -> int:
 
 @dataclass(frozen=True)
 class RamRange:
-    """One guest-physical window onto the RAM buffer."""
+    """One guest-physical window onto the RAM buffer. A read-only window (shadow RAM the chipset
+    write-protects) is read by DMA; a device's writes there go nowhere, as on a PC."""
     gpa: int
     size: int
     host_offset: int
+    read_only: bool = False
 
     @property
     def end(self) -> int:
@@ -85,34 +87,60 @@ class GuestMemory:
         self._mv = memoryview(self.buf)
         self._starts = [r.gpa for r in self.ranges]
         self._write_listeners: list[Callable[[int, int], None]] = []
+        self._map_listeners: list[Callable[[], None]] = []
 
     # -- windows that come and go (chipset shadow RAM) ------------------------------------------
     def add_range(self, rng: RamRange) -> None:
         """Expose more of the buffer at a guest-physical range (e.g. the RAM under the BIOS area
         that the i440FX PAM registers switch in). It must not overlap a current range."""
-        if rng.size <= 0 or rng.host_offset < 0 or rng.host_offset + rng.size > self.size:
-            raise ValueError(f"RAM window {rng.gpa:#x}+{rng.size:#x} is outside the buffer")
-        if any(r.gpa < rng.end and rng.gpa < r.end for r in self.ranges):
-            raise ValueError(f"RAM window {rng.gpa:#x}+{rng.size:#x} overlaps guest RAM")
-        self.ranges = sorted(self.ranges + [rng], key=lambda r: r.gpa)
-        self._starts = [r.gpa for r in self.ranges]
+        self.update_ranges([], [rng])
 
     def remove_range(self, gpa: int) -> None:
         """Withdraw the window that add_range() put at `gpa` (DMA there fails again)."""
-        self.ranges = [r for r in self.ranges if r.gpa != gpa]
+        self.update_ranges([gpa], [])
+
+    def update_ranges(self, remove: list[int], add: list[RamRange]) -> None:
+        """Withdraw the windows at the `remove` addresses and expose `add`, as one change of the
+        map: the map listeners run once, after it (a device never sees a half-updated map)."""
+        ranges = [r for r in self.ranges if r.gpa not in remove]
+        for rng in add:
+            if rng.size <= 0 or rng.host_offset < 0 or rng.host_offset + rng.size > self.size:
+                raise ValueError(f"RAM window {rng.gpa:#x}+{rng.size:#x} is outside the buffer")
+            if any(r.gpa < rng.end and rng.gpa < r.end for r in ranges):
+                raise ValueError(f"RAM window {rng.gpa:#x}+{rng.size:#x} overlaps guest RAM")
+            ranges.append(rng)
+        self.ranges = sorted(ranges, key=lambda r: r.gpa)
         self._starts = [r.gpa for r in self.ranges]
+        for fn in self._map_listeners:
+            fn()
+
+    def add_map_listener(self, fn: Callable[[], None]) -> None:
+        """fn() runs after every change of the map (QEMU's memory listener commit): devices that
+        cache where their rings are look them up again."""
+        self._map_listeners.append(fn)
 
     # -- translation ---------------------------------------------------------------------
-    def host_offset(self, gpa: int, length: int) -> int:
-        """Offset into `buf` of [gpa, gpa+length), or GuestMemoryError if not wholly in RAM."""
+    def host_offset(self, gpa: int, length: int, write: bool = False) -> int:
+        """Offset into `buf` of [gpa, gpa+length), or GuestMemoryError if not wholly in RAM
+        (with `write`, in RAM a device may write: not a read-only window)."""
         if length < 0 or gpa < 0:
             raise GuestMemoryError(f"bad guest range {gpa:#x}+{length:#x}")
         i = bisect_right(self._starts, gpa) - 1
         if i >= 0:
             r = self.ranges[i]
             if gpa + length <= r.end:
+                if write and r.read_only:
+                    raise GuestMemoryError(f"guest range {gpa:#x}+{length:#x} is read-only")
                 return r.host_offset + (gpa - r.gpa)
         raise GuestMemoryError(f"guest range {gpa:#x}+{length:#x} is not RAM")
+
+    def writable(self, gpa: int, length: int) -> bool:
+        """Is [gpa, gpa+length) RAM a device may write?"""
+        try:
+            self.host_offset(gpa, length, True)
+            return True
+        except GuestMemoryError:
+            return False
 
     def contains(self, gpa: int, length: int) -> bool:
         try:
@@ -133,12 +161,12 @@ class GuestMemory:
 
     def write(self, gpa: int, data: bytes | bytearray | memoryview) -> None:
         n = len(data)
-        off = self.host_offset(gpa, n)
+        off = self.host_offset(gpa, n, True)
         self._mv[off:off + n] = data
         self.notify_write(gpa, n)
 
     def fill(self, gpa: int, length: int, byte: int = 0) -> None:
-        off = self.host_offset(gpa, length)
+        off = self.host_offset(gpa, length, True)
         self._mv[off:off + length] = bytes([byte]) * length
         self.notify_write(gpa, length)
 
@@ -156,19 +184,19 @@ class GuestMemory:
         return _U64.unpack_from(self.buf, self.host_offset(gpa, 8))[0]
 
     def write_u8(self, gpa: int, value: int) -> None:
-        self.buf[self.host_offset(gpa, 1)] = value & 0xFF
+        self.buf[self.host_offset(gpa, 1, True)] = value & 0xFF
         self.notify_write(gpa, 1)
 
     def write_u16(self, gpa: int, value: int) -> None:
-        _U16.pack_into(self.buf, self.host_offset(gpa, 2), value & 0xFFFF)
+        _U16.pack_into(self.buf, self.host_offset(gpa, 2, True), value & 0xFFFF)
         self.notify_write(gpa, 2)
 
     def write_u32(self, gpa: int, value: int) -> None:
-        _U32.pack_into(self.buf, self.host_offset(gpa, 4), value & 0xFFFFFFFF)
+        _U32.pack_into(self.buf, self.host_offset(gpa, 4, True), value & 0xFFFFFFFF)
         self.notify_write(gpa, 4)
 
     def write_u64(self, gpa: int, value: int) -> None:
-        _U64.pack_into(self.buf, self.host_offset(gpa, 8), value & 0xFFFFFFFFFFFFFFFF)
+        _U64.pack_into(self.buf, self.host_offset(gpa, 8, True), value & 0xFFFFFFFFFFFFFFFF)
         self.notify_write(gpa, 8)
 
     # -- coherence with translated code ------------------------------------------------------

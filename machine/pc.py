@@ -337,6 +337,7 @@ class Machine:
                                         iothreads=self.iothreads)
             self.drives[drive.id] = (backend, dev.vdev)
             dev.vdev.on_io_error = self._io_error
+            dev.vdev.clock = self.clock        # blkdebug [delay] rules hold completions in virtual time
             dev.vdev.defer = functools.partial(self._device_bottom_half, n)
             self._parking_devices.append(dev.vdev)
             bus.plug(dev, *where)

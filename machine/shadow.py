@@ -14,9 +14,9 @@ choose, per segment, where reads and writes of that range go:
 
 Firmware uses this to copy itself from ROM into RAM ("shadowing") and then write-protect it. The
 power-on value 0 makes the whole area the bus (the ROM), which is what code built for a machine
-without shadow RAM expects. Device DMA reaches the DRAM of read/write segments only (DMA into a
-segment the chipset sends to the bus has nowhere to go): each run of read/write segments is one
-GuestMemory window.
+without shadow RAM expects. Device DMA follows the current attributes as QEMU maps them
+(`_update_dma_windows`): each run of segments of one kind is one GuestMemory window, and devices
+look their rings up again whenever the map changes.
 
 The SMRAM control register (0x72, datasheet 3.2.20) does the same for the DRAM under the VGA
 window 0xA0000-0xBFFFF: outside SMM (this machine has none) the CPU sees it when SMRAM is
@@ -103,17 +103,21 @@ class ShadowRam:
             self.cpu.set_legacy_window(SMRAM_BASE, SMRAM_SIZE, "ram" if visible else "bus", SMRAM_BASE)
 
     def _update_dma_windows(self) -> None:
-        for gpa in self._dma_windows:
-            self.mem.remove_range(gpa)
-        self._dma_windows = []
-        runs: list[list[int]] = []
+        """Device DMA sees the segments as QEMU 7.2's i440FX maps them for it: read/write and
+        write-only segments as RAM (QEMU aliases both to RAM), read-only ones as RAM that ignores
+        writes (a real 82441FX forwards them to the bus, where nothing takes them), and the
+        bus side of a disabled segment as nothing. One map change, so devices look up their
+        rings once."""
+        runs: list[list] = []          # [start, end, read_only]
         for _, _, base, size in sorted(SEGMENTS, key=lambda s: s[2]):
-            if self.modes[base] != READ_WRITE:
+            mode = self.modes[base]
+            if mode == BUS:
                 continue
-            if runs and runs[-1][1] == base:
+            read_only = mode == READ_ONLY
+            if runs and runs[-1][1] == base and runs[-1][2] == read_only:
                 runs[-1][1] = base + size
             else:
-                runs.append([base, base + size])
-        for start, end in runs:
-            self.mem.add_range(RamRange(start, end - start, start))
-            self._dma_windows.append(start)
+                runs.append([base, base + size, read_only])
+        old, self._dma_windows = self._dma_windows, [start for start, _, _ in runs]
+        self.mem.update_ranges(old, [RamRange(start, end - start, start, read_only)
+                                     for start, end, read_only in runs])

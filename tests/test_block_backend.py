@@ -1,6 +1,7 @@
 """Block backends: opening images (errors as one-line ConfigErrors), raw I/O on RAM views,
 hole punching, OFD image locking between two openers, and the snapshot overlay."""
 
+import errno
 import os
 import subprocess
 import sys
@@ -34,8 +35,9 @@ def test_only_raw_format_is_accepted(tmp_path):
 
 
 def test_no_file_is_a_config_error():
-    with pytest.raises(ConfigError):
+    with pytest.raises(ConfigError) as e:
         open_drive(DriveConfig(file=None))
+    assert str(e.value) == "drive has no file= (an empty drive is not supported)"
 
 
 def test_raw_read_and_write_through_views(tmp_path):
@@ -53,12 +55,79 @@ def test_raw_read_and_write_through_views(tmp_path):
 
 def test_read_only_drive_refuses_writes(tmp_path):
     p = image(tmp_path)
-    be = open_drive(DriveConfig(file=p, readonly=True))
-    with pytest.raises(OSError):
-        be.writev(0, [memoryview(b"x" * 512)])
-    with pytest.raises(OSError):
-        be.write_zeroes(0, 512, False)
+    before = p.read_bytes()
+    be = open_drive(DriveConfig(file=p, readonly=True, discard="unmap"))
+    for call, args, err, text in ((be.writev, (0, [memoryview(b"x" * 512)]), errno.EROFS, "read-only image"),
+                                  (be.write_zeroes, (0, 512, False), errno.EROFS, "read-only image"),
+                                  (be.discard, (0, 512), errno.EROFS, "read-only image"),
+                                  (be.resize, (32768,), errno.EACCES, "the image is read-only")):
+        with pytest.raises(OSError) as e:
+            call(*args)
+        assert (e.value.errno, e.value.strerror) == (err, text)
     be.close()
+    assert p.read_bytes() == before
+
+
+def _allocated(p) -> int:
+    return os.stat(p).st_blocks * 512
+
+
+def test_write_zeroes_with_unmap_leaves_a_hole_and_without_it_real_zeroes(tmp_path):
+    import machine.block.raw as raw
+    raw._libc = None                               # load libc's fallocate in this test too
+    p = image(tmp_path, bytes(range(256)) * 4096)  # 1 MiB, all allocated
+    be = open_drive(DriveConfig(file=p, discard="unmap"))
+    try:
+        full = _allocated(p)
+        be.write_zeroes(0, 512 * 1024, True)       # unmap allowed: a hole
+        assert _allocated(p) <= full - 512 * 1024
+        be.write_zeroes(512 * 1024, 4096, False)   # no unmap: written zeroes, still allocated
+        data = p.read_bytes()
+        assert data[:512 * 1024 + 4096] == bytes(512 * 1024 + 4096)
+        assert data[512 * 1024 + 4096:] == (bytes(range(256)) * 4096)[512 * 1024 + 4096:]
+    finally:
+        be.close()
+
+
+def test_hole_punching_errors(tmp_path, monkeypatch):
+    """A file system without holes: False (the caller writes zeroes); any other failure raises."""
+    import ctypes
+    import machine.block.raw as raw
+
+    class Libc:
+        def __init__(self, err):
+            self.err = err
+
+        def fallocate(self, fd, mode, offset, length):
+            assert mode == 3 and (offset, length) == (4096, 512)     # PUNCH_HOLE | KEEP_SIZE
+            ctypes.set_errno(self.err)
+            return -1
+
+    for err, result in ((errno.EOPNOTSUPP, False), (errno.ENOSYS, False), (errno.EBADF, OSError)):
+        monkeypatch.setattr(raw, "_libc", Libc(err))
+        if result is OSError:
+            with pytest.raises(OSError) as e:
+                raw.punch_hole(3, 4096, 512)
+            assert (e.value.errno, e.value.strerror) == (errno.EBADF, os.strerror(errno.EBADF))
+        else:
+            assert raw.punch_hole(3, 4096, 512) is False
+
+
+def test_zeroes_written_out_over_more_than_one_chunk(tmp_path, monkeypatch):
+    import machine.block.raw as raw
+    p = image(tmp_path, b"\xAA" * (3 << 20))
+    fd = os.open(p, os.O_RDWR)
+    try:
+        raw.write_zeroes_fd(fd, 4096, (5 << 19) - 4096)        # 2.5 MiB from 4 KiB: three chunks
+        data = p.read_bytes()
+        assert data[:4096] == b"\xAA" * 4096 and data[4096:5 << 19] == bytes((5 << 19) - 4096)
+        assert data[5 << 19:] == b"\xAA" * ((3 << 20) - (5 << 19))
+        monkeypatch.setattr(raw, "pwritev_full", lambda fd, bufs, off: 0)
+        with pytest.raises(OSError) as e:
+            raw.write_zeroes_fd(fd, 0, 512)
+        assert (e.value.errno, e.value.strerror) == (errno.EIO, "short write")
+    finally:
+        os.close(fd)
 
 
 def test_discard_unmap_punches_a_hole_and_keeps_the_size(tmp_path):
@@ -122,6 +191,61 @@ def test_snapshot_writes_go_to_the_overlay_and_the_image_never_changes(tmp_path)
     assert p.read_bytes() == before
 
 
+def test_a_read_only_snapshot_refuses_every_change(tmp_path):
+    """-snapshot with readonly=on: the overlay takes no writes either (EROFS, as the image)."""
+    p = image(tmp_path)
+    be = open_drive(DriveConfig(file=p, snapshot=True, readonly=True))
+    try:
+        assert isinstance(be, SnapshotOverlay) and be.read_only
+        for call, args, err, text in (
+                (be.writev, (0, [memoryview(b"x" * 512)]), errno.EROFS, "read-only image"),
+                (be.write_zeroes, (0, 512, False), errno.EROFS, "read-only image"),
+                (be.resize, (32768,), errno.EACCES, "the image is read-only")):
+            with pytest.raises(OSError) as e:
+                call(*args)
+            assert (e.value.errno, e.value.strerror) == (err, text)
+        out = bytearray(512)
+        be.readv(0, [memoryview(out)])
+        assert bytes(out) == p.read_bytes()[:512] and be.size == 16384
+    finally:
+        be.close()
+
+
+def test_snapshot_write_zeroes_without_hole_punching_writes_zeroes(tmp_path, monkeypatch):
+    """A host file system that cannot punch holes: the overlay's zeroes are written out."""
+    import machine.block.snapshot as snap
+    p = image(tmp_path)
+    be = open_drive(DriveConfig(file=p, snapshot=True))
+    try:
+        be.writev(0, [memoryview(b"S" * 2048)])
+        monkeypatch.setattr(snap, "punch_hole", lambda fd, off, n: False)
+        be.write_zeroes(512, 1024, True)
+        out = bytearray(2048)
+        be.readv(0, [memoryview(out)])
+        assert bytes(out) == b"S" * 512 + bytes(1024) + b"S" * 512
+    finally:
+        be.close()
+
+
+@pytest.mark.parametrize("offset, length", [(-512, 512), (0, -512), (16384 - 512, 1024),
+                                            (100, 512), (0, 100), (16384, 512)])
+def test_snapshot_refuses_ranges_outside_the_disk_or_unaligned(tmp_path, offset, length):
+    be = open_drive(DriveConfig(file=image(tmp_path), snapshot=True))
+    try:
+        calls = [(be.write_zeroes, (offset, length, False)), (be.discard, (offset, length))]
+        if length >= 0:                            # readv/writev take their length from the buffers
+            buf = [memoryview(bytearray(length))]
+            calls += [(be.readv, (offset, buf)), (be.writev, (offset, buf))]
+        for call, args in calls:
+            with pytest.raises(OSError) as e:
+                call(*args)
+            assert e.value.errno == errno.EINVAL, call
+        assert be.readv(16384 - 512, [memoryview(bytearray(512))]) == 512     # the last sector is fine
+        be.discard(16384 - 512, 512)
+    finally:
+        be.close()
+
+
 def test_snapshot_does_not_take_the_write_lock(tmp_path):
     p = image(tmp_path)
     a = open_drive(DriveConfig(file=p, snapshot=True))
@@ -147,3 +271,137 @@ def test_iov_helpers_split_and_read_more_than_iov_max_buffers(tmp_path):
     os.close(fd)
     parts = split([memoryview(b"abc"), memoryview(b"defg")], 2, 3)
     assert b"".join(bytes(x) for x in parts) == b"cde"
+
+
+def test_iov_advance_and_split_cut_exactly():
+    from machine.block.iov import _advance
+    a, b, c = memoryview(b"abcde"), memoryview(b"fg"), memoryview(b"hij")
+    assert [bytes(x) for x in _advance([a, b, c], 3)] == [b"de", b"fg", b"hij"]   # mid-buffer
+    assert [bytes(x) for x in _advance([a, b, c], 5)] == [b"fg", b"hij"]          # on a boundary
+    assert [bytes(x) for x in _advance([a, b, c], 8)] == [b"ij"]
+    assert _advance([a, b, c], 10) == []
+    assert [bytes(x) for x in split([a, b, c], 5, 3)] == [b"fg", b"h"]           # starts on a boundary
+    assert [bytes(x) for x in split([a, b, c], 7, 3)] == [b"hij"]
+
+
+def test_short_transfers_resume_in_the_middle_of_a_buffer(tmp_path):
+    """os.preadv moving fewer bytes than asked: the rest of that buffer comes next."""
+    from machine.block.iov import _vectored_full
+    p = image(tmp_path)
+    fd = os.open(p, os.O_RDONLY)
+    try:
+        calls = []
+
+        def stingy(fd, bufs, offset):               # at most 3 bytes per call
+            calls.append(len(bufs))
+            n = min(3, len(bufs[0]))
+            bufs[0][:n] = os.pread(fd, n, offset)
+            return n
+        out = [bytearray(5), bytearray(4)]
+        assert _vectored_full(stingy, fd, [memoryview(x) for x in out], 100) == 9
+        assert b"".join(out) == p.read_bytes()[100:109] and calls == [2, 2, 1, 1]
+    finally:
+        os.close(fd)
+
+
+def test_only_a_regular_file_can_be_resized(tmp_path):
+    be = open_drive(DriveConfig(file=image(tmp_path)))
+    try:
+        be.regular = False                          # as for a block device
+        with pytest.raises(OSError) as e:
+            be.resize(32768)
+        assert (e.value.errno, e.value.strerror) == (errno.ENOTSUP, "only a regular file can be resized")
+    finally:
+        be.close()
+
+
+@pytest.mark.parametrize("offset, length", [(-512, 512), (0, -512), (16384 - 512, 1024), (16384, 512)])
+def test_raw_ranges_outside_the_image_are_refused(tmp_path, offset, length):
+    be = open_drive(DriveConfig(file=image(tmp_path), discard="unmap"))
+    try:
+        calls = [(be.write_zeroes, (offset, length, True)), (be.discard, (offset, length))]
+        if length >= 0:
+            calls += [(be.readv, (offset, [memoryview(bytearray(length))])),
+                      (be.writev, (offset, [memoryview(bytearray(length))]))]
+        for call, args in calls:
+            with pytest.raises(OSError) as e:
+                call(*args)
+            assert (e.value.errno, e.value.strerror) == (errno.EINVAL, f"range {offset}+{length} outside the image")
+        be.write_zeroes(16384, 0, True)            # empty, at the very end: fine
+        be.discard(0, 0)
+        assert be.readv(16384 - 512, [memoryview(bytearray(512))]) == 512
+    finally:
+        be.close()
+
+
+def test_raw_transfers_of_more_buffers_than_one_system_call_takes(tmp_path):
+    p = image(tmp_path)
+    be = open_drive(DriveConfig(file=p))
+    try:
+        out = bytearray(2000)
+        assert be.readv(100, [memoryview(out)[i:i + 1] for i in range(2000)]) == 2000
+        assert bytes(out) == p.read_bytes()[100:2100]
+        data = bytes(range(250)) * 8
+        assert be.writev(4096, [memoryview(data)[i:i + 1] for i in range(2000)]) == 2000
+        assert p.read_bytes()[4096:6096] == data
+    finally:
+        be.close()
+
+
+def test_a_write_past_an_end_the_host_shrank_fails_and_does_not_regrow(tmp_path):
+    p = image(tmp_path)
+    be = open_drive(DriveConfig(file=p))
+    try:
+        os.truncate(p, 8192)
+        with pytest.raises(OSError) as e:
+            be.writev(8192, [memoryview(bytes(4096))])
+        assert (e.value.errno, e.value.strerror) == (errno.EIO, "the image shrank on the host")
+        assert p.stat().st_size == 8192 and be.size == 8192
+    finally:
+        be.close()
+
+
+def test_the_size_of_a_non_regular_file_comes_from_seeking_to_its_end(tmp_path):
+    p = image(tmp_path)
+    be = open_drive(DriveConfig(file=p))
+    try:
+        be.regular = False                          # as for a block device
+        os.truncate(p, 8192 + 100)
+        assert be.refresh_size() == 8192 == be.size
+    finally:
+        be.close()
+
+
+def test_hole_punching_through_libc_reports_real_errors_and_takes_64_bit_offsets(tmp_path):
+    import machine.block.raw as raw
+    raw._libc = None
+    with pytest.raises(OSError) as e:
+        raw.punch_hole(987654, 0, 4096)             # no such descriptor: libc's errno comes back
+    assert e.value.errno == errno.EBADF
+    p = tmp_path / "big.img"
+    with open(p, "wb") as f:
+        f.truncate(5 << 30)                         # sparse
+        f.seek((4 << 30) + 8192)
+        f.write(b"x" * 4096)
+        f.flush()
+        punched = raw.punch_hole(f.fileno(), (4 << 30) + 8192, 4096)   # a 64-bit offset
+    with open(p, "rb") as f:
+        f.seek((4 << 30) + 8192)
+        data = f.read(4096)
+    assert data == (bytes(4096) if punched else b"x" * 4096)
+
+
+def test_closing_twice_is_harmless(tmp_path):
+    be = open_drive(DriveConfig(file=image(tmp_path)))
+    be.close()
+    assert be.fd == -1
+    be.close()
+
+
+def test_a_snapshot_keeps_the_drive_options(tmp_path):
+    p = image(tmp_path)
+    be = open_drive(DriveConfig(file=p, snapshot=True, cache="writethrough", discard="unmap"))
+    try:
+        assert (be.cache, be.discard_unmap, be.filename) == ("writethrough", True, str(p))
+    finally:
+        be.close()

@@ -5,6 +5,7 @@ line, and the guest self-test failing the very same requests on our machine and 
 from __future__ import annotations
 
 import errno
+import os
 import shutil
 import subprocess
 import sys
@@ -28,6 +29,16 @@ class Recorder:
 
     def __init__(self):
         self.calls = []
+        self.args = []                 # every call with all its arguments
+
+    def __getattribute__(self, name):
+        attr = object.__getattribute__(self, name)
+        if name in ("readv", "writev", "flush", "discard", "write_zeroes"):
+            def record(*a):
+                object.__getattribute__(self, "args").append((name, *a))
+                return attr(*a)
+            return record
+        return attr
 
     def readv(self, offset, bufs):
         self.calls.append(("read", offset))
@@ -91,10 +102,54 @@ def test_rules_parse_with_qemus_defaults():
     ('[inject-error]\nevent = "read_aio"\nnew_state = "2"\n', "Invalid parameter 'new_state'"),
     ('[break-everything]\nevent = "read_aio"\n', "unknown section"),
     ('event = "read_aio"\n', "no group defined"),
+    ('[delay]\nevent = "read_aio"\n', "needs latency-ns"),
+    ('[delay]\nevent = "read_aio"\nlatency-ns = "0"\n', "must be positive"),
+    ('[delay]\nevent = "read_aio"\nlatency-ns = "9"\nerrno = "5"\n', "Invalid parameter 'errno'"),
 ])
 def test_bad_rules_are_refused_with_the_line(text, message):
     with pytest.raises(RulesError, match=message):
         parse_rules(text)
+
+
+@pytest.mark.parametrize("section, key, value, message", [
+    ("inject-error", "state", "x", "[inject-error] state: 'x' is not a number"),
+    ("inject-error", "errno", "x", "[inject-error] errno: 'x' is not a number"),
+    ("inject-error", "sector", "x", "[inject-error] sector: 'x' is not a number"),
+    ("inject-error", "once", "x", "[inject-error] once: expects 'on' or 'off', not 'x'"),
+    ("inject-error", "immediately", "x", "[inject-error] immediately: expects 'on' or 'off', not 'x'"),
+    ("set-state", "new_state", "x", "[set-state] new_state: 'x' is not a number"),
+    ("delay", "latency-ns", "x", "[delay] latency-ns: 'x' is not a number"),
+])
+def test_bad_values_name_their_section_and_key(section, key, value, message):
+    extra = 'latency-ns = "1"\n' if section == "delay" and key != "latency-ns" else ""
+    with pytest.raises(RulesError) as e:
+        parse_rules(f'[{section}]\nevent = "read_aio"\n{extra}{key} = "{value}"\n')
+    assert str(e.value) == message
+
+
+def test_values_as_qemu_reads_them():
+    rules = parse_rules('[inject-error]\nevent = "read_aio"\nsector = "0x10"\nonce = "yes"\n'
+                        'immediately = "true"\n'
+                        '[inject-error]\nevent = "read_aio"\nonce = "no"\nimmediately = "false"\n'
+                        '[set-state]\nevent = "none"\n'
+                        '[delay]\nevent = "none"\nlatency-ns = "1"\n')
+    assert (rules[0].offset, rules[0].once, rules[0].immediately) == (16 * 512, True, True)
+    assert (rules[1].once, rules[1].immediately) == (False, False)
+    assert rules[2].new_state == 0 and rules[3].delay_ns == 1
+    with pytest.raises(RulesError) as e:
+        parse_rules('\n[inject-error]\nevent = "nope"\n')
+    assert str(e.value) == "rules:2: invalid event 'nope'"
+
+
+def test_an_injected_error_says_which_errno():
+    bd, _ = wrap('[inject-error]\nevent = "read_aio"\nerrno = "28"\n'
+                 '[inject-error]\nevent = "write_aio"\nerrno = "4095"\n')
+    with pytest.raises(OSError) as e:
+        bd.readv(0, BUF)
+    assert (e.value.errno, e.value.strerror) == (28, "blkdebug: injected ENOSPC")
+    with pytest.raises(OSError) as e:
+        bd.writev(0, BUF)
+    assert (e.value.errno, e.value.strerror) == (4095, "blkdebug: injected 4095")
 
 
 # ---------------------------------------------------------------- the engine
@@ -162,7 +217,90 @@ def test_write_zeroes_discard_and_flush_go_through_the_rules():
     assert fails(bd.discard, 0, 512) is None
 
 
+def test_requests_reach_the_image_unchanged_and_fire_their_events_after():
+    bd, inner = wrap('[set-state]\nevent = "pwritev_done"\nstate = "1"\nnew_state = "2"\n'
+                     '[inject-error]\nevent = "read_aio"\nstate = "2"\n'
+                     '[inject-error]\nevent = "none"\nsector = "8"\niotype = "discard"\n')
+    assert fails(bd.readv, 0, BUF) is None           # state 1
+    assert fails(bd.write_zeroes, 1024, 2048, True) is None
+    assert fails(bd.discard, 4096 + 512, 512) is None       # sector 9: not covered
+    assert fails(bd.discard, 4096, 1024) == errno.EIO
+    assert inner.args[1:] == [("write_zeroes", 1024, 2048, True), ("discard", 4608, 512)]
+    assert fails(bd.readv, 0, BUF) == errno.EIO      # pwritev_done moved the engine to state 2
+    bd, _ = wrap('[inject-error]\nevent = "pwritev"\nsector = "16"\niotype = "write-zeroes"\n')
+    assert fails(bd.write_zeroes, 0, 16 * 512, False) is None          # ends just before it
+    assert fails(bd.write_zeroes, 15 * 512, 1024, False) == errno.EIO  # covers sector 16
+
+
+@pytest.mark.parametrize("event", ["flush_to_os", "flush_to_disk"])
+def test_a_flush_fires_both_flush_events(event):
+    bd, inner = wrap(f'[inject-error]\nevent = "{event}"\niotype = "flush"\n')
+    assert fails(bd.flush) == errno.EIO and inner.calls == []
+    assert fails(bd.readv, 0, BUF) is None
+
+
+def test_a_write_fires_pwritev_then_pwritev_done():
+    bd, _ = wrap('[set-state]\nevent = "pwritev"\nstate = "1"\nnew_state = "2"\n'
+                 '[set-state]\nevent = "pwritev_done"\nstate = "2"\nnew_state = "3"\n')
+    assert fails(bd.writev, 0, BUF) is None and bd.engine.state == 3
+
+
+def test_every_rule_of_an_event_is_armed_in_file_order():
+    bd, _ = wrap('[inject-error]\nevent = "read_aio"\nsector = "8"\nerrno = "5"\n'
+                 '[inject-error]\nevent = "read_aio"\nsector = "16"\nerrno = "28"\n'
+                 '[delay]\nevent = "read_aio"\nsector = "8"\nlatency-ns = "5000"\n'
+                 '[delay]\nevent = "read_aio"\nlatency-ns = "7000"\n')
+    assert fails(bd.readv, 8 * 512, BUF) == errno.EIO and bd.take_delay_ns() == 5000
+    assert fails(bd.readv, 16 * 512, BUF) == errno.ENOSPC and bd.take_delay_ns() == 7000
+    assert fails(bd.readv, 0, BUF) is None and bd.take_delay_ns() == 7000
+
+
+def test_rules_files_name_themselves_in_errors(tmp_path):
+    from machine.block.blkdebug import load_rules
+    with pytest.raises(RulesError) as e:
+        load_rules(tmp_path / "missing.conf")
+    assert str(e.value) == f"Could not read blkdebug config file '{tmp_path / 'missing.conf'}': " \
+                           "No such file or directory"
+    bad = tmp_path / "bad.conf"
+    bad.write_text('[inject-error]\nevent = "read_aio"\nbogus = "1"\n')
+    with pytest.raises(RulesError) as e:
+        load_rules(bad)
+    assert str(e.value) == f"{bad}:3: Invalid parameter 'bogus' in [inject-error]"
+    bad.write_bytes(b"\xff\xfe[")
+    with pytest.raises(RulesError, match=f"Could not read blkdebug config file '{bad}': .*utf-8"):
+        load_rules(bad)
+
+
+def test_a_failed_write_zeroes_still_ends_with_pwritev_done():
+    bd, _ = wrap('[inject-error]\nevent = "pwritev_zero"\niotype = "write-zeroes"\nonce = "on"\n'
+                 '[set-state]\nevent = "pwritev_done"\nstate = "1"\nnew_state = "3"\n')
+    assert fails(bd.write_zeroes, 0, 512, False) == errno.EIO
+    assert bd.engine.state == 3
+
+
 # ---------------------------------------------------------------- drives and the command line
+
+
+def test_resize_reaches_the_image_through_the_rules(tmp_path):
+    img = tmp_path / "d.img"
+    img.write_bytes(bytes(4096))
+    rules = tmp_path / "r.conf"
+    rules.write_text('[inject-error]\nevent = "write_aio"\n')
+    be = open_drive(DriveConfig(file=img, blkdebug=rules))
+    try:
+        be.resize(8192)
+        assert img.stat().st_size == 8192 and be.size == 8192
+        os.truncate(img, 16384)                        # the host grows it behind the machine
+        assert be.refresh_size() == 16384 == be.size
+    finally:
+        be.close()
+
+
+def test_a_backend_that_cannot_resize_says_so():
+    from machine.block.raw import BlockBackend
+    with pytest.raises(OSError) as e:
+        BlockBackend().resize(4096)
+    assert (e.value.errno, e.value.strerror) == (errno.ENOTSUP, "this image cannot be resized")
 
 
 def test_a_drive_with_rules_wraps_the_image(tmp_path):
@@ -252,3 +390,68 @@ def test_rules_over_a_snapshot_overlay(tmp_path):
     assert be.readv(0, [memoryview(buf)]) == 512 and buf == b"y" * 512
     be.close()
     assert img.read_bytes() == bytes(4096)
+
+
+# ---------------------------------------------------------------- [delay] (ours): held completions
+
+
+def test_delay_rules_are_armed_like_error_rules_and_leave_failures_alone():
+    bd, _ = wrap('[delay]\nevent = "read_aio"\nsector = "8"\nlatency-ns = "5000"\n'
+                 '[delay]\nevent = "write_aio"\nonce = "on"\nlatency-ns = "7000"\n'
+                 '[inject-error]\nevent = "write_aio"\nsector = "16"\n')
+    assert fails(bd.readv, 0, BUF) is None and bd.take_delay_ns() == 0      # not sector 8
+    assert fails(bd.readv, 8 * 512, BUF) is None and bd.take_delay_ns() == 5000
+    assert bd.take_delay_ns() == 0                                        # taken once
+    assert fails(bd.writev, 16 * 512, BUF) == errno.EIO                   # failed and held
+    assert bd.take_delay_ns() == 7000
+    assert fails(bd.writev, 0, BUF) is None and bd.take_delay_ns() == 0   # once: gone
+    assert fails(bd.readv, 8 * 512, BUF) is None and bd.take_delay_ns() == 5000   # still armed
+
+
+def test_a_delay_rule_holds_the_completion_for_virtual_time(tmp_path):
+    """The request is carried out at once; its used element and interrupt come latency-ns of
+    virtual time later, while other requests complete as usual; a reset drops what is held."""
+    from virtio_driver import S_OK, T_IN, Bench, pattern
+    from machine.clock import VirtualClock
+
+    rules = tmp_path / "r.conf"
+    rules.write_text('[delay]\nevent = "read_aio"\nsector = "8"\nlatency-ns = "5000000"\n')
+    b = Bench(tmp_path, blkdebug=rules)
+    try:
+        clock = b.vdev.clock = VirtualClock()
+        b.start(features=b.drv.device_features() & ~(1 << 29))     # no EVENT_IDX: every completion interrupts
+        vq = b.vqs[0]
+        held = b.blk.submit(T_IN, 8, in_len=512)
+        b.drv.kick(0)
+        assert vq.get_used() == [] and b.blk.result(held) == (pattern(1 << 20)[4096:4608], S_OK)
+        quick = b.blk.submit(T_IN, 0, in_len=512)
+        b.drv.kick(0)
+        assert vq.get_used() == [(quick.head, 513)]
+        b.vdev.read_isr()                            # the driver acknowledges: INTx drops
+        assert not b.dev.intx.level
+        clock.advance(4_999_999)
+        assert vq.get_used() == [] and not b.dev.intx.level
+        clock.advance(1)
+        assert vq.get_used() == [(held.head, 513)] and b.dev.intx.level
+
+        b.blk.submit(T_IN, 8, in_len=512)
+        b.drv.kick(0)
+        assert b.vdev.delayed
+        b.start()                                    # reset: the held completion is dropped
+        assert not b.vdev.delayed and clock.next_deadline() is None
+        assert b.vqs[0].used_idx() == 0
+    finally:
+        b.close()
+
+
+def test_the_board_gives_virtio_blk_its_virtual_clock(tmp_path):
+    from machine.config import DeviceConfig, MachineConfig
+    from machine.pc import Machine
+    img = tmp_path / "d.img"
+    img.write_bytes(bytes(1 << 20))
+    m = Machine(MachineConfig(drives=[DriveConfig(file=img, id="d0", interface="none")],
+                              devices=[DeviceConfig("virtio-blk-pci", {"drive": "d0"})]))
+    try:
+        assert m.devices["virtio-blk0"].vdev.clock is m.clock
+    finally:
+        m.close()

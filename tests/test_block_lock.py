@@ -147,3 +147,39 @@ def test_qemu_reader_is_refused_while_we_write(tmp_path):
         assert qemu_refuses(p, ",snapshot=on")
     finally:
         ours.close()
+
+
+def test_an_exclusive_lock_on_our_bytes_refuses_the_image(tmp_path):
+    """Another tool holding a write lock on a permission byte: our shared lock cannot be set."""
+    import os
+    from machine.block.lock import F_OFD_SETLK
+    img = tmp_path / "d.img"
+    img.write_bytes(bytes(4096))
+    fd = os.open(img, os.O_RDWR)
+    try:
+        fcntl.fcntl(fd, F_OFD_SETLK, _FLOCK.pack(fcntl.F_WRLCK, 0, 100, 1, 0))
+        with pytest.raises(ConfigError) as e:
+            open_drive(DriveConfig(file=img))
+        assert str(e.value) == f"Failed to lock the image on '{img}': is another process using the image?"
+    finally:
+        os.close(fd)
+
+
+def test_a_file_system_without_ofd_locks_runs_unlocked(tmp_path, monkeypatch):
+    import errno
+    import machine.block.lock as lock
+
+    def no_locks(fd, cmd, arg):
+        raise OSError(errno.EINVAL, "Invalid argument")
+    monkeypatch.setattr(lock.fcntl, "fcntl", no_locks)
+    img = tmp_path / "d.img"
+    img.write_bytes(bytes(4096))
+    open_drive(DriveConfig(file=img)).close()
+    open_drive(DriveConfig(file=img)).close()      # a second writer too: nothing to check with
+
+    def broken(fd, cmd, arg):
+        raise OSError(errno.EBADF, "Bad file descriptor")
+    monkeypatch.setattr(lock.fcntl, "fcntl", broken)
+    with pytest.raises(OSError) as e:
+        lock.lock_image(3, lock.WRITER)
+    assert e.value.errno == errno.EBADF

@@ -174,3 +174,47 @@ def test_router_registered_after_devices():
     bus.plug(isa, 1)
     isa.config_write(0x61, 1, 0x0A)
     assert pic[10].level
+
+
+def test_irq_lines_deliver_exact_levels_and_late_connections_see_the_current_one():
+    from machine.irq import SharedLine
+    got = []
+    line = IrqLine("l", got.append)
+    line.pulse()
+    line.raise_()
+    line.raise_()                                  # no change, nothing sent
+    line.lower()
+    assert got == [True, False, True, False] and all(type(v) is bool for v in got)
+    assert line.level is False
+
+    late = IrqLine("late")
+    late.raise_()
+    seen = []
+    late.connect(seen.append)                      # a raised line tells its new sink at once
+    IrqLine("quiet").connect(seen.append)          # a low one does not
+    assert seen == [True]
+    late.lower()
+    late.raise_()                                  # and the new sink hears what follows
+    assert seen == [True, False, True]
+    seen[:] = [True]
+    late.connect(None)
+    late.lower()                                   # no sink: nothing to tell
+    assert seen == [True] and late.level is False
+
+    shared = SharedLine()
+    a = shared.input("a")
+    a.raise_()
+    wired = []
+    shared.connect(wired.append)
+    shared.connect(None)
+    a.lower()
+    assert wired == [True] and shared.level is False
+    shared.connect(wired.append)
+    assert wired == [True, False] and type(wired[-1]) is bool
+
+    b, c = shared.input("b"), shared.input("c")   # wired-OR: only the first raise and last lower count
+    b.raise_()
+    c.raise_()
+    b.lower()
+    c.lower()
+    assert wired == [True, False, True, False] and shared.input().name == "shared"

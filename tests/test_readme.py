@@ -147,11 +147,16 @@ def check_command(workspace: Path, command: str) -> None:
     assert not errors and "Traceback" not in run.stderr, f"{command}\n{run.stderr[-2000:]}"
     # Status 0: the bundled self-test passed, or no machine ran (printf, machine.img).
     # Status 1 with isa-debug-exit on a -kernel line: QEMU's status for a guest writing 0.
-    # Status 1 with blkdebug rules: the example makes a guest test fail on purpose.
-    expected = 1 if ("-kernel" in command and "isa-debug-exit" in command) or "blkdebug:" in command else 0
+    # Status 1 with blkdebug error rules: the example makes a guest test fail on purpose
+    # ([delay] rules only hold completions back: the self-test passes).
+    rules = re.search(r"blkdebug:([^:]+):", command)
+    injects = rules is not None and "[inject-error]" in (workspace / rules.group(1)).read_text()
+    expected = 1 if ("-kernel" in command and "isa-debug-exit" in command) or injects else 0
     assert run.returncode == expected, f"{command}\n{run.stderr[-2000:]}"
-    if "blkdebug:" in command:
+    if injects:
         assert re.search(r"^not ok \d+ - \w+ # .*status IOERR", run.stdout, re.M), run.stdout
+    elif rules is not None:
+        assert "# 0 of 15 tests failed" in run.stdout, run.stdout
     if "img create disk.img 64M" in command:
         assert (workspace / "disk.img").stat().st_size == 64 << 20
     if "path=fw.log" in command:

@@ -1,6 +1,7 @@
 """Shadow RAM under the BIOS area: the i440FX PAM registers switch each segment of
 0xC0000-0xFFFFF between the bus (ROM alias or nothing), read-only, write-only and read/write
-RAM, for the CPU and (read/write segments only) for device DMA."""
+RAM, for the CPU and for device DMA (as QEMU maps them for DMA: write-only as RAM, read-only as
+RAM that takes no writes, the bus side as nothing)."""
 
 import pytest
 
@@ -46,7 +47,7 @@ def test_pam_nibbles_select_segments_and_only_changes_remap():
     assert sh.mode_at(0xFFFFF) == READ_ONLY
 
 
-def test_dma_reaches_read_write_segments_only_merged_into_runs():
+def test_dma_follows_the_segments_merged_into_runs():
     mem = GuestMemory(4 << 20)
     sh = ShadowRam(mem, FakeCpu())
     with pytest.raises(GuestMemoryError):
@@ -55,10 +56,18 @@ def test_dma_reaches_read_write_segments_only_merged_into_runs():
     sh.pam_changed(0x59, 0x30)          # F0000-FFFFF read/write
     mem.write(0xEFFF8, bytes(range(16)))           # one DMA across two segments
     assert mem.read(0xEFFF8, 16) == bytes(range(16))
-    sh.pam_changed(0x5F, 0x13)          # EC000 becomes read-only: no DMA there any more
+    sh.pam_changed(0x5F, 0x13)          # EC000 becomes read-only: DMA reads it, cannot write it
     with pytest.raises(GuestMemoryError):
         mem.write(0xEC000, b"x")
-    assert mem.read(0xE8000, 4) == bytes(4)
+    assert mem.read(0xEFFF8, 8) == bytes(range(8)) and not mem.writable(0xEFFF8, 1)
+    assert mem.read(0xE8000, 4) == bytes(4) and mem.writable(0xE8000, 4)
+    assert [(r.gpa, r.size, r.read_only) for r in mem.ranges if 0xE0000 <= r.gpa < 0x100000] == \
+        [(0xE8000, 0x4000, False), (0xEC000, 0x4000, True), (0xF0000, 0x10000, False)]
+    sh.pam_changed(0x5F, 0x20)          # EC000 write-only: QEMU maps it as RAM for DMA too
+    mem.write(0xEC000, b"wo")
+    assert mem.read(0xEC000, 2) == b"wo"
+    with pytest.raises(GuestMemoryError):
+        mem.read(0xE8000, 1)            # E8000 back to the bus: nothing
     sh.pam_changed(0x5F, 0x00)
     sh.pam_changed(0x59, 0x00)
     assert [r for r in mem.ranges if 0xA0000 <= r.gpa < 0x100000] == []
@@ -155,3 +164,63 @@ def test_smram_opens_the_ram_under_the_vga_window(tmp_path):
     with pytest.raises(MemoryAccessError):
         m.cpu.read_virtual(0xA0000, 4)
     m.close()
+
+
+def test_virtqueue_rings_in_shadow_ram_follow_the_pam_registers(tmp_path):
+    """Item: rings resolved once at queue enable kept being written after the guest
+    write-protected them. The device looks its rings up again on every change of the map, as
+    QEMU rebuilds its ring caches: read-only, it still reads them and its writes are lost (as on
+    QEMU and a real PC); on the bus side, nowhere, it fails as QEMU's "Cannot map"."""
+    from virtio_driver import S_OK, T_IN, Allocator, Bench, BlkRequests, pattern
+    from machine.virtio.queue import RingsNotInRam
+
+    b = Bench(tmp_path)
+    try:
+        sh = ShadowRam(b.mem, FakeCpu())
+        sh.pam_changed(0x5E, 0x33)                     # E0000-E7FFF read/write
+        b.vqs = b.drv.init(Allocator(b.mem, start=0xE0000), size=16)
+        vq = b.vqs[0]
+        assert 0xE0000 <= vq.desc < vq.used < 0xE4000
+        blk = BlkRequests(vq)
+        blk.alloc = b.alloc                            # data buffers in ordinary RAM
+        r = blk.submit(T_IN, 0, in_len=512)
+        b.drv.kick(0)
+        assert vq.get_used() == [(r.head, 513)]
+
+        used_before = b.mem.read(vq.used, 6 + 8 * 16)
+        r = blk.submit(T_IN, 1, in_len=512)
+        sh.pam_changed(0x5E, 0x11)                     # write-protected, then kicked
+        b.drv.kick(0)
+        assert blk.result(r) == (pattern(1 << 20)[512:1024], S_OK)
+        assert b.mem.read(vq.used, 6 + 8 * 16) == used_before and not b.needs_reset
+
+        sh.pam_changed(0x5E, 0x00)                     # the bus: the rings are nowhere
+        assert b.needs_reset and type(b.vdev.error) is RingsNotInRam
+    finally:
+        b.close()
+
+
+def test_a_packed_ring_in_write_protected_shadow_ram_is_read_and_never_written(tmp_path):
+    """The packed ring's used elements are written over its descriptors: write-protected, the
+    device still reads the descriptors from RAM and its used elements are lost."""
+    from test_virtio_packed import packed_bench, start
+    from virtio_driver import S_OK, T_IN, Allocator, BlkRequests, benches, pattern
+
+    made = benches(tmp_path)
+    b = packed_bench(next(made))
+    try:
+        sh = ShadowRam(b.mem, FakeCpu())
+        sh.pam_changed(0x5E, 0x33)
+        data_alloc, b.alloc = b.alloc, Allocator(b.mem, start=0xE0000)
+        ring = start(b, size=16)
+        assert 0xE0000 <= ring.desc < 0xE4000
+        b.blk = BlkRequests(ring)
+        b.blk.alloc = data_alloc
+        r = b.blk.submit(T_IN, 2, in_len=512)
+        sh.pam_changed(0x5E, 0x11)
+        ring_before = b.mem.read(ring.desc, 16 * 16)
+        b.drv.kick(0)
+        assert b.blk.result(r) == (pattern(1 << 20)[1024:1536], S_OK)
+        assert b.mem.read(ring.desc, 16 * 16) == ring_before and not b.needs_reset
+    finally:
+        next(made, None)                               # closes the bench

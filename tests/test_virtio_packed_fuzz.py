@@ -15,14 +15,17 @@ from pathlib import Path
 
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from test_virtio_fuzz import (OUTSIDE, R_ZONE, W_ZONE, WriteLog, assert_image_written_only_as_asked,
-                              changed_runs, header_bytes, lengths)
+from test_virtio_fuzz import (FLAG_SETS, OUTSIDE, R_ZONE, W_ZONE, WriteLog, _pick,
+                              assert_image_written_only_as_asked, changed_runs, header_bytes, lengths,
+                              random_address, random_header, random_length)
 from test_virtio_packed import AVAIL, USED, PackedRing
 from virtio_driver import (ACK, DRIVER, DRIVER_OK, FEATURES_OK, INDIRECT, NEXT, S_OK, T_IN, WRITE,
                            Bench, pattern)
 
 RING = 8
 F_PACKED, F_INDIRECT, F_EVENT_IDX = 34, 28, 29
+# a descriptor's avail/used bits: mostly "available in the current lap", sometimes anything
+WRAP_BITS = ["avail", "avail", "avail", "used", "none", "both"]
 
 SETTINGS = settings(max_examples=80, deadline=None, derandomize=True,
                     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
@@ -37,8 +40,7 @@ def descriptor(draw):
     else:
         addr = zone[0] + draw(st.integers(0, (zone[1] - zone[0]) // 16 - 1)) * 16
     bid = draw(st.integers(0, RING + 2))
-    # the avail/used bits: mostly "available in the current lap", sometimes anything
-    wrap_bits = draw(st.sampled_from(["avail", "avail", "avail", "used", "none", "both"]))
+    wrap_bits = draw(st.sampled_from(WRAP_BITS))
     return addr, draw(lengths), kind, bid, wrap_bits
 
 
@@ -75,6 +77,42 @@ def scenario(draw):
     driver_event = draw(st.tuples(st.integers(0, 0xFFFF), st.integers(0, 3)))
     read_only = draw(st.booleans())
     return descs, indirect, headers, features, driver_event, read_only
+
+
+# The strategies above drawn with `random` (bench/fuzz.py's fast campaigns; see test_virtio_fuzz).
+def random_descriptor(rng):
+    kind = _pick(rng, FLAG_SETS, 0, 7)
+    addr = random_address(rng, kind)
+    bid = rng.randint(0, RING + 2)
+    bits = rng.choice(WRAP_BITS)
+    return addr, random_length(rng), kind, bid, bits
+
+
+def random_plausible_chain(rng, n_headers):
+    header = (R_ZONE[0] + 16 * rng.randint(0, n_headers - 1), 16, NEXT)
+    middle = rng.choice(["none", "read", "write"])
+    data = []
+    if middle != "none":
+        zone = W_ZONE if middle == "write" else R_ZONE
+        addr = zone[0] + 0x1000 + rng.randint(0, 0x100) * 16
+        data = [(addr, rng.choice([512, 1024, 4096, 511, 8]), (WRITE if middle == "write" else 0) | NEXT)]
+    status = (W_ZONE[0] + rng.randint(0, 0xFF) * 16, 1, WRITE)
+    bid = rng.randint(0, RING - 1)
+    out = [(a, n, f, bid, "avail") for a, n, f in (header, *data, status)]
+    if rng.randint(0, 3) == 0:
+        out[rng.randint(0, len(out) - 1)] = random_descriptor(rng)
+    return out
+
+
+def random_scenario(rng):
+    headers = [random_header(rng) for _ in range(rng.randint(1, 8))]
+    chains = [random_plausible_chain(rng, len(headers)) for _ in range(rng.randint(1, 3))]
+    descs = [d for c in chains for d in c]
+    if rng.randint(0, 4) == 0:
+        descs = [random_descriptor(rng) for _ in range(rng.randint(1, RING))]
+    indirect = [random_descriptor(rng) for _ in range(rng.randint(0, 6))]
+    return (descs, indirect, headers, rng.randint(0, 3),
+            (rng.randint(0, 0xFFFF), rng.randint(0, 3)), rng.random() < 0.5)
 
 
 BITS = {"avail": AVAIL, "used": USED, "none": 0, "both": AVAIL | USED}

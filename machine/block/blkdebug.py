@@ -19,6 +19,19 @@ errno, which the device reports to the guest as it would a host I/O error:
     state = "1"
     new_state = "2"
 
+    [delay]                  # OURS, not QEMU's: hold the completion of matching requests
+    event = "read_aio"       # armed like inject-error (required); sector, iotype, once, state too
+    latency-ns = "5000000"   # how long, in virtual time (required; QEMU's null-co calls its
+                             # per-request delay latency-ns)
+
+QEMU 7.2's blkdebug cannot delay a request (its way to slow requests down is `-drive
+throttling.*` or the `null-co` driver's `latency-ns`, neither of which picks requests). A
+`[delay]` rule lets a driver's timeout paths be tested: the request is carried out at once (its
+data is in guest memory) but the device completes it (used element, interrupt) `latency-ns` of
+virtual time later, so the same guest sees the same timeouts on every run. Delay rules are
+armed and disarmed like inject-error rules but in a set of their own, so adding them to a rules
+file changes nothing about which requests fail. A failed request can be delayed too.
+
 The model is QEMU 7.2's, so the same rules fail the same guest requests on both:
 - an *event* arms rules: every inject-error rule of that event whose state matches replaces the
   armed set (if there is one), and set-state rules pick the next state;
@@ -59,6 +72,7 @@ EVENTS = frozenset("""
 _SECTION_KEYS = {
     "inject-error": {"event", "state", "iotype", "errno", "sector", "once", "immediately"},
     "set-state": {"event", "state", "new_state"},
+    "delay": {"event", "state", "iotype", "sector", "once", "latency-ns"},      # ours
 }
 
 
@@ -79,6 +93,8 @@ class Rule:
     iotypes: frozenset = DEFAULT_IOTYPES
     # set-state
     new_state: int = 0
+    # delay (ours): inject is False and delay_ns > 0
+    delay_ns: int = 0
 
     def covers(self, offset: int, length: int, iotype: str) -> bool:
         if iotype not in self.iotypes:
@@ -140,7 +156,14 @@ def parse_rules(text: str, name: str = "rules") -> list[Rule]:
         if kind == "set-state":
             rule.new_state = _number(kind, "new_state", keys.get("new_state", "0"))
         else:
-            rule.errno = _number(kind, "errno", keys.get("errno", str(errno_mod.EIO)))
+            if kind == "delay":
+                if "latency-ns" not in keys:
+                    raise RulesError(f"{name}:{lineno}: [delay] needs latency-ns")
+                rule.delay_ns = _number(kind, "latency-ns", keys["latency-ns"])
+                if rule.delay_ns <= 0:
+                    raise RulesError(f"{name}:{lineno}: [delay] latency-ns must be positive")
+            else:
+                rule.errno = _number(kind, "errno", keys.get("errno", str(errno_mod.EIO)))
             sector = _number(kind, "sector", keys.get("sector", "-1"))
             rule.offset = -1 if sector == -1 else sector * SECTOR
             rule.once = _bool(kind, "once", keys.get("once", "off"))
@@ -168,25 +191,40 @@ class RuleEngine:
     rules: list[Rule]
     state: int = 1
     armed: list[Rule] = field(default_factory=list)
+    armed_delays: list[Rule] = field(default_factory=list)      # [delay] rules, armed alike
+    delay_ns: int = 0               # what the requests checked since take_delay_ns() asked for
 
     def event(self, name: str) -> None:
         # QEMU walks each event's rules newest first, set-state rules before inject-error ones,
         # and pushes each armed rule to the front: the armed list ends up in file order.
         new_state = self.state
         fresh: list[Rule] | None = None
+        fresh_delays: list[Rule] | None = None
         for rule in reversed(self.rules):
             if rule.event != name or (rule.state and rule.state != self.state):
                 continue
             if rule.inject:
                 fresh = [] if fresh is None else fresh
                 fresh.insert(0, rule)
+            elif rule.delay_ns:
+                fresh_delays = [] if fresh_delays is None else fresh_delays
+                fresh_delays.insert(0, rule)
             else:
                 new_state = rule.new_state
         if fresh is not None:
             self.armed = fresh
+        if fresh_delays is not None:
+            self.armed_delays = fresh_delays
         self.state = new_state
 
     def check(self, offset: int, length: int, iotype: str) -> None:
+        for rule in self.armed_delays:
+            if rule.covers(offset, length, iotype):
+                self.delay_ns = max(self.delay_ns, rule.delay_ns)
+                if rule.once:
+                    self.armed_delays.remove(rule)
+                    self.rules.remove(rule)
+                break
         for rule in self.armed:
             if rule.covers(offset, length, iotype):
                 if not rule.errno:           # errno = "0": the rule matches and lets it through
@@ -245,6 +283,12 @@ class BlkDebug(BlockBackend):
         self.engine.event("flush_to_disk")
         self.engine.check(0, 0, "flush")
         self.inner.flush()
+
+    def take_delay_ns(self) -> int:
+        """How long the device holds the completion of the request just carried out ([delay]
+        rules; 0 for none)."""
+        ns, self.engine.delay_ns = self.engine.delay_ns, 0
+        return ns
 
     def refresh_size(self) -> int:
         return self.inner.refresh_size()

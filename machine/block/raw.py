@@ -26,8 +26,10 @@ def punch_hole(fd: int, offset: int, length: int) -> bool:
     False if the filesystem cannot punch holes."""
     global _libc
     if _libc is None:
-        import ctypes.util           # here, not at import: it pulls in subprocess (start-up time)
-        _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        # Here, not at import: it pulls in subprocess (start-up time). Not `import ctypes.util`,
+        # which would make `ctypes` a local name, unbound on every later call's error path.
+        from ctypes import util
+        _libc = ctypes.CDLL(util.find_library("c") or "libc.so.6", use_errno=True)
         _libc.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
     rc = _libc.fallocate(fd, _FALLOC_FL_PUNCH_HOLE | _FALLOC_FL_KEEP_SIZE, offset, length)
     if rc == 0:

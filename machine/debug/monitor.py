@@ -372,7 +372,8 @@ class Monitor:
         mem = _attr(m, "mem")
         if mem is not None:
             for r in mem.ranges:
-                rows.append((r.gpa, r.gpa + r.size - 1, 0, "ram", f"ram @{r.host_offset:#x}"))
+                kind = "ram, read-only for DMA" if r.read_only else "ram"
+                rows.append((r.gpa, r.gpa + r.size - 1, 0, "ram", f"{kind} @{r.host_offset:#x}"))
         mmap = _attr(m, "memory_map")
         if mmap is not None:
             for base, size, name in mmap.reserved:

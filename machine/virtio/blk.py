@@ -22,6 +22,7 @@ from typing import Callable
 
 from .. import trace, vmstate
 from ..block import BlockBackend
+from ..clock import VirtualClock
 from ..config import ConfigError
 from ..memory import GuestMemory, GuestMemoryError
 from . import props as P
@@ -80,6 +81,15 @@ class _Deferred:
         self.recheck_size = True
 
 
+class HeldCompletion:
+    """A request carried out whose completion a blkdebug [delay] rule holds back."""
+    __slots__ = ("queue", "head", "written", "timer")
+
+    def __init__(self, queue: SplitQueue, head: int, written: int):
+        self.queue, self.head, self.written = queue, head, written
+        self.timer = None
+
+
 class VirtioBlk(VirtioDevice):
     """A virtio-blk device on a BlockBackend. `props` are QEMU's -device property strings."""
 
@@ -95,6 +105,11 @@ class VirtioBlk(VirtioDevice):
         self.flush_failed = False      # a failed fdatasync poisons every later FLUSH (QEMU does too)
         self.parked: list[tuple[SplitQueue, BlkRequest]] = []   # waiting for the machine to continue
         self.on_io_error: Callable[[], None] | None = None      # the board pauses the machine
+        # blkdebug [delay] rules: the backend says how long to hold a completion, measured on
+        # the board's virtual clock (without one, as in unit tests, nothing is held).
+        self.clock: VirtualClock | None = None
+        self._take_delay: Callable[[], int] | None = getattr(backend, "take_delay_ns", None)
+        self.delayed: list[HeldCompletion] = []
         self._mv = memoryview(mem.buf)
         self._direct = _Direct(self)
         self._to_notify: list[SplitQueue] = []     # queues with completions since the last batch
@@ -131,6 +146,7 @@ class VirtioBlk(VirtioDevice):
         serial = p.get("serial", "")
         self.serial = serial.encode("utf-8", "replace")[:VIRTIO_BLK_ID_BYTES]   # QEMU truncates too
         self.lbs = lbs
+        self.seg_max = qsize - 2 if seg_adjust else 126
         self.capacity = self.backend.size // SECTOR
         if self.backend.size % lbs:
             raise ConfigError(f"image size {self.backend.size} is not a multiple of logical_block_size {lbs}")
@@ -167,7 +183,7 @@ class VirtioBlk(VirtioDevice):
         self.default_writeback = 0 if self.backend.cache in ("writethrough", "directsync") else 1
         phys_exp = (pbs // lbs).bit_length() - 1
         self.config = bytearray(CONFIG.pack(
-            self.capacity, 0, qsize - 2 if seg_adjust else 126,
+            self.capacity, 0, self.seg_max,
             cyls, heads, secs, lbs,
             phys_exp, 0, min_io // lbs, opt_io // lbs,
             self.default_writeback, 0, nq,
@@ -199,6 +215,9 @@ class VirtioBlk(VirtioDevice):
     def device_reset(self) -> None:
         self.config[OFF_WRITEBACK] = self.default_writeback
         self.parked.clear()            # a reset drops them, as it drops every request in flight
+        for held in self.delayed:
+            held.timer.cancel()
+        self.delayed.clear()
 
     def write_config(self, offset: int, size: int, value: int) -> None:
         """Only `writeback` is writable, and only once CONFIG_WCE is negotiated (5.2.4)."""
@@ -230,9 +249,9 @@ class VirtioBlk(VirtioDevice):
         # Kicks are not switched off around the batch: requests complete inside the kick, on
         # the one vCPU, so the driver could never see them off (and each flip is a RAM write).
         max_requests, max_bytes = self.notify_max_requests, self.notify_max_bytes
-        done = nbytes = 0
+        done = nbytes = held = 0
         more = False
-        take, push, handle = q.take, q.push, self.handle_request
+        take, push, handle, take_delay = q.take, q.push, self.handle_request, self._take_delay
         while True:
             for _ in range(q.available()):
                 if done >= max_requests or nbytes >= max_bytes:
@@ -241,15 +260,40 @@ class VirtioBlk(VirtioDevice):
                 chain = take()
                 nbytes += chain.readable_len + chain.writable_len
                 written = handle(chain, q)
+                done += 1
+                if take_delay is not None:
+                    delay = take_delay()
+                    if delay and written is not None and self.clock is not None:
+                        self._hold(q, chain.head, written, delay)      # a blkdebug [delay] rule
+                        held += 1
+                        continue
                 if written is not None:          # None: parked by a stop error policy
                     push(chain.head, written)
-                done += 1
             if not q.rearm_kicks() or more:      # nothing added meanwhile, or out of budget
                 break
         if more and self.defer is not None:
             self.defer(lambda: self.resume_queue(q), q.index)      # the index: a snapshot saves it
-        if done:
+        if done > held:
             self.notify(q)
+
+    def _hold(self, q: SplitQueue, head: int, written: int, delay_ns: int) -> None:
+        """Complete `head` `delay_ns` of virtual time from now (a blkdebug [delay] rule)."""
+        held = HeldCompletion(q, head, written)
+        held.timer = self.clock.timer(lambda: self._release(held), f"{self.label} delay")
+        self.delayed.append(held)
+        held.timer.arm_in(delay_ns)
+
+    def _release(self, held: "HeldCompletion") -> None:
+        """A held completion is due: push it and interrupt, unless a device or queue reset (or
+        a broken device) dropped it meanwhile."""
+        if held not in self.delayed:
+            return
+        self.delayed.remove(held)
+        q = held.queue
+        if self.broken or not q.active or held.head not in q.inflight:
+            return
+        q.push(held.head, held.written)
+        self.notify(q)
 
     def parse_request(self, chain: Chain) -> BlkRequest:
         """The request a chain carries (MalformedRequest if none), read against the negotiated
@@ -435,6 +479,8 @@ class VirtioBlk(VirtioDevice):
         touched = []
         for q, req in parked:
             written = self._complete(q, req)
+            if self._take_delay is not None:
+                self._take_delay()             # a retried request is not held again
             if written is not None:
                 q.push(req.head, written)
                 if q not in touched:
@@ -453,9 +499,13 @@ class VirtioBlk(VirtioDevice):
         if eff is None:
             eff = self._direct
         rtype = req.type
-        if rtype == VIRTIO_BLK_T_IN:
-            return self._read(req, eff)
-        if rtype == VIRTIO_BLK_T_OUT:
+        if rtype in (VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT):
+            nseg = len(req.in_data) + len(req.out_data)
+            if nseg > self.seg_max and self.has_feature(VIRTIO_BLK_F_SEG_MAX) and \
+                    self.violation("seg-max", n=nseg, seg_max=self.seg_max):
+                raise IoError("more segments than seg_max")
+            if rtype == VIRTIO_BLK_T_IN:
+                return self._read(req, eff)
             self._write(req, eff)
         elif rtype == VIRTIO_BLK_T_FLUSH:
             self._flush(eff)
@@ -471,11 +521,12 @@ class VirtioBlk(VirtioDevice):
 
     def _range_ok(self, sector: int, nbytes: int) -> bool:
         """Sector ranges in exact integer arithmetic (no wrap-around): aligned to the logical
-        block size and wholly inside the disk."""
+        block size, wholly inside the disk, and no longer than QEMU's largest request
+        (BDRV_REQUEST_MAX_SECTORS: 2 GiB - 512; a longer read or write gets IOERR there too)."""
         if nbytes % SECTOR or nbytes % self.lbs or sector % (self.lbs // SECTOR):
             return False
         n = nbytes // SECTOR
-        return sector <= self.capacity and n <= self.capacity - sector
+        return n <= REQUEST_MAX_SECTORS and sector <= self.capacity and n <= self.capacity - sector
 
     def _sync_if_writethrough(self) -> None:
         """A write in writethrough mode is stable before it completes (5.2.6.2)."""

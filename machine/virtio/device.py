@@ -105,6 +105,7 @@ class VirtioDevice:
         self.reported: set[str] = set()   # rules already reported as tolerated, once per device
         self._unoffered = 0               # feature bits the driver wrote that were never offered
         self.transport: Transport = Unplugged()          # set by plug()
+        mem.add_map_listener(self._memory_map_changed)
         # Where requests run: None executes them inside the notify (deterministic); else an
         # IoThread (machine/iothread.py) the board gives a device with iothread=.
         self.iothread = None
@@ -329,6 +330,20 @@ class VirtioDevice:
         except VirtqueueError as e:
             q.active = False
             self.virtio_error(e)
+
+    def _memory_map_changed(self) -> None:
+        """The chipset changed what guest-physical addresses reach RAM (shadow RAM): every
+        active queue looks its rings up again, as QEMU's memory listener rebuilds its ring
+        caches; a ring no longer in RAM at all breaks the device, as QEMU's "Cannot map"."""
+        if self.broken:
+            return
+        for q in self.queues:
+            try:
+                q.remap()
+            except VirtqueueError as e:
+                q.active = False
+                self.virtio_error(e)
+                return
 
     def reset_queue(self, q: SplitQueue) -> None:
         """Per-queue reset (2.6.1): the queue goes back to its default state (disabled, full

@@ -21,12 +21,12 @@ from __future__ import annotations
 import struct
 
 from ..memory import GuestMemoryError
-from .queue import (EV_FILL, EV_POP, INDIRECT_MAX, MAX_CHAIN_BYTES, BadIndirectSize, BadQueueSize,
-                    BufferNotInRam, Chain, ChainTooLong, DescriptorOrder, HeadInFlight,
+from .queue import (EV_FILL, EV_POP, MAX_BUFFERS, MAX_CHAIN_BYTES, BadIndirectSize, BadQueueSize,
+                    BufferNotInRam, Chain, ChainLongerThanQueue, ChainTooLong, DescriptorOrder, HeadInFlight,
                     IndirectNotNegotiated, QueueSizeExceeded,
-                    IndirectTooLarge, IndirectWithNext, LoopedDescriptor, MisalignedRings,
+                    IndirectWithNext, LoopedDescriptor, MisalignedRings,
                     NestedIndirect, QueueNotActive, QueueState, SplitQueue, trace_fill, trace_pop,
-                    VirtqueueError, ZeroSizedBuffer)
+                    VirtqueueError, ZeroSizedBuffer, too_many_buffers)
 from .rules import describe
 from .spec import (RING_EVENT_FLAGS_DESC, RING_EVENT_FLAGS_DISABLE, RING_EVENT_FLAGS_ENABLE,
                    VIRTQ_DESC_F_AVAIL, VIRTQ_DESC_F_INDIRECT, VIRTQ_DESC_F_NEXT, VIRTQ_DESC_F_USED,
@@ -122,9 +122,11 @@ class PackedQueue(SplitQueue):
             if length == 0:
                 raise ZeroSizedBuffer("zero sized buffers are not allowed")
             try:
-                host = host_offset(addr, length)
-            except GuestMemoryError:
-                raise BufferNotInRam(f"bogus descriptor {addr:#x}+{length:#x} (not RAM)") from None
+                host = host_offset(addr, length, writable)
+            except GuestMemoryError as e:
+                raise BufferNotInRam(f"bogus descriptor {addr:#x}+{length:#x} ({e})") from None
+            if len(chain.readable) + len(chain.writable) >= MAX_BUFFERS:
+                raise too_many_buffers(writable)
             if writable:
                 chain.writable.append((addr, length, host))
                 chain.writable_len += length
@@ -154,8 +156,6 @@ class PackedQueue(SplitQueue):
                     raise IndirectWithNext("indirect descriptor with NEXT set")
                 if length == 0 or length % 16:
                     raise BadIndirectSize(f"Invalid size for indirect buffer table ({length})")
-                if length // 16 > INDIRECT_MAX:
-                    raise IndirectTooLarge(f"indirect table of {length // 16} entries is too large")
                 try:
                     table = host_offset(addr, length)
                 except GuestMemoryError:
@@ -170,6 +170,9 @@ class PackedQueue(SplitQueue):
             add(addr, length, bool(flags & VIRTQ_DESC_F_WRITE))
             if not flags & VIRTQ_DESC_F_NEXT:
                 break
+        n = len(chain.readable) + len(chain.writable)
+        if n > size and self.violation("list-longer-than-queue", n=n, size=size):
+            raise ChainLongerThanQueue(describe("list-longer-than-queue", n=n, size=size))
         return chain, count, slot, wrap
 
     # -- the device's side ------------------------------------------------------------------
@@ -184,9 +187,10 @@ class PackedQueue(SplitQueue):
             trace_fill(self.index, head, length, self.used_idx)
         mem = self.mem
         off = 16 * self.used_idx
-        _ID_LEN.pack_into(mem.buf, self._d + off + 8, length & 0xFFFFFFFF, head)
+        dbuf, d = self._dw_buf, self._dw          # guest RAM, unless write-protected (_map_rings)
+        _ID_LEN.pack_into(dbuf, d + off + 8, length & 0xFFFFFFFF, head)
         flags = VIRTQ_DESC_F_AVAIL | VIRTQ_DESC_F_USED if self.used_wrap else 0
-        _U16.pack_into(mem.buf, self._d + off + 14, flags)
+        _U16.pack_into(dbuf, d + off + 14, flags)
         mem.notify_write(self.desc_addr + off + 8, 8)
         used = self.used_idx + ndescs
         if used >= self.size:
@@ -214,19 +218,19 @@ class PackedQueue(SplitQueue):
     def suppress_kicks(self, suppress: bool) -> None:
         """The device's event suppression structure: DISABLE, ENABLE, or with EVENT_IDX a kick
         once the driver makes the slot after the last one seen available."""
-        buf = self.mem.buf
         if suppress:
             want = (None, RING_EVENT_FLAGS_DISABLE)
         elif self.event_idx:
             want = (self.last_avail_idx | (0x8000 if self.avail_wrap else 0), RING_EVENT_FLAGS_DESC)
         else:
             want = (None, RING_EVENT_FLAGS_ENABLE)
-        off_wrap, flags = _EVENT.unpack_from(buf, self._u)
+        ubuf, u = self._uw_buf, self._uw
+        off_wrap, flags = _EVENT.unpack_from(ubuf, u)
         if want[0] is not None and off_wrap != want[0]:
-            _U16.pack_into(buf, self._u, want[0])
+            _U16.pack_into(ubuf, u, want[0])
             self.mem.notify_write(self.used_addr, 2)
         if flags != want[1]:
-            _U16.pack_into(buf, self._u + 2, want[1])
+            _U16.pack_into(ubuf, u + 2, want[1])
             self.mem.notify_write(self.used_addr + 2, 2)
 
     def rearm_kicks(self) -> bool:

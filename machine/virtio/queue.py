@@ -21,7 +21,9 @@ from .spec import (VIRTQ_AVAIL_F_NO_INTERRUPT, VIRTQ_DESC_F_INDIRECT, VIRTQ_DESC
 from .rules import describe
 
 QUEUE_MAX_SIZE = 1024          # as QEMU's VIRTQUEUE_MAX_SIZE; the spec allows up to 32768
-INDIRECT_MAX = 1024            # entries in one indirect table (bounds work per chain)
+# Buffers in one chain, however long its indirect table: QEMU maps a chain into at most
+# VIRTQUEUE_MAX_SIZE (1024) iovecs and fails the device past that. It also bounds the walk.
+MAX_BUFFERS = 1024
 MAX_CHAIN_BYTES = 1 << 32      # spec: a chain describes at most 2^32 bytes
 
 _DESC = struct.Struct("<QIHH")
@@ -101,8 +103,19 @@ class BadIndirectSize(VirtqueueError):
     """An indirect table whose length is zero or not a multiple of 16 bytes."""
 
 
-class IndirectTooLarge(VirtqueueError):
-    """An indirect table of more entries than we walk (INDIRECT_MAX)."""
+class TooManyBuffers(VirtqueueError):
+    """A chain of more than MAX_BUFFERS buffers (QEMU: "too many descriptors")."""
+
+
+class ChainLongerThanQueue(VirtqueueError):
+    """A chain of more descriptors than the queue size (2.7.5.3.1, 2.8.17): refused only by a
+    strict device; QEMU carries it out up to MAX_BUFFERS."""
+
+
+def too_many_buffers(writable: bool) -> TooManyBuffers:
+    kind = "write" if writable else "read"
+    return TooManyBuffers(f"virtio: too many {kind} descriptors in indirect table "
+                          f"(more than {MAX_BUFFERS} buffers in one chain)")
 
 
 class BufferNotInRam(VirtqueueError):
@@ -253,6 +266,8 @@ class SplitQueue:
         self._signalled_used = 0
         self._signalled_valid = False
         self._d = self._a = self._u = 0
+        self._dw_buf = self._uw_buf = self.mem.buf    # where ring writes go (see _map_rings)
+        self._dw = self._uw = 0
 
     @property
     def inflight_count(self) -> int:
@@ -281,15 +296,36 @@ class SplitQueue:
         self._map_rings()
 
     def _map_rings(self) -> None:
-        """Cache the host offsets of the three ring areas (each wholly in RAM) and go active."""
+        """Cache the host offsets of the three ring areas (each wholly in RAM) and where the
+        device's writes to them go, and go active. Called again whenever the memory map changes
+        (`remap`), as QEMU rebuilds its ring caches: a ring in shadow RAM the chipset has since
+        write-protected is still read from RAM, but the device's writes to it are lost, as
+        QEMU's and a real PC's are."""
         dsz, asz, usz = self.ring_sizes()
+        mem = self.mem
         try:
-            self._d = self.mem.host_offset(self.desc_addr, dsz)
-            self._a = self.mem.host_offset(self.avail_addr, asz)
-            self._u = self.mem.host_offset(self.used_addr, usz)
+            self._d = mem.host_offset(self.desc_addr, dsz)
+            self._a = mem.host_offset(self.avail_addr, asz)
+            self._u = mem.host_offset(self.used_addr, usz)
         except GuestMemoryError as e:
             raise RingsNotInRam(f"queue {self.index}: cannot map rings ({e})") from None
+        self._dw_buf, self._dw = self._write_target(self.desc_addr, dsz, self._d)
+        self._uw_buf, self._uw = self._write_target(self.used_addr, usz, self._u)
         self.active = True
+
+    def _write_target(self, gpa: int, size: int, off: int):
+        """(buffer, offset) the device writes a ring area through: guest RAM, or for an area
+        in a read-only window a private copy (the device reads back what it wrote, RAM keeps
+        what the driver put there)."""
+        if self.mem.writable(gpa, size):
+            return self.mem.buf, off
+        return bytearray(self.mem.buf[off:off + size]), 0
+
+    def remap(self) -> None:
+        """The memory map changed (the chipset remapped shadow RAM): look the rings up again.
+        Raises RingsNotInRam if a ring is no longer in RAM at all."""
+        if self.active:
+            self._map_rings()
 
     # -- reading the avail ring ------------------------------------------------------------
     def avail_idx(self) -> int:
@@ -361,8 +397,6 @@ class SplitQueue:
                     raise IndirectWithNext("indirect descriptor with NEXT set")
                 if length == 0 or length % 16:
                     raise BadIndirectSize(f"Invalid size for indirect buffer table ({length})")
-                if length // 16 > INDIRECT_MAX:
-                    raise IndirectTooLarge(f"indirect table of {length // 16} entries is too large")
                 try:
                     table = host_offset(addr, length)
                 except GuestMemoryError:
@@ -375,9 +409,11 @@ class SplitQueue:
             if length == 0:
                 raise ZeroSizedBuffer("zero sized buffers are not allowed")
             try:
-                host = host_offset(addr, length)
-            except GuestMemoryError:
-                raise BufferNotInRam(f"bogus descriptor {addr:#x}+{length:#x} (not RAM)") from None
+                host = host_offset(addr, length, flags & VIRTQ_DESC_F_WRITE != 0)
+            except GuestMemoryError as e:
+                raise BufferNotInRam(f"bogus descriptor {addr:#x}+{length:#x} ({e})") from None
+            if len(readable) + len(writable) >= MAX_BUFFERS:
+                raise too_many_buffers(bool(flags & VIRTQ_DESC_F_WRITE))
             if flags & VIRTQ_DESC_F_WRITE:
                 writable.append((addr, length, host))
                 wlen += length
@@ -395,6 +431,9 @@ class SplitQueue:
                 raise BadNextIndex(f"Desc next is {i}")
         chain.readable_len = rlen
         chain.writable_len = wlen
+        n = len(readable) + len(writable)
+        if n > self.size and self.violation("chain-longer-than-queue", n=n, size=self.size):
+            raise ChainLongerThanQueue(describe("chain-longer-than-queue", n=n, size=self.size))
         return chain
 
     def peek(self, pos: int) -> Chain:
@@ -417,11 +456,12 @@ class SplitQueue:
         if EV_FILL.enabled:
             EV_FILL.emit(vq=self.index, head=head, len=length, idx=self.used_idx)
         mem = self.mem
+        ubuf, u = self._uw_buf, self._uw
         slot = 4 + 8 * (self.used_idx % self.size)
-        _ELEM.pack_into(mem.buf, self._u + slot, head, length)
+        _ELEM.pack_into(ubuf, u + slot, head, length)
         mem.notify_write(self.used_addr + slot, 8)
         self.used_idx = (self.used_idx + 1) & 0xFFFF
-        _U16.pack_into(mem.buf, self._u + 2, self.used_idx)
+        _U16.pack_into(ubuf, u + 2, self.used_idx)
         mem.notify_write(self.used_addr + 2, 2)
 
     def should_notify(self) -> bool:
@@ -443,18 +483,18 @@ class SplitQueue:
         """Tell the driver whether to kick: used->flags NO_NOTIFY, or with EVENT_IDX avail_event
         (ask for a kick once the driver moves past the avail index we have seen). A field that
         already holds the value is not rewritten (each host write costs a code-cache check)."""
-        buf = self.mem.buf
+        ubuf, u = self._uw_buf, self._uw
         if self.event_idx:
             if not suppress:
                 off = 4 + 8 * self.size
-                idx = _U16.unpack_from(buf, self._a + 2)[0]
-                if _U16.unpack_from(buf, self._u + off)[0] != idx:
-                    _U16.pack_into(buf, self._u + off, idx)
+                idx = _U16.unpack_from(self.mem.buf, self._a + 2)[0]
+                if _U16.unpack_from(ubuf, u + off)[0] != idx:
+                    _U16.pack_into(ubuf, u + off, idx)
                     self.mem.notify_write(self.used_addr + off, 2)
             return
         flags = VIRTQ_USED_F_NO_NOTIFY if suppress else 0
-        if _U16.unpack_from(buf, self._u)[0] != flags:
-            _U16.pack_into(buf, self._u, flags)
+        if _U16.unpack_from(ubuf, u)[0] != flags:
+            _U16.pack_into(ubuf, u, flags)
             self.mem.notify_write(self.used_addr, 2)
 
     def rearm_kicks(self) -> bool:
