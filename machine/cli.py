@@ -1093,8 +1093,39 @@ class Terminated(BaseException):
         self.signum = signum
 
 
+# The signal main() has not caught yet. Python drops (through sys.unraisablehook) an exception
+# a signal handler raises while a finalizer or a ctypes callback (a Unicorn hook) runs: then
+# SIGALRM raises it again, RERAISE_S later, outside that callback.
+_pending_signal: int | None = None
+RERAISE_S = 0.05
+
+
 def _raise_terminated(signum, _frame):
+    global _pending_signal
+    _pending_signal = signum
+    _raise_pending()
+
+
+def _raise_pending(*_args):
+    signum = _pending_signal
+    if signum is None:
+        return
+    if signum == signal.SIGINT:
+        raise KeyboardInterrupt
     raise Terminated(signum)
+
+
+def _unraisable(hook_args, previous=sys.unraisablehook):
+    if _pending_signal is not None and isinstance(hook_args.exc_value, (Terminated, KeyboardInterrupt)):
+        signal.setitimer(signal.ITIMER_REAL, RERAISE_S)
+        return
+    previous(hook_args)
+
+
+def _signal_caught() -> None:
+    global _pending_signal
+    _pending_signal = None
+    signal.setitimer(signal.ITIMER_REAL, 0)
 
 
 def _no_ram(config: MachineConfig) -> str:
@@ -1178,7 +1209,9 @@ def main(argv: list[str] | None = None) -> int:
     bundled = BundledRun()
     old_handlers = {}
     if threading_is_main():
-        for signum in (signal.SIGTERM, signal.SIGHUP):
+        old_handlers[signal.SIGALRM] = signal.signal(signal.SIGALRM, _raise_pending)
+        old_unraisable, sys.unraisablehook = sys.unraisablehook, _unraisable
+        for signum in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT):
             old_handlers[signum] = signal.signal(signum, _raise_terminated)
     try:
         try:
@@ -1216,13 +1249,19 @@ def main(argv: list[str] | None = None) -> int:
     except UserQuit as done:
         return done.status
     except (KeyboardInterrupt, Terminated) as err:
+        if old_handlers:
+            _signal_caught()
         signum = err.signum if isinstance(err, Terminated) else signal.SIGINT
         print(f"{PROG}: terminating on signal {int(signum)}", file=sys.stderr)
         # QEMU exits 0 when a signal ends it; the bundled self-test must not read as passed.
         return 128 + signum if bundled.map_status else 0
     finally:
+        if old_handlers:
+            _signal_caught()                # no SIGALRM may outlive our handler
         for signum, handler in old_handlers.items():
             signal.signal(signum, handler)
+        if old_handlers:
+            sys.unraisablehook = old_unraisable
         if bundled.temp_image is not None:
             try:
                 bundled.temp_image.unlink()

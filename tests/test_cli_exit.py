@@ -95,3 +95,35 @@ def test_gdb_kill_exits_0_on_the_bundled_run(guest, monkeypatch, capsys):
     monkeypatch.setattr(session, "attach_debugger", attach)
     assert cli.main(["-S"]) == 0
     assert replies and (b"$S05" in replies[0] or b"$T05" in replies[0]), replies
+
+
+DROPPED_SIGNAL = """
+import os, signal, sys, time
+from machine import cli
+
+class Finalized:
+    def __del__(self):
+        # The signal's handler runs here, inside a finalizer: Python prints and drops what it
+        # raises (a Unicorn hook, a ctypes callback, is the same case).
+        os.kill(os.getpid(), signal.{name})
+
+def run_machine(config, escapes):
+    Finalized()
+    time.sleep(20)              # a machine that would go on for a long time
+    return 0
+
+cli.run_machine = run_machine
+sys.exit(cli.main(["-kernel", sys.argv[1], "-display", "none"]))
+"""
+
+
+@pytest.mark.parametrize("name", ["SIGTERM", "SIGINT"])
+def test_a_signal_dropped_inside_a_finalizer_still_ends_the_run(hello, name):
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
+    started = time.monotonic()
+    proc = subprocess.run([sys.executable, "-c", DROPPED_SIGNAL.format(name=name), str(hello)],
+                          capture_output=True, text=True, env=env, timeout=60)
+    signum = int(getattr(signal, name))
+    assert f"terminating on signal {signum}" in proc.stderr, proc.stderr
+    assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr
+    assert time.monotonic() - started < 15                 # not after the 20 s run
