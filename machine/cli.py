@@ -30,7 +30,8 @@ from typing import Callable
 
 from machine import kernel_image, trace
 from machine.console import EscapeFilter, Terminal, UserQuit
-from machine.config import CharDev, ConfigError, DeviceConfig, DriveConfig, MachineConfig, MiB
+from machine.config import (CharDev, ConfigError, DeviceConfig, DriveConfig, MachineConfig, MiB,
+                            split_commas)
 from machine.block.blkdebug import RulesError, load_rules
 from machine.iothread import PROPERTIES as IOTHREAD_PROPERTIES
 
@@ -96,22 +97,7 @@ def split_suboptions(text: str, implied: str | None = None) -> list[tuple[str, s
 
     `,,` is a literal comma. A first item without `=` is the value of the `implied` key (when the
     option has one); any other item without `=` is a flag meaning `key=on`, as in QEMU."""
-    items: list[str] = []
-    current: list[str] = []
-    i = 0
-    while i < len(text):
-        ch = text[i]
-        if ch == ",":
-            if text.startswith(",,", i):
-                current.append(",")
-                i += 2
-                continue
-            items.append("".join(current))
-            current = []
-        else:
-            current.append(ch)
-        i += 1
-    items.append("".join(current))
+    items = split_commas(text)
 
     pairs: list[tuple[str, str]] = []
     for n, item in enumerate(items):

@@ -77,3 +77,24 @@ class MachineConfig:
     rtc_base: float | None = None       # -rtc base=: the RTC's date at power-on (epoch
                                         # seconds); None: the host's time then
     icount: bool = True                 # exact mode (-icount shift=0); False: fast mode (-icount off)
+
+
+def split_commas(text: str) -> list[str]:
+    """QEMU's comma-separated option text: items split at ",", where ",," is a comma inside an
+    item. "a,,b,c" gives ["a,b", "c"]; "" gives [""]."""
+    items: list[str] = []
+    current: list[str] = []
+    i = 0
+    while i < len(text):
+        if text[i] == ",":
+            if text.startswith(",,", i):
+                current.append(",")
+                i += 2
+                continue
+            items.append("".join(current))
+            current = []
+        else:
+            current.append(text[i])
+        i += 1
+    items.append("".join(current))
+    return items

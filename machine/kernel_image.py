@@ -9,6 +9,8 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 
+from .config import split_commas
+
 MULTIBOOT_MAGIC = 0x1BADB002
 MULTIBOOT_SEARCH = 8192          # the Multiboot v1 header lies in the first 8 KiB, 4-aligned
 
@@ -98,19 +100,7 @@ def multiboot_module_specs(initrd: str) -> list[tuple[str, str]]:
     """-initrd for a Multiboot kernel, as QEMU reads it: modules separated by commas (",," is a
     comma inside a name), each "FILE ARGS...": the file is the first word, and the module's
     command line is the whole entry. Returns (file, command line) pairs; "" gives none."""
-    entries, current, i = [], [], 0
-    while i < len(initrd):
-        if initrd[i] == ",":
-            if initrd[i + 1:i + 2] == ",":
-                current.append(",")
-                i += 2
-                continue
-            entries.append("".join(current))
-            current = []
-        else:
-            current.append(initrd[i])
-        i += 1
-    entries.append("".join(current))
+    entries = split_commas(initrd)
     return [(entry.split(" ", 1)[0], entry) for entry in entries if entry]
 
 

@@ -283,15 +283,8 @@ class MachineTarget:
                 stop = self._classify(reason)
                 if stop.kind not in (STOP_LIMIT, STOP_STEP):
                     return stop
-            for key in value_watches:
-                try:
-                    new = self.read_memory(key[0], key[1])
-                except DebugAccessError:
-                    continue
-                if new != self._soft_watch[key]:
-                    self._soft_watch[key] = new
-                    self.last_watch = (key[0], "watch")
-                    return Stop(STOP_WATCHPOINT, pc=self.pc(), addr=key[0], watch_kind="watch")
+            if value_watches and self.watch_changed():
+                return Stop(STOP_WATCHPOINT, pc=self.pc(), addr=self.last_watch[0], watch_kind="watch")
             for addr, length, kind in access_watches:
                 for a, size, is_read in accesses:
                     if a < addr + length and addr < a + size and (is_read or kind == "awatch"):
