@@ -76,6 +76,12 @@ class VirtualClock:
         t.arm(deadline_ns)
         return t
 
+    def cancel_keyed(self, key: str) -> None:
+        """Cancel the armed one-shot timer saved under `key`, if any."""
+        for _, seq, t in self._heap:
+            if t.key == key and t._seq == seq:
+                t.cancel()
+
     @property
     def armed(self) -> tuple:
         index = {id(t): i for i, t in enumerate(self.timers)}

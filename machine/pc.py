@@ -339,6 +339,7 @@ class Machine:
             dev.vdev.on_io_error = self._io_error
             dev.vdev.clock = self.clock        # blkdebug [delay] rules hold completions in virtual time
             dev.vdev.defer = functools.partial(self._device_bottom_half, n)
+            dev.vdev.timer_key = f"virtio-blk{n}"     # its held completions' timers (snapshots)
             self._parking_devices.append(dev.vdev)
             bus.plug(dev, *where)
             self.devices[f"virtio-blk{n}"] = dev
@@ -547,6 +548,11 @@ class Machine:
         """The callback of a saved bottom half, or None when this machine has no such queue."""
         dev, _, queue = key.partition("/")
         vdev = getattr(self.devices.get(dev), "vdev", None)
+        if vdev is not None and queue.startswith("delay/"):   # "<dev>/delay/<queue>/<head>/<len>"
+            fields = queue.split("/")[1:]
+            if len(fields) != 3 or not all(f.isdigit() for f in fields):
+                return None
+            return vdev.held_release(*map(int, fields))
         if vdev is None or not queue.isdigit() or int(queue) >= len(vdev.queues):
             return None
         qi = int(queue)

@@ -353,14 +353,18 @@ def test_a_snapshot_drive_cannot_hold_named_snapshots(guest, tmp_path):
         assert _to_end(s, img) == end
 
 
-def test_parked_requests_of_a_werror_stop_pause(guest, tmp_path):
-    """Paused on an I/O error (werror=stop) with a request parked: the snapshot keeps it, and
-    continuing after loadvm retries it as continuing the first time did."""
+@pytest.mark.parametrize("ring", ["split", "packed"])
+def test_parked_requests_of_a_werror_stop_pause(guest, tmp_path, ring):
+    """Paused on an I/O error (werror=stop) with a request parked: the snapshot keeps it (as
+    parsed: a packed ring's chain cannot be found again by its buffer id), and continuing after
+    loadvm retries it as continuing the first time did."""
     from test_block_error_policy import rules
     img = Boot.image(tmp_path / "d.img", 16 << 20)
+    packed = ring == "packed"
     with Session.from_args(["-kernel", str(guest), *EXIT, "-display", "none",
                             "-drive", f"file=blkdebug:{rules(tmp_path)}:{img},format=raw,if=none,id=d0,werror=stop",
-                            "-device", "virtio-blk-pci,drive=d0"]) as s:
+                            "-device", "virtio-blk-pci,drive=d0" + (",packed=on" if packed else ""),
+                            *(["-append", "ring=packed"] if packed else [])]) as s:
         assert s.run(max_instructions=BUDGET).message == "io-error"
         vdev = s.machine.drives["d0"][1]
         parked = [(q.index, req) for q, req in vdev.parked]
@@ -395,3 +399,26 @@ def test_a_pending_bottom_half_is_saved_by_its_queue(guest, tmp_path):
         m.bottom_half(lambda: None)
         with pytest.raises(VMStateError, match="cannot be saved"):
             s.save_state()
+
+
+def test_a_held_completion_is_saved_and_comes_back(guest, tmp_path):
+    """A blkdebug [delay] rule holds a read's completion; a state saved while it is held brings
+    it back on load, at the same virtual time, and the run ends as the first did."""
+    img = Boot.image(tmp_path / "d.img", 4 << 20)
+    rules = tmp_path / "slow.conf"
+    rules.write_text('[delay]\nevent = "read_aio"\nlatency-ns = "200000"\n')
+    with _guest_session(guest, img, "-drive", f"file=blkdebug:{rules}:{img},format=raw,if=none,id=d0",
+                        "-device", "virtio-blk-pci,drive=d0") as s:
+        vdev = s.machine.devices["virtio-blk0"].vdev
+        while not vdev.delayed:
+            assert s.run(max_instructions=20_000).kind == "limit"
+        held = list(vdev.delayed)
+        state = s.save_state()
+        data = savevm.encode(s.machine, state)                  # the timer has a key: it can be saved
+        assert savevm.decode(s.machine, data).sections[-1].values == state.sections[-1].values
+        first = _to_end(s, img)
+        s.load_state(state)
+        assert vdev.delayed == held
+        assert _to_end(s, img) == first
+        assert first[:2] == ("exited", 1) and b"not ok" not in first[2]
+        state.release()

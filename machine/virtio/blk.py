@@ -81,15 +81,6 @@ class _Deferred:
         self.recheck_size = True
 
 
-class HeldCompletion:
-    """A request carried out whose completion a blkdebug [delay] rule holds back."""
-    __slots__ = ("queue", "head", "written", "timer")
-
-    def __init__(self, queue: SplitQueue, head: int, written: int):
-        self.queue, self.head, self.written = queue, head, written
-        self.timer = None
-
-
 class VirtioBlk(VirtioDevice):
     """A virtio-blk device on a BlockBackend. `props` are QEMU's -device property strings."""
 
@@ -109,7 +100,11 @@ class VirtioBlk(VirtioDevice):
         # the board's virtual clock (without one, as in unit tests, nothing is held).
         self.clock: VirtualClock | None = None
         self._take_delay: Callable[[], int] | None = getattr(backend, "take_delay_ns", None)
-        self.delayed: list[HeldCompletion] = []
+        # Completions a [delay] rule holds: (queue, head, used.len), each with a one-shot timer
+        # keyed "<timer_key>/delay/<queue>/<head>/<len>", so a snapshot saves and restores it.
+        self.delayed: list[tuple[int, int, int]] = []
+        self.timer_key: str | None = None     # the board's name for this device's timers
+        self._held_timers: dict[tuple[int, int, int], object] = {}
         self._mv = memoryview(mem.buf)
         self._direct = _Direct(self)
         self._to_notify: list[SplitQueue] = []     # queues with completions since the last batch
@@ -216,7 +211,11 @@ class VirtioBlk(VirtioDevice):
         self.config[OFF_WRITEBACK] = self.default_writeback
         self.parked.clear()            # a reset drops them, as it drops every request in flight
         for held in self.delayed:
-            held.timer.cancel()
+            timer = self._held_timers.pop(held, None)
+            if timer is not None:
+                timer.cancel()
+            else:                          # restored from a snapshot: known by its key
+                self.clock.cancel_keyed(self._held_key(*held))
         self.delayed.clear()
 
     def write_config(self, offset: int, size: int, value: int) -> None:
@@ -278,22 +277,34 @@ class VirtioBlk(VirtioDevice):
 
     def _hold(self, q: SplitQueue, head: int, written: int, delay_ns: int) -> None:
         """Complete `head` `delay_ns` of virtual time from now (a blkdebug [delay] rule)."""
-        held = HeldCompletion(q, head, written)
-        held.timer = self.clock.timer(lambda: self._release(held), f"{self.label} delay")
+        held = (q.index, head, written)
         self.delayed.append(held)
-        held.timer.arm_in(delay_ns)
+        self._held_timers[held] = self.clock.oneshot(
+            self.held_release(*held), self.clock.now + delay_ns,
+            self._held_key(*held) if self.timer_key is not None else None)
 
-    def _release(self, held: "HeldCompletion") -> None:
-        """A held completion is due: push it and interrupt, unless a device or queue reset (or
-        a broken device) dropped it meanwhile."""
-        if held not in self.delayed:
-            return
-        self.delayed.remove(held)
-        q = held.queue
-        if self.broken or not q.active or held.head not in q.inflight:
-            return
-        q.push(held.head, held.written)
-        self.notify(q)
+    def _held_key(self, qi: int, head: int, written: int) -> str:
+        return f"{self.timer_key}/delay/{qi}/{head}/{written}"
+
+    def held_release(self, qi: int, head: int, written: int) -> Callable[[], None] | None:
+        """The callback of a held completion's timer (also for the board, restoring a saved
+        timer): push it and interrupt, unless a device or queue reset (or a broken device)
+        dropped it meanwhile. None for a queue this device does not have."""
+        if not (0 <= qi < len(self.queues) and 0 <= head < 1 << 16 and 0 <= written < 1 << 32):
+            return None
+        held = (qi, head, written)
+
+        def release() -> None:
+            if held not in self.delayed:
+                return
+            self.delayed.remove(held)
+            self._held_timers.pop(held, None)
+            q = self.queues[qi]
+            if self.broken or not q.active or head not in q.inflight:
+                return
+            q.push(head, written)
+            self.notify(q)
+        return release
 
     def parse_request(self, chain: Chain) -> BlkRequest:
         """The request a chain carries (MalformedRequest if none), read against the negotiated
@@ -436,36 +447,60 @@ class VirtioBlk(VirtioDevice):
         return policy
 
     # -- saved state -----------------------------------------------------------------------------------
-    # The core's, plus the capacity (block_resize), a failed flush, and the requests a stop
-    # policy parked, by (queue, head): their chains are still in guest RAM, parsed again on load.
-    VMSTATE = vmstate.Description("virtio-blk", 1, VirtioDevice.VMSTATE_FIELDS + (
+    # The core's, plus the capacity (block_resize), a failed flush, the completions a [delay]
+    # rule holds, and the requests a stop policy parked, as parsed: (queue, head, type, sector,
+    # device-readable and device-writable data as (guest address, length), the status byte's
+    # address, the discard/write-zeroes segment). Saved parsed, not as a ring position: a packed
+    # ring's chain cannot be found again from its buffer id.
+    _SEGS = vmstate.List(vmstate.Tuple(vmstate.U64, vmstate.U32), 1024)
+    _PARKED = vmstate.Tuple(vmstate.U16, vmstate.U16, vmstate.U32, vmstate.U64, _SEGS, _SEGS,
+                            vmstate.U64, vmstate.Optional(vmstate.Tuple(vmstate.U64, vmstate.U32, vmstate.U32)))
+    VMSTATE = vmstate.Description("virtio-blk", 2, VirtioDevice.VMSTATE_FIELDS + (
         vmstate.Field("capacity", vmstate.U64), vmstate.Field("flush_failed", vmstate.BOOL),
-        vmstate.Field("parked_heads", vmstate.List(vmstate.Tuple(vmstate.U16, vmstate.U16), 1 << 16))))
+        vmstate.Field("parked_requests", vmstate.List(_PARKED, 1 << 16)),
+        vmstate.Field("delayed", vmstate.List(vmstate.Tuple(vmstate.U16, vmstate.U16, vmstate.U32), 1 << 16))))
 
     @property
-    def parked_heads(self) -> tuple:
-        return tuple((q.index, req.head) for q, req in self.parked)
+    def parked_requests(self) -> tuple:
+        return tuple((q.index, r.head, r.type, r.sector, tuple((a, n) for a, n, _ in r.out_data),
+                      tuple((a, n) for a, n, _ in r.in_data), r.status_addr, r.segment)
+                     for q, r in self.parked)
 
-    @parked_heads.setter
-    def parked_heads(self, heads) -> None:
-        self._parked_heads = heads          # parsed in post_load, once the queues are in place
+    @parked_requests.setter
+    def parked_requests(self, saved) -> None:
+        self._parked_saved = saved          # rebuilt in post_load, once the queues are in place
+
+    def _unsave_request(self, saved) -> tuple[SplitQueue, BlkRequest]:
+        """A saved parked request again, its buffers looked up in RAM as a chain's are."""
+        qi, head, rtype, sector, out_segs, in_segs, status_addr, segment = saved
+        mem = self.mem
+        out_data = tuple((a, n, mem.host_offset(a, n)) for a, n in out_segs)
+        in_data = tuple((a, n, mem.host_offset(a, n, write=True)) for a, n in in_segs)
+        status_host = mem.host_offset(status_addr, 1, write=True)
+        return self.queues[qi], BlkRequest(head, rtype, sector, out_data, sum(n for _, n in out_segs),
+                                           in_data, sum(n for _, n in in_segs), status_addr,
+                                           status_host, None if segment is None else tuple(segment))
 
     def vmstate_check(self, values: dict) -> None:
         super().vmstate_check(values)
-        for qi, head in values["parked_heads"]:
+        for qi, _head, _len in values["delayed"]:
             if qi >= len(self.queues):
-                raise vmstate.VMStateError(f"{self.label}: a parked request on queue {qi}, which does not exist")
+                raise vmstate.VMStateError(f"{self.label}: a held completion on queue {qi}, which does not exist")
+        for saved in values["parked_requests"]:
+            if saved[0] >= len(self.queues):
+                raise vmstate.VMStateError(f"{self.label}: a parked request on queue {saved[0]}, which does not exist")
 
     def post_load(self) -> None:
+        self.delayed = [tuple(held) for held in self.delayed]
+        self._held_timers = {}             # the clock, restored last, re-arms them by key
         parked = []
-        for qi, head in self._parked_heads:
-            q = self.queues[qi]
+        for saved in self._parked_saved:
             try:
-                parked.append((q, self.parse_request(q.walk(head))))
-            except (VirtqueueError, GuestMemoryError) as e:
-                raise vmstate.VMStateError(f"{self.label}: parked request {head} on queue {qi}: {e}") from None
+                parked.append(self._unsave_request(saved))
+            except GuestMemoryError as e:
+                raise vmstate.VMStateError(f"{self.label}: parked request {saved[1]} on queue {saved[0]}: {e}") from None
         self.parked = parked
-        del self._parked_heads
+        del self._parked_saved
 
     def restart_parked(self) -> None:
         """The machine continues: retry the requests a stop policy parked, in order (QEMU's
