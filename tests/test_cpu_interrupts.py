@@ -431,3 +431,47 @@ def test_long_mode_ring3_to_ring0_through_tss(tmp_path):
     assert m.mem.read_u64(0x3000 + 24) == 0x55
     assert result(m, 8) & 0xFFFF == 0x2B
     assert m.mem.read_u64(0x3000 + 40) == 0x60000 - 40
+
+
+def _ivt_limit_program(limit: int) -> str:
+    """Real mode, the IVT at 0 with `limit`: `int $0x30` records 0x30 in its handler, or, when
+    entry 0x30 (bytes 0xC0-0xC3) does not lie wholly within the limit, #GP (vector 13, no error
+    code in real mode) records 13 and the faulting instruction's address."""
+    return f"""
+        xor %ax, %ax
+        mov %ax, %ds
+        mov %ax, %ss
+        mov $0x7000, %sp
+        movw $h30, 0x30 * 4
+        movw $0, 0x30 * 4 + 2
+        movw $h13, 13 * 4
+        movw $0, 13 * 4 + 2
+        lidtl idtr
+    the_int:
+        int $0x30
+        EXIT 9
+    h30:
+        movw $0x30, RESULTS
+        EXIT 0
+    h13:
+        movw $13, RESULTS
+        mov %sp, %bp
+        mov (%bp), %ax
+        mov %ax, RESULTS + 4            # the return IP: the int itself (a fault)
+        movw $the_int, RESULTS + 8
+        EXIT 0
+    idtr:
+        .word {limit:#x}
+        .long 0
+    """
+
+
+def test_real_mode_ivt_limit_is_exact(tmp_path):
+    # Entry 0x30's last byte is 0xC3: a limit of 0xC3 takes the interrupt, 0xC2 raises #GP.
+    (tmp_path / "in").mkdir()
+    (tmp_path / "out").mkdir()
+    inside = build_machine(tmp_path / "in", _ivt_limit_program(0x30 * 4 + 3))
+    assert inside.run(1_000_000) == 1 and result(inside, 0) & 0xFFFF == 0x30
+    beyond = build_machine(tmp_path / "out", _ivt_limit_program(0x30 * 4 + 2))
+    assert beyond.run(1_000_000) == 1 and result(beyond, 0) & 0xFFFF == 13
+    assert result(beyond, 1) & 0xFFFF == result(beyond, 2) & 0xFFFF      # IP of the int

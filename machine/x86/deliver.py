@@ -75,6 +75,12 @@ class Delivery:
                 return
             reason = f"cannot deliver vector {vector:#x} ({first})"
             second, second_error = first.vector, first.error
+        if back:
+            # The fault belongs to the `int n` itself: its return address is that instruction,
+            # not the one after it (where a software interrupt's frame would have pointed).
+            rip = self._reg.read(_REG_RIP)
+            self._reg.write(_REG_RIP, rip - back if rip >= back else (rip - back) & 0xFFFF)
+            back = 0
         # The fault raised while delivering is delivered in turn, unless the pair makes a
         # double fault (contributory after contributory, or #PF then #PF/contributory).
         benign_pair = second is not None and not (
