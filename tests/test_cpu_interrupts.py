@@ -475,3 +475,37 @@ def test_real_mode_ivt_limit_is_exact(tmp_path):
     beyond = build_machine(tmp_path / "out", _ivt_limit_program(0x30 * 4 + 2))
     assert beyond.run(1_000_000) == 1 and result(beyond, 0) & 0xFFFF == 13
     assert result(beyond, 1) & 0xFFFF == result(beyond, 2) & 0xFFFF      # IP of the int
+
+
+def test_a_gate_fault_sets_ext_for_external_interrupts_only(tmp_path):
+    """A not-present IDT gate raises #NP with the gate's error code (vector * 8 + 2) plus EXT
+    (bit 0) when the event came from outside (an IRQ), not for `int n`."""
+    program = """
+    main:
+        SETGATE 11, h_np
+        SETGATE 0x40, spin, 0x0e00   # a 32-bit interrupt gate with P clear
+        movl $0, RESULTS
+        cmpl $1, RESULTS + 8
+        je spin
+        int $0x40
+    spin:
+        jmp spin
+    h_np:
+        pop %eax
+        mov %eax, RESULTS + 4     # #NP's error code
+        movl $1, RESULTS
+        EXIT 0
+    """
+    (tmp_path / "sw").mkdir()
+    (tmp_path / "hw").mkdir()
+    sw = build_machine(tmp_path / "sw", program, prologue=PM32_PROLOGUE)
+    assert sw.run(1_000_000) == 1 and result(sw, 0) == 1
+    assert result(sw, 1) == 0x40 * 8 + 2                    # software: EXT clear
+
+    hw = build_machine(tmp_path / "hw", program.replace("cmpl $1, RESULTS + 8\n        je spin",
+                                                          "jmp spin"), prologue=PM32_PROLOGUE)
+    hw.run(200_000)                                          # spinning, IF irrelevant here
+    assert result(hw, 0) == 0
+    assert hw.cpu.deliver_irq(0x40)                          # an external interrupt, vector 0x40
+    assert hw.run(1_000_000) == 1 and result(hw, 0) == 1
+    assert result(hw, 1) == 0x40 * 8 + 2 + 1                 # external: EXT set
