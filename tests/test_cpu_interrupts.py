@@ -509,3 +509,27 @@ def test_a_gate_fault_sets_ext_for_external_interrupts_only(tmp_path):
     assert hw.cpu.deliver_irq(0x40)                          # an external interrupt, vector 0x40
     assert hw.run(1_000_000) == 1 and result(hw, 0) == 1
     assert result(hw, 1) == 0x40 * 8 + 2 + 1                 # external: EXT set
+
+
+def test_a_contributory_fault_while_delivering_one_is_a_double_fault(tmp_path):
+    """#GP whose gate is not present: the #NP that delivery raises pairs two contributory
+    exceptions, so the CPU takes #DF (error code 0), not #NP."""
+    m = build_machine(tmp_path, """
+    main:
+        SETGATE 8, h_df
+        SETGATE 11, h_np
+        SETGATE 13, h_np, 0x0e00     # #GP's gate: P clear
+        mov $0x1234, %ax
+        mov %ax, %ds                 # beyond the GDT: #GP(0x1230)
+        EXIT 9
+    h_np:
+        movl $11, RESULTS
+        EXIT 0
+    h_df:
+        pop %eax
+        mov %eax, RESULTS + 4
+        movl $8, RESULTS
+        EXIT 0
+    """, prologue=PM32_PROLOGUE)
+    assert m.run(1_000_000) == 1
+    assert (result(m, 0), result(m, 1)) == (8, 0)
