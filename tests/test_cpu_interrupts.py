@@ -533,3 +533,26 @@ def test_a_contributory_fault_while_delivering_one_is_a_double_fault(tmp_path):
     """, prologue=PM32_PROLOGUE)
     assert m.run(1_000_000) == 1
     assert (result(m, 0), result(m, 1)) == (8, 0)
+
+
+def test_a_benign_exception_through_a_not_present_gate_raises_np(tmp_path):
+    """#UD is benign: its not-present gate gives #NP, not #DF. The error code names the gate
+    (6 * 8 + 2) with EXT set: the fault came while delivering an earlier exception, not `int n`."""
+    m = build_machine(tmp_path, """
+    main:
+        SETGATE 8, h_df
+        SETGATE 11, h_np
+        SETGATE 6, h_df, 0x0e00      # #UD's gate: P clear
+        ud2
+        EXIT 9
+    h_np:
+        pop %eax
+        mov %eax, RESULTS + 4
+        movl $11, RESULTS
+        EXIT 0
+    h_df:
+        movl $8, RESULTS
+        EXIT 0
+    """, prologue=PM32_PROLOGUE)
+    assert m.run(1_000_000) == 1
+    assert (result(m, 0), result(m, 1)) == (11, 6 * 8 + 2 + 1)
