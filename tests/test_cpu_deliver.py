@@ -1,0 +1,450 @@
+"""The rules of interrupt and exception delivery (machine/x86/deliver.py), one at a time: a
+program brings the CPU into real or protected mode and stops; the test then writes IVT/IDT/GDT
+entries and registers from Python, delivers one event and checks the frame, the registers and
+the fault raised (Intel SDM vol. 3, chapter 6; the INT n pseudo-code in vol. 2)."""
+
+from __future__ import annotations
+
+import io
+import re
+import struct
+
+import pytest
+from unicorn import x86_const as X
+
+from asm import LONG_MODE, PM32_PROLOGUE, build_machine
+from machine import trace
+from machine import unicorn_internals as ui
+from machine.x86.deliver import DeliveryFault
+
+IDT = 0x20000
+GDT = 0x1000
+TSS = 0x6000
+STACK = 0x70000
+CODE = 0x9000                   # where tests put the instruction a software interrupt ran
+
+IF, TF, NT, RF, VM, AC, CF = 1 << 9, 1 << 8, 1 << 14, 1 << 16, 1 << 17, 1 << 18, 1
+
+# 32-bit flat segments: 0x08 ring-0 code, 0x10 ring-0 data, 0x18 ring-3 code, 0x20 ring-3 data,
+# 0x28 ring-0 data with a 16-bit stack (B=0), 0x30 conforming ring-0 code, 0x38 not present
+# code, 0x40 64-bit ring-0 code, 0x48 ring-1 code, 0x50 ring-1 data, 0x58 64-bit ring-3 code,
+# 0x60 64-bit ring-1 code.
+GDT_ENTRIES = [0, 0x00cf9a000000ffff, 0x00cf92000000ffff, 0x00cffa000000ffff, 0x00cff2000000ffff,
+               0x008f92000000ffff, 0x00cf9e000000ffff, 0x00cf1a000000ffff, 0x00af9a000000ffff,
+               0x00cfba000000ffff, 0x00cfb2000000ffff, 0x00affa000000ffff, 0x00afba000000ffff]
+
+
+def _stopped(tmp_path, prologue: str, program: str):
+    m = build_machine(tmp_path, program, prologue=prologue)
+    assert m.run(1_000_000) == 1, m.stop_reason
+    return m
+
+
+@pytest.fixture
+def real(tmp_path):
+    m = _stopped(tmp_path, "", "EXIT 0\n")
+    cpu = m.cpu
+    cpu.write_register("ss", 0)
+    cpu.write_register("rsp", 0x7000)
+    cpu.write_register("rip", CODE)
+    cpu.write_register("eflags", 0x2)
+    yield m
+    m.close()
+
+
+@pytest.fixture
+def pm(tmp_path):
+    """32-bit protected mode, CPL 0, the GDT above at GDT, an empty IDT of 256 gates at IDT,
+    ESP = STACK, EIP = CODE."""
+    m = _stopped(tmp_path, PM32_PROLOGUE, "main:\n    EXIT 0\n")
+    m.mem.write(GDT, b"".join(struct.pack("<Q", d) for d in GDT_ENTRIES))
+    set_gdt(m, GDT, len(GDT_ENTRIES) * 8 - 1)
+    m.mem.write(IDT, bytes(256 * 8))
+    m.cpu.write_register("rsp", STACK)
+    m.cpu.write_register("rip", CODE)
+    m.cpu.write_register("eflags", 0x2)
+    yield m
+    m.close()
+
+
+@pytest.fixture
+def lm(tmp_path):
+    """Long mode (64-bit code, CPL 0), the GDT above, an empty IDT of 256 16-byte gates at IDT,
+    RSP = STACK, RIP = CODE."""
+    m = _stopped(tmp_path, PM32_PROLOGUE, LONG_MODE + "main64:\n    EXIT 0\n")
+    assert m.cpu.mode == "long"
+    m.mem.write(GDT, b"".join(struct.pack("<Q", d) for d in GDT_ENTRIES))
+    set_gdt(m, GDT, len(GDT_ENTRIES) * 8 - 1)
+    m.mem.write(IDT, bytes(256 * 16))
+    m.cpu.write_register("rsp", STACK)
+    m.cpu.write_register("rip", CODE)
+    m.cpu.write_register("eflags", 0x2)
+    yield m
+    m.close()
+
+
+def set_gdt(m, base: int, limit: int) -> None:
+    m.cpu.uc.reg_write(X.UC_X86_REG_GDTR, (0, base, limit, 0))
+
+
+def set_idt(m, base: int, limit: int) -> None:
+    m.cpu.uc.reg_write(X.UC_X86_REG_IDTR, (0, base, limit, 0))
+
+
+def gate32(m, vector: int, offset: int, selector: int = 0x08, access: int = 0x8E) -> None:
+    """An IDT gate: access byte 0x8E = present DPL0 32-bit interrupt gate."""
+    m.mem.write(IDT + vector * 8, struct.pack("<HHBBH", offset & 0xFFFF, selector, 0, access,
+                                              offset >> 16))
+
+
+def to_ring(m, cpl: int, cs: int, ss: int, esp: int) -> None:
+    ui.set_cpl(m.cpu._raw, cpl)
+    m.cpu.write_register("ss", ss)
+    m.cpu.write_register("cs", cs)
+    m.cpu.write_register("rsp", esp)
+
+
+def words(m, addr: int, n: int) -> list[int]:
+    return list(struct.unpack(f"<{n}H", m.mem.read(addr, 2 * n)))
+
+
+def dwords(m, addr: int, n: int) -> list[int]:
+    return list(struct.unpack(f"<{n}I", m.mem.read(addr, 4 * n)))
+
+
+def regs(m):
+    return m.cpu.read_registers()
+
+
+# --- real mode ------------------------------------------------------------------------------
+
+def test_real_mode_frame_flags_and_target(real):
+    m = real
+    m.mem.write(0x30 * 4 - 4, struct.pack("<HHHHHH", 0x1111, 0x2222, 0x5678, 0x1234, 0x3333, 0x4444))
+    m.cpu.write_register("rsp", 0xABCD7000)     # 16-bit stack: the upper half of ESP stays
+    m.cpu.write_register("eflags", 0x2 | IF | TF | AC | CF)
+    m.cpu.deliver(0x30)
+    r = regs(m)
+    assert (r["cs"], r["rip"], m.cpu.segment("cs")[1]) == (0x1234, 0x5678, 0x12340)
+    assert r["rsp"] == 0xABCD6FFA
+    assert words(m, 0x6FFA, 3) == [CODE, 0, 0x2 | IF | TF | CF]     # FLAGS: the low 16 bits
+    assert r["eflags"] == 0x2 | CF                  # IF, TF and AC cleared; the rest kept
+
+
+def test_real_mode_frame_wraps_inside_the_stack_segment(real):
+    m = real
+    m.mem.write(0x30 * 4, struct.pack("<HH", 0x100, 0x2000))
+    m.cpu.write_register("ss", 0x1000)
+    m.cpu.write_register("rsp", 2)
+    m.cpu.write_register("eflags", 0x2 | CF)
+    m.cpu.deliver(0x30)
+    assert regs(m)["rsp"] == 0xFFFC
+    assert words(m, 0x10000, 1) == [0x2 | CF]                  # FLAGS at SS:0000
+    assert words(m, 0x1FFFC, 2) == [CODE, 0]                   # IP, CS at SS:FFFC
+    assert m.mem.read(0x20000, 2) == b"\0\0"                   # nothing past the segment
+
+
+def test_real_mode_ivt_base_and_unreadable_entry(real):
+    m = real
+    m.mem.write(0x5000 + 0x30 * 4, struct.pack("<HH", 0x4321, 0x0100))
+    set_idt(m, 0x5000, 0x3FF)
+    m.cpu.deliver(0x30)
+    assert (regs(m)["cs"], regs(m)["rip"]) == (0x0100, 0x4321)
+    set_idt(m, 0xE0000000, 0x3FF)                   # no RAM there
+    with pytest.raises(DeliveryFault, match="cannot read 4 bytes at 0xe00000c0"):
+        m.cpu.deliver(0x30)
+
+
+# --- protected mode: gates, frames, flags ---------------------------------------------------
+
+ALL_FLAGS = 0x2 | IF | TF | NT | RF | AC | CF
+
+
+@pytest.mark.parametrize("access, kept", [(0x8E, 0), (0x8F, IF)])      # interrupt / trap gate
+def test_pm32_gate_frame_and_flags(pm, access, kept):
+    m = pm
+    gate32(m, 0x40, 0x12345678, access=access)
+    m.cpu.write_register("eflags", ALL_FLAGS)
+    m.cpu.deliver(0x40, 0x1ABCD)
+    r = regs(m)
+    assert (r["cs"], r["rip"]) == (0x08, 0x12345678)
+    assert r["rsp"] == STACK - 16
+    assert dwords(m, STACK - 16, 4) == [0x1ABCD, CODE, 0x08, ALL_FLAGS]
+    assert r["eflags"] == 0x2 | AC | CF | kept      # TF, NT, RF (and IF for an interrupt gate) cleared
+
+
+@pytest.mark.parametrize("access, kept", [(0x86, 0), (0x87, IF)])      # 16-bit gates
+def test_pm32_16_bit_gate_pushes_words(pm, access, kept):
+    m = pm
+    gate32(m, 0x40, 0x5678, access=access)
+    m.cpu.write_register("eflags", 0x2 | IF | CF)
+    m.cpu.deliver(0x40, 0x12345)
+    r = regs(m)
+    assert (r["cs"], r["rip"], r["rsp"]) == (0x08, 0x5678, STACK - 8)
+    assert words(m, STACK - 8, 4) == [0x2345, CODE, 0x08, 0x2 | IF | CF]
+    assert m.mem.read(STACK - 12, 4) == bytes(4)
+    assert r["eflags"] == 0x2 | CF | kept
+
+
+def test_pm32_16_bit_stack_segment_wraps_and_keeps_esp_high_half(pm):
+    m = pm
+    gate32(m, 0x40, 0x9100)
+    m.cpu.write_register("ss", 0x28)                # B=0: SP, not ESP
+    m.cpu.write_register("rsp", 0xABCD0004)
+    m.cpu.write_register("eflags", 0x2 | CF)
+    m.cpu.deliver(0x40)
+    assert regs(m)["rsp"] == 0xABCDFFF8
+    assert dwords(m, 0, 1) == [0x2 | CF]             # EFLAGS at SS:0000
+    assert dwords(m, 0xFFF8, 2) == [CODE, 0x08]      # EIP, CS at SS:FFF8 (wrapped)
+
+
+def test_pm32_idt_limit_is_exact(pm):
+    m = pm
+    gate32(m, 0x40, 0x9100)
+    set_idt(m, IDT, 0x40 * 8 + 7)
+    m.cpu.deliver(0x40, software=True)
+    assert regs(m)["rip"] == 0x9100
+    set_idt(m, IDT, 0x40 * 8 + 6)
+    with pytest.raises(DeliveryFault) as e:
+        m.cpu.deliver(0x40, software=True)
+    assert (e.value.vector, e.value.error) == (13, 0x40 * 8 + 2)
+    with pytest.raises(DeliveryFault) as e:
+        m.cpu.deliver(0x40)                          # an exception or IRQ: EXT set
+    assert (e.value.vector, e.value.error) == (13, 0x40 * 8 + 3)
+
+
+@pytest.mark.parametrize("access", [0x80, 0x81, 0x84, 0x85, 0x8C, 0x8D, 0x96])
+def test_pm32_gate_types_other_than_interrupt_and_trap_raise_gp(pm, access):
+    m = pm
+    gate32(m, 0x41, 0x9100, access=access)          # task gate (5), call gate (C), ...
+    with pytest.raises(DeliveryFault, match="unsupported type") as e:
+        m.cpu.deliver(0x41, software=True)
+    assert (e.value.vector, e.value.error) == (13, 0x41 * 8 + 2)
+
+
+def test_pm32_gate_not_present_raises_np(pm):
+    m = pm
+    gate32(m, 0x41, 0x9100, access=0x0E)
+    with pytest.raises(DeliveryFault, match="not present") as e:
+        m.cpu.deliver(0x41)
+    assert (e.value.vector, e.value.error) == (11, 0x41 * 8 + 3)
+
+
+@pytest.mark.parametrize("selector, glimit, vector, error", [
+    (0x0C, 0x57, 13, 0x0C),       # an LDT selector
+    (0x0F, 0x57, 13, 0x0C),       # ... with an RPL: the error code drops the RPL
+    (0x00, 0x57, 13, 0x00),       # null
+    (0x03, 0x57, 13, 0x00),
+    (0x08, 0x0E, 13, 0x08),       # its last byte one past the GDT limit
+    (0x58, 0x57, 13, 0x58),       # past the GDT
+    (0x38, 0x57, 11, 0x38),       # not present: #NP
+    (0x10, 0x57, 13, 0x10),       # a data segment
+])
+@pytest.mark.parametrize("software", [True, False])
+def test_pm32_gate_selector_checks(pm, selector, glimit, vector, error, software):
+    m = pm
+    gate32(m, 0x41, 0x9100, selector=selector)
+    set_gdt(m, GDT, glimit)
+    with pytest.raises(DeliveryFault) as e:
+        m.cpu.deliver(0x41, software=software)
+    assert (e.value.vector, e.value.error) == (vector, error + (0 if software else 1))
+
+
+def test_pm32_gate_selector_at_the_gdt_limit_is_valid(pm):
+    m = pm
+    gate32(m, 0x41, 0x9100, selector=0x08)
+    set_gdt(m, GDT, 0x0F)                           # the last byte of entry 1 is the limit
+    m.cpu.deliver(0x41)
+    assert (regs(m)["cs"], regs(m)["rip"]) == (0x08, 0x9100)
+
+
+def test_pm32_unreadable_tables_and_stack_fault_without_a_vector(pm):
+    m = pm
+    gate32(m, 0x41, 0x9100)
+    set_gdt(m, 0xE0000000, 0x57)
+    with pytest.raises(DeliveryFault, match="cannot read 8 bytes at 0xe0000008") as e:
+        m.cpu.deliver(0x41)
+    assert e.value.vector is None
+    set_gdt(m, GDT, 0x57)
+    m.cpu.write_register("rsp", 0xE0000000)
+    with pytest.raises(DeliveryFault, match="cannot write the interrupt frame at 0xdffffffc") as e:
+        m.cpu.deliver(0x41)
+    assert e.value.vector is None
+
+
+# --- protected mode: privilege --------------------------------------------------------------
+
+def _tss32(m, **stacks) -> None:
+    """A 32-bit TSS at TSS with ESPn/SSn for the rings given (esp0=..., ss0=...)."""
+    m.mem.write(TSS, bytes(0x68))
+    for ring in range(3):
+        m.mem.write(TSS + 4 + 8 * ring, struct.pack("<IH", stacks.get(f"esp{ring}", 0),
+                                                    stacks.get(f"ss{ring}", 0)))
+    m.cpu.uc.reg_write(X.UC_X86_REG_TR, (0x58, TSS, 0x67, 0x8B))
+
+
+def cpl(m) -> int:
+    return m.cpu._raw.save().hflags & 3
+
+
+@pytest.mark.parametrize("target, ring, stack, ss", [(0x08, 0, 0x60000, 0x10), (0x48, 1, 0x64000, 0x51)])
+def test_pm32_ring3_to_inner_ring_through_the_tss(pm, target, ring, stack, ss):
+    m = pm
+    _tss32(m, esp0=0x60000, ss0=0x10, esp1=0x64000, ss1=0x51, esp2=0x68000, ss2=0x10)
+    gate32(m, 0x80, 0x9100, selector=target, access=0xEE)
+    to_ring(m, 3, 0x1B, 0x23, 0x50000)
+    m.cpu.write_register("eflags", 0x2 | IF)
+    m.cpu.deliver(0x80, 0x77, software=True)
+    r = regs(m)
+    assert (r["cs"], r["ss"], r["rsp"], cpl(m)) == (target, ss, stack - 24, ring)
+    assert dwords(m, stack - 24, 6) == [0x77, CODE, 0x1B, 0x2 | IF, 0x50000, 0x23]
+
+
+def test_pm32_same_privilege_and_conforming_handlers_stay_on_the_stack(pm):
+    m = pm
+    gate32(m, 0x80, 0x9100, selector=0x30, access=0xEE)   # conforming ring-0 code
+    to_ring(m, 3, 0x1B, 0x23, 0x50000)
+    m.cpu.deliver(0x80, software=True)
+    r = regs(m)
+    assert (r["ss"], r["rsp"], cpl(m)) == (0x23, 0x50000 - 12, 3)
+    assert dwords(m, 0x50000 - 12, 3) == [CODE, 0x1B, 0x2]
+
+
+def test_pm32_gate_dpl_limits_software_interrupts_only(pm):
+    m = pm
+    _tss32(m, esp0=0x60000, ss0=0x10)
+    gate32(m, 0x81, 0x9100, access=0x8E)            # DPL0
+    gate32(m, 0x82, 0x9100, access=0xCE)            # DPL2
+    gate32(m, 0x83, 0x9100, selector=0x18, access=0xEE)   # DPL3, to ring-3 code
+    to_ring(m, 3, 0x1B, 0x23, 0x50000)
+    for vector in (0x81, 0x82):
+        with pytest.raises(DeliveryFault, match=f"int {vector:#x} from CPL3 through a DPL") as e:
+            m.cpu.deliver(vector, software=True)
+        assert (e.value.vector, e.value.error) == (13, vector * 8 + 2)
+        assert cpl(m) == 3                          # the failed delivery left CPL alone
+    m.cpu.deliver(0x83, software=True)              # DPL3 = CPL3: allowed, stays in ring 3
+    assert (regs(m)["cs"], regs(m)["rsp"], cpl(m)) == (0x18, 0x50000 - 12, 3)
+    to_ring(m, 3, 0x1B, 0x23, 0x50000)
+    m.cpu.deliver(0x81)                             # an IRQ ignores the gate's DPL
+    assert (regs(m)["cs"], regs(m)["ss"], cpl(m)) == (0x08, 0x10, 0)
+
+
+def test_pm32_bad_inner_stack_segment_fails_and_keeps_cpl(pm):
+    m = pm
+    _tss32(m, esp0=0x60000, ss0=0)                  # a null SS0
+    gate32(m, 0x80, 0x9100, access=0xEE)
+    to_ring(m, 3, 0x1B, 0x23, 0x50000)
+    with pytest.raises(DeliveryFault, match="cannot load the inner stack segment 0x0"):
+        m.cpu.deliver(0x80, software=True)
+    assert cpl(m) == 3
+
+
+# --- long mode ------------------------------------------------------------------------------
+
+def gate64(m, vector: int, target: int, selector: int = 0x40, access: int = 0x8E, ist: int = 0) -> None:
+    m.mem.write(IDT + vector * 16, struct.pack("<HHBBHII", target & 0xFFFF, selector, ist, access,
+                                               target >> 16 & 0xFFFF, target >> 32, 0))
+
+
+def qwords(m, addr: int, n: int) -> list[int]:
+    return list(struct.unpack(f"<{n}Q", m.mem.read(addr, 8 * n)))
+
+
+def _tss64(m, rsp=(0, 0, 0), ist=(0,) * 7) -> None:
+    m.mem.write(TSS, bytes(0x68))
+    m.mem.write(TSS + 4, struct.pack("<3Q", *rsp))
+    m.mem.write(TSS + 0x24, struct.pack("<7Q", *ist))
+    m.cpu.uc.reg_write(X.UC_X86_REG_TR, (0x68, TSS, 0x67, 0x8B))
+
+
+@pytest.mark.parametrize("access, kept", [(0x8E, 0), (0x8F, IF)])
+def test_long_mode_frame_alignment_target_and_flags(lm, access, kept):
+    m = lm
+    gate64(m, 0x40, 0x00007123456789AB, access=access)
+    m.cpu.write_register("rsp", STACK + 8)           # the CPU aligns RSP down to 16 bytes
+    m.cpu.write_register("eflags", ALL_FLAGS)
+    old_cs, old_ss = regs(m)["cs"], regs(m)["ss"]
+    m.cpu.deliver(0x40, 0x1ABCD)
+    r = regs(m)
+    assert (r["cs"], r["rip"], r["rsp"]) == (0x40, 0x00007123456789AB, STACK - 48)
+    assert qwords(m, STACK - 48, 6) == [0x1ABCD, CODE, old_cs, ALL_FLAGS, STACK + 8, old_ss]
+    assert r["eflags"] == 0x2 | AC | CF | kept
+
+
+def test_long_mode_idt_limit_is_exact(lm):
+    m = lm
+    gate64(m, 0x40, 0x9100)
+    set_idt(m, IDT, 0x40 * 16 + 15)
+    m.cpu.deliver(0x40)
+    assert regs(m)["rip"] == 0x9100
+    set_idt(m, IDT, 0x40 * 16 + 14)
+    with pytest.raises(DeliveryFault, match="beyond the IDT limit") as e:
+        m.cpu.deliver(0x40, software=True)
+    assert (e.value.vector, e.value.error) == (13, 0x40 * 8 + 2)
+
+
+@pytest.mark.parametrize("access", [0x86, 0x87, 0x8C, 0x85, 0x80, 0x9E])
+def test_long_mode_needs_a_64_bit_interrupt_or_trap_gate(lm, access):
+    m = lm
+    gate64(m, 0x41, 0x9100, access=access)
+    with pytest.raises(DeliveryFault, match="not a 64-bit gate") as e:
+        m.cpu.deliver(0x41)
+    assert (e.value.vector, e.value.error) == (13, 0x41 * 8 + 3)
+
+
+def test_long_mode_gate_not_present_raises_np(lm):
+    m = lm
+    gate64(m, 0x41, 0x9100, access=0x0E)
+    with pytest.raises(DeliveryFault, match="not present") as e:
+        m.cpu.deliver(0x41, software=True)
+    assert (e.value.vector, e.value.error) == (11, 0x41 * 8 + 2)
+
+
+@pytest.mark.parametrize("selector", [0x08, 0x10])          # 32-bit code, data
+@pytest.mark.parametrize("software", [True, False])
+def test_long_mode_gate_must_point_at_64_bit_code(lm, selector, software):
+    m = lm
+    gate64(m, 0x41, 0x9100, selector=selector)
+    with pytest.raises(DeliveryFault, match="64-bit code segment") as e:
+        m.cpu.deliver(0x41, software=software)
+    assert (e.value.vector, e.value.error) == (13, selector + (0 if software else 1))
+
+
+@pytest.mark.parametrize("target, ring, stack", [(0x40, 0, 0x60000), (0x60, 1, 0x64000)])
+def test_long_mode_ring3_to_inner_ring(lm, target, ring, stack):
+    m = lm
+    _tss64(m, rsp=(0x60000, 0x64008, 0x68000))      # RSP1 misaligned: aligned down
+    gate64(m, 0x80, 0x9100, selector=target, access=0xEE)
+    to_ring(m, 3, 0x5B, 0x23, 0x50008)
+    m.cpu.deliver(0x80, software=True)
+    r = regs(m)
+    assert (r["cs"], r["ss"], r["rsp"], cpl(m)) == (target, ring, stack - 40, ring)   # SS: null, RPL = CPL
+    assert qwords(m, stack - 40, 5) == [CODE, 0x5B, 0x2, 0x50008, 0x23]
+
+
+def test_long_mode_ist_stack_at_any_privilege(lm):
+    m = lm
+    _tss64(m, rsp=(0x60000, 0, 0), ist=(0x61000, 0x62000, 0x63008, 0, 0, 0, 0x67000))
+    gate64(m, 0x40, 0x9100, ist=3)
+    m.cpu.deliver(0x40)                              # CPL 0: IST3, aligned
+    assert regs(m)["rsp"] == 0x63000 - 40
+    gate64(m, 0x41, 0x9100, access=0xEE, ist=7)
+    to_ring(m, 3, 0x5B, 0x23, 0x50000)
+    m.cpu.deliver(0x41, software=True)               # from ring 3: IST7, not RSP0
+    assert (regs(m)["rsp"], cpl(m)) == (0x67000 - 40, 0)
+
+
+def test_long_mode_dpl_and_same_privilege(lm):
+    m = lm
+    _tss64(m, rsp=(0x60000, 0, 0))
+    gate64(m, 0x81, 0x9100, access=0x8E)             # DPL0
+    gate64(m, 0x83, 0x9100, selector=0x5B, access=0xEE)   # DPL3 to ring-3 code
+    to_ring(m, 3, 0x5B, 0x23, 0x50000)
+    with pytest.raises(DeliveryFault, match="from CPL3 through a DPL0 gate") as e:
+        m.cpu.deliver(0x81, software=True)
+    assert (e.value.vector, e.value.error, cpl(m)) == (13, 0x81 * 8 + 2, 3)
+    m.cpu.deliver(0x83, software=True)               # same privilege: the user stack, CPL 3
+    assert (regs(m)["ss"], regs(m)["rsp"], cpl(m)) == (0x23, 0x50000 - 40, 3)
+    to_ring(m, 3, 0x5B, 0x23, 0x50000)
+    m.cpu.deliver(0x81)                              # an IRQ ignores the gate's DPL
+    assert (regs(m)["cs"], regs(m)["rsp"], cpl(m)) == (0x40, 0x60000 - 40, 0)
