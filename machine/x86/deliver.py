@@ -332,6 +332,13 @@ class Delivery:
                 ui.load_seg(self.uc, X.UC_X86_REG_SS, dpl)      # null SS with RPL = new CPL
             except UcError as exc:
                 raise DeliveryFault(f"cannot load a null SS: {exc}")
+            # Unicorn takes CPL from the loaded SS's DPL, which is 0 for a null selector: a
+            # handler in ring 1 or 2 would run at CPL 0. The CPU's null SS carries the new CPL.
+            raw = self._raw.save()
+            ss_sel, ss_base, ss_limit, ss_flags = raw.seg(ui.SEG_SS)
+            raw.set_seg(ui.SEG_SS, ss_sel, ss_base, ss_limit, (ss_flags & ~(3 << 13)) | dpl << 13)
+            raw.hflags = (raw.hflags & ~ui.HF_CPL_MASK) | dpl
+            raw.restore()
         elif cpl:
             ui.set_cpl(self._raw, cpl)          # same privilege: push at the current CPL
         rsp &= ~0xF
