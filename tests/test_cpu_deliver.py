@@ -448,3 +448,168 @@ def test_long_mode_dpl_and_same_privilege(lm):
     to_ring(m, 3, 0x5B, 0x23, 0x50000)
     m.cpu.deliver(0x81)                              # an IRQ ignores the gate's DPL
     assert (regs(m)["cs"], regs(m)["rsp"], cpl(m)) == (0x40, 0x60000 - 40, 0)
+
+
+# --- a delivery that faults (deliver_exception) ---------------------------------------------
+
+DF_HANDLER, NP_HANDLER = 0x9800, 0x9900
+
+
+def _fault_gates(m, first: int, df: bool = True, np: bool = True) -> None:
+    gate32(m, first, 0x9100, access=0x0E)            # the event's gate: not present
+    gate32(m, 8, DF_HANDLER, access=0x8E if df else 0x0E)
+    gate32(m, 11, NP_HANDLER, access=0x8E if np else 0x0E)
+
+
+@pytest.mark.parametrize("code, vector", [(b"\xcd\x40", 0x40), (b"\xcc", 3), (b"\xce", 4),
+                                          (b"\xcd\x03", 3)])
+def test_pm32_fault_while_delivering_a_software_interrupt_returns_to_it(pm, code, vector):
+    m = pm
+    _fault_gates(m, vector)
+    m.mem.write(CODE - 2, b"\x90\x90" + code)
+    m.cpu.write_register("rip", CODE + len(code))
+    m.cpu.deliver_exception(vector, None, software=True)
+    assert regs(m)["rip"] == NP_HANDLER
+    assert dwords(m, STACK - 16, 2) == [vector * 8 + 2, CODE]     # EXT clear, EIP = the int
+
+
+@pytest.mark.parametrize("vector", [0, 10, 11, 12, 13, 14])
+def test_pm32_contributory_or_page_fault_then_np_is_a_double_fault(pm, vector):
+    m = pm
+    _fault_gates(m, vector, np=vector != 11)
+    m.cpu.deliver_exception(vector, 0x10 if vector in (10, 11, 12, 13, 14) else None)
+    assert regs(m)["rip"] == DF_HANDLER
+    assert dwords(m, STACK - 16, 2) == [0, CODE]      # #DF's error code is 0
+
+
+@pytest.mark.parametrize("vector", [1, 2, 5, 6, 7, 9, 16, 17, 0x40])
+def test_pm32_benign_event_then_np_delivers_the_np(pm, vector):
+    m = pm
+    _fault_gates(m, vector)
+    m.cpu.deliver_exception(vector, None, hardware=vector == 0x40)
+    assert regs(m)["rip"] == NP_HANDLER
+    assert dwords(m, STACK - 16, 2) == [vector * 8 + 3, CODE]
+
+
+def test_pm32_fault_without_a_vector_goes_to_double_fault(pm):
+    # An IRQ at CPL 3 whose handler is in ring 1 with no usable ring-1 stack: the failed stack
+    # switch has no exception of its own, so #DF (to ring 0 through the TSS) follows directly.
+    m = pm
+    _tss32(m, esp0=0x60000, ss0=0x10, esp1=0x64000, ss1=0)
+    gate32(m, 0x40, 0x9100, selector=0x48)
+    gate32(m, 8, DF_HANDLER)
+    gate32(m, 11, NP_HANDLER)
+    gate32(m, 13, NP_HANDLER)
+    to_ring(m, 3, 0x1B, 0x23, 0x50000)
+    assert m.cpu.deliver_irq(0x40)
+    assert (regs(m)["rip"], regs(m)["rsp"], cpl(m)) == (DF_HANDLER, 0x60000 - 24, 0)
+    assert dwords(m, 0x60000 - 24, 2) == [0, CODE]
+
+
+def test_pm32_second_fault_then_double_fault(pm):
+    m = pm
+    _fault_gates(m, 0x40, np=False)                  # the #NP's own gate is missing as well
+    assert m.cpu.deliver_irq(0x40)
+    assert regs(m)["rip"] == DF_HANDLER
+
+
+def test_pm32_triple_fault_reports_every_step(pm):
+    m = pm
+    _fault_gates(m, 0x40, df=False, np=False)
+    assert not m.cpu.deliver_irq(0x40)
+    assert m.cpu.fatal_report.startswith(
+        "triple fault: cannot deliver vector 0x40 (IDT gate 0x40 is not present), then vector 0xb "
+        "(IDT gate 0xb is not present), then #DF (IDT gate 0x8 is not present)\n")
+
+
+def test_pm32_triple_fault_after_a_contributory_fault_and_software_int(pm):
+    m = pm
+    _fault_gates(m, 13, df=False)
+    m.cpu.deliver_exception(13, 0)
+    assert m.cpu.fatal_report.startswith(
+        "triple fault: cannot deliver vector 0xd (IDT gate 0xd is not present), then #DF "
+        "(IDT gate 0x8 is not present)\n")
+    m.mem.write(CODE, b"\xcd\x41")                   # int $0x41: the report names the int
+    m.cpu.write_register("rip", CODE + 2)
+    gate32(m, 0x41, 0x9100, access=0x0E)
+    gate32(m, 11, 0x9100, access=0x0E)
+    m.cpu.deliver_exception(0x41, None, software=True)
+    assert "CS:EIP = 0008:00009000\n" in m.cpu.fatal_report, m.cpu.fatal_report
+
+
+def test_pm32_double_fault_that_fails_is_a_triple_fault(pm):
+    m = pm
+    m.mem.write(CODE, b"\xcd\x08")                   # int $8 through a missing gate
+    gate32(m, 8, DF_HANDLER, access=0x0E)
+    m.cpu.write_register("rip", CODE + 2)
+    m.cpu.deliver_exception(8, None, software=True)
+    report = m.cpu.fatal_report
+    assert report.startswith("triple fault: cannot deliver #DF (IDT gate 0x8 is not present)\n")
+    assert "CS:EIP = 0008:00009000\n" in report and "int 8" in report, report
+
+
+# --- what -d int and -trace cpu_interrupt say ----------------------------------------------
+
+@pytest.fixture
+def int_log():
+    out = io.StringIO()
+    trace.set_output(out)
+    trace.enable_category("int")
+    yield out
+    trace.set_output(__import__("sys").stderr)
+
+
+def test_d_int_lines_for_exceptions_software_and_hardware_interrupts(pm, int_log):
+    m = pm
+    for v in (6, 13, 0x40, 0x41):
+        gate32(m, v, 0x9100)
+    m.mem.write(CODE, b"\xcd\x40")
+    m.cpu.write_register("rax", 0x1234ABCD)
+    for args, kwargs in [((6, None), {}), ((13, 0x1238), {}), ((0x40, None), {"software": True}),
+                         ((0x41, None), {"hardware": True})]:
+        m.cpu.write_register("rip", CODE + 2 if kwargs.get("software") else CODE)
+        m.cpu.write_register("rsp", STACK)
+        m.cpu.write_register("cs", 0x08)
+        m.cpu.deliver_exception(*args, **kwargs)
+    lines = [ln for ln in int_log.getvalue().splitlines() if re.match(r"check_exception| +\d+: v=", ln)]
+    pattern = [r"check_exception old: 0xffffffff new 0x6",
+               r" +\d+: v=06 e=0000 i=0 cpl=0 IP=0008:00009000 pc=00009000 SP=0010:00070000 EAX=1234abcd",
+               r"check_exception old: 0xffffffff new 0xd",
+               r" +\d+: v=0d e=1238 i=0 cpl=0 IP=0008:00009000 pc=00009000 SP=0010:00070000 EAX=1234abcd",
+               r" +\d+: v=40 e=0000 i=1 cpl=0 IP=0008:00009000 pc=00009000 SP=0010:00070000 EAX=1234abcd",
+               r" +\d+: v=41 e=0000 i=0 cpl=0 IP=0008:00009000 pc=00009000 SP=0010:00070000 EAX=1234abcd"]
+    assert len(lines) == len(pattern), lines
+    for line, want in zip(lines, pattern):
+        assert re.fullmatch(want, line), (line, want)
+
+
+@pytest.fixture
+def events():
+    seen = []
+
+    def listener(name, fields):
+        if name == "cpu_interrupt":
+            seen.append(fields)
+    trace.listen("cpu_interrupt")
+    trace.add_listener(listener)
+    yield seen
+    trace.remove_listener(listener)
+    trace.unlisten("cpu_interrupt")
+
+
+def test_cpu_interrupt_event_in_every_mode(real, tmp_path, events):
+    real.mem.write(0x30 * 4, struct.pack("<HH", 0x100, 0))
+    real.cpu.deliver(0x30, software=True)
+    (tmp_path / "pm").mkdir()
+    (tmp_path / "lm").mkdir()
+    pm = _stopped(tmp_path / "pm", PM32_PROLOGUE, "main:\n    EXIT 0\n")
+    pm.mem.write(IDT + 13 * 8, struct.pack("<HHBBH", 0x9100, 0x08, 0, 0x8E, 0))
+    pm.cpu.deliver(13, 0x1238)
+    lm = _stopped(tmp_path / "lm", PM32_PROLOGUE, LONG_MODE + "main64:\n    EXIT 0\n")
+    lm.mem.write(IDT + 0x41 * 16, struct.pack("<HHBBHII", 0x9100, 0x18, 0, 0x8E, 0, 0, 0))
+    lm.cpu.deliver(0x41)
+    assert events == [dict(vector=0x30, kind="int", mode="real", err="-"),
+                      dict(vector=13, kind="exc/irq", mode="protected", err="0x1238"),
+                      dict(vector=0x41, kind="exc/irq", mode="long", err="-")]
+    pm.close()
+    lm.close()
