@@ -28,10 +28,11 @@ IF, TF, NT, RF, VM, AC, CF = 1 << 9, 1 << 8, 1 << 14, 1 << 16, 1 << 17, 1 << 18,
 # 32-bit flat segments: 0x08 ring-0 code, 0x10 ring-0 data, 0x18 ring-3 code, 0x20 ring-3 data,
 # 0x28 ring-0 data with a 16-bit stack (B=0), 0x30 conforming ring-0 code, 0x38 not present
 # code, 0x40 64-bit ring-0 code, 0x48 ring-1 code, 0x50 ring-1 data, 0x58 64-bit ring-3 code,
-# 0x60 64-bit ring-1 code.
+# 0x60 64-bit ring-1 code, 0x68 a data segment with the L bit set.
 GDT_ENTRIES = [0, 0x00cf9a000000ffff, 0x00cf92000000ffff, 0x00cffa000000ffff, 0x00cff2000000ffff,
                0x008f92000000ffff, 0x00cf9e000000ffff, 0x00cf1a000000ffff, 0x00af9a000000ffff,
-               0x00cfba000000ffff, 0x00cfb2000000ffff, 0x00affa000000ffff, 0x00afba000000ffff]
+               0x00cfba000000ffff, 0x00cfb2000000ffff, 0x00affa000000ffff, 0x00afba000000ffff,
+               0x00af92000000ffff]
 
 
 def _stopped(tmp_path, prologue: str, program: str):
@@ -91,9 +92,10 @@ def set_idt(m, base: int, limit: int) -> None:
     m.cpu.uc.reg_write(X.UC_X86_REG_IDTR, (0, base, limit, 0))
 
 
-def gate32(m, vector: int, offset: int, selector: int = 0x08, access: int = 0x8E) -> None:
+def gate32(m, vector: int, offset: int, selector: int = 0x08, access: int = 0x8E,
+           reserved: int = 0) -> None:
     """An IDT gate: access byte 0x8E = present DPL0 32-bit interrupt gate."""
-    m.mem.write(IDT + vector * 8, struct.pack("<HHBBH", offset & 0xFFFF, selector, 0, access,
+    m.mem.write(IDT + vector * 8, struct.pack("<HHBBH", offset & 0xFFFF, selector, reserved, access,
                                               offset >> 16))
 
 
@@ -123,11 +125,13 @@ def test_real_mode_frame_flags_and_target(real):
     m.mem.write(0x30 * 4 - 4, struct.pack("<HHHHHH", 0x1111, 0x2222, 0x5678, 0x1234, 0x3333, 0x4444))
     m.cpu.write_register("rsp", 0xABCD7000)     # 16-bit stack: the upper half of ESP stays
     m.cpu.write_register("eflags", 0x2 | IF | TF | AC | CF)
+    m.cpu.write_register("cs", 0x0800)
+    m.cpu.write_register("rip", CODE - 0x8000)
     m.cpu.deliver(0x30)
     r = regs(m)
     assert (r["cs"], r["rip"], m.cpu.segment("cs")[1]) == (0x1234, 0x5678, 0x12340)
     assert r["rsp"] == 0xABCD6FFA
-    assert words(m, 0x6FFA, 3) == [CODE, 0, 0x2 | IF | TF | CF]     # FLAGS: the low 16 bits
+    assert words(m, 0x6FFA, 3) == [CODE - 0x8000, 0x0800, 0x2 | IF | TF | CF]   # FLAGS: low 16 bits
     assert r["eflags"] == 0x2 | CF                  # IF, TF and AC cleared; the rest kept
 
 
@@ -153,6 +157,37 @@ def test_real_mode_ivt_base_and_unreadable_entry(real):
     set_idt(m, 0xE0000000, 0x3FF)                   # no RAM there
     with pytest.raises(DeliveryFault, match="cannot read 4 bytes at 0xe00000c0"):
         m.cpu.deliver(0x30)
+    set_idt(m, 0, 0x30 * 4 + 2)
+    with pytest.raises(DeliveryFault, match="vector 0x30 is beyond the IVT limit 0xc2") as e:
+        m.cpu.deliver(0x30)
+    assert e.value.vector == 13
+
+
+def test_real_mode_with_a_32_bit_stack_segment(real):
+    # "Unreal" mode: SS keeps a B=1 descriptor cache from protected mode; pushes use ESP.
+    m = real
+    m.mem.write(0x30 * 4, struct.pack("<HH", 0x100, 0))
+    raw = m.cpu._raw.save()
+    raw.set_seg(ui.SEG_SS, 0, 0, 0xFFFFFFFF, 0x00CF9300)
+    raw.hflags |= ui.HF_SS32
+    raw.restore()
+    m.cpu.write_register("rsp", 0x00100010)
+    m.cpu.deliver(0x30)
+    assert regs(m)["rsp"] == 0x0010000A
+    assert words(m, 0x0010000A, 3) == [CODE, 0, 0x2]
+
+
+def test_real_mode_int_at_the_end_of_the_segment_returns_to_it(real):
+    # `int $0x30` at 0800:FFFE faults (entry beyond the IVT limit): #GP's frame names FFFE
+    m = real
+    m.mem.write(0x17FFE, b"\xcd\x30")
+    m.mem.write(13 * 4, struct.pack("<HH", 0x9000, 0))
+    m.mem.write(0x9000, b"\xb0\x00\xe6\xf4")          # mov $0, %al; out %al, $0xf4 (exit)
+    set_idt(m, 0, 0x30 * 4 + 2)
+    m.cpu.write_register("cs", 0x0800)
+    m.cpu.write_register("rip", 0xFFFE)
+    assert m.run(1000) == 1
+    assert words(m, 0x7000 - 6, 3) == [0xFFFE, 0x0800, 0x2]
 
 
 # --- protected mode: gates, frames, flags ---------------------------------------------------
@@ -163,13 +198,15 @@ ALL_FLAGS = 0x2 | IF | TF | NT | RF | AC | CF
 @pytest.mark.parametrize("access, kept", [(0x8E, 0), (0x8F, IF)])      # interrupt / trap gate
 def test_pm32_gate_frame_and_flags(pm, access, kept):
     m = pm
-    gate32(m, 0x40, 0x12345678, access=access)
+    gate32(m, 0x40, 0x12345678, access=access, reserved=0x1F)    # reserved bits: ignored
     m.cpu.write_register("eflags", ALL_FLAGS)
+    m.cpu.write_register("rsp", STACK + 8)          # the frame crosses a page boundary
+    m.cpu.write_register("rip", 0x80009000)
     m.cpu.deliver(0x40, 0x1ABCD)
     r = regs(m)
     assert (r["cs"], r["rip"]) == (0x08, 0x12345678)
-    assert r["rsp"] == STACK - 16
-    assert dwords(m, STACK - 16, 4) == [0x1ABCD, CODE, 0x08, ALL_FLAGS]
+    assert r["rsp"] == STACK - 8
+    assert dwords(m, STACK - 8, 4) == [0x1ABCD, 0x80009000, 0x08, ALL_FLAGS]
     assert r["eflags"] == 0x2 | AC | CF | kept      # TF, NT, RF (and IF for an interrupt gate) cleared
 
 
@@ -205,7 +242,7 @@ def test_pm32_idt_limit_is_exact(pm):
     m.cpu.deliver(0x40, software=True)
     assert regs(m)["rip"] == 0x9100
     set_idt(m, IDT, 0x40 * 8 + 6)
-    with pytest.raises(DeliveryFault) as e:
+    with pytest.raises(DeliveryFault, match="vector 0x40 is beyond the IDT limit 0x206") as e:
         m.cpu.deliver(0x40, software=True)
     assert (e.value.vector, e.value.error) == (13, 0x40 * 8 + 2)
     with pytest.raises(DeliveryFault) as e:
@@ -239,15 +276,21 @@ def test_pm32_gate_not_present_raises_np(pm):
     (0x58, 0x57, 13, 0x58),       # past the GDT
     (0x38, 0x57, 11, 0x38),       # not present: #NP
     (0x10, 0x57, 13, 0x10),       # a data segment
+    (0x13, 0x57, 13, 0x10),       # ... with an RPL
 ])
 @pytest.mark.parametrize("software", [True, False])
 def test_pm32_gate_selector_checks(pm, selector, glimit, vector, error, software):
     m = pm
     gate32(m, 0x41, 0x9100, selector=selector)
     set_gdt(m, GDT, glimit)
-    with pytest.raises(DeliveryFault) as e:
+    with pytest.raises(DeliveryFault, match=SELECTOR_MESSAGES[selector & ~3]) as e:
         m.cpu.deliver(0x41, software=software)
     assert (e.value.vector, e.value.error) == (vector, error + (0 if software else 1))
+
+
+SELECTOR_MESSAGES = {0x0C: "LDT selector 0x[cf] in a gate", 0x00: "selector 0x[03] is null or beyond the GDT",
+                     0x08: "selector 0x8 is null or beyond the GDT limit", 0x58: "beyond the GDT limit",
+                     0x38: "segment 0x38 is not present", 0x10: "points at a non-code segment 0x1[03]"}
 
 
 def test_pm32_gate_selector_at_the_gdt_limit_is_valid(pm):
@@ -268,6 +311,15 @@ def test_pm32_unreadable_tables_and_stack_fault_without_a_vector(pm):
     set_gdt(m, GDT, 0x57)
     m.cpu.write_register("rsp", 0xE0000000)
     with pytest.raises(DeliveryFault, match="cannot write the interrupt frame at 0xdffffffc") as e:
+        m.cpu.deliver(0x41)
+    assert e.value.vector is None
+
+
+def test_pm32_interrupt_in_virtual_8086_mode_is_refused(pm):
+    m = pm
+    gate32(m, 0x41, 0x9100)
+    m.cpu.write_register("eflags", 0x2 | VM)
+    with pytest.raises(DeliveryFault, match="^interrupt from virtual-8086 mode is not supported$") as e:
         m.cpu.deliver(0x41)
     assert e.value.vector is None
 
@@ -298,6 +350,17 @@ def test_pm32_ring3_to_inner_ring_through_the_tss(pm, target, ring, stack, ss):
     r = regs(m)
     assert (r["cs"], r["ss"], r["rsp"], cpl(m)) == (target, ss, stack - 24, ring)
     assert dwords(m, stack - 24, 6) == [0x77, CODE, 0x1B, 0x2 | IF, 0x50000, 0x23]
+
+
+def test_pm32_inner_stack_of_16_bits(pm):
+    m = pm
+    _tss32(m, esp0=0xABCD0010, ss0=0x28)            # B=0: the frame wraps at 64 KiB
+    gate32(m, 0x80, 0x9100, access=0xEE)
+    to_ring(m, 3, 0x1B, 0x23, 0x50000)
+    m.cpu.deliver(0x80, software=True)
+    assert (regs(m)["ss"], regs(m)["rsp"], cpl(m)) == (0x28, 0xABCDFFFC, 0)
+    assert dwords(m, 0xFFFC, 1) == [CODE]           # EIP at SS:FFFC, the rest from SS:0000
+    assert dwords(m, 0, 4) == [0x1B, 0x2, 0x50000, 0x23]
 
 
 def test_pm32_same_privilege_and_conforming_handlers_stay_on_the_stack(pm):
@@ -400,14 +463,14 @@ def test_long_mode_gate_not_present_raises_np(lm):
     assert (e.value.vector, e.value.error) == (11, 0x41 * 8 + 2)
 
 
-@pytest.mark.parametrize("selector", [0x08, 0x10])          # 32-bit code, data
+@pytest.mark.parametrize("selector", [0x08, 0x10, 0x13, 0x68])    # 32-bit code, data, L-bit data
 @pytest.mark.parametrize("software", [True, False])
 def test_long_mode_gate_must_point_at_64_bit_code(lm, selector, software):
     m = lm
     gate64(m, 0x41, 0x9100, selector=selector)
     with pytest.raises(DeliveryFault, match="64-bit code segment") as e:
         m.cpu.deliver(0x41, software=software)
-    assert (e.value.vector, e.value.error) == (13, selector + (0 if software else 1))
+    assert (e.value.vector, e.value.error) == (13, (selector & ~3) + (0 if software else 1))
 
 
 @pytest.mark.parametrize("target, ring, stack", [(0x40, 0, 0x60000), (0x60, 1, 0x64000)])
@@ -419,6 +482,7 @@ def test_long_mode_ring3_to_inner_ring(lm, target, ring, stack):
     m.cpu.deliver(0x80, software=True)
     r = regs(m)
     assert (r["cs"], r["ss"], r["rsp"], cpl(m)) == (target, ring, stack - 40, ring)   # SS: null, RPL = CPL
+    assert m.cpu.segment("ss")[3] >> 13 & 3 == ring
     assert qwords(m, stack - 40, 5) == [CODE, 0x5B, 0x2, 0x50008, 0x23]
 
 
@@ -427,7 +491,7 @@ def test_long_mode_ist_stack_at_any_privilege(lm):
     _tss64(m, rsp=(0x60000, 0, 0), ist=(0x61000, 0x62000, 0x63008, 0, 0, 0, 0x67000))
     gate64(m, 0x40, 0x9100, ist=3)
     m.cpu.deliver(0x40)                              # CPL 0: IST3, aligned
-    assert regs(m)["rsp"] == 0x63000 - 40
+    assert (regs(m)["rsp"], regs(m)["rip"]) == (0x63000 - 40, 0x9100)
     gate64(m, 0x41, 0x9100, access=0xEE, ist=7)
     to_ring(m, 3, 0x5B, 0x23, 0x50000)
     m.cpu.deliver(0x41, software=True)               # from ring 3: IST7, not RSP0
@@ -537,6 +601,23 @@ def test_pm32_triple_fault_after_a_contributory_fault_and_software_int(pm):
     assert "CS:EIP = 0008:00009000\n" in m.cpu.fatal_report, m.cpu.fatal_report
 
 
+def test_pm32_irq_8_through_a_missing_gate_is_a_triple_fault(pm):
+    m = pm
+    gate32(m, 8, DF_HANDLER, access=0x0E)
+    assert not m.cpu.deliver_irq(8)
+    assert m.cpu.fatal_report.startswith("triple fault: cannot deliver #DF (IDT gate 0x8 is not present)\n")
+
+
+@pytest.mark.parametrize("code_at", [CODE, 0x19000])
+def test_pm32_fault_while_delivering_int_above_64k(pm, code_at):
+    m = pm
+    _fault_gates(m, 0x40)
+    m.mem.write(code_at, b"\xcd\x40")
+    m.cpu.write_register("rip", code_at + 2)
+    m.cpu.deliver_exception(0x40, None, software=True)
+    assert dwords(m, STACK - 16, 2) == [0x40 * 8 + 2, code_at]
+
+
 def test_pm32_double_fault_that_fails_is_a_triple_fault(pm):
     m = pm
     m.mem.write(CODE, b"\xcd\x08")                   # int $8 through a missing gate
@@ -570,7 +651,7 @@ def test_d_int_lines_for_exceptions_software_and_hardware_interrupts(pm, int_log
         m.cpu.write_register("rip", CODE + 2 if kwargs.get("software") else CODE)
         m.cpu.write_register("rsp", STACK)
         m.cpu.write_register("cs", 0x08)
-        m.cpu.deliver_exception(*args, **kwargs)
+        m.cpu.delivery.deliver_exception(*args, **kwargs)     # (as the SYSCALL hook calls it)
     lines = [ln for ln in int_log.getvalue().splitlines() if re.match(r"check_exception| +\d+: v=", ln)]
     pattern = [r"check_exception old: 0xffffffff new 0x6",
                r" +\d+: v=06 e=0000 i=0 cpl=0 IP=0008:00009000 pc=00009000 SP=0010:00070000 EAX=1234abcd",
