@@ -424,13 +424,15 @@ def _tss64(m, rsp=(0, 0, 0), ist=(0,) * 7) -> None:
 def test_long_mode_frame_alignment_target_and_flags(lm, access, kept):
     m = lm
     gate64(m, 0x40, 0x00007123456789AB, access=access)
-    m.cpu.write_register("rsp", STACK + 8)           # the CPU aligns RSP down to 16 bytes
+    m.cpu.write_register("rsp", STACK + 0x18)        # the CPU aligns RSP down to 16 bytes
+    m.cpu.write_register("rip", 0xFFFF800000009000)  # (a kernel address: above 2^63)
     m.cpu.write_register("eflags", ALL_FLAGS)
     old_cs, old_ss = regs(m)["cs"], regs(m)["ss"]
     m.cpu.deliver(0x40, 0x1ABCD)
     r = regs(m)
-    assert (r["cs"], r["rip"], r["rsp"]) == (0x40, 0x00007123456789AB, STACK - 48)
-    assert qwords(m, STACK - 48, 6) == [0x1ABCD, CODE, old_cs, ALL_FLAGS, STACK + 8, old_ss]
+    frame = STACK + 0x10 - 48                        # across the page boundary at STACK
+    assert (r["cs"], r["rip"], r["rsp"]) == (0x40, 0x00007123456789AB, frame)
+    assert qwords(m, frame, 6) == [0x1ABCD, 0xFFFF800000009000, old_cs, ALL_FLAGS, STACK + 0x18, old_ss]
     assert r["eflags"] == 0x2 | AC | CF | kept
 
 
@@ -482,7 +484,7 @@ def test_long_mode_ring3_to_inner_ring(lm, target, ring, stack):
     m.cpu.deliver(0x80, software=True)
     r = regs(m)
     assert (r["cs"], r["ss"], r["rsp"], cpl(m)) == (target, ring, stack - 40, ring)   # SS: null, RPL = CPL
-    assert m.cpu.segment("ss")[3] >> 13 & 3 == ring
+    assert m.cpu.segment("ss")[3] == ring << 13      # a null SS's cache: only its DPL
     assert qwords(m, stack - 40, 5) == [CODE, 0x5B, 0x2, 0x50008, 0x23]
 
 

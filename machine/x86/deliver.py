@@ -187,7 +187,7 @@ class Delivery:
         _, base, limit, _ = self.uc.reg_read(X.UC_X86_REG_TR)
         return base
 
-    def _enter_ring(self, cpl: int, ss: int, sp: int, bits: int) -> int:
+    def _enter_ring(self, cpl: int, ss: int, sp: int) -> int:
         """Switch to the inner stack SS:SP at privilege `cpl`; returns the new SS base."""
         ui.set_cpl(self._raw, cpl)
         try:
@@ -257,7 +257,7 @@ class Delivery:
             tss = self._tss_base()
             new_esp, new_ss = struct.unpack("<IH", self._vread(tss + 4 + 8 * dpl, 6))
             values += [old_ss, old_esp]
-            ss_base = self._enter_ring(dpl, new_ss, new_esp, 32)
+            ss_base = self._enter_ring(dpl, new_ss, new_esp)
             esp = new_esp
             ss32 = self._raw.hflags & ui.HF_SS32
         else:
