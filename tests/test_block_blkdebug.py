@@ -455,3 +455,13 @@ def test_the_board_gives_virtio_blk_its_virtual_clock(tmp_path):
         assert m.devices["virtio-blk0"].vdev.clock is m.clock
     finally:
         m.close()
+
+
+def test_a_drive_with_bad_rules_is_a_config_error_naming_them(tmp_path):
+    bad = tmp_path / "bad.conf"
+    bad.write_text('[inject-error]\nevent = "read_aio"\nbogus = "1"\n')
+    img = tmp_path / "d.img"
+    img.write_bytes(bytes(4096))
+    with pytest.raises(ConfigError) as e:
+        open_drive(DriveConfig(file=img, blkdebug=bad))
+    assert str(e.value) == f"{bad}:3: Invalid parameter 'bogus' in [inject-error]"
