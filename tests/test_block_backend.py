@@ -440,6 +440,8 @@ def test_a_fifo_or_character_device_is_a_config_error_at_once(tmp_path, readonly
             f"        open_drive(DriveConfig(file=path, readonly={readonly}))\n"
             "    except ConfigError as e:\n"
             "        print(e)\n")
-    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))      # this tree's machine
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")])))
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30, env=env)
     assert run.stdout.splitlines() == [f"Could not open '{fifo}': not a regular file or a block device",
                                        "Could not open '/dev/null': not a regular file or a block device"], run.stderr
