@@ -607,7 +607,7 @@ class Cpu:
         if rep is not None:
             rep.use_counter(self._counter, self._budget)
         if self.tsc is not None:
-            self.tsc.use_counter(self._counter)
+            self.tsc.use_counter(self._counter, tsc.FAST_CHARGE if fast else 0)
         self._fast = fast
         self.uc.ctl_flush_tb()
 
@@ -792,8 +792,12 @@ class Cpu:
 
     def _on_rdtsc(self) -> int:
         # Without the native hook (x86/tsc.py computes the same): virtual time at this
-        # instruction, slice start + instructions retired and port access time so far.
-        return self._slice_start_ns + self._counter.value + self._io_ns
+        # instruction, slice start + instructions retired and port access time so far; the
+        # fast mode charges the RDTSC its latency.
+        now = self._slice_start_ns + self._counter.value + self._io_ns
+        if self._fast:
+            self._counter.value += tsc.FAST_CHARGE
+        return now
 
     def _on_syscall(self, uc, _ud) -> None:
         def raise_ud():
