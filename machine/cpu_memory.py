@@ -20,7 +20,7 @@ from typing import Callable
 from unicorn import Uc, UcError
 from unicorn import unicorn_const as UC
 
-from . import trace
+from . import region_cache, trace
 from . import unicorn_internals as ui
 from .memory import PAGE, GuestMemory, MmioRegion, ones
 
@@ -62,6 +62,8 @@ class CpuMemory:
         self._ram_starts: list[int] = []
         self.paging = False                                 # CR0.PG, as the CPU last saw it
         self.map_ram()
+        # From here on every map change goes through the cache's guard (region_cache.py).
+        self.region_cache = region_cache.attach(uc)
         mem.add_write_listener(self.on_host_write)
 
     def reset(self) -> None:

@@ -34,6 +34,11 @@ Unicorn's public API cannot do what a PC needs in these ways, so we reach under 
    TLB fast path after their first store, while still dropping translated code that a later
    store overwrites (it re-arms the slow path for a page when it translates code there).
    `_probe_store_fast_path()` checks that a guest's self-modifying code is still seen.
+8. `uc_struct.memory_mapping`, Unicorn's physical address -> region lookup (a walk of QEMU's
+   flat view), called on every slow-path load and twice on every slow-path store: the CPU puts
+   a caching lookup there (region_cache.py, native/mapcache.c). The slot holds
+   `find_memory_mapping_x86_64` once the engine has mapped memory; `self_test_region_cache()`
+   checks the cached lookup against Unicorn's own across map changes.
 
 Also here: a direct `uc_ctl(UC_CTL_TB_REMOVE_CACHE)` call (2 µs against 6 µs through the
 binding: it sits on the DMA path, once per written range), ctypes wrappers for `uc_vmem_read/write/translate` (exported by libunicorn 2.1.4,
@@ -46,6 +51,7 @@ clear message on any other Unicorn build. Nothing else in the project may import
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 
 import unicorn
@@ -62,6 +68,7 @@ UC_STRUCT_ARCH = 0
 UC_STRUCT_MODE = 4
 UC_STRUCT_EMU_COUNTER = 1368
 UC_STRUCT_EMU_COUNT = 1376     # the budget emu_start(count=N) set, right after the counter
+UC_STRUCT_MEMORY_MAPPING = 288  # uc_memory_mapping_t, set when the engine first maps memory
 CONTEXT_SIZE = 5608            # uc_context_size() for an x86 engine
 CONTEXT_DATA = 40              # struct uc_context header before the CPUX86State copy
 # Offsets inside the CPUX86State copy:
@@ -341,8 +348,11 @@ def mmio_map(uc: Uc, base: int, size: int, read, write) -> None:
             fail(exc)
 
     rcb, wcb = _MMIO_READ_T(on_read), _MMIO_WRITE_T(on_write)
-    err = _uclib.uc_mmio_map(uc._uch, base, size, ctypes.cast(rcb, ctypes.c_void_p), None,
-                             ctypes.cast(wcb, ctypes.c_void_p), None)
+    # A map change: inside the region cache's guard when the engine has one (region_cache.py).
+    guard = getattr(uc, "map_guard", None)
+    with guard() if guard is not None else contextlib.nullcontext():
+        err = _uclib.uc_mmio_map(uc._uch, base, size, ctypes.cast(rcb, ctypes.c_void_p), None,
+                                 ctypes.cast(wcb, ctypes.c_void_p), None)
     if err != UC.UC_ERR_OK:
         raise UcError(err)
     uc._mmio_callbacks[(base, base + size)] = (rcb, wcb)
@@ -527,6 +537,26 @@ def hook_callback(uc: Uc, handle: int):
 
 
 # ------------------------------------------------------------------------------------------
+# 8. the region lookup
+# ------------------------------------------------------------------------------------------
+
+def memory_mapping_slot(uc: Uc) -> ctypes.c_void_p:
+    """A live view of `uc->memory_mapping`. Raises UnsupportedUnicorn unless it holds Unicorn's
+    own lookup (the engine must have mapped memory: Unicorn fills the slot then)."""
+    slot = ctypes.c_void_p.from_address(handle(uc) + UC_STRUCT_MEMORY_MAPPING)
+    if slot.value != unicorn_memory_mapping():
+        raise UnsupportedUnicorn(
+            f"this emulator needs exactly unicorn {REQUIRED_VERSION}; uc_struct.memory_mapping "
+            f"is not where expected. Install it with: pip install unicorn=={REQUIRED_VERSION}")
+    return slot
+
+
+def unicorn_memory_mapping() -> int:
+    """Address of Unicorn's own region lookup for x86 engines."""
+    return ctypes.cast(_uclib.find_memory_mapping_x86_64, ctypes.c_void_p).value
+
+
+# ------------------------------------------------------------------------------------------
 # translated-code invalidation
 # ------------------------------------------------------------------------------------------
 
@@ -657,6 +687,70 @@ def self_test_native_rdtsc(function: int, state_type) -> None:
     _native_rdtsc_checked = True
 
 
+_region_cache_checked = False
+
+
+def self_test_region_cache(make_cache) -> None:
+    """Check 8. with `make_cache(uc)` (a region_cache.RegionCache factory) on a scratch engine:
+    guest stores and loads, host reads and writes, and map changes made inside
+    `cache.changing()` (unmap, map elsewhere with other permissions, MMIO in RAM's place) all
+    see what Unicorn's own lookup sees, and repeated lookups hit the cache. Raises
+    UnsupportedUnicorn otherwise."""
+    global _region_cache_checked
+    if _region_cache_checked:
+        return
+    try:
+        problem = _probe_region_cache(make_cache)
+    except Exception as exc:               # any surprise means the internals moved
+        problem = f"internal probe failed ({exc})"
+    if problem:
+        raise UnsupportedUnicorn(
+            f"this emulator needs exactly unicorn {REQUIRED_VERSION}; {problem}. "
+            f"Install it with: pip install unicorn=={REQUIRED_VERSION}")
+    _region_cache_checked = True
+
+
+def _probe_region_cache(make_cache) -> str | None:
+    uc = Uc(UC.UC_ARCH_X86, UC.UC_MODE_64)
+    uc.mem_map(0x1000, 0x1000)
+    uc.mem_map(0x2000, 0x1000)
+    cache = make_cache(uc)
+    # 0x1000: a loop storing to and loading from 0x2000 (slow path: the page is executable)
+    code = bytes.fromhex("48c7c1" "10000000"          # mov $16, %rcx
+                         "48890c25" "00200000"        # 1: mov %rcx, 0x2000
+                         "488b0425" "00200000"        # mov 0x2000, %rax
+                         "48ffc9" "75eb" "f4")        # dec %rcx; jnz 1b; hlt
+    uc.mem_write(0x1000, code)
+    uc.emu_start(0x1000, 0, 0, 100)
+    if uc.reg_read(X86.UC_X86_REG_RAX) != 1 or uc.mem_read(0x2000, 8) != (1).to_bytes(8, "little"):
+        return "guest stores and loads through the cached region lookup went wrong"
+    if cache.hits == 0:
+        return "the cached region lookup is never used"
+    faults = []
+    uc.hook_add(UC.UC_HOOK_MEM_WRITE_UNMAPPED | UC.UC_HOOK_MEM_WRITE_PROT,
+                lambda _uc, kind, addr, *_: faults.append((kind, addr)) and False)
+    with cache.changing():                 # the data page goes away, comes back read-only
+        uc.mem_unmap(0x2000, 0x1000)
+        uc.mem_map(0x2000, 0x1000, UC.UC_PROT_READ)
+    try:
+        uc.emu_start(0x1000, 0, 0, 100)
+    except UcError:
+        pass
+    if faults != [(UC.UC_MEM_WRITE_PROT, 0x2000)]:
+        return f"a map change is not seen by the cached region lookup ({faults})"
+    seen = []
+    with cache.changing():                 # MMIO where the page was
+        uc.mem_unmap(0x2000, 0x1000)
+        mmio_map(uc, 0x2000, 0x1000, lambda off, size: 7, lambda off, size, v: seen.append(v))
+    uc.emu_start(0x1000, 0, 0, 100)
+    if seen[:1] != [16] or uc.reg_read(X86.UC_X86_REG_RAX) & 0xFFFFFFFF != 7:   # 8 bytes: 2 MMIO reads
+        return "MMIO mapped in RAM's place is not seen by the cached region lookup"
+    cache.close()
+    if ctypes.c_void_p.from_address(handle(uc) + UC_STRUCT_MEMORY_MAPPING).value != unicorn_memory_mapping():
+        return "closing the region cache does not give the engine its own lookup back"
+    return None
+
+
 def _probe_block_clock(function: int, state_type, stop_budget: int, bytes_per_insn: int) -> str | None:
     uc = Uc(UC.UC_ARCH_X86, UC.UC_MODE_64)
     uc.mem_map(0x1000, 0x1000)
@@ -731,6 +825,8 @@ def _probe() -> str | None:
         return "hflags2 is not where expected"
     # Code: nop x5; hlt. Run with count=3 and check the counter and the segment cache layout.
     uc.mem_map(0x1000, 0x1000)
+    if ctypes.c_void_p.from_address(h + UC_STRUCT_MEMORY_MAPPING).value != unicorn_memory_mapping():
+        return "uc_struct.memory_mapping is not where expected"
     uc.mem_write(0x1000, b"\x90" * 5 + b"\xf4")
     uc.emu_start(0x1000, 0x2000, count=3)
     if emu_counter(uc).value not in (3, 4):
