@@ -20,7 +20,7 @@ from typing import Callable
 from unicorn import Uc, UcError
 from unicorn import unicorn_const as UC
 
-from . import region_cache, trace
+from . import region_cache, store_path, trace
 from . import unicorn_internals as ui
 from .memory import PAGE, GuestMemory, MmioRegion, ones
 
@@ -64,7 +64,19 @@ class CpuMemory:
         self.map_ram()
         # From here on every map change goes through the cache's guard (region_cache.py).
         self.region_cache = region_cache.attach(uc)
+        # Stores to base RAM without translated code on the TLB fast path (store_path.py).
+        self._base_ram = [(r.gpa, r.size, r.host_offset) for r in mem.ranges]
+        self.store_path = store_path.attach(uc, ctypes.addressof(self._ram_export), mem.size,
+                                            self._base_ram)
+        if self.store_path is not None:
+            mem.add_map_listener(self._sync_store_path)
         mem.add_write_listener(self.on_host_write)
+
+    def _sync_store_path(self) -> None:
+        """The RAM map changed: the fast path covers what is still base RAM (windows added
+        later, like the chipset's shadow RAM, stay on Unicorn's own path)."""
+        now = {(r.gpa, r.size, r.host_offset) for r in self.mem.ranges}
+        self.store_path.set_ranges([r for r in self._base_ram if r in now])
 
     def reset(self) -> None:
         """A reset restores the ROM's bytes (a ROM is never written, but its copy here could be

@@ -39,6 +39,12 @@ Unicorn's public API cannot do what a PC needs in these ways, so we reach under 
    a caching lookup there (region_cache.py, native/mapcache.c). The slot holds
    `find_memory_mapping_x86_64` once the engine has mapped memory; `self_test_region_cache()`
    checks the cached lookup against Unicorn's own across map changes.
+9. The store fast path (store_path.py, native/storepath.c): wrappers put in libunicorn's GOT
+   slots for `tlb_set_page_with_attrs` and `tb_gen_code` (Unicorn calls both through its PLT),
+   which call Unicorn's `tlb_set_dirty`, `tlb_reset_dirty` and `qemu_map_ram_ptr`, and read
+   `uc_struct.cpu` and `TranslationBlock.page_addr`. `self_test_store_path()` checks the layout
+   and that code rewritten through a fast-path entry, at its own address and through an alias,
+   is still seen.
 
 Also here: a direct `uc_ctl(UC_CTL_TB_REMOVE_CACHE)` call (2 µs against 6 µs through the
 binding: it sits on the DMA path, once per written range), ctypes wrappers for `uc_vmem_read/write/translate` (exported by libunicorn 2.1.4,
@@ -69,6 +75,8 @@ UC_STRUCT_MODE = 4
 UC_STRUCT_EMU_COUNTER = 1368
 UC_STRUCT_EMU_COUNT = 1376     # the budget emu_start(count=N) set, right after the counter
 UC_STRUCT_MEMORY_MAPPING = 288  # uc_memory_mapping_t, set when the engine first maps memory
+UC_STRUCT_CPU = 440            # CPUState *cpu, built when the engine first maps memory
+TB_PAGE_ADDR = 72              # offsetof(TranslationBlock, page_addr): RAM addresses of its pages
 CONTEXT_SIZE = 5608            # uc_context_size() for an x86 engine
 CONTEXT_DATA = 40              # struct uc_context header before the CPUX86State copy
 # Offsets inside the CPUX86State copy:
@@ -557,6 +565,23 @@ def unicorn_memory_mapping() -> int:
 
 
 # ------------------------------------------------------------------------------------------
+# 9. the store fast path
+# ------------------------------------------------------------------------------------------
+
+def engine_cpu(uc: Uc) -> int:
+    """`uc->cpu`, the engine's CPUState (0 before the engine has mapped memory)."""
+    return ctypes.c_void_p.from_address(handle(uc) + UC_STRUCT_CPU).value or 0
+
+
+def store_path_functions() -> tuple[int, int, int, int, int]:
+    """Addresses of Unicorn's tlb_set_page_with_attrs, tb_gen_code (the two the store path
+    wraps), tlb_set_dirty, tlb_reset_dirty and qemu_map_ram_ptr, for native/storepath.c."""
+    return tuple(ctypes.cast(getattr(_uclib, f"{name}_x86_64"), ctypes.c_void_p).value
+                 for name in ("tlb_set_page_with_attrs", "tb_gen_code", "tlb_set_dirty",
+                              "tlb_reset_dirty", "qemu_map_ram_ptr"))
+
+
+# ------------------------------------------------------------------------------------------
 # translated-code invalidation
 # ------------------------------------------------------------------------------------------
 
@@ -708,6 +733,78 @@ def self_test_region_cache(make_cache) -> None:
             f"this emulator needs exactly unicorn {REQUIRED_VERSION}; {problem}. "
             f"Install it with: pip install unicorn=={REQUIRED_VERSION}")
     _region_cache_checked = True
+
+
+_store_path_checked = False
+
+
+def self_test_store_path(make_state, seen) -> None:
+    """Check 9. on a scratch engine with `make_state(uc, ram, ram_size, ranges)` (a
+    store_path.StorePath factory) and `seen()` (what the wrappers saw last): `uc->cpu` and a
+    block's page addresses are where expected, stores take the fast path, and code rewritten by
+    stores after it ran is still seen, at its own address (paging off) and through an alias
+    (two linear addresses of one page). Raises UnsupportedUnicorn otherwise."""
+    global _store_path_checked
+    if _store_path_checked:
+        return
+    try:
+        problem = _probe_store_path(make_state, seen)
+    except Exception as exc:               # any surprise means the internals moved
+        problem = f"internal probe failed ({exc})"
+    if problem:
+        raise UnsupportedUnicorn(
+            f"this emulator needs exactly unicorn {REQUIRED_VERSION}; {problem}. "
+            f"Install it with: pip install unicorn=={REQUIRED_VERSION}")
+    _store_path_checked = True
+
+
+# 0x8000: write `mov $1, %eax; ret` at 0x5000, call it at `target`, keep EAX in EBX, rewrite the
+# immediate to 2 through 0x5000, call it at `target` again; hlt.
+def _smc_program(target: int) -> bytes:
+    def code(imm: int) -> bytes:                 # movabs $(mov $imm, %eax; ret), %rax
+        return bytes.fromhex("48b8") + (0xC300000000B8 | imm << 8).to_bytes(8, "little")
+    store = bytes.fromhex("48a3") + (0x5000).to_bytes(8, "little")     # movabs %rax, 0x5000
+    call = bytes.fromhex("48c7c1") + target.to_bytes(4, "little") + bytes.fromhex("ffd1")
+    return (code(1) + store + call + bytes.fromhex("4889c3")          # mov %rax, %rbx
+            + code(2) + store + call + bytes.fromhex("f4"))
+
+
+def _probe_store_path(make_state, seen) -> str | None:
+    ram = ctypes.create_string_buffer(0x10000)
+    base = ctypes.addressof(ram)
+    results = []
+    for paging in (False, True):
+        uc = Uc(UC.UC_ARCH_X86, UC.UC_MODE_64)
+        uc.mem_map_ptr(0, 0x10000, UC.UC_PROT_ALL, base)
+        ctypes.memset(base, 0, 0x10000)
+        target = 0x5000
+        if paging:                 # 2 MiB pages: 0 -> 0 and 0x200000 -> 0 (an alias)
+            ram[0x1000:0x1008] = (0x2003).to_bytes(8, "little")          # PML4[0] -> PDPT
+            ram[0x2000:0x2008] = (0x3003).to_bytes(8, "little")          # PDPT[0] -> PD
+            ram[0x3000:0x3010] = (0x83).to_bytes(8, "little") * 2        # PD[0], PD[1] -> 0
+            uc.reg_write(X86.UC_X86_REG_CR3, 0x1000)
+            uc.reg_write(X86.UC_X86_REG_CR4, 0x20)
+            uc.reg_write(X86.UC_X86_REG_CR0, 0x80000011)
+            target = 0x205000
+        state = make_state(uc, base, 0x10000, [(0, 0x10000, 0)])
+        prog = _smc_program(target)
+        ram[0x8000:0x8000 + len(prog)] = prog
+        uc.reg_write(X86.UC_X86_REG_RSP, 0x9800)
+        uc.emu_start(0x8000, 0, 0, 100)
+        if engine_cpu(uc) != seen().cpu:
+            return "uc_struct.cpu is not where expected"
+        tb, pc = seen().tb, seen().pc            # the last block translated, and where
+        page0 = ctypes.c_uint64.from_address(tb + TB_PAGE_ADDR).value
+        ram_ptr = ctypes.CFUNCTYPE(ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p,
+                                   ctypes.c_uint64)(store_path_functions()[4])
+        if ram_ptr(handle(uc), None, page0) != base + (pc & 0x1FF000):   # both maps: pa = va mod 2 MiB
+            return "TranslationBlock.page_addr is not where expected"
+        results.append((uc.reg_read(X86.UC_X86_REG_RBX), uc.reg_read(X86.UC_X86_REG_RAX)))
+        if state.cleaned == 0:
+            return "no store took the fast path"
+    if results != [(1, 2), (1, 2)]:
+        return f"code rewritten through a fast-path TLB entry was not seen ({results})"
+    return None
 
 
 def _probe_region_cache(make_cache) -> str | None:
