@@ -44,11 +44,13 @@ static struct mapcache *engines[MAX_ENGINES];
 static struct mapcache *last;
 static lookup_fn original;        /* Unicorn's lookup (the same function for every engine) */
 
+static int used;                  /* engines[] slots in use are below this */
+
 static struct mapcache *find(void *uc)
 {
     if (last && last->uc == uc)
         return last;
-    for (int i = 0; i < MAX_ENGINES; i++)
+    for (int i = 0; i < used; i++)
         if (engines[i] && engines[i]->uc == uc)
             return last = engines[i];
     return NULL;
@@ -104,6 +106,8 @@ struct mapcache *mapcache_new(void *uc, lookup_fn lookup)
             s->lookup = original = lookup;
             s->generation = 1;
             engines[i] = s;
+            if (i >= used)
+                used = i + 1;
             return s;
         }
     return NULL;

@@ -72,11 +72,13 @@ struct storepath_seen storepath_seen;
 static struct storepath *engines[MAX_ENGINES];
 static struct storepath *last;
 
+static int used;                  /* engines[] slots in use are below this */
+
 static struct storepath *find(void *cpu)
 {
     if (last && last->cpu == cpu)
         return last;
-    for (int i = 0; i < MAX_ENGINES; i++)
+    for (int i = 0; i < used; i++)
         if (engines[i] && engines[i]->cpu == cpu)
             return last = engines[i];
     return NULL;
@@ -241,6 +243,8 @@ struct storepath *storepath_new(void *cpu, void *uc, uint8_t *ram, uint64_t ram_
             s->ram_size = ram_size;
             s->code = code;
             engines[i] = s;
+            if (i >= used)
+                used = i + 1;
             return s;
         }
     return NULL;
