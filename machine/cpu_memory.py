@@ -22,7 +22,7 @@ from unicorn import unicorn_const as UC
 
 from . import region_cache, store_path, trace
 from . import unicorn_internals as ui
-from .memory import PAGE, GuestMemory, MmioRegion, ones
+from .memory import PAGE, GuestMemory, GuestMemoryError, MmioRegion, ones
 
 FOUR_GIB = 1 << 32
 ISA_BIOS_MAX = 128 * 1024        # the part of the ROM also visible just below 1 MiB
@@ -75,8 +75,9 @@ class CpuMemory:
     def _sync_store_path(self) -> None:
         """The RAM map changed: the fast path covers what is still base RAM (windows added
         later, like the chipset's shadow RAM, stay on Unicorn's own path)."""
-        now = {(r.gpa, r.size, r.host_offset) for r in self.mem.ranges}
-        self.store_path.set_ranges([r for r in self._base_ram if r in now])
+        if self.store_path is not None:
+            now = {(r.gpa, r.size, r.host_offset) for r in self.mem.ranges}
+            self.store_path.set_ranges([r for r in self._base_ram if r in now])
 
     def reset(self) -> None:
         """A reset restores the ROM's bytes (a ROM is never written, but its copy here could be
@@ -339,7 +340,8 @@ class CpuMemory:
             or any(g <= addr < g + s for g, s, _ in self._ro_ram)
 
     # Host writes into RAM (DMA, loaders, the debugger) are invisible to Unicorn's translated
-    # code: drop it. ctl_remove_cache takes a virtual address, so with paging on (virtual !=
+    # code: drop it, unless no code was ever translated on the pages written (store_path.py
+    # keeps that record; most DMA lands in data pages). ctl_remove_cache takes a virtual address, so with paging on (virtual !=
     # physical) the only safe choice is a full flush.
     # Inside a device callback the work is deferred to the callback's return, still before the
     # guest's next instruction: a virtio request writes its data buffer, status byte and several
@@ -348,6 +350,13 @@ class CpuMemory:
     def on_host_write(self, gpa: int, length: int) -> None:
         if length <= 0:
             return
+        sp = self.store_path
+        if sp is not None:         # no code was ever translated there: nothing to drop
+            try:
+                if not sp.holds_code(self.mem.host_offset(gpa, length), length):
+                    return
+            except GuestMemoryError:
+                pass
         if self.callback_depth:
             self.flush_pending = True
             if not self.paging:

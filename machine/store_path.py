@@ -11,7 +11,8 @@ it (by host address: aliases too) back to the slow path, where stores drop the c
 overwrite.
 
 `attach` gives one engine its state: its CPU, the RAM buffer and the guest-physical ranges of
-base RAM (`set_ranges` follows changes of the RAM map). An engine without one (a scratch engine,
+base RAM (`set_ranges` follows changes of the RAM map). The same record of pages that ever held
+code tells the CPU which host writes need no invalidation at all (`holds_code`). An engine without one (a scratch engine,
 a benchmark's raw engine) runs exactly as before: the wrappers only call through.
 """
 
@@ -90,6 +91,7 @@ class StorePath:
         if not ptr:
             raise MemoryError("no room for another store-path state")
         self._state = _State.from_address(ptr)
+        self._code = (ctypes.c_char * ((ram_size >> 12) + 1)).from_address(self._state.code)
         self._release = weakref.finalize(uc, lib.storepath_free, ptr)
         self.set_ranges(ranges)
         self._state.enabled = 1
@@ -102,6 +104,11 @@ class StorePath:
         for i, (gpa, size, offset) in enumerate(ranges):
             st.range[i] = _Range(gpa, size, offset)
         st.nranges = len(ranges)
+
+    def holds_code(self, offset: int, length: int) -> bool:
+        """Whether code was ever translated on a page of [offset, offset+length) of the RAM
+        buffer. A host write (DMA, a loader) anywhere else cannot overwrite translated code."""
+        return b"\x01" in self._code[offset >> 12:((offset + length - 1) >> 12) + 1]
 
     @property
     def cleaned(self) -> int:
