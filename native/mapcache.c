@@ -79,24 +79,29 @@ void *mapcache_lookup(void *uc, uint64_t addr)
     return mr;
 }
 
-void mapcache_free(struct mapcache *s)
+static void forget(struct mapcache *s)
 {
-    for (int i = 0; i < MAX_ENGINES; i++)
+    for (int i = 0; i < used; i++)
         if (engines[i] == s)
             engines[i] = NULL;
     if (last == s)
         last = NULL;
+}
+
+void mapcache_free(struct mapcache *s)
+{
+    forget(s);
     free(s);
 }
 
 /* A cache for engine `uc` whose own lookup is `lookup`, or NULL (no memory, or MAX_ENGINES
  * engines with caches).  A cache left behind by a closed engine at the same address (its
- * memory reused) is dropped first. */
+ * memory reused) leaves the table first (its owner still frees it). */
 struct mapcache *mapcache_new(void *uc, lookup_fn lookup)
 {
     struct mapcache *old = find(uc);
     if (old)
-        mapcache_free(old);
+        forget(old);              /* its owner still frees it */
     for (int i = 0; i < MAX_ENGINES; i++)
         if (!engines[i]) {
             struct mapcache *s = calloc(1, sizeof *s);

@@ -209,25 +209,31 @@ int storepath_install(void *set_page_fn_, void *gen_code_fn_, void *set_dirty_fn
 
 /* ---- engines ------------------------------------------------------------------------- */
 
-void storepath_free(struct storepath *s)
+static void forget(struct storepath *s)
 {
-    for (int i = 0; i < MAX_ENGINES; i++)
+    for (int i = 0; i < used; i++)
         if (engines[i] == s)
             engines[i] = NULL;
     if (last == s)
         last = NULL;
+}
+
+void storepath_free(struct storepath *s)
+{
+    forget(s);
     free(s->code);
     free(s);
 }
 
 /* A state for the engine whose CPUState is `cpu`, RAM `ram` of `ram_size` bytes (ranges set by
  * the caller, `enabled` 0 until then); NULL when out of memory or table space.  A state left
- * behind by a closed engine whose CPUState address was reused is dropped first. */
+ * behind by a closed engine whose CPUState address was reused leaves the table first (its
+ * owner still frees it). */
 struct storepath *storepath_new(void *cpu, void *uc, uint8_t *ram, uint64_t ram_size)
 {
     struct storepath *old = find(cpu);
     if (old)
-        storepath_free(old);
+        forget(old);              /* its owner still frees it */
     for (int i = 0; i < MAX_ENGINES; i++)
         if (!engines[i]) {
             struct storepath *s = calloc(1, sizeof *s);
