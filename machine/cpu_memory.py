@@ -20,9 +20,9 @@ from typing import Callable
 from unicorn import Uc, UcError
 from unicorn import unicorn_const as UC
 
-from . import trace
+from . import region_cache, store_path, trace
 from . import unicorn_internals as ui
-from .memory import PAGE, GuestMemory, MmioRegion, ones
+from .memory import PAGE, GuestMemory, GuestMemoryError, MmioRegion, ones
 
 FOUR_GIB = 1 << 32
 ISA_BIOS_MAX = 128 * 1024        # the part of the ROM also visible just below 1 MiB
@@ -62,7 +62,22 @@ class CpuMemory:
         self._ram_starts: list[int] = []
         self.paging = False                                 # CR0.PG, as the CPU last saw it
         self.map_ram()
+        # From here on every map change goes through the cache's guard (region_cache.py).
+        self.region_cache = region_cache.attach(uc)
+        # Stores to base RAM without translated code on the TLB fast path (store_path.py).
+        self._base_ram = [(r.gpa, r.size, r.host_offset) for r in mem.ranges]
+        self.store_path = store_path.attach(uc, ctypes.addressof(self._ram_export), mem.size,
+                                            self._base_ram)
+        if self.store_path is not None:
+            mem.add_map_listener(self._sync_store_path)
         mem.add_write_listener(self.on_host_write)
+
+    def _sync_store_path(self) -> None:
+        """The RAM map changed: the fast path covers what is still base RAM (windows added
+        later, like the chipset's shadow RAM, stay on Unicorn's own path)."""
+        if self.store_path is not None:
+            now = {(r.gpa, r.size, r.host_offset) for r in self.mem.ranges}
+            self.store_path.set_ranges([r for r in self._base_ram if r in now])
 
     def reset(self) -> None:
         """A reset restores the ROM's bytes (a ROM is never written, but its copy here could be
@@ -112,10 +127,18 @@ class CpuMemory:
         writable += [(g, s, ram + off) for g, (s, off) in self._wo_windows.items()]
         return readable, writable
 
+    def _map_read_only(self, gpa: int, size: int, ptr: int) -> None:
+        """Host memory the guest reads and runs but cannot write (ROM, read-only shadow RAM).
+        Protecting the fresh mapping once more marks its section read-only, so when the CPU's
+        write-protect hook answers that it handled a store there, Unicorn discards the store and
+        goes on: an ignored ROM write never leaves the engine (unicorn_internals 10.)."""
+        self.uc.mem_map_ptr(gpa, size, UC.UC_PROT_READ | UC.UC_PROT_EXEC, ptr)
+        self.uc.mem_protect(gpa, size, UC.UC_PROT_READ | UC.UC_PROT_EXEC)
+
     def load_firmware(self, image: bytes) -> None:
         """Map the firmware ROM read-only at [4G - size, 4G) and its last min(size, 128 KiB)
         again ending at 1 MiB (the isa-bios alias real-mode code starts from). A guest write to
-        either is ignored (see `_skip_rom_write`). The chipset's shadow RAM controls may later
+        either is ignored (see `_map_read_only`). The chipset's shadow RAM controls may later
         show RAM instead of parts of the alias (`set_legacy_window`)."""
         size = len(image)
         if size == 0 or size % PAGE or size > 16 * 1024 * 1024:
@@ -131,7 +154,7 @@ class CpuMemory:
         self._rom_ranges = [(FOUR_GIB - size, size, 0), (0x100000 - alias, alias, size - alias)]
         for gpa, sz, off in self._rom_ranges:
             self._drop_open_bus(gpa, sz)
-            self.uc.mem_map_ptr(gpa, sz, UC.UC_PROT_READ | UC.UC_PROT_EXEC, ptr + off)
+            self._map_read_only(gpa, sz, ptr + off)
         self.uc.ctl_flush_tb()
         if self.layout_listener is not None:
             self.layout_listener()
@@ -165,7 +188,7 @@ class CpuMemory:
                 self.uc.mem_map_ptr(base, size, UC.UC_PROT_ALL, ram_ptr)
                 self._legacy_ram.append((base, size, ram_offset))
             elif mode == "ram_ro":
-                self.uc.mem_map_ptr(base, size, UC.UC_PROT_READ | UC.UC_PROT_EXEC, ram_ptr)
+                self._map_read_only(base, size, ram_ptr)
                 self._ro_ram.append((base, size, ram_offset))
                 self._legacy_ram.append((base, size, ram_offset))
             elif mode == "ram_wo":
@@ -195,7 +218,7 @@ class CpuMemory:
             return                                      # open bus (mapped lazily on access)
         off = a_off + lo - a_base
         ptr = ctypes.addressof(self._rom_export) + off
-        self.uc.mem_map_ptr(lo, hi - lo, UC.UC_PROT_READ | UC.UC_PROT_EXEC, ptr)
+        self._map_read_only(lo, hi - lo, ptr)
         self._rom_ranges.append((lo, hi - lo, off))
 
     def _bus_reader(self, base: int):
@@ -325,7 +348,8 @@ class CpuMemory:
             or any(g <= addr < g + s for g, s, _ in self._ro_ram)
 
     # Host writes into RAM (DMA, loaders, the debugger) are invisible to Unicorn's translated
-    # code: drop it. ctl_remove_cache takes a virtual address, so with paging on (virtual !=
+    # code: drop it, unless no code was ever translated on the pages written (store_path.py
+    # keeps that record; most DMA lands in data pages). ctl_remove_cache takes a virtual address, so with paging on (virtual !=
     # physical) the only safe choice is a full flush.
     # Inside a device callback the work is deferred to the callback's return, still before the
     # guest's next instruction: a virtio request writes its data buffer, status byte and several
@@ -334,6 +358,13 @@ class CpuMemory:
     def on_host_write(self, gpa: int, length: int) -> None:
         if length <= 0:
             return
+        sp = self.store_path
+        if sp is not None:         # no code was ever translated there: nothing to drop
+            try:
+                if not sp.holds_code(self.mem.host_offset(gpa, length), length):
+                    return
+            except GuestMemoryError:
+                pass
         if self.callback_depth:
             self.flush_pending = True
             if not self.paging:

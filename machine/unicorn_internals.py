@@ -34,6 +34,21 @@ Unicorn's public API cannot do what a PC needs in these ways, so we reach under 
    TLB fast path after their first store, while still dropping translated code that a later
    store overwrites (it re-arms the slow path for a page when it translates code there).
    `_probe_store_fast_path()` checks that a guest's self-modifying code is still seen.
+8. `uc_struct.memory_mapping`, Unicorn's physical address -> region lookup (a walk of QEMU's
+   flat view), called on every slow-path load and twice on every slow-path store: the CPU puts
+   a caching lookup there (region_cache.py, native/mapcache.c). The slot holds
+   `find_memory_mapping_x86_64` once the engine has mapped memory; `self_test_region_cache()`
+   checks the cached lookup against Unicorn's own across map changes.
+9. The store fast path (store_path.py, native/storepath.c): wrappers put in libunicorn's GOT
+   slots for `tlb_set_page_with_attrs` and `tb_gen_code` (Unicorn calls both through its PLT),
+   which call Unicorn's `tlb_set_dirty`, `tlb_reset_dirty` and `qemu_map_ram_ptr`, and read
+   `uc_struct.cpu` and `TranslationBlock.page_addr`. `self_test_store_path()` checks the layout
+   and that code rewritten through a fast-path entry, at its own address and through an alias,
+   is still seen.
+10. Ignored ROM writes inside the engine: a region mapped with `uc_mem_map_ptr` read-only and
+   then `uc_mem_protect`ed read-only again has a read-only section, and a store there that a
+   UC_HOOK_MEM_WRITE_PROT hook reports handled is discarded (TLB_DISCARD_WRITE) while the run
+   goes on; without the second call Unicorn would perform the store. `_probe_rom_discard()`.
 
 Also here: a direct `uc_ctl(UC_CTL_TB_REMOVE_CACHE)` call (2 µs against 6 µs through the
 binding: it sits on the DMA path, once per written range), ctypes wrappers for `uc_vmem_read/write/translate` (exported by libunicorn 2.1.4,
@@ -46,6 +61,7 @@ clear message on any other Unicorn build. Nothing else in the project may import
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 
 import unicorn
@@ -62,6 +78,9 @@ UC_STRUCT_ARCH = 0
 UC_STRUCT_MODE = 4
 UC_STRUCT_EMU_COUNTER = 1368
 UC_STRUCT_EMU_COUNT = 1376     # the budget emu_start(count=N) set, right after the counter
+UC_STRUCT_MEMORY_MAPPING = 288  # uc_memory_mapping_t, set when the engine first maps memory
+UC_STRUCT_CPU = 440            # CPUState *cpu, built when the engine first maps memory
+TB_PAGE_ADDR = 72              # offsetof(TranslationBlock, page_addr): RAM addresses of its pages
 CONTEXT_SIZE = 5608            # uc_context_size() for an x86 engine
 CONTEXT_DATA = 40              # struct uc_context header before the CPUX86State copy
 # Offsets inside the CPUX86State copy:
@@ -341,8 +360,11 @@ def mmio_map(uc: Uc, base: int, size: int, read, write) -> None:
             fail(exc)
 
     rcb, wcb = _MMIO_READ_T(on_read), _MMIO_WRITE_T(on_write)
-    err = _uclib.uc_mmio_map(uc._uch, base, size, ctypes.cast(rcb, ctypes.c_void_p), None,
-                             ctypes.cast(wcb, ctypes.c_void_p), None)
+    # A map change: inside the region cache's guard when the engine has one (region_cache.py).
+    guard = getattr(uc, "map_guard", None)
+    with guard() if guard is not None else contextlib.nullcontext():
+        err = _uclib.uc_mmio_map(uc._uch, base, size, ctypes.cast(rcb, ctypes.c_void_p), None,
+                                 ctypes.cast(wcb, ctypes.c_void_p), None)
     if err != UC.UC_ERR_OK:
         raise UcError(err)
     uc._mmio_callbacks[(base, base + size)] = (rcb, wcb)
@@ -527,6 +549,43 @@ def hook_callback(uc: Uc, handle: int):
 
 
 # ------------------------------------------------------------------------------------------
+# 8. the region lookup
+# ------------------------------------------------------------------------------------------
+
+def memory_mapping_slot(uc: Uc) -> ctypes.c_void_p:
+    """A live view of `uc->memory_mapping`. Raises UnsupportedUnicorn unless it holds Unicorn's
+    own lookup (the engine must have mapped memory: Unicorn fills the slot then)."""
+    slot = ctypes.c_void_p.from_address(handle(uc) + UC_STRUCT_MEMORY_MAPPING)
+    if slot.value != unicorn_memory_mapping():
+        raise UnsupportedUnicorn(
+            f"this emulator needs exactly unicorn {REQUIRED_VERSION}; uc_struct.memory_mapping "
+            f"is not where expected. Install it with: pip install unicorn=={REQUIRED_VERSION}")
+    return slot
+
+
+def unicorn_memory_mapping() -> int:
+    """Address of Unicorn's own region lookup for x86 engines."""
+    return ctypes.cast(_uclib.find_memory_mapping_x86_64, ctypes.c_void_p).value
+
+
+# ------------------------------------------------------------------------------------------
+# 9. the store fast path
+# ------------------------------------------------------------------------------------------
+
+def engine_cpu(uc: Uc) -> int:
+    """`uc->cpu`, the engine's CPUState (0 before the engine has mapped memory)."""
+    return ctypes.c_void_p.from_address(handle(uc) + UC_STRUCT_CPU).value or 0
+
+
+def store_path_functions() -> tuple[int, int, int, int, int]:
+    """Addresses of Unicorn's tlb_set_page_with_attrs, tb_gen_code (the two the store path
+    wraps), tlb_set_dirty, tlb_reset_dirty and qemu_map_ram_ptr, for native/storepath.c."""
+    return tuple(ctypes.cast(getattr(_uclib, f"{name}_x86_64"), ctypes.c_void_p).value
+                 for name in ("tlb_set_page_with_attrs", "tb_gen_code", "tlb_set_dirty",
+                              "tlb_reset_dirty", "qemu_map_ram_ptr"))
+
+
+# ------------------------------------------------------------------------------------------
 # translated-code invalidation
 # ------------------------------------------------------------------------------------------
 
@@ -657,6 +716,142 @@ def self_test_native_rdtsc(function: int, state_type) -> None:
     _native_rdtsc_checked = True
 
 
+_region_cache_checked = False
+
+
+def self_test_region_cache(make_cache) -> None:
+    """Check 8. with `make_cache(uc)` (a region_cache.RegionCache factory) on a scratch engine:
+    guest stores and loads, host reads and writes, and map changes made inside
+    `cache.changing()` (unmap, map elsewhere with other permissions, MMIO in RAM's place) all
+    see what Unicorn's own lookup sees, and repeated lookups hit the cache. Raises
+    UnsupportedUnicorn otherwise."""
+    global _region_cache_checked
+    if _region_cache_checked:
+        return
+    try:
+        problem = _probe_region_cache(make_cache)
+    except Exception as exc:               # any surprise means the internals moved
+        problem = f"internal probe failed ({exc})"
+    if problem:
+        raise UnsupportedUnicorn(
+            f"this emulator needs exactly unicorn {REQUIRED_VERSION}; {problem}. "
+            f"Install it with: pip install unicorn=={REQUIRED_VERSION}")
+    _region_cache_checked = True
+
+
+_store_path_checked = False
+
+
+def self_test_store_path(make_state, seen) -> None:
+    """Check 9. on a scratch engine with `make_state(uc, ram, ram_size, ranges)` (a
+    store_path.StorePath factory) and `seen()` (what the wrappers saw last): `uc->cpu` and a
+    block's page addresses are where expected, stores take the fast path, and code rewritten by
+    stores after it ran is still seen, at its own address (paging off) and through an alias
+    (two linear addresses of one page). Raises UnsupportedUnicorn otherwise."""
+    global _store_path_checked
+    if _store_path_checked:
+        return
+    try:
+        problem = _probe_store_path(make_state, seen)
+    except Exception as exc:               # any surprise means the internals moved
+        problem = f"internal probe failed ({exc})"
+    if problem:
+        raise UnsupportedUnicorn(
+            f"this emulator needs exactly unicorn {REQUIRED_VERSION}; {problem}. "
+            f"Install it with: pip install unicorn=={REQUIRED_VERSION}")
+    _store_path_checked = True
+
+
+# 0x8000: write `mov $1, %eax; ret` at 0x5000, call it at `target`, keep EAX in EBX, rewrite the
+# immediate to 2 through 0x5000, call it at `target` again; hlt.
+def _smc_program(target: int) -> bytes:
+    def code(imm: int) -> bytes:                 # movabs $(mov $imm, %eax; ret), %rax
+        return bytes.fromhex("48b8") + (0xC300000000B8 | imm << 8).to_bytes(8, "little")
+    store = bytes.fromhex("48a3") + (0x5000).to_bytes(8, "little")     # movabs %rax, 0x5000
+    call = bytes.fromhex("48c7c1") + target.to_bytes(4, "little") + bytes.fromhex("ffd1")
+    return (code(1) + store + call + bytes.fromhex("4889c3")          # mov %rax, %rbx
+            + code(2) + store + call + bytes.fromhex("f4"))
+
+
+def _probe_store_path(make_state, seen) -> str | None:
+    ram = ctypes.create_string_buffer(0x10000)
+    base = ctypes.addressof(ram)
+    results = []
+    for paging in (False, True):
+        uc = Uc(UC.UC_ARCH_X86, UC.UC_MODE_64)
+        uc.mem_map_ptr(0, 0x10000, UC.UC_PROT_ALL, base)
+        ctypes.memset(base, 0, 0x10000)
+        target = 0x5000
+        if paging:                 # 2 MiB pages: 0 -> 0 and 0x200000 -> 0 (an alias)
+            ram[0x1000:0x1008] = (0x2003).to_bytes(8, "little")          # PML4[0] -> PDPT
+            ram[0x2000:0x2008] = (0x3003).to_bytes(8, "little")          # PDPT[0] -> PD
+            ram[0x3000:0x3010] = (0x83).to_bytes(8, "little") * 2        # PD[0], PD[1] -> 0
+            uc.reg_write(X86.UC_X86_REG_CR3, 0x1000)
+            uc.reg_write(X86.UC_X86_REG_CR4, 0x20)
+            uc.reg_write(X86.UC_X86_REG_CR0, 0x80000011)
+            target = 0x205000
+        state = make_state(uc, base, 0x10000, [(0, 0x10000, 0)])
+        prog = _smc_program(target)
+        ram[0x8000:0x8000 + len(prog)] = prog
+        uc.reg_write(X86.UC_X86_REG_RSP, 0x9800)
+        uc.emu_start(0x8000, 0, 0, 100)
+        if engine_cpu(uc) != seen().cpu:
+            return "uc_struct.cpu is not where expected"
+        tb, pc = seen().tb, seen().pc            # the last block translated, and where
+        page0 = ctypes.c_uint64.from_address(tb + TB_PAGE_ADDR).value
+        ram_ptr = ctypes.CFUNCTYPE(ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p,
+                                   ctypes.c_uint64)(store_path_functions()[4])
+        if ram_ptr(handle(uc), None, page0) != base + (pc & 0x1FF000):   # both maps: pa = va mod 2 MiB
+            return "TranslationBlock.page_addr is not where expected"
+        results.append((uc.reg_read(X86.UC_X86_REG_RBX), uc.reg_read(X86.UC_X86_REG_RAX)))
+        if state.cleaned == 0:
+            return "no store took the fast path"
+    if results != [(1, 2), (1, 2)]:
+        return f"code rewritten through a fast-path TLB entry was not seen ({results})"
+    return None
+
+
+def _probe_region_cache(make_cache) -> str | None:
+    uc = Uc(UC.UC_ARCH_X86, UC.UC_MODE_64)
+    uc.mem_map(0x1000, 0x1000)
+    uc.mem_map(0x2000, 0x1000)
+    cache = make_cache(uc)
+    # 0x1000: a loop storing to and loading from 0x2000 (slow path: the page is executable)
+    code = bytes.fromhex("48c7c1" "10000000"          # mov $16, %rcx
+                         "48890c25" "00200000"        # 1: mov %rcx, 0x2000
+                         "488b0425" "00200000"        # mov 0x2000, %rax
+                         "48ffc9" "75eb" "f4")        # dec %rcx; jnz 1b; hlt
+    uc.mem_write(0x1000, code)
+    uc.emu_start(0x1000, 0, 0, 100)
+    if uc.reg_read(X86.UC_X86_REG_RAX) != 1 or uc.mem_read(0x2000, 8) != (1).to_bytes(8, "little"):
+        return "guest stores and loads through the cached region lookup went wrong"
+    if cache.hits == 0:
+        return "the cached region lookup is never used"
+    faults = []
+    uc.hook_add(UC.UC_HOOK_MEM_WRITE_UNMAPPED | UC.UC_HOOK_MEM_WRITE_PROT,
+                lambda _uc, kind, addr, *_: faults.append((kind, addr)) and False)
+    with cache.changing():                 # the data page goes away, comes back read-only
+        uc.mem_unmap(0x2000, 0x1000)
+        uc.mem_map(0x2000, 0x1000, UC.UC_PROT_READ)
+    try:
+        uc.emu_start(0x1000, 0, 0, 100)
+    except UcError:
+        pass
+    if faults != [(UC.UC_MEM_WRITE_PROT, 0x2000)]:
+        return f"a map change is not seen by the cached region lookup ({faults})"
+    seen = []
+    with cache.changing():                 # MMIO where the page was
+        uc.mem_unmap(0x2000, 0x1000)
+        mmio_map(uc, 0x2000, 0x1000, lambda off, size: 7, lambda off, size, v: seen.append(v))
+    uc.emu_start(0x1000, 0, 0, 100)
+    if seen[:1] != [16] or uc.reg_read(X86.UC_X86_REG_RAX) & 0xFFFFFFFF != 7:   # 8 bytes: 2 MMIO reads
+        return "MMIO mapped in RAM's place is not seen by the cached region lookup"
+    cache.close()
+    if ctypes.c_void_p.from_address(handle(uc) + UC_STRUCT_MEMORY_MAPPING).value != unicorn_memory_mapping():
+        return "closing the region cache does not give the engine its own lookup back"
+    return None
+
+
 def _probe_block_clock(function: int, state_type, stop_budget: int, bytes_per_insn: int) -> str | None:
     uc = Uc(UC.UC_ARCH_X86, UC.UC_MODE_64)
     uc.mem_map(0x1000, 0x1000)
@@ -731,6 +926,8 @@ def _probe() -> str | None:
         return "hflags2 is not where expected"
     # Code: nop x5; hlt. Run with count=3 and check the counter and the segment cache layout.
     uc.mem_map(0x1000, 0x1000)
+    if ctypes.c_void_p.from_address(h + UC_STRUCT_MEMORY_MAPPING).value != unicorn_memory_mapping():
+        return "uc_struct.memory_mapping is not where expected"
     uc.mem_write(0x1000, b"\x90" * 5 + b"\xf4")
     uc.emu_start(0x1000, 0x2000, count=3)
     if emu_counter(uc).value not in (3, 4):
@@ -769,7 +966,26 @@ def _probe() -> str | None:
     if uc.reg_read(X86.UC_X86_REG_RAX) & 0xFF != 2:
         return "uc_ctl(UC_CTL_TB_REMOVE_CACHE) did not drop translated code"
     return (_probe_lean_hooks(uc) or _probe_syscall(uc) or _probe_unmap_walk(uc)
-            or _probe_store_fast_path())
+            or _probe_store_fast_path() or _probe_rom_discard())
+
+
+def _probe_rom_discard() -> str | None:
+    """A handled store into a twice-protected read-only mapping is dropped, the run goes on
+    (see 10.)."""
+    rom = ctypes.create_string_buffer(b"\xAA" * 0x1000, 0x1000)
+    uc = Uc(UC.UC_ARCH_X86, UC.UC_MODE_32)
+    uc.mem_map(0x1000, 0x1000)
+    uc.mem_map_ptr(0x2000, 0x1000, UC.UC_PROT_READ | UC.UC_PROT_EXEC, ctypes.addressof(rom))
+    uc.mem_protect(0x2000, 0x1000, UC.UC_PROT_READ | UC.UC_PROT_EXEC)
+    seen = []
+    uc.hook_add(UC.UC_HOOK_MEM_WRITE_PROT, lambda _uc, _k, addr, *_: seen.append(addr) or True)
+    # movb $0x55, 0x2010; mov 0x2010, %eax; inc %ebx; hlt
+    uc.mem_write(0x1000, bytes.fromhex("c60510200000" "55" "a110200000" "43" "f4"))
+    uc.emu_start(0x1000, 0, 0, 10)
+    got = (seen, uc.reg_read(X86.UC_X86_REG_EAX), uc.reg_read(X86.UC_X86_REG_EBX), rom.raw[0x10])
+    if got != ([0x2010], 0xAAAAAAAA, 1, 0xAA):
+        return f"a handled store into read-only memory is not discarded ({got})"
+    return None
 
 
 def _probe_store_fast_path() -> str | None:

@@ -84,13 +84,16 @@ void icount_block(void *uc, uint64_t address, uint32_t size, void *user)
  * microseconds per RDTSC, and Linux spins on the TSC in its delay loops (over ten million RDTSC
  * in one boot).  The time stamp is the slice's start plus its port I/O time (`base`, kept by
  * Python) plus the instructions retired so far (`*counter`: Unicorn's counter in the exact
- * mode, the fast clock's in the fast mode). */
+ * mode, the fast clock's in the fast mode).  In the fast mode an RDTSC also charges the clock
+ * its latency (`charge`, see machine/x86/tsc.py); the exact mode charges it one instruction. */
 struct tsc_state {
     uint64_t base;
     uint64_t *counter;
     reg_rw_fn reg_write;
     int32_t reg_rax, reg_rdx;
     uint64_t reads;               /* statistics: RDTSC executed */
+    uint64_t charge;              /* added to *counter after each read: the fast mode's cost of
+                                     an RDTSC (0 in the exact mode: one instruction, one ns) */
 };
 
 uint32_t icount_rdtsc(void *uc, void *user)
@@ -101,5 +104,6 @@ uint32_t icount_rdtsc(void *uc, void *user)
     s->reg_write(uc, s->reg_rax, &lo);
     s->reg_write(uc, s->reg_rdx, &hi);
     s->reads++;
+    *s->counter += s->charge;
     return 1;                     /* skip the native instruction (the host's TSC) */
 }

@@ -14,7 +14,7 @@ from test_cpu_run import TICKS_PROGRAM, FakeIrqController, periodic
 from machine import unicorn_internals as ui
 from machine.cli import parse_args
 from machine.config import ConfigError
-from machine.x86 import fast_clock
+from machine.x86 import fast_clock, tsc
 
 ALU = """
 main:
@@ -229,7 +229,40 @@ def test_rdtsc_is_answered_natively_from_virtual_time(tmp_path, icount):
     if icount:
         assert delta == 4 + IO_PORT_NS          # mov, out, jmp, rdtsc: 1 ns each, and the port
     else:
-        assert IO_PORT_NS < delta < IO_PORT_NS + 20     # the port, and the second block's charge
+        # the port, the first RDTSC's latency and the second block's charge
+        assert IO_PORT_NS + tsc.FAST_CHARGE <= delta < IO_PORT_NS + tsc.FAST_CHARGE + 20
+
+
+def test_fast_mode_charges_rdtsc_its_latency(tmp_path):
+    """Back-to-back time stamps are FAST_CHARGE apart in the fast mode (as on real cores), so a
+    loop spinning on the TSC for a fixed time runs about that many times fewer iterations; the
+    exact mode keeps one instruction, one nanosecond."""
+    src = """
+    main:
+        xor %ecx, %ecx
+        rdtsc
+        mov %eax, %ebx
+    1:  inc %ecx
+        rdtsc
+        sub %ebx, %eax
+        cmp $100000, %eax               # spin for 100 us of virtual time
+        jb 1b
+        mov %ecx, RESULTS
+        EXIT 0
+    2:  jmp 2b
+    """
+    spins = {}
+    for icount in (True, False):
+        d = tmp_path / ("exact" if icount else "fast")
+        d.mkdir()
+        m = build_machine(d, src, prologue=PM32_PROLOGUE, icount=icount)
+        if m.cpu.tsc is None:
+            pytest.skip("the native helpers cannot be built here")
+        assert m.run(10_000_000) == 1
+        spins[icount] = result(m, 0)
+    assert 100_000 // 6 <= spins[True] <= 100_000 // 5 + 1         # 5 instructions a spin
+    assert 20 <= tsc.FAST_CHARGE <= 40              # cycles an RDTSC takes on current cores
+    assert spins[False] <= 100_000 // 20
 
 
 def test_memory_hooks_cover_exactly_the_gaps_between_ram_ranges():

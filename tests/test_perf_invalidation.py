@@ -79,6 +79,7 @@ def test_dma_over_code_from_one_callback_is_seen_everywhere(tmp_path, via, pagin
 def test_removals_are_deferred_to_the_callback_exit_and_merged_per_page_run(tmp_path):
     m = build_machine(tmp_path, "EXIT 0\n")
     cpu = m.cpu
+    cpu.physmem.store_path = None               # as if every page had held code (see below)
     removed = []
     cpu.physmem._remove_code = lambda b, e: removed.append((b, e)) or 0
 
@@ -100,6 +101,7 @@ def test_a_run_never_crosses_into_another_ram_range(tmp_path):
     from machine.memory import RamRange
     m = build_machine(tmp_path, "EXIT 0\n")
     cpu = m.cpu
+    cpu.physmem.store_path = None               # as if every page had held code
     # RAM shown again at 0xFF000 (as shadow RAM is), touching the main range at 1 MiB.
     m.mem.add_range(RamRange(0xFF000, 0x1000, 0x200000))
     removed = []
@@ -111,3 +113,23 @@ def test_a_run_never_crosses_into_another_ram_range(tmp_path):
     cpu.physmem.callback_depth -= 1
     cpu.physmem.flush_now()
     assert removed == [(0xFFFF0, 0x100000), (0x100000, 0x100110)]
+
+
+def test_host_writes_to_pages_that_never_held_code_drop_nothing(tmp_path):
+    """The store path's record of pages that ever held translated code: a DMA elsewhere needs
+    no removal (with paging on, no full flush), one over a page that ran code still gets it."""
+    m = build_machine(tmp_path, """
+    main:
+        call 0x9000
+        EXIT 0
+    """, prologue=PM32_PROLOGUE)
+    if m.cpu.physmem.store_path is None:
+        pytest.skip("the native helpers cannot be built here")
+    m.mem.write(0x9000, b"\xc3")                   # ret
+    removed = []
+    m.cpu.physmem._remove_code = lambda b, e: removed.append((b, e)) or 0
+    assert m.run(100_000) == 1
+    m.mem.write(0x20000, b"data")
+    assert removed == []
+    m.mem.write(0x9000, b"\xc3")
+    assert removed == [(0x9000, 0x9001)]
