@@ -4,6 +4,7 @@ Counts checked mutants only ("not checked" ones have not run yet).
 """
 
 import collections
+import re
 import sys
 
 
@@ -16,7 +17,9 @@ def main() -> None:
         name, _, status = line.strip().rpartition(": ")
         if not name or status == "not checked":
             continue
-        module = name.split(".x")[0]
+        # "machine.block.x_open_drive__mutmut_3", "machine.x86.deliver.xǁDeliveryǁdeliver__mutmut_1":
+        # the module ends where mutmut's ".x_" / ".xǁ" prefix of the function begins
+        module = re.split(r"\.x[_ǁ]", name, maxsplit=1)[0]
         count[module][status] += 1
     total: collections.Counter = collections.Counter()
     for module in sorted(count):

@@ -405,3 +405,51 @@ def test_a_snapshot_keeps_the_drive_options(tmp_path):
         assert (be.cache, be.discard_unmap, be.filename) == ("writethrough", True, str(p))
     finally:
         be.close()
+
+
+@pytest.mark.parametrize("readonly, snapshot, mode", [(False, False, os.O_RDWR), (True, False, os.O_RDONLY),
+                                                      (False, True, os.O_RDONLY)])
+def test_the_image_is_opened_for_writing_only_when_the_guest_may_write(tmp_path, readonly, snapshot, mode):
+    import fcntl
+    be = open_drive(DriveConfig(file=image(tmp_path), readonly=readonly, snapshot=snapshot))
+    try:
+        raw = be.base if snapshot else be
+        flags = fcntl.fcntl(raw.fd, fcntl.F_GETFL)
+        assert flags & os.O_ACCMODE == mode
+        assert not flags & os.O_NONBLOCK
+    finally:
+        be.close()
+
+
+@pytest.mark.parametrize("readonly", [False, True])
+def test_a_directory_is_a_config_error(tmp_path, readonly):
+    with pytest.raises(ConfigError) as e:
+        open_drive(DriveConfig(file=tmp_path, readonly=readonly))
+    assert str(e.value) == f"Could not open '{tmp_path}': Is a directory"
+
+
+@pytest.mark.parametrize("readonly", [False, True])
+def test_a_fifo_or_character_device_is_refused_without_waiting(tmp_path, readonly):
+    # (the command line refuses them first; this is the Python API's path.) Opening a FIFO for
+    # reading used to wait for a writer forever: the open runs on a thread, and a writer
+    # releases it if it hangs.
+    import threading
+    fifo = tmp_path / "f"
+    os.mkfifo(fifo)
+    for path in (fifo, "/dev/null"):
+        errors = []
+
+        def open_it():
+            try:
+                open_drive(DriveConfig(file=path, readonly=readonly))
+            except ConfigError as e:
+                errors.append(str(e))
+        t = threading.Thread(target=open_it)
+        t.start()
+        t.join(10)
+        hung = t.is_alive()
+        if hung:
+            os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+            t.join()
+        assert not hung, f"opening {path} blocked"
+        assert errors == [f"Could not open '{path}': not a regular file or a block device"]

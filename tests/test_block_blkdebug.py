@@ -455,3 +455,50 @@ def test_the_board_gives_virtio_blk_its_virtual_clock(tmp_path):
         assert m.devices["virtio-blk0"].vdev.clock is m.clock
     finally:
         m.close()
+
+
+def test_a_drive_with_bad_rules_is_a_config_error_naming_them(tmp_path):
+    bad = tmp_path / "bad.conf"
+    bad.write_text('[inject-error]\nevent = "read_aio"\nbogus = "1"\n')
+    img = tmp_path / "d.img"
+    img.write_bytes(bytes(4096))
+    with pytest.raises(ConfigError) as e:
+        open_drive(DriveConfig(file=img, blkdebug=bad))
+    assert str(e.value) == f"{bad}:3: Invalid parameter 'bogus' in [inject-error]"
+
+
+def test_a_held_completion_key_names_a_real_queue_head_and_length(tmp_path):
+    """held_release() rebuilds a held completion from a saved timer key (a snapshot is host
+    input): a queue the device lacks, a head past 16 bits or a length past 32 bits is refused."""
+    from virtio_driver import Bench
+    b = Bench(tmp_path)
+    try:
+        v = b.vdev
+        n = len(v.queues)
+        assert v.held_release(n - 1, 0xFFFF, (1 << 32) - 1) is not None
+        assert v.held_release(0, 0, 0) is not None
+        for bad in [(n, 0, 0), (-1, 0, 0), (0, 1 << 16, 0), (0, -1, 0), (0, 0, 1 << 32), (0, 0, -1)]:
+            assert v.held_release(*bad) is None, bad
+    finally:
+        b.close()
+
+
+def test_a_held_completion_of_a_broken_device_is_dropped(tmp_path):
+    from virtio_driver import T_IN, Bench
+    from machine.clock import VirtualClock
+    from machine.virtio.queue import VirtqueueError
+
+    rules = tmp_path / "r.conf"
+    rules.write_text('[delay]\nevent = "read_aio"\nsector = "8"\nlatency-ns = "5000"\n')
+    b = Bench(tmp_path, blkdebug=rules)
+    try:
+        clock = b.vdev.clock = VirtualClock()
+        b.start(features=b.drv.device_features() & ~(1 << 29))
+        b.blk.submit(T_IN, 8, in_len=512)
+        b.drv.kick(0)
+        assert b.vdev.delayed
+        b.vdev.virtio_error(VirtqueueError("broken for the test"))
+        clock.advance(5000)
+        assert not b.vdev.delayed and b.vqs[0].used_idx() == 0     # released, but not pushed
+    finally:
+        b.close()

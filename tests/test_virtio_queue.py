@@ -647,3 +647,28 @@ def test_chain_of_exactly_4_gib_is_accepted_and_one_byte_more_is_not():
     q = _long_chain((4 << 20) + 1, 1024, writable_from=512)
     with pytest.raises(ChainTooLong):
         q.pop()
+
+
+def _read_only_window(b, data: bytes) -> int:
+    """RAM the guest's chipset made read-only (a write-protected shadow window at 0xC0000)."""
+    from machine.memory import RamRange
+    b.mem.buf[0xC0000:0xC0000 + len(data)] = data
+    b.mem.add_range(RamRange(0xC0000, 0x1000, 0xC0000, read_only=True))
+    return 0xC0000
+
+
+def test_device_writable_buffer_in_read_only_ram_needs_reset(bench):
+    before = bench.image()
+    d = good_in(bench)
+    d[1] = (_read_only_window(bench, bytes(512)), 512, WRITE | NEXT, 2)
+    submit_raw(bench, d)
+    assert_broken(bench, before, BufferNotInRam)
+
+
+def test_device_readable_buffer_in_read_only_ram_is_written_out(bench):
+    data = bytes(range(256)) * 2
+    status = buf(bench, size=1)
+    submit_raw(bench, [(buf(bench, HDR_OUT), 16, NEXT, 1),
+                       (_read_only_window(bench, data), 512, NEXT, 2), (status, 1, WRITE, 0)])
+    assert not bench.needs_reset and bench.vqs[0].used_idx() == 1
+    assert bench.mem.read(status, 1)[0] == S_OK and bench.image()[:512] == data

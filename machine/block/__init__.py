@@ -35,13 +35,17 @@ def open_drive(drive: DriveConfig, *, snapshot: bool = False) -> BlockBackend:
     use_overlay = snapshot or drive.snapshot
     read_only = drive.readonly or use_overlay
     try:
-        fd = os.open(path, (os.O_RDONLY if read_only else os.O_RDWR) | os.O_CLOEXEC)
+        # O_NONBLOCK: opening a FIFO for reading would wait for a writer (refused below)
+        fd = os.open(path, (os.O_RDONLY if read_only else os.O_RDWR) | os.O_CLOEXEC | os.O_NONBLOCK)
     except OSError as e:
         raise ConfigError(f"Could not open '{path}': {e.strerror}") from None
     try:
         st = os.fstat(fd)
         if stat.S_ISDIR(st.st_mode):
             raise ConfigError(f"Could not open '{path}': Is a directory")
+        if not (stat.S_ISREG(st.st_mode) or stat.S_ISBLK(st.st_mode)):
+            raise ConfigError(f"Could not open '{path}': not a regular file or a block device")
+        os.set_blocking(fd, True)
         size = st.st_size if stat.S_ISREG(st.st_mode) else os.lseek(fd, 0, os.SEEK_END)
         if size % SECTOR:
             raise ConfigError(f"'{path}': image size {size} is not a multiple of {SECTOR} bytes")

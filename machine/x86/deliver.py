@@ -187,7 +187,7 @@ class Delivery:
         _, base, limit, _ = self.uc.reg_read(X.UC_X86_REG_TR)
         return base
 
-    def _enter_ring(self, cpl: int, ss: int, sp: int, bits: int) -> int:
+    def _enter_ring(self, cpl: int, ss: int, sp: int) -> int:
         """Switch to the inner stack SS:SP at privilege `cpl`; returns the new SS base."""
         ui.set_cpl(self._raw, cpl)
         try:
@@ -257,7 +257,7 @@ class Delivery:
             tss = self._tss_base()
             new_esp, new_ss = struct.unpack("<IH", self._vread(tss + 4 + 8 * dpl, 6))
             values += [old_ss, old_esp]
-            ss_base = self._enter_ring(dpl, new_ss, new_esp, 32)
+            ss_base = self._enter_ring(dpl, new_ss, new_esp)
             esp = new_esp
             ss32 = self._raw.hflags & ui.HF_SS32
         else:
@@ -332,6 +332,13 @@ class Delivery:
                 ui.load_seg(self.uc, X.UC_X86_REG_SS, dpl)      # null SS with RPL = new CPL
             except UcError as exc:
                 raise DeliveryFault(f"cannot load a null SS: {exc}")
+            # Unicorn takes CPL from the loaded SS's DPL, which is 0 for a null selector: a
+            # handler in ring 1 or 2 would run at CPL 0. The CPU's null SS carries the new CPL.
+            raw = self._raw.save()
+            ss_sel, ss_base, ss_limit, ss_flags = raw.seg(ui.SEG_SS)
+            raw.set_seg(ui.SEG_SS, ss_sel, ss_base, ss_limit, (ss_flags & ~(3 << 13)) | dpl << 13)
+            raw.hflags = (raw.hflags & ~ui.HF_CPL_MASK) | dpl
+            raw.restore()
         elif cpl:
             ui.set_cpl(self._raw, cpl)          # same privilege: push at the current CPL
         rsp &= ~0xF
