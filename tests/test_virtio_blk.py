@@ -653,3 +653,43 @@ def test_parse_request_reads_against_the_negotiated_features(make):
     c.blk.submit(T_DISCARD, 0, out=b"\0" * 8)
     with pytest.raises(SegmentTooShort):
         c.vdev.parse_request(c.vdev.queues[0].peek(0))
+
+
+# Every numeric property of virtio-blk-pci: the lowest and highest value it takes (QEMU's ranges
+# where QEMU has them); the bench's 1 MiB image fits every block size.
+PROPERTY_RANGES = [
+    ("num-queues", 1, 1024), ("queue-size", 2, 1024),
+    ("logical_block_size", 512, 32768), ("physical_block_size", 512, 32768),
+    ("min_io_size", 0, 0xFFFF * SECT), ("opt_io_size", 0, 0xFFFFFFFF * SECT),
+    ("max-discard-sectors", 1, B.REQUEST_MAX_SECTORS),
+    ("max-write-zeroes-sectors", 1, B.REQUEST_MAX_SECTORS),
+    ("cyls", 0, 65535), ("heads", 0, 255), ("secs", 0, 255)]
+POWERS_OF_2 = {"queue-size", "logical_block_size", "physical_block_size"}
+
+
+@pytest.mark.parametrize("name, lo, hi", PROPERTY_RANGES, ids=[r[0] for r in PROPERTY_RANGES])
+def test_each_numeric_property_takes_exactly_its_range(make, name, lo, hi):
+    from machine.config import ConfigError
+    make(props={name: str(lo)})
+    make(props={name: str(hi)})
+    above = hi * 2 if name in POWERS_OF_2 else hi + 1
+    with pytest.raises(ConfigError, match=rf"^Property '{name}' value {above} is out of range \[{lo}, {hi}\]$"):
+        make(props={name: str(above)})
+    if lo > 0:
+        below = lo // 2 if name in POWERS_OF_2 else lo - 1
+        with pytest.raises(ConfigError, match=rf"^Property '{name}' value {below} is out of range"):
+            make(props={name: str(below)})
+
+
+@pytest.mark.parametrize("name", ["queue-size", "logical_block_size", "physical_block_size"])
+def test_sizes_that_must_be_powers_of_2_say_so(make, name):
+    from machine.config import ConfigError
+    with pytest.raises(ConfigError, match=rf"{name} (property )?must be a power of 2"):
+        make(props={name: "1536" if "block" in name else "48"})
+
+
+@pytest.mark.parametrize("name", ["config-wce", "discard", "write-zeroes", "seg-max-adjust"])
+def test_each_switch_names_itself_when_refused(make, name):
+    from machine.config import ConfigError
+    with pytest.raises(ConfigError, match=rf"^Property '{name}' doesn't take value 'maybe'"):
+        make(props={name: "maybe"})
