@@ -693,3 +693,60 @@ def test_each_switch_names_itself_when_refused(make, name):
     from machine.config import ConfigError
     with pytest.raises(ConfigError, match=rf"^Property '{name}' doesn't take value 'maybe'"):
         make(props={name: "maybe"})
+
+
+BLK_FEATURES = {S.VIRTIO_BLK_F_SEG_MAX, S.VIRTIO_BLK_F_GEOMETRY, S.VIRTIO_BLK_F_BLK_SIZE,
+                S.VIRTIO_BLK_F_FLUSH, S.VIRTIO_BLK_F_TOPOLOGY, S.VIRTIO_BLK_F_CONFIG_WCE,
+                S.VIRTIO_BLK_F_DISCARD, S.VIRTIO_BLK_F_WRITE_ZEROES}
+
+
+def blk_features(b) -> set[int]:
+    return {n for n in range(24) if b.vdev.host_features >> n & 1}
+
+
+@pytest.mark.parametrize("extra, want", [
+    ({}, set()),
+    ({"num-queues": "2"}, {S.VIRTIO_BLK_F_MQ}),
+    ({"readonly": True}, {S.VIRTIO_BLK_F_RO})], ids=["default", "two_queues", "read_only"])
+def test_the_device_specific_features_offered(make, extra, want):
+    props = {k: v for k, v in extra.items() if k != "readonly"}
+    b = make(props=props, readonly=extra.get("readonly", False))
+    assert blk_features(b) == BLK_FEATURES | want
+
+
+def test_the_default_configuration_space_field_by_field(make):
+    """A 64 MiB disk with no properties: QEMU's defaults (its geometry guess, seg_max of a
+    256-entry queue, no size_max, 512-byte blocks, topology zeros, writeback, one queue, the
+    discard and write-zeroes limits)."""
+    b = make(disk_size=64 << 20)
+    (capacity, size_max, seg_max, cyls, heads, secs, blk_size, phys_exp, align, min_io, opt_io,
+     wce, _, nq, max_discard, discard_seg, discard_align, max_wz, wz_seg, wz_unmap) = \
+        B.CONFIG.unpack(bytes(b.vdev.config))
+    assert (capacity, size_max, seg_max) == (131072, 0, 254)
+    assert (cyls, heads, secs) == (131072 // (16 * 63), 16, 63)
+    assert (blk_size, phys_exp, align, min_io, opt_io) == (512, 0, 0, 0, 0)
+    assert (wce, nq) == (1, 1)
+    assert (max_discard, discard_seg, discard_align) == (B.REQUEST_MAX_SECTORS, 1, 1)
+    assert (max_wz, wz_seg, wz_unmap) == (B.REQUEST_MAX_SECTORS, 1, 1)
+
+
+def test_block_size_rules_name_both_sizes(make):
+    from machine.config import ConfigError
+    with pytest.raises(ConfigError, match="^physical_block_size must not be smaller than logical_block_size$"):
+        make(props={"logical_block_size": "4096", "physical_block_size": "512"})
+    with pytest.raises(ConfigError, match="^image size 1049088 is not a multiple of logical_block_size 4096$"):
+        make(disk_size=(1 << 20) + 512, props={"logical_block_size": "4096"})
+
+
+def test_without_a_serial_get_id_is_all_zeros(make):
+    b = make().start()
+    got, st, n = b.run(T_GET_ID, in_len=20)
+    assert (got, st) == (bytes(20), S_OK)
+
+
+def test_a_serial_with_an_undecodable_byte_is_sent_with_a_replacement(make):
+    """A serial from the command line may hold a byte that is not UTF-8 (Python passes it as a
+    lone surrogate): it becomes '?', not an error."""
+    b = make(props={"serial": "A\udcffB"}).start()
+    got, st, n = b.run(T_GET_ID, in_len=20)
+    assert (got[:3], st) == (b"A?B", S_OK)
