@@ -720,12 +720,12 @@ def test_the_default_configuration_space_field_by_field(make):
     discard and write-zeroes limits)."""
     b = make(disk_size=64 << 20)
     (capacity, size_max, seg_max, cyls, heads, secs, blk_size, phys_exp, align, min_io, opt_io,
-     wce, _, nq, max_discard, discard_seg, discard_align, max_wz, wz_seg, wz_unmap) = \
+     wce, unused, nq, max_discard, discard_seg, discard_align, max_wz, wz_seg, wz_unmap) = \
         B.CONFIG.unpack(bytes(b.vdev.config))
     assert (capacity, size_max, seg_max) == (131072, 0, 254)
     assert (cyls, heads, secs) == (131072 // (16 * 63), 16, 63)
     assert (blk_size, phys_exp, align, min_io, opt_io) == (512, 0, 0, 0, 0)
-    assert (wce, nq) == (1, 1)
+    assert (wce, unused, nq) == (1, 0, 1)
     assert (max_discard, discard_seg, discard_align) == (B.REQUEST_MAX_SECTORS, 1, 1)
     assert (max_wz, wz_seg, wz_unmap) == (B.REQUEST_MAX_SECTORS, 1, 1)
 
@@ -750,3 +750,13 @@ def test_a_serial_with_an_undecodable_byte_is_sent_with_a_replacement(make):
     b = make(props={"serial": "A\udcffB"}).start()
     got, st, n = b.run(T_GET_ID, in_len=20)
     assert (got[:3], st) == (b"A?B", S_OK)
+
+
+def test_sectors_per_track_round_down_only_when_a_track_splits_a_block(make):
+    """The rounding looks at size // heads // secs: here 4096 exactly (size // heads is
+    4096 x 63 + 32), a whole 4 KiB block, so the 63 stands; dividing in floating point would
+    leave a fraction and round it down to 56."""
+    b = make(disk_size=128 * (4096 * 63 + 32),
+             props={"heads": "128", "secs": "63", "logical_block_size": "4096"})
+    heads, secs = B.CONFIG.unpack(bytes(b.vdev.config))[4:6]
+    assert (heads, secs) == (128, 63)
