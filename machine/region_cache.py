@@ -22,7 +22,7 @@ import ctypes
 import weakref
 
 from . import unicorn_internals as ui
-from .toolchain import ToolchainError, ensure_built
+from .toolchain import ToolchainError, load_library
 
 ENTRIES = 1024                                  # native/mapcache.c ENTRIES
 
@@ -46,11 +46,7 @@ def library() -> ctypes.CDLL:
     """native/mapcache.c, built on first use (ToolchainError when it cannot be)."""
     global _lib
     if _lib is None:
-        path = ensure_built("native", "out/libmapcache.so")
-        try:
-            lib = ctypes.CDLL(str(path))
-        except OSError as exc:
-            raise ToolchainError(f"cannot load {path.name}: {exc}") from None
+        lib = load_library("out/libmapcache.so")
         lib.mapcache_new.restype = ctypes.c_void_p
         lib.mapcache_new.argtypes = [ctypes.c_void_p, ctypes.c_void_p]
         lib.mapcache_free.restype = None

@@ -22,7 +22,7 @@ import ctypes
 import weakref
 
 from . import unicorn_internals as ui
-from .toolchain import ToolchainError, ensure_built
+from .toolchain import ToolchainError, load_library
 
 MAX_RANGES = 4                                  # native/storepath.c MAX_RANGES
 
@@ -55,11 +55,7 @@ def library() -> ctypes.CDLL:
     are not found)."""
     global _lib
     if _lib is None:
-        path = ensure_built("native", "out/libstorepath.so")
-        try:
-            lib = ctypes.CDLL(str(path))
-        except OSError as exc:
-            raise ToolchainError(f"cannot load {path.name}: {exc}") from None
+        lib = load_library("out/libstorepath.so")
         lib.storepath_install.restype = ctypes.c_int
         lib.storepath_install.argtypes = [ctypes.c_void_p] * 5 + [ctypes.c_uint64]
         lib.storepath_new.restype = ctypes.c_void_p

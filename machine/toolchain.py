@@ -59,6 +59,18 @@ def source_dir(directory: Path | str) -> Path:
     return ROOT / directory
 
 
+def load_library(target: str):
+    """A native helper of native/ (`target`, e.g. "out/libicount.so") built on first use and
+    loaded with ctypes. ToolchainError when it cannot be built or loaded (the command line
+    reports it in one line)."""
+    import ctypes
+    path = ensure_built("native", target)
+    try:
+        return ctypes.CDLL(str(path))
+    except OSError as exc:
+        raise ToolchainError(f"cannot load {path.name}: {exc}") from None
+
+
 def ensure_built(directory: Path | str, target: str) -> Path:
     """Run `make -C directory target` (make decides whether anything is stale) and return the
     path of `target`. When the target is newer than every other file under the directory (the

@@ -660,7 +660,23 @@ class RawReg:
 # start-up self-test
 # ------------------------------------------------------------------------------------------
 
-_block_clock_checked = False
+_passed: set[str] = set()             # the probes below that passed in this process
+
+
+def _check_once(name: str, probe, *args, needs: str = "this emulator", advice: str = "") -> None:
+    """Run `probe(*args)` (None, or what is wrong) once per process: a problem, or any surprise
+    (the internals moved), raises UnsupportedUnicorn with one line."""
+    if name in _passed:
+        return
+    try:
+        problem = probe(*args)
+    except Exception as exc:
+        problem = f"internal probe failed ({exc})"
+    if problem:
+        raise UnsupportedUnicorn(
+            f"{needs} needs exactly unicorn {REQUIRED_VERSION}; {problem}. "
+            f"{advice}Install it with: pip install unicorn=={REQUIRED_VERSION}")
+    _passed.add(name)
 
 
 def self_test_block_clock(function: int, state_type, stop_budget: int, bytes_per_insn: int) -> None:
@@ -670,53 +686,30 @@ def self_test_block_clock(function: int, state_type, stop_budget: int, bytes_per
     a budget stops the engine at a block start before that block runs, and a budget lowered
     from an OUT callback stops at the next block start with the OUT done once. Raises
     UnsupportedUnicorn otherwise."""
-    global _block_clock_checked
-    if _block_clock_checked:
-        return
-    try:
-        problem = _probe_block_clock(function, state_type, stop_budget, bytes_per_insn)
-    except Exception as exc:               # any surprise means the internals moved
-        problem = f"internal probe failed ({exc})"
-    if problem:
-        raise UnsupportedUnicorn(
-            f"the fast mode (-icount off) needs exactly unicorn {REQUIRED_VERSION}; {problem}. "
-            f"Run without -icount off, or install it with: pip install unicorn=={REQUIRED_VERSION}")
-    _block_clock_checked = True
-
-
-_native_rdtsc_checked = False
+    _check_once("block clock", _probe_block_clock, function, state_type, stop_budget,
+                bytes_per_insn, needs="the fast mode (-icount off)", advice="Run without -icount off, or ")
 
 
 def self_test_native_rdtsc(function: int, state_type) -> None:
     """A native RDTSC hook (`function`, state with base, counter, reg_write, reg_rax, reg_rdx)
     puts base + *counter in EDX:EAX and skips the host's instruction. Raises UnsupportedUnicorn
     otherwise."""
-    global _native_rdtsc_checked
-    if _native_rdtsc_checked:
-        return
-    try:
-        uc = Uc(UC.UC_ARCH_X86, UC.UC_MODE_64)
-        uc.mem_map(0x1000, 0x1000)
-        uc.mem_write(0x1000, b"\x0f\x31\xf4")              # rdtsc; hlt
-        counter = ctypes.c_uint64(0x55)
-        st = state_type(base=0x1122334455667700, counter=ctypes.addressof(counter),
-                        reg_write=native_api()["uc_reg_write"],
-                        reg_rax=X86.UC_X86_REG_RAX, reg_rdx=X86.UC_X86_REG_RDX)
-        native_hook_rdtsc(uc, function, ctypes.addressof(st))
-        uc.emu_start(0x1000, 0, 0, 10)
-        got = (uc.reg_read(X86.UC_X86_REG_RDX), uc.reg_read(X86.UC_X86_REG_RAX))
-        problem = None if got == (0x11223344, 0x55667755) else \
-            f"a native RDTSC hook does not set EDX:EAX ({got[0]:#x}:{got[1]:#x})"
-    except Exception as exc:               # any surprise means the internals moved
-        problem = f"internal probe failed ({exc})"
-    if problem:
-        raise UnsupportedUnicorn(
-            f"this emulator needs exactly unicorn {REQUIRED_VERSION}; {problem}. "
-            f"Install it with: pip install unicorn=={REQUIRED_VERSION}")
-    _native_rdtsc_checked = True
+    _check_once("native rdtsc", _probe_native_rdtsc, function, state_type)
 
 
-_region_cache_checked = False
+def _probe_native_rdtsc(function: int, state_type) -> str | None:
+    uc = Uc(UC.UC_ARCH_X86, UC.UC_MODE_64)
+    uc.mem_map(0x1000, 0x1000)
+    uc.mem_write(0x1000, b"\x0f\x31\xf4")              # rdtsc; hlt
+    counter = ctypes.c_uint64(0x55)
+    st = state_type(base=0x1122334455667700, counter=ctypes.addressof(counter),
+                    reg_write=native_api()["uc_reg_write"],
+                    reg_rax=X86.UC_X86_REG_RAX, reg_rdx=X86.UC_X86_REG_RDX)
+    native_hook_rdtsc(uc, function, ctypes.addressof(st))
+    uc.emu_start(0x1000, 0, 0, 10)
+    got = (uc.reg_read(X86.UC_X86_REG_RDX), uc.reg_read(X86.UC_X86_REG_RAX))
+    return None if got == (0x11223344, 0x55667755) else \
+        f"a native RDTSC hook does not set EDX:EAX ({got[0]:#x}:{got[1]:#x})"
 
 
 def self_test_region_cache(make_cache) -> None:
@@ -725,21 +718,7 @@ def self_test_region_cache(make_cache) -> None:
     `cache.changing()` (unmap, map elsewhere with other permissions, MMIO in RAM's place) all
     see what Unicorn's own lookup sees, and repeated lookups hit the cache. Raises
     UnsupportedUnicorn otherwise."""
-    global _region_cache_checked
-    if _region_cache_checked:
-        return
-    try:
-        problem = _probe_region_cache(make_cache)
-    except Exception as exc:               # any surprise means the internals moved
-        problem = f"internal probe failed ({exc})"
-    if problem:
-        raise UnsupportedUnicorn(
-            f"this emulator needs exactly unicorn {REQUIRED_VERSION}; {problem}. "
-            f"Install it with: pip install unicorn=={REQUIRED_VERSION}")
-    _region_cache_checked = True
-
-
-_store_path_checked = False
+    _check_once("region cache", _probe_region_cache, make_cache)
 
 
 def self_test_store_path(make_state, seen) -> None:
@@ -748,18 +727,7 @@ def self_test_store_path(make_state, seen) -> None:
     block's page addresses are where expected, stores take the fast path, and code rewritten by
     stores after it ran is still seen, at its own address (paging off) and through an alias
     (two linear addresses of one page). Raises UnsupportedUnicorn otherwise."""
-    global _store_path_checked
-    if _store_path_checked:
-        return
-    try:
-        problem = _probe_store_path(make_state, seen)
-    except Exception as exc:               # any surprise means the internals moved
-        problem = f"internal probe failed ({exc})"
-    if problem:
-        raise UnsupportedUnicorn(
-            f"this emulator needs exactly unicorn {REQUIRED_VERSION}; {problem}. "
-            f"Install it with: pip install unicorn=={REQUIRED_VERSION}")
-    _store_path_checked = True
+    _check_once("store path", _probe_store_path, make_state, seen)
 
 
 # 0x8000: write `mov $1, %eax; ret` at 0x5000, call it at `target`, keep EAX in EBX, rewrite the

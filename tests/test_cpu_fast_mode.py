@@ -190,7 +190,7 @@ def test_the_self_test_refuses_a_hook_state_of_another_layout(monkeypatch):
     swapped = [("budget" if n == "counter" else "counter" if n == "budget" else n, t)
                for n, t in fast_clock._State._fields_]
     WrongOrder = type("WrongOrder", (ctypes.Structure,), {"_fields_": swapped})
-    monkeypatch.setattr(ui, "_block_clock_checked", False)
+    monkeypatch.setattr(ui, "_passed", set())
     fn = fast_clock._function()
     with pytest.raises(ui.UnsupportedUnicorn, match="fast mode"):
         ui.self_test_block_clock(fn, WrongOrder, fast_clock.STOP_BUDGET, fast_clock.bytes_per_insn())

@@ -22,7 +22,7 @@ from __future__ import annotations
 import ctypes
 
 from .. import unicorn_internals as ui
-from ..toolchain import ToolchainError, ensure_built
+from ..toolchain import load_library
 
 STOP_NONE, STOP_BUDGET, STOP_IF = 0, 1, 2
 
@@ -45,11 +45,7 @@ def library() -> ctypes.CDLL:
     loaded: the command line reports it in one line)."""
     global _lib
     if _lib is None:
-        path = ensure_built("native", "out/libicount.so")
-        try:
-            _lib = ctypes.CDLL(str(path))
-        except OSError as exc:
-            raise ToolchainError(f"cannot load {path.name}: {exc}") from None
+        _lib = load_library("out/libicount.so")
     return _lib
 
 

@@ -19,7 +19,7 @@ import ctypes
 
 from .. import trace
 from .. import unicorn_internals as ui
-from ..toolchain import ToolchainError, ensure_built
+from ..toolchain import ToolchainError, load_library
 
 MAX_RANGES = 16
 CACHE_SIZE = 1024
@@ -57,7 +57,7 @@ _lib = None
 def _library():
     global _lib
     if _lib is None:
-        _lib = ctypes.CDLL(str(ensure_built("native", "out/librepstring.so")))
+        _lib = load_library("out/librepstring.so")
     return _lib
 
 
