@@ -17,6 +17,8 @@
 #include <stddef.h>
 #include <stdlib.h>
 
+#include "engine_table.h"
+
 typedef void *(*lookup_fn)(void *uc, uint64_t addr);
 
 #define ENTRIES    1024                     /* a power of two */
@@ -39,28 +41,14 @@ struct mapcache {
     struct entry e[ENTRIES];
 };
 
-#define MAX_ENGINES 1024                /* engines alive at once (tests build many) */
-static struct mapcache *engines[MAX_ENGINES];
-static struct mapcache *last;
+static struct engine_table engines;
 static lookup_fn original;        /* Unicorn's lookup (the same function for every engine) */
-
-static int used;                  /* engines[] slots in use are below this */
-
-static struct mapcache *find(void *uc)
-{
-    if (last && last->uc == uc)
-        return last;
-    for (int i = 0; i < used; i++)
-        if (engines[i] && engines[i]->uc == uc)
-            return last = engines[i];
-    return NULL;
-}
 
 /* Installed in place of Unicorn's lookup.  An engine without a cache (its cache freed while it
  * is being closed) gets Unicorn's own answer. */
 void *mapcache_lookup(void *uc, uint64_t addr)
 {
-    struct mapcache *s = find(uc);
+    struct mapcache *s = table_find(&engines, uc);
     if (!s)
         return original(uc, addr);
     if (s->bypass)
@@ -79,41 +67,25 @@ void *mapcache_lookup(void *uc, uint64_t addr)
     return mr;
 }
 
-static void forget(struct mapcache *s)
-{
-    for (int i = 0; i < used; i++)
-        if (engines[i] == s)
-            engines[i] = NULL;
-    if (last == s)
-        last = NULL;
-}
-
 void mapcache_free(struct mapcache *s)
 {
-    forget(s);
+    table_forget(&engines, s);
     free(s);
 }
 
-/* A cache for engine `uc` whose own lookup is `lookup`, or NULL (no memory, or MAX_ENGINES
- * engines with caches).  A cache left behind by a closed engine at the same address (its
- * memory reused) leaves the table first (its owner still frees it). */
+/* A cache for engine `uc` whose own lookup is `lookup`, or NULL (no memory, or a full table).
+ * A cache left behind by a closed engine at the same address leaves the table first. */
 struct mapcache *mapcache_new(void *uc, lookup_fn lookup)
 {
-    struct mapcache *old = find(uc);
-    if (old)
-        forget(old);              /* its owner still frees it */
-    for (int i = 0; i < MAX_ENGINES; i++)
-        if (!engines[i]) {
-            struct mapcache *s = calloc(1, sizeof *s);
-            if (!s)
-                return NULL;
-            s->uc = uc;
-            s->lookup = original = lookup;
-            s->generation = 1;
-            engines[i] = s;
-            if (i >= used)
-                used = i + 1;
-            return s;
-        }
-    return NULL;
+    struct mapcache *s = calloc(1, sizeof *s);
+    if (!s)
+        return NULL;
+    s->uc = uc;
+    s->lookup = original = lookup;
+    s->generation = 1;
+    if (table_add(&engines, s) != 0) {
+        free(s);
+        return NULL;
+    }
+    return s;
 }

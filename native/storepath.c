@@ -28,6 +28,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "engine_table.h"
+
 #define PAGE_BITS   12
 #define PAGE_SIZE   (1ull << PAGE_BITS)
 #define PAGE_WRITE  0x0002                  /* QEMU's page protection bit */
@@ -68,21 +70,7 @@ struct storepath {
 struct storepath_seen { void *cpu; void *tb; uint64_t pc; uint64_t fills, translations; };
 struct storepath_seen storepath_seen;
 
-#define MAX_ENGINES 1024
-static struct storepath *engines[MAX_ENGINES];
-static struct storepath *last;
-
-static int used;                  /* engines[] slots in use are below this */
-
-static struct storepath *find(void *cpu)
-{
-    if (last && last->cpu == cpu)
-        return last;
-    for (int i = 0; i < used; i++)
-        if (engines[i] && engines[i]->cpu == cpu)
-            return last = engines[i];
-    return NULL;
-}
+static struct engine_table engines;
 
 static void wrapped_set_page(void *cpu, uint64_t vaddr, uint64_t paddr, MemTxAttrs attrs,
                              int prot, int mmu_idx, uint64_t size)
@@ -92,7 +80,7 @@ static void wrapped_set_page(void *cpu, uint64_t vaddr, uint64_t paddr, MemTxAtt
     storepath_seen.fills++;
     if (!(prot & PAGE_WRITE))
         return;
-    struct storepath *s = find(cpu);
+    struct storepath *s = table_find(&engines, cpu);
     if (!s || !s->enabled)
         return;
     for (uint32_t i = 0; i < s->nranges; i++) {
@@ -114,7 +102,7 @@ static void *wrapped_gen_code(void *cpu, uint64_t pc, uint64_t cs_base, uint32_t
     storepath_seen.tb = tb;
     storepath_seen.pc = pc;
     storepath_seen.translations++;
-    struct storepath *s = find(cpu);
+    struct storepath *s = table_find(&engines, cpu);
     if (!tb || !s)
         return tb;
     for (int i = 0; i < 2; i++) {
@@ -209,49 +197,33 @@ int storepath_install(void *set_page_fn_, void *gen_code_fn_, void *set_dirty_fn
 
 /* ---- engines ------------------------------------------------------------------------- */
 
-static void forget(struct storepath *s)
-{
-    for (int i = 0; i < used; i++)
-        if (engines[i] == s)
-            engines[i] = NULL;
-    if (last == s)
-        last = NULL;
-}
-
 void storepath_free(struct storepath *s)
 {
-    forget(s);
+    table_forget(&engines, s);
     free(s->code);
     free(s);
 }
 
 /* A state for the engine whose CPUState is `cpu`, RAM `ram` of `ram_size` bytes (ranges set by
  * the caller, `enabled` 0 until then); NULL when out of memory or table space.  A state left
- * behind by a closed engine whose CPUState address was reused leaves the table first (its
- * owner still frees it). */
+ * behind by a closed engine whose CPUState address was reused leaves the table first. */
 struct storepath *storepath_new(void *cpu, void *uc, uint8_t *ram, uint64_t ram_size)
 {
-    struct storepath *old = find(cpu);
-    if (old)
-        forget(old);              /* its owner still frees it */
-    for (int i = 0; i < MAX_ENGINES; i++)
-        if (!engines[i]) {
-            struct storepath *s = calloc(1, sizeof *s);
-            uint8_t *code = calloc((ram_size >> PAGE_BITS) + 1, 1);
-            if (!s || !code) {
-                free(s);
-                free(code);
-                return NULL;
-            }
-            s->cpu = cpu;
-            s->uc = uc;
-            s->ram = ram;
-            s->ram_size = ram_size;
-            s->code = code;
-            engines[i] = s;
-            if (i >= used)
-                used = i + 1;
-            return s;
-        }
-    return NULL;
+    struct storepath *s = calloc(1, sizeof *s);
+    uint8_t *code = calloc((ram_size >> PAGE_BITS) + 1, 1);
+    if (!s || !code) {
+        free(s);
+        free(code);
+        return NULL;
+    }
+    s->cpu = cpu;
+    s->uc = uc;
+    s->ram = ram;
+    s->ram_size = ram_size;
+    s->code = code;
+    if (table_add(&engines, s) != 0) {
+        storepath_free(s);
+        return NULL;
+    }
+    return s;
 }
