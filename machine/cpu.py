@@ -10,7 +10,7 @@ each concern to its own module:
   depends on it: cpu_memory.py (`self.physmem`); IN/OUT dispatched to the IoSpace here;
 * CPUID (x86/cpuid.py) with a stable feature set matching the devices we model, RDTSC from
   virtual time;
-* a guest store into ROM ignored inside the engine (cpu_memory.py maps ROM read-only);
+* a guest store into ROM skipped (x86/decode.py gives its length);
 * debugger services: registers by name, virtual memory access, single step; breakpoints and
   the other hooks on executed code are cpu_hooks.py (`self.hooks`); the fatal fault report
   is x86/report.py.
@@ -223,15 +223,44 @@ class Cpu:
     def paging(self) -> bool:
         return self.physmem.paging
 
-    # ROM writes: on a read-only section (cpu_memory._map_read_only) Unicorn discards a store
-    # once this hook says it handled it, and runs on: the write is ignored, as on a PC, string
-    # stores step their registers as the hardware does, and nothing leaves the engine.
+    # ROM writes: Unicorn either stops (read-only mapping) or performs the write (with a
+    # WRITE_PROT hook returning True). We let it stop, then skip the storing instruction, which
+    # is exactly "the write was ignored" for ordinary stores; string stores also step their
+    # index/count registers as the hardware would.
     def _on_write_prot(self, uc, access, address, size, value, _ud) -> bool:
-        if self.physmem.is_read_only(address):
-            trace.guest_error(f"write to ROM at {address:#x} ignored")
-            return True
         self._write_prot_addr = address
         return False
+
+    def _skip_rom_write(self) -> bool:
+        from .x86 import decode         # capstone is loaded only when a guest writes its ROM
+        rip = self._reg.read(_REG_RIP)
+        lin = self.linear_pc()
+        bits = self.code_bits()
+        code = self.peek(lin, 16) or self.peek(lin, PAGE - (lin & (PAGE - 1)))
+        if code is None:
+            return False
+        length = decode.instruction_length(code, lin, bits)
+        if length is None:
+            return False
+        sop = decode.string_op(code, lin, bits)
+        if sop is not None:
+            kind, elem, rep = sop
+            asz = 8 if bits == 64 else 4 if bits == 32 else 2      # ignoring 0x67 overrides
+            amask = (1 << (8 * asz)) - 1
+            count = (self._reg.read(_REG_RCX) & amask) if rep else 1
+            step = -elem if self._reg.read(_REG_EFLAGS) & (1 << 10) else elem
+            regs = [_REG_RDI] + ([_REG_RSI] if kind == "movs" else [])
+            for r in regs:
+                v = self._reg.read(r)
+                self._reg.write(r, (v & ~amask) | ((v + step * count) & amask))
+            if rep:
+                self._reg.write(_REG_RCX, self._reg.read(_REG_RCX) & ~amask)
+        trace.guest_error(f"write to ROM at {self._write_prot_addr:#x} ignored")
+        # The instruction pointer wraps at the code size, as on the CPU (an instruction ending
+        # at 4 GiB continues at 0 in 32-bit code, at IP 0 in 16-bit code).
+        self._reg.write(_REG_RIP, (rip + length) & (0xFFFFFFFFFFFFFFFF if bits == 64 else 0xFFFFFFFF
+                                                   if bits == 32 else 0xFFFF))
+        return True
 
     # -------------------------------------------------------------------------------------
     # reset and state
@@ -630,39 +659,51 @@ class Cpu:
             lin = self.linear_pc()
             if lin in hooks.breakpoints:
                 hooks.bp_skip = lin          # resuming at a breakpoint executes it once
+        retired = 0
         fast, fc = self._fast, self._fast_clock
-        self._write_prot_addr = None
-        error = None
-        self.running = True
-        try:
-            # until=0: any other value makes Unicorn drop the block at until-1 after the
-            # run through a page walk whose #PF, when unmapped, leaves CR2 and the pending
-            # exception state clobbered (a later real #PF then arrives as #DF). But `until`
-            # also stops the engine where a block starts at it: code at linear 0 (32-bit
-            # code wrapping at 4 GiB) runs with the old, harmless-there end address.
-            until = 0 if self.linear_pc() else 0xFFFFFFFFFFFFFFFF
-            if fast:
-                # The rep string hook acts only with paging off: skip its call otherwise.
-                fc.start(count, hooks.if_waiting, not self.physmem.paging)
-                self.uc.emu_start(pc, until, 0, 0)
-            else:
-                self.uc.emu_start(pc, until, 0, count)
-        except UcError as exc:
-            error = exc
-        finally:
-            self.running = False
-        counted = self._counter.value
-        # The budget this emu_start ended with: `count`, or lower when a callback
-        # asked to stop after its instruction (Unicorn counts one past it when it stops).
-        # The fast clock charges a block only when it lets it run.
-        budget = self._budget.value
-        retired = budget if counted > budget and not fast else counted
-        if self._stop_cause == "breakpoint" and not fast and counted <= budget and retired > 0:
-            # The counting hook ran before the breakpoint's, which stopped the engine
-            # before the instruction: it was counted but not executed. Without this, each
-            # breakpoint stop would move virtual time on by one and a re-execution without
-            # the breakpoint would not end where the stop was.
-            retired -= 1
+        while True:
+            self._write_prot_addr = None
+            error = None
+            self.running = True
+            try:
+                # until=0: any other value makes Unicorn drop the block at until-1 after the
+                # run through a page walk whose #PF, when unmapped, leaves CR2 and the pending
+                # exception state clobbered (a later real #PF then arrives as #DF). But `until`
+                # also stops the engine where a block starts at it: code at linear 0 (32-bit
+                # code wrapping at 4 GiB) runs with the old, harmless-there end address.
+                until = 0 if self.linear_pc() else 0xFFFFFFFFFFFFFFFF
+                if fast:
+                    # The rep string hook acts only with paging off: skip its call otherwise.
+                    fc.start(count - retired, hooks.if_waiting, not self.physmem.paging)
+                    self.uc.emu_start(pc, until, 0, 0)
+                else:
+                    self.uc.emu_start(pc, until, 0, count - retired)
+            except UcError as exc:
+                error = exc
+            finally:
+                self.running = False
+            counted = self._counter.value
+            # The budget this emu_start ended with: `count - retired`, or lower when a callback
+            # asked to stop after its instruction (Unicorn counts one past it when it stops).
+            # The fast clock charges a block only when it lets it run.
+            budget = self._budget.value
+            retired += budget if counted > budget and not fast else counted
+            if self._stop_cause == "breakpoint" and not fast and counted <= budget and retired > 0:
+                # The counting hook ran before the breakpoint's, which stopped the engine
+                # before the instruction: it was counted but not executed. Without this, each
+                # breakpoint stop would move virtual time on by one and a re-execution without
+                # the breakpoint would not end where the stop was.
+                retired -= 1
+            if error is not None and self._stop_cause is None and error.errno == UC.UC_ERR_WRITE_PROT \
+                    and self._write_prot_addr is not None and self.physmem.is_read_only(self._write_prot_addr) \
+                    and self._skip_rom_write():
+                if retired >= count:
+                    return SliceResult("count", retired)
+                pc = self._wrapped_pc()
+                self._slice_start_ns = self._slice_start_ns + counted    # the counter restarts
+                self._tsc_base()
+                continue
+            break
         cause = self._stop_cause
         self._update_paging()
         self._wrapped_pc()

@@ -127,18 +127,10 @@ class CpuMemory:
         writable += [(g, s, ram + off) for g, (s, off) in self._wo_windows.items()]
         return readable, writable
 
-    def _map_read_only(self, gpa: int, size: int, ptr: int) -> None:
-        """Host memory the guest reads and runs but cannot write (ROM, read-only shadow RAM).
-        Protecting the fresh mapping once more marks its section read-only, so when the CPU's
-        write-protect hook answers that it handled a store there, Unicorn discards the store and
-        goes on: an ignored ROM write never leaves the engine (unicorn_internals 10.)."""
-        self.uc.mem_map_ptr(gpa, size, UC.UC_PROT_READ | UC.UC_PROT_EXEC, ptr)
-        self.uc.mem_protect(gpa, size, UC.UC_PROT_READ | UC.UC_PROT_EXEC)
-
     def load_firmware(self, image: bytes) -> None:
         """Map the firmware ROM read-only at [4G - size, 4G) and its last min(size, 128 KiB)
         again ending at 1 MiB (the isa-bios alias real-mode code starts from). A guest write to
-        either is ignored (see `_map_read_only`). The chipset's shadow RAM controls may later
+        either is ignored (see `_skip_rom_write`). The chipset's shadow RAM controls may later
         show RAM instead of parts of the alias (`set_legacy_window`)."""
         size = len(image)
         if size == 0 or size % PAGE or size > 16 * 1024 * 1024:
@@ -154,7 +146,7 @@ class CpuMemory:
         self._rom_ranges = [(FOUR_GIB - size, size, 0), (0x100000 - alias, alias, size - alias)]
         for gpa, sz, off in self._rom_ranges:
             self._drop_open_bus(gpa, sz)
-            self._map_read_only(gpa, sz, ptr + off)
+            self.uc.mem_map_ptr(gpa, sz, UC.UC_PROT_READ | UC.UC_PROT_EXEC, ptr + off)
         self.uc.ctl_flush_tb()
         if self.layout_listener is not None:
             self.layout_listener()
@@ -188,7 +180,7 @@ class CpuMemory:
                 self.uc.mem_map_ptr(base, size, UC.UC_PROT_ALL, ram_ptr)
                 self._legacy_ram.append((base, size, ram_offset))
             elif mode == "ram_ro":
-                self._map_read_only(base, size, ram_ptr)
+                self.uc.mem_map_ptr(base, size, UC.UC_PROT_READ | UC.UC_PROT_EXEC, ram_ptr)
                 self._ro_ram.append((base, size, ram_offset))
                 self._legacy_ram.append((base, size, ram_offset))
             elif mode == "ram_wo":
@@ -218,7 +210,7 @@ class CpuMemory:
             return                                      # open bus (mapped lazily on access)
         off = a_off + lo - a_base
         ptr = ctypes.addressof(self._rom_export) + off
-        self._map_read_only(lo, hi - lo, ptr)
+        self.uc.mem_map_ptr(lo, hi - lo, UC.UC_PROT_READ | UC.UC_PROT_EXEC, ptr)
         self._rom_ranges.append((lo, hi - lo, off))
 
     def _bus_reader(self, base: int):

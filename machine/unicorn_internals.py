@@ -45,10 +45,6 @@ Unicorn's public API cannot do what a PC needs in these ways, so we reach under 
    `uc_struct.cpu` and `TranslationBlock.page_addr`. `self_test_store_path()` checks the layout
    and that code rewritten through a fast-path entry, at its own address and through an alias,
    is still seen.
-10. Ignored ROM writes inside the engine: a region mapped with `uc_mem_map_ptr` read-only and
-   then `uc_mem_protect`ed read-only again has a read-only section, and a store there that a
-   UC_HOOK_MEM_WRITE_PROT hook reports handled is discarded (TLB_DISCARD_WRITE) while the run
-   goes on; without the second call Unicorn would perform the store. `_probe_rom_discard()`.
 
 Also here: a direct `uc_ctl(UC_CTL_TB_REMOVE_CACHE)` call (2 µs against 6 µs through the
 binding: it sits on the DMA path, once per written range), ctypes wrappers for `uc_vmem_read/write/translate` (exported by libunicorn 2.1.4,
@@ -934,26 +930,7 @@ def _probe() -> str | None:
     if uc.reg_read(X86.UC_X86_REG_RAX) & 0xFF != 2:
         return "uc_ctl(UC_CTL_TB_REMOVE_CACHE) did not drop translated code"
     return (_probe_lean_hooks(uc) or _probe_syscall(uc) or _probe_unmap_walk(uc)
-            or _probe_store_fast_path() or _probe_rom_discard())
-
-
-def _probe_rom_discard() -> str | None:
-    """A handled store into a twice-protected read-only mapping is dropped, the run goes on
-    (see 10.)."""
-    rom = ctypes.create_string_buffer(b"\xAA" * 0x1000, 0x1000)
-    uc = Uc(UC.UC_ARCH_X86, UC.UC_MODE_32)
-    uc.mem_map(0x1000, 0x1000)
-    uc.mem_map_ptr(0x2000, 0x1000, UC.UC_PROT_READ | UC.UC_PROT_EXEC, ctypes.addressof(rom))
-    uc.mem_protect(0x2000, 0x1000, UC.UC_PROT_READ | UC.UC_PROT_EXEC)
-    seen = []
-    uc.hook_add(UC.UC_HOOK_MEM_WRITE_PROT, lambda _uc, _k, addr, *_: seen.append(addr) or True)
-    # movb $0x55, 0x2010; mov 0x2010, %eax; inc %ebx; hlt
-    uc.mem_write(0x1000, bytes.fromhex("c60510200000" "55" "a110200000" "43" "f4"))
-    uc.emu_start(0x1000, 0, 0, 10)
-    got = (seen, uc.reg_read(X86.UC_X86_REG_EAX), uc.reg_read(X86.UC_X86_REG_EBX), rom.raw[0x10])
-    if got != ([0x2010], 0xAAAAAAAA, 1, 0xAA):
-        return f"a handled store into read-only memory is not discarded ({got})"
-    return None
+            or _probe_store_fast_path())
 
 
 def _probe_store_fast_path() -> str | None:
