@@ -243,12 +243,6 @@ class CpuMemory:
         with ui.identity_walks(self.uc, self._raw):
             self.uc.mem_unmap(base, size)
 
-    def _mem_unmap(self, base: int, size: int) -> None:
-        # Unicorn drops translated code there through a page walk that would clobber CR2 and
-        # leave a phantom #PF pending when paging is on (see identity_walks).
-        with ui.identity_walks(self.uc, self._raw):
-            self.uc.mem_unmap(base, size)
-
     def _unmap_range(self, base: int, size: int) -> None:
         """Unmap whatever is mapped in [base, base+size): RAM/ROM pieces, open-bus pages and
         write-only windows (each whole)."""
