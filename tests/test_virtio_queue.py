@@ -672,3 +672,38 @@ def test_device_readable_buffer_in_read_only_ram_is_written_out(bench):
                        (_read_only_window(bench, data), 512, NEXT, 2), (status, 1, WRITE, 0)])
     assert not bench.needs_reset and bench.vqs[0].used_idx() == 1
     assert bench.mem.read(status, 1)[0] == S_OK and bench.image()[:512] == data
+
+
+@pytest.mark.parametrize("layout", ["split", "packed"])
+def test_virtqueue_pop_and_fill_trace_events_carry_the_chain_and_the_used_slot(tmp_path, layout):
+    """-trace virtqueue_pop / virtqueue_fill (QEMU's fields) for both ring layouts: the chain's
+    head and its writable (in) and readable (out) descriptor counts, then the used length and
+    the used index the completion lands at."""
+    from machine import trace
+    from test_virtio_packed import start
+    b = Bench(tmp_path, props={"packed": "on"} if layout == "packed" else None)
+    events = []
+
+    def listener(name, fields):
+        if name.startswith("virtqueue_"):
+            events.append((name, dict(fields)))
+    ring = start(b) if layout == "packed" else b.start().vqs[0]
+    trace.listen("virtqueue_*")
+    trace.add_listener(listener)
+    try:
+        blk = BlkRequests(ring)
+        first = blk.submit(T_OUT, 0, out=b"o" * 1024, rcuts=[16, 512, 512])
+        b.drv.kick(0)
+        second = blk.submit(T_IN, 0, in_len=512, wcuts=[256, 256, 1])
+        b.drv.kick(0)
+    finally:
+        trace.remove_listener(listener)
+        trace.unlisten("virtqueue_*")
+        b.close()
+    # a packed ring's used index counts descriptors: the first chain used three slots
+    assert events == [
+        ("virtqueue_pop", dict(vq=0, head=first.head, in_num=1, out_num=3)),
+        ("virtqueue_fill", dict(vq=0, head=first.head, len=1, idx=0)),
+        ("virtqueue_pop", dict(vq=0, head=second.head, in_num=3, out_num=1)),
+        ("virtqueue_fill", dict(vq=0, head=second.head, len=513, idx=1 if layout == "split" else 4)),
+    ]

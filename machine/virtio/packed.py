@@ -79,9 +79,6 @@ class PackedQueue(SplitQueue):
         flags = _U16.unpack_from(self.mem.buf, self._d + 16 * slot + 14)[0]
         return bool(flags & VIRTQ_DESC_F_AVAIL) == wrap and bool(flags & VIRTQ_DESC_F_USED) != wrap
 
-    def has_pending(self) -> bool:
-        return self.active and self._is_avail(self.last_avail_idx, self.avail_wrap)
-
     def available(self) -> int:
         """1 when the next slot holds an available chain, else 0 (a packed ring has no index
         to count by; the device's batch loop asks again after each chain)."""

@@ -328,12 +328,6 @@ class SplitQueue:
             self._map_rings()
 
     # -- reading the avail ring ------------------------------------------------------------
-    def avail_idx(self) -> int:
-        return _U16.unpack_from(self.mem.buf, self._a + 2)[0]
-
-    def has_pending(self) -> bool:
-        return self.active and self.avail_idx() != self.last_avail_idx
-
     def available(self) -> int:
         """How many chains the driver has made available that the device has not taken yet.
         Raises VirtqueueError if the driver moved its index further than the ring holds."""
