@@ -9,6 +9,7 @@ import pytest
 
 from machine import vmstate
 from machine.clock import VirtualClock
+from machine.memory import RamRange
 from virtio_driver import S_OK, T_IN, T_OUT, T_WRITE_ZEROES, BlkRequests, Bench, pattern
 
 RULES = ('[inject-error]\nevent = "write_aio"\nerrno = "5"\nonce = "on"\n'
@@ -111,49 +112,177 @@ def test_saved_work_on_a_queue_the_device_lacks_is_refused(tmp_path, field, item
         b.close()
 
 
-@pytest.mark.parametrize("out, into, status, bad", [
-    (((0x10_0000, 512),), (), 0x1000, "0x40000000"),    # device-readable data outside RAM
-    ((), ((0x10_0000, 512),), 0x1000, "0x40000000"),    # device-writable data outside RAM
-    ((), ((0x10_0000, 512),), 0x1000, "status"),        # the status byte outside RAM
+ROM = 0x0100_0000                       # a read-only window the tests add past the 4 MiB of RAM
+FAR = 0x4000_0000                       # nothing there
+
+
+@pytest.mark.parametrize("out, into, status, error", [
+    (((FAR, 512),), (), 0x1000, f"guest range {FAR:#x}+0x200 is not RAM"),      # readable data
+    ((), ((FAR, 512),), 0x1000, f"guest range {FAR:#x}+0x200 is not RAM"),      # writable data
+    ((), ((0x2000, 512),), FAR, f"guest range {FAR:#x}+0x1 is not RAM"),        # the status byte
+    ((), ((ROM, 512),), 0x1000, f"guest range {ROM:#x}+0x200 is read-only"),    # written there
+    ((), ((0x2000, 512),), ROM, f"guest range {ROM:#x}+0x1 is read-only"),
 ])
-def test_a_parked_request_outside_ram_is_refused_on_load(tmp_path, out, into, status, bad):
+def test_a_parked_request_the_device_cannot_use_is_refused_on_load(tmp_path, out, into, status, error):
     b = bench(tmp_path).start()
     try:
+        b.mem.add_range(RamRange(ROM, 0x1000, 0, read_only=True))
         values = saved(b.vdev)
-        far = 0x4000_0000                                   # past the bench's 4 MiB of RAM
-        out = tuple((far if bad == "0x40000000" else a, n) for a, n in out)
-        into = tuple((far if bad == "0x40000000" else a, n) for a, n in into)
-        status = far if bad == "status" else status
-        item = (0, 7, T_OUT if out else T_IN, 0, out, into, status, None)
-        values["parked_requests"] = (item,)
+        values["parked_requests"] = ((0, 7, T_OUT if out else T_IN, 0, out, into, status, None),)
         vmstate.check(b.vdev, b.vdev.VMSTATE, values)       # the values fit their types
         with pytest.raises(vmstate.VMStateError) as e:
             vmstate.apply(b.vdev, b.vdev.VMSTATE, values)
-        assert str(e.value).startswith("virtio-blk: parked request 7 on queue 0: ")
-        assert f"{far:#x}" in str(e.value)
+        assert str(e.value) == f"virtio-blk: parked request 7 on queue 0: {error}"
+    finally:
+        b.close()
+
+
+def test_a_parked_request_may_read_from_rom_and_end_at_the_last_byte_of_ram(tmp_path):
+    b = bench(tmp_path).start()
+    try:
+        b.mem.add_range(RamRange(ROM, 0x1000, 0, read_only=True))
+        last = (4 << 20) - 1
+        values = saved(b.vdev)
+        values["parked_requests"] = ((0, 7, T_OUT, 1, ((ROM, 512),), (), last, None),)
+        load(b.vdev, values)
+        (q, req), = b.vdev.parked
+        assert (q.index, req.head, req.out_data, req.out_len, req.status_addr, req.status_host) == \
+            (0, 7, ((ROM, 512, 0),), 512, last, last)
+    finally:
+        b.close()
+
+
+def held_bench(tmp_path):
+    b = bench(tmp_path, rules='[delay]\nevent = "read_aio"\nlatency-ns = "5000"\n').start()
+    b.vdev.clock = VirtualClock()
+    b.vdev.timer_key = "virtio-blk0"
+    return b
+
+
+def test_a_held_completion_completes_when_its_timer_fires_and_leaves_nothing_behind(tmp_path):
+    b = held_bench(tmp_path)
+    try:
+        req = BlkRequests(b.vqs[0]).submit(T_IN, 2, in_len=512)
+        b.drv.kick(0)
+        assert b.vdev.delayed == [(0, req.head, 513)] and b.vqs[0].get_used() == []
+        b.vdev.clock.advance_to(4999)
+        assert b.vqs[0].get_used() == []
+        b.vdev.clock.advance_to(5000)
+        assert b.vqs[0].get_used() == [(req.head, 513)]
+        assert b.vdev.delayed == [] and b.vdev._held_timers == {}
     finally:
         b.close()
 
 
 def test_a_held_completion_comes_back_and_its_restored_timer_completes_it(tmp_path):
     """A [delay] rule holds a read's completion on a timer; after save, reset and load the
-    device holds it again, and the callback a restored timer gets completes it once."""
-    b = bench(tmp_path, rules='[delay]\nevent = "read_aio"\nlatency-ns = "5000"\n').start()
+    device holds it again, and the callback a restored timer gets completes it once. A held
+    completion whose head is not in flight on an active queue is dropped."""
+    b = held_bench(tmp_path)
     try:
-        b.vdev.clock = VirtualClock()
-        b.vdev.timer_key = "virtio-blk0"
         req = BlkRequests(b.vqs[0]).submit(T_IN, 2, in_len=512)
         b.drv.kick(0)
-        assert b.vdev.delayed == [(0, req.head, 513)] and b.vqs[0].get_used() == []
         values = saved(b.vdev)
         assert values["delayed"] == ((0, req.head, 513),)
+        values["delayed"] += ((0, 9, 1),)                    # head 9 was never made available
         b.drv.set_status(0)
         assert b.vdev.delayed == []
         load(b.vdev, values)
-        assert b.vdev.delayed == [(0, req.head, 513)] and b.vdev._held_timers == {}
+        assert b.vdev.delayed == [(0, req.head, 513), (0, 9, 1)] and b.vdev._held_timers == {}
+        stray = b.vdev.held_release(0, 9, 1)
+        stray()
+        assert b.vdev.delayed == [(0, req.head, 513)] and b.vqs[0].get_used() == []
         release = b.vdev.held_release(0, req.head, 513)
         release()
         release()                                           # a second firing finds nothing held
         assert b.vdev.delayed == [] and b.vqs[0].get_used() == [(req.head, 513)]
+    finally:
+        b.close()
+
+
+# ------------------------------------------------------------------ the core's and the transport's checks
+
+def refused(obj, values, message):
+    with pytest.raises(vmstate.VMStateError) as e:
+        vmstate.check(obj, obj.VMSTATE, values)
+    assert str(e.value) == message
+
+
+def with_queue(values, **changes):
+    q = dict(values["queues"][0], **changes)
+    return dict(values, queues=(q,) + values["queues"][1:])
+
+
+def test_the_core_refuses_a_config_space_or_features_this_device_cannot_have(tmp_path):
+    b = bench(tmp_path, rules="").start()
+    try:
+        values = saved(b.vdev)
+        vmstate.check(b.vdev, b.vdev.VMSTATE, values)
+        refused(b.vdev, dict(values, config=values["config"] + b"\0"),
+                f"virtio-blk: config space of {len(b.vdev.config) + 1} bytes, this device has {len(b.vdev.config)}")
+        unoffered = values["guest_features"] | 1 << 63
+        refused(b.vdev, dict(values, guest_features=unoffered),
+                f"virtio-blk: features {unoffered:#x} were never offered")
+    finally:
+        b.close()
+
+
+def test_a_saved_queue_is_checked_as_the_layout_it_was_saved_in(tmp_path):
+    """A packed ring may have any size up to its maximum, a split one only a power of 2: the
+    saved layout decides which rules apply."""
+    b = bench(tmp_path, rules="").start()
+    try:
+        values = saved(b.vdev)
+        assert values["queues"][0]["active"] and not values["queues"][0]["packed"]
+        vmstate.check(b.vdev, b.vdev.VMSTATE, with_queue(values, packed=True, size=100))
+        refused(b.vdev, with_queue(values, size=100), "virtio-blk: queue 0: bad size 100")
+        refused(b.vdev, with_queue(values, packed=True, size=100, avail_addr=values["queues"][0]["avail_addr"] + 2),
+                "virtio-blk: queue 0: misaligned rings desc={desc_addr:#x} driver={a:#x} device={used_addr:#x}"
+                .format(a=values["queues"][0]["avail_addr"] + 2, **values["queues"][0]))
+    finally:
+        b.close()
+
+
+@pytest.mark.parametrize("changes, fits", [
+    (dict(size=256, inflight=(255,), ndescs=((255, 256),)), True),
+    (dict(size=257), False),                                   # more than the queue's maximum
+    (dict(size=256, inflight=(256,)), False),                  # a head past the ring
+    (dict(size=1, inflight=(1,)), False),
+    (dict(size=0, inflight=(0,)), True),                       # an unused queue of size 0
+    (dict(size=0, inflight=(1,)), False),
+    (dict(size=256, ndescs=((256, 1),)), False),               # a packed buffer id past the ring
+    (dict(size=256, ndescs=((0, 257),)), False),               # more slots than the ring has
+    (dict(size=1, ndescs=((1, 1),)), False),
+])
+def test_a_saved_queue_must_fit_its_size(tmp_path, changes, fits):
+    b = bench(tmp_path, rules="").start()
+    try:
+        values = with_queue(saved(b.vdev), active=False, **changes)
+        if fits:
+            vmstate.check(b.vdev, b.vdev.VMSTATE, values)
+        else:
+            refused(b.vdev, values, "virtio-blk: queue 0 state does not fit its size")
+    finally:
+        b.close()
+
+
+@pytest.mark.parametrize("props", [{}, {"vectors": "0"}])
+def test_the_transport_refuses_queue_vectors_or_msix_this_device_does_not_have(tmp_path, props):
+    b = bench(tmp_path, rules="", props=props).start()
+    try:
+        dev = b.dev
+        values = vmstate.capture(dev, dev.VMSTATE)
+        vmstate.check(dev, dev.VMSTATE, values)
+        refused(dev, dict(values, queue_vectors=values["queue_vectors"] + (0,)),
+                f"{dev.name}: 2 queue vectors, this device has 1")
+        other = None if dev.msix is not None else {"table": bytes(16), "pending": bytes(1)}
+        refused(dev, dict(values, msix=other),
+                f"{dev.name}: MSI-X present in only one of the snapshot and this machine")
+        if dev.msix is not None:
+            msix = dict(values["msix"], table=values["msix"]["table"] + bytes(16))
+            refused(dev, dict(values, msix=msix),
+                    f"msix: {dev.name} has {dev.msix.nvectors} vectors, the snapshot another count")
+            refused(dev, dict(values, msix={"table": values["msix"]["table"]}),
+                    f"{dev.name}.msix: fields do not match section 'msix' version 1")
     finally:
         b.close()
