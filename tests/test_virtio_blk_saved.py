@@ -282,7 +282,5 @@ def test_the_transport_refuses_queue_vectors_or_msix_this_device_does_not_have(t
             msix = dict(values["msix"], table=values["msix"]["table"] + bytes(16))
             refused(dev, dict(values, msix=msix),
                     f"msix: {dev.name} has {dev.msix.nvectors} vectors, the snapshot another count")
-            refused(dev, dict(values, msix={"table": values["msix"]["table"]}),
-                    f"{dev.name}.msix: fields do not match section 'msix' version 1")
     finally:
         b.close()
