@@ -284,3 +284,64 @@ def test_the_transport_refuses_queue_vectors_or_msix_this_device_does_not_have(t
                     f"msix: {dev.name} has {dev.msix.nvectors} vectors, the snapshot another count")
     finally:
         b.close()
+
+
+def test_a_held_completions_timer_is_saved_by_its_key_only_when_the_device_has_one(tmp_path):
+    b = held_bench(tmp_path)
+    try:
+        req = BlkRequests(b.vqs[0]).submit(T_IN, 2, in_len=512)
+        b.drv.kick(0)
+        assert b.vdev.clock.armed == ((-1, 5000, f"virtio-blk0/delay/0/{req.head}/513"),)
+    finally:
+        b.close()
+    b = held_bench(tmp_path)
+    try:
+        b.vdev.timer_key = None                 # a device the board does not know by name
+        BlkRequests(b.vqs[0]).submit(T_IN, 2, in_len=512)
+        b.drv.kick(0)
+        with pytest.raises(vmstate.VMStateError, match="cannot be saved"):
+            b.vdev.clock.armed
+    finally:
+        b.close()
+
+
+def test_a_queue_reset_drops_the_parked_requests_of_that_queue_only(tmp_path):
+    b = bench(tmp_path, props={"num-queues": "2"}).start(nqueues=2)
+    try:
+        BlkRequests(b.vqs[0]).submit(T_OUT, 3, out=b"w" * 512)
+        b.drv.kick(0)
+        r = BlkRequests(b.vqs[1]).submit(T_IN, 5, in_len=512)
+        b.drv.kick(1)
+        assert [qi for qi, _ in parked(b.vdev)] == [0, 1]
+        b.drv.common_write(0x16, 2, 0)
+        b.drv.common_write(0x3A, 2, 1)          # queue_reset of queue 0
+        assert [(qi, req.head) for qi, req in parked(b.vdev)] == [(1, r.head)]
+    finally:
+        b.close()
+
+
+@pytest.mark.parametrize("saved_packed", [True, False])
+def test_a_queue_comes_back_in_the_ring_layout_it_was_saved_in(tmp_path, saved_packed):
+    """The layout is the negotiated VIRTIO_F_RING_PACKED's: loading a packed device's state
+    into a split one (or the reverse) swaps the queue for one of the saved layout, which then
+    serves requests."""
+    from machine.virtio.packed import PackedQueue
+    from test_virtio_packed import start
+    packed, split = Bench(tmp_path, props={"packed": "on"}), Bench(tmp_path, props={"packed": "on"})
+    try:
+        ring = start(packed)
+        split.start(features=split.drv.device_features() & ~(1 << 34))     # no RING_PACKED
+        src, dst = (packed, split) if saved_packed else (split, packed)
+        req = BlkRequests(ring).submit(T_IN, 1, in_len=512)   # made available, not yet kicked
+        values = saved(src.vdev)
+        dst.mem.buf[:] = src.mem.buf                    # the guest's RAM comes with the state
+        load(dst.vdev, values)
+        assert isinstance(dst.vdev.queues[0], PackedQueue) is saved_packed
+        assert dst.vdev.queues[0].index == 0 and dst.vdev.queues[0].max_size == 256
+        if saved_packed:
+            ring.mem = dst.mem
+            dst.drv.kick(0)
+            assert [h for h, _ in ring.get_used()] == [req.head]
+    finally:
+        packed.close()
+        split.close()

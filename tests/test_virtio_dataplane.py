@@ -12,6 +12,7 @@ import pytest
 
 from machine.config import ConfigError
 from machine.iothread import IoThread
+from machine.virtio.queue import BadHeadIndex
 from virtio_driver import (S_OK, T_FLUSH, T_IN, T_OUT, BlkRequests, Bench, RamWatch, pattern)
 
 DISK = 1 << 20
@@ -282,6 +283,55 @@ def test_a_bottom_half_after_a_reset_does_nothing(tmp_path):
         watch = RamWatch(b.mem)
         deferred.pop()()
         assert watch.changed() == []
+    finally:
+        b.close()
+
+
+
+@pytest.mark.parametrize("state", ["live", "replaced", "past-the-end", "inactive", "broken",
+                                   "not-driver-ok", "no-bus-master"])
+def test_a_bottom_half_serves_its_queue_only_while_queue_and_device_are_live(tmp_path, state):
+    """resume_queue (the bottom half of a bounded notify) runs the queue's handler again only
+    for the device's current, active queue of a working, DRIVER_OK device that may do DMA."""
+    from machine.virtio.queue import SplitQueue
+    from virtio_driver import DRIVER_OK
+    b = Bench(tmp_path, disk_size=DISK).start()
+    try:
+        q = b.vdev.queues[0]
+        if state == "replaced":                   # a queue object from before a layout swap
+            q = SplitQueue.like(q)
+            q.activate()
+        elif state == "past-the-end":             # a queue the device no longer has
+            q = SplitQueue(1, 256, None, b.mem)
+        elif state == "inactive":
+            b.drv.common_write(0x16, 2, 0)
+            b.drv.common_write(0x3A, 2, 1)        # queue_reset
+        elif state == "broken":
+            b.vdev.virtio_error(BadHeadIndex("broken on purpose"))
+        elif state == "not-driver-ok":
+            b.vdev.status &= ~DRIVER_OK
+        elif state == "no-bus-master":
+            b.dev.config_write(0x04, 2, 0x0003)
+        served = []
+        q.handler = served.append
+        b.vdev.resume_queue(q)
+        assert served == ([q] if state == "live" else [])
+    finally:
+        b.close()
+
+
+def test_a_ring_error_in_a_bottom_half_breaks_the_device_with_its_reason(tmp_path):
+    b = Bench(tmp_path, disk_size=DISK).start()
+    try:
+        error = BadHeadIndex("Guest says index 300 is available")
+
+        def handler(q):
+            raise error
+        q = b.vdev.queues[0]
+        q.handler = handler
+        b.vdev.resume_queue(q)
+        assert b.vdev.broken and b.vdev.error is error
+        assert b.vdev.state().error == "Guest says index 300 is available"
     finally:
         b.close()
 

@@ -707,3 +707,33 @@ def test_virtqueue_pop_and_fill_trace_events_carry_the_chain_and_the_used_slot(t
         ("virtqueue_pop", dict(vq=0, head=second.head, in_num=3, out_num=1)),
         ("virtqueue_fill", dict(vq=0, head=second.head, len=513, idx=1 if layout == "split" else 4)),
     ]
+
+
+@pytest.mark.parametrize("iothread", [False, True])
+def test_the_completion_trace_reports_the_host_latency_in_microseconds(tmp_path, monkeypatch, iothread):
+    """virtio_blk_req_complete's latency_us: host time from the request's start to its end."""
+    import io
+    import sys
+    from machine import trace
+    clock = iter([1_000_000, 3_500_000])
+    monkeypatch.setattr(trace, "timestamp_ns", lambda: next(clock))
+    b = Bench(tmp_path).start()
+    if iothread:
+        from machine.iothread import IoThread
+        b.vdev.iothread = IoThread("io0")
+    out = io.StringIO()
+    trace.set_output(out)
+    try:
+        trace.enable("virtio_blk_req_complete")
+        blk = BlkRequests(b.vqs[0])
+        blk.submit(T_IN, 3, in_len=512)
+        b.drv.kick(0)
+        b.vdev.drain()                          # with an I/O thread: it completes here
+    finally:
+        trace.disable_all()
+        trace.set_output(sys.stderr)
+        if iothread:
+            b.vdev.iothread.close()
+        b.close()
+    assert out.getvalue() == ("virtio_blk_req_complete vdev=virtio-blk req=0 type=0 sector=3 len=512 "
+                              "status=0 latency_us=2500.0\n")

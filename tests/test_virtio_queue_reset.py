@@ -72,3 +72,19 @@ def test_other_values_or_queues_are_ignored(make, value, sel):
     b.drv.common_write(0x16, 2, 0)
     assert b.drv.common_read(0x1C, 2) == 1
     assert b.run(T_IN, 0, in_len=512)[1] == S_OK
+
+
+def test_a_reset_queue_keeps_the_negotiated_ring_features(make):
+    b = make().start()
+    q = b.vdev.queues[0].state()
+    assert (q.event_idx, q.indirect) == (True, True)
+    b.drv.common_write(0x16, 2, 0)
+    b.drv.common_write(0x3A, 2, 1)
+    q = b.vdev.queues[0].state()
+    assert q.event_idx is True and q.indirect is True
+    plain = make()
+    plain.start(features=plain.drv.device_features() & ~(1 << 28 | 1 << 29))   # neither
+    plain.drv.common_write(0x16, 2, 0)
+    plain.drv.common_write(0x3A, 2, 1)
+    q = plain.vdev.queues[0].state()
+    assert q.event_idx is False and q.indirect is False
