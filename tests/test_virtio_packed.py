@@ -10,8 +10,9 @@ import struct
 import pytest
 
 from virtio_driver import (ACK, DRIVER, DRIVER_OK, FEATURES_OK, F_EVENT_IDX, F_INDIRECT, INDIRECT, NEXT,
-                           S_OK, T_IN, T_OUT, WRITE, BlkRequests, benches, pattern)
+                           S_IOERR, S_OK, T_IN, T_OUT, WRITE, BlkRequests, benches, pattern)
 from machine.config import ConfigError
+from machine.memory import RamRange
 from machine.virtio import queue as Q
 from machine.virtio.packed import PackedQueue
 
@@ -266,21 +267,58 @@ def header(b, addr):
     b.mem.write(addr, struct.pack("<IIQ", T_IN, 0, 0))
 
 
-@pytest.mark.parametrize("case", ["looped", "not_ram", "zero_len", "order", "nested_indirect",
-                                  "indirect_next", "indirect_size", "indirect_not_ram"])
-def test_hostile_rings_need_reset(make, case):
-    b = packed_bench(make)
+ROM = 0x0100_0000                                 # a read-only window some cases add
+BIG = 0x1_0000_0000                               # a window onto all 8 MiB of RAM
+
+
+def all_of_ram_at_big(b):
+    b.mem.add_range(RamRange(BIG, 8 << 20, 0))
+
+
+@pytest.mark.parametrize("case, message", [
+    ("looped", "Looped descriptor"),
+    ("not_ram", "bogus descriptor 0xfffff000+0x200 (guest range 0xfffff000+0x200 is not RAM)"),
+    ("rom", f"bogus descriptor {ROM:#x}+0x200 (guest range {ROM:#x}+0x200 is read-only)"),
+    ("zero_len", "zero sized buffers are not allowed"),
+    ("order", "Incorrect order for descriptors"),
+    ("nested_indirect", "nested indirect descriptor"),
+    ("indirect_next", "indirect descriptor with NEXT set"),
+    ("indirect_size", "Invalid size for indirect buffer table (40)"),
+    ("indirect_empty", "Invalid size for indirect buffer table (0)"),
+    ("indirect_not_ram", "Cannot map indirect buffer 0xfffff000+0x30"),
+    ("too_many_read", "virtio: too many read descriptors in indirect table (more than 1024 buffers in one chain)"),
+    ("too_many_write", "virtio: too many write descriptors in indirect table (more than 1024 buffers in one chain)"),
+    ("over_4g", "descriptor chain longer than 4 GiB"),
+])
+def test_hostile_rings_need_reset(make, case, message):
+    """Each broken packed ring sets DEVICE_NEEDS_RESET, and the device says why (the message
+    `info virtio-status` and -d guest_errors show)."""
+    b = make(props={"packed": "on"}, ram=8 << 20)
     ring = start(b, size=4)
+    b.mem.add_range(RamRange(ROM, 0x1000, 0, read_only=True))
+    all_of_ram_at_big(b)
     h, d, s = good_in(b)
     header(b, h[0])
     if case == "looped":                           # NEXT on every slot: a chain longer than the ring
         descs = [(h[0], 16, NEXT)] * 4
     elif case == "not_ram":
         descs = [(h[0], 16, NEXT), (0xFFFFF000, 512, WRITE | NEXT), s]
+    elif case == "rom":                            # readable there, but the device may not write it
+        descs = [(h[0], 16, NEXT), (ROM, 512, WRITE | NEXT), s]
     elif case == "zero_len":
         descs = [(h[0], 16, NEXT), (d[0], 0, WRITE | NEXT), s]
     elif case == "order":
         descs = [(h[0], 16, NEXT), (d[0], 512, WRITE | NEXT), (s[0], 1, 0)]
+    elif case in ("too_many_read", "too_many_write", "over_4g"):
+        # an indirect table of 1025 entries (each 16 bytes), all naming one buffer
+        one = (d[0], 512, WRITE if case == "too_many_write" else 0)
+        entries = [h] + [one] * 1024 + [s]
+        if case == "over_4g":                      # 4 GiB of data in 512 views of all of RAM, and more
+            entries = [h] + [(BIG, 8 << 20, WRITE)] * 512 + [s]
+        table = buf(b, 16 * len(entries))
+        for k, (a, n, f) in enumerate(entries):
+            b.mem.write(table + 16 * k, struct.pack("<QIHH", a, n, 0, f & ~NEXT))
+        descs = [(table, 16 * len(entries), INDIRECT)]
     else:
         table = buf(b, 64)
         entries = [h, d, s]
@@ -288,15 +326,35 @@ def test_hostile_rings_need_reset(make, case):
             entries = [h, (table, 16, INDIRECT), s]
         for k, (a, n, f) in enumerate(entries):
             b.mem.write(table + 16 * k, struct.pack("<QIHH", a, n, 0, f & ~NEXT))
-        length = {"indirect_size": 40}.get(case, 48)
+        length = {"indirect_size": 40, "indirect_empty": 0}.get(case, 48)
         addr = 0xFFFFF000 if case == "indirect_not_ram" else table
         descs = [(addr, length, INDIRECT | (NEXT if case == "indirect_next" else 0))]
         if case == "indirect_next":
             descs.append(s)
     submit_raw(b, ring, descs)
     assert_broken(b, ring)
+    assert b.vdev.state().error == message
     start(b)                                       # a reset brings it back
     assert b.run(T_IN, 0, in_len=512)[1] == S_OK
+
+
+def test_a_chain_of_exactly_4_gib_is_carried_out(make):
+    """2.7.5.2: a chain may describe up to 2^32 bytes; this one asks for a read past the end
+    of the disk, which fails with IOERR, and the device keeps working."""
+    b = make(props={"packed": "on"}, ram=8 << 20)
+    ring = start(b, size=4)
+    all_of_ram_at_big(b)
+    h, d, s = good_in(b)
+    header(b, h[0])
+    entries = [h] + [(BIG, 8 << 20, WRITE)] * 511 + [(BIG, (8 << 20) - 17, WRITE), s]
+    assert sum(n for _, n, _ in entries) == 1 << 32
+    table = buf(b, 16 * len(entries))
+    for k, (a, n, f) in enumerate(entries):
+        b.mem.write(table + 16 * k, struct.pack("<QIHH", a, n, 0, f))
+    submit_raw(b, ring, [(table, 16 * len(entries), INDIRECT)])
+    ring.ndescs[0] = 1
+    assert not b.needs_reset
+    assert ring.get_used() == [(0, 1)] and b.mem.read(s[0], 1) == bytes([S_IOERR])
 
 
 def test_indirect_without_the_feature_is_followed_unless_strict(make):
@@ -334,3 +392,27 @@ def test_monitor_shows_packed_state(make):
     assert "driver event:         DESC off=5 wrap=1" in out and "device event:         DESC off=2 wrap=1" in out
     b.blk.submit(T_IN, 0, in_len=512)
     assert "Chain(head=1 out=[" in mon.execute("info virtio-queue-element virtio-blk 0")
+
+
+@pytest.mark.parametrize("reuse, message", [
+    (False, "Virtqueue size exceeded"),                     # a third request on a ring of 2
+    (True, "buffer id 0 made available while already in flight"),
+])
+def test_more_in_flight_than_the_ring_holds_or_a_buffer_id_twice_needs_reset(make, tmp_path, reuse, message):
+    """Requests a stop error policy parks stay in flight: on a ring of 2 slots the driver can
+    offer a request per lap, and the device takes no more than 2, nor a buffer id it has not
+    given back."""
+    conf = tmp_path / "fail.conf"
+    conf.write_text('[inject-error]\nevent = "read_aio"\nerrno = "5"\nonce = "off"\n')
+    b = make(props={"packed": "on"}, blkdebug=conf, rerror="stop")
+    ring = start(b, size=2)
+    laps = 1 if reuse else 2
+    for lap in range(laps):
+        h, d = buf(b, 16), buf(b, 513)
+        header(b, h)
+        submit_raw(b, ring, [(h, 16, NEXT), (d, 513, WRITE)], bid=lap)
+    assert len(b.vdev.parked) == laps and not b.needs_reset
+    h, d = buf(b, 16), buf(b, 513)
+    header(b, h)
+    submit_raw(b, ring, [(h, 16, NEXT), (d, 513, WRITE)], bid=0 if reuse else 7)
+    assert b.needs_reset and b.vdev.state().error == message
