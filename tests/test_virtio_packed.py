@@ -416,3 +416,129 @@ def test_more_in_flight_than_the_ring_holds_or_a_buffer_id_twice_needs_reset(mak
     header(b, h)
     submit_raw(b, ring, [(h, 16, NEXT), (d, 513, WRITE)], bid=0 if reuse else 7)
     assert b.needs_reset and b.vdev.state().error == message
+
+
+@pytest.mark.parametrize("off_wrap, interrupt", [
+    (1 | 0x8000, False),          # a slot the previous interrupt already covered
+    (0 | 0x8000, False),
+    (2 | 0x8000, True),           # the slots this request used
+    (3 | 0x8000, True),
+    (4 | 0x8000, False),          # not reached yet
+    (3, False),                   # slot 3 of the next lap
+])
+def test_driver_event_desc_names_one_slot_of_one_lap(make, off_wrap, interrupt):
+    """EVENT_IDX, flags DESC (2.8.10): interrupt when the device uses the slot off_wrap names
+    (bit 15: its lap's wrap counter), as QEMU's vring_packed_need_event."""
+    b = packed_bench(make)
+    ring = start(b, size=8)
+    b.run(T_IN, 0, in_len=512)                     # slots 0..1
+    b.drv.isr()
+    ring.set_driver_event(off_wrap, DESC)
+    b.run(T_IN, 0, in_len=512)                     # slots 2..3
+    assert bool(b.vdev.isr & 1) is interrupt
+
+
+def test_the_first_completion_interrupts_whatever_slot_the_driver_names(make):
+    b = packed_bench(make)
+    ring = start(b, size=8)
+    ring.set_driver_event(5 | 0x8000, DESC)
+    b.run(T_IN, 0, in_len=512)
+    assert b.vdev.isr & 1
+
+
+def test_with_event_idx_flags_enable_still_interrupt_for_every_completion(make):
+    b = packed_bench(make)
+    ring = start(b, size=8)
+    for _ in range(3):
+        ring.set_driver_event(0, ENABLE)
+        b.run(T_IN, 0, in_len=512)
+        assert b.drv.isr() & 1
+
+
+def test_device_event_names_the_next_slot_and_its_lap(make):
+    """EVENT_IDX: the device asks for a kick at the slot after the last one it took, with that
+    lap's wrap counter in bit 15 (0 on the second lap)."""
+    b = packed_bench(make)
+    ring = start(b, size=4)
+    b.run(T_IN, 0, in_len=512)
+    assert ring.device_event() == (2 | 0x8000, DESC)
+    b.run(T_IN, 0, in_len=512)
+    assert ring.device_event() == (0, DESC)        # the second lap
+    b.run(T_IN, 0, in_len=512)
+    assert ring.device_event() == (2, DESC)
+
+
+def test_the_device_writes_and_reports_only_the_ring_bytes_it_changes(make):
+    """A completion writes the used descriptor's id, len and flags (bytes 8..15 of its first
+    slot) and nothing else of the table; the device event is rewritten only when it changes.
+    Each write is reported to the CPU (notify_write) with its exact range."""
+    b = packed_bench(make)
+    ring = start(b, size=4)
+    reported = []
+    listen = b.mem.notify_write
+    b.mem.notify_write = lambda gpa, n: (reported.append((gpa, n)), listen(gpa, n))
+    rings = lambda: [(a, n) for a, n in reported if ring.desc <= a < ring.desc + 64 or a in (ring.device, ring.device + 2)]
+    for lap, wrap_flags in ((0, 0x8080), (1, 0x0000)):       # AVAIL|USED on lap 1, neither on lap 2
+        for slot in (0, 2):
+            req = b.blk.submit(T_IN, 0, in_len=512)
+            before = bytes(b.mem.read(ring.desc, 64))
+            del reported[:]
+            b.drv.kick(0)
+            after = bytes(b.mem.read(ring.desc, 64))
+            changed = [i for i in range(64) if before[i] != after[i]]
+            assert changed and all(16 * slot + 8 <= i < 16 * slot + 16 for i in changed)
+            assert struct.unpack_from("<IHH", after, 16 * slot + 8) == (513, req.head, wrap_flags)
+            assert ring.get_used() == [(req.head, 513)]
+            expect = [(ring.device, 2)] if (lap, slot) != (0, 0) else [(ring.device, 2), (ring.device + 2, 2)]
+            assert sorted(rings()) == sorted(expect + [(ring.desc + 16 * slot + 8, 8)])
+
+
+def test_peek_decodes_a_chain_at_any_slot_without_taking_it(make):
+    b = packed_bench(make)
+    ring = start(b, size=8)
+    first = b.blk.submit(T_IN, 0, in_len=512)              # slots 0..1
+    second = b.blk.submit(T_OUT, 0, out=b"x" * 512)         # slots 2..3
+    assert b.vdev.peek_chain(0).head == first.head          # the next one the device takes
+    assert b.vdev.peek_chain(0, 2).head == second.head
+    assert b.vdev.peek_chain(0, 2 + 8).head == second.head  # positions count modulo the size
+    chain = b.vdev.peek_chain(0, 2)
+    assert (chain.readable_len, chain.writable_len) == (16 + 512, 1)
+    empty = b.vdev.peek_chain(0, 4)
+    assert type(empty) is Q.VirtqueueError and str(empty) == "slot 4 holds no available descriptor"
+    assert ring.get_used() == [] and b.vdev.queues[0].last_avail_idx == 0
+    b.drv.common_write(0x16, 2, 0)
+    b.drv.common_write(0x3A, 2, 1)                          # queue_reset: not active
+    off = b.vdev.peek_chain(0)
+    assert type(off) is Q.QueueNotActive and str(off) == "queue 0 is not active"
+
+
+@pytest.mark.parametrize("size, driver, device, message", [
+    (1, 0, 0, None),                                        # one slot is a valid packed ring
+    (0, 0, 0, "queue 0: bad size 0"),
+    (4, 2, 0, "queue 0: misaligned rings desc={desc:#x} driver={driver:#x} device={device:#x}"),
+    (4, 0, 2, "queue 0: misaligned rings desc={desc:#x} driver={driver:#x} device={device:#x}"),
+])
+def test_a_packed_ring_needs_a_size_and_4_byte_aligned_event_areas(make, size, driver, device, message):
+    from machine.virtio.queue import VirtqueueError
+    b = packed_bench(make)
+    start(b)
+    q = b.vdev.queues[0]
+    q.size = size
+    q.desc_addr, q.avail_addr, q.used_addr = 0x10_0000, 0x10_1000 + driver, 0x10_2000 + device
+    if message is None:
+        q.activate()
+        assert q.active
+    else:
+        with pytest.raises(VirtqueueError) as e:
+            q.activate()
+        assert str(e.value) == message.format(desc=q.desc_addr, driver=q.avail_addr, device=q.used_addr)
+
+
+def test_a_descriptor_table_may_end_at_the_last_byte_of_ram(make):
+    b = packed_bench(make)
+    start(b)
+    q = b.vdev.queues[0]
+    q.size = 256
+    q.desc_addr, q.avail_addr, q.used_addr = (4 << 20) - 16 * 256, 0x10_1000, 0x10_2000
+    q.activate()
+    assert q.active
