@@ -877,3 +877,59 @@ def test_legacy_pfn_write_for_a_missing_queue_is_ignored(make):
     b.drv.bar.write(0x0E, 2, 9)
     b.drv.bar.write(0x08, 4, 0x100)
     assert not any(q.enabled for q in b.vdev.queues)
+
+
+# ------------------------------------------------------------------ -d guest_errors, word for word
+
+GUEST_ERRORS = {
+    # (legacy interface?, steps on the driver after start(), the exact log)
+    "queue_size of a missing queue": (False, lambda b: (b.drv.common_write(0x16, 2, 5), b.drv.common_write(0x18, 2, 64)),
+                                      "virtio-blk-pci: queue_size write for queue 5 which does not exist"),
+    "queue_size after enable": (False, lambda b: (b.drv.common_write(0x16, 2, 0), b.drv.common_write(0x18, 2, 64)),
+                                "virtio-blk-pci: queue_size write to queue 0 after enable ignored"),
+    "queue_size not a power of 2": (False, lambda b: (b.drv.common_write(0x16, 2, 0), b.drv.common_write(0x3A, 2, 1),
+                                                      b.drv.common_write(0x18, 2, 100)),
+                                    "virtio-blk-pci: queue_size 100 for queue 0 refused (max 256)"),
+    "queue_reset of a missing queue": (False, lambda b: (b.drv.common_write(0x16, 2, 5), b.drv.common_write(0x3A, 2, 1)),
+                                       "virtio-blk-pci: queue_reset=1 for queue 5 ignored"),
+    "queue_reset=2": (False, lambda b: (b.drv.common_write(0x16, 2, 0), b.drv.common_write(0x3A, 2, 2)),
+                      "virtio-blk-pci: queue_reset=2 for queue 0 ignored"),
+    "queue_enable=2": (False, lambda b: (b.drv.common_write(0x16, 2, 0), b.drv.common_write(0x1C, 2, 2)),
+                       "virtio-blk-pci: queue_enable=2 ignored (only 1 is defined)"),
+    "queue vector of a missing queue": (False, lambda b: (b.drv.common_write(0x16, 2, 5), b.drv.common_write(0x1A, 2, 0)),
+                                        "virtio-blk-pci: queue_msix_vector write for queue 5 which does not exist"),
+    "driver_feature select 2": (False, lambda b: (b.drv.common_write(0x08, 4, 2), b.drv.common_write(0x0C, 4, 1)),
+                                "virtio-blk-pci: driver_feature write with select 2 ignored"),
+    "queue address after enable": (False, lambda b: (b.drv.common_write(0x16, 2, 0), b.drv.common_write(0x20, 4, 0x1000)),
+                                   "virtio-blk-pci: desc_addr write to queue 0 after enable ignored"),
+    "queue address of a missing queue": (False, lambda b: (b.drv.common_write(0x16, 2, 5), b.drv.common_write(0x34, 4, 1)),
+                                         "virtio-blk-pci: used_addr write for queue 5 which does not exist"),
+    "PCI_CFG window of length 3": (False, lambda b: (b.dev.config_write(b.dev.pci_cfg_cap + 4, 1, 4),
+                                                     b.dev.config_write(b.dev.pci_cfg_cap + 8, 4, 0x10),
+                                                     b.dev.config_write(b.dev.pci_cfg_cap + 12, 4, 3),
+                                                     b.dev.config_read(b.dev.pci_cfg_cap + 16, 4)),
+                                   "virtio-blk-pci: PCI_CFG window bar=4 offset=0x10 length=3 ignored"),
+    "legacy queue_pfn after enable": (True, lambda b: b.drv.bar.write(0x08, 4, 0x123),
+                                      "virtio-blk-pci: queue_pfn write to queue 0 after enable ignored"),
+    "legacy write to the first config byte": (True, lambda b: b.drv.bar.write(20, 1, 7),
+                                              "virtio-blk: config write 0x0+1 = 0x7 ignored"),
+    "legacy feature write after DRIVER_OK": (True, lambda b: b.drv.bar.write(0x04, 4, 1),
+                                             "virtio-blk: legacy feature write 0x1 after negotiation ignored"),
+    "config write past the end": (False, lambda b: b.vdev.config_write(len(b.vdev.config) - 1, 2, 0),
+                                  "virtio-blk: config write {end_1:#x}+2 outside {end} bytes ignored"),
+    "config write at a negative offset": (False, lambda b: b.vdev.config_write(-1, 1, 0),
+                                          "virtio-blk: config write -0x1+1 outside {end} bytes ignored"),
+    "config write of the last byte": (False, lambda b: b.vdev.config_write(len(b.vdev.config) - 1, 1, 0),
+                                      "virtio-blk: config write {end_1:#x}+1 = 0x0 ignored"),
+}
+
+
+@pytest.mark.parametrize("case", GUEST_ERRORS)
+def test_guest_errors_name_the_register_the_queue_and_the_value(make, guest_errors, case):
+    legacy, steps, expected = GUEST_ERRORS[case]
+    b = make(legacy=legacy).start()
+    guest_errors.truncate(0)
+    guest_errors.seek(0)
+    steps(b)
+    end = len(b.vdev.config)
+    assert guest_errors.getvalue() == expected.format(end=end, end_1=end - 1) + "\n"
