@@ -176,6 +176,13 @@ def test_packed_queue_size_need_not_be_a_power_of_2(make):
     assert split.drv.common_read(0x18, 2) == 256
 
 
+@pytest.mark.parametrize("size, result", [(1, 1), (0, 256), (257, 256)])
+def test_a_packed_queue_takes_any_size_from_1_to_its_maximum(make, size, result):
+    b = packed_bench(make)
+    start(b, size=size, driver_ok=False)
+    assert b.drv.common_read(0x18, 2) == result
+
+
 # -- requests ---------------------------------------------------------------------------------------
 
 def test_write_then_read_back_through_a_packed_ring(make):
