@@ -7,7 +7,7 @@ import struct
 import pytest
 
 from virtio_driver import (F_EVENT_IDX, F_INDIRECT, F_VERSION_1, S_IOERR, S_OK, S_UNSUPP, T_DISCARD,
-                           T_FLUSH, T_GET_ID, T_IN, T_OUT, T_WRITE_ZEROES, benches, pattern)
+                           T_FLUSH, T_GET_ID, T_IN, T_OUT, T_WRITE_ZEROES, BlkRequests, benches, pattern)
 from machine.virtio import blk as B
 from machine.virtio import spec as S
 from machine.virtio.blk_request import IoError, RequestError, SegmentTooShort, Unsupported
@@ -760,3 +760,73 @@ def test_sectors_per_track_round_down_only_when_a_track_splits_a_block(make):
              props={"heads": "128", "secs": "63", "logical_block_size": "4096"})
     heads, secs = B.CONFIG.unpack(bytes(b.vdev.config))[4:6]
     assert (heads, secs) == (128, 63)
+
+
+# ------------------------------------------------------------------ host failures, one by one
+
+def _raise(err):
+    def fail(*args, **kwargs):
+        raise OSError(err, os.strerror(err))
+    return fail
+
+
+def _short_read(b):
+    real = b.backend.readv
+    return lambda off, bufs: real(off, bufs) - 100
+
+
+NO_FLUSH = ~(1 << S.VIRTIO_BLK_F_FLUSH) & ~(1 << S.VIRTIO_BLK_F_CONFIG_WCE)     # writethrough
+
+HOST_FAILURES = {
+    # name: (backend method, its replacement, features mask, request, the -d guest_errors line, used.len)
+    "read error": ("readv", lambda b: _raise(5), -1, dict(rtype=T_IN, in_len=1024),
+                   "virtio-blk: read error: [Errno 5] Input/output error", 1),
+    "short read": ("readv", _short_read, -1, dict(rtype=T_IN, in_len=1024), "", 1024 - 100 + 1),
+    "write error": ("writev", lambda b: _raise(28), -1, dict(rtype=T_OUT, out=b"w" * 512),
+                    "virtio-blk: write error: [Errno 28] No space left on device", 1),
+    "short write": ("writev", lambda b: lambda off, bufs: 100, -1, dict(rtype=T_OUT, out=b"w" * 512), "", 1),
+    "flush error": ("flush", lambda b: _raise(5), -1, dict(rtype=T_FLUSH),
+                    "virtio-blk: flush failed: [Errno 5] Input/output error", 1),
+    "writethrough sync error": ("flush", lambda b: _raise(5), NO_FLUSH, dict(rtype=T_OUT, out=b"w" * 512),
+                                "virtio-blk: sync failed: [Errno 5] Input/output error", 1),
+    "discard error": ("discard", lambda b: _raise(95), -1, dict(rtype=T_DISCARD, out=seg(0, 8)),
+                      "virtio-blk: discard failed: [Errno 95] Operation not supported", 1),
+    "write zeroes error": ("write_zeroes", lambda b: _raise(5), -1, dict(rtype=T_WRITE_ZEROES, out=seg(0, 8)),
+                           "virtio-blk: write zeroes failed: [Errno 5] Input/output error", 1),
+}
+
+
+@pytest.mark.parametrize("case", HOST_FAILURES)
+@pytest.mark.parametrize("policy", ["report", "stop"])
+def test_a_host_failure_is_logged_and_follows_the_error_policy(make, monkeypatch, guest_errors, case, policy):
+    """Each way the host can fail a request: the -d guest_errors line, IOERR with the bytes
+    already written counted in used.len (report), or the request parked for `cont` (stop)."""
+    method, replacement, mask, req, log, used_len = HOST_FAILURES[case]
+    b = make(discard="unmap", werror=policy, rerror=policy)
+    b.start(features=b.drv.device_features() & mask)
+    monkeypatch.setattr(b.backend, method, replacement(b))
+    kw = dict(req)
+    rtype = kw.pop("rtype")
+    r = BlkRequests(b.vqs[0]).submit(rtype, 0, **kw)
+    b.drv.kick(0)
+    assert guest_errors.getvalue() == (log + "\n" if log else "")
+    if policy == "stop":
+        assert [req.head for _, req in b.vdev.parked] == [r.head] and b.vqs[0].get_used() == []
+    else:
+        assert b.vdev.parked == [] and b.vqs[0].get_used() == [(r.head, used_len)]
+        assert BlkRequests(b.vqs[0]).result(r)[1] == S_IOERR
+
+
+@pytest.mark.parametrize("policy, status", [("report", S_IOERR), ("ignore", S_OK)])
+def test_after_a_failed_flush_every_flush_fails_and_follows_the_policy(make, monkeypatch, policy, status):
+    """After a failed fdatasync the kernel may have dropped the dirty pages: later flushes
+    fail too (even once the host would succeed), as host errors the policy decides about."""
+    b = make(werror=policy).start()
+    monkeypatch.setattr(b.backend, "flush", _raise(5))
+    assert b.run(T_FLUSH)[1] == status
+    monkeypatch.setattr(b.backend, "flush", lambda: None)
+    assert b.run(T_FLUSH)[1] == status
+    b.backend.on_write_error = "stop"
+    r = BlkRequests(b.vqs[0]).submit(T_FLUSH)
+    b.drv.kick(0)
+    assert [req.head for _, req in b.vdev.parked] == [r.head]
