@@ -345,3 +345,39 @@ def test_a_queue_comes_back_in_the_ring_layout_it_was_saved_in(tmp_path, saved_p
     finally:
         packed.close()
         split.close()
+
+
+def test_continuing_interrupts_for_the_retried_requests(tmp_path):
+    b = bench(tmp_path).start()
+    try:
+        r = BlkRequests(b.vqs[0]).submit(T_IN, 5, in_len=512)
+        b.drv.kick(0)
+        b.drv.isr()                                    # nothing completed yet: clears nothing new
+        assert b.vdev.parked and not b.vdev.isr
+        b.vdev.restart_parked()
+        assert b.vqs[0].get_used() == [(r.head, 513)] and b.vdev.isr & 1
+    finally:
+        b.close()
+
+
+def test_a_retried_request_is_not_held_by_a_delay_rule_nor_is_the_next_one(tmp_path):
+    """A [delay] rule that matches the retried read is consumed by the retry (QEMU restarts
+    failed requests without a new delay); the next request, which no rule matches, is not
+    held by it either."""
+    rules = ('[inject-error]\nevent = "read_aio"\nerrno = "5"\nonce = "on"\n'
+             '[delay]\nevent = "read_aio"\nsector = "8"\nlatency-ns = "5000"\n')
+    b = bench(tmp_path, rules=rules).start()
+    try:
+        b.vdev.clock = VirtualClock()
+        b.vdev.timer_key = "virtio-blk0"
+        blk = BlkRequests(b.vqs[0])
+        first = blk.submit(T_IN, 8, in_len=512)
+        b.drv.kick(0)
+        assert b.vdev.parked
+        b.vdev.restart_parked()
+        assert b.vqs[0].get_used() == [(first.head, 513)] and b.vdev.delayed == []
+        second = blk.submit(T_IN, 0, in_len=512)
+        b.drv.kick(0)
+        assert b.vqs[0].get_used() == [(second.head, 513)] and b.vdev.delayed == []
+    finally:
+        b.close()

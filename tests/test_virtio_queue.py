@@ -737,3 +737,31 @@ def test_the_completion_trace_reports_the_host_latency_in_microseconds(tmp_path,
         b.close()
     assert out.getvalue() == ("virtio_blk_req_complete vdev=virtio-blk req=0 type=0 sector=3 len=512 "
                               "status=0 latency_us=2500.0\n")
+
+
+@pytest.mark.parametrize("iothread", [False, True])
+def test_a_completion_event_no_one_enabled_reaches_no_listener(tmp_path, iothread):
+    """Listeners (the debugger's breakpoints, the Python API) hear only the events enabled for
+    them: listening to virtqueue_* does not bring virtio_blk_req_complete."""
+    from machine import trace
+    heard = []
+
+    def listener(name, fields):
+        heard.append(name)
+    b = Bench(tmp_path).start()
+    if iothread:
+        from machine.iothread import IoThread
+        b.vdev.iothread = IoThread("io0")
+    trace.listen("virtqueue_*")
+    trace.add_listener(listener)
+    try:
+        BlkRequests(b.vqs[0]).submit(T_IN, 3, in_len=512)
+        b.drv.kick(0)
+        b.vdev.drain()
+    finally:
+        trace.remove_listener(listener)
+        trace.unlisten("virtqueue_*")
+        if iothread:
+            b.vdev.iothread.close()
+        b.close()
+    assert heard == ["virtqueue_pop", "virtqueue_fill"]
