@@ -453,3 +453,30 @@ def test_the_cpu_hears_of_every_byte_an_io_thread_request_wrote(tmp_path):
         assert any(b <= vq.used + 2 < e for b, e in heard)   # the used index
     finally:
         m.close()
+
+
+def test_a_read_past_an_image_truncated_behind_the_device_updates_the_capacity(rig):
+    """On the I/O thread too: a failed read tells the CPU thread to look at the image size
+    again, which then shrinks the capacity and raises a config change."""
+    import os
+    b = rig(gated=False)
+    os.truncate(b.path, DISK // 2)
+    assert b.vdev.capacity == DISK // 512
+    vq = b.vqs[0]
+    req = BlkRequests(vq).submit(T_IN, DISK // 512 - 1, in_len=512)
+    b.drv.kick(0)
+    b.vdev.drain()
+    assert BlkRequests(vq).result(req)[1] != S_OK
+    assert b.vdev.capacity == DISK // 2 // 512 and b.vdev.isr & 2
+
+
+def test_a_completion_for_a_device_broken_meanwhile_is_dropped(rig):
+    b = rig()
+    vq = b.vqs[0]
+    BlkRequests(vq).submit(T_IN, 0, in_len=512)
+    b.drv.kick(0)
+    assert b.gated.entered.wait(10)
+    b.vdev.virtio_error(BadHeadIndex("Guest says index 300 is available"))   # the queue stays active
+    b.gated.gate.set()
+    b.vdev.drain()
+    assert b.vdev.queues[0].active and vq.get_used() == []
