@@ -590,6 +590,23 @@ def test_legacy_negotiation_logs_nothing_but_bad_feature_is_logged(tmp_path):
     assert "driver set VIRTIO_F_BAD_FEATURE" in out.getvalue()
 
 
+def test_a_legacy_driver_taking_unoffered_bits_is_told_once_at_driver_ok(tmp_path, guest_errors):
+    b = Bench(tmp_path, legacy=True)
+    try:
+        offered = b.drv.device_features()
+        bit = next(n for n in range(24) if not offered >> n & 1)
+        b.drv.set_status(1 | 2)
+        b.drv.bar.write(0x04, 4, offered | 1 << bit)
+        assert b.drv.bar.read(0x04, 4) == offered                     # masked at once
+        assert guest_errors.getvalue() == ""
+        b.drv.set_status(1 | 2 | 4)                                   # DRIVER_OK
+        assert guest_errors.getvalue() == (
+            f"virtio-blk: driver accepted feature bits {1 << bit:#x} the device did not offer "
+            "(VIRTIO 1.2 §2.2.1); tolerated: the bits are masked off and FEATURES_OK is accepted\n")
+    finally:
+        b.close()
+
+
 def test_chain_longer_than_4_gib_is_refused():
     """2.7.5: a chain describes at most 2^32 bytes; 820 indirect entries of 5 MiB each (the
     same RAM, described again and again) go past that."""
