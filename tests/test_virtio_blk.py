@@ -368,6 +368,16 @@ def test_short_discard_payload_sets_needs_reset(make):
     b.drv.kick(0)
     assert b.needs_reset and b.vqs[0].get_used() == []
     assert type(b.vdev.error) is SegmentTooShort
+    assert str(b.vdev.error) == "virtio-blk discard/write_zeroes header too short"
+
+
+def test_strict_short_write_zeroes_payload_with_only_that_feature_sets_needs_reset(make):
+    # The segment is required by the request's own feature (WRITE_ZEROES), not DISCARD's.
+    b = make(props={"strict": "on"})
+    b.start(features=b.drv.device_features() & ~(1 << S.VIRTIO_BLK_F_DISCARD))
+    b.blk.submit(T_WRITE_ZEROES, 0, out=b"\0" * 8)
+    b.drv.kick(0)
+    assert b.needs_reset and type(b.vdev.error) is SegmentTooShort
 
 
 def test_strict_short_discard_payload_without_the_feature_is_unsupp_not_a_ring_error(make):
@@ -830,3 +840,58 @@ def test_after_a_failed_flush_every_flush_fails_and_follows_the_policy(make, mon
     r = BlkRequests(b.vqs[0]).submit(T_FLUSH)
     b.drv.kick(0)
     assert [req.head for _, req in b.vdev.parked] == [r.head]
+
+
+def test_only_reads_and_writes_emit_the_read_and_write_events(make):
+    """virtio_blk_handle_read / _write are for IN and OUT only (FLUSH, GET_ID, DISCARD and
+    WRITE_ZEROES have none, as on QEMU)."""
+    import io
+    import sys
+    from machine import trace
+    b = make(discard="unmap").start()
+    out = io.StringIO()
+    trace.set_output(out)
+    trace.enable("virtio_blk_handle_*")
+    try:
+        b.run(T_FLUSH)
+        b.run(T_GET_ID, in_len=20)
+        b.run(T_DISCARD, 0, out=seg(0, 8))
+        b.run(T_WRITE_ZEROES, 0, out=seg(0, 8))
+        assert out.getvalue() == ""
+        b.run(T_OUT, 2, out=b"w" * 512)
+        b.run(T_IN, 2, in_len=512)
+    finally:
+        trace.disable_all()
+        trace.set_output(sys.stderr)
+    assert out.getvalue() == ("virtio_blk_handle_write vdev=virtio-blk req=8 sector=2 nsectors=1\n"
+                              "virtio_blk_handle_read vdev=virtio-blk req=10 sector=2 nsectors=1\n")
+
+
+class _AddsARequestWhileServing:
+    """A backend whose first read makes one more request available on the ring, as a driver on
+    another vCPU may while the device is serving a kick."""
+
+    def __init__(self, inner, add):
+        self.inner, self.add = inner, add
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    def readv(self, offset, bufs):
+        if self.add is not None:
+            add, self.add = self.add, None
+            add()
+        return self.inner.readv(offset, bufs)
+
+
+@pytest.mark.parametrize("packed", [False, True])
+def test_a_request_made_available_during_a_kick_is_served_by_that_kick(make, packed):
+    from test_virtio_packed import start
+    b = make(props={"packed": "on"} if packed else None)
+    ring = start(b) if packed else b.start().vqs[0]
+    blk = BlkRequests(ring)
+    later = []
+    b.vdev.backend = _AddsARequestWhileServing(b.vdev.backend, lambda: later.append(blk.submit(T_IN, 1, in_len=512)))
+    first = blk.submit(T_IN, 0, in_len=512)
+    b.drv.kick(0)                                   # the only kick
+    assert [h for h, _ in ring.get_used()] == [first.head, later[0].head]
