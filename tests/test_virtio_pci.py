@@ -81,22 +81,60 @@ def test_geometry_sectors_with_4k_blocks_as_qemu(make, disk_size, secs):
 
 
 @pytest.mark.parametrize("props,msg", [
-    ({"disable-legacy": "on", "disable-modern": "on"}, "neither modern nor legacy"),
-    ({"bogus": "1"}, "bogus"),
-    ({"queue-size": "100"}, "power of 2"),
-    ({"queue-size": "2048"}, "queue-size"),
-    ({"num-queues": "0"}, "num-queues"),
-    ({"config-wce": "maybe"}, "config-wce"),
-    ({"logical_block_size": "1000"}, "logical_block_size"),
-    ({"disable-legacy": "sometimes"}, "disable-legacy"),
+    ({"disable-legacy": "on", "disable-modern": "on"}, "device cannot work as neither modern nor legacy mode is enabled"),
+    ({"bogus": "1"}, "virtio-blk: unknown property 'bogus'"),
+    ({"queue-size": "100"}, "queue-size property must be a power of 2"),
+    ({"queue-size": "2048"}, "Property 'queue-size' value 2048 is out of range [2, 1024]"),
+    ({"num-queues": "0"}, "Property 'num-queues' value 0 is out of range [1, 1024]"),
+    ({"config-wce": "maybe"}, "Property 'config-wce' doesn't take value 'maybe' (use 'on' or 'off')"),
+    ({"logical_block_size": "1000"}, "Property logical_block_size must be a power of 2"),
+    ({"disable-legacy": "sometimes"}, "Property 'disable-legacy' doesn't take value 'sometimes' (use 'on', 'off' or 'auto')"),
+    ({"disable-modern": "x"}, "Property 'disable-modern' doesn't take value 'x' (use 'on', 'off' or 'auto')"),
+    ({"bootindex": "-2"}, "Property 'bootindex' value -2 is out of range [-1, 65535]"),
+    ({"bootindex": "65536"}, "Property 'bootindex' value 65536 is out of range [-1, 65535]"),
+    ({"bootindex": "x"}, "Property 'bootindex' expects an integer, not 'x'"),
+    ({"ioeventfd": "maybe"}, "Property 'ioeventfd' doesn't take value 'maybe' (use 'on' or 'off')"),
+    ({"strict": "2"}, "Property 'strict' doesn't take value '2' (use 'on' or 'off')"),
+    ({"queue_reset": "maybe"}, "Property 'queue_reset' doesn't take value 'maybe' (use 'on' or 'off')"),
+    ({"packed": "1"}, "Property 'packed' doesn't take value '1' (use 'on' or 'off')"),
+    ({"vectors": "2049"}, "Property 'vectors' value 2049 is out of range [0, 2048]"),
+    ({"vectors": "-1"}, "Property 'vectors' value -1 is out of range [0, 2048]"),
+    ({"iothread": "io9"}, "Device 'io9' not found"),
+    ({"max-discard-sectors": "1.5"}, "Property 'max-discard-sectors' expects an integer, not '1.5'"),
 ])
 def test_bad_properties_are_config_errors(tmp_path, props, msg):
     p = tmp_path / "d.img"
     p.write_bytes(bytes(4096))
     be = open_drive(DriveConfig(file=p))
     try:
-        with pytest.raises(ConfigError, match=msg):
+        with pytest.raises(ConfigError) as e:
             create_virtio_blk_pci(be, props, GuestMemory(4 << 20))
+        assert str(e.value) == msg
+    finally:
+        be.close()
+
+
+@pytest.mark.parametrize("props, legacy, modern, vectors", [
+    ({"bootindex": "-1", "ioeventfd": "on"}, True, True, 2),
+    ({"bootindex": "65535", "ioeventfd": "off"}, True, True, 2),
+    ({"disable-legacy": "auto"}, True, True, 2),            # a conventional PCI bus: legacy on
+    ({"disable-legacy": " YES "}, False, True, 2),
+    ({"disable-legacy": "y", "disable-modern": "n"}, False, True, 2),
+    ({"disable-modern": "True", "disable-legacy": "false"}, True, False, 2),
+    ({"disable-modern": "auto"}, True, True, 2),
+    ({"vectors": "0"}, True, True, 0),
+    ({"vectors": "2048"}, True, True, 2048),
+    ({"vectors": "0x10", "num-queues": "3"}, True, True, 16),
+    ({"num-queues": "3"}, True, True, 4),                    # one per queue and one for config
+])
+def test_property_spellings_and_defaults(tmp_path, props, legacy, modern, vectors):
+    p = tmp_path / "d.img"
+    p.write_bytes(bytes(4096))
+    be = open_drive(DriveConfig(file=p))
+    try:
+        dev = create_virtio_blk_pci(be, props, GuestMemory(4 << 20))
+        assert (dev.legacy, dev.modern) == (legacy, modern)
+        assert (0 if dev.msix is None else dev.msix.nvectors) == vectors
     finally:
         be.close()
 
