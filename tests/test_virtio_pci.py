@@ -934,6 +934,10 @@ GUEST_ERRORS = {
                       "virtio-blk-pci: queue_reset=2 for queue 0 ignored"),
     "queue_enable=2": (False, lambda b: (b.drv.common_write(0x16, 2, 0), b.drv.common_write(0x1C, 2, 2)),
                        "virtio-blk-pci: queue_enable=2 ignored (only 1 is defined)"),
+    "queue_enable after enable": (False, lambda b: (b.drv.common_write(0x16, 2, 0), b.drv.common_write(0x1C, 2, 1)),
+                                  "virtio-blk-pci: queue_enable write to queue 0 after enable ignored"),
+    "queue_enable of a missing queue": (False, lambda b: (b.drv.common_write(0x16, 2, 5), b.drv.common_write(0x1C, 2, 1)),
+                                        "virtio-blk-pci: queue_enable write for queue 5 which does not exist"),
     "queue vector of a missing queue": (False, lambda b: (b.drv.common_write(0x16, 2, 5), b.drv.common_write(0x1A, 2, 0)),
                                         "virtio-blk-pci: queue_msix_vector write for queue 5 which does not exist"),
     "driver_feature select 2": (False, lambda b: (b.drv.common_write(0x08, 4, 2), b.drv.common_write(0x0C, 4, 1)),
@@ -991,3 +995,157 @@ def test_guest_errors_name_the_register_the_queue_and_the_value(make, guest_erro
     end = len(b.vdev.config)
     features_lo = b.vdev.guest_features & 0xFFFFFFFF         # select 0's half as the driver wrote it
     assert guest_errors.getvalue() == expected.format(end=end, end_1=end - 1, features_lo=features_lo) + "\n"
+
+
+# ------------------------------------------------------------------ the status state machine, step by step
+
+def _negotiate_by_hand(b, features=None, *, extra=()):
+    """The 3.1.1 steps one register write at a time (and any `extra` status writes on the way)."""
+    d = b.drv
+    d.set_status(0)
+    d.set_status(ACK)
+    d.set_status(ACK | DRIVER)
+    for v in extra:
+        d.set_status(v)
+    d.write_features(d.device_features() if features is None else features)
+    d.set_status(ACK | DRIVER | FEATURES_OK)
+
+
+def test_a_textbook_negotiation_logs_nothing(make, guest_errors):
+    b = make()
+    _negotiate_by_hand(b)
+    b.drv.set_status(ACK | DRIVER | FEATURES_OK | DRIVER_OK)
+    assert guest_errors.getvalue() == "" and b.drv.status == ACK | DRIVER | FEATURES_OK | DRIVER_OK
+
+
+def test_strict_features_ok_is_refused_once_for_unoffered_bits(make, guest_errors):
+    b = make(props={"strict": "on"})
+    _negotiate_by_hand(b, b.drv.device_features() | 1 << 63)
+    assert not b.drv.status & FEATURES_OK
+    b.drv.set_status(ACK | DRIVER)                         # rewriting a status negotiates nothing
+    assert guest_errors.getvalue() == (
+        "virtio-blk: driver accepted feature bits 0x8000000000000000 the device did not offer "
+        "(VIRTIO 1.2 §2.2.1); strict: FEATURES_OK is not set\n")
+
+
+def test_a_kick_before_driver_ok_waits_for_driver_ok_only(make):
+    b = make(props={"strict": "on"})                      # strict: not served early
+    vqs = b.drv.init(b.alloc, driver_ok=False)
+    req = BlkRequests(vqs[0]).submit(T_IN, 0, in_len=512)
+    b.drv.kick(0)
+    assert b.vdev.queues[0].state().pending_kick is True
+    b.drv.set_status(ACK | DRIVER | FEATURES_OK)           # the same status again: still waiting
+    assert vqs[0].get_used() == []
+    b.drv.set_status(ACK | DRIVER | FEATURES_OK | DRIVER_OK)
+    assert vqs[0].get_used() == [(req.head, 513)]
+    assert b.vdev.queues[0].state().pending_kick is False
+
+
+def test_driver_ok_activates_only_the_enabled_queues(make):
+    b = make(props={"num-queues": "2"})
+    b.vqs = b.drv.init(b.alloc, nqueues=1)                 # queue 1 never enabled
+    assert [q.state().active for q in b.vdev.queues] == [True, False]
+    assert b.run(T_IN, 0, in_len=512)[1] == S_OK
+
+
+def test_a_queue_whose_rings_fail_at_enable_breaks_the_device_and_stays_so(make):
+    b = make()
+    d = b.drv
+    _negotiate_by_hand(b)
+    d.common_write(0x16, 2, 0)
+    d.write64(0x20, 0x1000 + 8)                            # a misaligned descriptor table
+    d.common_write(0x1C, 2, 1)
+    message = "queue 0: misaligned rings desc=0x1008 avail=0x0 used=0x0"
+    q = b.vdev.queues[0].state()
+    assert q.enabled is True and q.active is False and b.vdev.state().error == message
+    d.set_status(ACK | DRIVER | FEATURES_OK | DRIVER_OK)   # tried again at DRIVER_OK, same error
+    assert b.vdev.broken and b.vdev.state().error == message
+
+
+def test_a_reset_clears_isr_and_forgets_unoffered_bits(make, guest_errors):
+    b = make(legacy=True).start()
+    b.run(T_IN, 0, in_len=512)
+    assert b.vdev.isr
+    b.drv.set_status(0)
+    assert b.vdev.isr == 0 and b.drv.isr() == 0
+    b.drv.set_status(1 | 2 | 4)                            # DRIVER_OK without a feature write
+    assert guest_errors.getvalue() == ""
+
+
+@pytest.mark.parametrize("event, line", [
+    ("virtio_set_status", "virtio_set_status vdev=virtio-blk val=3"),
+    ("virtio_set_features", "virtio_set_features vdev=virtio-blk features=0x{features:x}"),
+])
+def test_status_and_feature_trace_events(make, event, line):
+    import io
+    import sys
+    from machine import trace
+    b = make()
+    out = io.StringIO()
+    trace.set_output(out)
+    trace.enable(event)
+    try:
+        b.drv.set_status(ACK | DRIVER)
+        b.drv.write_features(b.drv.device_features())
+    finally:
+        trace.disable_all()
+        trace.set_output(sys.stderr)
+    lines = out.getvalue().splitlines()
+    assert line.format(features=b.vdev.guest_features) in lines
+
+
+def test_reading_past_the_isr_byte_reads_0_and_leaves_the_isr(make):
+    b = make().start()
+    b.run(T_IN, 0, in_len=512)
+    isr = b.vdev.isr
+    assert isr and b.drv.bar.read(b.drv._off(3) + 1, 1) == 0 and b.vdev.isr == isr
+    assert b.drv.isr() == isr and b.vdev.isr == 0
+
+
+def test_selecting_the_queue_just_past_the_last_reads_as_absent(make):
+    b = make().start()
+    d = b.drv
+    d.common_write(0x16, 2, 1)                              # one queue: index 1 does not exist
+    assert (d.common_read(0x18, 2), d.common_read(0x1E, 2), d.common_read(0x1C, 2)) == (0, 0, 0)
+    d.common_write(0x16, 2, 7)
+    assert d.common_read(0x1E, 2) == 0
+
+
+def test_a_reset_forgets_both_halves_of_the_driver_features(make):
+    b = make().start()
+    d = b.drv
+    d.set_status(0)
+    d.set_status(ACK | DRIVER)
+    d.common_write(0x08, 4, 0)
+    d.common_write(0x0C, 4, 1 << 28)                        # only the low half, INDIRECT_DESC
+    assert b.vdev.guest_features == 1 << 28
+    d.common_write(0x08, 4, 1)
+    assert d.common_read(0x0C, 4) == 0
+
+
+def test_a_pci_cfg_window_read_fills_the_data_field_only(make):
+    b = make().start()
+    dev, cap = b.dev, b.dev.pci_cfg_cap
+    size, after = len(dev.config), bytes(dev.config[cap + 20:cap + 24])
+    dev.config_write(cap + 4, 1, 4)                         # BAR 4
+    dev.config_write(cap + 8, 4, 0x12)                      # num_queues
+    dev.config_write(cap + 12, 4, 2)
+    assert dev.config_read(cap + 16, 2) == 1
+    assert len(dev.config) == size and bytes(dev.config[cap + 20:cap + 24]) == after
+
+
+def test_the_notify_trace_gives_the_bar_offset_written(make):
+    import io
+    import sys
+    from machine import trace
+    b = make(props={"num-queues": "2"})
+    b.drv.init(b.alloc, nqueues=2)
+    out = io.StringIO()
+    trace.set_output(out)
+    trace.enable("virtio_pci_notify_write")
+    try:
+        b.drv.kick(1)
+    finally:
+        trace.disable_all()
+        trace.set_output(sys.stderr)
+    assert out.getvalue() == f"virtio_pci_notify_write addr={0x3000 + b.drv.notify_mult:#x} val=0x1 size=2\n"
