@@ -895,3 +895,14 @@ def test_a_request_made_available_during_a_kick_is_served_by_that_kick(make, pac
     first = blk.submit(T_IN, 0, in_len=512)
     b.drv.kick(0)                                   # the only kick
     assert [h for h, _ in ring.get_used()] == [first.head, later[0].head]
+
+
+@pytest.mark.parametrize("features, writeback", [
+    (~(1 << S.VIRTIO_BLK_F_FLUSH), 0),                                    # CONFIG_WCE alone: writethrough
+    (~(1 << S.VIRTIO_BLK_F_FLUSH) & ~(1 << S.VIRTIO_BLK_F_CONFIG_WCE), 1),  # neither: the field is left as it is
+    (-1, 1),
+])
+def test_the_writeback_field_starts_writethrough_only_for_config_wce_without_flush(make, features, writeback):
+    b = make()
+    b.start(features=b.drv.device_features() & features)
+    assert b.drv.cfg_read(B.OFF_WRITEBACK, 1) == writeback

@@ -381,3 +381,22 @@ def test_a_retried_request_is_not_held_by_a_delay_rule_nor_is_the_next_one(tmp_p
         assert b.vqs[0].get_used() == [(second.head, 513)] and b.vdev.delayed == []
     finally:
         b.close()
+
+
+def test_a_reset_cancels_a_held_completion_restored_from_a_snapshot(tmp_path):
+    """Restored held completions have no Timer object of the device's, only a keyed one-shot
+    on the clock: a reset cancels that by its key."""
+    b = held_bench(tmp_path)
+    try:
+        req = BlkRequests(b.vqs[0]).submit(T_IN, 2, in_len=512)
+        b.drv.kick(0)
+        values = saved(b.vdev)
+        key = f"virtio-blk0/delay/0/{req.head}/513"
+        clock = b.vdev.clock = VirtualClock()              # the board's clock, restored
+        clock.oneshot(b.vdev.held_release(0, req.head, 513), 5000, key)
+        load(b.vdev, values)
+        assert clock.armed == ((-1, 5000, key),) and b.vdev._held_timers == {}
+        b.drv.set_status(0)
+        assert clock.armed == () and b.vdev.delayed == []
+    finally:
+        b.close()

@@ -480,3 +480,56 @@ def test_a_completion_for_a_device_broken_meanwhile_is_dropped(rig):
     b.gated.gate.set()
     b.vdev.drain()
     assert b.vdev.queues[0].active and vq.get_used() == []
+
+
+def test_a_bottom_half_is_deferred_with_its_queue_index(tmp_path):
+    """The bottom half names its queue, so a snapshot can save it as that queue's."""
+    b = Bench(tmp_path, disk_size=DISK, props={"num-queues": "2"}).start(nqueues=2)
+    try:
+        deferred = []
+        b.vdev.defer = lambda fn, queue=None: deferred.append(queue)
+        b.vdev.notify_max_requests = 1
+        blk = BlkRequests(b.vqs[1])
+        blk.submit(T_IN, 0, in_len=512)
+        blk.submit(T_IN, 1, in_len=512)
+        b.drv.kick(1)
+        assert deferred == [1]
+    finally:
+        b.close()
+
+
+def test_the_byte_budget_stops_a_notify_once_reached(tmp_path):
+    """notify_max_bytes: the request that reaches the budget is the last of the notify."""
+    b = Bench(tmp_path, disk_size=DISK).start()
+    try:
+        b.vdev.notify_max_bytes = 16 + 512 + 1          # exactly one read of a sector
+        blk = BlkRequests(b.vqs[0])
+        for i in range(3):
+            blk.submit(T_IN, i, in_len=512)
+        b.drv.kick(0)
+        assert len(b.vqs[0].get_used()) == 1
+    finally:
+        b.close()
+
+
+@pytest.mark.parametrize("held_sectors, interrupt", [((0, 1), False), ((0,), True), ((), True)])
+def test_requests_held_by_a_delay_rule_do_not_interrupt(tmp_path, held_sectors, interrupt):
+    """A kick whose requests a [delay] rule all holds raises no interrupt; one that completes
+    any does."""
+    from machine.clock import VirtualClock
+    conf = tmp_path / "delay.conf"
+    conf.write_text("".join(f'[delay]\nevent = "read_aio"\nsector = "{s}"\nlatency-ns = "5000"\n'
+                            for s in held_sectors) or '[delay]\nevent = "read_aio"\nsector = "99"\nlatency-ns = "5"\n')
+    b = Bench(tmp_path, disk_size=DISK, blkdebug=conf).start()
+    try:
+        b.vdev.clock = VirtualClock()
+        b.vdev.timer_key = "virtio-blk0"
+        b.drv.isr()
+        blk = BlkRequests(b.vqs[0])
+        blk.submit(T_IN, 0, in_len=512)
+        blk.submit(T_IN, 1, in_len=512)
+        b.drv.kick(0)
+        assert len(b.vdev.delayed) == len(held_sectors)
+        assert bool(b.vdev.isr & 1) is interrupt
+    finally:
+        b.close()

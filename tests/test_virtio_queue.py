@@ -785,3 +785,55 @@ def test_a_completion_event_no_one_enabled_reaches_no_listener(tmp_path, iothrea
             b.vdev.iothread.close()
         b.close()
     assert heard == ["virtqueue_pop", "virtqueue_fill"]
+
+
+RAM_END = 4 << 20                      # the bench's RAM: [0, 4 MiB)
+
+
+@pytest.mark.parametrize("area", ["desc", "avail", "used"])
+def test_each_ring_area_may_end_at_the_end_of_ram_and_not_past_it(tmp_path, area):
+    """A split ring of n entries: 16n bytes of descriptors, 6 + 2n of avail ring (with
+    used_event), 6 + 8n of used ring (with avail_event), each wholly in RAM (2.7). Each area
+    at the last aligned address where it fits is accepted; one alignment step higher is not."""
+    from machine.virtio.queue import RingsNotInRam
+    n = 16
+    size = {"desc": 16 * n, "avail": 6 + 2 * n, "used": 6 + 8 * n}[area]
+    align = {"desc": 16, "avail": 2, "used": 4}[area]
+    last = (RAM_END - size) // align * align
+    for addr in (last, last + align):
+        b = Bench(tmp_path)
+        try:
+            q = b.vdev.queues[0]
+            q.size = n
+            addrs = {"desc": 0x10_0000, "avail": 0x10_1000, "used": 0x10_2000, area: addr}
+            q.desc_addr, q.avail_addr, q.used_addr = addrs["desc"], addrs["avail"], addrs["used"]
+            if addr == last:
+                q.activate()
+                assert q.active
+            else:
+                with pytest.raises(RingsNotInRam) as e:
+                    q.activate()
+                assert str(e.value) == f"queue 0: cannot map rings (guest range {addr:#x}+{size:#x} is not RAM)"
+        finally:
+            b.close()
+
+
+@pytest.mark.parametrize("size, addrs, message", [
+    (100, (0x10_0000, 0x10_1000, 0x10_2000), "queue 0: bad size 100"),
+    (512, (0x10_0000, 0x10_1000, 0x10_2000), "queue 0: bad size 512"),       # more than its maximum
+    (16, (0x10_0008, 0x10_1000, 0x10_2000), "queue 0: misaligned rings desc=0x100008 avail=0x101000 used=0x102000"),
+    (16, (0x10_0000, 0x10_1001, 0x10_2000), "queue 0: misaligned rings desc=0x100000 avail=0x101001 used=0x102000"),
+    (16, (0x10_0000, 0x10_1000, 0x10_2002), "queue 0: misaligned rings desc=0x100000 avail=0x101000 used=0x102002"),
+])
+def test_a_split_ring_needs_a_power_of_2_size_and_aligned_areas(tmp_path, size, addrs, message):
+    from machine.virtio.queue import VirtqueueError
+    b = Bench(tmp_path)
+    try:
+        q = b.vdev.queues[0]
+        q.size = size
+        q.desc_addr, q.avail_addr, q.used_addr = addrs
+        with pytest.raises(VirtqueueError) as e:
+            q.activate()
+        assert str(e.value) == message
+    finally:
+        b.close()
