@@ -938,6 +938,10 @@ GUEST_ERRORS = {
                                   "virtio-blk-pci: queue_enable write to queue 0 after enable ignored"),
     "queue_enable of a missing queue": (False, lambda b: (b.drv.common_write(0x16, 2, 5), b.drv.common_write(0x1C, 2, 1)),
                                         "virtio-blk-pci: queue_enable write for queue 5 which does not exist"),
+    "write to read-only device_feature": (False, lambda b: b.drv.common_write(0x04, 4, 1),
+                                          "virtio-blk-pci.common: write 0x1 to read-only device_feature ignored"),
+    "legacy write to read-only host_features": (True, lambda b: b.drv.bar.write(0x00, 4, 1),
+                                                "virtio-blk-pci.legacy: write 0x1 to read-only host_features ignored"),
     "queue vector of a missing queue": (False, lambda b: (b.drv.common_write(0x16, 2, 5), b.drv.common_write(0x1A, 2, 0)),
                                         "virtio-blk-pci: queue_msix_vector write for queue 5 which does not exist"),
     "driver_feature select 2": (False, lambda b: (b.drv.common_write(0x08, 4, 2), b.drv.common_write(0x0C, 4, 1)),
@@ -1149,3 +1153,74 @@ def test_the_notify_trace_gives_the_bar_offset_written(make):
         trace.disable_all()
         trace.set_output(sys.stderr)
     assert out.getvalue() == f"virtio_pci_notify_write addr={0x3000 + b.drv.notify_mult:#x} val=0x1 size=2\n"
+
+
+# ------------------------------------------------------------------ property value parsing (props.py)
+
+@pytest.mark.parametrize("text, value", [
+    ("0", 0), ("16", 16), ("4k", 4096), ("4K", 4096), (" 2M ", 2 << 20), ("1.5k", 1536), ("0x10", 16),
+    ("0x1b", 27), ("0X1B", 27), ("16k", 16384), ("3b", 3), ("15e", 15 << 60), ("18446744073709551615", (1 << 64) - 1),
+])
+def test_sizes_take_qemus_suffixes_and_hex(text, value):
+    from machine.virtio import props as P
+    assert P.parse_size("s", text) == value
+
+
+@pytest.mark.parametrize("text, message", [
+    ("16e", "Property 's' expects a size below 2^64, not '16e'"),
+    ("18446744073709551616", "Property 's' expects a size below 2^64, not '18446744073709551616'"),
+    ("1.0e999", "Property 's' expects a size, not '1.0e999'"),
+    ("k", "Property 's' expects a size, not 'k'"),
+    ("0x", "Property 's' expects a size, not '0x'"),
+])
+def test_what_is_not_a_size_says_so(text, message):
+    from machine.virtio import props as P
+    with pytest.raises(ConfigError) as e:
+        P.parse_size("s", text)
+    assert str(e.value) == message
+
+
+@pytest.mark.parametrize("text, value", [("on", True), ("YES", True), (" y", True), ("true", True),
+                                         ("off", False), ("No", False), ("n ", False), ("FALSE", False)])
+def test_switches_take_qemus_spellings(text, value):
+    from machine.virtio import props as P
+    assert P.parse_bool("b", text) is value
+    assert P.parse_on_off_auto("b", text) == ("on" if value else "off")
+
+
+def test_on_off_auto_takes_auto_and_names_itself_otherwise():
+    from machine.virtio import props as P
+    assert P.parse_on_off_auto("a", " Auto ") == "auto"
+    with pytest.raises(ConfigError) as e:
+        P.parse_on_off_auto("a", "maybe")
+    assert str(e.value) == "Property 'a' doesn't take value 'maybe' (use 'on', 'off' or 'auto')"
+
+
+@pytest.mark.parametrize("text, value", [("0x10", 16), (" 7 ", 7), ("0o10", 8), ("-1", -1)])
+def test_integers_take_any_base_prefix(text, value):
+    from machine.virtio import props as P
+    assert P.parse_int("i", text, -1, 100) == value
+
+
+
+def test_the_pci_cfg_capability_starts_zeroed_and_only_its_window_fields_are_writable(make):
+    b = make().start()
+    dev, cap = b.dev, b.dev.pci_cfg_cap
+    assert dev.config_read(cap + 2, 1) == 20 and dev.config_read(cap + 3, 1) == 5     # cap_len, PCI_CFG
+    assert bytes(dev.config[cap + 4:cap + 20]) == bytes(16)                         # bar, offset, length, data
+    before = bytes(dev.config)
+    for off in range(cap, cap + 21):                       # and the first byte after it
+        dev.config_write(off, 1, 0xFF)
+    changed = {i for i in range(len(before)) if dev.config[i] != before[i]}
+    assert changed == {cap + 4} | set(range(cap + 8, cap + 20))
+
+
+def test_a_driver_writing_only_the_high_feature_half_first_gets_nothing_else(make):
+    b = make(props={"strict": "on"})                       # a fresh device: no reset before
+    d = b.drv
+    d.set_status(ACK)
+    d.set_status(ACK | DRIVER)
+    d.common_write(0x08, 4, 1)
+    d.common_write(0x0C, 4, 1)                              # VERSION_1 (bit 32) alone
+    d.set_status(ACK | DRIVER | FEATURES_OK)
+    assert d.status & FEATURES_OK and b.vdev.guest_features == 1 << 32
