@@ -837,3 +837,43 @@ def test_a_split_ring_needs_a_power_of_2_size_and_aligned_areas(tmp_path, size, 
         assert str(e.value) == message
     finally:
         b.close()
+
+
+@pytest.mark.parametrize("event_idx", [True, False])
+def test_a_split_ring_kick_writes_and_reports_only_the_used_ring_bytes_it_changes(tmp_path, event_idx):
+    """After each kick: the used element, used->idx and (EVENT_IDX) avail_event = the avail
+    index seen; without EVENT_IDX used->flags is 0 again even if the driver scribbled on it.
+    Nothing else of the three ring areas changes, and each write is reported with its range."""
+    b = Bench(tmp_path)
+    b.start(features=b.drv.device_features() & ~(0 if event_idx else 1 << 29))
+    vq = b.vqs[0]
+    n = vq.size
+    areas = [(vq.desc, 16 * n), (vq.avail, 6 + 2 * n), (vq.used, 6 + 8 * n)]
+    reported = []
+    listen = b.mem.notify_write
+    b.mem.notify_write = lambda gpa, k: (reported.append((gpa, k)), listen(gpa, k))
+    try:
+        for i in range(3):
+            if not event_idx:
+                b.mem.write_u16(vq.used, 1)              # NO_NOTIFY, written by a hostile driver
+            req = BlkRequests(vq).submit(T_IN, 0, in_len=512)
+            before = {a: bytes(b.mem.read(a, k)) for a, k in areas}
+            del reported[:]
+            b.drv.kick(0)
+            changed = {a + j for a, k in areas for j in range(k) if b.mem.read(a + j, 1) != before[a][j:j + 1]}
+            slot = vq.used + 4 + 8 * i
+            expect = set(range(slot, slot + 8)) | {vq.used + 2}
+            if event_idx:
+                expect |= {vq.used + 4 + 8 * n}
+                assert vq.avail_event() == i + 1
+            else:
+                expect |= {vq.used}
+                assert vq.used_flags() == 0
+            assert changed <= expect
+            assert struct.unpack("<II", b.mem.read(slot, 8)) == (req.head, 513)
+            ring_reports = [(a, k) for a, k in reported if vq.used <= a < vq.used + 6 + 8 * n]
+            wanted = [(slot, 8), (vq.used + 2, 2)] + ([(vq.used + 4 + 8 * n, 2)] if event_idx else [(vq.used, 2)])
+            assert sorted(ring_reports) == sorted(wanted)
+            assert vq.get_used()[-1][0] == req.head
+    finally:
+        b.close()
