@@ -906,3 +906,21 @@ def test_the_writeback_field_starts_writethrough_only_for_config_wce_without_flu
     b = make()
     b.start(features=b.drv.device_features() & features)
     assert b.drv.cfg_read(B.OFF_WRITEBACK, 1) == writeback
+
+
+def test_the_geometry_caps_cylinders_at_16383(tmp_path):
+    """As QEMU: cylinders = capacity / (16 heads x 63 sectors), at most 16383 (a sparse image
+    of 16384 such cylinders)."""
+    from machine.block import open_drive
+    from machine.config import DriveConfig
+    from machine.memory import GuestMemory
+    from machine.virtio.blk_pci import create_virtio_blk_pci
+    p = tmp_path / "big.img"
+    with open(p, "wb") as f:
+        f.truncate(16384 * 16 * 63 * SECT)
+    backend = open_drive(DriveConfig(file=p))
+    try:
+        dev = create_virtio_blk_pci(backend, {}, GuestMemory(4 << 20))
+        assert dev.vdev.config_read(16, 2) == 16383
+    finally:
+        backend.close()

@@ -294,9 +294,9 @@ def test_a_held_completions_timer_is_saved_by_its_key_only_when_the_device_has_o
         assert b.vdev.clock.armed == ((-1, 5000, f"virtio-blk0/delay/0/{req.head}/513"),)
     finally:
         b.close()
-    b = held_bench(tmp_path)
+    b = bench(tmp_path, rules='[delay]\nevent = "read_aio"\nlatency-ns = "5000"\n').start()
     try:
-        b.vdev.timer_key = None                 # a device the board does not know by name
+        b.vdev.clock = VirtualClock()           # a device the board did not name (no timer_key)
         BlkRequests(b.vqs[0]).submit(T_IN, 2, in_len=512)
         b.drv.kick(0)
         with pytest.raises(vmstate.VMStateError, match="cannot be saved"):

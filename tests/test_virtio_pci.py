@@ -1224,3 +1224,24 @@ def test_a_driver_writing_only_the_high_feature_half_first_gets_nothing_else(mak
     d.common_write(0x0C, 4, 1)                              # VERSION_1 (bit 32) alone
     d.set_status(ACK | DRIVER | FEATURES_OK)
     assert d.status & FEATURES_OK and b.vdev.guest_features == 1 << 32
+
+
+
+def test_a_fresh_device_has_generation_0_no_error_and_no_unoffered_bits(make, guest_errors):
+    b = make(legacy=True)
+    st = b.vdev.state()
+    assert (st.config_generation, st.error, st.broken) == (0, None, False)
+    b.drv.set_status(1 | 2 | 4)                             # DRIVER_OK without a feature write
+    assert guest_errors.getvalue() == ""
+    m = make()
+    assert m.drv.common_read(0x15, 1) == 0
+
+
+def test_a_split_queue_may_have_a_single_entry(make):
+    b = make()
+    b.drv.set_status(ACK | DRIVER)
+    b.drv.write_features(b.drv.device_features())
+    b.drv.set_status(ACK | DRIVER | FEATURES_OK)
+    b.drv.common_write(0x16, 2, 0)
+    b.drv.common_write(0x18, 2, 1)
+    assert b.drv.common_read(0x18, 2) == 1

@@ -19,6 +19,7 @@ def make(tmp_path):
 def test_ring_reset_is_offered_by_default_and_queue_reset_off_hides_it(make):
     assert make().drv.device_features() >> RING_RESET & 1
     assert not make(props={"queue_reset": "off"}).drv.device_features() >> RING_RESET & 1
+    assert make(props={"queue_reset": "off"}).drv.device_features() == make().drv.device_features() & ~(1 << RING_RESET)
 
 
 def test_queue_reset_returns_the_queue_to_its_defaults(make):
