@@ -533,3 +533,39 @@ def test_requests_held_by_a_delay_rule_do_not_interrupt(tmp_path, held_sectors, 
         assert bool(b.vdev.isr & 1) is interrupt
     finally:
         b.close()
+
+
+
+def test_discard_and_write_zeroes_on_the_io_thread(rig):
+    import struct
+    from virtio_driver import T_DISCARD, T_WRITE_ZEROES
+    b = rig(gated=False, discard="unmap")
+    vq = b.vqs[0]
+    blk = BlkRequests(vq)
+    reqs = [blk.submit(t, 0, out=struct.pack("<QII", 8, 8, 0)) for t in (T_WRITE_ZEROES, T_DISCARD)]
+    b.drv.kick(0)
+    b.vdev.drain()
+    assert [blk.result(r)[1] for r in reqs] == [S_OK, S_OK]
+    assert b.image()[8 * 512:16 * 512] == bytes(8 * 512)
+
+
+def test_a_request_the_worker_had_not_started_when_its_queue_was_reset_never_runs(tmp_path):
+    """A queue reset with a request still waiting for the I/O thread: the request is dropped
+    (its write never reaches the image), as every request of a reset queue."""
+    b = Bench(tmp_path, disk_size=DISK)
+    io = IoThread("io0")
+    io._thread = threading.current_thread()        # a worker the host never schedules
+    b.vdev.iothread = io
+    try:
+        b.start()
+        before = b.image()
+        BlkRequests(b.vqs[0]).submit(T_OUT, 0, out=b"w" * 512)
+        b.drv.kick(0)
+        assert io.in_flight == 1
+        b.drv.common_write(0x16, 2, 0)
+        b.drv.common_write(0x3A, 2, 1)             # queue reset: drains, the job runs here
+        assert io.in_flight == 0 and b.image() == before
+    finally:
+        io._thread = None
+        io.close()
+        b.close()

@@ -149,6 +149,9 @@ def test_seg_max_is_advertised_and_enforced_only_by_a_strict_device(make, guest_
     assert s.run(T_IN, 0, **read_in(126))[1] == S_OK
     got, status, used_len = s.run(T_IN, 0, **read_in(127))
     assert status == S_IOERR and used_len == 1 and got == b"\xEE" * (SECT * 127)
+    out = dict(rcuts=[16] + [SECT] * 126, indirect=True)     # the header alone in its descriptor
+    assert s.run(T_OUT, 0, out=b"W" * (SECT * 126), **out)[1] == S_OK
+    before = s.image()
     out = dict(rcuts=[16] + [SECT] * 127, indirect=True)
     assert s.run(T_OUT, 0, out=b"W" * (SECT * 127), **out)[1] == S_IOERR
     assert s.image() == before and not s.needs_reset

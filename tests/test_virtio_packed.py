@@ -371,6 +371,8 @@ def test_indirect_without_the_feature_is_followed_unless_strict(make):
         req = b.blk.submit(T_IN, 0, in_len=512, indirect=True)
         b.drv.kick(0)
         assert b.needs_reset == broken
+        assert b.vdev.state().error == ("driver used an indirect descriptor without VIRTIO_F_INDIRECT_DESC "
+                                        "(VIRTIO 1.2 §2.7.5.3.1)" if broken else None)
         assert ring.get_used() == ([] if broken else [(req.head, 513)])
 
 
@@ -549,3 +551,13 @@ def test_a_descriptor_table_may_end_at_the_last_byte_of_ram(make):
     q.desc_addr, q.avail_addr, q.used_addr = (4 << 20) - 16 * 256, 0x10_1000, 0x10_2000
     q.activate()
     assert q.active
+
+
+
+def test_a_write_whose_data_spans_several_readable_descriptors(make):
+    b = packed_bench(make)
+    ring = start(b)
+    req = b.blk.submit(T_OUT, 4, out=pattern(1024, 3), rcuts=[16, 300, 724])
+    b.drv.kick(0)
+    assert ring.get_used() == [(req.head, 1)]
+    assert b.image()[4 * 512:6 * 512] == pattern(1024, 3)

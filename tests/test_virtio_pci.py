@@ -1032,7 +1032,7 @@ def test_strict_features_ok_is_refused_once_for_unoffered_bits(make, guest_error
         "(VIRTIO 1.2 §2.2.1); strict: FEATURES_OK is not set\n")
 
 
-def test_a_kick_before_driver_ok_waits_for_driver_ok_only(make):
+def test_a_kick_before_driver_ok_waits_for_driver_ok_only(make, guest_errors):
     b = make(props={"strict": "on"})                      # strict: not served early
     vqs = b.drv.init(b.alloc, driver_ok=False)
     req = BlkRequests(vqs[0]).submit(T_IN, 0, in_len=512)
@@ -1040,6 +1040,8 @@ def test_a_kick_before_driver_ok_waits_for_driver_ok_only(make):
     assert b.vdev.queues[0].state().pending_kick is True
     b.drv.set_status(ACK | DRIVER | FEATURES_OK)           # the same status again: still waiting
     assert vqs[0].get_used() == []
+    assert guest_errors.getvalue() == ("virtio-blk: driver notified queue 0 before setting DRIVER_OK "
+                                       "(VIRTIO 1.2 §3.1.1); strict: the notification is held until DRIVER_OK\n")
     b.drv.set_status(ACK | DRIVER | FEATURES_OK | DRIVER_OK)
     assert vqs[0].get_used() == [(req.head, 513)]
     assert b.vdev.queues[0].state().pending_kick is False
@@ -1125,6 +1127,11 @@ def test_a_reset_forgets_both_halves_of_the_driver_features(make):
     assert b.vdev.guest_features == 1 << 28
     d.common_write(0x08, 4, 1)
     assert d.common_read(0x0C, 4) == 0
+    d.set_status(0)                                          # and the other way round
+    d.set_status(ACK | DRIVER)
+    d.common_write(0x08, 4, 1)
+    d.common_write(0x0C, 4, 1)                              # only the high half, VERSION_1
+    assert b.vdev.guest_features == 1 << 32
 
 
 def test_a_pci_cfg_window_read_fills_the_data_field_only(make):
@@ -1245,3 +1252,10 @@ def test_a_split_queue_may_have_a_single_entry(make):
     b.drv.common_write(0x16, 2, 0)
     b.drv.common_write(0x18, 2, 1)
     assert b.drv.common_read(0x18, 2) == 1
+
+
+
+def test_each_modern_capability_gives_its_length(make):
+    b = make()
+    lengths = {t: b.dev.config_read(off + 2, 1) for t, (off, _bar, _o, _n) in b.drv.caps.items()}
+    assert lengths == {1: 16, 2: 20, 3: 16, 4: 16, 5: 20}

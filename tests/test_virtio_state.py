@@ -123,3 +123,9 @@ def test_the_state_carries_the_isr_and_the_config_generation(make):
     st = b.vdev.state()
     assert (st.isr, st.config_generation) == (2, 1)
     assert out.getvalue() == "virtio_notify_config vdev=virtio-blk\n"
+
+
+
+def test_a_fresh_queue_has_no_ring_features_until_negotiation(make):
+    q = make().vdev.queues[0].state()
+    assert q.event_idx is False and q.indirect is False and q.active is False
