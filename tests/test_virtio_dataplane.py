@@ -547,6 +547,10 @@ def test_discard_and_write_zeroes_on_the_io_thread(rig):
     b.vdev.drain()
     assert [blk.result(r)[1] for r in reqs] == [S_OK, S_OK]
     assert b.image()[8 * 512:16 * 512] == bytes(8 * 512)
+    blk.submit(T_DISCARD, 0, out=b"\0" * 8)                # a segment cut short: a ring error
+    b.drv.kick(0)
+    b.vdev.drain()
+    assert b.needs_reset and b.vdev.state().error == "virtio-blk discard/write_zeroes header too short"
 
 
 def test_a_request_the_worker_had_not_started_when_its_queue_was_reset_never_runs(tmp_path):

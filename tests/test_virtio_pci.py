@@ -1118,7 +1118,7 @@ def test_selecting_the_queue_just_past_the_last_reads_as_absent(make):
 
 
 def test_a_reset_forgets_both_halves_of_the_driver_features(make):
-    b = make().start()
+    b = make(props={"strict": "on"}).start()
     d = b.drv
     d.set_status(0)
     d.set_status(ACK | DRIVER)
@@ -1132,6 +1132,8 @@ def test_a_reset_forgets_both_halves_of_the_driver_features(make):
     d.common_write(0x08, 4, 1)
     d.common_write(0x0C, 4, 1)                              # only the high half, VERSION_1
     assert b.vdev.guest_features == 1 << 32
+    d.set_status(ACK | DRIVER | FEATURES_OK)                # strict: no unoffered bit left over
+    assert d.status & FEATURES_OK
 
 
 def test_a_pci_cfg_window_read_fills_the_data_field_only(make):
@@ -1259,3 +1261,15 @@ def test_each_modern_capability_gives_its_length(make):
     b = make()
     lengths = {t: b.dev.config_read(off + 2, 1) for t, (off, _bar, _o, _n) in b.drv.caps.items()}
     assert lengths == {1: 16, 2: 20, 3: 16, 4: 16, 5: 20}
+
+
+def test_a_pci_cfg_window_write_passes_only_the_windows_bytes(make):
+    """The data field holds 4 bytes; a 2-byte window writes its low 2 only (here to
+    queue_select: the 1 in the third byte must not select queue 0x10000)."""
+    b = make()
+    dev, cap = b.dev, b.dev.pci_cfg_cap
+    dev.config_write(cap + 4, 1, 4)
+    dev.config_write(cap + 8, 4, 0x16)                      # queue_select
+    dev.config_write(cap + 12, 4, 2)
+    dev.config_write(cap + 16, 4, 0x0001_0000)
+    assert b.drv.common_read(0x16, 2) == 0 and b.drv.common_read(0x18, 2) == 256

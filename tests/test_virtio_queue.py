@@ -875,5 +875,8 @@ def test_a_split_ring_kick_writes_and_reports_only_the_used_ring_bytes_it_change
             wanted = [(slot, 8), (vq.used + 2, 2)] + ([(vq.used + 4 + 8 * n, 2)] if event_idx else [(vq.used, 2)])
             assert sorted(ring_reports) == sorted(wanted)
             assert vq.get_used()[-1][0] == req.head
+        del reported[:]
+        b.drv.kick(0)                                    # nothing new: nothing to write
+        assert [(a, k) for a, k in reported if vq.used <= a < vq.used + 6 + 8 * n] == []
     finally:
         b.close()
