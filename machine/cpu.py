@@ -231,7 +231,38 @@ class Cpu:
         self._write_prot_addr = address
         return False
 
-    def _skip_rom_write(self) -> bool:
+    def _rom_write_dropped(self) -> bool:
+        """The fast mode: the engine dropped the store into ROM and ran on to the next block
+        start (it does not check for a stop after each access there), so the write is already
+        ignored and the guest goes on from here. A rep string store loops back to itself, one
+        element per block: when the instruction here is one still aimed at read-only memory,
+        the rest of it is skipped at once, as the exact mode does."""
+        trace.guest_error(f"write to ROM at {self._write_prot_addr:#x} ignored")
+        dest = self._string_store_target()
+        if dest is not None and self.physmem.is_read_only(dest):
+            self._skip_rom_write(log=False)
+        return True
+
+    def _string_store_target(self) -> int | None:
+        """The physical address the rep string store at RIP writes next, or None (not a
+        rep string store, nothing left to do, or not mapped)."""
+        from .x86 import decode
+        lin = self.linear_pc()
+        code = self.peek(lin, 16) or self.peek(lin, PAGE - (lin & (PAGE - 1)))
+        if code is None:
+            return None
+        bits = self.code_bits()
+        sop = decode.string_op(code, lin, bits)
+        if sop is None or not sop[2]:
+            return None
+        amask = 0xFFFFFFFFFFFFFFFF if bits == 64 else 0xFFFFFFFF if bits == 32 else 0xFFFF
+        if not self._reg.read(_REG_RCX) & amask:
+            return None
+        es = 0 if bits == 64 else self._raw.save().seg(ui.SEG_ES)[1]
+        lin = (es + (self._reg.read(_REG_RDI) & amask)) & (amask if bits == 64 else 0xFFFFFFFF)
+        return self.translate(lin)
+
+    def _skip_rom_write(self, log: bool = True) -> bool:
         from .x86 import decode         # capstone is loaded only when a guest writes its ROM
         rip = self._reg.read(_REG_RIP)
         lin = self.linear_pc()
@@ -255,7 +286,8 @@ class Cpu:
                 self._reg.write(r, (v & ~amask) | ((v + step * count) & amask))
             if rep:
                 self._reg.write(_REG_RCX, self._reg.read(_REG_RCX) & ~amask)
-        trace.guest_error(f"write to ROM at {self._write_prot_addr:#x} ignored")
+        if log:
+            trace.guest_error(f"write to ROM at {self._write_prot_addr:#x} ignored")
         # The instruction pointer wraps at the code size, as on the CPU (an instruction ending
         # at 4 GiB continues at 0 in 32-bit code, at IP 0 in 16-bit code).
         self._reg.write(_REG_RIP, (rip + length) & (0xFFFFFFFFFFFFFFFF if bits == 64 else 0xFFFFFFFF
@@ -608,6 +640,12 @@ class Cpu:
             rep.use_counter(self._counter, self._budget)
         if self.tsc is not None:
             self.tsc.use_counter(self._counter, tsc.FAST_CHARGE if fast else 0)
+        # The fast mode stops only at block starts, so its code needs none of Unicorn's exit
+        # checks after each load and store (a helper call that also writes the CPU's globals
+        # back: ~9 % of a Linux boot). A store the engine refuses is then dropped and the block
+        # runs on to its end (see _run_slice). The exact mode keeps them: its counting hook
+        # stops the engine between two instructions of a block through them.
+        ui.set_access_exit_checks(self.uc, not fast)
         self._fast = fast
         self.uc.ctl_flush_tb()
 
@@ -696,7 +734,7 @@ class Cpu:
                 retired -= 1
             if error is not None and self._stop_cause is None and error.errno == UC.UC_ERR_WRITE_PROT \
                     and self._write_prot_addr is not None and self.physmem.is_read_only(self._write_prot_addr) \
-                    and self._skip_rom_write():
+                    and (self._rom_write_dropped() if fast else self._skip_rom_write()):
                 if retired >= count:
                     return SliceResult("count", retired)
                 pc = self._wrapped_pc()

@@ -45,6 +45,13 @@ Unicorn's public API cannot do what a PC needs in these ways, so we reach under 
    `uc_struct.cpu` and `TranslationBlock.page_addr`. `self_test_store_path()` checks the layout
    and that code rewritten through a fast-path entry, at its own address and through an alias,
    is still seen.
+10. `uc_struct.no_exit_request`, read when code is translated: while it is set, Unicorn leaves
+   out the exit check it otherwise emits after every guest load and store (a helper call that
+   also writes the CPU's globals back, ~9 % of a fast Linux boot) and after code hooks; the
+   check at each block start stays. The fast mode sets it (fast_clock.py): it stops only at
+   block starts anyway. A store the engine refuses (ROM, unassigned) is then dropped and the
+   block runs on to its end before `emu_start` returns the error.
+   `self_test_access_exit_checks()` checks both the offset and that behaviour.
 
 Also here: a direct `uc_ctl(UC_CTL_TB_REMOVE_CACHE)` call (2 µs against 6 µs through the
 binding: it sits on the DMA path, once per written range), ctypes wrappers for `uc_vmem_read/write/translate` (exported by libunicorn 2.1.4,
@@ -76,6 +83,7 @@ UC_STRUCT_EMU_COUNTER = 1368
 UC_STRUCT_EMU_COUNT = 1376     # the budget emu_start(count=N) set, right after the counter
 UC_STRUCT_MEMORY_MAPPING = 288  # uc_memory_mapping_t, set when the engine first maps memory
 UC_STRUCT_CPU = 440            # CPUState *cpu, built when the engine first maps memory
+UC_STRUCT_NO_EXIT_REQUEST = 2034  # bool: translate without the exit check after each access
 TB_PAGE_ADDR = 72              # offsetof(TranslationBlock, page_addr): RAM addresses of its pages
 CONTEXT_SIZE = 5608            # uc_context_size() for an x86 engine
 CONTEXT_DATA = 40              # struct uc_context header before the CPUX86State copy
@@ -124,6 +132,12 @@ _uclib.uc_reg_write.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_void_p]
 
 def handle(uc: Uc) -> int:
     return uc._uch.value
+
+
+def set_access_exit_checks(uc: Uc, on: bool) -> None:
+    """10.: translate code with (Unicorn's default) or without the exit check after each load
+    and store. Applies to code translated from now on: the caller flushes translated code."""
+    ctypes.c_bool.from_address(handle(uc) + UC_STRUCT_NO_EXIT_REQUEST).value = not on
 
 
 # ------------------------------------------------------------------------------------------
@@ -684,6 +698,62 @@ def self_test_block_clock(function: int, state_type, stop_budget: int, bytes_per
     UnsupportedUnicorn otherwise."""
     _check_once("block clock", _probe_block_clock, function, state_type, stop_budget,
                 bytes_per_insn, needs="the fast mode (-icount off)", advice="Run without -icount off, or ")
+
+
+def self_test_access_exit_checks() -> None:
+    """Check 10. on a scratch engine: the flag is clear on a new engine; with it set, a stop
+    asked from an MMIO callback ends the run at the next block start (the rest of the block
+    ran) instead of rolling back to the access, and a refused store is dropped while the
+    block runs on. Raises UnsupportedUnicorn otherwise."""
+    _check_once("access exit checks", _probe_access_exit_checks, needs="the fast mode (-icount off)",
+                advice="Run without -icount off, or ")
+
+
+def _probe_access_exit_checks() -> str | None:
+    def run(checks: bool) -> tuple:
+        uc = Uc(UC.UC_ARCH_X86, UC.UC_MODE_64)
+        uc.mem_map(0x1000, 0x1000)
+        uc.mem_map(0x4000, 0x1000, UC.UC_PROT_READ)
+        # 0x1000: mov 0x3000, %eax (MMIO); inc %rbx; inc %rbx; jmp 0x1100
+        # 0x1100: hlt
+        # 0x1200: mov %eax, 0x4000 (read-only); inc %rbx; jmp 0x1100
+        uc.mem_write(0x1000, bytes.fromhex("8b042500300000" "48ffc3" "48ffc3" "e9ee000000"))
+        uc.mem_write(0x1100, b"\xf4")
+        uc.mem_write(0x1200, bytes.fromhex("89042500400000" "48ffc3" "e9f1feffff"))
+        uch = handle(uc)
+        if ctypes.c_bool.from_address(uch + UC_STRUCT_NO_EXIT_REQUEST).value:
+            raise UcError(UC.UC_ERR_ARG)            # a new engine must have the flag clear
+        set_access_exit_checks(uc, checks)
+        reads = []
+
+        def on_read(offset, size):
+            reads.append(offset)
+            if len(reads) == 1:
+                _uclib.uc_emu_stop(uch)
+            return 0x55
+        mmio_map(uc, 0x3000, 0x1000, on_read, lambda *_: None)
+        uc.emu_start(0x1000, 0, 0, 100)
+        first = (uc.reg_read(X86.UC_X86_REG_RIP), uc.reg_read(X86.UC_X86_REG_RBX), len(reads))
+        uc.reg_write(X86.UC_X86_REG_RBX, 0)
+        uc.reg_write(X86.UC_X86_REG_RAX, 0x77)
+        try:
+            uc.emu_start(0x1200, 0, 0, 100)
+            err = None
+        except UcError as exc:
+            err = exc.errno
+        second = (err, uc.reg_read(X86.UC_X86_REG_RIP), uc.reg_read(X86.UC_X86_REG_RBX),
+                  bytes(uc.mem_read(0x4000, 4)))
+        return first, second
+    try:
+        checked, unchecked = run(True), run(False)
+    except UcError:
+        return "uc_struct.no_exit_request is not where expected"
+    if checked != ((0x1000, 0, 1), (UC.UC_ERR_WRITE_PROT, 0x1200, 0, bytes(4))):
+        return f"the engine's exit checks after each access behave unexpectedly ({checked})"
+    if unchecked != ((0x1100, 2, 1), (UC.UC_ERR_WRITE_PROT, 0x1100, 1, bytes(4))):
+        return ("translating without the exit check after each access does not run on to the "
+                f"block's end ({unchecked})")
+    return None
 
 
 def self_test_native_rdtsc(function: int, state_type) -> None:

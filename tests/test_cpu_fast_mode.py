@@ -197,6 +197,17 @@ def test_the_self_test_refuses_a_hook_state_of_another_layout(monkeypatch):
     ui.self_test_block_clock(fn, fast_clock._State, fast_clock.STOP_BUDGET, fast_clock.bytes_per_insn())
 
 
+@pytest.mark.parametrize("shift", [-1, 1])
+def test_the_self_test_refuses_another_place_for_the_exit_check_switch(monkeypatch, shift):
+    right = ui.UC_STRUCT_NO_EXIT_REQUEST
+    monkeypatch.setattr(ui, "_passed", set())
+    monkeypatch.setattr(ui, "UC_STRUCT_NO_EXIT_REQUEST", right + shift)
+    with pytest.raises(ui.UnsupportedUnicorn, match="fast mode"):
+        ui.self_test_access_exit_checks()
+    monkeypatch.setattr(ui, "UC_STRUCT_NO_EXIT_REQUEST", right)
+    ui.self_test_access_exit_checks()
+
+
 def test_the_command_line_selects_the_mode():
     assert parse_args([]).icount is True
     assert parse_args(["-icount", "shift=0"]).icount is True
