@@ -56,9 +56,12 @@ const int icount_bytes_per_insn = BYTES_PER_INSN;
 #define STOP_IF      2
 #define EF_IF        (1u << 9)
 
-void icount_block(void *uc, uint64_t address, uint32_t size, void *user)
+/* Everything but charging an ordinary block: a chained hook to call, the budget used up, or the
+ * IF watch on.  Kept out of line so that the common path needs no stack frame (a tight loop's
+ * block costs about as much as this hook). */
+static void __attribute__((noinline)) icount_block_slow(void *uc, uint64_t address, uint32_t size,
+                                                       struct icount_state *s)
 {
-    struct icount_state *s = user;
     if (s->chain && size <= CHAIN_MAX_SIZE)
         s->chain(uc, address, size, s->chain_user);
     if (s->counter >= s->budget) {
@@ -74,6 +77,19 @@ void icount_block(void *uc, uint64_t address, uint32_t size, void *user)
             s->emu_stop(uc);
             return;
         }
+    }
+    uint64_t charge = (size + BYTES_PER_INSN - 1) / BYTES_PER_INSN;
+    s->counter += charge ? charge : 1;
+    s->blocks++;
+}
+
+void icount_block(void *uc, uint64_t address, uint32_t size, void *user)
+{
+    struct icount_state *s = user;
+    if (__builtin_expect((s->chain && size <= CHAIN_MAX_SIZE) || s->counter >= s->budget
+                         || s->if_watch, 0)) {
+        icount_block_slow(uc, address, size, s);
+        return;
     }
     uint64_t charge = (size + BYTES_PER_INSN - 1) / BYTES_PER_INSN;
     s->counter += charge ? charge : 1;
