@@ -286,3 +286,13 @@ def test_memory_hooks_cover_exactly_the_gaps_between_ram_ranges():
     assert [(r.gpa, r.end) for r in mem.ranges] == [(0, 0xA0000), (0x100000, 256 << 20)]
     assert _ram_gaps(mem) == [(0xA0000, 0xFFFFF), (256 << 20, 0xFFFFFFFFFFFFFFFF)]
     assert ui._probe_store_fast_path() is None
+
+
+@pytest.mark.parametrize("after", ["cli\n hlt", "movl $0, 0xfffffff0\n 1: jmp 1b"])
+def test_a_guest_exit_wins_over_the_rest_of_its_block(tmp_path, after):
+    # Stops come at block starts, so what follows the exit's OUT in its block runs too: a HLT
+    # with IF=0 there (a fatal report on its own) or a store into ROM does not replace the
+    # guest's exit status.
+    m = build_machine(tmp_path, f"main:\n EXIT 5\n {after}\n", prologue=PM32_PROLOGUE, icount=False)
+    assert m.run(10_000) == 11
+    assert m.stop_reason.kind == "exited"
