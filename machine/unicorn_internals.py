@@ -515,10 +515,13 @@ def native_hook_rdtsc(uc: Uc, function: int, user_data: int) -> int:
     return handle_out.value
 
 
-def native_hook_del(uc: Uc, handle: int) -> None:
-    """Remove a hook added by native_hook_block (the binding's hook_del expects a callback of
-    its own). Translated code may still call it: flush after."""
-    err = _uclib.uc_hook_del(uc._uch, ctypes.c_size_t(handle))
+def native_hook_del(uc: Uc, handle: int, raw: "RawState") -> None:
+    """Remove a hook added by native_hook_block/code (the binding's hook_del expects a callback
+    of its own). Unicorn drops the blocks it was compiled into by looking them up through the
+    page tables: done inside identity_walks with the engine's `raw` state. Translated code may
+    still call the hook: flush after (the function and its state must stay alive until then)."""
+    with identity_walks(uc, raw):
+        err = _uclib.uc_hook_del(uc._uch, ctypes.c_size_t(handle))
     if err != UC.UC_ERR_OK:
         raise UcError(err)
 
@@ -809,21 +812,21 @@ def _probe_access_exit_checks() -> str | None:
     return None
 
 
-def self_test_insn_clock(function: int, checked: int, state_type, stop_budget: int) -> None:
-    """Check 11. on a scratch engine with the exact clock's native code hooks (`function`, and
-    `checked`, its variant for code with the exit checks) and their state type (fields
-    counter, budget, emu_stop, cpu, loop_exit_restore, stopped). Translating without the exit
-    checks (10.): a budget stops the run right before the instruction past it with the guest
-    state (flags included) as the instructions before it left it, a budget lowered from a port
-    callback stops right after the OUT, and resuming goes on as if never stopped. With them,
-    registered first (`uc_struct.hook_insert`) beside a breakpoint's hook: it runs before that
-    hook, and budget stops are at the same instructions. Raises UnsupportedUnicorn otherwise."""
-    _check_once("instruction clock", _probe_insn_clock, function, checked, state_type, stop_budget)
+def self_test_insn_clock(function: int, state_type, stop_budget: int) -> None:
+    """Check 11. on a scratch engine with the exact clock's native code hook `function` and its
+    state type (fields counter, budget, emu_stop, cpu, loop_exit_restore, stopped). Translating
+    without the exit checks (10.): a budget stops the run right before the instruction past it
+    with the guest state (flags included) as the instructions before it left it, a budget
+    lowered from a port callback stops right after the OUT, and resuming goes on as if never
+    stopped. With the checks and no restore function, registered first
+    (`uc_struct.hook_insert`) beside a breakpoint's hook: it runs before that hook, and budget
+    stops are at the same instructions. Raises UnsupportedUnicorn otherwise."""
+    _check_once("instruction clock", _probe_insn_clock, function, state_type, stop_budget)
 
 
-def _probe_insn_clock(function: int, checked: int, state_type, stop_budget: int) -> str | None:
+def _probe_insn_clock(function: int, state_type, stop_budget: int) -> str | None:
     problem = _probe_insn_clock_lean(function, state_type, stop_budget)
-    return problem or _probe_insn_clock_checked(checked, state_type, stop_budget)
+    return problem or _probe_insn_clock_checked(function, state_type, stop_budget)
 
 
 def _probe_insn_clock_checked(function: int, state_type, stop_budget: int) -> str | None:
@@ -839,7 +842,7 @@ def _probe_insn_clock_checked(function: int, state_type, stop_budget: int) -> st
     uc.hook_add(UC.UC_HOOK_CODE, breakpoint_hook, None, 0x1006, 0x1006)
     st = state_type()
     st.emu_stop = native_api()["uc_emu_stop"]
-    st.cpu = engine_cpu(uc)
+    st.cpu = engine_cpu(uc)                    # no loop_exit_restore: the checks stop it
     native_hook_code(uc, function, ctypes.addressof(st), first=True)
     counter = ctypes.c_uint64.from_address(ctypes.addressof(st) + state_type.counter.offset)
     st.counter, st.budget = 0, 100

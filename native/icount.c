@@ -97,17 +97,20 @@ void icount_block(void *uc, uint64_t address, uint32_t size, void *user)
     s->blocks++;
 }
 
-/* The exact mode's clock when nothing else observes single instructions, for
- * machine/x86/exact_clock.py.  Unicorn's own counting (emu_start with count > 0) is a code hook
- * before every instruction that calls uc_emu_stop, and it relies on the exit check Unicorn
- * emits after every code hook (and after every load and store: see
+/* The exact mode's clock, for machine/x86/exact_clock.py.  Unicorn's own counting (emu_start
+ * with count > 0) is a code hook before every instruction that calls uc_emu_stop, and it relies
+ * on the exit check Unicorn emits after every code hook (and after every load and store: see
  * unicorn_internals.set_access_exit_checks); those checks are a helper call each.  This hook
- * counts the same way, but stops by itself: past the budget it asks for the stop and leaves the
- * translated code at once through Unicorn's cpu_loop_exit_restore, with the host return
- * address into the block, so the CPU state is put back to the start of this instruction
- * (not run, not counted).  With the checks left out, an instruction costs one call.
- * Registered as the only code hook, Unicorn calls it directly from translated code: the return
- * address is then in the block, which the restore needs. */
+ * counts the same way, and when nothing else observes single instructions it stops by itself:
+ * past the budget it asks for the stop and leaves the translated code at once through
+ * Unicorn's cpu_loop_exit_restore, with the host return address into the block, so the CPU
+ * state is put back to the start of this instruction (not run, not counted), and the code is
+ * translated without the checks: an instruction costs one call.  Registered as the only code
+ * hook, Unicorn calls it directly from translated code, which the restore needs.
+ * While breakpoints or other code hooks observe instructions (they stop through uc_emu_stop
+ * and the checks, and Unicorn calls this hook through its dispatcher, from outside the block),
+ * `loop_exit_restore` is 0: the hook only asks for the stop, and the check right after the code
+ * hooks leaves the block before the instruction, as with Unicorn's own counting hook. */
 typedef void (*loop_exit_restore_fn)(void *cpu, uintptr_t host_pc);
 
 /* Shared with Python (ctypes Structure in machine/x86/exact_clock.py): keep in step. */
@@ -116,7 +119,7 @@ struct insn_state {
     uint64_t budget;              /* stop before an instruction when counter >= budget */
     emu_stop_fn emu_stop;
     void *cpu;                    /* uc->cpu */
-    loop_exit_restore_fn loop_exit_restore;
+    loop_exit_restore_fn loop_exit_restore;   /* 0: code with the exit checks */
     int32_t stopped;              /* STOP_BUDGET when this hook ended the run */
     int32_t unused;
 };
@@ -129,25 +132,9 @@ void __attribute__((noinline)) icount_insn(void *uc, uint64_t address, uint32_t 
     if (__builtin_expect(s->counter >= s->budget, 0)) {
         s->stopped = STOP_BUDGET;
         s->emu_stop(uc);
+        if (!s->loop_exit_restore)
+            return;
         s->loop_exit_restore(s->cpu, (uintptr_t)__builtin_return_address(0));
-    }
-    s->counter++;
-}
-
-/* The same count with Unicorn's exit checks in the code (while breakpoints or other code hooks
- * observe instructions, which stop through uc_emu_stop and those checks, and Unicorn then calls
- * this hook through its dispatcher, from outside the block): past the budget it asks for the
- * stop, and the check right after the code hooks leaves the block before the instruction.
- * Registered first among the code hooks, as Unicorn registers its own counting hook. */
-void icount_insn_checked(void *uc, uint64_t address, uint32_t size, void *user)
-{
-    (void)address;
-    (void)size;
-    struct insn_state *s = user;
-    if (__builtin_expect(s->counter >= s->budget, 0)) {
-        s->stopped = STOP_BUDGET;
-        s->emu_stop(uc);
-        return;
     }
     s->counter++;
 }

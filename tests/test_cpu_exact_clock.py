@@ -146,19 +146,19 @@ def test_the_self_test_refuses_a_hook_state_of_another_layout(monkeypatch):
                for n, t in exact_clock._State._fields_]
     WrongOrder = type("WrongOrder", (ctypes.Structure,), {"_fields_": swapped})
     monkeypatch.setattr(ui, "_passed", set())
-    fns = exact_clock._function(), exact_clock._function(checked=True)
+    fn = exact_clock._function()
     with pytest.raises(ui.UnsupportedUnicorn):
-        ui.self_test_insn_clock(*fns, WrongOrder, fast_clock.STOP_BUDGET)
-    ui.self_test_insn_clock(*fns, exact_clock._State, fast_clock.STOP_BUDGET)
+        ui.self_test_insn_clock(fn, WrongOrder, fast_clock.STOP_BUDGET)
+    ui.self_test_insn_clock(fn, exact_clock._State, fast_clock.STOP_BUDGET)
 
 
 @pytest.mark.parametrize("shift", [-1, 1])
 def test_the_self_test_refuses_another_place_for_the_hook_order_switch(monkeypatch, shift):
     right = ui.UC_STRUCT_HOOK_INSERT
-    fns = exact_clock._function(), exact_clock._function(checked=True)
+    fn = exact_clock._function()
     monkeypatch.setattr(ui, "_passed", set())
     monkeypatch.setattr(ui, "UC_STRUCT_HOOK_INSERT", right + shift)
     with pytest.raises(ui.UnsupportedUnicorn, match="first"):
-        ui.self_test_insn_clock(*fns, exact_clock._State, fast_clock.STOP_BUDGET)
+        ui.self_test_insn_clock(fn, exact_clock._State, fast_clock.STOP_BUDGET)
     monkeypatch.setattr(ui, "UC_STRUCT_HOOK_INSERT", right)
-    ui.self_test_insn_clock(*fns, exact_clock._State, fast_clock.STOP_BUDGET)
+    ui.self_test_insn_clock(fn, exact_clock._State, fast_clock.STOP_BUDGET)

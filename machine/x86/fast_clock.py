@@ -98,8 +98,7 @@ class FastClock:
         """Remove the hook (the caller flushes translated code, which may still call it; the
         function and its state stay alive, so such a call is harmless meanwhile)."""
         if self._handle is not None:
-            with ui.identity_walks(self._uc, raw):       # hook_del drops blocks by address
-                ui.native_hook_del(self._uc, self._handle)
+            ui.native_hook_del(self._uc, self._handle, raw)
             self._handle = None
 
     def start(self, budget: int, if_watch: bool, chain: bool = True) -> None:
