@@ -55,6 +55,7 @@ def rig(tmp_path):
         b = Bench(tmp_path, disk_size=DISK, **drive)
         b.io = IoThread("io0")
         b.vdev.iothread = b.io
+        b.vdev.inline_max_bytes = -1           # every request to the worker (see the inline tests)
         if gated:
             b.vdev.backend = b.gated = Gated(b.vdev.backend)
         b.start()
@@ -384,6 +385,7 @@ def test_the_cpu_hears_of_every_byte_an_io_thread_request_wrote(tmp_path):
                             "-drive", f"file={img},format=raw,if=none,id=d0",
                             "-device", "virtio-blk-pci,drive=d0,iothread=io0"]))
     try:
+        m.drives[list(m.drives)[0]][1].inline_max_bytes = -1     # to the worker, not inline
         drv = ModernPci(m.devices["virtio-blk0"], m.mem)
         vq = drv.init(Allocator(m.mem, start=8 << 20))[0]
         req = BlkRequests(vq).submit(T_IN, 0, in_len=8192)
