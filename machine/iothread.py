@@ -6,8 +6,8 @@ Who touches what. The CPU thread (the run loop, device callbacks) owns Unicorn, 
 registers, the used rings, interrupts and the virtual clock. A worker runs only the `work()`
 callables it is given: they move bytes between a backend and guest RAM through host offsets the
 CPU thread already checked, and return a result. The CPU thread picks results up with `poll()`
-(the run loop calls it between slices) and runs each job's `done(result)` there, in the order
-the jobs were submitted; after a batch, each owner's `io_batch_done()` runs once (one interrupt
+(the run loop calls it between slices; a device's kick calls `settle()`, which polls too) and
+runs each job's `done(result)` there, in the order the jobs were submitted; after a batch, each owner's `io_batch_done()` runs once (one interrupt
 for many completions). So a completion's data and status bytes are in RAM before `done` puts
 the used entry there, and the used entry before the used index: the guest, which only runs on
 the CPU thread, sees them in that order.
