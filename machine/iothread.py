@@ -7,8 +7,8 @@ registers, the used rings, interrupts and the virtual clock. A worker runs only 
 callables it is given: they move bytes between a backend and guest RAM through host offsets the
 CPU thread already checked, and return a result. The CPU thread picks results up with `poll()`
 (the run loop calls it between slices; a device's kick calls `settle()`, which polls too) and
-runs each job's `done(result)` there, in the order the jobs were submitted; after a batch, each owner's `io_batch_done()` runs once (one interrupt
-for many completions). So a completion's data and status bytes are in RAM before `done` puts
+runs each job's `done(result)` there, in the order the jobs were submitted; after a batch, each
+owner's `io_batch_done()` runs once (one interrupt for many completions). So a completion's data and status bytes are in RAM before `done` puts
 the used entry there, and the used entry before the used index: the guest, which only runs on
 the CPU thread, sees them in that order.
 
@@ -29,9 +29,7 @@ from typing import Any, Callable, Protocol
 
 
 # QEMU's iothread properties: polling and batching knobs of its event loop. poll-max-ns is the
-# worker's polling window (below); the others are accepted and checked. (Making the CPU thread
-# wait up to poll-max-ns for a first completion was measured: on a busy host the wake-ups cost
-# more.)
+# worker's polling window (below); the others are accepted and checked.
 PROPERTIES = ("poll-max-ns", "poll-grow", "poll-shrink", "aio-max-batch")
 # After its last job the worker looks for the next one for this long before it sleeps, as QEMU's
 # iothread polls its handlers for up to poll-max-ns (same default): waking a sleeping thread
@@ -76,9 +74,8 @@ class IoThread:
         self._thread: threading.Thread | None = None
         self._closed = False
         self.in_flight = 0
-        # on_pending(): called on the CPU thread when settle() leaves jobs in flight and had
-        # nothing to complete (the board ends the current slice, so the next ones are short
-        # and the completions seen soon).
+        # on_pending(): called on the CPU thread when settle() leaves jobs in flight (the board
+        # ends a long slice, so the next ones are short and the completions seen soon).
         self.on_pending: Callable[[], None] | None = None
 
     # -- the CPU thread ---------------------------------------------------------------------------

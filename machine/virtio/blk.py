@@ -387,10 +387,11 @@ class VirtioBlk(VirtioDevice):
 
     # -- requests on an I/O thread (iothread=) -------------------------------------------------------
     def _submit_available(self, q: SplitQueue) -> None:
-        """Hand every available request to the I/O thread. Parsing stays here (it reads the
+        """Hand every available request to the I/O thread (but a lone small one: run here), then
+        complete what the thread finished (IoThread.settle). Parsing stays here (it reads the
         guest's header and may find a ring error, which breaks the device on this thread). The
-        loop is bounded: nothing completes while it runs, so take() refuses more than the queue
-        size in flight."""
+        loop is bounded: at most one request completes inside it, so take() refuses more than
+        the queue size (plus one) before it ends."""
         take, submit, io, inline_max = q.take, self._submit, self.iothread, self.inline_max_bytes
         pushed = False
         while True:
