@@ -390,8 +390,8 @@ class VirtioBlk(VirtioDevice):
         """Hand every available request to the I/O thread (but a lone small one: run here), then
         complete what the thread finished (IoThread.settle). Parsing stays here (it reads the
         guest's header and may find a ring error, which breaks the device on this thread). The
-        loop is bounded: at most one request completes inside it, so take() refuses more than
-        the queue size (plus one) before it ends."""
+        loop is bounded: a pass takes at most what was made available (at most the queue size),
+        and the driver, which runs on this thread, adds nothing while it runs."""
         take, submit, io, inline_max = q.take, self._submit, self.iothread, self.inline_max_bytes
         pushed = False
         while True:
