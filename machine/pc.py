@@ -842,6 +842,11 @@ class Machine:
             result = self._run_cpu(count)
             if budget is not None:
                 budget -= result.retired
+            if self._exit_status is not None or self._reset_requested:
+                # The guest exited or reset during the slice. In the fast mode the rest of that
+                # block ran too (stops come at block starts): a fault or HLT there is not the
+                # guest's last word, the exit is (taken at the top of the loop).
+                continue
             kind = result.kind
             if kind == "halt":
                 if not cpu.interrupts_enabled():

@@ -69,6 +69,7 @@ class FastClock:
         self._uc = uc
         self._fn = _function()
         ui.self_test_block_clock(self._fn, _State, STOP_BUDGET, bytes_per_insn())
+        ui.self_test_access_exit_checks()         # see Cpu._set_fast
         st = self._state = _State()
         api = ui.native_api()
         st.reg_read, st.emu_stop = api["uc_reg_read"], api["uc_emu_stop"]
