@@ -647,13 +647,15 @@ class Cpu:
 
     def _slice_mode(self, exact: bool) -> str:
         """The clock mode for the next slice: "fast" (`-icount off`, nothing observes single
-        instructions), "exact" (the lean instruction clock, nothing observes them), or
-        "counted" (Unicorn's own counting, which code hooks that stop the engine need)."""
+        instructions), "exact" (the lean instruction clock, nothing observes them), "checked"
+        (its variant for code with Unicorn's exit checks, which code hooks that stop the
+        engine need), or "counted" (Unicorn's own counting, where the native clock cannot be
+        built)."""
         if not exact and self._fast_allowed():
             return "fast"
-        if self._exact_clock is not None and not self.hooks.observing(ignore_if_watch=True):
-            return "exact"
-        return "counted"
+        if self._exact_clock is None:
+            return "counted"
+        return "checked" if self.hooks.observing(ignore_if_watch=True) else "exact"
 
     def _set_mode(self, mode: str) -> None:
         """Switch the engine's counting between slices. Code translated in one mode is wrong in
@@ -664,7 +666,7 @@ class Cpu:
         fc, ec, rep = self._fast_clock, self._exact_clock, self.rep_string
         if self._mode == "fast":
             fc.detach(self._raw)
-        elif self._mode == "exact":
+        elif self._mode in ("exact", "checked"):
             ec.detach(self._raw)
         if mode == "fast":
             self._counter, self._budget = fc.counter, fc.budget
@@ -672,9 +674,9 @@ class Cpu:
                 rep.detach(self._raw)             # called by the fast clock's hook instead
             fc.attach(rep.native if rep is not None else None)
         else:
-            if mode == "exact":
+            if mode in ("exact", "checked"):
                 self._counter, self._budget = ec.counter, ec.budget
-                ec.attach()
+                ec.attach(checked=mode == "checked")
             else:
                 self._counter, self._budget = self._counted_counter, self._counted_budget
             if rep is not None:
@@ -687,8 +689,8 @@ class Cpu:
         # instruction's start), so their code needs none of Unicorn's exit checks after each
         # load and store (a helper call that also writes the CPU's globals back: ~9 % of a fast
         # Linux boot). A store the engine refuses is then dropped and the block runs on to its
-        # end (see _run_slice). Unicorn's own counting stops through them.
-        ui.set_access_exit_checks(self.uc, mode == "counted")
+        # end (see _run_slice). The other two stop through them.
+        ui.set_access_exit_checks(self.uc, mode in ("checked", "counted"))
         self._mode = mode
         self._fast = mode == "fast"
         self.uc.ctl_flush_tb()
@@ -744,7 +746,8 @@ class Cpu:
         retired = 0
         mode, fc, ec = self._mode, self._fast_clock, self._exact_clock
         fast = mode == "fast"
-        counted_mode = mode == "counted"
+        counted_mode = mode == "counted"              # Unicorn's own counting
+        checks = mode in ("checked", "counted")       # code with Unicorn's exit checks
         while True:
             self._write_prot_addr = None
             error = None
@@ -775,7 +778,7 @@ class Cpu:
             # stops). The fast and lean exact clocks count only what they let run.
             budget = self._budget.value
             retired += budget if counted > budget and counted_mode else counted
-            if self._stop_cause == "breakpoint" and counted_mode and counted <= budget and retired > 0:
+            if self._stop_cause == "breakpoint" and checks and counted <= budget and retired > 0:
                 # The counting hook ran before the breakpoint's, which stopped the engine
                 # before the instruction: it was counted but not executed. Without this, each
                 # breakpoint stop would move virtual time on by one and a re-execution without
@@ -783,7 +786,7 @@ class Cpu:
                 retired -= 1
             if error is not None and self._stop_cause is None and error.errno == UC.UC_ERR_WRITE_PROT \
                     and self._write_prot_addr is not None and self.physmem.is_read_only(self._write_prot_addr) \
-                    and (self._skip_rom_write() if counted_mode else self._rom_write_dropped()):
+                    and (self._skip_rom_write() if checks else self._rom_write_dropped()):
                 if retired >= count:
                     return SliceResult("count", retired)
                 pc = self._wrapped_pc()

@@ -92,6 +92,7 @@ UC_STRUCT_EMU_COUNTER = 1368
 UC_STRUCT_EMU_COUNT = 1376     # the budget emu_start(count=N) set, right after the counter
 UC_STRUCT_MEMORY_MAPPING = 288  # uc_memory_mapping_t, set when the engine first maps memory
 UC_STRUCT_CPU = 440            # CPUState *cpu, built when the engine first maps memory
+UC_STRUCT_HOOK_INSERT = 2032   # bool: uc_hook_add puts the new hook first in its list
 UC_STRUCT_NO_EXIT_REQUEST = 2034  # bool: translate without the exit check after each access
 TB_PAGE_ADDR = 72              # offsetof(TranslationBlock, page_addr): RAM addresses of its pages
 CONTEXT_SIZE = 5608            # uc_context_size() for an x86 engine
@@ -469,13 +470,20 @@ NATIVE_REGS = {"rax": X86.UC_X86_REG_RAX, "rdx": X86.UC_X86_REG_RDX, "rcx": X86.
                "rdi": X86.UC_X86_REG_RDI, "eflags": X86.UC_X86_REG_EFLAGS, "cr0": X86.UC_X86_REG_CR0}
 
 
-def native_hook_code(uc: Uc, function: int, user_data: int) -> int:
+def native_hook_code(uc: Uc, function: int, user_data: int, first: bool = False) -> int:
     """Register a C function (its address) as a UC_HOOK_CODE callback over every address, with
-    `user_data` (flush translated code after adding, and after hook_del)."""
+    `user_data` (flush translated code after adding, and after hook_del). `first`: called
+    before the code hooks already registered (`uc_struct.hook_insert`, as Unicorn registers
+    its own counting hook), not after them."""
     handle_out = ctypes.c_size_t()
-    err = _uclib.uc_hook_add(uc._uch, ctypes.cast(ctypes.byref(handle_out), ctypes.POINTER(ctypes.c_ulong)),
-                             UC.UC_HOOK_CODE, ctypes.c_void_p(function),
-                             ctypes.c_void_p(user_data), 1, 0)
+    insert = ctypes.c_bool.from_address(handle(uc) + UC_STRUCT_HOOK_INSERT)
+    insert.value = first
+    try:
+        err = _uclib.uc_hook_add(uc._uch, ctypes.cast(ctypes.byref(handle_out), ctypes.POINTER(ctypes.c_ulong)),
+                                 UC.UC_HOOK_CODE, ctypes.c_void_p(function),
+                                 ctypes.c_void_p(user_data), 1, 0)
+    finally:
+        insert.value = False
     if err != UC.UC_ERR_OK:
         raise UcError(err)
     return handle_out.value
@@ -801,17 +809,54 @@ def _probe_access_exit_checks() -> str | None:
     return None
 
 
-def self_test_insn_clock(function: int, state_type, stop_budget: int) -> None:
-    """Check 11. on a scratch engine with the exact clock's native code hook `function` and its
-    state type (fields counter, budget, emu_stop, cpu, loop_exit_restore, stopped), translating
-    without the exit checks (10.): a budget stops the run right before the instruction past it
-    with the guest state (flags included) as the instructions before it left it, a budget
-    lowered from a port callback stops right after the OUT, and resuming goes on as if never
-    stopped. Raises UnsupportedUnicorn otherwise."""
-    _check_once("instruction clock", _probe_insn_clock, function, state_type, stop_budget)
+def self_test_insn_clock(function: int, checked: int, state_type, stop_budget: int) -> None:
+    """Check 11. on a scratch engine with the exact clock's native code hooks (`function`, and
+    `checked`, its variant for code with the exit checks) and their state type (fields
+    counter, budget, emu_stop, cpu, loop_exit_restore, stopped). Translating without the exit
+    checks (10.): a budget stops the run right before the instruction past it with the guest
+    state (flags included) as the instructions before it left it, a budget lowered from a port
+    callback stops right after the OUT, and resuming goes on as if never stopped. With them,
+    registered first (`uc_struct.hook_insert`) beside a breakpoint's hook: it runs before that
+    hook, and budget stops are at the same instructions. Raises UnsupportedUnicorn otherwise."""
+    _check_once("instruction clock", _probe_insn_clock, function, checked, state_type, stop_budget)
 
 
-def _probe_insn_clock(function: int, state_type, stop_budget: int) -> str | None:
+def _probe_insn_clock(function: int, checked: int, state_type, stop_budget: int) -> str | None:
+    problem = _probe_insn_clock_lean(function, state_type, stop_budget)
+    return problem or _probe_insn_clock_checked(checked, state_type, stop_budget)
+
+
+def _probe_insn_clock_checked(function: int, state_type, stop_budget: int) -> str | None:
+    uc = Uc(UC.UC_ARCH_X86, UC.UC_MODE_64)
+    uc.mem_map(0x1000, 0x1000)
+    # 0x1000: inc %rbx; inc %rbx; inc %rbx (a breakpoint here); inc %rbx; hlt
+    uc.mem_write(0x1000, bytes.fromhex("48ffc3" * 4 + "f4"))
+    hits = []
+
+    def breakpoint_hook(uc_, address, size, _ud):
+        hits.append(counter.value)
+        uc_.emu_stop()
+    uc.hook_add(UC.UC_HOOK_CODE, breakpoint_hook, None, 0x1006, 0x1006)
+    st = state_type()
+    st.emu_stop = native_api()["uc_emu_stop"]
+    st.cpu = engine_cpu(uc)
+    native_hook_code(uc, function, ctypes.addressof(st), first=True)
+    counter = ctypes.c_uint64.from_address(ctypes.addressof(st) + state_type.counter.offset)
+    st.counter, st.budget = 0, 100
+    uc.emu_start(0x1000, 0, 0, 0)
+    got = (hits, st.counter, uc.reg_read(X86.UC_X86_REG_RIP), uc.reg_read(X86.UC_X86_REG_RBX))
+    if got != ([3], 3, 0x1006, 2):         # counted first (3), then stopped before running it
+        return f"a code hook added first does not run before the others ({got})"
+    uc.reg_write(X86.UC_X86_REG_RBX, 0)
+    st.counter, st.budget, st.stopped = 0, 1, 0
+    uc.emu_start(0x1003, 0, 0, 0)
+    got = (st.stopped, st.counter, uc.reg_read(X86.UC_X86_REG_RIP), uc.reg_read(X86.UC_X86_REG_RBX))
+    if got != (stop_budget, 1, 0x1006, 1):
+        return f"the checked instruction clock does not stop before the instruction past its budget ({got})"
+    return None
+
+
+def _probe_insn_clock_lean(function: int, state_type, stop_budget: int) -> str | None:
     uc = Uc(UC.UC_ARCH_X86, UC.UC_MODE_64)
     uc.mem_map(0x1000, 0x1000)
     uc.mem_map(0x8000, 0x1000)

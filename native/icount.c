@@ -134,6 +134,24 @@ void __attribute__((noinline)) icount_insn(void *uc, uint64_t address, uint32_t 
     s->counter++;
 }
 
+/* The same count with Unicorn's exit checks in the code (while breakpoints or other code hooks
+ * observe instructions, which stop through uc_emu_stop and those checks, and Unicorn then calls
+ * this hook through its dispatcher, from outside the block): past the budget it asks for the
+ * stop, and the check right after the code hooks leaves the block before the instruction.
+ * Registered first among the code hooks, as Unicorn registers its own counting hook. */
+void icount_insn_checked(void *uc, uint64_t address, uint32_t size, void *user)
+{
+    (void)address;
+    (void)size;
+    struct insn_state *s = user;
+    if (__builtin_expect(s->counter >= s->budget, 0)) {
+        s->stopped = STOP_BUDGET;
+        s->emu_stop(uc);
+        return;
+    }
+    s->counter++;
+}
+
 /* RDTSC from virtual time, for machine/x86/tsc.py, in both modes: a Python hook costs a few
  * microseconds per RDTSC, and Linux spins on the TSC in its delay loops (over ten million RDTSC
  * in one boot).  The time stamp is the slice's start plus its port I/O time (`base`, kept by

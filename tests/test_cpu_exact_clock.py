@@ -84,21 +84,40 @@ def test_timer_interrupts_arrive_at_the_same_instruction(tmp_path):
     assert [r[3] for r in runs] == ["exact", "counted"]
 
 
-def test_breakpoints_count_with_unicorns_hook_and_the_lean_clock_comes_back(tmp_path):
-    m = build_machine(tmp_path, MIXED.replace("out %al, $0x81", "nop"), prologue=PM32_PROLOGUE,
+def breakpoint_session(path, lean: bool):
+    path.mkdir()
+    m = build_machine(path, MIXED.replace("out %al, $0x81", "nop"), prologue=PM32_PROLOGUE,
                       ram_size=4 << 20)
+    if not lean:
+        m.cpu._exact_clock = None
     code = m.cpu.read_virtual(PROGRAM_BASE, 0x200)
     target = PROGRAM_BASE + code.index(bytes.fromhex("b9400d0300" "31c0")) + 5   # the xor
+    loop = target + 2                                                             # the add
     m.cpu.add_breakpoint(target)
     m.run()
-    assert m.stop_reason.kind == "breakpoint" and m.cpu.linear_pc() == target
-    assert m.cpu.clock_mode == "counted"
-    at_break = m.instructions
+    trail = [(m.stop_reason.kind, m.cpu.linear_pc(), m.instructions, m.cpu.clock_mode)]
     m.cpu.remove_breakpoint(target)
-    assert m.run() == 1
-    assert m.cpu.clock_mode == "exact"
-    assert m.instructions == at_break + 1 + 200_000 * 3 + 1 + 2    # xor, loop, mov, EXIT (2)
-    assert result(m, 0) == 600_000
+    m.cpu.add_breakpoint(loop)
+    for _ in range(3):                       # the loop's first instruction, three rounds
+        m.run()
+        trail.append((m.stop_reason.kind, m.cpu.linear_pc(), m.instructions, m.cpu.clock_mode))
+    m.cpu.remove_breakpoint(loop)
+    status = m.run()
+    trail.append((status, result(m, 0), m.instructions, m.cpu.clock_mode))
+    return trail
+
+
+def test_breakpoints_stop_and_count_as_with_unicorns_own_counting(tmp_path):
+    lean = breakpoint_session(tmp_path / "lean", True)
+    counted = breakpoint_session(tmp_path / "counted", False)
+    assert [t[:3] for t in lean] == [t[:3] for t in counted]
+    # While breakpoints exist the clock runs code with the exit checks; then the lean one again.
+    assert [t[3] for t in lean] == ["checked"] * 4 + ["exact"]
+    assert {t[3] for t in counted} == {"counted"}
+    assert lean[0][0] == "breakpoint" and lean[1][1] == lean[2][1] == lean[3][1]
+    assert [t[2] - lean[1][2] for t in lean[1:4]] == [0, 3, 6]      # one round apart
+    at_break = lean[0][2]
+    assert lean[4][:3] == (1, 600_000, at_break + 1 + 200_000 * 3 + 1 + 2)   # xor, loop, mov, EXIT
 
 
 def test_single_steps_match_unicorns_counting(tmp_path):
@@ -127,7 +146,19 @@ def test_the_self_test_refuses_a_hook_state_of_another_layout(monkeypatch):
                for n, t in exact_clock._State._fields_]
     WrongOrder = type("WrongOrder", (ctypes.Structure,), {"_fields_": swapped})
     monkeypatch.setattr(ui, "_passed", set())
-    fn = exact_clock._function()
+    fns = exact_clock._function(), exact_clock._function(checked=True)
     with pytest.raises(ui.UnsupportedUnicorn):
-        ui.self_test_insn_clock(fn, WrongOrder, fast_clock.STOP_BUDGET)
-    ui.self_test_insn_clock(fn, exact_clock._State, fast_clock.STOP_BUDGET)
+        ui.self_test_insn_clock(*fns, WrongOrder, fast_clock.STOP_BUDGET)
+    ui.self_test_insn_clock(*fns, exact_clock._State, fast_clock.STOP_BUDGET)
+
+
+@pytest.mark.parametrize("shift", [-1, 1])
+def test_the_self_test_refuses_another_place_for_the_hook_order_switch(monkeypatch, shift):
+    right = ui.UC_STRUCT_HOOK_INSERT
+    fns = exact_clock._function(), exact_clock._function(checked=True)
+    monkeypatch.setattr(ui, "_passed", set())
+    monkeypatch.setattr(ui, "UC_STRUCT_HOOK_INSERT", right + shift)
+    with pytest.raises(ui.UnsupportedUnicorn, match="first"):
+        ui.self_test_insn_clock(*fns, exact_clock._State, fast_clock.STOP_BUDGET)
+    monkeypatch.setattr(ui, "UC_STRUCT_HOOK_INSERT", right)
+    ui.self_test_insn_clock(*fns, exact_clock._State, fast_clock.STOP_BUDGET)

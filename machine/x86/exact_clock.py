@@ -13,8 +13,13 @@ slice right after the current instruction).
 
 It needs to be the only code hook (Unicorn then calls it directly from translated code, and
 the restore needs that return address): while breakpoints, the dynamic-hook mode or the block
-log observe instructions, the CPU counts with Unicorn's hook instead (Cpu._clock_mode). The
-hook is registered only while this mode runs (`attach`/`detach`).
+log observe instructions, the CPU uses its variant `icount_insn_checked` instead, with code
+translated with the exit checks, which those hooks stop through: it asks for the stop with
+`uc_emu_stop` and the check after the code hooks leaves the block before the instruction, as
+Unicorn's own counting does. Either is registered first among the code hooks, and only while
+its mode runs (`attach`/`detach`). Unicorn's own counting is used only where the native
+helper cannot be built: deleting its hook (which `emu_start(count=0)` does) walks every block
+it was compiled into through the page tables, outside `identity_walks`.
 """
 
 from __future__ import annotations
@@ -33,9 +38,11 @@ class _State(ctypes.Structure):
                 ("unused", ctypes.c_int32)]
 
 
-def _function() -> int:
-    """Address of the native code hook."""
-    return ctypes.cast(library().icount_insn, ctypes.c_void_p).value
+def _function(checked: bool = False) -> int:
+    """Address of the native code hook: the lean one, or the one for code with Unicorn's exit
+    checks."""
+    fn = library().icount_insn_checked if checked else library().icount_insn
+    return ctypes.cast(fn, ctypes.c_void_p).value
 
 
 class ExactClock:
@@ -44,8 +51,8 @@ class ExactClock:
 
     def __init__(self, uc):
         self._uc = uc
-        self._fn = _function()
-        ui.self_test_insn_clock(self._fn, _State, STOP_BUDGET)
+        self._fn, self._fn_checked = _function(), _function(checked=True)
+        ui.self_test_insn_clock(self._fn, self._fn_checked, _State, STOP_BUDGET)
         st = self._state = _State()
         st.emu_stop = ui.native_api()["uc_emu_stop"]
         st.loop_exit_restore = ui.loop_exit_restore_function()
@@ -54,11 +61,13 @@ class ExactClock:
         self.budget = ctypes.c_uint64.from_address(base + _State.budget.offset)
         self._handle: int | None = None
 
-    def attach(self) -> None:
-        """Register the hook (the caller flushes translated code: blocks translated before it
-        would never call it)."""
+    def attach(self, checked: bool = False) -> None:
+        """Register the hook, first among the code hooks (the caller flushes translated code:
+        blocks translated before it would never call it). `checked`: the variant for code
+        translated with Unicorn's exit checks, which other code hooks stop through."""
         if self._handle is None:
-            self._handle = ui.native_hook_code(self._uc, self._fn, ctypes.addressof(self._state))
+            self._handle = ui.native_hook_code(self._uc, self._fn_checked if checked else self._fn,
+                                               ctypes.addressof(self._state), first=True)
 
     def detach(self, raw) -> None:
         """Remove the hook (the caller flushes translated code, which may still call it; the
