@@ -601,9 +601,10 @@ class Cpu:
         if self._stop_cause is None:
             self._stop_cause = "stop"
         if self.running:
-            self._budget.value = self._counter.value
+            self._stop_counting()
 
     def _stop_counting(self) -> None:
+        """The slice ends after the current instruction (the counting hook's budget)."""
         self._budget.value = self._counter.value
 
     def step(self) -> SliceResult:
@@ -622,7 +623,8 @@ class Cpu:
     @property
     def clock_mode(self) -> str:
         """How the last slice counted: "fast" (`-icount off`), "exact" (the lean instruction
-        clock) or "counted" (Unicorn's own counting, while code hooks observe instructions)."""
+        clock), "checked" (the same clock, in code with Unicorn's exit checks, while code hooks
+        observe instructions) or "counted" (Unicorn's own counting, without a C compiler)."""
         return self._mode
 
     @staticmethod
