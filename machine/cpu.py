@@ -49,7 +49,7 @@ from .cpu_memory import CpuMemory, MemoryAccessError
 from .x86 import log
 from .x86.cpuid import cpuid_table
 from .x86.deliver import ERROR_CODE_VECTORS, EFLAGS_IF, Delivery
-from .x86 import fast_clock, rep_string, tsc
+from .x86 import exact_clock, fast_clock, rep_string, tsc
 from .toolchain import ToolchainError
 from .memory import PAGE, GuestMemory, IoSpace, MemoryMap
 
@@ -156,12 +156,16 @@ class Cpu:
         self.uc = uc = Uc(UC.UC_ARCH_X86, UC.UC_MODE_64)
         self._raw = ui.RawState(uc)
         self._reg = ui.RawReg(uc)
-        # The live counter and budget of the running slice: Unicorn's own in the exact mode,
-        # the fast clock's in the fast mode (see _set_fast).
-        self._exact_counter = self._counter = ui.emu_counter(uc)
-        self._exact_budget = self._budget = ui.emu_count(uc)   # lowered to stop after an instruction
+        # The live counter and budget of the running slice: the clock of the slice's mode (see
+        # _set_mode). Unicorn's own while the engine counts ("counted").
+        self._counted_counter = self._counter = ui.emu_counter(uc)
+        self._counted_budget = self._budget = ui.emu_count(uc)   # lowered to stop after an instruction
         self._fast_clock = None if icount else fast_clock.FastClock(uc)
-        self._fast = False                                  # the mode of the last slice
+        self._exact_clock = self._make_exact_clock(uc)
+        self._mode = "counted"                              # the clock mode of the last slice
+        self._fast = False                                  # ... is it the fast mode?
+        # A device callback that raises ends the run after its instruction, in every mode.
+        ui.set_failure_stop(uc, self._stop_counting)
         self._exact_holds = 0                               # see hold_exact()
         self._cpuid = cpuid_table(apic)
         self._slice_start_ns = 0
@@ -231,7 +235,39 @@ class Cpu:
         self._write_prot_addr = address
         return False
 
-    def _skip_rom_write(self) -> bool:
+    def _rom_write_dropped(self) -> bool:
+        """The fast and lean exact clocks: the engine dropped the store into ROM and ran on to
+        the next block start (their code has no exit check after each access), so the write is
+        already ignored and the guest goes on from here; the instruction was counted as with
+        Unicorn's counting. A rep string store loops back to itself, one element per block:
+        when the instruction here is one still aimed at read-only memory, the rest of it is
+        skipped at once, as with Unicorn's counting (_skip_rom_write)."""
+        trace.guest_error(f"write to ROM at {self._write_prot_addr:#x} ignored")
+        dest = self._string_store_target()
+        if dest is not None and self.physmem.is_read_only(dest):
+            self._skip_rom_write(log=False)
+        return True
+
+    def _string_store_target(self) -> int | None:
+        """The physical address the rep string store at RIP writes next, or None (not a
+        rep string store, nothing left to do, or not mapped)."""
+        from .x86 import decode
+        lin = self.linear_pc()
+        code = self.peek(lin, 16) or self.peek(lin, PAGE - (lin & (PAGE - 1)))
+        if code is None:
+            return None
+        bits = self.code_bits()
+        sop = decode.string_op(code, lin, bits)
+        if sop is None or not sop[2]:
+            return None
+        amask = 0xFFFFFFFFFFFFFFFF if bits == 64 else 0xFFFFFFFF if bits == 32 else 0xFFFF
+        if not self._reg.read(_REG_RCX) & amask:
+            return None
+        es = 0 if bits == 64 else self._raw.save().seg(ui.SEG_ES)[1]
+        lin = (es + (self._reg.read(_REG_RDI) & amask)) & (amask if bits == 64 else 0xFFFFFFFF)
+        return self.translate(lin)
+
+    def _skip_rom_write(self, log: bool = True) -> bool:
         from .x86 import decode         # capstone is loaded only when a guest writes its ROM
         rip = self._reg.read(_REG_RIP)
         lin = self.linear_pc()
@@ -255,7 +291,8 @@ class Cpu:
                 self._reg.write(r, (v & ~amask) | ((v + step * count) & amask))
             if rep:
                 self._reg.write(_REG_RCX, self._reg.read(_REG_RCX) & ~amask)
-        trace.guest_error(f"write to ROM at {self._write_prot_addr:#x} ignored")
+        if log:
+            trace.guest_error(f"write to ROM at {self._write_prot_addr:#x} ignored")
         # The instruction pointer wraps at the code size, as on the CPU (an instruction ending
         # at 4 GiB continues at 0 in 32-bit code, at IP 0 in 16-bit code).
         self._reg.write(_REG_RIP, (rip + length) & (0xFFFFFFFFFFFFFFFF if bits == 64 else 0xFFFFFFFF
@@ -558,12 +595,17 @@ class Cpu:
         """Callable from inside any callback (port, MMIO, CPUID, RDTSC, memory or interrupt
         hook): end the current slice cleanly once the current instruction completes (never
         emu_stop there: Unicorn would replay the access). Exact in every hook mode: lowering
-        the engine's instruction budget to the count retired so far makes Unicorn's counting
-        hook, which runs before every instruction, stop before the next one."""
+        the slice's instruction budget to the count retired so far makes the counting hook,
+        which runs before every instruction (the lean exact clock's or Unicorn's), stop before
+        the next one; the fast clock stops at the next block start."""
         if self._stop_cause is None:
             self._stop_cause = "stop"
         if self.running:
-            self._budget.value = self._counter.value
+            self._stop_counting()
+
+    def _stop_counting(self) -> None:
+        """The slice ends after the current instruction (the counting hook's budget)."""
+        self._budget.value = self._counter.value
 
     def step(self) -> SliceResult:
         """Execute exactly one instruction (an interrupt/exception it raises is delivered, so a
@@ -578,6 +620,24 @@ class Cpu:
         """Did the last slice run in the fast mode?"""
         return self._fast
 
+    @property
+    def clock_mode(self) -> str:
+        """How the last slice counted: "fast" (`-icount off`), "exact" (the lean instruction
+        clock), "checked" (the same clock, in code with Unicorn's exit checks, while code hooks
+        observe instructions) or "counted" (Unicorn's own counting, without a C compiler)."""
+        return self._mode
+
+    @staticmethod
+    def _make_exact_clock(uc):
+        """The exact mode's lean clock (x86/exact_clock.py), or None where its native helper
+        cannot be built: Unicorn's own counting does the same, at about half the speed."""
+        try:
+            ui.self_test_access_exit_checks()
+            return exact_clock.ExactClock(uc)
+        except (ToolchainError, OSError) as exc:
+            trace.log("unimp", f"native instruction clock unavailable: {exc}")
+            return None
+
     def hold_exact(self, on: bool) -> None:
         """A debugger attached (on) or gone (off): while any holds it, every slice runs in the
         exact mode (instruction-exact stops and counts)."""
@@ -587,28 +647,54 @@ class Cpu:
         return (self._fast_clock is not None and not self._exact_holds
                 and not self.hooks.observing(ignore_if_watch=True))
 
-    def _set_fast(self, fast: bool) -> None:
+    def _slice_mode(self, exact: bool) -> str:
+        """The clock mode for the next slice: "fast" (`-icount off`, nothing observes single
+        instructions), "exact" (the lean instruction clock, nothing observes them), "checked"
+        (its variant for code with Unicorn's exit checks, which code hooks that stop the
+        engine need), or "counted" (Unicorn's own counting, where the native clock cannot be
+        built)."""
+        if not exact and self._fast_allowed():
+            return "fast"
+        if self._exact_clock is None:
+            return "counted"
+        return "checked" if self.hooks.observing(ignore_if_watch=True) else "exact"
+
+    def _set_mode(self, mode: str) -> None:
         """Switch the engine's counting between slices. Code translated in one mode is wrong in
-        the other (count-0 blocks never call Unicorn's counting hook; the fast clock's hook is
-        compiled into the blocks translated while it exists), so every switch drops it all."""
-        if fast == self._fast:
+        the others (a clock's hook is compiled into the blocks translated while it exists, and
+        count-0 blocks never call Unicorn's counting hook), so every switch drops it all."""
+        if mode == self._mode:
             return
-        fc, rep = self._fast_clock, self.rep_string
-        if fast:
+        fc, ec, rep = self._fast_clock, self._exact_clock, self.rep_string
+        if self._mode == "fast":
+            fc.detach(self._raw)
+        elif self._mode in ("exact", "checked"):
+            ec.detach(self._raw)
+        if mode == "fast":
             self._counter, self._budget = fc.counter, fc.budget
             if rep is not None:
                 rep.detach(self._raw)             # called by the fast clock's hook instead
             fc.attach(rep.native if rep is not None else None)
         else:
-            self._counter, self._budget = self._exact_counter, self._exact_budget
-            fc.detach(self._raw)
+            if mode in ("exact", "checked"):
+                self._counter, self._budget = ec.counter, ec.budget
+                ec.attach(checked=mode == "checked")
+            else:
+                self._counter, self._budget = self._counted_counter, self._counted_budget
             if rep is not None:
                 rep.attach()
         if rep is not None:
             rep.use_counter(self._counter, self._budget)
         if self.tsc is not None:
-            self.tsc.use_counter(self._counter, tsc.FAST_CHARGE if fast else 0)
-        self._fast = fast
+            self.tsc.use_counter(self._counter, tsc.FAST_CHARGE if mode == "fast" else 0)
+        # The fast and the lean exact clocks stop only where they decide (a block start, an
+        # instruction's start), so their code needs none of Unicorn's exit checks after each
+        # load and store (a helper call that also writes the CPU's globals back: ~9 % of a fast
+        # Linux boot). A store the engine refuses is then dropped and the block runs on to its
+        # end (see _run_slice). The other two stop through them.
+        ui.set_access_exit_checks(self.uc, mode in ("checked", "counted"))
+        self._mode = mode
+        self._fast = mode == "fast"
         self.uc.ctl_flush_tb()
 
     # -------------------------------------------------------------------------------------
@@ -622,7 +708,7 @@ class Cpu:
         and the slice ends at the first block start once `count` is reached: it runs at least
         one block and may go past `count` by part of one."""
         self._io_ns = 0
-        self._set_fast(not exact and self._fast_allowed())
+        self._set_mode(self._slice_mode(exact))
         result = self._run_slice(count)
         result.io_ns = self._io_ns
         return result
@@ -660,7 +746,10 @@ class Cpu:
             if lin in hooks.breakpoints:
                 hooks.bp_skip = lin          # resuming at a breakpoint executes it once
         retired = 0
-        fast, fc = self._fast, self._fast_clock
+        mode, fc, ec = self._mode, self._fast_clock, self._exact_clock
+        fast = mode == "fast"
+        counted_mode = mode == "counted"              # Unicorn's own counting
+        checks = mode in ("checked", "counted")       # code with Unicorn's exit checks
         while True:
             self._write_prot_addr = None
             error = None
@@ -676,6 +765,9 @@ class Cpu:
                     # The rep string hook acts only with paging off: skip its call otherwise.
                     fc.start(count - retired, hooks.if_waiting, not self.physmem.paging)
                     self.uc.emu_start(pc, until, 0, 0)
+                elif not counted_mode:
+                    ec.start(count - retired)
+                    self.uc.emu_start(pc, until, 0, 0)
                 else:
                     self.uc.emu_start(pc, until, 0, count - retired)
             except UcError as exc:
@@ -684,11 +776,11 @@ class Cpu:
                 self.running = False
             counted = self._counter.value
             # The budget this emu_start ended with: `count - retired`, or lower when a callback
-            # asked to stop after its instruction (Unicorn counts one past it when it stops).
-            # The fast clock charges a block only when it lets it run.
+            # asked to stop after its instruction (Unicorn's counting counts one past it when it
+            # stops). The fast and lean exact clocks count only what they let run.
             budget = self._budget.value
-            retired += budget if counted > budget and not fast else counted
-            if self._stop_cause == "breakpoint" and not fast and counted <= budget and retired > 0:
+            retired += budget if counted > budget and counted_mode else counted
+            if self._stop_cause == "breakpoint" and checks and counted <= budget and retired > 0:
                 # The counting hook ran before the breakpoint's, which stopped the engine
                 # before the instruction: it was counted but not executed. Without this, each
                 # breakpoint stop would move virtual time on by one and a re-execution without
@@ -696,7 +788,7 @@ class Cpu:
                 retired -= 1
             if error is not None and self._stop_cause is None and error.errno == UC.UC_ERR_WRITE_PROT \
                     and self._write_prot_addr is not None and self.physmem.is_read_only(self._write_prot_addr) \
-                    and self._skip_rom_write():
+                    and (self._skip_rom_write() if checks else self._rom_write_dropped()):
                 if retired >= count:
                     return SliceResult("count", retired)
                 pc = self._wrapped_pc()
@@ -725,6 +817,9 @@ class Cpu:
                 return SliceResult("count", retired)
             if fc.stopped == fast_clock.STOP_IF:
                 return SliceResult("stop", retired)
+        elif not counted_mode:
+            if ec.stopped:
+                return SliceResult("count", retired)
         elif counted > budget:
             return SliceResult("count", retired)
         if self._just_halted():

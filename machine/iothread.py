@@ -6,9 +6,9 @@ Who touches what. The CPU thread (the run loop, device callbacks) owns Unicorn, 
 registers, the used rings, interrupts and the virtual clock. A worker runs only the `work()`
 callables it is given: they move bytes between a backend and guest RAM through host offsets the
 CPU thread already checked, and return a result. The CPU thread picks results up with `poll()`
-(the run loop calls it between slices) and runs each job's `done(result)` there, in the order
-the jobs were submitted; after a batch, each owner's `io_batch_done()` runs once (one interrupt
-for many completions). So a completion's data and status bytes are in RAM before `done` puts
+(the run loop calls it between slices; a device's kick calls `settle()`, which polls too) and
+runs each job's `done(result)` there, in the order the jobs were submitted; after a batch, each
+owner's `io_batch_done()` runs once (one interrupt for many completions). So a completion's data and status bytes are in RAM before `done` puts
 the used entry there, and the used entry before the used index: the guest, which only runs on
 the CPU thread, sees them in that order.
 
@@ -19,6 +19,7 @@ never entered by two threads at once.
 
 from __future__ import annotations
 
+import os
 import queue
 import threading
 from collections import deque
@@ -27,10 +28,15 @@ from threading import Event   # by name: trace tables read `X.Event(...)` as a t
 from typing import Any, Callable, Protocol
 
 
-# QEMU's iothread properties: adaptive polling and batching knobs of its event loop. Accepted
-# and checked; a worker here sleeps until it has work. (Making the CPU thread wait up to
-# poll-max-ns for a first completion was measured: on a busy host the wake-ups cost more.)
+# QEMU's iothread properties: polling and batching knobs of its event loop. poll-max-ns is the
+# worker's polling window (below); the others are accepted and checked.
 PROPERTIES = ("poll-max-ns", "poll-grow", "poll-shrink", "aio-max-batch")
+# After its last job the worker looks for the next one for this long before it sleeps, as QEMU's
+# iothread polls its handlers for up to poll-max-ns (same default): waking a sleeping thread
+# costs the submitting CPU thread tens of microseconds on a busy host (the woken thread preempts
+# it, then waits for the GIL it holds), more than a 4 KiB read. The look gives the GIL up
+# between two checks (os.sched_yield), so the CPU thread's hooks are not held up.
+POLL_MAX_NS = 32_768
 STEAL_NS = 50_000        # a job the worker has not started after this long runs on the CPU thread
 
 
@@ -51,8 +57,9 @@ class IoThread:
     """One worker thread and its queues. `in_flight`: jobs submitted whose `done` has not run
     yet (the CPU thread's count)."""
 
-    def __init__(self, ident: str):
+    def __init__(self, ident: str, poll_ns: int = POLL_MAX_NS):
         self.id = ident
+        self.poll_ns = poll_ns                   # the worker's polling window (0: sleep at once)
         self._jobs: deque = deque()              # (owner, work, done, submitted ns), FIFO
         # A token wakes a sleeping worker (a SimpleQueue is C, the cheapest hand-over). Only
         # when it sleeps: a wake-up costs the submitter dearly on a busy host (the woken thread
@@ -67,13 +74,16 @@ class IoThread:
         self._thread: threading.Thread | None = None
         self._closed = False
         self.in_flight = 0
-        # on_busy(): called on the CPU thread when a job is submitted with none in flight (the
-        # board ends the current slice so the next ones are short and completions seen soon).
-        self.on_busy: Callable[[], None] | None = None
+        # on_pending(): called on the CPU thread when settle() leaves jobs in flight (the board
+        # ends a long slice, so the next ones are short and the completions seen soon).
+        self.on_pending: Callable[[], None] | None = None
 
     # -- the CPU thread ---------------------------------------------------------------------------
-    def submit(self, owner: Owner, work: Callable[[], Any], done: Callable[[Any], None]) -> None:
-        """Run work() on the worker; done(result) later runs on the CPU thread (poll/drain)."""
+    def submit(self, owner: Owner, work: Callable[[], Any], done: Callable[[Any], None],
+               wake: bool = True) -> None:
+        """Run work() on the worker; done(result) later runs on the CPU thread (poll/drain).
+        `wake=False`: leave a sleeping worker asleep for now (settle() wakes it, unless the job
+        ran here by then)."""
         if self._closed:
             raise RuntimeError(f"iothread {self.id} is closed")
         if self._thread is None:
@@ -83,17 +93,40 @@ class IoThread:
             self._thread.start()
         self.in_flight += 1
         self._jobs.append((owner, work, done, monotonic_ns()))
-        if self._idle:                           # read after the append: see _worker
+        if wake:
+            self._wake()
+
+    def _wake(self) -> None:
+        if self._idle and self._jobs:            # read after the append: see _worker
             self._idle = False
             self._tokens.put(None)
-        if self.in_flight == 1 and self.on_busy is not None:
-            self.on_busy()
 
-    def run_stale(self, age_ns: int) -> int:
-        """Run here the jobs the worker has left waiting for `age_ns` or more: on a loaded host
-        a woken thread may wait milliseconds for a core, while the CPU thread would only spin
-        the guest's polling loop. Only when the worker is not inside a job, and in order, so
-        jobs still run one at a time in submission order. Returns how many ran here."""
+    def settle(self, wait_s: float | None) -> int:
+        """At the end of a kick, on the CPU thread (inside the device's callback): complete
+        what has finished. With `wait_s` (the driver polls the used ring rather than wait for an
+        interrupt) and nothing finished, see that the oldest job finishes now: run it here if
+        the worker has not started it (a lone job then needs no hand-over at all), else wait
+        for it up to `wait_s`, and complete it. A polling guest waits for that request next;
+        found done, it needs no slice boundary to see it (each costs more than a 4 KiB read).
+        Jobs the worker finishes meanwhile complete at the next kick or slice boundary. Then
+        the worker is woken for what is left, and if anything is, `on_pending` runs. Returns
+        how many completed."""
+        n = self.poll()
+        if not n and wait_s is not None and self.in_flight:
+            if not self.run_stale(0, limit=1):
+                self.wait(wait_s)
+            n = self.poll()
+        self._wake()
+        if self.in_flight and self.on_pending is not None:
+            self.on_pending()
+        return n
+
+    def run_stale(self, age_ns: int, limit: int | None = None) -> int:
+        """Run here the jobs the worker has left waiting for `age_ns` or more (at most `limit`
+        of them): on a loaded host a woken thread may wait milliseconds for a core, while the
+        CPU thread would only spin the guest's polling loop. Only when the worker is not inside
+        a job, and in order, so jobs still run one at a time in submission order. Returns how
+        many ran here."""
         jobs = self._jobs
         try:
             oldest = jobs[0][3]
@@ -105,7 +138,7 @@ class IoThread:
             return 0                             # the worker is running one: it is not stalled
         n = 0
         try:
-            while jobs:
+            while jobs and (limit is None or n < limit):
                 self._run_one(jobs.popleft())
                 n += 1
         finally:
@@ -186,7 +219,12 @@ class IoThread:
     # -- the worker -------------------------------------------------------------------------------
     def _worker(self) -> None:
         tokens, jobs, lock, finished = self._tokens, self._jobs, self._run_lock, self._finished
+        poll_ns, clock, yield_ = self.poll_ns, monotonic_ns, os.sched_yield
+        last = clock()                           # when the worker last had work
         while True:
+            if not jobs and not self._closed and clock() - last < poll_ns:
+                yield_()                         # polling: no token needed, the GIL is let go
+                continue
             # Say "idle" before looking at the queue: a job appended before the look is seen,
             # one appended after it finds the flag set and sends a token.
             self._idle = True
@@ -194,9 +232,11 @@ class IoThread:
                 if self._closed:
                     return
                 tokens.get()
+                last = clock()
                 continue
             self._idle = False
             with lock:
                 if jobs:                         # else the CPU thread ran it (run_stale)
                     self._run_one(jobs.popleft())
             finished.set()
+            last = clock()

@@ -177,6 +177,7 @@ class Machine:
         self._reset_requested = False
         self._stop_request: str | None = None
         self._halted = False                 # HLT executed, waiting for an interrupt
+        self._short_slice = False            # the slice running is at most IO_SLICE long
         self._outputs: list[BinaryIO] = []   # opened chardev files: close() closes them
         self._backends: list = []            # opened drives: close() releases their images
         self.drives: dict[str, tuple] = {}   # drive id -> (backend, the virtio device using it)
@@ -187,9 +188,10 @@ class Machine:
         self.stdin_filter: Callable[[bytes], bytes] | None = None
         # -object iothread: where devices with iothread= run their requests (see run())
         self.iothreads: dict[str, IoThread] = {}
-        for ident in config.iothreads:
-            io = self.iothreads[ident] = IoThread(ident)
-            io.on_busy = self._io_started
+        for ident, props in config.iothreads.items():
+            poll = props.get("poll-max-ns")
+            io = self.iothreads[ident] = IoThread(ident) if poll is None else IoThread(ident, int(poll, 0))
+            io.on_pending = self._io_pending
 
         rom = self._firmware_image()
         rom_base = FOUR_GIB - len(rom)
@@ -693,10 +695,11 @@ class Machine:
     # -------------------------------------------------------------------------------------
     # the run loop
     # -------------------------------------------------------------------------------------
-    def _io_started(self) -> None:
-        """A device handed a request to an idle I/O thread, inside a slice: end the slice after
-        this instruction, so the run loop switches to short slices and polls for completions."""
-        if self.cpu.running:
+    def _io_pending(self) -> None:
+        """A kick left requests on an I/O thread (IoThread.settle), inside a slice: unless the
+        slice is already a short one, end it after this instruction, so the run loop switches
+        to short slices and polls for completions."""
+        if self.cpu.running and not self._short_slice:
             self.cpu.request_stop_after_instruction()
 
     def _io_in_flight(self) -> bool:
@@ -835,9 +838,15 @@ class Machine:
                 count = min(count, MASKED_SLICE)
             if io_busy:
                 count = min(count, IO_SLICE)
+            self._short_slice = count <= IO_SLICE
             result = self._run_cpu(count)
             if budget is not None:
                 budget -= result.retired
+            if self._exit_status is not None or self._reset_requested:
+                # The guest exited or reset during the slice. In the fast mode the rest of that
+                # block ran too (stops come at block starts): a fault or HLT there is not the
+                # guest's last word, the exit is (taken at the top of the loop).
+                continue
             kind = result.kind
             if kind == "halt":
                 if not cpu.interrupts_enabled():

@@ -45,6 +45,21 @@ Unicorn's public API cannot do what a PC needs in these ways, so we reach under 
    `uc_struct.cpu` and `TranslationBlock.page_addr`. `self_test_store_path()` checks the layout
    and that code rewritten through a fast-path entry, at its own address and through an alias,
    is still seen.
+10. `uc_struct.no_exit_request`, read when code is translated: while it is set, Unicorn leaves
+   out the exit check it otherwise emits after every guest load and store (a helper call that
+   also writes the CPU's globals back, ~9 % of a fast Linux boot) and after code hooks; the
+   check at each block start stays. The fast mode sets it (fast_clock.py): it stops only at
+   block starts anyway. A store the engine refuses (ROM, unassigned) is then dropped and the
+   block runs on to its end before `emu_start` returns the error.
+   `self_test_access_exit_checks()` checks both the offset and that behaviour.
+11. The exact mode's lean clock (x86/exact_clock.py): with `emu_start(count=0)` and the code
+   translated without those checks, a native code hook counts each instruction and, past its
+   budget, stops by calling `uc_emu_stop` and then `cpu_loop_exit_restore` (exported by
+   libunicorn) with its return address into the translated block: the CPU is put back to the
+   start of that instruction, as Unicorn's own exit check would. `self_test_insn_clock()` checks
+   the stop point, that flags computed before a stop survive it, and a stop asked from a port
+   callback. A lean callback that raises also lowers the clock's budget
+   (`set_failure_stop`), since `uc_emu_stop` alone acts at the next block start then.
 
 Also here: a direct `uc_ctl(UC_CTL_TB_REMOVE_CACHE)` call (2 µs against 6 µs through the
 binding: it sits on the DMA path, once per written range), ctypes wrappers for `uc_vmem_read/write/translate` (exported by libunicorn 2.1.4,
@@ -59,6 +74,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import weakref
 
 import unicorn
 from unicorn import Uc, UcError
@@ -76,6 +92,8 @@ UC_STRUCT_EMU_COUNTER = 1368
 UC_STRUCT_EMU_COUNT = 1376     # the budget emu_start(count=N) set, right after the counter
 UC_STRUCT_MEMORY_MAPPING = 288  # uc_memory_mapping_t, set when the engine first maps memory
 UC_STRUCT_CPU = 440            # CPUState *cpu, built when the engine first maps memory
+UC_STRUCT_HOOK_INSERT = 2032   # bool: uc_hook_add puts the new hook first in its list
+UC_STRUCT_NO_EXIT_REQUEST = 2034  # bool: translate without the exit check after each access
 TB_PAGE_ADDR = 72              # offsetof(TranslationBlock, page_addr): RAM addresses of its pages
 CONTEXT_SIZE = 5608            # uc_context_size() for an x86 engine
 CONTEXT_DATA = 40              # struct uc_context header before the CPUX86State copy
@@ -124,6 +142,12 @@ _uclib.uc_reg_write.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_void_p]
 
 def handle(uc: Uc) -> int:
     return uc._uch.value
+
+
+def set_access_exit_checks(uc: Uc, on: bool) -> None:
+    """10.: translate code with (Unicorn's default) or without the exit check after each load
+    and store. Applies to code translated from now on: the caller flushes translated code."""
+    ctypes.c_bool.from_address(handle(uc) + UC_STRUCT_NO_EXIT_REQUEST).value = not on
 
 
 # ------------------------------------------------------------------------------------------
@@ -326,6 +350,19 @@ _INSN_PLAIN_T = ctypes.CFUNCTYPE(ctypes.c_uint32, ctypes.c_void_p, ctypes.c_void
 _uclib.uc_emu_stop.restype = ctypes.c_int
 
 
+# engine handle -> how its clock stops at once (a weak method: the engine's owner may go)
+_failure_stops: dict[int, weakref.WeakMethod] = {}
+
+
+def set_failure_stop(uc: Uc, stop) -> None:
+    """`stop()` (a bound method) ends the run right after the current instruction: a lean
+    callback that fails calls it besides uc_emu_stop, which alone acts only at the next block
+    start when code is translated without the exit checks (10.)."""
+    for key in [k for k, ref in _failure_stops.items() if ref() is None]:
+        del _failure_stops[key]
+    _failure_stops[handle(uc)] = weakref.WeakMethod(stop)
+
+
 def _failer(uc: Uc):
     """What a lean callback does with an exception: what the binding's guard does."""
     uch = uc._uch
@@ -333,6 +370,10 @@ def _failer(uc: Uc):
     def fail(exc: BaseException) -> None:
         if uc._hook_exception is None:
             uc._hook_exception = exc
+        ref = _failure_stops.get(uch.value)
+        stop = ref() if ref is not None else None
+        if stop is not None:
+            stop()
         _uclib.uc_emu_stop(uch)
     return fail
 
@@ -429,6 +470,32 @@ NATIVE_REGS = {"rax": X86.UC_X86_REG_RAX, "rdx": X86.UC_X86_REG_RDX, "rcx": X86.
                "rdi": X86.UC_X86_REG_RDI, "eflags": X86.UC_X86_REG_EFLAGS, "cr0": X86.UC_X86_REG_CR0}
 
 
+def native_hook_code(uc: Uc, function: int, user_data: int, first: bool = False) -> int:
+    """Register a C function (its address) as a UC_HOOK_CODE callback over every address, with
+    `user_data` (flush translated code after adding, and after hook_del). `first`: called
+    before the code hooks already registered (`uc_struct.hook_insert`, as Unicorn registers
+    its own counting hook), not after them."""
+    handle_out = ctypes.c_size_t()
+    insert = ctypes.c_bool.from_address(handle(uc) + UC_STRUCT_HOOK_INSERT)
+    insert.value = first
+    try:
+        err = _uclib.uc_hook_add(uc._uch, ctypes.cast(ctypes.byref(handle_out), ctypes.POINTER(ctypes.c_ulong)),
+                                 UC.UC_HOOK_CODE, ctypes.c_void_p(function),
+                                 ctypes.c_void_p(user_data), 1, 0)
+    finally:
+        insert.value = False
+    if err != UC.UC_ERR_OK:
+        raise UcError(err)
+    return handle_out.value
+
+
+def loop_exit_restore_function() -> int:
+    """Address of Unicorn's cpu_loop_exit_restore(cpu, host_pc): leave translated code with the
+    CPU state put back to the guest instruction that host_pc (a return address into a
+    translated block) belongs to. For native/icount.c's exact clock."""
+    return ctypes.cast(_uclib.cpu_loop_exit_restore_x86_64, ctypes.c_void_p).value
+
+
 def native_api() -> dict[str, int]:
     """Addresses of the libunicorn functions a native hook may call, by name."""
     return {name: ctypes.cast(getattr(_uclib, name), ctypes.c_void_p).value
@@ -448,10 +515,13 @@ def native_hook_rdtsc(uc: Uc, function: int, user_data: int) -> int:
     return handle_out.value
 
 
-def native_hook_del(uc: Uc, handle: int) -> None:
-    """Remove a hook added by native_hook_block (the binding's hook_del expects a callback of
-    its own). Translated code may still call it: flush after."""
-    err = _uclib.uc_hook_del(uc._uch, ctypes.c_size_t(handle))
+def native_hook_del(uc: Uc, handle: int, raw: "RawState") -> None:
+    """Remove a hook added by native_hook_block/code (the binding's hook_del expects a callback
+    of its own). Unicorn drops the blocks it was compiled into by looking them up through the
+    page tables: done inside identity_walks with the engine's `raw` state. Translated code may
+    still call the hook: flush after (the function and its state must stay alive until then)."""
+    with identity_walks(uc, raw):
+        err = _uclib.uc_hook_del(uc._uch, ctypes.c_size_t(handle))
     if err != UC.UC_ERR_OK:
         raise UcError(err)
 
@@ -684,6 +754,158 @@ def self_test_block_clock(function: int, state_type, stop_budget: int, bytes_per
     UnsupportedUnicorn otherwise."""
     _check_once("block clock", _probe_block_clock, function, state_type, stop_budget,
                 bytes_per_insn, needs="the fast mode (-icount off)", advice="Run without -icount off, or ")
+
+
+def self_test_access_exit_checks() -> None:
+    """Check 10. on a scratch engine: the flag is clear on a new engine; with it set, a stop
+    asked from an MMIO callback ends the run at the next block start (the rest of the block
+    ran) instead of rolling back to the access, and a refused store is dropped while the
+    block runs on. Raises UnsupportedUnicorn otherwise."""
+    _check_once("access exit checks", _probe_access_exit_checks, needs="the fast mode (-icount off)",
+                advice="Run without -icount off, or ")
+
+
+def _probe_access_exit_checks() -> str | None:
+    def run(checks: bool) -> tuple:
+        uc = Uc(UC.UC_ARCH_X86, UC.UC_MODE_64)
+        uc.mem_map(0x1000, 0x1000)
+        uc.mem_map(0x4000, 0x1000, UC.UC_PROT_READ)
+        # 0x1000: mov 0x3000, %eax (MMIO); inc %rbx; inc %rbx; jmp 0x1100
+        # 0x1100: hlt
+        # 0x1200: mov %eax, 0x4000 (read-only); inc %rbx; jmp 0x1100
+        uc.mem_write(0x1000, bytes.fromhex("8b042500300000" "48ffc3" "48ffc3" "e9ee000000"))
+        uc.mem_write(0x1100, b"\xf4")
+        uc.mem_write(0x1200, bytes.fromhex("89042500400000" "48ffc3" "e9f1feffff"))
+        uch = handle(uc)
+        if ctypes.c_bool.from_address(uch + UC_STRUCT_NO_EXIT_REQUEST).value:
+            raise UcError(UC.UC_ERR_ARG)            # a new engine must have the flag clear
+        set_access_exit_checks(uc, checks)
+        reads = []
+
+        def on_read(offset, size):
+            reads.append(offset)
+            if len(reads) == 1:
+                _uclib.uc_emu_stop(uch)
+            return 0x55
+        mmio_map(uc, 0x3000, 0x1000, on_read, lambda *_: None)
+        uc.emu_start(0x1000, 0, 0, 100)
+        first = (uc.reg_read(X86.UC_X86_REG_RIP), uc.reg_read(X86.UC_X86_REG_RBX), len(reads))
+        uc.reg_write(X86.UC_X86_REG_RBX, 0)
+        uc.reg_write(X86.UC_X86_REG_RAX, 0x77)
+        try:
+            uc.emu_start(0x1200, 0, 0, 100)
+            err = None
+        except UcError as exc:
+            err = exc.errno
+        second = (err, uc.reg_read(X86.UC_X86_REG_RIP), uc.reg_read(X86.UC_X86_REG_RBX),
+                  bytes(uc.mem_read(0x4000, 4)))
+        return first, second
+    try:
+        checked, unchecked = run(True), run(False)
+    except UcError:
+        return "uc_struct.no_exit_request is not where expected"
+    if checked != ((0x1000, 0, 1), (UC.UC_ERR_WRITE_PROT, 0x1200, 0, bytes(4))):
+        return f"the engine's exit checks after each access behave unexpectedly ({checked})"
+    if unchecked != ((0x1100, 2, 1), (UC.UC_ERR_WRITE_PROT, 0x1100, 1, bytes(4))):
+        return ("translating without the exit check after each access does not run on to the "
+                f"block's end ({unchecked})")
+    return None
+
+
+def self_test_insn_clock(function: int, state_type, stop_budget: int) -> None:
+    """Check 11. on a scratch engine with the exact clock's native code hook `function` and its
+    state type (fields counter, budget, emu_stop, cpu, loop_exit_restore, stopped). Translating
+    without the exit checks (10.): a budget stops the run right before the instruction past it
+    with the guest state (flags included) as the instructions before it left it, a budget
+    lowered from a port callback stops right after the OUT, and resuming goes on as if never
+    stopped. With the checks and no restore function, registered first
+    (`uc_struct.hook_insert`) beside a breakpoint's hook: it runs before that hook, and budget
+    stops are at the same instructions. Raises UnsupportedUnicorn otherwise."""
+    _check_once("instruction clock", _probe_insn_clock, function, state_type, stop_budget)
+
+
+def _probe_insn_clock(function: int, state_type, stop_budget: int) -> str | None:
+    problem = _probe_insn_clock_lean(function, state_type, stop_budget)
+    return problem or _probe_insn_clock_checked(function, state_type, stop_budget)
+
+
+def _probe_insn_clock_checked(function: int, state_type, stop_budget: int) -> str | None:
+    uc = Uc(UC.UC_ARCH_X86, UC.UC_MODE_64)
+    uc.mem_map(0x1000, 0x1000)
+    # 0x1000: inc %rbx; inc %rbx; inc %rbx (a breakpoint here); inc %rbx; hlt
+    uc.mem_write(0x1000, bytes.fromhex("48ffc3" * 4 + "f4"))
+    hits = []
+
+    def breakpoint_hook(uc_, address, size, _ud):
+        hits.append(counter.value)
+        uc_.emu_stop()
+    uc.hook_add(UC.UC_HOOK_CODE, breakpoint_hook, None, 0x1006, 0x1006)
+    st = state_type()
+    st.emu_stop = native_api()["uc_emu_stop"]
+    st.cpu = engine_cpu(uc)                    # no loop_exit_restore: the checks stop it
+    native_hook_code(uc, function, ctypes.addressof(st), first=True)
+    counter = ctypes.c_uint64.from_address(ctypes.addressof(st) + state_type.counter.offset)
+    st.counter, st.budget = 0, 100
+    uc.emu_start(0x1000, 0, 0, 0)
+    got = (hits, st.counter, uc.reg_read(X86.UC_X86_REG_RIP), uc.reg_read(X86.UC_X86_REG_RBX))
+    if got != ([3], 3, 0x1006, 2):         # counted first (3), then stopped before running it
+        return f"a code hook added first does not run before the others ({got})"
+    uc.reg_write(X86.UC_X86_REG_RBX, 0)
+    st.counter, st.budget, st.stopped = 0, 1, 0
+    uc.emu_start(0x1003, 0, 0, 0)
+    got = (st.stopped, st.counter, uc.reg_read(X86.UC_X86_REG_RIP), uc.reg_read(X86.UC_X86_REG_RBX))
+    if got != (stop_budget, 1, 0x1006, 1):
+        return f"the checked instruction clock does not stop before the instruction past its budget ({got})"
+    return None
+
+
+def _probe_insn_clock_lean(function: int, state_type, stop_budget: int) -> str | None:
+    uc = Uc(UC.UC_ARCH_X86, UC.UC_MODE_64)
+    uc.mem_map(0x1000, 0x1000)
+    uc.mem_map(0x8000, 0x1000)
+    # 0x1000: 1: inc %rbx; cmp $5, %rbx; mov %rbx, 0x8000(,%rbx,8); jne 1b; out %al, $0x80;
+    #         inc %rdx; inc %rdx; hlt
+    uc.mem_write(0x1000, bytes.fromhex("48ffc3" "4883fb05" "48891cdd00800000" "75ef"
+                                       "e680" "48ffc2" "48ffc2" "f4"))
+    set_access_exit_checks(uc, False)
+    st = state_type()
+    st.emu_stop = native_api()["uc_emu_stop"]
+    st.loop_exit_restore = loop_exit_restore_function()
+    native_hook_code(uc, function, ctypes.addressof(st))
+    counter = ctypes.c_uint64.from_address(ctypes.addressof(st) + state_type.counter.offset)
+    budget = ctypes.c_uint64.from_address(ctypes.addressof(st) + state_type.budget.offset)
+    outs = []
+
+    def on_out(port, size, value):
+        outs.append(port)
+        budget.value = counter.value       # what Cpu.request_stop_after_instruction does
+    hook_out(uc, on_out)
+    r = uc.reg_read
+    trail = []
+    pc = 0x1000
+    # Stop after 6 instructions (inside the second round, after its cmp), then after 1, 2, ...
+    st.cpu = engine_cpu(uc)                    # built with the first mapping
+    if not st.cpu:
+        return "uc_struct.cpu is not where expected"
+    for allowed in (6, 1, 2, 3, 100):
+        st.counter, st.budget, st.stopped = 0, allowed, 0
+        uc.emu_start(pc, 0, 0, 0)
+        pc = r(X86.UC_X86_REG_RIP)
+        trail.append((st.stopped, st.counter, pc, r(X86.UC_X86_REG_RBX)))
+    # 6: a round and the inc, cmp of the next (stop before the mov: the cmp's flags must
+    # survive the stop); 1: the mov (stop right before the jne that reads them); 2: the jne
+    # and the next inc; 3: cmp, mov, jne.
+    want = [(stop_budget, 6, 0x1007, 2), (stop_budget, 1, 0x100f, 2), (stop_budget, 2, 0x1003, 3),
+            (stop_budget, 3, 0x1000, 3)]
+    if trail[:4] != want:
+        return f"the exact clock does not stop right before the instruction past its budget ({trail[:4]})"
+    # The rest: rounds 4 and 5 (4 instructions each) and the OUT, whose callback stops the run
+    # right after it.
+    if (outs, trail[4], r(X86.UC_X86_REG_RDX)) != ([0x80], (stop_budget, 9, 0x1013, 5), 0):
+        return f"a stop asked from a port callback is not right after the OUT ({outs}, {trail[4]})"
+    if [int.from_bytes(uc.mem_read(0x8000 + 8 * n, 8), "little") for n in range(1, 6)] != [1, 2, 3, 4, 5]:
+        return "a run stopped and resumed by the exact clock does not compute what it should"
+    return None
 
 
 def self_test_native_rdtsc(function: int, state_type) -> None:

@@ -1,7 +1,8 @@
-/* The fast mode's virtual clock, for machine/x86/fast_clock.py.
+/* The native clocks of the CPU layer: the fast mode's block-counting hook (for
+ * machine/x86/fast_clock.py), the exact mode's instruction-counting hook (for
+ * machine/x86/exact_clock.py, below) and RDTSC from virtual time (machine/x86/tsc.py).
  *
- * In the exact mode Unicorn counts every instruction itself (emu_start with count > 0), which
- * calls a helper before each instruction.  In the fast mode the engine runs with count = 0 and
+ * In the fast mode the engine runs with count = 0 and
  * this block hook, called natively at every translated block start (no Python per block),
  * charges the block to the slice's clock instead: an approximate instruction count derived
  * from the block's size in bytes.  At a block start it also ends the slice, cleanly (the block
@@ -56,9 +57,12 @@ const int icount_bytes_per_insn = BYTES_PER_INSN;
 #define STOP_IF      2
 #define EF_IF        (1u << 9)
 
-void icount_block(void *uc, uint64_t address, uint32_t size, void *user)
+/* Everything but charging an ordinary block: a chained hook to call, the budget used up, or the
+ * IF watch on.  Kept out of line so that the common path needs no stack frame (a tight loop's
+ * block costs about as much as this hook). */
+static void __attribute__((noinline)) icount_block_slow(void *uc, uint64_t address, uint32_t size,
+                                                       struct icount_state *s)
 {
-    struct icount_state *s = user;
     if (s->chain && size <= CHAIN_MAX_SIZE)
         s->chain(uc, address, size, s->chain_user);
     if (s->counter >= s->budget) {
@@ -78,6 +82,61 @@ void icount_block(void *uc, uint64_t address, uint32_t size, void *user)
     uint64_t charge = (size + BYTES_PER_INSN - 1) / BYTES_PER_INSN;
     s->counter += charge ? charge : 1;
     s->blocks++;
+}
+
+void icount_block(void *uc, uint64_t address, uint32_t size, void *user)
+{
+    struct icount_state *s = user;
+    if (__builtin_expect((s->chain && size <= CHAIN_MAX_SIZE) || s->counter >= s->budget
+                         || s->if_watch, 0)) {
+        icount_block_slow(uc, address, size, s);
+        return;
+    }
+    uint64_t charge = (size + BYTES_PER_INSN - 1) / BYTES_PER_INSN;
+    s->counter += charge ? charge : 1;
+    s->blocks++;
+}
+
+/* The exact mode's clock, for machine/x86/exact_clock.py.  Unicorn's own counting (emu_start
+ * with count > 0) is a code hook before every instruction that calls uc_emu_stop, and it relies
+ * on the exit check Unicorn emits after every code hook (and after every load and store: see
+ * unicorn_internals.set_access_exit_checks); those checks are a helper call each.  This hook
+ * counts the same way, and when nothing else observes single instructions it stops by itself:
+ * past the budget it asks for the stop and leaves the translated code at once through
+ * Unicorn's cpu_loop_exit_restore, with the host return address into the block, so the CPU
+ * state is put back to the start of this instruction (not run, not counted), and the code is
+ * translated without the checks: an instruction costs one call.  Registered as the only code
+ * hook, Unicorn calls it directly from translated code, which the restore needs.
+ * While breakpoints or other code hooks observe instructions (they stop through uc_emu_stop
+ * and the checks, and Unicorn calls this hook through its dispatcher, from outside the block),
+ * `loop_exit_restore` is 0: the hook only asks for the stop, and the check right after the code
+ * hooks leaves the block before the instruction, as with Unicorn's own counting hook. */
+typedef void (*loop_exit_restore_fn)(void *cpu, uintptr_t host_pc);
+
+/* Shared with Python (ctypes Structure in machine/x86/exact_clock.py): keep in step. */
+struct insn_state {
+    uint64_t counter;             /* instructions retired in this emu_start */
+    uint64_t budget;              /* stop before an instruction when counter >= budget */
+    emu_stop_fn emu_stop;
+    void *cpu;                    /* uc->cpu */
+    loop_exit_restore_fn loop_exit_restore;   /* 0: code with the exit checks */
+    int32_t stopped;              /* STOP_BUDGET when this hook ended the run */
+    int32_t unused;
+};
+
+void __attribute__((noinline)) icount_insn(void *uc, uint64_t address, uint32_t size, void *user)
+{
+    (void)address;
+    (void)size;
+    struct insn_state *s = user;
+    if (__builtin_expect(s->counter >= s->budget, 0)) {
+        s->stopped = STOP_BUDGET;
+        s->emu_stop(uc);
+        if (!s->loop_exit_restore)
+            return;
+        s->loop_exit_restore(s->cpu, (uintptr_t)__builtin_return_address(0));
+    }
+    s->counter++;
 }
 
 /* RDTSC from virtual time, for machine/x86/tsc.py, in both modes: a Python hook costs a few

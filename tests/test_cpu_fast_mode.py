@@ -197,6 +197,17 @@ def test_the_self_test_refuses_a_hook_state_of_another_layout(monkeypatch):
     ui.self_test_block_clock(fn, fast_clock._State, fast_clock.STOP_BUDGET, fast_clock.bytes_per_insn())
 
 
+@pytest.mark.parametrize("shift", [-1, 1])
+def test_the_self_test_refuses_another_place_for_the_exit_check_switch(monkeypatch, shift):
+    right = ui.UC_STRUCT_NO_EXIT_REQUEST
+    monkeypatch.setattr(ui, "_passed", set())
+    monkeypatch.setattr(ui, "UC_STRUCT_NO_EXIT_REQUEST", right + shift)
+    with pytest.raises(ui.UnsupportedUnicorn, match="fast mode"):
+        ui.self_test_access_exit_checks()
+    monkeypatch.setattr(ui, "UC_STRUCT_NO_EXIT_REQUEST", right)
+    ui.self_test_access_exit_checks()
+
+
 def test_the_command_line_selects_the_mode():
     assert parse_args([]).icount is True
     assert parse_args(["-icount", "shift=0"]).icount is True
@@ -275,3 +286,13 @@ def test_memory_hooks_cover_exactly_the_gaps_between_ram_ranges():
     assert [(r.gpa, r.end) for r in mem.ranges] == [(0, 0xA0000), (0x100000, 256 << 20)]
     assert _ram_gaps(mem) == [(0xA0000, 0xFFFFF), (256 << 20, 0xFFFFFFFFFFFFFFFF)]
     assert ui._probe_store_fast_path() is None
+
+
+@pytest.mark.parametrize("after", ["cli\n hlt", "movl $0, 0xfffffff0\n 1: jmp 1b"])
+def test_a_guest_exit_wins_over_the_rest_of_its_block(tmp_path, after):
+    # Stops come at block starts, so what follows the exit's OUT in its block runs too: a HLT
+    # with IF=0 there (a fatal report on its own) or a store into ROM does not replace the
+    # guest's exit status.
+    m = build_machine(tmp_path, f"main:\n EXIT 5\n {after}\n", prologue=PM32_PROLOGUE, icount=False)
+    assert m.run(10_000) == 11
+    assert m.stop_reason.kind == "exited"

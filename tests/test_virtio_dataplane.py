@@ -26,12 +26,16 @@ class Gated:
         self.gate = threading.Event()
         self.calls: list[tuple[str, int]] = []       # (what, thread id)
         self.entered = threading.Event()
+        self.passes = 0
 
     def __getattr__(self, name):
         return getattr(self.inner, name)
 
     def _wait(self, what):
         self.calls.append((what, threading.get_ident()))
+        if self.passes:                            # let this many calls through first
+            self.passes -= 1
+            return
         self.entered.set()
         assert self.gate.wait(10), "test gate never opened"
 
@@ -56,6 +60,7 @@ def rig(tmp_path):
         b = Bench(tmp_path, disk_size=DISK, **drive)
         b.io = IoThread("io0")
         b.vdev.iothread = b.io
+        b.vdev.inline_max_bytes = -1           # every request to the worker (see the inline tests)
         if gated:
             b.vdev.backend = b.gated = Gated(b.vdev.backend)
         b.start()
@@ -224,6 +229,155 @@ def test_jobs_the_worker_has_not_started_run_on_the_cpu_thread_in_order():
     io.close()
 
 
+# ------------------------------------------------------------------ completing at the kick
+
+
+def test_a_lone_small_request_runs_inside_the_kick_and_the_rest_of_the_batch_on_the_worker(rig):
+    """Nothing in flight: the first small read runs on the calling thread (a hand-over costs
+    more than a 4 KiB read) and completes before the kick returns; the others of the same kick
+    go to the worker, and complete in order after it."""
+    b = rig()
+    b.vdev.inline_max_bytes = 4096
+    b.gated.passes = 1                             # the first call does not block
+    vq = b.vqs[0]
+    blk = BlkRequests(vq)
+    first = blk.submit(T_IN, 8, in_len=4096)
+    rest = [blk.submit(T_IN, 16 + 8 * i, in_len=4096) for i in range(3)]
+    b.drv.kick(0)
+    assert b.gated.calls[0][1] == threading.get_ident()     # the first ran here
+    assert vq.get_used() == [(first.head, 4097)] and b.io.in_flight == 3
+    assert b.gated.entered.wait(10) and b.gated.calls[1][1] != threading.get_ident()
+    b.gated.gate.set()
+    b.vdev.drain()
+    assert [h for h, _ in vq.get_used()] == [r.head for r in rest]
+    for r, sector in zip([first, *rest], (8, 16, 24, 32)):
+        assert blk.result(r) == (pattern(DISK)[sector * 512:sector * 512 + 4096], S_OK)
+
+
+def test_a_big_request_goes_to_the_worker_even_with_nothing_in_flight(rig):
+    b = rig()
+    b.vdev.inline_max_bytes = 4096
+    vq = b.vqs[0]
+    req = BlkRequests(vq).submit(T_IN, 0, in_len=8192)
+    b.drv.kick(0)                                  # returns with the backend still blocked
+    assert b.gated.entered.wait(10)
+    assert b.gated.calls[0][1] != threading.get_ident() and vq.used_idx() == 0
+    b.gated.gate.set()
+    b.vdev.drain()
+    assert [h for h, _ in vq.get_used()] == [req.head]
+
+
+def test_a_kick_completes_what_the_worker_finished_before_it(rig):
+    """Completions reach the ring at the next kick too, not only when the run loop polls."""
+    b = rig()
+    vq = b.vqs[0]
+    blk = BlkRequests(vq)
+    a = blk.submit(T_IN, 0, in_len=512)
+    b.drv.kick(0)
+    b.gated.gate.set()
+    b.io.wait(10)
+    assert vq.used_idx() == 0
+    c = blk.submit(T_IN, 1, in_len=512)
+    b.drv.kick(0)                                  # completes a (and perhaps c already)
+    assert [h for h, _ in vq.get_used()][:1] == [a.head]
+    b.vdev.drain()
+    assert blk.result(a) == (pattern(DISK)[:512], S_OK) and blk.result(c) == (pattern(DISK)[512:1024], S_OK)
+
+
+@pytest.mark.parametrize("how", ["no_interrupt", "used_event"])
+def test_a_polling_driver_finds_its_oldest_request_done_when_the_kick_returns(rig, how):
+    """A driver that switched used-buffer interrupts off will spin on the used ring: the kick
+    has the oldest request finished (on the worker) and completes it before returning, so the
+    guest needs no slice boundary to see it. The later ones complete later, in order."""
+    b = rig(gated=False)
+    vq = b.vqs[0]
+    if how == "no_interrupt":
+        b.vdev.queues[0].event_idx = False
+        vq.set_avail_flags(1)                      # VIRTQ_AVAIL_F_NO_INTERRUPT
+    else:
+        vq.set_used_event(0xFFFF)                  # as far behind as it goes
+    blk = BlkRequests(vq)
+    reqs = [blk.submit(T_IN, 2 * i, in_len=1024) for i in range(4)]
+    b.drv.kick(0)
+    assert vq.used_idx() >= 1
+    assert vq.get_used()[0][0] == reqs[0].head
+    b.vdev.drain()
+    for i, r in enumerate(reqs):
+        assert blk.result(r) == (pattern(DISK)[i * 1024:(i + 1) * 1024], S_OK)
+
+
+def test_a_driver_that_wants_interrupts_is_not_held_at_the_kick(rig):
+    b = rig()                                      # used_event 0: the next completion interrupts
+    vq = b.vqs[0]
+    BlkRequests(vq).submit(T_IN, 0, in_len=512)
+    b.drv.kick(0)                                  # returns with the backend still blocked
+    assert b.gated.entered.wait(10) and vq.used_idx() == 0
+    assert not b.vdev.queues[0].driver_polls()
+    b.gated.gate.set()
+    b.vdev.drain()
+    assert vq.used_idx() == 1
+
+
+def test_driver_polls_reads_the_drivers_interrupt_suppression(rig):
+    b = rig(gated=False)
+    q, vq = b.vdev.queues[0], b.vqs[0]
+    assert q.event_idx and not q.inflight
+    vq.set_used_event(0)
+    assert q.driver_polls()                        # nothing in flight: no interrupt will come
+    q.inflight.update({0, 3})                      # two in flight, used_idx 0
+    assert not q.driver_polls()                    # used_event 0 is reached by the first
+    vq.set_used_event(1)
+    assert not q.driver_polls()                    # ... by the second
+    vq.set_used_event(2)
+    assert q.driver_polls()                        # by neither
+    vq.set_used_event(0xFFFF)
+    assert q.driver_polls()
+    q.event_idx = False
+    vq.set_avail_flags(0)
+    assert not q.driver_polls()
+    vq.set_avail_flags(1)
+    assert q.driver_polls()
+    q.inflight.clear()
+    q.reset()
+    assert not q.driver_polls()                    # no rings, nothing to say
+
+
+def test_the_worker_looks_for_work_before_it_sleeps():
+    """Within its polling window (poll-max-ns) a new job needs no wake-up token; with a
+    window of 0 the worker sleeps at once, and each job after a pause sends one."""
+    import time
+
+    class Owner:
+        def io_batch_done(self):
+            pass
+
+    for poll_ns, tokens_expected in ((10 ** 10, 0), (0, 2)):
+        io = IoThread("t", poll_ns)
+        puts: list = []
+        for i in range(3):
+            io.submit(Owner(), lambda: 1, lambda r: None)
+            io.drain()
+            if i == 0:                             # the thread exists now: count from here
+                io._tokens = _Counting(io._tokens, puts)
+            deadline = time.monotonic() + 5
+            while poll_ns == 0 and not io._idle and time.monotonic() < deadline:
+                time.sleep(0.001)                  # let it fall asleep
+        assert len(puts) == tokens_expected, poll_ns
+        io.close()
+
+
+class _Counting:
+    def __init__(self, inner, puts):
+        self.inner, self.puts = inner, puts
+
+    def put(self, v):
+        self.puts.append(v)
+        self.inner.put(v)
+
+    def get(self, *a):
+        return self.inner.get(*a)
+
+
 # ------------------------------------------------------------------ bounded work per notify
 
 
@@ -354,6 +508,7 @@ def test_the_board_gives_devices_their_iothread_and_a_bottom_half(tmp_path):
     try:
         d0, d1 = m.drives["d0"][1], m.drives["d1"][1]
         assert d0.iothread is m.iothreads["io0"] and d1.iothread is None
+        assert m.iothreads["io0"].poll_ns == 1000  # the worker's polling window, as QEMU's
         ran = []
         m.bottom_half(lambda: ran.append(m.clock.now))
         m.run(max_instructions=5000)
@@ -434,6 +589,7 @@ def test_the_cpu_hears_of_every_byte_an_io_thread_request_wrote(tmp_path):
                             "-drive", f"file={img},format=raw,if=none,id=d0",
                             "-device", "virtio-blk-pci,drive=d0,iothread=io0"]))
     try:
+        m.drives[list(m.drives)[0]][1].inline_max_bytes = -1     # to the worker, not inline
         drv = ModernPci(m.devices["virtio-blk0"], m.mem)
         vq = drv.init(Allocator(m.mem, start=8 << 20))[0]
         req = BlkRequests(vq).submit(T_IN, 0, in_len=8192)

@@ -240,6 +240,16 @@ def test_driver_event_flags_disable_and_enable_interrupts(make):
     assert b.vdev.isr & 1
 
 
+def test_a_driver_that_disabled_interrupts_polls(make):
+    """What the I/O thread's kick reads to decide whether the guest will spin (blk.py)."""
+    b = packed_bench(make)
+    ring = start(b, size=8)
+    q = b.vdev.queues[0]
+    for flags, polls in ((DISABLE, True), (ENABLE, False), (DESC, False)):
+        ring.set_driver_event(0, flags)
+        assert q.driver_polls() is polls
+
+
 def test_driver_event_desc_interrupts_only_when_its_slot_is_used(make):
     b = packed_bench(make)
     ring = start(b, size=8)

@@ -212,6 +212,13 @@ class PackedQueue(SplitQueue):
             off -= self.size                      # the slot is on the previous lap
         return ((new - off - 1) & 0xFFFF) < ((new - old) & 0xFFFF)
 
+    def driver_polls(self) -> bool:
+        """Has the driver disabled used-buffer notifications (flags DISABLE)? Then it polls
+        the ring (see SplitQueue.driver_polls)."""
+        if not self.active:
+            return False
+        return _EVENT.unpack_from(self.mem.buf, self._a)[1] == RING_EVENT_FLAGS_DISABLE
+
     def _ask_for_kicks(self) -> None:
         """The device's event suppression structure: ENABLE, or with EVENT_IDX a kick once the
         driver makes the slot after the last one seen available (DESC). The device never

@@ -473,6 +473,19 @@ class SplitQueue:
             return not valid or ((new - used_event - 1) & 0xFFFF) < ((new - old) & 0xFFFF)
         return not (_U16.unpack_from(buf, self._a)[0] & VIRTQ_AVAIL_F_NO_INTERRUPT)
 
+    def driver_polls(self) -> bool:
+        """Has the driver switched used-buffer notifications off for every chain now in flight
+        (NO_INTERRUPT, or with EVENT_IDX a used_event no completion of them reaches)? Then it
+        looks at the used ring itself rather than wait for an interrupt. A hint for when to
+        complete, never used to index anything."""
+        if not self.active:
+            return False
+        buf = self.mem.buf
+        if self.event_idx:
+            used_event = _U16.unpack_from(buf, self._a + 4 + 2 * self.size)[0]
+            return ((used_event - self.used_idx) & 0xFFFF) >= len(self.inflight)
+        return bool(_U16.unpack_from(buf, self._a)[0] & VIRTQ_AVAIL_F_NO_INTERRUPT)
+
     def _ask_for_kicks(self) -> None:
         """Ask the driver to kick for what it adds next: with EVENT_IDX avail_event = the avail
         index seen so far, else used->flags without NO_NOTIFY. The device never turns kicks off

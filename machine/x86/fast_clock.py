@@ -69,6 +69,7 @@ class FastClock:
         self._uc = uc
         self._fn = _function()
         ui.self_test_block_clock(self._fn, _State, STOP_BUDGET, bytes_per_insn())
+        ui.self_test_access_exit_checks()         # see Cpu._set_fast
         st = self._state = _State()
         api = ui.native_api()
         st.reg_read, st.emu_stop = api["uc_reg_read"], api["uc_emu_stop"]
@@ -97,8 +98,7 @@ class FastClock:
         """Remove the hook (the caller flushes translated code, which may still call it; the
         function and its state stay alive, so such a call is harmless meanwhile)."""
         if self._handle is not None:
-            with ui.identity_walks(self._uc, raw):       # hook_del drops blocks by address
-                ui.native_hook_del(self._uc, self._handle)
+            ui.native_hook_del(self._uc, self._handle, raw)
             self._handle = None
 
     def start(self, budget: int, if_watch: bool, chain: bool = True) -> None:

@@ -106,8 +106,7 @@ class RepString:
         """Unregister it, while another native hook calls it (the caller flushes translated
         code; until then stale blocks may still call it, which is harmless)."""
         if self.handle is not None:
-            with ui.identity_walks(self._uc, raw):
-                ui.native_hook_del(self._uc, self.handle)
+            ui.native_hook_del(self._uc, self.handle, raw)
             self.handle = None
 
     def sync_ranges(self) -> None:

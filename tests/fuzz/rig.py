@@ -106,9 +106,10 @@ def make_image(path: Path, sectors: int = IMAGE_SECTORS) -> bytes:
 def build(tmp_path: Path, payload: bytes, *, readonly: bool = False, snapshot: bool = False,
           device_props: dict[str, str] | None = None, no_reboot: bool = True,
           ram_size: int = RAM_SIZE, image: Path | None = None, rom_source: str = STUB_ROM_SOURCE,
-          exit_after: bool = True, extra_drives: int = 0) -> Machine:
+          exit_after: bool = True, extra_drives: int = 0, icount: bool = True) -> Machine:
     """The machine with `payload` (+ an exit with status 1 after it when `exit_after`) at
-    PAYLOAD. The image must exist (make_image)."""
+    PAYLOAD, in the exact clock mode or (`icount=False`) the fast one. The image must exist
+    (make_image)."""
     rom = tmp_path / "rom.bin"
     if not rom.exists() or rom_source != STUB_ROM_SOURCE:
         rom.write_bytes(rom_image(rom_source))
@@ -116,7 +117,7 @@ def build(tmp_path: Path, payload: bytes, *, readonly: bool = False, snapshot: b
     props = {"drive": "d0"}
     props.update(device_props or {})
     config = MachineConfig(
-        ram_size=ram_size, bios=rom, serial=CharDev("null"), no_reboot=no_reboot,
+        ram_size=ram_size, bios=rom, serial=CharDev("null"), no_reboot=no_reboot, icount=icount,
         drives=[DriveConfig(file=image, interface="none", id="d0", readonly=readonly,
                             snapshot=snapshot)],
         devices=[DeviceConfig("isa-debug-exit", {"iobase": hex(EXIT_PORT), "iosize": "1"}),
