@@ -741,6 +741,7 @@ def test_the_completion_trace_reports_the_host_latency_in_microseconds(tmp_path,
     if iothread:
         from machine.iothread import IoThread
         b.vdev.iothread = IoThread("io0")
+        b.vdev.inline_max_bytes = 0                  # through the I/O thread, not inline in the kick
     out = io.StringIO()
     trace.set_output(out)
     try:
@@ -772,6 +773,7 @@ def test_a_completion_event_no_one_enabled_reaches_no_listener(tmp_path, iothrea
     if iothread:
         from machine.iothread import IoThread
         b.vdev.iothread = IoThread("io0")
+        b.vdev.inline_max_bytes = 0                  # through the I/O thread, not inline in the kick
     trace.listen("virtqueue_*")
     trace.add_listener(listener)
     try:
