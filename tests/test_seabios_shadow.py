@@ -196,6 +196,7 @@ def test_virtqueue_rings_in_shadow_ram_follow_the_pam_registers(tmp_path):
 
         sh.pam_changed(0x5E, 0x00)                     # the bus: the rings are nowhere
         assert b.needs_reset and type(b.vdev.error) is RingsNotInRam
+        assert b.vdev.state().queues[0].active is False
     finally:
         b.close()
 

@@ -7,7 +7,7 @@ import struct
 import pytest
 
 from virtio_driver import (F_EVENT_IDX, F_INDIRECT, F_VERSION_1, S_IOERR, S_OK, S_UNSUPP, T_DISCARD,
-                           T_FLUSH, T_GET_ID, T_IN, T_OUT, T_WRITE_ZEROES, benches, pattern)
+                           T_FLUSH, T_GET_ID, T_IN, T_OUT, T_WRITE_ZEROES, BlkRequests, benches, pattern)
 from machine.virtio import blk as B
 from machine.virtio import spec as S
 from machine.virtio.blk_request import IoError, RequestError, SegmentTooShort, Unsupported
@@ -368,6 +368,16 @@ def test_short_discard_payload_sets_needs_reset(make):
     b.drv.kick(0)
     assert b.needs_reset and b.vqs[0].get_used() == []
     assert type(b.vdev.error) is SegmentTooShort
+    assert str(b.vdev.error) == "virtio-blk discard/write_zeroes header too short"
+
+
+def test_strict_short_write_zeroes_payload_with_only_that_feature_sets_needs_reset(make):
+    # The segment is required by the request's own feature (WRITE_ZEROES), not DISCARD's.
+    b = make(props={"strict": "on"})
+    b.start(features=b.drv.device_features() & ~(1 << S.VIRTIO_BLK_F_DISCARD))
+    b.blk.submit(T_WRITE_ZEROES, 0, out=b"\0" * 8)
+    b.drv.kick(0)
+    assert b.needs_reset and type(b.vdev.error) is SegmentTooShort
 
 
 def test_strict_short_discard_payload_without_the_feature_is_unsupp_not_a_ring_error(make):
@@ -760,3 +770,157 @@ def test_sectors_per_track_round_down_only_when_a_track_splits_a_block(make):
              props={"heads": "128", "secs": "63", "logical_block_size": "4096"})
     heads, secs = B.CONFIG.unpack(bytes(b.vdev.config))[4:6]
     assert (heads, secs) == (128, 63)
+
+
+# ------------------------------------------------------------------ host failures, one by one
+
+def _raise(err):
+    def fail(*args, **kwargs):
+        raise OSError(err, os.strerror(err))
+    return fail
+
+
+def _short_read(b):
+    real = b.backend.readv
+    return lambda off, bufs: real(off, bufs) - 100
+
+
+NO_FLUSH = ~(1 << S.VIRTIO_BLK_F_FLUSH) & ~(1 << S.VIRTIO_BLK_F_CONFIG_WCE)     # writethrough
+
+HOST_FAILURES = {
+    # name: (backend method, its replacement, features mask, request, the -d guest_errors line, used.len)
+    "read error": ("readv", lambda b: _raise(5), -1, dict(rtype=T_IN, in_len=1024),
+                   "virtio-blk: read error: [Errno 5] Input/output error", 1),
+    "short read": ("readv", _short_read, -1, dict(rtype=T_IN, in_len=1024), "", 1024 - 100 + 1),
+    "write error": ("writev", lambda b: _raise(28), -1, dict(rtype=T_OUT, out=b"w" * 512),
+                    "virtio-blk: write error: [Errno 28] No space left on device", 1),
+    "short write": ("writev", lambda b: lambda off, bufs: 100, -1, dict(rtype=T_OUT, out=b"w" * 512), "", 1),
+    "flush error": ("flush", lambda b: _raise(5), -1, dict(rtype=T_FLUSH),
+                    "virtio-blk: flush failed: [Errno 5] Input/output error", 1),
+    "writethrough sync error": ("flush", lambda b: _raise(5), NO_FLUSH, dict(rtype=T_OUT, out=b"w" * 512),
+                                "virtio-blk: sync failed: [Errno 5] Input/output error", 1),
+    "discard error": ("discard", lambda b: _raise(95), -1, dict(rtype=T_DISCARD, out=seg(0, 8)),
+                      "virtio-blk: discard failed: [Errno 95] Operation not supported", 1),
+    "write zeroes error": ("write_zeroes", lambda b: _raise(5), -1, dict(rtype=T_WRITE_ZEROES, out=seg(0, 8)),
+                           "virtio-blk: write zeroes failed: [Errno 5] Input/output error", 1),
+}
+
+
+@pytest.mark.parametrize("case", HOST_FAILURES)
+@pytest.mark.parametrize("policy", ["report", "stop"])
+def test_a_host_failure_is_logged_and_follows_the_error_policy(make, monkeypatch, guest_errors, case, policy):
+    """Each way the host can fail a request: the -d guest_errors line, IOERR with the bytes
+    already written counted in used.len (report), or the request parked for `cont` (stop)."""
+    method, replacement, mask, req, log, used_len = HOST_FAILURES[case]
+    b = make(discard="unmap", werror=policy, rerror=policy)
+    b.start(features=b.drv.device_features() & mask)
+    monkeypatch.setattr(b.backend, method, replacement(b))
+    kw = dict(req)
+    rtype = kw.pop("rtype")
+    r = BlkRequests(b.vqs[0]).submit(rtype, 0, **kw)
+    b.drv.kick(0)
+    assert guest_errors.getvalue() == (log + "\n" if log else "")
+    if policy == "stop":
+        assert [req.head for _, req in b.vdev.parked] == [r.head] and b.vqs[0].get_used() == []
+    else:
+        assert b.vdev.parked == [] and b.vqs[0].get_used() == [(r.head, used_len)]
+        assert BlkRequests(b.vqs[0]).result(r)[1] == S_IOERR
+
+
+@pytest.mark.parametrize("policy, status", [("report", S_IOERR), ("ignore", S_OK)])
+def test_after_a_failed_flush_every_flush_fails_and_follows_the_policy(make, monkeypatch, policy, status):
+    """After a failed fdatasync the kernel may have dropped the dirty pages: later flushes
+    fail too (even once the host would succeed), as host errors the policy decides about."""
+    b = make(werror=policy).start()
+    monkeypatch.setattr(b.backend, "flush", _raise(5))
+    assert b.run(T_FLUSH)[1] == status
+    monkeypatch.setattr(b.backend, "flush", lambda: None)
+    assert b.run(T_FLUSH)[1] == status
+    b.backend.on_write_error = "stop"
+    r = BlkRequests(b.vqs[0]).submit(T_FLUSH)
+    b.drv.kick(0)
+    assert [req.head for _, req in b.vdev.parked] == [r.head]
+
+
+def test_only_reads_and_writes_emit_the_read_and_write_events(make):
+    """virtio_blk_handle_read / _write are for IN and OUT only (FLUSH, GET_ID, DISCARD and
+    WRITE_ZEROES have none, as on QEMU)."""
+    import io
+    import sys
+    from machine import trace
+    b = make(discard="unmap").start()
+    out = io.StringIO()
+    trace.set_output(out)
+    trace.enable("virtio_blk_handle_*")
+    try:
+        b.run(T_FLUSH)
+        b.run(T_GET_ID, in_len=20)
+        b.run(T_DISCARD, 0, out=seg(0, 8))
+        b.run(T_WRITE_ZEROES, 0, out=seg(0, 8))
+        assert out.getvalue() == ""
+        b.run(T_OUT, 2, out=b"w" * 512)
+        b.run(T_IN, 2, in_len=512)
+    finally:
+        trace.disable_all()
+        trace.set_output(sys.stderr)
+    assert out.getvalue() == ("virtio_blk_handle_write vdev=virtio-blk req=8 sector=2 nsectors=1\n"
+                              "virtio_blk_handle_read vdev=virtio-blk req=10 sector=2 nsectors=1\n")
+
+
+class _AddsARequestWhileServing:
+    """A backend whose first read makes one more request available on the ring, as a driver on
+    another vCPU may while the device is serving a kick."""
+
+    def __init__(self, inner, add):
+        self.inner, self.add = inner, add
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    def readv(self, offset, bufs):
+        if self.add is not None:
+            add, self.add = self.add, None
+            add()
+        return self.inner.readv(offset, bufs)
+
+
+@pytest.mark.parametrize("packed", [False, True])
+def test_a_request_made_available_during_a_kick_is_served_by_that_kick(make, packed):
+    from test_virtio_packed import start
+    b = make(props={"packed": "on"} if packed else None)
+    ring = start(b) if packed else b.start().vqs[0]
+    blk = BlkRequests(ring)
+    later = []
+    b.vdev.backend = _AddsARequestWhileServing(b.vdev.backend, lambda: later.append(blk.submit(T_IN, 1, in_len=512)))
+    first = blk.submit(T_IN, 0, in_len=512)
+    b.drv.kick(0)                                   # the only kick
+    assert [h for h, _ in ring.get_used()] == [first.head, later[0].head]
+
+
+@pytest.mark.parametrize("features, writeback", [
+    (~(1 << S.VIRTIO_BLK_F_FLUSH), 0),                                    # CONFIG_WCE alone: writethrough
+    (~(1 << S.VIRTIO_BLK_F_FLUSH) & ~(1 << S.VIRTIO_BLK_F_CONFIG_WCE), 1),  # neither: the field is left as it is
+    (-1, 1),
+])
+def test_the_writeback_field_starts_writethrough_only_for_config_wce_without_flush(make, features, writeback):
+    b = make()
+    b.start(features=b.drv.device_features() & features)
+    assert b.drv.cfg_read(B.OFF_WRITEBACK, 1) == writeback
+
+
+def test_the_geometry_caps_cylinders_at_16383(tmp_path):
+    """As QEMU: cylinders = capacity / (16 heads x 63 sectors), at most 16383 (a sparse image
+    of 16384 such cylinders)."""
+    from machine.block import open_drive
+    from machine.config import DriveConfig
+    from machine.memory import GuestMemory
+    from machine.virtio.blk_pci import create_virtio_blk_pci
+    p = tmp_path / "big.img"
+    with open(p, "wb") as f:
+        f.truncate(16384 * 16 * 63 * SECT)
+    backend = open_drive(DriveConfig(file=p))
+    try:
+        dev = create_virtio_blk_pci(backend, {}, GuestMemory(4 << 20))
+        assert dev.vdev.config_read(16, 2) == 16383
+    finally:
+        backend.close()

@@ -12,6 +12,7 @@ import pytest
 
 from machine.config import ConfigError
 from machine.iothread import IoThread
+from machine.virtio.queue import BadHeadIndex
 from virtio_driver import (S_OK, T_FLUSH, T_IN, T_OUT, BlkRequests, Bench, RamWatch, pattern)
 
 DISK = 1 << 20
@@ -440,6 +441,55 @@ def test_a_bottom_half_after_a_reset_does_nothing(tmp_path):
         b.close()
 
 
+
+@pytest.mark.parametrize("state", ["live", "replaced", "past-the-end", "inactive", "broken",
+                                   "not-driver-ok", "no-bus-master"])
+def test_a_bottom_half_serves_its_queue_only_while_queue_and_device_are_live(tmp_path, state):
+    """resume_queue (the bottom half of a bounded notify) runs the queue's handler again only
+    for the device's current, active queue of a working, DRIVER_OK device that may do DMA."""
+    from machine.virtio.queue import SplitQueue
+    from virtio_driver import DRIVER_OK
+    b = Bench(tmp_path, disk_size=DISK).start()
+    try:
+        q = b.vdev.queues[0]
+        if state == "replaced":                   # a queue object from before a layout swap
+            q = SplitQueue.like(q)
+            q.activate()
+        elif state == "past-the-end":             # a queue the device no longer has
+            q = SplitQueue(1, 256, None, b.mem)
+        elif state == "inactive":
+            b.drv.common_write(0x16, 2, 0)
+            b.drv.common_write(0x3A, 2, 1)        # queue_reset
+        elif state == "broken":
+            b.vdev.virtio_error(BadHeadIndex("broken on purpose"))
+        elif state == "not-driver-ok":
+            b.vdev.status &= ~DRIVER_OK
+        elif state == "no-bus-master":
+            b.dev.config_write(0x04, 2, 0x0003)
+        served = []
+        q.handler = served.append
+        b.vdev.resume_queue(q)
+        assert served == ([q] if state == "live" else [])
+    finally:
+        b.close()
+
+
+def test_a_ring_error_in_a_bottom_half_breaks_the_device_with_its_reason(tmp_path):
+    b = Bench(tmp_path, disk_size=DISK).start()
+    try:
+        error = BadHeadIndex("Guest says index 300 is available")
+
+        def handler(q):
+            raise error
+        q = b.vdev.queues[0]
+        q.handler = handler
+        b.vdev.resume_queue(q)
+        assert b.vdev.broken and b.vdev.error is error
+        assert b.vdev.state().error == "Guest says index 300 is available"
+    finally:
+        b.close()
+
+
 # ------------------------------------------------------------------ the board and the command line
 
 
@@ -559,3 +609,124 @@ def test_the_cpu_hears_of_every_byte_an_io_thread_request_wrote(tmp_path):
         assert any(b <= vq.used + 2 < e for b, e in heard)   # the used index
     finally:
         m.close()
+
+
+def test_a_read_past_an_image_truncated_behind_the_device_updates_the_capacity(rig):
+    """On the I/O thread too: a failed read tells the CPU thread to look at the image size
+    again, which then shrinks the capacity and raises a config change."""
+    import os
+    b = rig(gated=False)
+    os.truncate(b.path, DISK // 2)
+    assert b.vdev.capacity == DISK // 512
+    vq = b.vqs[0]
+    req = BlkRequests(vq).submit(T_IN, DISK // 512 - 1, in_len=512)
+    b.drv.kick(0)
+    b.vdev.drain()
+    assert BlkRequests(vq).result(req)[1] != S_OK
+    assert b.vdev.capacity == DISK // 2 // 512 and b.vdev.isr & 2
+
+
+def test_a_completion_for_a_device_broken_meanwhile_is_dropped(rig):
+    b = rig()
+    vq = b.vqs[0]
+    BlkRequests(vq).submit(T_IN, 0, in_len=512)
+    b.drv.kick(0)
+    assert b.gated.entered.wait(10)
+    b.vdev.virtio_error(BadHeadIndex("Guest says index 300 is available"))   # the queue stays active
+    b.gated.gate.set()
+    b.vdev.drain()
+    assert b.vdev.queues[0].active and vq.get_used() == []
+
+
+def test_a_bottom_half_is_deferred_with_its_queue_index(tmp_path):
+    """The bottom half names its queue, so a snapshot can save it as that queue's."""
+    b = Bench(tmp_path, disk_size=DISK, props={"num-queues": "2"}).start(nqueues=2)
+    try:
+        deferred = []
+        b.vdev.defer = lambda fn, queue=None: deferred.append(queue)
+        b.vdev.notify_max_requests = 1
+        blk = BlkRequests(b.vqs[1])
+        blk.submit(T_IN, 0, in_len=512)
+        blk.submit(T_IN, 1, in_len=512)
+        b.drv.kick(1)
+        assert deferred == [1]
+    finally:
+        b.close()
+
+
+def test_the_byte_budget_stops_a_notify_once_reached(tmp_path):
+    """notify_max_bytes: the request that reaches the budget is the last of the notify."""
+    b = Bench(tmp_path, disk_size=DISK).start()
+    try:
+        b.vdev.notify_max_bytes = 16 + 512 + 1          # exactly one read of a sector
+        blk = BlkRequests(b.vqs[0])
+        for i in range(3):
+            blk.submit(T_IN, i, in_len=512)
+        b.drv.kick(0)
+        assert len(b.vqs[0].get_used()) == 1
+    finally:
+        b.close()
+
+
+@pytest.mark.parametrize("held_sectors, interrupt", [((0, 1), False), ((0,), True), ((), True)])
+def test_requests_held_by_a_delay_rule_do_not_interrupt(tmp_path, held_sectors, interrupt):
+    """A kick whose requests a [delay] rule all holds raises no interrupt; one that completes
+    any does."""
+    from machine.clock import VirtualClock
+    conf = tmp_path / "delay.conf"
+    conf.write_text("".join(f'[delay]\nevent = "read_aio"\nsector = "{s}"\nlatency-ns = "5000"\n'
+                            for s in held_sectors) or '[delay]\nevent = "read_aio"\nsector = "99"\nlatency-ns = "5"\n')
+    b = Bench(tmp_path, disk_size=DISK, blkdebug=conf).start()
+    try:
+        b.vdev.clock = VirtualClock()
+        b.vdev.timer_key = "virtio-blk0"
+        b.drv.isr()
+        blk = BlkRequests(b.vqs[0])
+        blk.submit(T_IN, 0, in_len=512)
+        blk.submit(T_IN, 1, in_len=512)
+        b.drv.kick(0)
+        assert len(b.vdev.delayed) == len(held_sectors)
+        assert bool(b.vdev.isr & 1) is interrupt
+    finally:
+        b.close()
+
+
+
+def test_discard_and_write_zeroes_on_the_io_thread(rig):
+    import struct
+    from virtio_driver import T_DISCARD, T_WRITE_ZEROES
+    b = rig(gated=False, discard="unmap")
+    vq = b.vqs[0]
+    blk = BlkRequests(vq)
+    reqs = [blk.submit(t, 0, out=struct.pack("<QII", 8, 8, 0)) for t in (T_WRITE_ZEROES, T_DISCARD)]
+    b.drv.kick(0)
+    b.vdev.drain()
+    assert [blk.result(r)[1] for r in reqs] == [S_OK, S_OK]
+    assert b.image()[8 * 512:16 * 512] == bytes(8 * 512)
+    blk.submit(T_DISCARD, 0, out=b"\0" * 8)                # a segment cut short: a ring error
+    b.drv.kick(0)
+    b.vdev.drain()
+    assert b.needs_reset and b.vdev.state().error == "virtio-blk discard/write_zeroes header too short"
+
+
+def test_a_request_the_worker_had_not_started_when_its_queue_was_reset_never_runs(tmp_path):
+    """A queue reset with a request still waiting for the I/O thread: the request is dropped
+    (its write never reaches the image), as every request of a reset queue."""
+    b = Bench(tmp_path, disk_size=DISK)
+    io = IoThread("io0")
+    io._thread = threading.current_thread()        # a worker the host never schedules
+    b.vdev.iothread = io
+    b.vdev.inline_max_bytes = 0                    # a lone small request would run in the kick
+    try:
+        b.start()
+        before = b.image()
+        BlkRequests(b.vqs[0]).submit(T_OUT, 0, out=b"w" * 512)
+        b.drv.kick(0)
+        assert io.in_flight == 1
+        b.drv.common_write(0x16, 2, 0)
+        b.drv.common_write(0x3A, 2, 1)             # queue reset: drains, the job runs here
+        assert io.in_flight == 0 and b.image() == before
+    finally:
+        io._thread = None
+        io.close()
+        b.close()

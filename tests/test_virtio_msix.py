@@ -305,3 +305,28 @@ def test_monitor_shows_vectors_masks_and_pending(make):
     assert "config_vector:           0" in status
     assert "queue 0 vector:          1 (masked, pending)" in status
     assert "msix_vector:          1" in mon.execute("info virtio-queue-status virtio-blk 0")
+
+
+def test_the_boards_msi_sink_given_at_creation_gets_the_messages(tmp_path):
+    from types import SimpleNamespace
+    from machine.block import open_drive
+    from machine.config import DriveConfig
+    from machine.memory import GuestMemory
+    from machine.virtio.blk_pci import create_virtio_blk_pci
+    from virtio_driver import ModernPci
+    p = tmp_path / "d.img"
+    p.write_bytes(bytes(1 << 20))
+    backend = open_drive(DriveConfig(file=p))
+    sink = Sink()
+    try:
+        mem = GuestMemory(4 << 20)
+        dev = create_virtio_blk_pci(backend, {}, mem, msi_send=sink.send)
+        drv = ModernPci(dev, mem)
+        b = SimpleNamespace(dev=dev)
+        program(b, 0, APIC, 0x41)
+        enable(b)
+        drv.common_write(0x10, 2, 0)                     # config changes to vector 0
+        dev.vdev.notify_config()
+        assert sink.sent == [(APIC, 0x41)]
+    finally:
+        backend.close()

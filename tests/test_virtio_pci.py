@@ -81,22 +81,60 @@ def test_geometry_sectors_with_4k_blocks_as_qemu(make, disk_size, secs):
 
 
 @pytest.mark.parametrize("props,msg", [
-    ({"disable-legacy": "on", "disable-modern": "on"}, "neither modern nor legacy"),
-    ({"bogus": "1"}, "bogus"),
-    ({"queue-size": "100"}, "power of 2"),
-    ({"queue-size": "2048"}, "queue-size"),
-    ({"num-queues": "0"}, "num-queues"),
-    ({"config-wce": "maybe"}, "config-wce"),
-    ({"logical_block_size": "1000"}, "logical_block_size"),
-    ({"disable-legacy": "sometimes"}, "disable-legacy"),
+    ({"disable-legacy": "on", "disable-modern": "on"}, "device cannot work as neither modern nor legacy mode is enabled"),
+    ({"bogus": "1"}, "virtio-blk: unknown property 'bogus'"),
+    ({"queue-size": "100"}, "queue-size property must be a power of 2"),
+    ({"queue-size": "2048"}, "Property 'queue-size' value 2048 is out of range [2, 1024]"),
+    ({"num-queues": "0"}, "Property 'num-queues' value 0 is out of range [1, 1024]"),
+    ({"config-wce": "maybe"}, "Property 'config-wce' doesn't take value 'maybe' (use 'on' or 'off')"),
+    ({"logical_block_size": "1000"}, "Property logical_block_size must be a power of 2"),
+    ({"disable-legacy": "sometimes"}, "Property 'disable-legacy' doesn't take value 'sometimes' (use 'on', 'off' or 'auto')"),
+    ({"disable-modern": "x"}, "Property 'disable-modern' doesn't take value 'x' (use 'on', 'off' or 'auto')"),
+    ({"bootindex": "-2"}, "Property 'bootindex' value -2 is out of range [-1, 65535]"),
+    ({"bootindex": "65536"}, "Property 'bootindex' value 65536 is out of range [-1, 65535]"),
+    ({"bootindex": "x"}, "Property 'bootindex' expects an integer, not 'x'"),
+    ({"ioeventfd": "maybe"}, "Property 'ioeventfd' doesn't take value 'maybe' (use 'on' or 'off')"),
+    ({"strict": "2"}, "Property 'strict' doesn't take value '2' (use 'on' or 'off')"),
+    ({"queue_reset": "maybe"}, "Property 'queue_reset' doesn't take value 'maybe' (use 'on' or 'off')"),
+    ({"packed": "1"}, "Property 'packed' doesn't take value '1' (use 'on' or 'off')"),
+    ({"vectors": "2049"}, "Property 'vectors' value 2049 is out of range [0, 2048]"),
+    ({"vectors": "-1"}, "Property 'vectors' value -1 is out of range [0, 2048]"),
+    ({"iothread": "io9"}, "Device 'io9' not found"),
+    ({"max-discard-sectors": "1.5"}, "Property 'max-discard-sectors' expects an integer, not '1.5'"),
 ])
 def test_bad_properties_are_config_errors(tmp_path, props, msg):
     p = tmp_path / "d.img"
     p.write_bytes(bytes(4096))
     be = open_drive(DriveConfig(file=p))
     try:
-        with pytest.raises(ConfigError, match=msg):
+        with pytest.raises(ConfigError) as e:
             create_virtio_blk_pci(be, props, GuestMemory(4 << 20))
+        assert str(e.value) == msg
+    finally:
+        be.close()
+
+
+@pytest.mark.parametrize("props, legacy, modern, vectors", [
+    ({"bootindex": "-1", "ioeventfd": "on"}, True, True, 2),
+    ({"bootindex": "65535", "ioeventfd": "off"}, True, True, 2),
+    ({"disable-legacy": "auto"}, True, True, 2),            # a conventional PCI bus: legacy on
+    ({"disable-legacy": " YES "}, False, True, 2),
+    ({"disable-legacy": "y", "disable-modern": "n"}, False, True, 2),
+    ({"disable-modern": "True", "disable-legacy": "false"}, True, False, 2),
+    ({"disable-modern": "auto"}, True, True, 2),
+    ({"vectors": "0"}, True, True, 0),
+    ({"vectors": "2048"}, True, True, 2048),
+    ({"vectors": "0x10", "num-queues": "3"}, True, True, 16),
+    ({"num-queues": "3"}, True, True, 4),                    # one per queue and one for config
+])
+def test_property_spellings_and_defaults(tmp_path, props, legacy, modern, vectors):
+    p = tmp_path / "d.img"
+    p.write_bytes(bytes(4096))
+    be = open_drive(DriveConfig(file=p))
+    try:
+        dev = create_virtio_blk_pci(be, props, GuestMemory(4 << 20))
+        assert (dev.legacy, dev.modern) == (legacy, modern)
+        assert (0 if dev.msix is None else dev.msix.nvectors) == vectors
     finally:
         be.close()
 
@@ -877,3 +915,361 @@ def test_legacy_pfn_write_for_a_missing_queue_is_ignored(make):
     b.drv.bar.write(0x0E, 2, 9)
     b.drv.bar.write(0x08, 4, 0x100)
     assert not any(q.enabled for q in b.vdev.queues)
+
+
+# ------------------------------------------------------------------ -d guest_errors, word for word
+
+GUEST_ERRORS = {
+    # (legacy interface?, steps on the driver after start(), the exact log)
+    "queue_size of a missing queue": (False, lambda b: (b.drv.common_write(0x16, 2, 5), b.drv.common_write(0x18, 2, 64)),
+                                      "virtio-blk-pci: queue_size write for queue 5 which does not exist"),
+    "queue_size after enable": (False, lambda b: (b.drv.common_write(0x16, 2, 0), b.drv.common_write(0x18, 2, 64)),
+                                "virtio-blk-pci: queue_size write to queue 0 after enable ignored"),
+    "queue_size not a power of 2": (False, lambda b: (b.drv.common_write(0x16, 2, 0), b.drv.common_write(0x3A, 2, 1),
+                                                      b.drv.common_write(0x18, 2, 100)),
+                                    "virtio-blk-pci: queue_size 100 for queue 0 refused (max 256)"),
+    "queue_reset of a missing queue": (False, lambda b: (b.drv.common_write(0x16, 2, 5), b.drv.common_write(0x3A, 2, 1)),
+                                       "virtio-blk-pci: queue_reset=1 for queue 5 ignored"),
+    "queue_reset=2": (False, lambda b: (b.drv.common_write(0x16, 2, 0), b.drv.common_write(0x3A, 2, 2)),
+                      "virtio-blk-pci: queue_reset=2 for queue 0 ignored"),
+    "queue_enable=2": (False, lambda b: (b.drv.common_write(0x16, 2, 0), b.drv.common_write(0x1C, 2, 2)),
+                       "virtio-blk-pci: queue_enable=2 ignored (only 1 is defined)"),
+    "queue_enable after enable": (False, lambda b: (b.drv.common_write(0x16, 2, 0), b.drv.common_write(0x1C, 2, 1)),
+                                  "virtio-blk-pci: queue_enable write to queue 0 after enable ignored"),
+    "queue_enable of a missing queue": (False, lambda b: (b.drv.common_write(0x16, 2, 5), b.drv.common_write(0x1C, 2, 1)),
+                                        "virtio-blk-pci: queue_enable write for queue 5 which does not exist"),
+    "write to read-only device_feature": (False, lambda b: b.drv.common_write(0x04, 4, 1),
+                                          "virtio-blk-pci.common: write 0x1 to read-only device_feature ignored"),
+    "legacy write to read-only host_features": (True, lambda b: b.drv.bar.write(0x00, 4, 1),
+                                                "virtio-blk-pci.legacy: write 0x1 to read-only host_features ignored"),
+    "queue vector of a missing queue": (False, lambda b: (b.drv.common_write(0x16, 2, 5), b.drv.common_write(0x1A, 2, 0)),
+                                        "virtio-blk-pci: queue_msix_vector write for queue 5 which does not exist"),
+    "driver_feature select 2": (False, lambda b: (b.drv.common_write(0x08, 4, 2), b.drv.common_write(0x0C, 4, 1)),
+                                "virtio-blk-pci: driver_feature write with select 2 ignored"),
+    "queue address after enable": (False, lambda b: (b.drv.common_write(0x16, 2, 0), b.drv.common_write(0x20, 4, 0x1000)),
+                                   "virtio-blk-pci: desc_addr write to queue 0 after enable ignored"),
+    "queue address of a missing queue": (False, lambda b: (b.drv.common_write(0x16, 2, 5), b.drv.common_write(0x34, 4, 1)),
+                                         "virtio-blk-pci: used_addr write for queue 5 which does not exist"),
+    "PCI_CFG window of length 3": (False, lambda b: (b.dev.config_write(b.dev.pci_cfg_cap + 4, 1, 4),
+                                                     b.dev.config_write(b.dev.pci_cfg_cap + 8, 4, 0x10),
+                                                     b.dev.config_write(b.dev.pci_cfg_cap + 12, 4, 3),
+                                                     b.dev.config_read(b.dev.pci_cfg_cap + 16, 4)),
+                                   "virtio-blk-pci: PCI_CFG window bar=4 offset=0x10 length=3 ignored"),
+    "legacy queue_pfn after enable": (True, lambda b: b.drv.bar.write(0x08, 4, 0x123),
+                                      "virtio-blk-pci: queue_pfn write to queue 0 after enable ignored"),
+    "legacy write to the first config byte": (True, lambda b: b.drv.bar.write(20, 1, 7),
+                                              "virtio-blk: config write 0x0+1 = 0x7 ignored"),
+    "legacy feature write after DRIVER_OK": (True, lambda b: b.drv.bar.write(0x04, 4, 1),
+                                             "virtio-blk: legacy feature write 0x1 after negotiation ignored"),
+    "feature write after FEATURES_OK": (False, lambda b: (b.drv.common_write(0x08, 4, 1), b.drv.common_write(0x0C, 4, 0)),
+                                        "virtio-blk: feature write {features_lo:#x} after FEATURES_OK ignored"),
+    "status write clearing bits": (False, lambda b: b.drv.set_status(1),
+                                   "virtio-blk: status write 0x1 clears bits of 0xf; ignored"),
+    "notify for a missing queue": (False, lambda b: b.drv.bar.write(b.drv._off(2) + 5 * b.drv.notify_mult, 2, 5),
+                                   "virtio-blk: notify for queue 5 which does not exist"),
+    "notify for a disabled queue": (False, lambda b: (b.drv.common_write(0x16, 2, 0), b.drv.common_write(0x3A, 2, 1),
+                                                      b.drv.kick(0)),
+                                    "virtio-blk: notify for queue 0 which is not enabled"),
+    "notify without bus mastering": (False, lambda b: (b.dev.config_write(0x04, 2, 0x0003), b.drv.kick(0)),
+                                     "virtio-blk: notify while bus mastering is off; ignored"),
+    "notify at an unaligned offset": (False, lambda b: b.drv.bar.write(b.drv._off(2) + 2, 2, 0),
+                                      "virtio-blk-pci: notify at unaligned offset 0x2 ignored"),
+    "write to the ISR": (False, lambda b: b.drv.bar.write(b.drv._off(3), 1, 1),
+                         "virtio-blk-pci: write to read-only BAR4 offset 0x1000 ignored"),
+    "MSI-X vector that does not exist": (False, lambda b: (b.drv.common_write(0x16, 2, 0), b.drv.common_write(0x1A, 2, 0x55)),
+                                         "virtio-blk-pci: MSI-X vector 0x55 does not exist; mapped to NO_VECTOR"),
+    "legacy BAD_FEATURE": (True, lambda b: (b.drv.set_status(0), b.drv.set_status(1 | 2), b.drv.bar.write(0x04, 4, 1 << 30)),
+                           "virtio-blk: driver set VIRTIO_F_BAD_FEATURE"),
+    "config write past the end": (False, lambda b: b.vdev.config_write(len(b.vdev.config) - 1, 2, 0),
+                                  "virtio-blk: config write {end_1:#x}+2 outside {end} bytes ignored"),
+    "config write at a negative offset": (False, lambda b: b.vdev.config_write(-1, 1, 0),
+                                          "virtio-blk: config write -0x1+1 outside {end} bytes ignored"),
+    "config write of the last byte": (False, lambda b: b.vdev.config_write(len(b.vdev.config) - 1, 1, 0),
+                                      "virtio-blk: config write {end_1:#x}+1 = 0x0 ignored"),
+}
+
+
+@pytest.mark.parametrize("case", GUEST_ERRORS)
+def test_guest_errors_name_the_register_the_queue_and_the_value(make, guest_errors, case):
+    legacy, steps, expected = GUEST_ERRORS[case]
+    b = make(legacy=legacy).start()
+    guest_errors.truncate(0)
+    guest_errors.seek(0)
+    steps(b)
+    end = len(b.vdev.config)
+    features_lo = b.vdev.guest_features & 0xFFFFFFFF         # select 0's half as the driver wrote it
+    assert guest_errors.getvalue() == expected.format(end=end, end_1=end - 1, features_lo=features_lo) + "\n"
+
+
+# ------------------------------------------------------------------ the status state machine, step by step
+
+def _negotiate_by_hand(b, features=None, *, extra=()):
+    """The 3.1.1 steps one register write at a time (and any `extra` status writes on the way)."""
+    d = b.drv
+    d.set_status(0)
+    d.set_status(ACK)
+    d.set_status(ACK | DRIVER)
+    for v in extra:
+        d.set_status(v)
+    d.write_features(d.device_features() if features is None else features)
+    d.set_status(ACK | DRIVER | FEATURES_OK)
+
+
+def test_a_textbook_negotiation_logs_nothing(make, guest_errors):
+    b = make()
+    _negotiate_by_hand(b)
+    b.drv.set_status(ACK | DRIVER | FEATURES_OK | DRIVER_OK)
+    assert guest_errors.getvalue() == "" and b.drv.status == ACK | DRIVER | FEATURES_OK | DRIVER_OK
+
+
+def test_strict_features_ok_is_refused_once_for_unoffered_bits(make, guest_errors):
+    b = make(props={"strict": "on"})
+    _negotiate_by_hand(b, b.drv.device_features() | 1 << 63)
+    assert not b.drv.status & FEATURES_OK
+    b.drv.set_status(ACK | DRIVER)                         # rewriting a status negotiates nothing
+    assert guest_errors.getvalue() == (
+        "virtio-blk: driver accepted feature bits 0x8000000000000000 the device did not offer "
+        "(VIRTIO 1.2 §2.2.1); strict: FEATURES_OK is not set\n")
+
+
+def test_a_kick_before_driver_ok_waits_for_driver_ok_only(make, guest_errors):
+    b = make(props={"strict": "on"})                      # strict: not served early
+    vqs = b.drv.init(b.alloc, driver_ok=False)
+    req = BlkRequests(vqs[0]).submit(T_IN, 0, in_len=512)
+    b.drv.kick(0)
+    assert b.vdev.queues[0].state().pending_kick is True
+    b.drv.set_status(ACK | DRIVER | FEATURES_OK)           # the same status again: still waiting
+    assert vqs[0].get_used() == []
+    assert guest_errors.getvalue() == ("virtio-blk: driver notified queue 0 before setting DRIVER_OK "
+                                       "(VIRTIO 1.2 §3.1.1); strict: the notification is held until DRIVER_OK\n")
+    b.drv.set_status(ACK | DRIVER | FEATURES_OK | DRIVER_OK)
+    assert vqs[0].get_used() == [(req.head, 513)]
+    assert b.vdev.queues[0].state().pending_kick is False
+
+
+def test_driver_ok_activates_only_the_enabled_queues(make):
+    b = make(props={"num-queues": "2"})
+    b.vqs = b.drv.init(b.alloc, nqueues=1)                 # queue 1 never enabled
+    assert [q.state().active for q in b.vdev.queues] == [True, False]
+    assert b.run(T_IN, 0, in_len=512)[1] == S_OK
+
+
+def test_a_queue_whose_rings_fail_at_enable_breaks_the_device_and_stays_so(make):
+    b = make()
+    d = b.drv
+    _negotiate_by_hand(b)
+    d.common_write(0x16, 2, 0)
+    d.write64(0x20, 0x1000 + 8)                            # a misaligned descriptor table
+    d.common_write(0x1C, 2, 1)
+    message = "queue 0: misaligned rings desc=0x1008 avail=0x0 used=0x0"
+    q = b.vdev.queues[0].state()
+    assert q.enabled is True and q.active is False and b.vdev.state().error == message
+    d.set_status(ACK | DRIVER | FEATURES_OK | DRIVER_OK)   # tried again at DRIVER_OK, same error
+    assert b.vdev.broken and b.vdev.state().error == message
+
+
+def test_a_reset_clears_isr_and_forgets_unoffered_bits(make, guest_errors):
+    b = make(legacy=True).start()
+    b.run(T_IN, 0, in_len=512)
+    assert b.vdev.isr
+    b.drv.set_status(0)
+    assert b.vdev.isr == 0 and b.drv.isr() == 0
+    b.drv.set_status(1 | 2 | 4)                            # DRIVER_OK without a feature write
+    assert guest_errors.getvalue() == ""
+
+
+@pytest.mark.parametrize("event, line", [
+    ("virtio_set_status", "virtio_set_status vdev=virtio-blk val=3"),
+    ("virtio_set_features", "virtio_set_features vdev=virtio-blk features=0x{features:x}"),
+])
+def test_status_and_feature_trace_events(make, event, line):
+    import io
+    import sys
+    from machine import trace
+    b = make()
+    out = io.StringIO()
+    trace.set_output(out)
+    trace.enable(event)
+    try:
+        b.drv.set_status(ACK | DRIVER)
+        b.drv.write_features(b.drv.device_features())
+    finally:
+        trace.disable_all()
+        trace.set_output(sys.stderr)
+    lines = out.getvalue().splitlines()
+    assert line.format(features=b.vdev.guest_features) in lines
+
+
+def test_reading_past_the_isr_byte_reads_0_and_leaves_the_isr(make):
+    b = make().start()
+    b.run(T_IN, 0, in_len=512)
+    isr = b.vdev.isr
+    assert isr and b.drv.bar.read(b.drv._off(3) + 1, 1) == 0 and b.vdev.isr == isr
+    assert b.drv.isr() == isr and b.vdev.isr == 0
+
+
+def test_selecting_the_queue_just_past_the_last_reads_as_absent(make):
+    b = make().start()
+    d = b.drv
+    d.common_write(0x16, 2, 1)                              # one queue: index 1 does not exist
+    assert (d.common_read(0x18, 2), d.common_read(0x1E, 2), d.common_read(0x1C, 2)) == (0, 0, 0)
+    d.common_write(0x16, 2, 7)
+    assert d.common_read(0x1E, 2) == 0
+
+
+def test_a_reset_forgets_both_halves_of_the_driver_features(make):
+    b = make(props={"strict": "on"}).start()
+    d = b.drv
+    d.set_status(0)
+    d.set_status(ACK | DRIVER)
+    d.common_write(0x08, 4, 0)
+    d.common_write(0x0C, 4, 1 << 28)                        # only the low half, INDIRECT_DESC
+    assert b.vdev.guest_features == 1 << 28
+    d.common_write(0x08, 4, 1)
+    assert d.common_read(0x0C, 4) == 0
+    d.set_status(0)                                          # and the other way round
+    d.set_status(ACK | DRIVER)
+    d.common_write(0x08, 4, 1)
+    d.common_write(0x0C, 4, 1)                              # only the high half, VERSION_1
+    assert b.vdev.guest_features == 1 << 32
+    d.set_status(ACK | DRIVER | FEATURES_OK)                # strict: no unoffered bit left over
+    assert d.status & FEATURES_OK
+
+
+def test_a_pci_cfg_window_read_fills_the_data_field_only(make):
+    b = make().start()
+    dev, cap = b.dev, b.dev.pci_cfg_cap
+    size, after = len(dev.config), bytes(dev.config[cap + 20:cap + 24])
+    dev.config_write(cap + 4, 1, 4)                         # BAR 4
+    dev.config_write(cap + 8, 4, 0x12)                      # num_queues
+    dev.config_write(cap + 12, 4, 2)
+    assert dev.config_read(cap + 16, 2) == 1
+    assert len(dev.config) == size and bytes(dev.config[cap + 20:cap + 24]) == after
+
+
+def test_the_notify_trace_gives_the_bar_offset_written(make):
+    import io
+    import sys
+    from machine import trace
+    b = make(props={"num-queues": "2"})
+    b.drv.init(b.alloc, nqueues=2)
+    out = io.StringIO()
+    trace.set_output(out)
+    trace.enable("virtio_pci_notify_write")
+    try:
+        b.drv.kick(1)
+    finally:
+        trace.disable_all()
+        trace.set_output(sys.stderr)
+    assert out.getvalue() == f"virtio_pci_notify_write addr={0x3000 + b.drv.notify_mult:#x} val=0x1 size=2\n"
+
+
+# ------------------------------------------------------------------ property value parsing (props.py)
+
+@pytest.mark.parametrize("text, value", [
+    ("0", 0), ("16", 16), ("4k", 4096), ("4K", 4096), (" 2M ", 2 << 20), ("1.5k", 1536), ("0x10", 16),
+    ("0x1b", 27), ("0X1B", 27), ("16k", 16384), ("3b", 3), ("15e", 15 << 60), ("18446744073709551615", (1 << 64) - 1),
+])
+def test_sizes_take_qemus_suffixes_and_hex(text, value):
+    from machine.virtio import props as P
+    assert P.parse_size("s", text) == value
+
+
+@pytest.mark.parametrize("text, message", [
+    ("16e", "Property 's' expects a size below 2^64, not '16e'"),
+    ("18446744073709551616", "Property 's' expects a size below 2^64, not '18446744073709551616'"),
+    ("1.0e999", "Property 's' expects a size, not '1.0e999'"),
+    ("k", "Property 's' expects a size, not 'k'"),
+    ("0x", "Property 's' expects a size, not '0x'"),
+])
+def test_what_is_not_a_size_says_so(text, message):
+    from machine.virtio import props as P
+    with pytest.raises(ConfigError) as e:
+        P.parse_size("s", text)
+    assert str(e.value) == message
+
+
+@pytest.mark.parametrize("text, value", [("on", True), ("YES", True), (" y", True), ("true", True),
+                                         ("off", False), ("No", False), ("n ", False), ("FALSE", False)])
+def test_switches_take_qemus_spellings(text, value):
+    from machine.virtio import props as P
+    assert P.parse_bool("b", text) is value
+    assert P.parse_on_off_auto("b", text) == ("on" if value else "off")
+
+
+def test_on_off_auto_takes_auto_and_names_itself_otherwise():
+    from machine.virtio import props as P
+    assert P.parse_on_off_auto("a", " Auto ") == "auto"
+    with pytest.raises(ConfigError) as e:
+        P.parse_on_off_auto("a", "maybe")
+    assert str(e.value) == "Property 'a' doesn't take value 'maybe' (use 'on', 'off' or 'auto')"
+
+
+@pytest.mark.parametrize("text, value", [("0x10", 16), (" 7 ", 7), ("0o10", 8), ("-1", -1)])
+def test_integers_take_any_base_prefix(text, value):
+    from machine.virtio import props as P
+    assert P.parse_int("i", text, -1, 100) == value
+
+
+
+def test_the_pci_cfg_capability_starts_zeroed_and_only_its_window_fields_are_writable(make):
+    b = make().start()
+    dev, cap = b.dev, b.dev.pci_cfg_cap
+    assert dev.config_read(cap + 2, 1) == 20 and dev.config_read(cap + 3, 1) == 5     # cap_len, PCI_CFG
+    assert bytes(dev.config[cap + 4:cap + 20]) == bytes(16)                         # bar, offset, length, data
+    before = bytes(dev.config)
+    for off in range(cap, cap + 21):                       # and the first byte after it
+        dev.config_write(off, 1, 0xFF)
+    changed = {i for i in range(len(before)) if dev.config[i] != before[i]}
+    assert changed == {cap + 4} | set(range(cap + 8, cap + 20))
+
+
+def test_a_driver_writing_only_the_high_feature_half_first_gets_nothing_else(make):
+    b = make(props={"strict": "on"})                       # a fresh device: no reset before
+    d = b.drv
+    d.set_status(ACK)
+    d.set_status(ACK | DRIVER)
+    d.common_write(0x08, 4, 1)
+    d.common_write(0x0C, 4, 1)                              # VERSION_1 (bit 32) alone
+    d.set_status(ACK | DRIVER | FEATURES_OK)
+    assert d.status & FEATURES_OK and b.vdev.guest_features == 1 << 32
+
+
+
+def test_a_fresh_device_has_generation_0_no_error_and_no_unoffered_bits(make, guest_errors):
+    b = make(legacy=True)
+    st = b.vdev.state()
+    assert (st.config_generation, st.error, st.broken) == (0, None, False)
+    b.drv.set_status(1 | 2 | 4)                             # DRIVER_OK without a feature write
+    assert guest_errors.getvalue() == ""
+    m = make()
+    assert m.drv.common_read(0x15, 1) == 0
+
+
+def test_a_split_queue_may_have_a_single_entry(make):
+    b = make()
+    b.drv.set_status(ACK | DRIVER)
+    b.drv.write_features(b.drv.device_features())
+    b.drv.set_status(ACK | DRIVER | FEATURES_OK)
+    b.drv.common_write(0x16, 2, 0)
+    b.drv.common_write(0x18, 2, 1)
+    assert b.drv.common_read(0x18, 2) == 1
+
+
+
+def test_each_modern_capability_gives_its_length(make):
+    b = make()
+    lengths = {t: b.dev.config_read(off + 2, 1) for t, (off, _bar, _o, _n) in b.drv.caps.items()}
+    assert lengths == {1: 16, 2: 20, 3: 16, 4: 16, 5: 20}
+
+
+def test_a_pci_cfg_window_write_passes_only_the_windows_bytes(make):
+    """The data field holds 4 bytes; a 2-byte window writes its low 2 only (here to
+    queue_select: the 1 in the third byte must not select queue 0x10000)."""
+    b = make()
+    dev, cap = b.dev, b.dev.pci_cfg_cap
+    dev.config_write(cap + 4, 1, 4)
+    dev.config_write(cap + 8, 4, 0x16)                      # queue_select
+    dev.config_write(cap + 12, 4, 2)
+    dev.config_write(cap + 16, 4, 0x0001_0000)
+    assert b.drv.common_read(0x16, 2) == 0 and b.drv.common_read(0x18, 2) == 256

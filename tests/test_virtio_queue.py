@@ -45,9 +45,10 @@ def submit_raw(b, descs, head=0, table=None):
     b.drv.kick(0)
 
 
-def assert_broken(b, image_before, kind):
+def assert_broken(b, image_before, kind, message):
     assert b.needs_reset and b.vdev.broken
     assert type(b.vdev.error) is kind, b.vdev.error         # which rule the guest broke
+    assert str(b.vdev.error) == message                     # what info virtio-status shows
     assert b.vdev.isr & 2 and b.dev.intx.level              # config change interrupt
     assert b.vqs[0].used_idx() == 0
     assert b.image() == image_before
@@ -73,7 +74,7 @@ def test_head_beyond_queue_size_needs_reset(bench):
     before = bench.image()
     d = good_in(bench)
     submit_raw(bench, d, head=256)
-    assert_broken(bench, before, BadHeadIndex)
+    assert_broken(bench, before, BadHeadIndex, "Guest says index 256 is available")
 
 
 def test_next_beyond_queue_size_needs_reset(bench):
@@ -81,7 +82,7 @@ def test_next_beyond_queue_size_needs_reset(bench):
     d = good_in(bench)
     d[1] = d[1][:3] + (300,)
     submit_raw(bench, d)
-    assert_broken(bench, before, BadNextIndex)
+    assert_broken(bench, before, BadNextIndex, "Desc next is 300")
 
 
 @pytest.mark.parametrize("loop", ["self", "two_cycle", "back_to_head"])
@@ -96,7 +97,7 @@ def test_descriptor_loops_terminate_with_needs_reset(bench, loop):
         d[1] = (d[1][0], 512, NEXT, 0)
         d[0] = (d[0][0], 16, NEXT, 1)
     submit_raw(bench, d)
-    assert_broken(bench, before, LoopedDescriptor)
+    assert_broken(bench, before, LoopedDescriptor, "Looped descriptor")
 
 
 def test_zero_length_descriptor_needs_reset(bench):
@@ -104,7 +105,7 @@ def test_zero_length_descriptor_needs_reset(bench):
     d = good_in(bench)
     d[1] = (d[1][0], 0, WRITE | NEXT, 2)
     submit_raw(bench, d)
-    assert_broken(bench, before, ZeroSizedBuffer)
+    assert_broken(bench, before, ZeroSizedBuffer, "zero sized buffers are not allowed")
 
 
 @pytest.mark.parametrize("addr,length", [
@@ -119,7 +120,7 @@ def test_buffers_outside_ram_need_reset_and_no_mmio_is_touched(bench, addr, leng
     d = good_in(bench)
     d[1] = (addr, length, WRITE | NEXT, 2)
     submit_raw(bench, d)
-    assert_broken(bench, before, BufferNotInRam)
+    assert_broken(bench, before, BufferNotInRam, f"bogus descriptor {addr:#x}+{length:#x} (guest range {addr:#x}+{length:#x} is not RAM)")
 
 
 def test_readable_after_writable_needs_reset(bench):
@@ -127,25 +128,25 @@ def test_readable_after_writable_needs_reset(bench):
     d = [(buf(bench, HDR_OUT), 16, NEXT, 1), (buf(bench, size=1), 1, WRITE | NEXT, 2),
          (buf(bench, b"x" * 512), 512, NEXT, 3), (buf(bench, size=1), 1, WRITE, 0)]
     submit_raw(bench, d)
-    assert_broken(bench, before, DescriptorOrder)
+    assert_broken(bench, before, DescriptorOrder, "Incorrect order for descriptors")
 
 
 def test_chain_with_only_a_header_needs_reset(bench):
     before = bench.image()
     submit_raw(bench, [(buf(bench, HDR_IN), 16, 0, 0)])
-    assert_broken(bench, before, MissingHeaders)
+    assert_broken(bench, before, MissingHeaders, "virtio-blk missing headers")
 
 
 def test_header_in_a_writable_descriptor_needs_reset(bench):
     before = bench.image()
     submit_raw(bench, [(buf(bench, HDR_IN), 16, WRITE | NEXT, 1), (buf(bench, size=1), 1, WRITE, 0)])
-    assert_broken(bench, before, MissingHeaders)
+    assert_broken(bench, before, MissingHeaders, "virtio-blk missing headers")
 
 
 def test_readable_header_shorter_than_16_bytes_needs_reset(bench):
     before = bench.image()
     submit_raw(bench, [(buf(bench, HDR_IN[:8]), 8, NEXT, 1), (buf(bench, size=1), 1, WRITE, 0)])
-    assert_broken(bench, before, HeaderTooShort)
+    assert_broken(bench, before, HeaderTooShort, "virtio-blk request outhdr too short")
 
 
 def test_status_in_same_descriptor_as_data_is_the_last_byte(bench):
@@ -175,7 +176,7 @@ def test_avail_index_jumping_more_than_queue_size_needs_reset(bench):
         vq.write_desc(vq.desc, i, *d)
     vq.set_avail_idx(257)
     bench.drv.kick(0)
-    assert_broken(bench, before, AvailIndexTooFar)
+    assert_broken(bench, before, AvailIndexTooFar, "Guest moved avail index from 0 to 257")
 
 
 @pytest.mark.parametrize("length", [0, 24, 8])
@@ -183,13 +184,13 @@ def test_indirect_table_length_not_a_multiple_of_16_needs_reset(bench, length):
     before = bench.image()
     table = buf(bench, size=64)
     submit_raw(bench, [(table, length, INDIRECT, 0)])
-    assert_broken(bench, before, BadIndirectSize)
+    assert_broken(bench, before, BadIndirectSize, f"Invalid size for indirect buffer table ({length})")
 
 
 def test_indirect_table_in_mmio_needs_reset(bench):
     before = bench.image()
     submit_raw(bench, [(0xFEBF8000, 48, INDIRECT, 0)])
-    assert_broken(bench, before, BufferNotInRam)
+    assert_broken(bench, before, BufferNotInRam, "Cannot map indirect buffer 0xfebf8000+0x30")
 
 
 def test_indirect_without_the_feature_is_followed_as_qemu_does(tmp_path, guest_errors):
@@ -214,7 +215,7 @@ def test_strict_indirect_without_the_feature_needs_reset(tmp_path):
     for i, d in enumerate(good_in(b)):
         vq.write_desc(table, i, *d)
     submit_raw(b, [(table, 48, INDIRECT, 0)])
-    assert_broken(b, before, IndirectNotNegotiated)
+    assert_broken(b, before, IndirectNotNegotiated, "driver used an indirect descriptor without VIRTIO_F_INDIRECT_DESC (VIRTIO 1.2 §2.7.5.3.1)")
     b.close()
 
 
@@ -224,7 +225,7 @@ def test_nested_indirect_needs_reset(bench):
     outer = buf(bench, size=16)
     bench.vqs[0].write_desc(outer, 0, inner, 48, INDIRECT, 0)
     submit_raw(bench, [(outer, 16, INDIRECT, 0)])
-    assert_broken(bench, before, NestedIndirect)
+    assert_broken(bench, before, NestedIndirect, "nested indirect descriptor")
 
 
 def test_indirect_with_next_set_needs_reset(bench):
@@ -233,7 +234,7 @@ def test_indirect_with_next_set_needs_reset(bench):
     for i, d in enumerate(good_in(bench)):
         bench.vqs[0].write_desc(table, i, *d)
     submit_raw(bench, [(table, 48, INDIRECT | NEXT, 1), (buf(bench, size=1), 1, WRITE, 0)])
-    assert_broken(bench, before, IndirectWithNext)
+    assert_broken(bench, before, IndirectWithNext, "indirect descriptor with NEXT set")
 
 
 def test_loop_inside_an_indirect_table_needs_reset(bench):
@@ -243,7 +244,7 @@ def test_loop_inside_an_indirect_table_needs_reset(bench):
     vq.write_desc(table, 0, buf(bench, HDR_IN), 16, NEXT, 1)
     vq.write_desc(table, 1, buf(bench, size=8), 8, WRITE | NEXT, 0)
     submit_raw(bench, [(table, 32, INDIRECT, 0)])
-    assert_broken(bench, before, LoopedDescriptor)
+    assert_broken(bench, before, LoopedDescriptor, "Looped descriptor")
 
 
 def test_next_beyond_indirect_table_needs_reset(bench):
@@ -253,7 +254,7 @@ def test_next_beyond_indirect_table_needs_reset(bench):
     vq.write_desc(table, 0, buf(bench, HDR_IN), 16, NEXT, 2)
     vq.write_desc(table, 1, buf(bench, size=8), 8, WRITE, 0)
     submit_raw(bench, [(table, 32, INDIRECT, 0)])
-    assert_broken(bench, before, BadNextIndex)
+    assert_broken(bench, before, BadNextIndex, "Desc next is 2")
 
 
 def test_direct_descriptors_followed_by_an_indirect_one_are_accepted(bench):
@@ -296,8 +297,9 @@ def test_same_head_in_flight_twice_is_an_error():
     mem.write_u16(0x101006, 1)
     mem.write_u16(0x101002, 2)
     assert q.pop().head == 1
-    with pytest.raises(HeadInFlight):
+    with pytest.raises(HeadInFlight) as e:
         q.pop()
+    assert str(e.value) == "head 1 made available while already in flight"
 
 
 def test_more_chains_in_flight_than_queue_size_is_an_error():
@@ -312,8 +314,9 @@ def test_more_chains_in_flight_than_queue_size_is_an_error():
     q.pop()
     mem.write_u16(0x101006, 1)       # head 1 is still in flight; 2 chains out = size
     mem.write_u16(0x101002, 4)
-    with pytest.raises(QueueSizeExceeded):
+    with pytest.raises(QueueSizeExceeded) as e:
         q.pop()
+    assert str(e.value) == "Virtqueue size exceeded"
 
 
 def test_used_ring_write_order_and_wraparound():
@@ -587,6 +590,23 @@ def test_legacy_negotiation_logs_nothing_but_bad_feature_is_logged(tmp_path):
     assert "driver set VIRTIO_F_BAD_FEATURE" in out.getvalue()
 
 
+def test_a_legacy_driver_taking_unoffered_bits_is_told_once_at_driver_ok(tmp_path, guest_errors):
+    b = Bench(tmp_path, legacy=True)
+    try:
+        offered = b.drv.device_features()
+        bit = next(n for n in range(24) if not offered >> n & 1)
+        b.drv.set_status(1 | 2)
+        b.drv.bar.write(0x04, 4, offered | 1 << bit)
+        assert b.drv.bar.read(0x04, 4) == offered                     # masked at once
+        assert guest_errors.getvalue() == ""
+        b.drv.set_status(1 | 2 | 4)                                   # DRIVER_OK
+        assert guest_errors.getvalue() == (
+            f"virtio-blk: driver accepted feature bits {1 << bit:#x} the device did not offer "
+            "(VIRTIO 1.2 §2.2.1); tolerated: the bits are masked off and FEATURES_OK is accepted\n")
+    finally:
+        b.close()
+
+
 def test_chain_longer_than_4_gib_is_refused():
     """2.7.5: a chain describes at most 2^32 bytes; 820 indirect entries of 5 MiB each (the
     same RAM, described again and again) go past that."""
@@ -600,7 +620,7 @@ def test_chain_longer_than_4_gib_is_refused():
         mem.write(table + 16 * i, struct.pack("<QIHH", 0x200000, 5 << 20, 1 if i + 1 < n else 0, i + 1))
     mem.write(0x100000, struct.pack("<QIHH", table, 16 * n, 4, 0))
     mem.write_u16(0x101002, 1)
-    with pytest.raises(ChainTooLong, match="longer than 4 GiB"):
+    with pytest.raises(ChainTooLong, match="^descriptor chain longer than 4 GiB$"):
         q.pop()
 
 
@@ -662,7 +682,7 @@ def test_device_writable_buffer_in_read_only_ram_needs_reset(bench):
     d = good_in(bench)
     d[1] = (_read_only_window(bench, bytes(512)), 512, WRITE | NEXT, 2)
     submit_raw(bench, d)
-    assert_broken(bench, before, BufferNotInRam)
+    assert_broken(bench, before, BufferNotInRam, "bogus descriptor 0xc0000+0x200 (guest range 0xc0000+0x200 is read-only)")
 
 
 def test_device_readable_buffer_in_read_only_ram_is_written_out(bench):
@@ -672,3 +692,193 @@ def test_device_readable_buffer_in_read_only_ram_is_written_out(bench):
                        (_read_only_window(bench, data), 512, NEXT, 2), (status, 1, WRITE, 0)])
     assert not bench.needs_reset and bench.vqs[0].used_idx() == 1
     assert bench.mem.read(status, 1)[0] == S_OK and bench.image()[:512] == data
+
+
+@pytest.mark.parametrize("layout", ["split", "packed"])
+def test_virtqueue_pop_and_fill_trace_events_carry_the_chain_and_the_used_slot(tmp_path, layout):
+    """-trace virtqueue_pop / virtqueue_fill (QEMU's fields) for both ring layouts: the chain's
+    head and its writable (in) and readable (out) descriptor counts, then the used length and
+    the used index the completion lands at."""
+    from machine import trace
+    from test_virtio_packed import start
+    b = Bench(tmp_path, props={"packed": "on"} if layout == "packed" else None)
+    events = []
+
+    def listener(name, fields):
+        if name.startswith("virtqueue_"):
+            events.append((name, dict(fields)))
+    ring = start(b) if layout == "packed" else b.start().vqs[0]
+    trace.listen("virtqueue_*")
+    trace.add_listener(listener)
+    try:
+        blk = BlkRequests(ring)
+        first = blk.submit(T_OUT, 0, out=b"o" * 1024, rcuts=[16, 512, 512])
+        b.drv.kick(0)
+        second = blk.submit(T_IN, 0, in_len=512, wcuts=[256, 256, 1])
+        b.drv.kick(0)
+    finally:
+        trace.remove_listener(listener)
+        trace.unlisten("virtqueue_*")
+        b.close()
+    # a packed ring's used index counts descriptors: the first chain used three slots
+    assert events == [
+        ("virtqueue_pop", dict(vq=0, head=first.head, in_num=1, out_num=3)),
+        ("virtqueue_fill", dict(vq=0, head=first.head, len=1, idx=0)),
+        ("virtqueue_pop", dict(vq=0, head=second.head, in_num=3, out_num=1)),
+        ("virtqueue_fill", dict(vq=0, head=second.head, len=513, idx=1 if layout == "split" else 4)),
+    ]
+
+
+@pytest.mark.parametrize("iothread", [False, True])
+def test_the_completion_trace_reports_the_host_latency_in_microseconds(tmp_path, monkeypatch, iothread):
+    """virtio_blk_req_complete's latency_us: host time from the request's start to its end."""
+    import io
+    import sys
+    from machine import trace
+    clock = iter([1_000_000, 3_500_000])
+    monkeypatch.setattr(trace, "timestamp_ns", lambda: next(clock))
+    b = Bench(tmp_path).start()
+    if iothread:
+        from machine.iothread import IoThread
+        b.vdev.iothread = IoThread("io0")
+        b.vdev.inline_max_bytes = 0                  # through the I/O thread, not inline in the kick
+    out = io.StringIO()
+    trace.set_output(out)
+    try:
+        trace.enable("virtio_blk_req_complete")
+        blk = BlkRequests(b.vqs[0])
+        blk.submit(T_IN, 3, in_len=512)
+        b.drv.kick(0)
+        b.vdev.drain()                          # with an I/O thread: it completes here
+    finally:
+        trace.disable_all()
+        trace.set_output(sys.stderr)
+        if iothread:
+            b.vdev.iothread.close()
+        b.close()
+    assert out.getvalue() == ("virtio_blk_req_complete vdev=virtio-blk req=0 type=0 sector=3 len=512 "
+                              "status=0 latency_us=2500.0\n")
+
+
+@pytest.mark.parametrize("iothread", [False, True])
+def test_a_completion_event_no_one_enabled_reaches_no_listener(tmp_path, iothread):
+    """Listeners (the debugger's breakpoints, the Python API) hear only the events enabled for
+    them: listening to virtqueue_* does not bring virtio_blk_req_complete."""
+    from machine import trace
+    heard = []
+
+    def listener(name, fields):
+        heard.append(name)
+    b = Bench(tmp_path).start()
+    if iothread:
+        from machine.iothread import IoThread
+        b.vdev.iothread = IoThread("io0")
+        b.vdev.inline_max_bytes = 0                  # through the I/O thread, not inline in the kick
+    trace.listen("virtqueue_*")
+    trace.add_listener(listener)
+    try:
+        BlkRequests(b.vqs[0]).submit(T_IN, 3, in_len=512)
+        b.drv.kick(0)
+        b.vdev.drain()
+    finally:
+        trace.remove_listener(listener)
+        trace.unlisten("virtqueue_*")
+        if iothread:
+            b.vdev.iothread.close()
+        b.close()
+    assert heard == ["virtqueue_pop", "virtqueue_fill"]
+
+
+RAM_END = 4 << 20                      # the bench's RAM: [0, 4 MiB)
+
+
+@pytest.mark.parametrize("area", ["desc", "avail", "used"])
+def test_each_ring_area_may_end_at_the_end_of_ram_and_not_past_it(tmp_path, area):
+    """A split ring of n entries: 16n bytes of descriptors, 6 + 2n of avail ring (with
+    used_event), 6 + 8n of used ring (with avail_event), each wholly in RAM (2.7). Each area
+    at the last aligned address where it fits is accepted; one alignment step higher is not."""
+    from machine.virtio.queue import RingsNotInRam
+    n = 16
+    size = {"desc": 16 * n, "avail": 6 + 2 * n, "used": 6 + 8 * n}[area]
+    align = {"desc": 16, "avail": 2, "used": 4}[area]
+    last = (RAM_END - size) // align * align
+    for addr in (last, last + align):
+        b = Bench(tmp_path)
+        try:
+            q = b.vdev.queues[0]
+            q.size = n
+            addrs = {"desc": 0x10_0000, "avail": 0x10_1000, "used": 0x10_2000, area: addr}
+            q.desc_addr, q.avail_addr, q.used_addr = addrs["desc"], addrs["avail"], addrs["used"]
+            if addr == last:
+                q.activate()
+                assert q.active
+            else:
+                with pytest.raises(RingsNotInRam) as e:
+                    q.activate()
+                assert str(e.value) == f"queue 0: cannot map rings (guest range {addr:#x}+{size:#x} is not RAM)"
+        finally:
+            b.close()
+
+
+@pytest.mark.parametrize("size, addrs, message", [
+    (100, (0x10_0000, 0x10_1000, 0x10_2000), "queue 0: bad size 100"),
+    (512, (0x10_0000, 0x10_1000, 0x10_2000), "queue 0: bad size 512"),       # more than its maximum
+    (16, (0x10_0008, 0x10_1000, 0x10_2000), "queue 0: misaligned rings desc=0x100008 avail=0x101000 used=0x102000"),
+    (16, (0x10_0000, 0x10_1001, 0x10_2000), "queue 0: misaligned rings desc=0x100000 avail=0x101001 used=0x102000"),
+    (16, (0x10_0000, 0x10_1000, 0x10_2002), "queue 0: misaligned rings desc=0x100000 avail=0x101000 used=0x102002"),
+])
+def test_a_split_ring_needs_a_power_of_2_size_and_aligned_areas(tmp_path, size, addrs, message):
+    from machine.virtio.queue import VirtqueueError
+    b = Bench(tmp_path)
+    try:
+        q = b.vdev.queues[0]
+        q.size = size
+        q.desc_addr, q.avail_addr, q.used_addr = addrs
+        with pytest.raises(VirtqueueError) as e:
+            q.activate()
+        assert str(e.value) == message
+    finally:
+        b.close()
+
+
+@pytest.mark.parametrize("event_idx", [True, False])
+def test_a_split_ring_kick_writes_and_reports_only_the_used_ring_bytes_it_changes(tmp_path, event_idx):
+    """After each kick: the used element, used->idx and (EVENT_IDX) avail_event = the avail
+    index seen; without EVENT_IDX used->flags is 0 again even if the driver scribbled on it.
+    Nothing else of the three ring areas changes, and each write is reported with its range."""
+    b = Bench(tmp_path)
+    b.start(features=b.drv.device_features() & ~(0 if event_idx else 1 << 29))
+    vq = b.vqs[0]
+    n = vq.size
+    areas = [(vq.desc, 16 * n), (vq.avail, 6 + 2 * n), (vq.used, 6 + 8 * n)]
+    reported = []
+    listen = b.mem.notify_write
+    b.mem.notify_write = lambda gpa, k: (reported.append((gpa, k)), listen(gpa, k))
+    try:
+        for i in range(3):
+            if not event_idx:
+                b.mem.write_u16(vq.used, 1)              # NO_NOTIFY, written by a hostile driver
+            req = BlkRequests(vq).submit(T_IN, 0, in_len=512)
+            before = {a: bytes(b.mem.read(a, k)) for a, k in areas}
+            del reported[:]
+            b.drv.kick(0)
+            changed = {a + j for a, k in areas for j in range(k) if b.mem.read(a + j, 1) != before[a][j:j + 1]}
+            slot = vq.used + 4 + 8 * i
+            expect = set(range(slot, slot + 8)) | {vq.used + 2}
+            if event_idx:
+                expect |= {vq.used + 4 + 8 * n}
+                assert vq.avail_event() == i + 1
+            else:
+                expect |= {vq.used}
+                assert vq.used_flags() == 0
+            assert changed <= expect
+            assert struct.unpack("<II", b.mem.read(slot, 8)) == (req.head, 513)
+            ring_reports = [(a, k) for a, k in reported if vq.used <= a < vq.used + 6 + 8 * n]
+            wanted = [(slot, 8), (vq.used + 2, 2)] + ([(vq.used + 4 + 8 * n, 2)] if event_idx else [(vq.used, 2)])
+            assert sorted(ring_reports) == sorted(wanted)
+            assert vq.get_used()[-1][0] == req.head
+        del reported[:]
+        b.drv.kick(0)                                    # nothing new: nothing to write
+        assert [(a, k) for a, k in reported if vq.used <= a < vq.used + 6 + 8 * n] == []
+    finally:
+        b.close()

@@ -19,6 +19,7 @@ def make(tmp_path):
 def test_ring_reset_is_offered_by_default_and_queue_reset_off_hides_it(make):
     assert make().drv.device_features() >> RING_RESET & 1
     assert not make(props={"queue_reset": "off"}).drv.device_features() >> RING_RESET & 1
+    assert make(props={"queue_reset": "off"}).drv.device_features() == make().drv.device_features() & ~(1 << RING_RESET)
 
 
 def test_queue_reset_returns_the_queue_to_its_defaults(make):
@@ -72,3 +73,19 @@ def test_other_values_or_queues_are_ignored(make, value, sel):
     b.drv.common_write(0x16, 2, 0)
     assert b.drv.common_read(0x1C, 2) == 1
     assert b.run(T_IN, 0, in_len=512)[1] == S_OK
+
+
+def test_a_reset_queue_keeps_the_negotiated_ring_features(make):
+    b = make().start()
+    q = b.vdev.queues[0].state()
+    assert (q.event_idx, q.indirect) == (True, True)
+    b.drv.common_write(0x16, 2, 0)
+    b.drv.common_write(0x3A, 2, 1)
+    q = b.vdev.queues[0].state()
+    assert q.event_idx is True and q.indirect is True
+    plain = make()
+    plain.start(features=plain.drv.device_features() & ~(1 << 28 | 1 << 29))   # neither
+    plain.drv.common_write(0x16, 2, 0)
+    plain.drv.common_write(0x3A, 2, 1)
+    q = plain.vdev.queues[0].state()
+    assert q.event_idx is False and q.indirect is False

@@ -104,3 +104,28 @@ def test_queue_state_carries_the_negotiated_ring_features_and_interrupt_bookkeep
     early.blk = None
     early.drv.kick(0)                                                # before DRIVER_OK: held
     assert early.vdev.queues[0].state().pending_kick is True
+
+
+def test_the_state_carries_the_isr_and_the_config_generation(make):
+    import io
+    import sys
+    from machine import trace
+    b = make().start()
+    assert (b.vdev.state().isr, b.vdev.state().config_generation) == (0, 0)
+    out = io.StringIO()
+    trace.set_output(out)
+    trace.enable("virtio_notify_config")
+    try:
+        b.vdev.config_changed()                     # a live driver hears of it
+    finally:
+        trace.disable_all()
+        trace.set_output(sys.stderr)
+    st = b.vdev.state()
+    assert (st.isr, st.config_generation) == (2, 1)
+    assert out.getvalue() == "virtio_notify_config vdev=virtio-blk\n"
+
+
+
+def test_a_fresh_queue_has_no_ring_features_until_negotiation(make):
+    q = make().vdev.queues[0].state()
+    assert q.event_idx is False and q.indirect is False and q.active is False

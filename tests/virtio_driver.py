@@ -6,6 +6,7 @@ the legacy header through BAR 0's ops). No CPU is involved.
 
 from __future__ import annotations
 
+import itertools
 import struct
 from dataclasses import dataclass, field
 
@@ -375,6 +376,9 @@ def pattern(n: int, seed: int = 0) -> bytes:
     return (_BASE[start:start + 251] * reps)[:n]
 
 
+_bench_numbers = itertools.count()     # image names (an id() can come back once an object is gone)
+
+
 class Bench:
     """One virtio-blk-pci on a fresh image, with a driver for the chosen interface."""
 
@@ -383,11 +387,15 @@ class Bench:
         from machine.block import open_drive
         from machine.config import DriveConfig
         from machine.virtio.blk_pci import create_virtio_blk_pci
-        self.path = tmp_path / f"disk{id(self)}.img"
+        self.path = tmp_path / f"disk{next(_bench_numbers)}.img"
         self.path.write_bytes(pattern(disk_size))
         self.backend = open_drive(DriveConfig(file=self.path, **drive_kw))
         self.mem = GuestMemory(ram)
-        self.dev = create_virtio_blk_pci(self.backend, dict(props or {}), self.mem)
+        try:
+            self.dev = create_virtio_blk_pci(self.backend, dict(props or {}), self.mem)
+        except BaseException:
+            self.backend.close()           # a refused configuration leaves no image locked
+            raise
         self.vdev = self.dev.vdev
         self.alloc = Allocator(self.mem)
         self.drv = LegacyPci(self.dev, self.mem) if legacy else ModernPci(self.dev, self.mem)

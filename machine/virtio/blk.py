@@ -505,7 +505,10 @@ class VirtioBlk(VirtioDevice):
         out_data = tuple((a, n, mem.host_offset(a, n)) for a, n in out_segs)
         in_data = tuple((a, n, mem.host_offset(a, n, write=True)) for a, n in in_segs)
         status_host = mem.host_offset(status_addr, 1, write=True)
-        return self.queues[qi], BlkRequest(head, rtype, sector, out_data, sum(n for _, n in out_segs),
+        # A discard/write-zeroes request keeps its one segment parsed, not as data: the bytes
+        # after its header were exactly that segment (a longer one never parks).
+        out_len = sum(n for _, n in out_segs) + (0 if segment is None else DWZ_SEGMENT.size)
+        return self.queues[qi], BlkRequest(head, rtype, sector, out_data, out_len,
                                            in_data, sum(n for _, n in in_segs), status_addr,
                                            status_host, None if segment is None else tuple(segment))
 

@@ -79,9 +79,6 @@ class PackedQueue(SplitQueue):
         flags = _U16.unpack_from(self.mem.buf, self._d + 16 * slot + 14)[0]
         return bool(flags & VIRTQ_DESC_F_AVAIL) == wrap and bool(flags & VIRTQ_DESC_F_USED) != wrap
 
-    def has_pending(self) -> bool:
-        return self.active and self._is_avail(self.last_avail_idx, self.avail_wrap)
-
     def available(self) -> int:
         """1 when the next slot holds an available chain, else 0 (a packed ring has no index
         to count by; the device's batch loop asks again after each chain)."""
@@ -222,24 +219,23 @@ class PackedQueue(SplitQueue):
             return False
         return _EVENT.unpack_from(self.mem.buf, self._a)[1] == RING_EVENT_FLAGS_DISABLE
 
-    def suppress_kicks(self, suppress: bool) -> None:
-        """The device's event suppression structure: DISABLE, ENABLE, or with EVENT_IDX a kick
-        once the driver makes the slot after the last one seen available."""
-        if suppress:
-            want = (None, RING_EVENT_FLAGS_DISABLE)
-        elif self.event_idx:
-            want = (self.last_avail_idx | (0x8000 if self.avail_wrap else 0), RING_EVENT_FLAGS_DESC)
-        else:
-            want = (None, RING_EVENT_FLAGS_ENABLE)
+    def _ask_for_kicks(self) -> None:
+        """The device's event suppression structure: ENABLE, or with EVENT_IDX a kick once the
+        driver makes the slot after the last one seen available (DESC). The device never
+        turns kicks off (DISABLE): requests complete inside the kick."""
         ubuf, u = self._uw_buf, self._uw
         off_wrap, flags = _EVENT.unpack_from(ubuf, u)
-        if want[0] is not None and off_wrap != want[0]:
-            _U16.pack_into(ubuf, u, want[0])
-            self.mem.notify_write(self.used_addr, 2)
-        if flags != want[1]:
-            _U16.pack_into(ubuf, u + 2, want[1])
+        want_flags = RING_EVENT_FLAGS_ENABLE
+        if self.event_idx:
+            want_flags = RING_EVENT_FLAGS_DESC
+            want = self.last_avail_idx | (0x8000 if self.avail_wrap else 0)
+            if off_wrap != want:
+                _U16.pack_into(ubuf, u, want)
+                self.mem.notify_write(self.used_addr, 2)
+        if flags != want_flags:
+            _U16.pack_into(ubuf, u + 2, want_flags)
             self.mem.notify_write(self.used_addr + 2, 2)
 
     def rearm_kicks(self) -> bool:
-        self.suppress_kicks(False)
+        self._ask_for_kicks()
         return self._is_avail(self.last_avail_idx, self.avail_wrap)

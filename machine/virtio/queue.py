@@ -17,7 +17,7 @@ from typing import Callable
 from .. import trace, vmstate
 from ..memory import GuestMemory, GuestMemoryError
 from .spec import (VIRTQ_AVAIL_F_NO_INTERRUPT, VIRTQ_DESC_F_INDIRECT, VIRTQ_DESC_F_NEXT,
-                   VIRTQ_DESC_F_WRITE, VIRTQ_USED_F_NO_NOTIFY)
+                   VIRTQ_DESC_F_WRITE)
 from .rules import describe
 
 QUEUE_MAX_SIZE = 1024          # as QEMU's VIRTQUEUE_MAX_SIZE; the spec allows up to 32768
@@ -328,12 +328,6 @@ class SplitQueue:
             self._map_rings()
 
     # -- reading the avail ring ------------------------------------------------------------
-    def avail_idx(self) -> int:
-        return _U16.unpack_from(self.mem.buf, self._a + 2)[0]
-
-    def has_pending(self) -> bool:
-        return self.active and self.avail_idx() != self.last_avail_idx
-
     def available(self) -> int:
         """How many chains the driver has made available that the device has not taken yet.
         Raises VirtqueueError if the driver moved its index further than the ring holds."""
@@ -492,26 +486,25 @@ class SplitQueue:
             return ((used_event - self.used_idx) & 0xFFFF) >= len(self.inflight)
         return bool(_U16.unpack_from(buf, self._a)[0] & VIRTQ_AVAIL_F_NO_INTERRUPT)
 
-    def suppress_kicks(self, suppress: bool) -> None:
-        """Tell the driver whether to kick: used->flags NO_NOTIFY, or with EVENT_IDX avail_event
-        (ask for a kick once the driver moves past the avail index we have seen). A field that
-        already holds the value is not rewritten (each host write costs a code-cache check)."""
+    def _ask_for_kicks(self) -> None:
+        """Ask the driver to kick for what it adds next: with EVENT_IDX avail_event = the avail
+        index seen so far, else used->flags without NO_NOTIFY. The device never turns kicks off
+        (requests complete inside the kick, on the one vCPU). A field that already holds the
+        value is not rewritten (each host write costs a code-cache check)."""
         ubuf, u = self._uw_buf, self._uw
         if self.event_idx:
-            if not suppress:
-                off = 4 + 8 * self.size
-                idx = _U16.unpack_from(self.mem.buf, self._a + 2)[0]
-                if _U16.unpack_from(ubuf, u + off)[0] != idx:
-                    _U16.pack_into(ubuf, u + off, idx)
-                    self.mem.notify_write(self.used_addr + off, 2)
+            off = 4 + 8 * self.size
+            idx = _U16.unpack_from(self.mem.buf, self._a + 2)[0]
+            if _U16.unpack_from(ubuf, u + off)[0] != idx:
+                _U16.pack_into(ubuf, u + off, idx)
+                self.mem.notify_write(self.used_addr + off, 2)
             return
-        flags = VIRTQ_USED_F_NO_NOTIFY if suppress else 0
-        if _U16.unpack_from(ubuf, u)[0] != flags:
-            _U16.pack_into(ubuf, u, flags)
+        if _U16.unpack_from(ubuf, u)[0] != 0:         # no NO_NOTIFY (nor any other bit)
+            _U16.pack_into(ubuf, u, 0)
             self.mem.notify_write(self.used_addr, 2)
 
     def rearm_kicks(self) -> bool:
-        """Ask for the next kick (suppress_kicks(False)) and say whether chains are already
-        waiting: the caller handles those now instead of waiting for a kick that may not come."""
-        self.suppress_kicks(False)
+        """Ask for the next kick (_ask_for_kicks) and say whether chains are already waiting:
+        the caller handles those now instead of waiting for a kick that may not come."""
+        self._ask_for_kicks()
         return _U16.unpack_from(self.mem.buf, self._a + 2)[0] != self.last_avail_idx
