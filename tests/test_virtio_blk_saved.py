@@ -159,6 +159,18 @@ def held_bench(tmp_path):
     return b
 
 
+def test_a_delay_rule_without_a_clock_completes_at_once(tmp_path):
+    """A device used without a board has no virtual clock: a blkdebug [delay] rule cannot hold
+    the completion, which is pushed at once."""
+    b = bench(tmp_path, rules='[delay]\nevent = "read_aio"\nlatency-ns = "5000"\n').start()
+    try:
+        req = BlkRequests(b.vqs[0]).submit(T_IN, 2, in_len=512)
+        b.drv.kick(0)
+        assert b.vqs[0].get_used() == [(req.head, 513)] and b.vdev.delayed == []
+    finally:
+        b.close()
+
+
 def test_a_held_completion_completes_when_its_timer_fires_and_leaves_nothing_behind(tmp_path):
     b = held_bench(tmp_path)
     try:

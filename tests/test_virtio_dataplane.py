@@ -172,6 +172,26 @@ def test_a_flush_runs_after_the_writes_before_it(rig):
     assert b.image()[:1024] == b"a" * 512 + b"b" * 512
 
 
+def test_a_stop_policy_parks_a_request_run_inside_the_kick(rig, tmp_path):
+    """A lone small write runs in the kick (inline); a stop policy parks it there as on the
+    worker, and `cont` hands it to the I/O thread."""
+    conf = tmp_path / "r.conf"
+    conf.write_text('[inject-error]\nevent = "write_aio"\nerrno = "5"\nonce = "on"\n')
+    b = rig(gated=False, blkdebug=conf, werror="stop")
+    b.vdev.inline_max_bytes = 4096
+    stops = []
+    b.vdev.on_io_error = lambda: stops.append(True)
+    vq = b.vqs[0]
+    req = BlkRequests(vq).submit(T_OUT, 5, out=b"q" * 512)
+    b.drv.kick(0)
+    assert b.io.in_flight == 0                     # it ran here
+    assert stops == [True] and vq.get_used() == [] and len(b.vdev.parked) == 1
+    b.vdev.restart_parked()
+    b.vdev.drain()
+    assert [h for h, _ in vq.get_used()] == [req.head]
+    assert b.image()[5 * 512:6 * 512] == b"q" * 512
+
+
 def test_a_stop_policy_parks_on_the_io_thread_too_and_restart_runs_it_there(rig, tmp_path):
     conf = tmp_path / "r.conf"
     conf.write_text('[inject-error]\nevent = "write_aio"\nerrno = "5"\nonce = "on"\n')
@@ -332,6 +352,12 @@ def test_driver_polls_reads_the_drivers_interrupt_suppression(rig):
     assert q.driver_polls()                        # by neither
     vq.set_used_event(0xFFFF)
     assert q.driver_polls()
+    q.used_idx = 5                                 # later on the ring: the distance counts
+    vq.set_used_event(5)
+    assert not q.driver_polls()                    # reached by the first of the two
+    vq.set_used_event(7)
+    assert q.driver_polls()
+    q.used_idx = 0
     q.event_idx = False
     vq.set_avail_flags(0)
     assert not q.driver_polls()

@@ -248,6 +248,9 @@ def test_a_driver_that_disabled_interrupts_polls(make):
     for flags, polls in ((DISABLE, True), (ENABLE, False), (DESC, False)):
         ring.set_driver_event(0, flags)
         assert q.driver_polls() is polls
+    ring.set_driver_event(0, DISABLE)
+    q.reset()
+    assert q.driver_polls() is False               # no ring: nothing to say
 
 
 def test_driver_event_desc_interrupts_only_when_its_slot_is_used(make):
