@@ -729,3 +729,18 @@ def test_rollback_of_a_disk_that_cannot_be_resized_does_not_try(tmp_path):
         assert p.read_bytes() == _BLOCKS and log.blocks == {}
     finally:
         j.close()
+
+
+def test_the_tail_a_rollback_cuts_off_goes_into_the_other_logs(tmp_path):
+    p, be, j = _journal(tmp_path)
+    try:
+        older = j.start_log()                       # the disk was 16 KiB
+        j.resize(20480)
+        j.writev(16384, [memoryview(b"T" * 4096)])
+        newer = j.start_log()                       # 20 KiB, block 4 all T
+        j.rollback(older)                           # cuts block 4: the newer log keeps it
+        assert p.read_bytes() == _BLOCKS and newer.blocks == {4: b"T" * 4096}
+        j.rollback(newer)
+        assert p.read_bytes() == _BLOCKS + b"T" * 4096 and (newer.size, newer.blocks) == (20480, {})
+    finally:
+        j.close()
