@@ -398,6 +398,17 @@ def test_closing_twice_is_harmless(tmp_path):
     be.close()
 
 
+def test_closing_a_snapshot_overlay_twice_closes_each_descriptor_once(tmp_path, monkeypatch):
+    overlay = open_drive(DriveConfig(file=image(tmp_path), snapshot=True))
+    fds = (overlay.fd, overlay.base.fd)
+    closed = []
+    real_close = os.close
+    monkeypatch.setattr(os, "close", lambda fd: (closed.append(fd), real_close(fd)))
+    overlay.close()
+    overlay.close()
+    assert sorted(closed) == sorted(fds)
+
+
 def test_a_snapshot_keeps_the_drive_options(tmp_path):
     p = image(tmp_path)
     be = open_drive(DriveConfig(file=p, snapshot=True, cache="writethrough", discard="unmap"))

@@ -173,6 +173,12 @@ def test_sector_and_iotype_limit_what_fails():
     assert fails(bd.flush) is None                    # a flush covers no sector
 
 
+def test_a_flush_covers_no_sector_not_even_sector_0():
+    bd, _ = wrap('[inject-error]\nevent = "none"\nsector = "0"\n')
+    assert fails(bd.readv, 0, BUF) == errno.EIO
+    assert fails(bd.flush) is None                    # offset 0, length 0: nothing covered
+
+
 def test_once_fires_on_the_first_matching_request_only():
     bd, _ = wrap('[inject-error]\nevent = "none"\nerrno = "28"\nonce = "on"\n')
     assert fails(bd.readv, 0, BUF) == errno.ENOSPC

@@ -218,3 +218,28 @@ def test_irq_lines_deliver_exact_levels_and_late_connections_see_the_current_one
     b.lower()
     c.lower()
     assert wired == [True, False, True, False] and shared.input().name == "shared"
+
+
+def test_a_new_line_is_low_and_lowering_it_calls_nobody():
+    seen = []
+    line = IrqLine("l", seen.append)
+    line.lower()
+    line.pulse()
+    assert seen == [True, False]                    # only the pulse's two edges
+
+
+def test_a_shared_line_resyncs_from_its_inputs_without_calling_the_sink():
+    from machine.irq import SharedLine
+    seen = []
+    shared = SharedLine(seen.append)
+    a, b = shared.input("a"), shared.input("b")
+    a.raise_()
+    assert seen == [True]
+    shared._asserted = set()                        # as a snapshot restore leaves it
+    shared.resync()
+    assert shared.level and seen == [True]
+    a.lower()
+    assert seen == [True, False] and not shared.level
+    b.level = True                                  # restored level, then resync
+    shared.resync()
+    assert shared.level and seen == [True, False]
