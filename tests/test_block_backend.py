@@ -464,3 +464,294 @@ def test_a_fifo_or_character_device_is_refused_without_waiting(tmp_path, readonl
             t.join()
         assert not hung, f"opening {path} blocked"
         assert errors == [f"Could not open '{path}': not a regular file or a block device"]
+
+
+# -- undo logs (block/undo.py): a Journal keeps, per log, each block as it was before its first
+# write since the log started; rollback writes them back. Driven on real raw images.
+
+from machine.block.undo import BLOCK, Journal, UndoLog
+
+_BLOCKS = b"".join(bytes([0x10 + i]) * 4096 for i in range(4))       # 16 KiB, block i all 0x1i
+
+
+def _journal(tmp_path, data=_BLOCKS, **options):
+    p = image(tmp_path, data)
+    be = open_drive(DriveConfig(file=p, **options))
+    return p, be, Journal(be)
+
+
+class _Spy:
+    """A backend that notes every call made to it (lists of buffers as their total length)."""
+
+    def __init__(self, inner):
+        self._inner = inner
+        self.calls = []
+
+    def __getattr__(self, name):
+        attr = getattr(self._inner, name)
+        if not callable(attr):
+            return attr
+
+        def call(*args):
+            self.calls.append((name,) + tuple(sum(map(len, a)) if isinstance(a, list) else a for a in args))
+            return attr(*args)
+        return call
+
+
+def test_undo_block_is_4_kib_and_a_log_records_and_clears():
+    assert BLOCK == 4096
+    log = UndoLog(100)
+    assert (log.size, log.blocks, log.on_record) == (100, {}, None)
+    log.record(3, b"abc")                          # no listener: only kept
+    assert log.blocks == {3: b"abc"}
+    heard = []
+    log.on_record = lambda index, data: heard.append((index, data))
+    log.record(5, b"de")
+    assert log.blocks == {3: b"abc", 5: b"de"} and heard == [(5, b"de")]
+    log.clear(50)
+    assert (log.size, log.blocks) == (50, {})
+
+
+def test_a_journal_has_the_drive_properties_of_what_it_wraps(tmp_path):
+    p, be, j = _journal(tmp_path, cache="writethrough", discard="unmap", rerror="stop", werror="report")
+    try:
+        assert (j.size, j.read_only, j.discard_unmap, j.cache, j.filename, j.on_read_error, j.on_write_error) == \
+            (16384, False, True, "writethrough", str(p), "stop", "report")
+        assert j.fd == be.fd and j.regular is True          # anything else: the wrapped backend's
+        assert j.logs == []
+    finally:
+        j.close()
+    assert be.fd == -1
+    ro = open_drive(DriveConfig(file=p, readonly=True))
+    try:
+        assert Journal(ro).read_only is True and Journal(ro).discard_unmap is False
+    finally:
+        ro.close()
+
+
+def test_a_journal_without_logs_only_forwards_calls(tmp_path):
+    p, be, _ = _journal(tmp_path, discard="unmap")
+    spy = _Spy(be)
+    j = Journal(spy)
+    try:
+        assert j.writev(100, [memoryview(b"a" * 10), memoryview(b"b" * 20)]) == 30
+        j.write_zeroes(4096, 512, True)
+        j.write_zeroes(8192, 512, False)
+        j.discard(12288, 4096)
+        j.flush()
+        out = bytearray(8)
+        assert j.readv(96, [memoryview(out)]) == 8 and bytes(out) == b"\x10" * 4 + b"a" * 4
+        assert j.refresh_size() == 16384
+        j.resize(20480)
+        assert spy.calls == [("writev", 100, 30), ("write_zeroes", 4096, 512, True),
+                             ("write_zeroes", 8192, 512, False), ("discard", 12288, 4096), ("flush",),
+                             ("readv", 96, 8), ("refresh_size",), ("resize", 20480)]
+        log = j.start_log()
+        j.stop_log(log)
+        j.stop_log(log)                             # a log no longer there: nothing to do
+        spy.calls.clear()
+        j.writev(0, [memoryview(b"c")])             # stopped: no before-image read any more
+        assert spy.calls == [("writev", 0, 1)] and log.blocks == {}
+        j.close()
+        assert spy.calls[-1] == ("close",)
+    finally:
+        be.close()
+    assert p.read_bytes()[100:130] == b"a" * 10 + b"b" * 20 and len(p.read_bytes()) == 20480
+
+
+def test_only_the_first_write_to_a_block_records_its_before_image(tmp_path):
+    p, be, j = _journal(tmp_path)
+    try:
+        log = j.start_log()
+        assert j.logs == [log] and (log.size, log.blocks) == (16384, {})
+        assert j.writev(4096 + 100, [memoryview(b"A" * 10)]) == 10
+        assert log.blocks == {1: b"\x11" * 4096}
+        j.writev(4096, [memoryview(b"B" * 4096)])   # again: the before-image stays the first one
+        assert log.blocks == {1: b"\x11" * 4096}
+        # [4000, 8200) in two buffers: blocks 0 and 2 are new, block 1 (between them) is kept
+        assert j.writev(4000, [memoryview(b"C" * 100), memoryview(b"D" * 4100)]) == 4200
+        assert log.blocks == {0: b"\x10" * 4096, 1: b"\x11" * 4096, 2: b"\x12" * 4096}
+        assert p.read_bytes()[4000:8200] == b"C" * 100 + b"D" * 4100
+    finally:
+        j.close()
+
+
+def test_the_blocks_recorded_are_exactly_those_a_range_touches(tmp_path):
+    p, be, j = _journal(tmp_path)
+    try:
+        log = j.start_log()
+        j.writev(100, [])                           # empty, mid-block: nothing
+        j.write_zeroes(4096 + 100, 0, False)
+        assert log.blocks == {}
+        j.writev(4096, [memoryview(b"E" * 4096)])   # exactly one block: not the next one
+        assert log.blocks == {1: b"\x11" * 4096}
+        j.writev(12288 - 1, [memoryview(b"F")])      # one byte, the last of block 2
+        assert log.blocks == {1: b"\x11" * 4096, 2: b"\x12" * 4096}
+        j.write_zeroes(12288, 1, False)             # one byte, the first of block 3
+        assert sorted(log.blocks) == [1, 2, 3] and log.blocks[3] == b"\x13" * 4096
+    finally:
+        j.close()
+
+
+def test_writes_past_the_end_record_nothing(tmp_path):
+    p, be, j = _journal(tmp_path)
+    try:
+        log = j.start_log()
+        with pytest.raises(OSError):
+            j.writev(16384, [memoryview(b"x" * 512)])
+        os.truncate(p, 8192)                        # the host shrank the image under the log
+        assert j.refresh_size() == 8192 == j.size and log.size == 16384
+        with pytest.raises(OSError):
+            j.writev(8192, [memoryview(b"x" * 4096)])
+        assert log.blocks == {}
+    finally:
+        j.close()
+
+
+def test_a_block_the_host_cut_short_is_recorded_as_far_as_it_reads(tmp_path):
+    p, be, j = _journal(tmp_path)
+    try:
+        log = j.start_log()
+        os.truncate(p, 8192 + 512)                  # the drive still believes 16 KiB
+        with pytest.raises(OSError) as e:
+            j.writev(8192, [memoryview(b"x" * 4096)])
+        assert e.value.strerror == "the image shrank on the host"
+        assert log.blocks == {2: b"\x12" * 512}
+    finally:
+        j.close()
+
+
+def test_write_zeroes_and_an_unmapping_discard_record_what_they_change(tmp_path):
+    p, be, j = _journal(tmp_path, discard="unmap")
+    try:
+        log = j.start_log()
+        j.discard(4096 + 512, 4096)                 # blocks 1 and 2, partly
+        assert log.blocks == {1: b"\x11" * 4096, 2: b"\x12" * 4096}
+        j.write_zeroes(12288, 4096, True)
+        assert sorted(log.blocks) == [1, 2, 3] and log.blocks[3] == b"\x13" * 4096
+        assert p.read_bytes() == b"\x10" * 4096 + b"\x11" * 512 + bytes(4096) + b"\x12" * 3584 + bytes(4096)
+        j.rollback(log)
+        assert p.read_bytes() == _BLOCKS and (log.size, log.blocks) == (16384, {})
+    finally:
+        j.close()
+
+
+def test_a_discard_that_keeps_the_data_records_nothing(tmp_path):
+    p, be, j = _journal(tmp_path)                   # discard=ignore: the data stays
+    try:
+        log = j.start_log()
+        j.discard(0, 8192)
+        assert log.blocks == {} and p.read_bytes() == _BLOCKS
+    finally:
+        j.close()
+
+
+def test_rollback_restores_only_the_logged_blocks_and_restarts_the_log(tmp_path):
+    p, be, j = _journal(tmp_path)
+    try:
+        log = j.start_log()
+        j.writev(4096, [memoryview(b"J" * 4096)])
+        be.writev(12288, [memoryview(b"R" * 4096)])     # behind the journal's back: not logged
+        j.rollback(log)
+        assert p.read_bytes() == _BLOCKS[:12288] + b"R" * 4096
+        assert j.logs == [log] and (log.size, log.blocks) == (16384, {})
+        j.writev(0, [memoryview(b"K")])             # the log goes on from the rollback
+        assert log.blocks == {0: b"\x10" * 4096}
+    finally:
+        j.close()
+
+
+def test_several_logs_each_bring_back_the_disk_of_their_start(tmp_path):
+    p, be, j = _journal(tmp_path)
+    x0 = b"X" * 4096
+    try:
+        a = j.start_log()
+        j.writev(0, [memoryview(x0)])
+        b = j.start_log()
+        assert j.logs == [a, b]
+        j.writev(0, [memoryview(b"Y" * 8192)])       # blocks 0 and 1
+        assert a.blocks == {0: b"\x10" * 4096, 1: b"\x11" * 4096}
+        assert b.blocks == {0: x0, 1: b"\x11" * 4096}
+        j.rollback(b)                               # back to b's start; a's log is not touched
+        assert p.read_bytes() == x0 + _BLOCKS[4096:]
+        assert b.blocks == {} and a.blocks == {0: b"\x10" * 4096, 1: b"\x11" * 4096}
+        j.writev(8192, [memoryview(b"W" * 4096)])
+        assert a.blocks[2] == b.blocks[2] == b"\x12" * 4096
+        j.rollback(a)                               # its writes go into b's log like any other
+        assert p.read_bytes() == _BLOCKS
+        assert b.blocks == {0: x0, 1: b"\x11" * 4096, 2: b"\x12" * 4096}
+        j.rollback(b)                               # a (restarted by its rollback) records those
+        assert p.read_bytes() == x0 + _BLOCKS[4096:]
+        assert a.blocks == {0: b"\x10" * 4096, 1: b"\x11" * 4096, 2: b"\x12" * 4096} and b.blocks == {}
+        j.stop_log(a)
+        assert j.logs == [b]
+        j.writev(12288, [memoryview(b"Z")])
+        assert sorted(a.blocks) == [0, 1, 2] and b.blocks == {3: b"\x13" * 4096}
+    finally:
+        j.close()
+
+
+def test_rollback_across_a_grow_keeps_each_log_to_its_own_size(tmp_path):
+    """A disk of 16.5 KiB (its last block 512 bytes) grown twice, a log started before each grow."""
+    data = _BLOCKS + b"\x14" * 512
+    p, be, j = _journal(tmp_path, data)
+    try:
+        a = j.start_log()
+        j.resize(20480)                             # growing changes no data: nothing recorded
+        assert a.blocks == {} and j.size == 20480
+        b = j.start_log()
+        assert b.size == 20480
+        j.resize(24576)
+        j.writev(16384, [memoryview(b"G" * 8192)])  # blocks 4 and 5
+        assert a.blocks == {4: b"\x14" * 512}       # a's disk ended 512 bytes into block 4
+        assert b.blocks == {4: b"\x14" * 512 + bytes(3584)}    # b's ended with block 4; no block 5
+        j.rollback(b)
+        assert p.read_bytes() == data + bytes(3584) and (b.size, b.blocks) == (20480, {})
+        assert a.blocks == {4: b"\x14" * 512}
+        j.rollback(a)
+        assert p.read_bytes() == data and j.size == 16896 and (a.size, a.blocks) == (16896, {})
+        assert b.blocks == {4: b"\x14" * 512 + bytes(3584)}
+    finally:
+        j.close()
+
+
+def test_rollback_across_a_shrink_grows_the_disk_back_first(tmp_path):
+    data = _BLOCKS + b"\x14" * 512
+    p, be, j = _journal(tmp_path, data)
+    try:
+        log = j.start_log()
+        j.resize(8192 + 512)                        # cuts into block 2: blocks 2, 3, 4 recorded
+        assert log.blocks == {2: b"\x12" * 4096, 3: b"\x13" * 4096, 4: b"\x14" * 512}
+        j.rollback(log)
+        assert p.read_bytes() == data and j.size == 16896 and (log.size, log.blocks) == (16896, {})
+        j.resize(16896)                             # the same size: nothing is cut
+        assert log.blocks == {}
+    finally:
+        j.close()
+
+
+def test_rollback_of_a_disk_that_cannot_be_resized_does_not_try(tmp_path):
+    p, be, j = _journal(tmp_path)
+    try:
+        be.regular = False                          # as a block device: resize() refuses
+        log = j.start_log()
+        j.write_zeroes(0, 16384, False)
+        j.rollback(log)
+        assert p.read_bytes() == _BLOCKS and log.blocks == {}
+    finally:
+        j.close()
+
+
+def test_the_tail_a_rollback_cuts_off_goes_into_the_other_logs(tmp_path):
+    p, be, j = _journal(tmp_path)
+    try:
+        older = j.start_log()                       # the disk was 16 KiB
+        j.resize(20480)
+        j.writev(16384, [memoryview(b"T" * 4096)])
+        newer = j.start_log()                       # 20 KiB, block 4 all T
+        j.rollback(older)                           # cuts block 4: the newer log keeps it
+        assert p.read_bytes() == _BLOCKS and newer.blocks == {4: b"T" * 4096}
+        j.rollback(newer)
+        assert p.read_bytes() == _BLOCKS + b"T" * 4096 and (newer.size, newer.blocks) == (20480, {})
+    finally:
+        j.close()
