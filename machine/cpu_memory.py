@@ -70,7 +70,9 @@ class CpuMemory:
                                             self._base_ram)
         if self.store_path is not None:
             mem.add_map_listener(self._sync_store_path)
-        mem.add_write_listener(self.on_host_write)
+        # With the store path's record of code pages, writes elsewhere need nothing of us.
+        mem.add_write_listener(self.on_host_write,
+                               self.store_path.code_map if self.store_path is not None else 0)
 
     def _sync_store_path(self) -> None:
         """The RAM map changed: the fast path covers what is still base RAM (windows added

@@ -87,6 +87,7 @@ class GuestMemory:
         self._mv = memoryview(self.buf)
         self._starts = [r.gpa for r in self.ranges]
         self._write_listeners: list[Callable[[int, int], None]] = []
+        self._code_maps: list[int] = []           # per listener, see add_write_listener
         self._map_listeners: list[Callable[[], None]] = []
 
     # -- windows that come and go (chipset shadow RAM) ------------------------------------------
@@ -200,10 +201,26 @@ class GuestMemory:
         self.notify_write(gpa, 8)
 
     # -- coherence with translated code ------------------------------------------------------
-    def add_write_listener(self, fn: Callable[[int, int], None]) -> None:
+    def add_write_listener(self, fn: Callable[[int, int], None], code_map: int = 0) -> None:
         """fn(gpa, length) runs after every host-side write into guest RAM (the CPU layer uses it
-        to drop translated code; tests use it to watch DMA)."""
+        to drop translated code; tests use it to watch DMA). `code_map`, for a listener that
+        acts only on writes to pages holding translated code: the address of its byte per page
+        of the buffer, non-zero where code is (native/storepath.c keeps one)."""
         self._write_listeners.append(fn)
+        self._code_maps.append(code_map)
+
+    def native_write_filter(self) -> int | None:
+        """For native code writing guest RAM without calling notify_write (the virtio-blk fast
+        path): None when some listener must hear of every write; else the address of the one
+        page map whose marked pages it must leave to notify_write, or 0 when nobody listens."""
+        if "notify_write" in self.__dict__:      # replaced on the object: a test watches
+            return None
+        maps = self._code_maps
+        if not maps:
+            return 0
+        if len(maps) == 1 and maps[0]:
+            return maps[0]
+        return None
 
     def notify_write(self, gpa: int, length: int) -> None:
         for fn in self._write_listeners:

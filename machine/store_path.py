@@ -107,6 +107,12 @@ class StorePath:
         return b"\x01" in self._code[offset >> 12:((offset + length - 1) >> 12) + 1]
 
     @property
+    def code_map(self) -> int:
+        """Address of the byte per RAM buffer page that says code was translated there (for
+        native code that checks it as `holds_code` does)."""
+        return self._state.code
+
+    @property
     def cleaned(self) -> int:
         """TLB entries put on the fast path."""
         return self._state.cleaned
