@@ -15,9 +15,10 @@ from machine.virtio.blk_request import IoError, RequestError, SegmentTooShort, U
 SECT = 512
 
 
-@pytest.fixture
-def make(tmp_path):
-    yield from benches(tmp_path)
+@pytest.fixture(params=[False, True], ids=["python", "native"])
+def make(tmp_path, request):
+    """Every test twice: the device model in Python, and with its native request path."""
+    yield from benches(tmp_path, native=request.param)
 
 
 def seg(sector, n, flags=0):

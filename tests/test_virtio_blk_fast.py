@@ -26,9 +26,9 @@ SECTORS = DISK // 512
 
 def pair(tmp_path, **kw) -> tuple[Bench, Bench]:
     """Two identical benches: the first with the native path, the second without."""
-    fast, slow = Bench(tmp_path, disk_size=DISK, ram=16 << 20, **kw), Bench(tmp_path, disk_size=DISK, ram=16 << 20, **kw)
-    assert fast.vdev._fast is not None
-    slow.vdev._fast = None
+    fast = Bench(tmp_path, disk_size=DISK, ram=16 << 20, native=True, **kw)
+    slow = Bench(tmp_path, disk_size=DISK, ram=16 << 20, **kw)
+    assert fast.vdev._fast is not None and slow.vdev._fast is None
     return fast, slow
 
 
@@ -162,7 +162,7 @@ def test_plain_reads_and_writes_complete_natively_and_the_rest_in_python(tmp_pat
 def test_a_buffer_on_a_page_with_translated_code_is_left_to_the_python_path(tmp_path):
     """The CPU drops translated code only for writes it hears of: a read into such a page must
     go through notify_write; one elsewhere need not."""
-    fast = Bench(tmp_path, disk_size=DISK, ram=16 << 20)
+    fast = Bench(tmp_path, disk_size=DISK, ram=16 << 20, native=True)
     try:
         code = (ctypes.c_uint8 * (fast.mem.size >> 12))()
         heard = []
@@ -186,7 +186,7 @@ def test_a_buffer_on_a_page_with_translated_code_is_left_to_the_python_path(tmp_
 
 
 def test_writes_with_an_undo_log_or_in_writethrough_mode_are_left_to_the_python_path(tmp_path):
-    b = Bench(tmp_path, disk_size=DISK, ram=16 << 20)
+    b = Bench(tmp_path, disk_size=DISK, ram=16 << 20, native=True)
     try:
         b.start()
         b.run(T_OUT, 0, out=b"\1" * 512)
@@ -234,7 +234,7 @@ def test_the_notify_budget_is_kept_by_the_native_path(tmp_path):
 
 def test_a_trace_event_on_the_request_path_sends_requests_through_python(tmp_path):
     from machine import trace
-    b = Bench(tmp_path, disk_size=DISK, ram=16 << 20)
+    b = Bench(tmp_path, disk_size=DISK, ram=16 << 20, native=True)
     seen = []
     try:
         b.start()
@@ -250,4 +250,31 @@ def test_a_trace_event_on_the_request_path_sends_requests_through_python(tmp_pat
         b.run(T_IN, 6, in_len=512)
         assert b.vdev._fast.requests == 1
     finally:
+        b.close()
+
+
+def test_with_an_iothread_small_requests_run_natively_in_the_kick_and_large_ones_on_the_thread(tmp_path):
+    from machine.iothread import IoThread
+    b = Bench(tmp_path, disk_size=DISK, ram=16 << 20, native=True)
+    b.io = b.vdev.iothread = IoThread("io0")
+    try:
+        b.start()
+        blk = BlkRequests(b.vqs[0])
+        small = [blk.submit(T_IN, 8 * i, in_len=4096) for i in range(4)]
+        big = blk.submit(T_IN, 0, in_len=b.vdev.inline_max_bytes + 512)
+        after = blk.submit(T_IN, 64, in_len=512)        # behind the big one: the thread's too
+        b.drv.kick(0)
+        assert b.vdev._fast.requests == 4
+        used = [h for h, _ in b.vqs[0].get_used()]
+        assert used[:4] == [r.head for r in small]      # done inside the kick, in order
+        while len(used) < 6:
+            b.io.settle(0.01)
+            b.vdev.io_batch_done()
+            used += [h for h, _ in b.vqs[0].get_used()]
+        assert used[4:] == [big.head, after.head]
+        data, status = blk.result(big)
+        assert status == S_OK and data == b.image()[:len(data)]
+        assert b.vdev._fast.requests == 4
+    finally:
+        b.io.close()
         b.close()

@@ -383,7 +383,7 @@ class Bench:
     """One virtio-blk-pci on a fresh image, with a driver for the chosen interface."""
 
     def __init__(self, tmp_path, *, disk_size: int = 1 << 20, props: dict | None = None,
-                 legacy: bool = False, ram: int = 4 << 20, **drive_kw):
+                 legacy: bool = False, ram: int = 4 << 20, native: bool = False, **drive_kw):
         from machine.block import open_drive
         from machine.config import DriveConfig
         from machine.virtio.blk_pci import create_virtio_blk_pci
@@ -397,6 +397,10 @@ class Bench:
             self.backend.close()           # a refused configuration leaves no image locked
             raise
         self.vdev = self.dev.vdev
+        # The device model in Python unless asked: its native request path
+        # (machine/virtio/blk_fast.py) is checked against it in tests/test_virtio_blk_fast.py.
+        if not native:
+            self.vdev._fast = None
         self.alloc = Allocator(self.mem)
         self.drv = LegacyPci(self.dev, self.mem) if legacy else ModernPci(self.dev, self.mem)
         self.irq_levels: list[bool] = []
@@ -430,12 +434,12 @@ class Bench:
         self.backend.close()
 
 
-def benches(tmp_path):
+def benches(tmp_path, **defaults):
     """Body of a `make(**kw)` fixture: yields a Bench factory, then closes every Bench made."""
     made: list[Bench] = []
 
     def make(**kw) -> Bench:
-        b = Bench(tmp_path, **kw)
+        b = Bench(tmp_path, **{**defaults, **kw})
         made.append(b)
         return b
     yield make

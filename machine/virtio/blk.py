@@ -199,7 +199,7 @@ class VirtioBlk(VirtioDevice):
             max_wz, 1, 1))
         for _ in range(nq):
             self.add_queue(qsize, self.handle_queue)
-        self._fast = blk_fast.attach(self)       # None: every request in Python
+        self._fast = blk_fast.attach(self, (EV_READ, EV_WRITE, EV_COMPLETE))   # None: all in Python
 
     def update_capacity(self) -> bool:
         """The image may have been resized (QEMU's block_resize, or on the host behind our back:
@@ -267,9 +267,9 @@ class VirtioBlk(VirtioDevice):
         take, push, handle, take_delay = q.take, q.push, self.handle_request, self._take_delay
         status = blk_fast.BAIL
         # The plain requests in native code first (blk_fast.py), up to the first it leaves to us.
-        if self._fast_usable(q):
-            status, done, nbytes = self._fast.serve(q, max_requests, max_bytes, 0, 0,
-                                                    REQUEST_MAX_BYTES, self._fast_can_write())
+        served = self._fast and self._fast.serve(q, max_requests, max_bytes, REQUEST_MAX_BYTES)
+        if served:
+            status, done, nbytes = served
             more = status == blk_fast.MORE
         while status == blk_fast.BAIL:
             for _ in range(q.available()):
@@ -294,21 +294,6 @@ class VirtioBlk(VirtioDevice):
             self.defer(lambda: self.resume_queue(q), q.index)      # the index: a snapshot saves it
         if done > held:
             self.notify(q)
-
-    def _fast_usable(self, q: SplitQueue) -> bool:
-        """May the native path serve `q` now? Only where nothing could tell it from ours: no
-        blkdebug rule, no request trace event, no parked or held request (see blk_fast.py)."""
-        fast = self._fast
-        return (fast is not None and self._take_delay is None and not self.parked
-                and not self.delayed and not EV_READ.enabled and not EV_WRITE.enabled
-                and not EV_COMPLETE.enabled and fast.usable(q))
-
-    def _fast_can_write(self) -> bool:
-        """Does a write complete OK with a pwritev alone? (writeback or cache=unsafe, a writable
-        image, no undo log to keep)"""
-        backend = self.backend
-        return (not backend.read_only and not getattr(backend, "logs", None)
-                and (backend.cache == "unsafe" or self.writeback()))
 
     def _hold(self, q: SplitQueue, head: int, written: int, delay_ns: int) -> None:
         """Complete `head` `delay_ns` of virtual time from now (a blkdebug [delay] rule)."""
@@ -423,9 +408,10 @@ class VirtioBlk(VirtioDevice):
         # Nothing in flight: the small plain requests run here, in native code (blk_fast.py),
         # where each costs less than a hand-over, up to the first it leaves to us.
         status = blk_fast.BAIL
-        if not io.in_flight and inline_max > 0 and self._fast_usable(q):
-            status, done, _ = self._fast.serve(q, 0xFFFFFFFF, 1 << 63, 0, 0, inline_max,
-                                               self._fast_can_write())
+        served = not io.in_flight and inline_max > 0 and self._fast and \
+            self._fast.serve(q, 0xFFFFFFFF, 1 << 63, inline_max)
+        if served:
+            status, done, _ = served
             pushed = done > 0
         while status == blk_fast.BAIL:
             for _ in range(q.available()):

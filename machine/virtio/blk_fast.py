@@ -11,9 +11,10 @@ goes on from there with its statuses, reports and trace events.
 
 `serve` is only used where nothing would tell the two apart (`usable`): a split queue whose used
 ring is guest RAM, nothing in flight, no blkdebug rules, a raw image without undo logs for
-writes, no trace event of the request path on, and no listener that must hear of every guest
-RAM write (a debugger's watchpoints, a test's) beyond the CPU, whose record of code pages the
-native code checks. Without a C compiler the device runs all in Python, as before.
+writes, no trace event of the request path on, no listener that must hear of every guest RAM
+write (a debugger's watchpoints, a test's) beyond the CPU, whose record of code pages the native
+code checks, and no read or write method replaced on the backend object (a test's fault
+injection). Without a C compiler the device runs all in Python, as before.
 """
 
 from __future__ import annotations
@@ -70,17 +71,12 @@ def image_of(backend):
     return inner if type(inner) is RawImage else None
 
 
-def _replaced(backend) -> bool:
-    """Has the backend's read or write been replaced on the object (a test's fault injection)?
-    Then only the Python path calls it."""
-    return "readv" in backend.__dict__ or "writev" in backend.__dict__
-
-
 class FastPath:
     """The native request path of one VirtioBlk (see the module docstring)."""
 
-    def __init__(self, dev, serve):
+    def __init__(self, dev, serve, events):
         self._dev_obj = dev
+        self._events = (EV_POP, EV_FILL) + tuple(events)
         self._serve = serve
         self._backend = dev.backend
         self.image = image_of(dev.backend)
@@ -110,40 +106,43 @@ class FastPath:
         self._ranges_seen = ranges
         return True
 
-    def usable(self, q: SplitQueue) -> bool:
-        """Would a native call on `q` complete requests exactly as the Python path?"""
-        backend = self._dev_obj.backend
+    def serve(self, q: SplitQueue, max_requests: int, max_bytes: int,
+              request_max_bytes: int) -> tuple[int, int, int] | None:
+        """Complete what the native code can of `q`'s available requests within a notify's
+        budget: (DONE, MORE or BAIL, requests done, bytes of them), or None where nothing may
+        be done natively now (see the module docstring), all left to the Python path."""
+        dev = self._dev_obj
+        backend = dev.backend
         if backend is not self._backend:         # swapped (a test's wrapper, block_resize...)
             self._backend, self.image = backend, image_of(backend)
-        image = self.image
-        return (image is not None and type(q) is SplitQueue and q.active and not q.inflight
-                and q._uw_buf is self.mem.buf and not EV_POP.enabled and not EV_FILL.enabled
-                and image.fd >= 0 and self.mem.native_write_filter() is not None
-                and not _replaced(image) and not _replaced(self._backend))
-
-    def serve(self, q: SplitQueue, max_requests: int, max_bytes: int, done: int, nbytes: int,
-              request_max_bytes: int, can_write: bool) -> tuple[int, int, int]:
-        """Complete what the native code can of `q`'s available requests, from a notify that has
-        done `done` requests and `nbytes` bytes of its budget: (DONE, MORE or BAIL, done,
-        nbytes). The caller checked `usable(q)`."""
-        dev, image = self._dev_obj, self.image
-        if not self._sync_ranges():
-            return BAIL, done, nbytes
+        image, mem = self.image, self.mem
+        if (image is None or type(q) is not SplitQueue or not q.active or q.inflight
+                or q._uw_buf is not mem.buf or dev._take_delay is not None or dev.parked
+                or dev.delayed or any(ev.enabled for ev in self._events) or image.fd < 0
+                or "readv" in image.__dict__ or "writev" in image.__dict__
+                or "readv" in backend.__dict__ or "writev" in backend.__dict__):
+            return None
+        code = mem.native_write_filter()
+        if code is None or not self._sync_ranges():
+            return None
+        can_write = (not image.read_only and not getattr(backend, "logs", None)
+                     and (image.cache == "unsafe" or dev.writeback()))
         _QUEUE.pack_into(self._qbuf, 0, q._d, q._a, q._u, q.size, q.event_idx,
-                         q.last_avail_idx, q.used_idx, done, nbytes, max_requests, 0, max_bytes,
-                         self.mem.native_write_filter(), dev.capacity, image.fd, image.regular,
-                         dev.lbs, dev.seg_max, can_write, q.indirect, request_max_bytes)
+                         q.last_avail_idx, q.used_idx, 0, 0, max_requests, 0, max_bytes,
+                         code, dev.capacity, image.fd, image.regular, dev.lbs, dev.seg_max,
+                         can_write, q.indirect, request_max_bytes)
         status = self._serve(self._dev_addr, self._q_addr)
-        last, used, new_done, new_nbytes = _QUEUE_OUT.unpack_from(self._qbuf, _QUEUE_OUT_AT)
+        last, used, done, nbytes = _QUEUE_OUT.unpack_from(self._qbuf, _QUEUE_OUT_AT)
         q.last_avail_idx, q.used_idx = last, used
-        self.requests += new_done - done
-        return status, new_done, new_nbytes
+        self.requests += done
+        return status, done, nbytes
 
 
-def attach(dev) -> FastPath | None:
-    """The native path for `dev`, or None where no C compiler could build it."""
+def attach(dev, events) -> FastPath | None:
+    """The native path for `dev`, whose request trace events are `events` (any of them on:
+    Python's path), or None where no C compiler could build it."""
     try:
         lib = library()
     except ToolchainError:
         return None
-    return FastPath(dev, lib.blkfast_serve)
+    return FastPath(dev, lib.blkfast_serve, events)
