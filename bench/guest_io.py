@@ -6,10 +6,12 @@ and the wall time of a boot-initialise-exit run with no I/O (`tests=init`).
 
     python bench/guest_io.py [--mib 256] [--ops 4096] [--runs 1] [--boot-runs 5] [--quick]
                              [--dir DIR] [--qemu PATH | --no-qemu] [--raw] [--iothread]
+                             [--icount off]
 
 `--iothread` adds two columns: both emulators again with `-object iothread,id=io0` and the
 device's `iothread=io0` (requests on an I/O thread); the target check then reads their ratio.
-`--boot-runs 0` skips the boot timing.
+`--boot-runs 0` skips the boot timing. `--icount off` runs ours in its fast mode (QEMU's TCG
+counts no instructions either); by default ours runs in its exact, deterministic mode.
 
 Not a test: the figures depend on the host and its load; the ratio ours/QEMU, measured in the
 same run on the same host, is what matters. Every figure is host wall time (see `phase_times`):
@@ -173,8 +175,9 @@ class Emulators:
     """How to start each emulator. Ours runs the interpreter directly (not through a shell
     shim) with compiled bytecode cached outside the tree, as an installed package would."""
 
-    def __init__(self, qemu: str | None, workdir: Path):
+    def __init__(self, qemu: str | None, workdir: Path, icount: str | None = None):
         self.qemu = qemu
+        self.ours_options = ["-icount", icount] if icount else []
         self.env = dict(os.environ)
         self.env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), self.env.get("PYTHONPATH"))
                                                  if p)
@@ -187,7 +190,7 @@ class Emulators:
 
     def run(self, name: str, options: list[str]) -> GuestRun:
         if name.split("-")[0] == "ours":
-            return run_guest([sys.executable, "-m", "machine", *options], self.env)
+            return run_guest([sys.executable, "-m", "machine", *self.ours_options, *options], self.env)
         return run_guest([self.qemu, "-nodefaults", "-accel", "tcg", *options])
 
 
@@ -346,6 +349,7 @@ BREAKDOWN_POINTS = [
     ("machine.virtio.pci", "ModernBar", "write", "modern BAR write: the whole notify path"),
     ("machine.virtio.pci", "LegacyBar", "write", "legacy BAR write: the whole notify path"),
     ("machine.virtio.blk", "VirtioBlk", "handle_queue", "  virtio-blk handle_queue"),
+    ("machine.virtio.blk_fast", "FastPath", "serve", "    native request path (walk, I/O, used ring)"),
     ("machine.block.raw", "RawImage", "readv", "    preadv into guest RAM"),
     ("machine.block.raw", "RawImage", "writev", "    pwritev from guest RAM"),
     ("machine.cpu", "Cpu", "_on_host_write", "    host-write bookkeeping (note the range)"),
@@ -395,7 +399,7 @@ def run_breakdown(emus: Emulators, guest: Path, workdir: Path, mib: int, ops: in
     image = fresh_image(workdir / "breakdown.img", mib * MiB)
     options = guest_options(guest, image, f"mode=bench bench_mib={mib} bench_ops={ops}")
     run = run_guest([sys.executable, str(Path(__file__).resolve()), "--breakdown-child",
-                     *options], emus.env)
+                     *emus.ours_options, *options], emus.env)
     image.unlink()
     print(f"\nthis machine, one run with timers around the device path ({run.total:.2f} s):")
     for (op, bs, qd), p in run.phases.items():
@@ -435,6 +439,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--iothread", action="store_true",
                     help="also run both emulators with the device's requests on an I/O thread "
                          "(-object iothread,id=io0 and iothread=io0): columns ours-io, qemu-io")
+    ap.add_argument("--icount", default=None,
+                    help="this machine's -icount: 'off' runs it in the fast mode, as QEMU runs TCG "
+                         "without -icount (default: the exact mode, deterministic)")
     ap.add_argument("--breakdown", action="store_true",
                     help="also run this machine once with timers around the device path")
     argv = sys.argv[1:] if argv is None else list(argv)
@@ -449,7 +456,7 @@ def main(argv: list[str] | None = None) -> int:
 
     guest = ensure_built("guest", "out/guest.elf")
     workdir = Path(tempfile.mkdtemp(prefix="guest-io-", dir=args.dir))
-    emus = Emulators(qemu, workdir)
+    emus = Emulators(qemu, workdir, args.icount)
     names = emus.names(args.iothread)
     image_bytes = args.mib * MiB
     try:
