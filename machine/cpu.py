@@ -35,6 +35,7 @@ unicorn_internals) import unicorn.
 
 from __future__ import annotations
 
+import ctypes
 from dataclasses import dataclass
 
 from unicorn import Uc, UcError
@@ -167,6 +168,11 @@ class Cpu:
         # A device callback that raises ends the run after its instruction, in every mode.
         ui.set_failure_stop(uc, self._stop_counting)
         self._exact_holds = 0                               # see hold_exact()
+        # Native device code that decides alone what Python would (virtio-blk's notify front)
+        # may act only within the fast-mode slice it was armed in: this token is new for each
+        # such slice and 0 in every exact one. Its address is `slice_token_address`.
+        self.slice_token = ctypes.c_uint64(0)
+        self._slice_serial = 0
         self._cpuid = cpuid_table(apic)
         self._slice_start_ns = 0
         self._io_ns = 0                                     # port access time in this slice
@@ -638,6 +644,10 @@ class Cpu:
             trace.log("unimp", f"native instruction clock unavailable: {exc}")
             return None
 
+    @property
+    def slice_token_address(self) -> int:
+        return ctypes.addressof(self.slice_token)
+
     def hold_exact(self, on: bool) -> None:
         """A debugger attached (on) or gone (off): while any holds it, every slice runs in the
         exact mode (instruction-exact stops and counts)."""
@@ -709,6 +719,11 @@ class Cpu:
         one block and may go past `count` by part of one."""
         self._io_ns = 0
         self._set_mode(self._slice_mode(exact))
+        if self._fast:
+            self._slice_serial += 1
+            self.slice_token.value = self._slice_serial
+        else:
+            self.slice_token.value = 0
         result = self._run_slice(count)
         result.io_ns = self._io_ns
         return result

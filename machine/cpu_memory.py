@@ -290,7 +290,9 @@ class CpuMemory:
 
         self._drop_open_bus(region.base, region.size)
         try:
-            ui.mmio_map(self.uc, region.base, region.size, read, write)
+            # A device may put native code in front of its writes (virtio-blk's notify).
+            ui.mmio_map(self.uc, region.base, region.size, read, write,
+                        getattr(ops, "native_write_front", None))
         except UcError as exc:
             trace.guest_error(f"cannot map {region.name} at {region.base:#x}+{region.size:#x}: {exc}")
 

@@ -183,6 +183,7 @@ class Machine:
         self.drives: dict[str, tuple] = {}   # drive id -> (backend, the virtio device using it)
         self.journals: dict[str, Journal] = {}   # drive id -> its undo-log journal (writable drives)
         self._parking_devices: list = []    # devices whose failed requests may wait (rerror/werror=stop)
+        self._native_devices: list = []     # devices with native code acting alone within a slice
         self.paused_reason: str | None = None   # why run() last ended paused ('io-error'), for `info status`
         self._stdin_fd: int | None = None
         self.stdin_filter: Callable[[bytes], bytes] | None = None
@@ -343,6 +344,8 @@ class Machine:
             dev.vdev.defer = functools.partial(self._device_bottom_half, n)
             dev.vdev.timer_key = f"virtio-blk{n}"     # its held completions' timers (snapshots)
             self._parking_devices.append(dev.vdev)
+            if dev.vdev.bind_slice_token(self.cpu.slice_token_address):
+                self._native_devices.append(dev.vdev)
             bus.plug(dev, *where)
             self.devices[f"virtio-blk{n}"] = dev
 
@@ -761,6 +764,8 @@ class Machine:
     def _run_cpu(self, count: int) -> SliceResult:
         start = self.clock.now
         result = self.cpu.run(count)
+        for vdev in self._native_devices:      # their state whole again for whatever comes next
+            vdev.native_sync()
         self.instructions += result.retired
         self.clock.advance_to(start + result.retired + result.io_ns)
         return result

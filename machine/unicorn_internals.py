@@ -378,9 +378,11 @@ def _failer(uc: Uc):
     return fail
 
 
-def mmio_map(uc: Uc, base: int, size: int, read, write) -> None:
+def mmio_map(uc: Uc, base: int, size: int, read, write, native_write=None) -> None:
     """Map [base, base+size) as MMIO: `read(offset, size) -> int`, `write(offset, size, value)`.
-    Raises UcError as `Uc.mmio_map` does (bad alignment, overlap)."""
+    `native_write(fallback) -> (function, user data) | None`: a native write callback for the
+    region that calls `fallback` (the address of `write` as Unicorn would call it) for what it
+    leaves to Python. Raises UcError as `Uc.mmio_map` does (bad alignment, overlap)."""
     fail = _failer(uc)
 
     def on_read(_h, offset, sz, _ud):
@@ -397,11 +399,15 @@ def mmio_map(uc: Uc, base: int, size: int, read, write) -> None:
             fail(exc)
 
     rcb, wcb = _MMIO_READ_T(on_read), _MMIO_WRITE_T(on_write)
+    wfn, wud = ctypes.cast(wcb, ctypes.c_void_p).value, None
+    front = native_write(wfn) if native_write is not None else None
+    if front is not None:
+        wfn, wud = front
     # A map change: inside the region cache's guard when the engine has one (region_cache.py).
     guard = getattr(uc, "map_guard", None)
     with guard() if guard is not None else contextlib.nullcontext():
         err = _uclib.uc_mmio_map(uc._uch, base, size, ctypes.cast(rcb, ctypes.c_void_p), None,
-                                 ctypes.cast(wcb, ctypes.c_void_p), None)
+                                 ctypes.c_void_p(wfn), ctypes.c_void_p(wud))
     if err != UC.UC_ERR_OK:
         raise UcError(err)
     uc._mmio_callbacks[(base, base + size)] = (rcb, wcb)

@@ -316,3 +316,84 @@ int blkfast_serve(const struct blkfast_dev *d, struct blkfast_queue *q)
             return BLKFAST_DONE;
     }
 }
+
+/* -- the notify front ---------------------------------------------------------------------
+ *
+ * In the fast mode (-icount off) the modern BAR's write callback is this function: a notify of
+ * a queue Python armed for the current slice is served here, with no Python at all, when the
+ * whole kick ends the way Python's would without more work: every available request plain,
+ * the budget not reached, and no used-buffer notification due (the driver suppressed it, or
+ * nothing completed).  Otherwise, and for every other write, it calls the region's Python
+ * write, and Python goes on from where this left off (VirtioBlk reads the queue state back
+ * first, and counts what was done here as part of the same kick).
+ *
+ * Arming is for one slice: `token` points at the CPU's slice token, non-zero and new for
+ * each fast-mode slice, 0 in exact slices.  Whatever could change what the device would do
+ * happens either between slices (monitor, debugger, trace events, snapshots, timers: a new
+ * token) or in Python code of this device (transport registers, PCI config, a change of the
+ * memory map), which disarms first. */
+
+typedef void (*mmio_write_fn)(void *uc, uint64_t offset, unsigned size, uint64_t value, void *ud);
+
+#define FRONT_QUEUES 8
+
+struct blkfast_slot {
+    uint64_t token;                       /* armed for the slice with this token; 0: not armed */
+    uint32_t signalled_used;              /* SplitQueue._signalled_used / _valid: in and out */
+    uint32_t signalled_valid;
+    uint32_t fell_back;                   /* a kick handed to Python: 1 + blkfast_serve's result */
+    uint32_t pad;
+    struct blkfast_queue q;
+};
+
+struct blkfast_front {
+    mmio_write_fn fallback;               /* the region's Python write */
+    const uint64_t *token;                /* the CPU's slice token */
+    const struct blkfast_dev *dev;
+    uint64_t notify_off;                  /* region offset of queue 0's notify address */
+    uint32_t notify_mult;
+    uint32_t nqueues;                     /* slots in use (at most FRONT_QUEUES) */
+    uint64_t kicks;                       /* kicks served here, whole (statistics) */
+    uint64_t requests;                    /* requests completed by them */
+    struct blkfast_slot slot[FRONT_QUEUES];
+};
+
+/* VirtioDevice.notify's decision (SplitQueue.should_notify) without its side effect. */
+static int would_notify(const struct blkfast_dev *d, const struct blkfast_slot *s)
+{
+    const struct blkfast_queue *q = &s->q;
+    const uint8_t *avail = d->ram + q->avail;
+    if (q->event_idx) {
+        uint16_t used_event = ld16(avail + 4 + 2ull * q->size);
+        uint16_t now = q->used_idx, old = (uint16_t)s->signalled_used;
+        return !s->signalled_valid || (uint16_t)(now - used_event - 1) < (uint16_t)(now - old);
+    }
+    return !(ld16(avail) & AVAIL_F_NO_INTERRUPT);
+}
+
+void blkfast_front_write(void *uc, uint64_t offset, unsigned size, uint64_t value, void *ud)
+{
+    struct blkfast_front *f = ud;
+    uint64_t rel = offset - f->notify_off;
+    if (f->token && offset >= f->notify_off && rel % f->notify_mult == 0 &&
+        rel / f->notify_mult < f->nqueues) {
+        struct blkfast_slot *s = &f->slot[rel / f->notify_mult];
+        if (s->token && s->token == *f->token) {
+            s->q.done = 0;
+            s->q.nbytes = 0;
+            int r = blkfast_serve(f->dev, &s->q);
+            if (r == BLKFAST_DONE && (!s->q.done || !would_notify(f->dev, s))) {
+                if (s->q.done && s->q.event_idx) {    /* should_notify's bookkeeping */
+                    s->signalled_used = s->q.used_idx;
+                    s->signalled_valid = 1;
+                }
+                f->kicks++;
+                f->requests += s->q.done;
+                return;
+            }
+            s->token = 0;                 /* Python takes this kick over from here */
+            s->fell_back = 1 + (uint32_t)r;
+        }
+    }
+    f->fallback(uc, offset, size, value, 0);
+}

@@ -26,7 +26,7 @@ from ..clock import VirtualClock
 from ..config import ConfigError
 from ..memory import GuestMemory, GuestMemoryError
 from . import blk_fast, props as P
-from .device import VIRTIO_QUEUE_MAX, VirtioDevice, bit
+from .device import DRIVER_OK, EV_QUEUE_NOTIFY, FAILED, VIRTIO_QUEUE_MAX, VirtioDevice, bit
 from .blk_request import (DWZ_SEGMENT, SECTOR, BlkRequest, IoError, RequestError, Seg, Unsupported,
                           parse)
 from .queue import QUEUE_MAX_SIZE, Chain, SplitQueue, VirtqueueError, is_power_of_2
@@ -267,7 +267,8 @@ class VirtioBlk(VirtioDevice):
         take, push, handle, take_delay = q.take, q.push, self.handle_request, self._take_delay
         status = blk_fast.BAIL
         # The plain requests in native code first (blk_fast.py), up to the first it leaves to us.
-        served = self._fast and self._fast.serve(q, max_requests, max_bytes, REQUEST_MAX_BYTES)
+        fast = self._fast
+        served = fast and (fast.take_carry(q) or fast.serve(q, max_requests, max_bytes, REQUEST_MAX_BYTES))
         if served:
             status, done, nbytes = served
             more = status == blk_fast.MORE
@@ -294,6 +295,39 @@ class VirtioBlk(VirtioDevice):
             self.defer(lambda: self.resume_queue(q), q.index)      # the index: a snapshot saves it
         if done > held:
             self.notify(q)
+
+    # -- the native notify front (blk_fast.py; the fast mode only) ------------------------------------
+    def native_front(self, fallback: int, notify_off: int, notify_mult: int) -> tuple[int, int] | None:
+        return None if self._fast is None else self._fast.front(fallback, notify_off, notify_mult)
+
+    def native_arm(self, n: int) -> None:
+        """After a kick of queue `n` handled in Python: the front may serve the next ones in this
+        slice, where queue_notify would call the handler straight away and the handler finds
+        nothing that needs Python (its own checks, in blk_fast)."""
+        fast = self._fast
+        if fast is None or not fast.token_live() or not 0 <= n < len(self.queues):
+            return
+        if self.broken or self.status & FAILED or not self.status & DRIVER_OK \
+                or EV_QUEUE_NOTIFY.enabled or not self.transport.dma_allowed():
+            return
+        q = self.queues[n]
+        io = self.iothread
+        if io is None:
+            fast.arm(q, self.notify_max_requests, self.notify_max_bytes, REQUEST_MAX_BYTES)
+        elif not io.in_flight and self.inline_max_bytes > 0:
+            fast.arm(q, 0xFFFFFFFF, 1 << 63, self.inline_max_bytes)
+
+    def bind_slice_token(self, address: int) -> bool:
+        """The CPU's slice token (Cpu.slice_token_address): the notify front serves kicks alone
+        in fast-mode slices. False: this device has no native path."""
+        if self._fast is None:
+            return False
+        self._fast.bind_token(address)
+        return True
+
+    def native_sync(self) -> None:
+        if self._fast is not None:
+            self._fast.sync()
 
     def _hold(self, q: SplitQueue, head: int, written: int, delay_ns: int) -> None:
         """Complete `head` `delay_ns` of virtual time from now (a blkdebug [delay] rule)."""
@@ -408,8 +442,9 @@ class VirtioBlk(VirtioDevice):
         # Nothing in flight: the small plain requests run here, in native code (blk_fast.py),
         # where each costs less than a hand-over, up to the first it leaves to us.
         status = blk_fast.BAIL
-        served = not io.in_flight and inline_max > 0 and self._fast and \
-            self._fast.serve(q, 0xFFFFFFFF, 1 << 63, inline_max)
+        fast = self._fast
+        served = fast and (fast.take_carry(q) or not io.in_flight and inline_max > 0
+                           and fast.serve(q, 0xFFFFFFFF, 1 << 63, inline_max))
         if served:
             status, done, _ = served
             pushed = done > 0

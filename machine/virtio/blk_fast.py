@@ -43,12 +43,30 @@ class _Dev(ctypes.Structure):
                 ("pad", ctypes.c_uint32)]
 
 
+FRONT_QUEUES = 8                    # native/blkfast.c FRONT_QUEUES
+
+
+class _Slot(ctypes.Structure):
+    """struct blkfast_slot: one queue of the notify front."""
+    _fields_ = [("token", ctypes.c_uint64), ("signalled_used", ctypes.c_uint32),
+                ("signalled_valid", ctypes.c_uint32), ("fell_back", ctypes.c_uint32),
+                ("pad", ctypes.c_uint32), ("q", ctypes.c_char * 112)]
+
+
+class _Front(ctypes.Structure):
+    """struct blkfast_front: the modern BAR's native write (native/blkfast.c)."""
+    _fields_ = [("fallback", ctypes.c_void_p), ("token", ctypes.c_void_p), ("dev", ctypes.c_void_p),
+                ("notify_off", ctypes.c_uint64), ("notify_mult", ctypes.c_uint32),
+                ("nqueues", ctypes.c_uint32), ("kicks", ctypes.c_uint64),
+                ("requests", ctypes.c_uint64), ("slot", _Slot * FRONT_QUEUES)]
+
+
 # struct blkfast_queue, packed in one call (a ctypes field store each would cost more): the
 # queue's state, then the device's as of this call; the indices and counts are read back.
 _QUEUE = struct.Struct("<QQQIIHHIQIIQ" "QQiIIIIIQ")
 _QUEUE_OUT = struct.Struct("<HHIQ")       # last_avail_idx, used_idx, done, nbytes
 _QUEUE_OUT_AT = 32
-assert _QUEUE.size == 112
+assert _QUEUE.size == 112 and _Slot.q.offset == 24 and _Front.slot.offset == 56
 
 _lib = None
 
@@ -74,7 +92,7 @@ def image_of(backend):
 class FastPath:
     """The native request path of one VirtioBlk (see the module docstring)."""
 
-    def __init__(self, dev, serve, events):
+    def __init__(self, dev, serve, front_fn, events):
         self._dev_obj = dev
         self._events = (EV_POP, EV_FILL) + tuple(events)
         self._serve = serve
@@ -91,7 +109,17 @@ class FastPath:
         self._q = (ctypes.c_char * _QUEUE.size).from_buffer(self._qbuf)
         self._q_addr = ctypes.addressof(self._q)
         self._ranges_seen = None
-        self.requests = 0                        # completed natively (statistics, tests)
+        self.requests = 0                        # completed natively in Python's kicks
+        self._front = _Front()
+        self._front.dev = self._dev_addr
+        self._front.nqueues = FRONT_QUEUES
+        self._front_fn = front_fn
+        self._token: ctypes.c_uint64 | None = None
+        self._armed: set[SplitQueue] = set()
+        self._carry: tuple | None = None         # (queue, status, done, nbytes) of a kick begun natively
+        base = ctypes.addressof(self._front) + _Front.slot.offset
+        self._slot_q = [(ctypes.c_char * _QUEUE.size).from_address(base + i * ctypes.sizeof(_Slot) + _Slot.q.offset)
+                        for i in range(FRONT_QUEUES)]
 
     def _sync_ranges(self) -> bool:
         ranges = self.mem.ranges
@@ -106,11 +134,10 @@ class FastPath:
         self._ranges_seen = ranges
         return True
 
-    def serve(self, q: SplitQueue, max_requests: int, max_bytes: int,
-              request_max_bytes: int) -> tuple[int, int, int] | None:
-        """Complete what the native code can of `q`'s available requests within a notify's
-        budget: (DONE, MORE or BAIL, requests done, bytes of them), or None where nothing may
-        be done natively now (see the module docstring), all left to the Python path."""
+    def _pack(self, buf, q: SplitQueue, max_requests: int, max_bytes: int,
+              request_max_bytes: int) -> bool:
+        """Fill a struct blkfast_queue in `buf` for `q` as things are now: False (nothing
+        written) where nothing may be done natively (see the module docstring)."""
         dev = self._dev_obj
         backend = dev.backend
         if backend is not self._backend:         # swapped (a test's wrapper, block_resize...)
@@ -121,21 +148,103 @@ class FastPath:
                 or dev.delayed or any(ev.enabled for ev in self._events) or image.fd < 0
                 or "readv" in image.__dict__ or "writev" in image.__dict__
                 or "readv" in backend.__dict__ or "writev" in backend.__dict__):
-            return None
+            return False
         code = mem.native_write_filter()
         if code is None or not self._sync_ranges():
-            return None
+            return False
         can_write = (not image.read_only and not getattr(backend, "logs", None)
                      and (image.cache == "unsafe" or dev.writeback()))
-        _QUEUE.pack_into(self._qbuf, 0, q._d, q._a, q._u, q.size, q.event_idx,
+        _QUEUE.pack_into(buf, 0, q._d, q._a, q._u, q.size, q.event_idx,
                          q.last_avail_idx, q.used_idx, 0, 0, max_requests, 0, max_bytes,
                          code, dev.capacity, image.fd, image.regular, dev.lbs, dev.seg_max,
                          can_write, q.indirect, request_max_bytes)
+        return True
+
+    def serve(self, q: SplitQueue, max_requests: int, max_bytes: int,
+              request_max_bytes: int) -> tuple[int, int, int] | None:
+        """Complete what the native code can of `q`'s available requests within a notify's
+        budget: (DONE, MORE or BAIL, requests done, bytes of them), or None where nothing may
+        be done natively now (see the module docstring), all left to the Python path."""
+        if not self._pack(self._qbuf, q, max_requests, max_bytes, request_max_bytes):
+            return None
         status = self._serve(self._dev_addr, self._q_addr)
         last, used, done, nbytes = _QUEUE_OUT.unpack_from(self._qbuf, _QUEUE_OUT_AT)
         q.last_avail_idx, q.used_idx = last, used
         self.requests += done
         return status, done, nbytes
+
+    def take_carry(self, q: SplitQueue) -> tuple[int, int, int] | None:
+        """What the notify front did of this kick of `q` before it handed it to Python, as
+        `serve` returns it (the kick goes on from there), or None."""
+        carry = self._carry
+        if carry is None or carry[0] is not q:
+            return None
+        self._carry = None
+        return carry[1:]
+
+    # -- the notify front (fast mode only) -----------------------------------------------------
+    def bind_token(self, address: int) -> None:
+        """The CPU's slice token (Cpu.slice_token): the front acts alone only within a slice
+        whose token it was armed with, and never in exact slices (token 0)."""
+        self._token = ctypes.c_uint64.from_address(address)
+        self._front.token = address
+
+    def token_live(self) -> bool:
+        """Is the CPU in a slice in which the front may act (a fast-mode slice)?"""
+        return self._token is not None and self._token.value != 0
+
+    def front(self, fallback: int, notify_off: int, notify_mult: int) -> tuple[int, int]:
+        """The modern BAR's write as native code: (function, its user data), calling
+        `fallback` (the region's Python write) for all it leaves to Python."""
+        f = self._front
+        self.sync()
+        f.fallback, f.notify_off, f.notify_mult = fallback, notify_off, notify_mult
+        return self._front_fn, ctypes.addressof(f)
+
+    def arm(self, q: SplitQueue, max_requests: int, max_bytes: int, request_max_bytes: int) -> None:
+        """Let the front serve `q`'s next kicks in this slice, as `serve` would with these
+        limits, when the caller (the end of a kick in Python) found nothing that needs Python
+        (queue_notify's own conditions are the device's: checked by VirtioBlk)."""
+        token = self._token
+        if token is None or not token.value or q.index >= FRONT_QUEUES:
+            return
+        self.sync()                              # (nothing armed: a kick in Python disarmed)
+        slot = self._front.slot[q.index]
+        if not self._pack(self._slot_q[q.index], q, max_requests, max_bytes, request_max_bytes):
+            return
+        slot.signalled_used, slot.signalled_valid = q._signalled_used, q._signalled_valid
+        slot.fell_back = 0
+        slot.token = token.value
+        self._armed.add(q)
+
+    def sync(self) -> None:
+        """Disarm, and give the queues back what the front did: their indices and interrupt
+        bookkeeping, and a kick it handed over half done (`serve` returns it first). Called
+        before any Python code of the device runs, and after every slice."""
+        self._carry = None                       # a kick's own, taken by its handler or dropped
+        if not self._armed:
+            return
+        slots = self._front.slot
+        for q in self._armed:
+            slot = slots[q.index]
+            slot.token = 0
+            last, used, done, nbytes = _QUEUE_OUT.unpack_from(self._slot_q[q.index], _QUEUE_OUT_AT)
+            q.last_avail_idx, q.used_idx = last, used
+            q._signalled_used, q._signalled_valid = slot.signalled_used, bool(slot.signalled_valid)
+            if slot.fell_back:
+                self._carry = (q, slot.fell_back - 1, done, nbytes)
+                self.requests += done
+                slot.fell_back = 0
+        self._armed.clear()
+
+    @property
+    def front_kicks(self) -> int:
+        """Kicks the front served whole (statistics, tests)."""
+        return self._front.kicks
+
+    @property
+    def front_requests(self) -> int:
+        return self._front.requests
 
 
 def attach(dev, events) -> FastPath | None:
@@ -145,4 +254,5 @@ def attach(dev, events) -> FastPath | None:
         lib = library()
     except ToolchainError:
         return None
-    return FastPath(dev, lib.blkfast_serve, events)
+    return FastPath(dev, lib.blkfast_serve, ctypes.cast(lib.blkfast_front_write, ctypes.c_void_p).value,
+                    events)

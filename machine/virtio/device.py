@@ -335,6 +335,7 @@ class VirtioDevice:
         """The chipset changed what guest-physical addresses reach RAM (shadow RAM): every
         active queue looks its rings up again, as QEMU's memory listener rebuilds its ring
         caches; a ring no longer in RAM at all breaks the device, as QEMU's "Cannot map"."""
+        self.native_sync()
         if self.broken:
             return
         for q in self.queues:
@@ -383,6 +384,7 @@ class VirtioDevice:
         """Device reset (2.4). Requests still in flight on an I/O thread run to their end first
         (their data may land in RAM, as on QEMU, whose reset drains too) but none completes on a
         ring: once this returns, no old request can touch memory or interrupt."""
+        self.native_sync()
         if self.iothread is not None:
             for q in self.queues:
                 q.reset()                        # new generations: late completions are dropped
@@ -446,6 +448,19 @@ class VirtioDevice:
             q.handler(q)
         except (VirtqueueError, GuestMemoryError) as e:
             self.virtio_error(e)
+
+    # -- a native notify path (virtio-blk's: blk_fast.py); none here ------------------------------
+    def native_front(self, fallback: int, notify_off: int, notify_mult: int) -> tuple[int, int] | None:
+        """A native write function for the transport's notify region (function, user data),
+        calling `fallback` for what it leaves to Python; None: the device has none."""
+        return None
+
+    def native_arm(self, n: int) -> None:
+        """A kick of queue `n` ended in Python: the native front may take the next ones."""
+
+    def native_sync(self) -> None:
+        """Python code is about to look at the device: the native front stops and gives its
+        state back (also called after every CPU slice)."""
 
     def notify(self, q: SplitQueue) -> None:
         """Used buffer notification for `q`, unless the driver suppressed it."""

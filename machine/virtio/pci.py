@@ -291,6 +291,7 @@ class ModernBar:
         self.common = RegisterBank(t, COMMON_CFG, name=f"{t.name}.common")
 
     def read(self, offset: int, size: int) -> int:
+        self.t.vdev.native_sync()
         page, off = offset & ~0xFFF, offset & 0xFFF
         if page == COMMON_OFF:
             return self.common.read(off, size)
@@ -301,6 +302,7 @@ class ModernBar:
         return 0      # notify structure reads (and anything else) as 0
 
     def write(self, offset: int, size: int, value: int) -> None:
+        self.t.vdev.native_sync()
         page, off = offset & ~0xFFF, offset & 0xFFF
         if page == NOTIFY_OFF:
             self.t.notify_write(off, size, value)
@@ -311,6 +313,12 @@ class ModernBar:
         else:
             trace.guest_error(f"{self.t.name}: write to read-only BAR{MODERN_BAR} offset {offset:#x} ignored")
 
+    def native_write_front(self, fallback: int) -> tuple[int, int] | None:
+        """The device's native write for this BAR, if it has one: (function, user data) that
+        serves notifies alone where it can and calls `fallback` (this object's write, as the
+        CPU layer wraps it) for everything else (VirtioDevice.native_front)."""
+        return self.t.vdev.native_front(fallback, NOTIFY_OFF, NOTIFY_MULT)
+
 
 class LegacyBar:
     """I/O BAR 0: the legacy header, then the device config (guest-endian = little endian)."""
@@ -320,12 +328,14 @@ class LegacyBar:
         self.header = RegisterBank(t, LEGACY_HEADER_REGS, name=f"{t.name}.legacy")
 
     def read(self, offset: int, size: int) -> int:
+        self.t.vdev.native_sync()
         header = self.t.legacy_header_size()
         if offset >= header:
             return self.t.vdev.config_read(offset - header, size)
         return self.header.read(offset, size)
 
     def write(self, offset: int, size: int, value: int) -> None:
+        self.t.vdev.native_sync()
         header = self.t.legacy_header_size()
         if offset >= header:
             self.t.vdev.config_write(offset - header, size, value)
@@ -440,6 +450,8 @@ class VirtioPciDevice(PciDevice):
         # The queue is the one whose notify address was written (QEMU does the same); the value
         # would only matter with VIRTIO_F_NOTIFICATION_DATA, which we do not offer.
         self.vdev.queue_notify(off // NOTIFY_MULT)
+        if not EV_NOTIFY_WRITE.enabled:
+            self.vdev.native_arm(off // NOTIFY_MULT)      # its next kicks natively, if it can
 
     # -- reset ---------------------------------------------------------------------------------------
     def transport_reset(self) -> None:
@@ -472,6 +484,7 @@ class VirtioPciDevice(PciDevice):
         return bool(self.pci_cfg_cap) and size in (1, 2, 4) and offset < d + 4 and offset + size > d
 
     def config_read(self, offset: int, size: int) -> int:
+        self.vdev.native_sync()
         if self._touches_data(offset, size):
             w = self._window()
             if w is not None:
@@ -481,6 +494,7 @@ class VirtioPciDevice(PciDevice):
         return super().config_read(offset, size)
 
     def config_write(self, offset: int, size: int, value: int) -> None:
+        self.vdev.native_sync()
         super().config_write(offset, size, value)
         if self._touches_data(offset, size):
             w = self._window()
