@@ -169,8 +169,9 @@ class Cpu:
         ui.set_failure_stop(uc, self._stop_counting)
         self._exact_holds = 0                               # see hold_exact()
         # Native device code that decides alone what Python would (virtio-blk's notify front)
-        # may act only within the fast-mode slice it was armed in: this token is new for each
-        # such slice and 0 in every exact one. Its address is `slice_token_address`.
+        # may act only until the CPU next runs Python: this token is new at every slice start
+        # and every clock update inside one (_sync_clock, which every device callback makes),
+        # and 0 in slices whose hooks observe single instructions. `native_window`.
         self.slice_token = ctypes.c_uint64(0)
         self._slice_serial = 0
         self._cpuid = cpuid_table(apic)
@@ -648,6 +649,24 @@ class Cpu:
     def slice_token_address(self) -> int:
         return ctypes.addressof(self.slice_token)
 
+    def _new_token(self) -> None:
+        if self._mode in ("fast", "exact"):
+            self._slice_serial += 1
+            self.slice_token.value = self._slice_serial
+        else:
+            self.slice_token.value = 0
+
+    def native_window(self) -> tuple[int, int, int]:
+        """For native device code armed from a callback (Python has just brought the clock up
+        to date): (the token it may act under, the address of the instruction counter, the
+        counter value at which virtual time reaches the next timer). Until the next callback
+        changes the token, an access at a lower count needs no clock update: Python's would only
+        move clock.now, which the next callback recomputes anyway."""
+        deadline = self.clock.next_deadline()
+        limit = (1 << 64) - 1 if deadline is None else \
+            max(0, deadline - self._slice_start_ns - self._io_ns)
+        return self.slice_token.value, ctypes.addressof(self._counter), limit
+
     def hold_exact(self, on: bool) -> None:
         """A debugger attached (on) or gone (off): while any holds it, every slice runs in the
         exact mode (instruction-exact stops and counts)."""
@@ -719,11 +738,7 @@ class Cpu:
         one block and may go past `count` by part of one."""
         self._io_ns = 0
         self._set_mode(self._slice_mode(exact))
-        if self._fast:
-            self._slice_serial += 1
-            self.slice_token.value = self._slice_serial
-        else:
-            self.slice_token.value = 0
+        self._new_token()
         result = self._run_slice(count)
         result.io_ns = self._io_ns
         return result
@@ -733,6 +748,7 @@ class Cpu:
         right after the current instruction if that reaches the next timer deadline."""
         if not self.running:
             return
+        self._new_token()                        # native device code armed before: disarmed
         now = self._slice_start_ns + self._counter.value + self._io_ns
         clock = self.clock
         deadline = clock.next_deadline()

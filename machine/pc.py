@@ -344,7 +344,7 @@ class Machine:
             dev.vdev.defer = functools.partial(self._device_bottom_half, n)
             dev.vdev.timer_key = f"virtio-blk{n}"     # its held completions' timers (snapshots)
             self._parking_devices.append(dev.vdev)
-            if dev.vdev.bind_slice_token(self.cpu.slice_token_address):
+            if dev.vdev.bind_cpu(self.cpu.slice_token_address, self.cpu.native_window):
                 self._native_devices.append(dev.vdev)
             bus.plug(dev, *where)
             self.devices[f"virtio-blk{n}"] = dev

@@ -319,19 +319,23 @@ int blkfast_serve(const struct blkfast_dev *d, struct blkfast_queue *q)
 
 /* -- the notify front ---------------------------------------------------------------------
  *
- * In the fast mode (-icount off) the modern BAR's write callback is this function: a notify of
- * a queue Python armed for the current slice is served here, with no Python at all, when the
+ * The modern BAR's write callback is this function: a notify of a queue Python armed is
+ * served here, with no Python at all, when the
  * whole kick ends the way Python's would without more work: every available request plain,
  * the budget not reached, and no used-buffer notification due (the driver suppressed it, or
  * nothing completed).  Otherwise, and for every other write, it calls the region's Python
  * write, and Python goes on from where this left off (VirtioBlk reads the queue state back
  * first, and counts what was done here as part of the same kick).
  *
- * Arming is for one slice: `token` points at the CPU's slice token, non-zero and new for
- * each fast-mode slice, 0 in exact slices.  Whatever could change what the device would do
- * happens either between slices (monitor, debugger, trace events, snapshots, timers: a new
- * token) or in Python code of this device (transport registers, PCI config, a change of the
- * memory map), which disarms first. */
+ * Arming lasts until the CPU next runs Python: `token` points at the CPU's token, new at
+ * every slice start and at every callback that brings virtual time up to date (Cpu.slice_token),
+ * 0 in slices that observe single instructions.  Whatever could change what the device would
+ * do happens either between slices (monitor, debugger, trace events, snapshots, timers) or in
+ * a callback (a new token), or in Python code of this device (transport registers, PCI config,
+ * a change of the memory map), which disarms first.  And as the Python path brings the clock
+ * up to date at every access and ends the slice once the next timer is due, the front only
+ * acts while the instruction clock is below the count at which that timer falls due: the
+ * clock, the port time and the timers cannot change before the next Python callback. */
 
 typedef void (*mmio_write_fn)(void *uc, uint64_t offset, unsigned size, uint64_t value, void *ud);
 
@@ -343,6 +347,8 @@ struct blkfast_slot {
     uint32_t signalled_valid;
     uint32_t fell_back;                   /* a kick handed to Python: 1 + blkfast_serve's result */
     uint32_t pad;
+    const uint64_t *counter;              /* the CPU's instruction clock ... */
+    uint64_t limit;                       /* ... at which virtual time reaches the next timer */
     struct blkfast_queue q;
 };
 
@@ -378,7 +384,7 @@ void blkfast_front_write(void *uc, uint64_t offset, unsigned size, uint64_t valu
     if (f->token && offset >= f->notify_off && rel % f->notify_mult == 0 &&
         rel / f->notify_mult < f->nqueues) {
         struct blkfast_slot *s = &f->slot[rel / f->notify_mult];
-        if (s->token && s->token == *f->token) {
+        if (s->token && s->token == *f->token && *s->counter < s->limit) {
             s->q.done = 0;
             s->q.nbytes = 0;
             int r = blkfast_serve(f->dev, &s->q);

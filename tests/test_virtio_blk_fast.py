@@ -64,7 +64,10 @@ class Front:
         self.b, self.errors = b, []
         self.bar = b.dev._modern_ops
         self.token = ctypes.c_uint64(1)
-        assert b.vdev.bind_slice_token(ctypes.addressof(self.token))
+        self.counter = ctypes.c_uint64(0)            # the CPU's instruction clock, standing still
+        self.limit = (1 << 64) - 1                   # ... and no timer due
+        assert b.vdev.bind_cpu(ctypes.addressof(self.token),
+                               lambda: (self.token.value, ctypes.addressof(self.counter), self.limit))
 
         def python_write(_uc, offset, size, value, _ud):
             try:
@@ -355,7 +358,7 @@ def test_with_an_iothread_small_requests_run_natively_in_the_kick_and_large_ones
 # --------------------------------------------------------------------------- the notify front
 
 def run_guest(tmp_path, name: str, append: str, *, front: bool, icount: str = "off",
-              extra: tuple = (), monkeypatch=None) -> tuple[str, bytes, object]:
+              extra: tuple = (), monkeypatch=None) -> tuple[str, bytes, object, int]:
     """The bundled guest in this process (machine.cli's parse_args, as the command line), its
     serial output, the image afterwards and the device."""
     from dataclasses import replace
@@ -374,16 +377,17 @@ def run_guest(tmp_path, name: str, append: str, *, front: bool, icount: str = "o
                       "-drive", f"file={img},format=raw,if=none,id=d0", *extra,
                       "-device", "virtio-blk-pci,drive=d0" + ("" if not extra else ",iothread=io0")])
     if not front:
-        monkeypatch.setattr(VirtioBlk, "bind_slice_token", lambda self, address: False)
+        monkeypatch.setattr(VirtioBlk, "bind_cpu", lambda self, address, window: False)
     m = Machine(replace(cfg, serial=CharDev("file", out)))
     try:
         status = m.run()
         vdev = m.pci_bus.device(2).vdev
+        instructions = m.instructions
     finally:
         m.close()
         monkeypatch.undo() if not front else None
     assert status == 1, out.read_text()
-    return out.read_text(), img.read_bytes(), vdev
+    return out.read_text(), img.read_bytes(), vdev, instructions
 
 
 def without_ticks(text: str) -> list[str]:
@@ -396,8 +400,8 @@ def test_the_front_serves_a_polling_driver_alone_and_the_guest_sees_what_python_
     with no Python; its results and the image are those of the Python notify path."""
     append = "mode=bench bench_mib=1 bench_ops=300"
     extra = ("-object", "iothread,id=io0") if iothread else ()
-    out_py, img_py, _ = run_guest(tmp_path, "python", append, front=False, extra=extra, monkeypatch=monkeypatch)
-    out_nat, img_nat, vdev = run_guest(tmp_path, "native", append, front=True, extra=extra)
+    out_py, img_py, _, _ = run_guest(tmp_path, "python", append, front=False, extra=extra, monkeypatch=monkeypatch)
+    out_nat, img_nat, vdev, _ = run_guest(tmp_path, "native", append, front=True, extra=extra)
     assert without_ticks(out_nat) == without_ticks(out_py)
     assert "bench done status=ok" in out_nat
     assert img_nat == img_py
@@ -407,34 +411,75 @@ def test_the_front_serves_a_polling_driver_alone_and_the_guest_sees_what_python_
 def test_the_whole_self_test_passes_in_the_fast_mode_with_the_front(tmp_path):
     """Interrupt-driven and polled completions, many in flight, FLUSH, GET_ID: the front serves
     what it can and hands the rest (a due interrupt, another request type) to Python."""
-    out, _img, vdev = run_guest(tmp_path, "selftest", "tests=all", front=True)
+    out, _img, vdev, _ = run_guest(tmp_path, "selftest", "tests=all", front=True)
     assert "not ok" not in out and "ok " in out, out
     assert vdev._fast.front_kicks > 0
 
 
-def test_exact_slices_never_arm_the_front(tmp_path):
-    out, _img, vdev = run_guest(tmp_path, "exact", "mode=bench bench_mib=1 bench_ops=100", front=True,
-                                icount="shift=0")
-    assert "bench done status=ok" in out
-    assert vdev._fast.front_kicks == 0 and vdev._fast.requests > 0
+@pytest.mark.parametrize("append", ["mode=bench bench_mib=1 bench_ops=200", "tests=all"], ids=["bench", "selftest"])
+def test_in_the_exact_mode_the_front_changes_nothing_the_guest_can_count(tmp_path, monkeypatch, append):
+    """Deterministic mode: the same output, virtual TSC ticks included, and the same instruction
+    count with the front as with every kick in Python (timers still fire where they did)."""
+    out_py, img_py, _, n_py = run_guest(tmp_path, "python", append, front=False, icount="shift=0",
+                                        monkeypatch=monkeypatch)
+    out_nat, img_nat, vdev, n_nat = run_guest(tmp_path, "native", append, front=True, icount="shift=0")
+    assert out_nat == out_py
+    assert img_nat == img_py and n_nat == n_py
+    assert vdev._fast.front_kicks > 0
 
 
-def test_the_first_used_buffer_notification_after_set_up_is_sent_by_the_front_too(tmp_path):
-    """With EVENT_IDX the device notifies unconditionally the first time (nothing signalled
-    yet), whatever used_event says: a kick the front serves whole must not skip it."""
-    fast, slow = pair(tmp_path)
+def test_the_front_leaves_a_kick_to_python_once_the_next_timer_is_due(tmp_path):
+    """Python brings the clock up to date at every access and ends the slice when a timer falls
+    due: past the armed limit the front must let it."""
+    b = Bench(tmp_path, disk_size=DISK, ram=16 << 20, native=True)
     try:
-        for b in (fast, slow):
-            b.start()
-        front = Front(fast)
-        for b, kick in ((fast, front.kick), (slow, slow.drv.kick)):
-            kick(0)                                  # nothing available: nothing signalled
-            b.vqs[0].set_used_event(1000)            # far away: a later completion would not notify
-            BlkRequests(b.vqs[0]).submit(T_IN, 0, in_len=512)
-            kick(0)
-        fast.vdev.native_sync()
-        assert slow.irq_levels == [True] and slow.vdev.isr
-        assert_same(fast, slow)
+        b.start()
+        b.vqs[0].set_avail_flags(1)                    # a polling driver: nothing else needs Python
+        front = Front(b)
+        blk = BlkRequests(b.vqs[0])
+        for _ in range(3):
+            blk.submit(T_IN, 0, in_len=512)
+            front.kick(0)
+        assert b.vdev._fast.front_kicks == 2           # the first armed it
+        front.limit = 100                              # a timer due at count 100
+        front.new_slice()
+        blk.submit(T_IN, 0, in_len=512)
+        front.kick(0)                                  # Python's: arms with that limit
+        front.counter.value = 99
+        blk.submit(T_IN, 0, in_len=512)
+        front.kick(0)
+        assert b.vdev._fast.front_kicks == 3           # below it: natively
+        front.counter.value = 100                      # the timer is due now
+        blk.submit(T_IN, 0, in_len=512)
+        front.kick(0)
+        assert b.vdev._fast.front_kicks == 3           # Python's
+        assert b.vqs[0].used_idx() == 6
     finally:
-        fast.close()
-        slow.close()
+        b.close()
+
+
+@pytest.mark.parametrize("icount", [True, False], ids=["exact", "fast"])
+def test_every_clock_update_inside_a_slice_gives_the_cpu_a_new_token(tmp_path, icount):
+    """The front's window lasts until the CPU next runs Python: each port access (which adds
+    port time and may arm timers) must change the token and move the limit down by that time."""
+    from asm import build_machine
+    from machine.cpu import IO_PORT_NS
+    seen = []
+
+    class Probe:
+        def read(self, offset, size):
+            return 0
+
+        def write(self, offset, size, value):
+            seen.append(m.cpu.native_window())
+    m = build_machine(tmp_path, "    mov $0x81, %dx\n" + "    out %al, %dx\n" * 4 + "    EXIT 0\n", icount=icount)
+    m.io.add("probe", 0x81, 1, Probe())
+    m.clock.oneshot(lambda: None, m.clock.now + 10_000_000)     # a timer well ahead
+    try:
+        m.run()
+    finally:
+        m.close()
+    tokens = [t for t, _, _ in seen]
+    assert len(seen) == 4 and 0 not in tokens and len(set(tokens)) == 4
+    limits = [limit for _, _, limit in seen]
+    assert all(a - b == IO_PORT_NS for a, b in zip(limits, limits[1:]))

@@ -296,13 +296,13 @@ class VirtioBlk(VirtioDevice):
         if done > held:
             self.notify(q)
 
-    # -- the native notify front (blk_fast.py; the fast mode only) ------------------------------------
+    # -- the native notify front (blk_fast.py) ------------------------------------
     def native_front(self, fallback: int, notify_off: int, notify_mult: int) -> tuple[int, int] | None:
         return None if self._fast is None else self._fast.front(fallback, notify_off, notify_mult)
 
     def native_arm(self, n: int) -> None:
-        """After a kick of queue `n` handled in Python: the front may serve the next ones in this
-        slice, where queue_notify would call the handler straight away and the handler finds
+        """After a kick of queue `n` handled in Python: the front may serve the next ones until
+        the CPU next runs Python, where queue_notify would call the handler straight away and the handler finds
         nothing that needs Python (its own checks, in blk_fast)."""
         fast = self._fast
         if fast is None or not fast.token_live() or not 0 <= n < len(self.queues):
@@ -317,12 +317,12 @@ class VirtioBlk(VirtioDevice):
         elif not io.in_flight and self.inline_max_bytes > 0:
             fast.arm(q, 0xFFFFFFFF, 1 << 63, self.inline_max_bytes)
 
-    def bind_slice_token(self, address: int) -> bool:
-        """The CPU's slice token (Cpu.slice_token_address): the notify front serves kicks alone
-        in fast-mode slices. False: this device has no native path."""
+    def bind_cpu(self, token_address: int, window) -> bool:
+        """The CPU's token and clock window (Cpu.slice_token_address, Cpu.native_window), under
+        which the notify front serves kicks alone. False: this device has no native path."""
         if self._fast is None:
             return False
-        self._fast.bind_token(address)
+        self._fast.bind_cpu(token_address, window)
         return True
 
     def native_sync(self) -> None:

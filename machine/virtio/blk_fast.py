@@ -9,12 +9,16 @@ request it cannot complete that way (any other type, any error, any rule to repo
 a page holding translated code) it stops with the request still available, and the Python path
 goes on from there with its statuses, reports and trace events.
 
-`serve` is only used where nothing would tell the two apart (`usable`): a split queue whose used
-ring is guest RAM, nothing in flight, no blkdebug rules, a raw image without undo logs for
+Native code is only used where nothing would tell the two apart (`_pack`): a split queue whose
+used ring is guest RAM, nothing in flight, no blkdebug rules, a raw image without undo logs for
 writes, no trace event of the request path on, no listener that must hear of every guest RAM
 write (a debugger's watchpoints, a test's) beyond the CPU, whose record of code pages the native
 code checks, and no read or write method replaced on the backend object (a test's fault
 injection). Without a C compiler the device runs all in Python, as before.
+
+The same code also sits in front of the modern BAR's write (the *notify front*: `front`,
+`arm`, `sync`), so that a kick which needs nothing else costs no Python at all;
+docs/ARCHITECTURE.md ("The notify front") says when it may act and how its state gets back.
 """
 
 from __future__ import annotations
@@ -50,7 +54,8 @@ class _Slot(ctypes.Structure):
     """struct blkfast_slot: one queue of the notify front."""
     _fields_ = [("token", ctypes.c_uint64), ("signalled_used", ctypes.c_uint32),
                 ("signalled_valid", ctypes.c_uint32), ("fell_back", ctypes.c_uint32),
-                ("pad", ctypes.c_uint32), ("q", ctypes.c_char * 112)]
+                ("pad", ctypes.c_uint32), ("counter", ctypes.c_void_p), ("limit", ctypes.c_uint64),
+                ("q", ctypes.c_char * 112)]
 
 
 class _Front(ctypes.Structure):
@@ -66,7 +71,7 @@ class _Front(ctypes.Structure):
 _QUEUE = struct.Struct("<QQQIIHHIQIIQ" "QQiIIIIIQ")
 _QUEUE_OUT = struct.Struct("<HHIQ")       # last_avail_idx, used_idx, done, nbytes
 _QUEUE_OUT_AT = 32
-assert _QUEUE.size == 112 and _Slot.q.offset == 24 and _Front.slot.offset == 56
+assert _QUEUE.size == 112 and _Slot.q.offset == 40 and _Front.slot.offset == 56
 
 _lib = None
 
@@ -182,15 +187,17 @@ class FastPath:
         self._carry = None
         return carry[1:]
 
-    # -- the notify front (fast mode only) -----------------------------------------------------
-    def bind_token(self, address: int) -> None:
-        """The CPU's slice token (Cpu.slice_token): the front acts alone only within a slice
-        whose token it was armed with, and never in exact slices (token 0)."""
-        self._token = ctypes.c_uint64.from_address(address)
-        self._front.token = address
+    # -- the notify front -----------------------------------------------------
+    def bind_cpu(self, token_address: int, window) -> None:
+        """The CPU's token (Cpu.slice_token_address) and `window() -> (token, counter address,
+        limit)` (Cpu.native_window): the front acts only under the token it was armed with, and
+        only while the instruction counter is below the limit."""
+        self._token = ctypes.c_uint64.from_address(token_address)
+        self._window = window
+        self._front.token = token_address
 
     def token_live(self) -> bool:
-        """Is the CPU in a slice in which the front may act (a fast-mode slice)?"""
+        """May the front be armed now (the CPU runs a slice that lets it)?"""
         return self._token is not None and self._token.value != 0
 
     def front(self, fallback: int, notify_off: int, notify_mult: int) -> tuple[int, int]:
@@ -202,11 +209,10 @@ class FastPath:
         return self._front_fn, ctypes.addressof(f)
 
     def arm(self, q: SplitQueue, max_requests: int, max_bytes: int, request_max_bytes: int) -> None:
-        """Let the front serve `q`'s next kicks in this slice, as `serve` would with these
+        """Let the front serve `q`'s next kicks until the CPU next runs Python, as `serve` would with these
         limits, when the caller (the end of a kick in Python) found nothing that needs Python
         (queue_notify's own conditions are the device's: checked by VirtioBlk)."""
-        token = self._token
-        if token is None or not token.value or q.index >= FRONT_QUEUES:
+        if not self.token_live() or q.index >= FRONT_QUEUES:
             return
         self.sync()                              # (nothing armed: a kick in Python disarmed)
         slot = self._front.slot[q.index]
@@ -214,7 +220,8 @@ class FastPath:
             return
         slot.signalled_used, slot.signalled_valid = q._signalled_used, q._signalled_valid
         slot.fell_back = 0
-        slot.token = token.value
+        token, slot.counter, slot.limit = self._window()
+        slot.token = token
         self._armed.add(q)
 
     def sync(self) -> None:
