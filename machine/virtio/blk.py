@@ -11,7 +11,9 @@ errors (DEVICE_NEEDS_RESET, as QEMU's virtio_error).
 Where it runs. By default (deterministic) every request completes inside the notify that made
 it available, a bounded amount per notify, the rest from a bottom half between CPU slices. With
 `iothread=` (machine/iothread.py) the notify only parses and hands requests to the I/O thread;
-their completions reach the used ring on the CPU thread when the run loop polls.
+their completions reach the used ring on the CPU thread when the run loop polls. Either way the
+plain reads and writes go through native code first (blk_fast.py), which does exactly what this
+module would and leaves everything else to it.
 """
 
 from __future__ import annotations
@@ -272,6 +274,7 @@ class VirtioBlk(VirtioDevice):
         if served:
             status, done, nbytes = served
             more = status == blk_fast.MORE
+        # In Python: everything, or from the request the native code left to us (BAIL) on.
         while status == blk_fast.BAIL:
             for _ in range(q.available()):
                 if done >= max_requests or nbytes >= max_bytes:
