@@ -483,3 +483,26 @@ def test_every_clock_update_inside_a_slice_gives_the_cpu_a_new_token(tmp_path, i
     assert len(seen) == 4 and 0 not in tokens and len(set(tokens)) == 4
     limits = [limit for _, _, limit in seen]
     assert all(a - b == IO_PORT_NS for a, b in zip(limits, limits[1:]))
+
+
+def test_odd_notify_writes_through_the_front_get_what_python_gives_them(tmp_path):
+    """Unaligned notify offsets, queues that do not exist, any access size: the front leaves
+    them all to Python (which logs and ignores them), and a real kick still works after."""
+    b = Bench(tmp_path, disk_size=DISK, ram=16 << 20, native=True)
+    try:
+        b.start()
+        b.vqs[0].set_avail_flags(1)
+        front = Front(b)
+        blk = BlkRequests(b.vqs[0])
+        blk.submit(T_IN, 0, in_len=512)
+        front.kick(0)                                   # Python's: arms queue 0
+        req = blk.submit(T_IN, 1, in_len=512)
+        for offset, size in ((front.notify(0) + 1, 1), (front.notify(0) + 2, 2), (front.notify(7), 4),
+                             (front.notify(200), 2), (front.notify(0) - 4, 4)):
+            front.fn(None, offset, size, 0xFFFF, front.ud)
+            assert not front.errors
+        assert b.vqs[0].used_idx() == 1 and b.vdev._fast.front_kicks == 0 and not b.vdev.broken
+        front.kick(0)                                   # a BAR access disarmed it: Python's again
+        assert [h for h, _ in b.vqs[0].get_used()][-1] == req.head
+    finally:
+        b.close()
