@@ -506,3 +506,35 @@ def test_odd_notify_writes_through_the_front_get_what_python_gives_them(tmp_path
         assert [h for h, _ in b.vqs[0].get_used()][-1] == req.head
     finally:
         b.close()
+
+
+@pytest.mark.parametrize("event_idx", [True, False])
+def test_with_an_iothread_a_polling_driver_gets_large_requests_inside_the_kick_too(tmp_path, event_idx):
+    """A driver with interrupts off for what it submits spins until its requests are done: a
+    hand-over to the thread gains it nothing, so the native path runs them all in the kick."""
+    from machine.iothread import IoThread
+    b = Bench(tmp_path, disk_size=DISK, ram=16 << 20, native=True)
+    b.io = b.vdev.iothread = IoThread("io0")
+    try:
+        b.start(features=b.drv.device_features() & ~(0 if event_idx else 1 << F_EVENT_IDX))
+        vq = b.vqs[0]
+        if event_idx:
+            vq.set_used_event(0xFFFF)                  # behind used_idx: no interrupt coming
+        else:
+            vq.set_avail_flags(1)                      # NO_INTERRUPT
+        assert b.vdev.queues[0].suppresses_interrupts()
+        blk = BlkRequests(vq)
+        reqs = [blk.submit(T_IN, 0, in_len=b.vdev.inline_max_bytes + 512) for _ in range(3)]
+        b.drv.kick(0)
+        assert b.vdev._fast.requests == 3 and b.io.in_flight == 0
+        assert [h for h, _ in vq.get_used()] == [r.head for r in reqs]
+        vq.set_used_event(vq.used_idx()) if event_idx else vq.set_avail_flags(0)
+        assert not b.vdev.queues[0].suppresses_interrupts()
+        big = blk.submit(T_IN, 0, in_len=b.vdev.inline_max_bytes + 512)
+        b.drv.kick(0)                                  # wants an interrupt: the thread's
+        assert b.vdev._fast.requests == 3
+        b.io.drain()
+        assert [h for h, _ in vq.get_used()] == [big.head]
+    finally:
+        b.io.close()
+        b.close()

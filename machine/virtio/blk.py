@@ -318,7 +318,7 @@ class VirtioBlk(VirtioDevice):
         if io is None:
             fast.arm(q, self.notify_max_requests, self.notify_max_bytes, REQUEST_MAX_BYTES)
         elif not io.in_flight and self.inline_max_bytes > 0:
-            fast.arm(q, 0xFFFFFFFF, 1 << 63, self.inline_max_bytes)
+            fast.arm(q, 0xFFFFFFFF, 1 << 63, self._inline_limit(q))
 
     def bind_cpu(self, token_address: int, window) -> bool:
         """The CPU's token and clock window (Cpu.slice_token_address, Cpu.native_window), under
@@ -327,6 +327,13 @@ class VirtioBlk(VirtioDevice):
             return False
         self._fast.bind_cpu(token_address, window)
         return True
+
+    def _inline_limit(self, q: SplitQueue) -> int:
+        """With iothread=, the largest request the native path runs inside the kick: a small
+        one (`inline_max_bytes`) always; any, while the driver has interrupts off for what it
+        is about to submit (it polls: it would spin until the thread finished, and nothing it
+        could do meanwhile is worth a hand-over)."""
+        return REQUEST_MAX_BYTES if q.suppresses_interrupts() else self.inline_max_bytes
 
     def native_sync(self) -> None:
         if self._fast is not None:
@@ -447,7 +454,7 @@ class VirtioBlk(VirtioDevice):
         status = blk_fast.BAIL
         fast = self._fast
         served = fast and (fast.take_carry(q) or not io.in_flight and inline_max > 0
-                           and fast.serve(q, 0xFFFFFFFF, 1 << 63, inline_max))
+                           and fast.serve(q, 0xFFFFFFFF, 1 << 63, self._inline_limit(q)))
         if served:
             status, done, _ = served
             pushed = done > 0

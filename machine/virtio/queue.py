@@ -486,6 +486,18 @@ class SplitQueue:
             return ((used_event - self.used_idx) & 0xFFFF) >= len(self.inflight)
         return bool(_U16.unpack_from(buf, self._a)[0] & VIRTQ_AVAIL_F_NO_INTERRUPT)
 
+    def suppresses_interrupts(self) -> bool:
+        """Will the next `size` completions raise no used-buffer notification, as things stand
+        (NO_INTERRUPT; with EVENT_IDX a used_event outside the next `size` used indices, as a
+        polling driver leaves it)? A hint for where to run requests, never used to index."""
+        if not self.active:
+            return False
+        buf = self.mem.buf
+        if self.event_idx:
+            used_event = _U16.unpack_from(buf, self._a + 4 + 2 * self.size)[0]
+            return ((used_event - self.used_idx) & 0xFFFF) >= self.size
+        return bool(_U16.unpack_from(buf, self._a)[0] & VIRTQ_AVAIL_F_NO_INTERRUPT)
+
     def _ask_for_kicks(self) -> None:
         """Ask the driver to kick for what it adds next: with EVENT_IDX avail_event = the avail
         index seen so far, else used->flags without NO_NOTIFY. The device never turns kicks off
