@@ -653,7 +653,7 @@ class Cpu:
         if self._mode in ("fast", "exact"):
             self._slice_serial += 1
             self.slice_token.value = self._slice_serial
-        else:
+        elif self.slice_token.value:
             self.slice_token.value = 0
 
     def native_window(self) -> tuple[int, int, int]:
@@ -748,7 +748,9 @@ class Cpu:
         right after the current instruction if that reaches the next timer deadline."""
         if not self.running:
             return
-        self._new_token()                        # native device code armed before: disarmed
+        if self.slice_token.value:               # native device code armed before: disarmed
+            self._slice_serial += 1
+            self.slice_token.value = self._slice_serial
         now = self._slice_start_ns + self._counter.value + self._io_ns
         clock = self.clock
         deadline = clock.next_deadline()
