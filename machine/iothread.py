@@ -77,6 +77,7 @@ class IoThread:
         # on_pending(): called on the CPU thread when settle() leaves jobs in flight (the board
         # ends a long slice, so the next ones are short and the completions seen soon).
         self.on_pending: Callable[[], None] | None = None
+        self._closers: list[Callable[[], None]] = []   # native workers of this thread (on_close)
 
     # -- the CPU thread ---------------------------------------------------------------------------
     def submit(self, owner: Owner, work: Callable[[], Any], done: Callable[[Any], None],
@@ -198,10 +199,18 @@ class IoThread:
                 self.wait(0.01)
             self.poll()
 
+    def on_close(self, fn: Callable[[], None]) -> None:
+        """Call fn() when this thread closes: native workers a device runs for it (the
+        virtio-blk I/O lane, blk_fast.py), which end with it."""
+        self._closers.append(fn)
+
     def close(self) -> None:
-        """Drain, then end the worker."""
+        """Drain, then end the worker (and the native workers of on_close)."""
         self.drain()
         self._closed = True
+        closers, self._closers = self._closers, []
+        for fn in closers:
+            fn()
         if self._thread is not None:
             self._tokens.put(None)               # a spare token is harmless: see _worker
             self._thread.join()

@@ -116,6 +116,16 @@ static int holds_code(const uint8_t *code, uint64_t off, uint64_t len)
     return 0;
 }
 
+/* Does translated code sit on a page of one of these RAM buffers? */
+static int iov_holds_code(const struct blkfast_dev *d, const uint8_t *code,
+                          const struct iovec *iov, int n)
+{
+    for (int k = 0; k < n; k++)
+        if (holds_code(code, (uint64_t)((const uint8_t *)iov[k].iov_base - d->ram), iov[k].iov_len))
+            return 1;
+    return 0;
+}
+
 struct seg { uint64_t off, len; };
 
 struct chain {
@@ -200,18 +210,25 @@ static int full_io(int fd, struct iovec *iov, int n, uint64_t pos, uint64_t want
     return got >= 0 && (uint64_t)got == want ? 0 : -1;
 }
 
-/* Carry out the chain's request if it is a plain read or write that completes OK: 0 with
- * *used_len set, or -1 (nothing done that Python would not do again). */
-static int execute(const struct blkfast_dev *d, const struct blkfast_queue *q, struct chain *c,
-                   uint32_t *used_len)
+/* A plain request, checked and ready to run: what execute() and the I/O lane need. */
+struct plain {
+    uint32_t type;                        /* BLK_T_IN or BLK_T_OUT */
+    int niov;
+    uint64_t pos, nbytes;                 /* image offset and length */
+    uint64_t status_off;                  /* the status byte in the buffer */
+};
+
+/* Check the chain's request is a plain read or write that can complete OK (everything but the
+ * I/O itself), filling *p and iov[] (at least MAX_BUFFERS entries): 0, or -1. */
+static int prepare(const struct blkfast_dev *d, const struct blkfast_queue *q,
+                   const struct chain *c, struct plain *p, struct iovec *iov)
 {
-    static __thread struct iovec iov[MAX_BUFFERS];
     if (!c->nr || !c->nw || c->rlen < HEADER || c->seg[0].len < HEADER)
         return -1;                        /* malformed, or a header split over descriptors */
     const uint8_t *hdr = d->ram + c->seg[0].off;
     uint32_t type = ld32(hdr);
     uint64_t sector = ld64(hdr + 8);
-    struct seg *status = &c->seg[c->nr + c->nw - 1];
+    const struct seg *status = &c->seg[c->nr + c->nw - 1];
     uint64_t status_off = status->off + status->len - 1;
     if (holds_code(q->code, status_off, 1))
         return -1;
@@ -245,22 +262,42 @@ static int execute(const struct blkfast_dev *d, const struct blkfast_queue *q, s
     if ((uint32_t)n > q->seg_max || !nbytes || nbytes > q->request_max_bytes ||
         !range_ok(q, sector, nbytes))
         return -1;
-    if (type == BLK_T_IN) {
-        for (int k = 0; k < n; k++)
-            if (holds_code(q->code, (uint64_t)((uint8_t *)iov[k].iov_base - d->ram), iov[k].iov_len))
-                return -1;
-        if (full_io(q->fd, iov, n, sector * SECTOR, nbytes, 0))
+    if (type == BLK_T_IN && iov_holds_code(d, q->code, iov, n))
+        return -1;
+    *p = (struct plain){type, n, sector * SECTOR, nbytes, status_off};
+    return 0;
+}
+
+/* The I/O of a prepared request: 0 with *used_len set, or -1 (a host error, or a regular
+ * image that shrank under a write: Python's to report). */
+static int perform(int fd, uint32_t regular, const struct plain *p, struct iovec *iov,
+                   uint32_t *used_len)
+{
+    if (p->type == BLK_T_IN) {
+        if (full_io(fd, iov, p->niov, p->pos, p->nbytes, 0))
             return -1;
-        *used_len = (uint32_t)nbytes + 1;
-    } else {
-        struct stat st;                   /* RawImage._check_not_shrunk */
-        if (q->regular && (fstat(q->fd, &st) || (uint64_t)st.st_size < sector * SECTOR + nbytes))
-            return -1;
-        if (full_io(q->fd, iov, n, sector * SECTOR, nbytes, 1))
-            return -1;
-        *used_len = 1;
+        *used_len = (uint32_t)p->nbytes + 1;
+        return 0;
     }
-    d->ram[status_off] = BLK_S_OK;
+    struct stat st;                       /* RawImage._check_not_shrunk */
+    if (regular && (fstat(fd, &st) || (uint64_t)st.st_size < p->pos + p->nbytes))
+        return -1;
+    if (full_io(fd, iov, p->niov, p->pos, p->nbytes, 1))
+        return -1;
+    *used_len = 1;
+    return 0;
+}
+
+/* Carry out the chain's request if it is a plain read or write that completes OK: 0 with
+ * *used_len set, or -1 (nothing done that Python would not do again). */
+static int execute(const struct blkfast_dev *d, const struct blkfast_queue *q, struct chain *c,
+                   uint32_t *used_len)
+{
+    static __thread struct iovec iov[MAX_BUFFERS];
+    struct plain p;
+    if (prepare(d, q, c, &p, iov) || perform(q->fd, q->regular, &p, iov, used_len))
+        return -1;
+    d->ram[p.status_off] = BLK_S_OK;
     return 0;
 }
 
@@ -317,6 +354,337 @@ int blkfast_serve(const struct blkfast_dev *d, struct blkfast_queue *q)
     }
 }
 
+/* -- the I/O lane ---------------------------------------------------------------------------
+ *
+ * With `iothread=`, while the driver polls (it asked for no used-buffer notifications), the
+ * notify front hands plain requests to worker threads here instead of running them inside the
+ * kick: the kick only checks and queues them (prepare), and returns to the guest, which goes
+ * on filling the queue while a worker moves the data.  A worker runs a request's I/O, then
+ * writes its status byte and puts it on the used ring itself, where the polling driver sees it
+ * at once, with no Python and no slice boundary in between: QEMU's dataplane, where the
+ * iothread completes requests on the ring.
+ *
+ * Ownership.  From the moment Python arms a slot with a lane (blk_fast.FastPath.arm_lane) the
+ * lane owns the queue's indices (`q`): the CPU thread moves last_avail_idx as it queues, the
+ * workers move used_idx as they complete, both under `mu`.  Python gets the queue back with
+ * blkfast_lane_drain, which waits until every queued request is finished; FastPath.sync calls it
+ * before any Python code of the device runs and after every CPU slice, as for the front.  So no
+ * request outlives the slice it was queued in, and Python never sees a half-owned queue.
+ *
+ * What a worker cannot complete as Python would (a host error, a regular image that shrank,
+ * translated code found on a page it is about to write) it leaves untouched but for the data
+ * of a failed read: the head goes on `left`, and Python runs that request at the drain, with
+ * its errors and policies.  Requests complete in the order they finish (2.7.14 lets a device
+ * use buffers in any order); a request whose image range overlaps one a worker is running, and
+ * either writes, waits for it.  A head the driver makes available again while the lane has it
+ * stops the queueing, and Python reports the rule (HeadInFlight) once the lane is drained. */
+
+#include <pthread.h>
+#include <sched.h>
+#include <stdlib.h>
+#include <time.h>
+
+#define LANE_JOBS     1024                /* a split queue has at most 32768 entries; ... */
+#define LANE_IOVS     16384               /* ... more in flight than these: queueing stops */
+#define LANE_THREADS  4
+#define LANE_SPIN_NS  50000               /* a worker looks for more work this long before it sleeps */
+
+enum { JOB_QUEUED, JOB_RUNNING, JOB_DONE, JOB_LEFT };
+
+struct lane_job {
+    struct plain p;
+    uint64_t iov_at;                      /* its iovecs: iov[iov_at % LANE_IOVS] on */
+    uint16_t head;
+    uint8_t state;
+};
+
+struct blkfast_lane {
+    struct blkfast_queue q;               /* first: Python packs and reads it (blk_fast._QUEUE) */
+    /* Read by Python after a drain (blk_fast._LaneOut): keep in step. */
+    uint64_t completed;                   /* requests the workers put on the used ring */
+    uint32_t nleft;                       /* heads in left[], for Python to run */
+    uint32_t reused;                      /* 1 + a head made available while the lane had it */
+    uint32_t deep;                        /* the driver keeps several requests in flight ... */
+    uint32_t idle_kicks;                  /* ... unless its last kicks all found the lane empty */
+    uint16_t left[LANE_JOBS];
+    /* The lane's own. */
+    const struct blkfast_dev *d;
+    pthread_mutex_t mu;
+    pthread_cond_t work, finished;
+    pthread_t thread[LANE_THREADS];
+    uint32_t nthreads, started, closing, sleeping;
+    uint64_t queued, taken, released;     /* jobs: queued > taken > released, free-running */
+    uint64_t iov_head, iov_tail;
+    uint8_t busy[32768 / 8];              /* heads in the lane */
+    struct lane_job job[LANE_JOBS];
+    struct iovec iov[LANE_IOVS];
+};
+
+static uint64_t now_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+static int overlaps(const struct plain *a, const struct plain *b)
+{
+    return (a->type == BLK_T_OUT || b->type == BLK_T_OUT) &&
+           a->pos < b->pos + b->nbytes && b->pos < a->pos + a->nbytes;
+}
+
+/* Under mu: the next job a worker may start, or NULL. */
+static struct lane_job *next_job(struct blkfast_lane *L)
+{
+    if (L->taken == L->queued)
+        return NULL;
+    struct lane_job *j = &L->job[L->taken % LANE_JOBS];
+    for (uint64_t k = L->released; k < L->taken; k++) {
+        const struct lane_job *o = &L->job[k % LANE_JOBS];
+        if (o->state == JOB_RUNNING && overlaps(&o->p, &j->p))
+            return NULL;                  /* after that one */
+    }
+    L->taken++;
+    j->state = JOB_RUNNING;
+    return j;
+}
+
+/* Under mu: a job finished; put it on the used ring (its status byte first), or on `left`. */
+static void finish_job(struct blkfast_lane *L, struct lane_job *j, int ok, uint32_t used_len)
+{
+    const struct blkfast_dev *d = L->d;
+    struct blkfast_queue *q = &L->q;
+    if (ok && !holds_code(q->code, q->used, 6 + 8ull * q->size) &&
+        !holds_code(q->code, j->p.status_off, 1) &&
+        !(j->p.type == BLK_T_IN && iov_holds_code(d, q->code, &L->iov[j->iov_at % LANE_IOVS], j->p.niov))) {
+        d->ram[j->p.status_off] = BLK_S_OK;
+        uint8_t *used = d->ram + q->used;
+        uint8_t *elem = used + 4 + 8u * (q->used_idx % q->size);
+        st32(elem, j->head);
+        st32(elem + 4, used_len);
+        __atomic_store_n(&q->used_idx, (uint16_t)(q->used_idx + 1), __ATOMIC_RELAXED);
+        __atomic_store_n((uint16_t *)(used + 2), q->used_idx, __ATOMIC_RELEASE);
+        L->busy[j->head / 8] &= (uint8_t)~(1u << (j->head % 8));
+        L->completed++;
+        j->state = JOB_DONE;
+    } else {
+        L->left[L->nleft++] = j->head;    /* stays busy: Python runs it at the drain */
+        j->state = JOB_LEFT;
+    }
+    while (L->released < L->taken && L->job[L->released % LANE_JOBS].state >= JOB_DONE) {
+        const struct lane_job *r = &L->job[L->released % LANE_JOBS];
+        L->iov_tail = r->iov_at + (uint64_t)r->p.niov;
+        L->released++;
+    }
+    if (L->released == L->taken && L->taken == L->queued)
+        L->iov_tail = L->iov_head;
+    pthread_cond_broadcast(&L->finished);
+}
+
+/* Under mu, which it lets go during the I/O: run a job taken with next_job, and finish it. */
+static void run_job(struct blkfast_lane *L, struct lane_job *j)
+{
+    int fd = L->q.fd;
+    uint32_t regular = L->q.regular, used_len = 0;
+    struct iovec *iov = &L->iov[j->iov_at % LANE_IOVS];
+    pthread_mutex_unlock(&L->mu);
+    int ok = perform(fd, regular, &j->p, iov, &used_len) == 0;
+    pthread_mutex_lock(&L->mu);
+    finish_job(L, j, ok, used_len);
+}
+
+static void *lane_worker(void *arg)
+{
+    struct blkfast_lane *L = arg;
+    pthread_setname_np(pthread_self(), "virtio-blk-lane");    /* as top and gdb show it */
+    pthread_mutex_lock(&L->mu);
+    for (;;) {
+        struct lane_job *j = next_job(L);
+        if (!j) {
+            if (L->closing)
+                break;
+            /* Poll a little before sleeping: the guest is about to queue the next request,
+             * and a sleeping worker costs the kick a wake-up. */
+            uint64_t t0 = now_ns();
+            while (!(j = next_job(L)) && !L->closing && L->taken == L->queued &&
+                   now_ns() - t0 < LANE_SPIN_NS) {
+                pthread_mutex_unlock(&L->mu);
+                sched_yield();
+                pthread_mutex_lock(&L->mu);
+            }
+            if (!j) {
+                if (L->closing)
+                    break;
+                L->sleeping++;
+                pthread_cond_wait(L->taken == L->queued ? &L->work : &L->finished, &L->mu);
+                L->sleeping--;
+                continue;
+            }
+        }
+        run_job(L, j);
+    }
+    pthread_mutex_unlock(&L->mu);
+    return NULL;
+}
+
+struct blkfast_lane *blkfast_lane_new(const struct blkfast_dev *d, uint32_t nthreads)
+{
+    struct blkfast_lane *L = calloc(1, sizeof *L);
+    if (!L)
+        return NULL;
+    L->d = d;
+    L->nthreads = nthreads > LANE_THREADS ? LANE_THREADS : nthreads;   /* 0: all at the drain */
+    pthread_mutex_init(&L->mu, NULL);
+    pthread_cond_init(&L->work, NULL);
+    pthread_cond_init(&L->finished, NULL);
+    return L;
+}
+
+/* Queue what is available (the CPU thread; L->q is the lane's): BLKFAST_DONE when all was
+ * queued, BLKFAST_BAIL at the first request Python must handle (still available). q->done
+ * counts the requests queued by this call. */
+static int lane_queue(struct blkfast_lane *L)
+{
+    static __thread struct chain c;
+    static __thread struct iovec iov[MAX_BUFFERS];
+    const struct blkfast_dev *d = L->d;
+    struct blkfast_queue *q = &L->q;
+    const uint8_t *avail = d->ram + q->avail;
+    if (holds_code(q->code, q->used, 6 + 8ull * q->size))
+        return BLKFAST_BAIL;
+    for (;;) {
+        uint16_t pending = (uint16_t)(ld16(avail + 2) - q->last_avail_idx);
+        if (pending > q->size)
+            return BLKFAST_BAIL;
+        for (uint16_t k = 0; k < pending; k++) {
+            uint16_t head = ld16(avail + 4 + 2u * (q->last_avail_idx % q->size));
+            struct plain p;
+            if (head >= q->size)
+                return BLKFAST_BAIL;
+            pthread_mutex_lock(&L->mu);
+            int reused = (L->busy[head / 8] >> (head % 8)) & 1;
+            pthread_mutex_unlock(&L->mu);
+            if (reused) {
+                L->reused = 1u + head;
+                return BLKFAST_BAIL;
+            }
+            if (walk(d, q, head, &c) || prepare(d, q, &c, &p, iov))
+                return BLKFAST_BAIL;
+            pthread_mutex_lock(&L->mu);
+            uint64_t at = L->iov_head;
+            if (at % LANE_IOVS + (uint64_t)p.niov > LANE_IOVS)
+                at += LANE_IOVS - at % LANE_IOVS;     /* not across the end */
+            if (L->queued - L->released + L->nleft >= LANE_JOBS ||
+                at + (uint64_t)p.niov - L->iov_tail > LANE_IOVS) {
+                pthread_mutex_unlock(&L->mu);
+                return BLKFAST_BAIL;      /* full: Python drains it and goes on */
+            }
+            memcpy(&L->iov[at % LANE_IOVS], iov, sizeof *iov * (size_t)p.niov);
+            L->iov_head = at + (uint64_t)p.niov;
+            struct lane_job *j = &L->job[L->queued % LANE_JOBS];
+            j->p = p;
+            j->iov_at = at;
+            j->head = head;
+            j->state = JOB_QUEUED;
+            L->queued++;
+            L->busy[head / 8] |= (uint8_t)(1u << (head % 8));
+            q->last_avail_idx++;
+            q->done++;
+            q->nbytes += c.rlen + c.wlen;
+            if (L->sleeping)
+                pthread_cond_signal(&L->work);
+            while (L->started < L->nthreads) {  /* (none that fail: the drain runs the jobs) */
+                if (pthread_create(&L->thread[L->started], NULL, lane_worker, L))
+                    break;
+                L->started++;
+            }
+            pthread_mutex_unlock(&L->mu);
+        }
+        pthread_mutex_lock(&L->mu);
+        int more = rearm_kicks(d, q);
+        pthread_mutex_unlock(&L->mu);
+        if (!more)
+            return BLKFAST_DONE;
+    }
+}
+
+/* Is the lane empty? (Only the CPU thread queues: once empty it stays so until it does.) */
+static int lane_idle(struct blkfast_lane *L)
+{
+    pthread_mutex_lock(&L->mu);
+    int idle = L->released == L->queued;
+    pthread_mutex_unlock(&L->mu);
+    return idle;
+}
+
+/* Kicks in a row that find the lane empty and one request waiting, after which the driver is
+ * taken to wait for each request before the next (one in flight). */
+#define LANE_SHALLOW_KICKS 8
+
+/* A kick of the lane's queue.  A driver that waits for each request before it makes the next
+ * one available gains nothing from a hand-over but a wake-up: its requests run here, as
+ * blkfast_serve does.  One that keeps several in flight has them queued, so that it can make
+ * the next ones available while a worker moves the data of the first. */
+int blkfast_lane_kick(struct blkfast_lane *L)
+{
+    struct blkfast_queue *q = &L->q;
+    uint16_t pending = (uint16_t)(ld16(L->d->ram + q->avail + 2) - q->last_avail_idx);
+    if (lane_idle(L) && pending <= 1) {
+        if (L->deep && ++L->idle_kicks >= LANE_SHALLOW_KICKS)
+            L->deep = 0;
+    } else {
+        L->deep = 1;
+        L->idle_kicks = 0;
+    }
+    if (!L->deep)
+        return blkfast_serve(L->d, q);
+    return lane_queue(L);
+}
+
+/* Wait until every queued request is finished (run here when the lane has no worker): the
+ * queue is Python's again.  With workers it only waits, so that one worker completes requests
+ * in the order they were queued. */
+void blkfast_lane_drain(struct blkfast_lane *L)
+{
+    pthread_mutex_lock(&L->mu);
+    while (L->released != L->queued) {
+        struct lane_job *j = L->started ? NULL : next_job(L);
+        if (!j) {
+            pthread_cond_wait(&L->finished, &L->mu);
+            continue;
+        }
+        run_job(L, j);
+    }
+    L->iov_head = L->iov_tail = 0;
+    memset(L->busy, 0, sizeof L->busy);
+    pthread_mutex_unlock(&L->mu);
+}
+
+/* After Python took the drain's results. */
+void blkfast_lane_reset_results(struct blkfast_lane *L)
+{
+    L->completed = 0;
+    L->nleft = 0;
+    L->reused = 0;
+}
+
+/* Drain, end the workers and free the lane. */
+void blkfast_lane_close(struct blkfast_lane *L)
+{
+    blkfast_lane_drain(L);
+    pthread_mutex_lock(&L->mu);
+    L->closing = 1;
+    pthread_cond_broadcast(&L->work);
+    pthread_cond_broadcast(&L->finished);
+    pthread_mutex_unlock(&L->mu);
+    for (uint32_t i = 0; i < L->started; i++)
+        pthread_join(L->thread[i], NULL);
+    pthread_mutex_destroy(&L->mu);
+    pthread_cond_destroy(&L->work);
+    pthread_cond_destroy(&L->finished);
+    free(L);
+}
+
 /* -- the notify front ---------------------------------------------------------------------
  *
  * The modern BAR's write callback is this function: a notify of a queue Python armed is
@@ -349,6 +717,7 @@ struct blkfast_slot {
     uint32_t pad;
     const uint64_t *counter;              /* the CPU's instruction clock ... */
     uint64_t limit;                       /* ... at which virtual time reaches the next timer */
+    struct blkfast_lane *lane;            /* kicks go to this lane (its own q), or NULL */
     struct blkfast_queue q;
 };
 
@@ -364,14 +733,15 @@ struct blkfast_front {
     struct blkfast_slot slot[FRONT_QUEUES];
 };
 
-/* VirtioDevice.notify's decision (SplitQueue.should_notify) without its side effect. */
-static int would_notify(const struct blkfast_dev *d, const struct blkfast_slot *s)
+/* VirtioDevice.notify's decision (SplitQueue.should_notify) without its side effect, with the
+ * used index at `now`. */
+static int would_notify(const struct blkfast_dev *d, const struct blkfast_queue *q,
+                        const struct blkfast_slot *s, uint16_t now)
 {
-    const struct blkfast_queue *q = &s->q;
     const uint8_t *avail = d->ram + q->avail;
     if (q->event_idx) {
         uint16_t used_event = ld16(avail + 4 + 2ull * q->size);
-        uint16_t now = q->used_idx, old = (uint16_t)s->signalled_used;
+        uint16_t old = (uint16_t)s->signalled_used;
         return !s->signalled_valid || (uint16_t)(now - used_event - 1) < (uint16_t)(now - old);
     }
     return !(ld16(avail) & AVAIL_F_NO_INTERRUPT);
@@ -385,16 +755,19 @@ void blkfast_front_write(void *uc, uint64_t offset, unsigned size, uint64_t valu
         rel / f->notify_mult < f->nqueues) {
         struct blkfast_slot *s = &f->slot[rel / f->notify_mult];
         if (s->token && s->token == *f->token && *s->counter < s->limit) {
-            s->q.done = 0;
-            s->q.nbytes = 0;
-            int r = blkfast_serve(f->dev, &s->q);
-            if (r == BLKFAST_DONE && (!s->q.done || !would_notify(f->dev, s))) {
-                if (s->q.done && s->q.event_idx) {    /* should_notify's bookkeeping */
-                    s->signalled_used = s->q.used_idx;
+            struct blkfast_queue *q = s->lane ? &s->lane->q : &s->q;
+            q->done = 0;
+            q->nbytes = 0;
+            int r = s->lane ? blkfast_lane_kick(s->lane) : blkfast_serve(f->dev, q);
+            /* With a lane, workers move used_idx meanwhile: decide on one reading of it. */
+            uint16_t now = __atomic_load_n(&q->used_idx, __ATOMIC_ACQUIRE);
+            if (r == BLKFAST_DONE && (!q->done || !would_notify(f->dev, q, s, now))) {
+                if (q->done && q->event_idx) {    /* should_notify's bookkeeping */
+                    s->signalled_used = now;
                     s->signalled_valid = 1;
                 }
                 f->kicks++;
-                f->requests += s->q.done;
+                f->requests += q->done;
                 return;
             }
             s->token = 0;                 /* Python takes this kick over from here */

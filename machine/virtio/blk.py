@@ -61,6 +61,12 @@ KICK_WAIT = 0.001
 # With iothread=: a read or write of at most this many bytes arriving while nothing is in flight
 # runs inside the kick (see _submit_available).
 INLINE_MAX_BYTES = 64 << 10
+# With iothread=: worker threads of the native I/O lane (blk_fast.FastPath.arm_lane), which
+# completes a polling driver's requests while the guest runs on. One: the data of most requests
+# is one copy through the page cache, where a second worker mostly contends with the first (and
+# with the vCPU thread) on a small host. VirtioBlk.lane_threads = None: no lane (all in the
+# kick); 0: a lane whose requests wait for the drain (tests).
+LANE_THREADS = 1
 # The largest request the native path carries out in the deterministic mode: any (the notify's
 # byte budget bounds a batch, as in Python).
 REQUEST_MAX_BYTES = 1 << 63
@@ -124,6 +130,8 @@ class VirtioBlk(VirtioDevice):
         self.notify_max_bytes = NOTIFY_MAX_BYTES
         self.inline_max_bytes = INLINE_MAX_BYTES
         self.kick_wait = KICK_WAIT
+        self.lane_threads: int | None = LANE_THREADS
+        self._kick_requests = 0                  # requests the last kick in Python took (iothread=)
         self._fast: blk_fast.FastPath | None = None
 
     # -- realize -----------------------------------------------------------------------------------
@@ -317,7 +325,11 @@ class VirtioBlk(VirtioDevice):
         io = self.iothread
         if io is None:
             fast.arm(q, self.notify_max_requests, self.notify_max_bytes, REQUEST_MAX_BYTES)
-        elif not io.in_flight and self.inline_max_bytes > 0:
+        elif io.in_flight or self.inline_max_bytes <= 0:
+            return
+        elif self.lane_threads is not None and q.suppresses_interrupts():
+            fast.arm_lane(q, io, self.lane_threads, self._kick_requests > 1)
+        else:
             fast.arm(q, 0xFFFFFFFF, 1 << 63, self._inline_limit(q))
 
     def bind_cpu(self, token_address: int, window) -> bool:
@@ -336,8 +348,32 @@ class VirtioBlk(VirtioDevice):
         return REQUEST_MAX_BYTES if q.suppresses_interrupts() else self.inline_max_bytes
 
     def native_sync(self) -> None:
-        if self._fast is not None:
-            self._fast.sync()
+        fast = self._fast
+        if fast is not None:
+            fast.sync()
+            if fast.lane_results:
+                self._lane_drained(fast)
+
+    def _lane_drained(self, fast) -> None:
+        """The I/O lane's requests are all finished (FastPath.sync): run here those it left to
+        Python (a host error, translated code on a page), take a head the driver made available
+        again while the lane had it as still in flight (the kick handled next reports it, as
+        the Python path would), and send the one notification the completions may owe."""
+        results, fast.lane_results = fast.lane_results, []
+        for q, completed, left, reused in results:
+            try:
+                for head in left:
+                    chain = q.walk(head)
+                    q.inflight.add(head)
+                    written = self.handle_request(chain, q)
+                    if written is not None:
+                        q.push(head, written)
+            except (VirtqueueError, GuestMemoryError) as e:
+                self.virtio_error(e)
+            if reused is not None:
+                q.inflight.add(reused)
+            if completed or left:
+                self.notify(q)
 
     def _hold(self, q: SplitQueue, head: int, written: int, delay_ns: int) -> None:
         """Complete `head` `delay_ns` of virtual time from now (a blkdebug [delay] rule)."""
@@ -449,6 +485,7 @@ class VirtioBlk(VirtioDevice):
         and the driver, which runs on this thread, adds nothing while it runs."""
         take, submit, io, inline_max = q.take, self._submit, self.iothread, self.inline_max_bytes
         pushed = False
+        first = q.last_avail_idx
         # Nothing in flight: the small plain requests run here, in native code (blk_fast.py),
         # where each costs less than a hand-over, up to the first it leaves to us.
         status = blk_fast.BAIL
@@ -474,6 +511,7 @@ class VirtioBlk(VirtioDevice):
                     pushed = True
             if not q.rearm_kicks():
                 break
+        self._kick_requests = (q.last_avail_idx - first) & 0xFFFF
         if pushed:
             self.notify(q)
         # A driver that polls (it switched used-buffer interrupts off for what is in flight)

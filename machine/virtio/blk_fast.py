@@ -55,7 +55,7 @@ class _Slot(ctypes.Structure):
     _fields_ = [("token", ctypes.c_uint64), ("signalled_used", ctypes.c_uint32),
                 ("signalled_valid", ctypes.c_uint32), ("fell_back", ctypes.c_uint32),
                 ("pad", ctypes.c_uint32), ("counter", ctypes.c_void_p), ("limit", ctypes.c_uint64),
-                ("q", ctypes.c_char * 112)]
+                ("lane", ctypes.c_void_p), ("q", ctypes.c_char * 112)]
 
 
 class _Front(ctypes.Structure):
@@ -71,7 +71,17 @@ class _Front(ctypes.Structure):
 _QUEUE = struct.Struct("<QQQIIHHIQIIQ" "QQiIIIIIQ")
 _QUEUE_OUT = struct.Struct("<HHIQ")       # last_avail_idx, used_idx, done, nbytes
 _QUEUE_OUT_AT = 32
-assert _QUEUE.size == 112 and _Slot.q.offset == 40 and _Front.slot.offset == 56
+assert _QUEUE.size == 112 and _Slot.q.offset == 48 and _Front.slot.offset == 56
+
+LANE_JOBS = 1024                    # native/blkfast.c LANE_JOBS
+
+
+class _LaneOut(ctypes.Structure):
+    """What a drained struct blkfast_lane tells Python (its fields after the queue)."""
+    _fields_ = [("completed", ctypes.c_uint64), ("nleft", ctypes.c_uint32),
+                ("reused", ctypes.c_uint32), ("deep", ctypes.c_uint32),
+                ("idle_kicks", ctypes.c_uint32), ("left", ctypes.c_uint16 * LANE_JOBS)]
+
 
 _lib = None
 
@@ -83,6 +93,12 @@ def library() -> ctypes.CDLL:
         lib = load_library("out/libblkfast.so")
         lib.blkfast_serve.restype = ctypes.c_int
         lib.blkfast_serve.argtypes = [ctypes.c_void_p, ctypes.c_void_p]
+        lib.blkfast_lane_new.restype = ctypes.c_void_p
+        lib.blkfast_lane_new.argtypes = [ctypes.c_void_p, ctypes.c_uint32]
+        for name in ("blkfast_lane_drain", "blkfast_lane_reset_results", "blkfast_lane_close"):
+            fn = getattr(lib, name)
+            fn.restype = None
+            fn.argtypes = [ctypes.c_void_p]
         _lib = lib
     return _lib
 
@@ -115,6 +131,7 @@ class FastPath:
         self._q_addr = ctypes.addressof(self._q)
         self._ranges_seen = None
         self.requests = 0                        # completed natively in Python's kicks
+        self.lane_requests = 0                   # completed by the I/O lane's workers
         self._front = _Front()
         self._front.dev = self._dev_addr
         self._front.nqueues = FRONT_QUEUES
@@ -125,6 +142,11 @@ class FastPath:
         base = ctypes.addressof(self._front) + _Front.slot.offset
         self._slot_q = [(ctypes.c_char * _QUEUE.size).from_address(base + i * ctypes.sizeof(_Slot) + _Slot.q.offset)
                         for i in range(FRONT_QUEUES)]
+        self._lane = 0                           # struct blkfast_lane *, made at first use
+        self._lane_q = self._lane_out = None     # its queue and its results, seen from here
+        # What drained lanes did, for the device to finish (VirtioBlk._lane_drained):
+        # (queue, requests completed, heads left to Python, reused head or None).
+        self.lane_results: list[tuple[SplitQueue, int, list[int], int | None]] = []
 
     def _sync_ranges(self) -> bool:
         ranges = self.mem.ranges
@@ -224,10 +246,48 @@ class FastPath:
         slot.token = token
         self._armed.add(q)
 
+    def arm_lane(self, q: SplitQueue, io, threads: int, deep: bool) -> None:
+        """As `arm`, but the front hands `q`'s kicks to the I/O lane (native/blkfast.c, "the
+        I/O lane"): `threads` workers of `io`'s complete the requests on the used ring while
+        the guest runs on. For a driver that polls: a notification the completions owe is sent
+        when the lane is drained (`sync`), after the slice at the latest. `deep`: the kick just
+        handled found several requests (the driver keeps them in flight: queue them)."""
+        if not self.token_live() or q.index >= FRONT_QUEUES:
+            return
+        self.sync()
+        if not self._lane:
+            lane = library().blkfast_lane_new(self._dev_addr, threads)
+            if not lane:
+                return
+            self._lane = lane
+            self._lane_q = (ctypes.c_char * _QUEUE.size).from_address(lane)
+            self._lane_out = _LaneOut.from_address(lane + _QUEUE.size)
+            io.on_close(self.close_lane)
+        if not self._pack(self._lane_q, q, 0xFFFFFFFF, 1 << 63, 1 << 63):
+            return
+        if deep:
+            self._lane_out.deep, self._lane_out.idle_kicks = 1, 0
+        slot = self._front.slot[q.index]
+        slot.signalled_used, slot.signalled_valid = q._signalled_used, q._signalled_valid
+        slot.fell_back = 0
+        slot.lane = self._lane
+        token, slot.counter, slot.limit = self._window()
+        slot.token = token
+        self._armed.add(q)
+
+    def close_lane(self) -> None:
+        """End the lane's workers (its I/O thread closes)."""
+        self.sync()
+        lane, self._lane = self._lane, 0
+        if lane:
+            self._lane_q = self._lane_out = None
+            library().blkfast_lane_close(lane)
+
     def sync(self) -> None:
         """Disarm, and give the queues back what the front did: their indices and interrupt
-        bookkeeping, and a kick it handed over half done (`serve` returns it first). Called
-        before any Python code of the device runs, and after every slice."""
+        bookkeeping, a kick it handed over half done (`serve` returns it first), and what a
+        lane did once it is drained (`lane_results`). Called before any Python code of the
+        device runs, and after every slice."""
         self._carry = None                       # a kick's own, taken by its handler or dropped
         if not self._armed:
             return
@@ -235,7 +295,19 @@ class FastPath:
         for q in self._armed:
             slot = slots[q.index]
             slot.token = 0
-            last, used, done, nbytes = _QUEUE_OUT.unpack_from(self._slot_q[q.index], _QUEUE_OUT_AT)
+            qbuf = self._slot_q[q.index]
+            lane = slot.lane
+            if lane:
+                slot.lane = None
+                lib = library()
+                lib.blkfast_lane_drain(lane)     # (the GIL is let go meanwhile)
+                qbuf, out = self._lane_q, self._lane_out
+                if out.completed or out.nleft or out.reused:
+                    self.lane_results.append((q, out.completed, list(out.left[:out.nleft]),
+                                              out.reused - 1 if out.reused else None))
+                    self.lane_requests += out.completed
+                    lib.blkfast_lane_reset_results(lane)
+            last, used, done, nbytes = _QUEUE_OUT.unpack_from(qbuf, _QUEUE_OUT_AT)
             q.last_avail_idx, q.used_idx = last, used
             q._signalled_used, q._signalled_valid = slot.signalled_used, bool(slot.signalled_valid)
             if slot.fell_back:
