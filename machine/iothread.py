@@ -14,7 +14,9 @@ the CPU thread, sees them in that order.
 
 One worker per thread, first in first out, as a QEMU iothread is one thread: a FLUSH submitted
 after writes runs after them, and a backend (a snapshot overlay, blkdebug's rule engine) is
-never entered by two threads at once.
+never entered by two threads at once. A device may also run native workers for the thread (the
+virtio-blk I/O lane, machine/virtio/blk_fast.py), never beside this worker's jobs for the same
+device; they end with it (`on_close`).
 """
 
 from __future__ import annotations
