@@ -234,6 +234,60 @@ def test_plain_reads_and_writes_complete_natively_and_the_rest_in_python(tmp_pat
         slow.close()
 
 
+def add_windows(b: Bench, total: int) -> list[int]:
+    """RAM windows of 4 KiB in the legacy hole (as the chipset's shadow RAM adds them) until
+    guest RAM is `total` ranges, the first one read-only: their guest-physical addresses."""
+    from machine.memory import RamRange
+    gpas = [0xC0000 + 0x2000 * i for i in range(total - len(b.mem.ranges))]
+    b.mem.update_ranges([], [RamRange(a, 0x1000, a, read_only=i == 0) for i, a in enumerate(gpas)])
+    assert len(b.mem.ranges) == total
+    return gpas
+
+
+def window_request(b: Bench, rtype: int, buf: int, sector: int) -> None:
+    """Kick a 4 KiB read or write whose data buffer is at `buf` (in a window)."""
+    vq = b.vqs[0]
+    hdr, status = b.alloc.alloc(16, 8), b.alloc.alloc(1, 8)
+    b.mem.write(hdr, struct.pack("<IIQ", rtype, 0, sector))
+    vq.publish(vq.add_chain([(hdr, 16, False), (buf, 0x1000, rtype == T_IN), (status, 1, True)]))
+    b.drv.kick(0)
+
+
+@pytest.mark.parametrize("then", ["read-only", "beyond"])
+def test_buffers_in_ram_windows_get_what_python_gives_them(tmp_path, then):
+    """RAM windows switched in after the first request are seen by the native path, up to as
+    many as it maps. Past that, Python serves every request, one into a window gone included;
+    a read into a read-only window is a ring error on both paths."""
+    from machine.memory import RamRange
+    fast, slow = pair(tmp_path)
+    try:
+        for b in (fast, slow):
+            b.start()
+            b.run(T_IN, 0, in_len=512)
+            gpas = add_windows(b, blk_fast.MAX_RANGES)
+            for i, gpa in enumerate(gpas):
+                window_request(b, T_OUT, gpa, 8 * i)             # from the window to the disk
+                if i:
+                    window_request(b, T_IN, gpa, 64 + 8 * i)     # from the disk into it
+        assert_same(fast, slow)
+        native = fast.vdev._fast.requests
+        assert native == 2 * len(gpas) and not fast.vdev.broken
+        for b in (fast, slow):
+            if then == "read-only":
+                window_request(b, T_IN, gpas[0], 0)
+            else:                                     # one more window than the native path maps
+                more = [0xC0000 + 0x2000 * i for i in range(len(gpas), len(gpas) + 2)]
+                b.mem.update_ranges([gpas[-1]], [RamRange(a, 0x1000, a) for a in more])
+                for i, gpa in enumerate(more):
+                    window_request(b, T_OUT, gpa, 128 + 8 * i)
+                window_request(b, T_IN, gpas[-1], 0)    # no longer RAM
+        assert_same(fast, slow)
+        assert fast.vdev.broken and fast.vdev._fast.requests == native
+    finally:
+        fast.close()
+        slow.close()
+
+
 def test_a_buffer_on_a_page_with_translated_code_is_left_to_the_python_path(tmp_path):
     """The CPU drops translated code only for writes it hears of: a read into such a page must
     go through notify_write; one elsewhere need not."""

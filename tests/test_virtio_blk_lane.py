@@ -295,3 +295,30 @@ def test_the_whole_self_test_passes_with_an_iothread_and_the_lane(tmp_path):
     out, _img, vdev, _ = run_guest(tmp_path, "selftest", "tests=all", front=True,
                                    extra=("-object", "iothread,id=io0"))
     assert "not ok" not in out and "ok " in out, out
+
+
+@pytest.mark.parametrize("lane", [False, True], ids=["front", "lane"])
+def test_queues_past_the_fronts_slots_are_served_by_python(tmp_path, lane):
+    """The front has FRONT_QUEUES slots: a polling driver's kicks of a queue past them, with or
+    without an I/O lane, all go to Python, and complete as they would there."""
+    nq = blk_fast.FRONT_QUEUES + 2
+    b = Bench(tmp_path, disk_size=DISK, ram=16 << 20, native=True, props={"num-queues": str(nq)})
+    front = with_lane(b, 1) if lane else Front(b)
+    try:
+        b.start(nqueues=nq, features=b.drv.device_features() & ~(1 << F_EVENT_IDX))
+        for qi in (blk_fast.FRONT_QUEUES, nq - 1):
+            vq, blk = b.vqs[qi], BlkRequests(b.vqs[qi])
+            vq.set_avail_flags(1)                     # a polling driver
+            for kick in range(3):
+                reqs = [blk.submit(T_IN, 8 * i, in_len=4096) for i in range(3)]
+                front.kick(qi)
+                assert [h for h, _ in vq.get_used()] == [r.head for r in reqs], (qi, kick)
+                for r in reqs:
+                    assert blk.result(r) == (pattern(DISK)[8 * reqs.index(r) * 512:][:4096], S_OK)
+        front.new_slice()
+        assert b.vdev._fast.front_kicks == 0 and b.vdev._fast.lane_requests == 0
+        assert not b.vdev.broken
+    finally:
+        if lane:
+            b.io.close()
+        b.close()
