@@ -337,6 +337,38 @@ def test_writes_with_an_undo_log_or_in_writethrough_mode_are_left_to_the_python_
         b.close()
 
 
+@pytest.mark.parametrize("method", ["readv", "writev"])
+@pytest.mark.parametrize("on", ["image", "journal"])
+def test_a_read_or_write_method_replaced_on_the_backend_sees_every_such_request(tmp_path, on, method):
+    """Fault injection replaces one method on the backend object (the image, or the undo
+    journal in front of it): every request of that kind must reach it."""
+    import errno
+
+    from machine.block.undo import Journal
+    b = Bench(tmp_path, disk_size=DISK, ram=16 << 20, native=True)
+    try:
+        b.start()
+        if on == "journal":
+            b.vdev.backend = Journal(b.vdev.backend)
+        calls = []
+
+        def failing(offset, bufs):
+            calls.append(offset)
+            raise OSError(errno.EIO, "injected")
+        setattr(b.vdev.backend, method, failing)
+        failed, other = (T_IN, T_OUT) if method == "readv" else (T_OUT, T_IN)
+        assert b.run(failed, 8, in_len=512 if failed == T_IN else 0,
+                     out=b"" if failed == T_IN else b"\1" * 512)[1] == S_IOERR
+        assert calls == [8 * 512]
+        assert b.run(other, 16, in_len=512 if other == T_IN else 0,
+                     out=b"" if other == T_IN else b"\2" * 512)[1] == S_OK
+        assert b.run(failed, 24, in_len=512 if failed == T_IN else 0,
+                     out=b"" if failed == T_IN else b"\3" * 512)[1] == S_IOERR
+        assert calls == [8 * 512, 24 * 512]
+    finally:
+        b.close()
+
+
 def test_the_notify_budget_is_kept_by_the_native_path(tmp_path):
     fast, slow = pair(tmp_path)
     try:
