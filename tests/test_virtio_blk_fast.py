@@ -624,3 +624,50 @@ def test_with_an_iothread_a_polling_driver_gets_large_requests_inside_the_kick_t
     finally:
         b.io.close()
         b.close()
+
+
+def test_with_an_iothread_a_kick_that_hands_everything_to_the_thread_interrupts_only_at_completion(tmp_path):
+    from machine.iothread import IoThread
+    b = Bench(tmp_path, disk_size=DISK, ram=16 << 20, native=True)
+    b.io = b.vdev.iothread = IoThread("io0")
+    try:
+        b.start(features=b.drv.device_features() & ~(1 << F_EVENT_IDX))
+        blk = BlkRequests(b.vqs[0])
+        big = blk.submit(T_IN, 0, in_len=b.vdev.inline_max_bytes + 512)
+        b.drv.kick(0)
+        assert True not in b.irq_levels and b.vqs[0].used_idx() == 0
+        b.io.drain()
+        b.vdev.io_batch_done()
+        assert [h for h, _ in b.vqs[0].get_used()] == [big.head] and b.irq_levels == [True]
+    finally:
+        b.io.close()
+        b.close()
+
+
+def test_with_an_iothread_the_fronts_kicks_interrupt_a_driver_that_wants_it(tmp_path):
+    """The front completes the small requests of a kick natively and hands it to Python for
+    the interrupt they owe: every kick's completions are signalled (one MSI-X message each),
+    as Python signals them."""
+    from machine.iothread import IoThread
+    fast, slow = pair(tmp_path)
+    fast.io = fast.vdev.iothread = IoThread("io0")
+    try:
+        front = Front(fast)
+        for b in (fast, slow):
+            start_msix(b, b.drv.device_features() & ~(1 << F_EVENT_IDX))
+        streams = [BlkRequests(b.vqs[0]) for b in (fast, slow)]
+        for kick in range(6):
+            for blk in streams:
+                for i in range(2):
+                    blk.submit(T_IN, 8 * (2 * kick + i), in_len=4096)
+            front.kick(0)
+            slow.drv.kick(0)
+            for b in (fast, slow):
+                assert b.vqs[0].used_idx() == 2 * (kick + 1)
+                assert len(b.sent) == kick + 1, (kick, b is fast)
+        assert fast.vdev._fast.requests >= 10
+        assert state(fast)[:6] == state(slow)[:6]
+    finally:
+        fast.io.close()
+        fast.close()
+        slow.close()
