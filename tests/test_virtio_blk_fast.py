@@ -583,7 +583,8 @@ def test_odd_notify_writes_through_the_front_get_what_python_gives_them(tmp_path
         blk.submit(T_IN, 0, in_len=512)
         front.kick(0)                                   # Python's: arms queue 0
         req = blk.submit(T_IN, 1, in_len=512)
-        for offset, size in ((front.notify(0) + 1, 1), (front.notify(0) + 2, 2), (front.notify(7), 4),
+        for offset, size in ((front.notify(0) + 1, 1), (front.notify(0) + 2, 2), (front.notify(1), 2),
+                             (front.notify(7), 4),
                              (front.notify(200), 2), (front.notify(0) - 4, 4)):
             front.fn(None, offset, size, 0xFFFF, front.ud)
             assert not front.errors
@@ -671,3 +672,46 @@ def test_with_an_iothread_the_fronts_kicks_interrupt_a_driver_that_wants_it(tmp_
         fast.io.close()
         fast.close()
         slow.close()
+
+
+@pytest.mark.parametrize("why", ["broken", "failed", "bus-master-off", "before-driver-ok", "traced"])
+def test_kicks_the_device_must_not_serve_are_not_served_by_the_front_either(tmp_path, why):
+    """A broken or FAILED device, bus mastering off: Python ignores the kick, and the front,
+    which would serve the next ones alone, stays unarmed. A driver not yet DRIVER_OK (served
+    by default, as QEMU does) and a kick trace event on: every kick reaches Python."""
+    from machine import trace
+    b = Bench(tmp_path, disk_size=DISK, ram=16 << 20, native=True)
+    kicks = []
+    listener = lambda name, fields: kicks.append(fields["n"]) if name == "virtio_queue_notify" else None
+    try:
+        b.start(driver_ok=why != "before-driver-ok")
+        vq, blk = b.vqs[0], BlkRequests(b.vqs[0])
+        vq.set_avail_flags(1)                          # a polling driver: nothing else needs Python
+        front = Front(b)
+        if why == "broken":                            # an available index past the ring's size
+            vq.set_avail_idx(vq.avail_idx + vq.size + 1)
+            front.kick(0)
+            assert b.vdev.broken and not b.vdev.queues[0].inflight
+            vq.set_avail_idx(vq.avail_idx - vq.size - 1)   # the driver goes on as if nothing was
+        elif why == "failed":
+            b.drv.set_status(b.drv.status | 128)
+        elif why == "bus-master-off":
+            b.dev.config_write(0x04, 2, b.dev.config_read(0x04, 2) & ~4)
+        elif why == "traced":
+            trace.add_listener(listener)
+            trace.listen("virtio_queue_notify")
+        used = vq.used_idx()
+        for _ in range(3):
+            blk.submit(T_IN, 8, in_len=512)
+            front.kick(0)
+        if why in ("traced", "before-driver-ok"):
+            assert vq.used_idx() == used + 3
+            assert kicks == [0, 0, 0] or why != "traced"
+        else:
+            assert vq.used_idx() == used
+        assert b.vdev._fast.front_kicks == 0
+    finally:
+        if why == "traced":
+            trace.unlisten("virtio_queue_notify")
+            trace.remove_listener(listener)
+        b.close()
