@@ -338,24 +338,26 @@ def test_writes_with_an_undo_log_or_in_writethrough_mode_are_left_to_the_python_
 
 
 @pytest.mark.parametrize("method", ["readv", "writev"])
-@pytest.mark.parametrize("on", ["image", "journal"])
+@pytest.mark.parametrize("on", ["image", "journal", "image-under-journal"])
 def test_a_read_or_write_method_replaced_on_the_backend_sees_every_such_request(tmp_path, on, method):
-    """Fault injection replaces one method on the backend object (the image, or the undo
-    journal in front of it): every request of that kind must reach it."""
+    """Fault injection replaces one method on the backend object (the image, the undo journal
+    in front of it, or the image behind such a journal): every request of that kind must
+    reach it."""
     import errno
 
     from machine.block.undo import Journal
     b = Bench(tmp_path, disk_size=DISK, ram=16 << 20, native=True)
     try:
         b.start()
-        if on == "journal":
-            b.vdev.backend = Journal(b.vdev.backend)
+        image = b.vdev.backend
+        if on != "image":
+            b.vdev.backend = Journal(image)
         calls = []
 
         def failing(offset, bufs):
             calls.append(offset)
             raise OSError(errno.EIO, "injected")
-        setattr(b.vdev.backend, method, failing)
+        setattr(image if on == "image-under-journal" else b.vdev.backend, method, failing)
         failed, other = (T_IN, T_OUT) if method == "readv" else (T_OUT, T_IN)
         assert b.run(failed, 8, in_len=512 if failed == T_IN else 0,
                      out=b"" if failed == T_IN else b"\1" * 512)[1] == S_IOERR
