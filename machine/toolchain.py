@@ -114,6 +114,10 @@ def ensure_built(directory: Path | str, target: str) -> Path:
     with _lock(folder / LOCK_NAME):
         if not _up_to_date(build, target):
             _make(build, target)
+            if not _up_to_date(build, target):
+                # make found it current (a source it does not depend on changed, e.g. another
+                # helper's): say so in its time stamp, or every start would run make again.
+                os.utime(build / target)
     out = build / target
     if not out.exists():
         raise ToolchainError(f"building {build.name}/{target} produced no file")
