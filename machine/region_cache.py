@@ -22,7 +22,7 @@ import ctypes
 import weakref
 
 from . import unicorn_internals as ui
-from .toolchain import ToolchainError, load_library
+from .toolchain import ToolchainError, native_library
 
 ENTRIES = 1024                                  # native/mapcache.c ENTRIES
 
@@ -39,20 +39,15 @@ class _State(ctypes.Structure):
                 ("misses", ctypes.c_uint64), ("e", _Entry * ENTRIES)]
 
 
-_lib = None
+_PROTOTYPES = {
+    "mapcache_new": (ctypes.c_void_p, [ctypes.c_void_p, ctypes.c_void_p]),
+    "mapcache_free": (None, [ctypes.c_void_p]),
+}
 
 
 def library() -> ctypes.CDLL:
     """native/mapcache.c, built on first use (ToolchainError when it cannot be)."""
-    global _lib
-    if _lib is None:
-        lib = load_library("out/libmapcache.so")
-        lib.mapcache_new.restype = ctypes.c_void_p
-        lib.mapcache_new.argtypes = [ctypes.c_void_p, ctypes.c_void_p]
-        lib.mapcache_free.restype = None
-        lib.mapcache_free.argtypes = [ctypes.c_void_p]
-        _lib = lib
-    return _lib
+    return native_library("out/libmapcache.so", _PROTOTYPES)
 
 
 # The Uc methods that change an engine's memory map.

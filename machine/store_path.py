@@ -22,7 +22,7 @@ import ctypes
 import weakref
 
 from . import unicorn_internals as ui
-from .toolchain import ToolchainError, load_library
+from .toolchain import ToolchainError, native_library
 
 MAX_RANGES = 4                                  # native/storepath.c MAX_RANGES
 
@@ -46,30 +46,27 @@ class Seen(ctypes.Structure):
                 ("fills", ctypes.c_uint64), ("translations", ctypes.c_uint64)]
 
 
-_lib = None
+_PROTOTYPES = {
+    "storepath_install": (ctypes.c_int, [ctypes.c_void_p] * 5 + [ctypes.c_uint64]),
+    "storepath_new": (ctypes.c_void_p, [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p,
+                                        ctypes.c_uint64]),
+    "storepath_free": (None, [ctypes.c_void_p]),
+}
+
+
+def _install(lib: ctypes.CDLL) -> None:
+    if lib.storepath_install(*ui.store_path_functions(), ui.TB_PAGE_ADDR) != 0:
+        raise ui.UnsupportedUnicorn(
+            f"this emulator needs exactly unicorn {ui.REQUIRED_VERSION}; libunicorn's PLT "
+            f"does not have the calls it wraps. Install it with: "
+            f"pip install unicorn=={ui.REQUIRED_VERSION}")
 
 
 def library() -> ctypes.CDLL:
     """native/storepath.c, built on first use, its wrappers installed in libunicorn's GOT
     (ToolchainError when it cannot be built or loaded, UnsupportedUnicorn when the GOT slots
     are not found)."""
-    global _lib
-    if _lib is None:
-        lib = load_library("out/libstorepath.so")
-        lib.storepath_install.restype = ctypes.c_int
-        lib.storepath_install.argtypes = [ctypes.c_void_p] * 5 + [ctypes.c_uint64]
-        lib.storepath_new.restype = ctypes.c_void_p
-        lib.storepath_new.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p,
-                                      ctypes.c_uint64]
-        lib.storepath_free.restype = None
-        lib.storepath_free.argtypes = [ctypes.c_void_p]
-        if lib.storepath_install(*ui.store_path_functions(), ui.TB_PAGE_ADDR) != 0:
-            raise ui.UnsupportedUnicorn(
-                f"this emulator needs exactly unicorn {ui.REQUIRED_VERSION}; libunicorn's PLT "
-                f"does not have the calls it wraps. Install it with: "
-                f"pip install unicorn=={ui.REQUIRED_VERSION}")
-        _lib = lib
-    return _lib
+    return native_library("out/libstorepath.so", _PROTOTYPES, _install)
 
 
 def seen() -> Seen:

@@ -71,6 +71,26 @@ def load_library(target: str):
         raise ToolchainError(f"cannot load {path.name}: {exc}") from None
 
 
+_native: dict[str, object] = {}
+
+
+def native_library(target: str, prototypes: dict[str, tuple], install=None):
+    """load_library(target) once per process, each function in `prototypes` given its ctypes
+    signature ({name: (restype, [argtypes])}) and, when given, `install(lib)` run once before
+    anyone else sees the library (it may raise: the next call tries again). Every ctypes helper
+    module's `library()` is this with its own table."""
+    lib = _native.get(target)
+    if lib is None:
+        lib = load_library(target)
+        for name, (restype, argtypes) in prototypes.items():
+            fn = getattr(lib, name)
+            fn.restype, fn.argtypes = restype, argtypes
+        if install is not None:
+            install(lib)
+        _native[target] = lib
+    return lib
+
+
 def ensure_built(directory: Path | str, target: str) -> Path:
     """Run `make -C directory target` (make decides whether anything is stale) and return the
     path of `target`. When the target is newer than every other file under the directory (the
@@ -94,6 +114,10 @@ def ensure_built(directory: Path | str, target: str) -> Path:
     with _lock(folder / LOCK_NAME):
         if not _up_to_date(build, target):
             _make(build, target)
+            if not _up_to_date(build, target):
+                # make found it current (a source it does not depend on changed, e.g. another
+                # helper's): say so in its time stamp, or every start would run make again.
+                os.utime(build / target)
     out = build / target
     if not out.exists():
         raise ToolchainError(f"building {build.name}/{target} produced no file")

@@ -60,6 +60,20 @@ def test_make_runs_only_when_something_changed(tmp_path, make_calls):
     assert len(make_calls) == 3
 
 
+def test_a_target_make_found_current_is_not_asked_about_again(tmp_path, make_calls):
+    """A change to a file the target does not depend on (another helper's source) costs one
+    make, not one at every start."""
+    (tmp_path / "Makefile").write_text(MAKEFILE + "out/other.txt: other.txt\n\tcp other.txt out/other.txt\n")
+    (tmp_path / "src.txt").write_text("x")
+    out = ensure_built(tmp_path, "out/t.txt")
+    age(tmp_path / "src.txt", 200)
+    age(out)                                         # current, but older than what follows
+    (tmp_path / "other.txt").write_text("another helper's source, edited")
+    for _ in range(3):
+        assert ensure_built(tmp_path, "out/t.txt").read_text() == "x"
+    assert len(make_calls) == 2
+
+
 def test_a_missing_target_is_built(tmp_path, make_calls):
     (tmp_path / "Makefile").write_text(MAKEFILE)
     (tmp_path / "src.txt").write_text("x")

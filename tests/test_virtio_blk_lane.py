@@ -130,6 +130,38 @@ def test_random_streams_leave_the_same_machine_as_the_python_model(tmp_path, see
         slow.close()
 
 
+def test_two_polled_queues_take_the_lane_in_turn(tmp_path):
+    """One lane per device: a kick of another queue is Python's, which drains the lane first
+    and then gives it to that queue."""
+    b = Bench(tmp_path, disk_size=DISK, ram=16 << 20, native=True, props={"num-queues": "2"})
+    front = with_lane(b, 1)
+    try:
+        b.start(nqueues=2)
+        blks = []
+        for vq in b.vqs:
+            vq.set_avail_flags(1)
+            blks.append(BlkRequests(vq))
+        sent = [[], []]
+        disk = pattern(DISK)
+        for round_ in range(3):
+            for qi in (0, 1):
+                for kick in range(2):                 # Python's kick, then the lane's
+                    for k in range(3):
+                        sector = 8 * (12 * round_ + 6 * qi + 3 * kick + k)
+                        sent[qi].append((blks[qi].submit(T_IN, sector, in_len=4096), sector))
+                    front.kick(qi)
+        front.new_slice()
+        for qi, vq in enumerate(b.vqs):
+            assert [h for h, _ in vq.get_used()] == [r.head for r, _ in sent[qi]]
+            for r, sector in sent[qi]:
+                assert blks[qi].result(r) == (disk[sector * 512:][:4096], S_OK)
+        assert b.vdev._fast.lane_requests > 0
+        assert [q.used_idx for q in b.vdev.queues] == [18, 18]
+    finally:
+        b.io.close()
+        b.close()
+
+
 def test_a_write_the_worker_cannot_complete_is_run_by_python_at_the_drain(tmp_path):
     """The image shrank under the lane: the worker leaves the write (its size check fails) and
     Python runs it at the drain, with the error status Python gives."""

@@ -28,7 +28,7 @@ import struct
 
 from ..block.raw import RawImage
 from ..block.undo import Journal
-from ..toolchain import ToolchainError, load_library
+from ..toolchain import ToolchainError, native_library
 from .queue import EV_FILL, EV_POP, SplitQueue
 
 DONE, MORE, BAIL = 0, 1, 2          # blkfast_serve's results
@@ -83,24 +83,18 @@ class _LaneOut(ctypes.Structure):
                 ("idle_kicks", ctypes.c_uint32), ("left", ctypes.c_uint16 * LANE_JOBS)]
 
 
-_lib = None
+_PROTOTYPES = {
+    "blkfast_serve": (ctypes.c_int, [ctypes.c_void_p, ctypes.c_void_p]),
+    "blkfast_lane_new": (ctypes.c_void_p, [ctypes.c_void_p, ctypes.c_uint32]),
+    "blkfast_lane_drain": (None, [ctypes.c_void_p]),
+    "blkfast_lane_reset_results": (None, [ctypes.c_void_p]),
+    "blkfast_lane_close": (None, [ctypes.c_void_p]),
+}
 
 
 def library() -> ctypes.CDLL:
     """native/blkfast.c, built on first use (ToolchainError when it cannot be)."""
-    global _lib
-    if _lib is None:
-        lib = load_library("out/libblkfast.so")
-        lib.blkfast_serve.restype = ctypes.c_int
-        lib.blkfast_serve.argtypes = [ctypes.c_void_p, ctypes.c_void_p]
-        lib.blkfast_lane_new.restype = ctypes.c_void_p
-        lib.blkfast_lane_new.argtypes = [ctypes.c_void_p, ctypes.c_uint32]
-        for name in ("blkfast_lane_drain", "blkfast_lane_reset_results", "blkfast_lane_close"):
-            fn = getattr(lib, name)
-            fn.restype = None
-            fn.argtypes = [ctypes.c_void_p]
-        _lib = lib
-    return _lib
+    return native_library("out/libblkfast.so", _PROTOTYPES)
 
 
 def image_of(backend):

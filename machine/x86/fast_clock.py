@@ -22,7 +22,7 @@ from __future__ import annotations
 import ctypes
 
 from .. import unicorn_internals as ui
-from ..toolchain import load_library
+from ..toolchain import native_library
 
 STOP_NONE, STOP_BUDGET, STOP_IF = 0, 1, 2
 
@@ -37,16 +37,10 @@ class _State(ctypes.Structure):
                 ("chain", ctypes.c_void_p), ("chain_user", ctypes.c_void_p)]
 
 
-_lib = None
-
-
 def library() -> ctypes.CDLL:
     """native/icount.c, built on first use (ToolchainError when it cannot be built or
     loaded: the command line reports it in one line)."""
-    global _lib
-    if _lib is None:
-        _lib = load_library("out/libicount.so")
-    return _lib
+    return native_library("out/libicount.so", {})
 
 
 def bytes_per_insn() -> int:

@@ -19,7 +19,7 @@ import ctypes
 
 from .. import trace
 from .. import unicorn_internals as ui
-from ..toolchain import ToolchainError, load_library
+from ..toolchain import ToolchainError, native_library
 
 MAX_RANGES = 16
 CACHE_SIZE = 1024
@@ -51,14 +51,8 @@ class _State(ctypes.Structure):
                 ("neg", _Neg * CACHE_SIZE)]
 
 
-_lib = None
-
-
 def _library():
-    global _lib
-    if _lib is None:
-        _lib = load_library("out/librepstring.so")
-    return _lib
+    return native_library("out/librepstring.so", {})
 
 
 class RepString:
