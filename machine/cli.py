@@ -998,13 +998,15 @@ def uses_bundled_guest(config: MachineConfig) -> bool:
     return config.kernel is None and config.bios is None
 
 
-def bundled_defaults(config: MachineConfig) -> BundledRun:
+def bundled_defaults(config: MachineConfig, run: BundledRun | None = None) -> BundledRun:
     """Fill in the bundled guest's defaults for whatever the user did not give: the guest
     kernel, an isa-debug-exit at 0xf4, a fresh 64 MiB raw image, -no-reboot. (-serial stdio and
-    -display none are the defaults anyway.) Builds the guest with the C toolchain if needed."""
+    -display none are the defaults anyway.) Builds the guest with the C toolchain if needed.
+    Each step is noted in `run` as it is taken: a signal half-way leaves main() knowing what to
+    undo (the temporary image) and how to report."""
     from machine.toolchain import ensure_built
 
-    run = BundledRun()
+    run = BundledRun() if run is None else run
     config.kernel = ensure_built("guest", "out/guest.elf")
     config.no_reboot = True
     if not any(dev.driver == "isa-debug-exit" for dev in config.devices):
@@ -1012,11 +1014,11 @@ def bundled_defaults(config: MachineConfig) -> BundledRun:
         run.map_status = True
     if not config.drives:
         fd, name = tempfile.mkstemp(prefix="machine-", suffix=".img")
+        run.temp_image = Path(name)
         try:
             os.ftruncate(fd, BUNDLED_IMAGE_SIZE)
         finally:
             os.close(fd)
-        run.temp_image = Path(name)
         config.drives.append(DriveConfig(file=run.temp_image, format="raw", interface="virtio",
                                          id="virtio0"))
     return run
@@ -1070,18 +1072,21 @@ class PausedForGood(Exception):
 
 
 class Terminated(BaseException):
-    """SIGTERM or SIGHUP arrived. A BaseException, like KeyboardInterrupt for SIGINT, so that
-    no `except Exception` on the way swallows it and every `finally` (the temporary image, the
-    terminal mode, the log file) runs."""
+    """SIGTERM, SIGHUP or SIGINT arrived. A BaseException, like KeyboardInterrupt, so that no
+    `except Exception` on the way swallows it and every `finally` (the temporary image, the
+    terminal mode, the log file) runs. Not KeyboardInterrupt itself for SIGINT: one that passes
+    through code run by exec() (dataclasses build their methods so, at import) makes CPython
+    3.11 end the process by SIGINT at exit even once caught, instead of with our status."""
 
     def __init__(self, signum: int):
         super().__init__(signum)
         self.signum = signum
 
 
-# The signal main() has not caught yet. Python drops (through sys.unraisablehook) an exception
-# a signal handler raises while a finalizer or a ctypes callback (a Unicorn hook) runs: then
-# SIGALRM raises it again, RERAISE_S later, outside that callback.
+# The signal main() has not caught yet. Python drops an exception a signal handler raises
+# while a finalizer or a ctypes callback (a Unicorn hook) runs: reported through
+# sys.unraisablehook, or not at all (a weakref finalizer run by the garbage collector). So from
+# the signal on, SIGALRM raises it again every RERAISE_S until main() has caught it.
 _pending_signal: int | None = None
 RERAISE_S = 0.05
 
@@ -1089,6 +1094,7 @@ RERAISE_S = 0.05
 def _raise_terminated(signum, _frame):
     global _pending_signal
     _pending_signal = signum
+    signal.setitimer(signal.ITIMER_REAL, RERAISE_S, RERAISE_S)
     _raise_pending()
 
 
@@ -1096,15 +1102,12 @@ def _raise_pending(*_args):
     signum = _pending_signal
     if signum is None:
         return
-    if signum == signal.SIGINT:
-        raise KeyboardInterrupt
     raise Terminated(signum)
 
 
 def _unraisable(hook_args, previous=sys.unraisablehook):
     if _pending_signal is not None and isinstance(hook_args.exc_value, (Terminated, KeyboardInterrupt)):
-        signal.setitimer(signal.ITIMER_REAL, RERAISE_S)
-        return
+        return                             # raised again by SIGALRM
     previous(hook_args)
 
 
@@ -1179,6 +1182,9 @@ def run_machine(config: MachineConfig, stdin_filter=None) -> int:
                                 "`monitor cont`)")
         return status
     finally:
+        if isinstance(sys.exc_info()[1], Terminated):
+            # On its way to main(), not dropped: no SIGALRM in the middle of the clean-up.
+            signal.setitimer(signal.ITIMER_REAL, 0)
         if machine is not None and hasattr(machine, "close"):
             machine.close()
         if logfile is not None:
@@ -1208,12 +1214,19 @@ def main(argv: list[str] | None = None) -> int:
         for warning in config.warnings:
             print(f"{PROG}: {one_line(warning)}", file=sys.stderr)
         if uses_bundled_guest(config):
-            bundled = bundled_defaults(config)
+            bundled_defaults(config, bundled)
         # The console is the terminal's only while COM1 owns stdin (-monitor stdio reads lines).
         console = config.serial.kind == "stdio" and config.monitor != "stdio"
         with Terminal(pass_ctrl_c=config.nographic) if console else nullcontext() as term:
             escapes = EscapeFilter(_write_tty) if term is not None and term.active else None
-            status = run_machine(config, escapes)
+            try:
+                status = run_machine(config, escapes)
+            except Exception:
+                if _pending_signal is not None:
+                    # Whatever failed, the signal did it (it hit a start-up self-test's probe,
+                    # say): the user ended the run, and hears so.
+                    raise Terminated(_pending_signal) from None
+                raise
         return selftest_status(status) if bundled.map_status else status
     except ToolchainError as err:
         status = _error(str(err))
