@@ -234,6 +234,60 @@ def test_plain_reads_and_writes_complete_natively_and_the_rest_in_python(tmp_pat
         slow.close()
 
 
+def add_windows(b: Bench, total: int) -> list[int]:
+    """RAM windows of 4 KiB in the legacy hole (as the chipset's shadow RAM adds them) until
+    guest RAM is `total` ranges, the first one read-only: their guest-physical addresses."""
+    from machine.memory import RamRange
+    gpas = [0xC0000 + 0x2000 * i for i in range(total - len(b.mem.ranges))]
+    b.mem.update_ranges([], [RamRange(a, 0x1000, a, read_only=i == 0) for i, a in enumerate(gpas)])
+    assert len(b.mem.ranges) == total
+    return gpas
+
+
+def window_request(b: Bench, rtype: int, buf: int, sector: int) -> None:
+    """Kick a 4 KiB read or write whose data buffer is at `buf` (in a window)."""
+    vq = b.vqs[0]
+    hdr, status = b.alloc.alloc(16, 8), b.alloc.alloc(1, 8)
+    b.mem.write(hdr, struct.pack("<IIQ", rtype, 0, sector))
+    vq.publish(vq.add_chain([(hdr, 16, False), (buf, 0x1000, rtype == T_IN), (status, 1, True)]))
+    b.drv.kick(0)
+
+
+@pytest.mark.parametrize("then", ["read-only", "beyond"])
+def test_buffers_in_ram_windows_get_what_python_gives_them(tmp_path, then):
+    """RAM windows switched in after the first request are seen by the native path, up to as
+    many as it maps. Past that, Python serves every request, one into a window gone included;
+    a read into a read-only window is a ring error on both paths."""
+    from machine.memory import RamRange
+    fast, slow = pair(tmp_path)
+    try:
+        for b in (fast, slow):
+            b.start()
+            b.run(T_IN, 0, in_len=512)
+            gpas = add_windows(b, blk_fast.MAX_RANGES)
+            for i, gpa in enumerate(gpas):
+                window_request(b, T_OUT, gpa, 8 * i)             # from the window to the disk
+                if i:
+                    window_request(b, T_IN, gpa, 64 + 8 * i)     # from the disk into it
+        assert_same(fast, slow)
+        native = fast.vdev._fast.requests
+        assert native == 2 * len(gpas) and not fast.vdev.broken
+        for b in (fast, slow):
+            if then == "read-only":
+                window_request(b, T_IN, gpas[0], 0)
+            else:                                     # one more window than the native path maps
+                more = [0xC0000 + 0x2000 * i for i in range(len(gpas), len(gpas) + 2)]
+                b.mem.update_ranges([gpas[-1]], [RamRange(a, 0x1000, a) for a in more])
+                for i, gpa in enumerate(more):
+                    window_request(b, T_OUT, gpa, 128 + 8 * i)
+                window_request(b, T_IN, gpas[-1], 0)    # no longer RAM
+        assert_same(fast, slow)
+        assert fast.vdev.broken and fast.vdev._fast.requests == native
+    finally:
+        fast.close()
+        slow.close()
+
+
 def test_a_buffer_on_a_page_with_translated_code_is_left_to_the_python_path(tmp_path):
     """The CPU drops translated code only for writes it hears of: a read into such a page must
     go through notify_write; one elsewhere need not."""
@@ -279,6 +333,40 @@ def test_writes_with_an_undo_log_or_in_writethrough_mode_are_left_to_the_python_
         b.run(T_OUT, 0, out=b"\3" * 512)
         assert b.vdev._fast.requests == 2
         assert b.image()[:512] == b"\3" * 512
+    finally:
+        b.close()
+
+
+@pytest.mark.parametrize("method", ["readv", "writev"])
+@pytest.mark.parametrize("on", ["image", "journal", "image-under-journal"])
+def test_a_read_or_write_method_replaced_on_the_backend_sees_every_such_request(tmp_path, on, method):
+    """Fault injection replaces one method on the backend object (the image, the undo journal
+    in front of it, or the image behind such a journal): every request of that kind must
+    reach it."""
+    import errno
+
+    from machine.block.undo import Journal
+    b = Bench(tmp_path, disk_size=DISK, ram=16 << 20, native=True)
+    try:
+        b.start()
+        image = b.vdev.backend
+        if on != "image":
+            b.vdev.backend = Journal(image)
+        calls = []
+
+        def failing(offset, bufs):
+            calls.append(offset)
+            raise OSError(errno.EIO, "injected")
+        setattr(image if on == "image-under-journal" else b.vdev.backend, method, failing)
+        failed, other = (T_IN, T_OUT) if method == "readv" else (T_OUT, T_IN)
+        assert b.run(failed, 8, in_len=512 if failed == T_IN else 0,
+                     out=b"" if failed == T_IN else b"\1" * 512)[1] == S_IOERR
+        assert calls == [8 * 512]
+        assert b.run(other, 16, in_len=512 if other == T_IN else 0,
+                     out=b"" if other == T_IN else b"\2" * 512)[1] == S_OK
+        assert b.run(failed, 24, in_len=512 if failed == T_IN else 0,
+                     out=b"" if failed == T_IN else b"\3" * 512)[1] == S_IOERR
+        assert calls == [8 * 512, 24 * 512]
     finally:
         b.close()
 
@@ -497,7 +585,8 @@ def test_odd_notify_writes_through_the_front_get_what_python_gives_them(tmp_path
         blk.submit(T_IN, 0, in_len=512)
         front.kick(0)                                   # Python's: arms queue 0
         req = blk.submit(T_IN, 1, in_len=512)
-        for offset, size in ((front.notify(0) + 1, 1), (front.notify(0) + 2, 2), (front.notify(7), 4),
+        for offset, size in ((front.notify(0) + 1, 1), (front.notify(0) + 2, 2), (front.notify(1), 2),
+                             (front.notify(7), 4),
                              (front.notify(200), 2), (front.notify(0) - 4, 4)):
             front.fn(None, offset, size, 0xFFFF, front.ud)
             assert not front.errors
@@ -537,4 +626,114 @@ def test_with_an_iothread_a_polling_driver_gets_large_requests_inside_the_kick_t
         assert [h for h, _ in vq.get_used()] == [big.head]
     finally:
         b.io.close()
+        b.close()
+
+
+def test_with_an_iothread_a_kick_that_hands_everything_to_the_thread_interrupts_only_at_completion(tmp_path):
+    from machine.iothread import IoThread
+    b = Bench(tmp_path, disk_size=DISK, ram=16 << 20, native=True)
+    b.io = b.vdev.iothread = IoThread("io0")
+    try:
+        b.start(features=b.drv.device_features() & ~(1 << F_EVENT_IDX))
+        blk = BlkRequests(b.vqs[0])
+        big = blk.submit(T_IN, 0, in_len=b.vdev.inline_max_bytes + 512)
+        b.drv.kick(0)
+        assert True not in b.irq_levels and b.vqs[0].used_idx() == 0
+        b.io.drain()
+        b.vdev.io_batch_done()
+        assert [h for h, _ in b.vqs[0].get_used()] == [big.head] and b.irq_levels == [True]
+    finally:
+        b.io.close()
+        b.close()
+
+
+def test_with_an_iothread_the_fronts_kicks_interrupt_a_driver_that_wants_it(tmp_path):
+    """The front completes the small requests of a kick natively and hands it to Python for
+    the interrupt they owe: every kick's completions are signalled (one MSI-X message each),
+    as Python signals them."""
+    from machine.iothread import IoThread
+    fast, slow = pair(tmp_path)
+    fast.io = fast.vdev.iothread = IoThread("io0")
+    try:
+        front = Front(fast)
+        for b in (fast, slow):
+            start_msix(b, b.drv.device_features() & ~(1 << F_EVENT_IDX))
+        streams = [BlkRequests(b.vqs[0]) for b in (fast, slow)]
+        for kick in range(6):
+            for blk in streams:
+                for i in range(2):
+                    blk.submit(T_IN, 8 * (2 * kick + i), in_len=4096)
+            front.kick(0)
+            slow.drv.kick(0)
+            for b in (fast, slow):
+                assert b.vqs[0].used_idx() == 2 * (kick + 1)
+                assert len(b.sent) == kick + 1, (kick, b is fast)
+        assert fast.vdev._fast.requests >= 10
+        assert state(fast)[:6] == state(slow)[:6]
+    finally:
+        fast.io.close()
+        fast.close()
+        slow.close()
+
+
+@pytest.mark.parametrize("why", ["broken", "failed", "bus-master-off", "before-driver-ok", "traced"])
+def test_kicks_the_device_must_not_serve_are_not_served_by_the_front_either(tmp_path, why):
+    """A broken or FAILED device, bus mastering off: Python ignores the kick, and the front,
+    which would serve the next ones alone, stays unarmed. A driver not yet DRIVER_OK (served
+    by default, as QEMU does) and a kick trace event on: every kick reaches Python."""
+    from machine import trace
+    b = Bench(tmp_path, disk_size=DISK, ram=16 << 20, native=True)
+    kicks = []
+    listener = lambda name, fields: kicks.append(fields["n"]) if name == "virtio_queue_notify" else None
+    try:
+        b.start(driver_ok=why != "before-driver-ok")
+        vq, blk = b.vqs[0], BlkRequests(b.vqs[0])
+        vq.set_avail_flags(1)                          # a polling driver: nothing else needs Python
+        front = Front(b)
+        if why == "broken":                            # an available index past the ring's size
+            vq.set_avail_idx(vq.avail_idx + vq.size + 1)
+            front.kick(0)
+            assert b.vdev.broken and not b.vdev.queues[0].inflight
+            vq.set_avail_idx(vq.avail_idx - vq.size - 1)   # the driver goes on as if nothing was
+        elif why == "failed":
+            b.drv.set_status(b.drv.status | 128)
+        elif why == "bus-master-off":
+            b.dev.config_write(0x04, 2, b.dev.config_read(0x04, 2) & ~4)
+        elif why == "traced":
+            trace.add_listener(listener)
+            trace.listen("virtio_queue_notify")
+        used = vq.used_idx()
+        for _ in range(3):
+            blk.submit(T_IN, 8, in_len=512)
+            front.kick(0)
+        if why in ("traced", "before-driver-ok"):
+            assert vq.used_idx() == used + 3
+            assert kicks == [0, 0, 0] or why != "traced"
+        else:
+            assert vq.used_idx() == used
+        assert b.vdev._fast.front_kicks == 0
+    finally:
+        if why == "traced":
+            trace.unlisten("virtio_queue_notify")
+            trace.remove_listener(listener)
+        b.close()
+
+
+def test_a_packed_ring_is_served_by_python_through_the_handler_and_the_front(tmp_path):
+    """The native path knows only the split ring: a packed one's requests all run in Python,
+    kicked through the notify front too, and complete as there."""
+    from test_virtio_packed import start as start_packed
+    from virtio_driver import pattern
+    b = Bench(tmp_path, disk_size=DISK, ram=16 << 20, native=True, props={"packed": "on"})
+    try:
+        ring = start_packed(b)
+        front = Front(b)
+        blk = BlkRequests(ring)
+        for i in range(3):
+            req = blk.submit(T_IN, 8 * i, in_len=4096)
+            (front.kick if i else b.drv.kick)(0)
+            assert [h for h, _ in ring.get_used()] == [req.head]
+            assert blk.result(req) == (pattern(DISK)[8 * i * 512:][:4096], S_OK)
+        assert b.vdev._fast.requests == 0 and b.vdev._fast.front_kicks == 0
+    finally:
         b.close()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import random
+import struct
 import time
 
 import pytest
@@ -327,3 +328,87 @@ def test_the_whole_self_test_passes_with_an_iothread_and_the_lane(tmp_path):
     out, _img, vdev, _ = run_guest(tmp_path, "selftest", "tests=all", front=True,
                                    extra=("-object", "iothread,id=io0"))
     assert "not ok" not in out and "ok " in out, out
+
+
+@pytest.mark.parametrize("lane", [False, True], ids=["front", "lane"])
+def test_queues_past_the_fronts_slots_are_served_by_python(tmp_path, lane):
+    """The front has FRONT_QUEUES slots: a polling driver's kicks of a queue past them, with or
+    without an I/O lane, all go to Python, and complete as they would there."""
+    nq = blk_fast.FRONT_QUEUES + 2
+    b = Bench(tmp_path, disk_size=DISK, ram=16 << 20, native=True, props={"num-queues": str(nq)})
+    front = with_lane(b, 1) if lane else Front(b)
+    try:
+        b.start(nqueues=nq, features=b.drv.device_features() & ~(1 << F_EVENT_IDX))
+        for qi in (blk_fast.FRONT_QUEUES, nq - 1):
+            vq, blk = b.vqs[qi], BlkRequests(b.vqs[qi])
+            vq.set_avail_flags(1)                     # a polling driver
+            for kick in range(3):
+                reqs = [blk.submit(T_IN, 8 * i, in_len=4096) for i in range(3)]
+                front.kick(qi)
+                assert [h for h, _ in vq.get_used()] == [r.head for r in reqs], (qi, kick)
+                for r in reqs:
+                    assert blk.result(r) == (pattern(DISK)[8 * reqs.index(r) * 512:][:4096], S_OK)
+        front.new_slice()
+        assert b.vdev._fast.front_kicks == 0 and b.vdev._fast.lane_requests == 0
+        assert not b.vdev.broken
+    finally:
+        if lane:
+            b.io.close()
+        b.close()
+
+
+def test_a_write_the_lane_leaves_that_fails_under_werror_stop_is_parked_until_the_machine_continues(tmp_path):
+    """The image shrank under the lane and werror=stop: Python's retry of the write the worker
+    left fails on the host too, so it is parked (not completed), and completes once the image
+    is back and the machine continues; the queue keeps nothing in flight after."""
+    b = Bench(tmp_path, disk_size=DISK, ram=16 << 20, native=True, werror="stop")
+    front = with_lane(b, 0)
+    stops = []
+    b.vdev.on_io_error = lambda: stops.append(True)
+    try:
+        polling(b, False)
+        vq, blk = b.vqs[0], BlkRequests(b.vqs[0])
+        first = open_lane(front, blk)
+        tail = DISK // 512 - 8
+        late = blk.submit(T_OUT, tail, out=b"\x55" * 4096)
+        blk.submit(T_OUT, 0, out=b"\x66" * 4096)
+        front.kick(0)
+        os.truncate(b.path, DISK // 2)
+        front.new_slice()
+        assert stops == [True] and not b.vdev.broken
+        assert late.head not in [h for h, _ in vq.get_used()]
+        assert vq.used_idx() == len(first) + 1
+        os.truncate(b.path, DISK)                     # the host gives the space back
+        b.vdev.update_capacity()
+        b.vdev.restart_parked()
+        b.io.drain()
+        b.vdev.io_batch_done()
+        assert [h for h, _ in vq.get_used()] == [late.head]
+        assert blk.result(late)[1] == S_OK
+        assert b.image()[tail * 512:][:4096] == b"\x55" * 4096
+        assert not b.vdev.queues[0].inflight
+    finally:
+        b.io.close()
+        b.close()
+
+
+def test_a_request_the_lane_leaves_whose_chain_the_driver_broke_meanwhile_breaks_the_device(tmp_path):
+    """Python walks the chain of a request the worker left again at the drain: a descriptor
+    rewritten meanwhile to point outside RAM is a ring error, with its reason kept."""
+    b = Bench(tmp_path, disk_size=DISK, ram=16 << 20, native=True)
+    front = with_lane(b, 0)
+    try:
+        polling(b, False)
+        vq, blk = b.vqs[0], BlkRequests(b.vqs[0])
+        open_lane(front, blk)
+        late = blk.submit(T_OUT, DISK // 512 - 8, out=b"\x55" * 4096)
+        front.kick(0)
+        os.truncate(b.path, DISK // 2)                # the worker leaves it to Python
+        addr, length, flags, nxt = struct.unpack("<QIHH", b.mem.read(vq.desc + 16 * late.head, 16))
+        vq.write_desc(vq.desc, late.head, 0xFFFF_F000, length, flags, nxt)
+        front.new_slice()
+        assert b.needs_reset and b.vdev.broken
+        assert "not RAM" in str(b.vdev.error)
+    finally:
+        b.io.close()
+        b.close()
