@@ -737,3 +737,41 @@ def test_a_packed_ring_is_served_by_python_through_the_handler_and_the_front(tmp
         assert b.vdev._fast.requests == 0 and b.vdev._fast.front_kicks == 0
     finally:
         b.close()
+
+
+class _UsedRingAt:
+    """The test driver's allocator, but the used ring (the one ring aligned to 4) at `gpa`."""
+
+    def __init__(self, alloc, gpa: int):
+        self._alloc, self._gpa = alloc, gpa
+
+    def alloc(self, size: int, align: int = 16) -> int:
+        if align == 4 and self._gpa is not None:
+            gpa, self._gpa = self._gpa, None
+            return gpa
+        return self._alloc.alloc(size, align)
+
+
+def test_a_used_ring_in_ram_made_read_only_is_left_to_the_python_path(tmp_path):
+    """A used ring in a shadow window the chipset has since write-protected: the device's writes
+    there are lost to RAM (the driver sees nothing used), as Python does them; the native code,
+    which writes guest RAM, must leave such a queue alone."""
+    from machine.memory import RamRange
+    window = 0xC0000
+    fast, slow = pair(tmp_path)
+    try:
+        for b in (fast, slow):
+            b.mem.add_range(RamRange(window, 0x1000, window))
+            b.vqs = b.drv.init(_UsedRingAt(b.alloc, window), size=16)
+            b.mem.update_ranges([window], [RamRange(window, 0x1000, window, read_only=True)])
+            blk = BlkRequests(b.vqs[0])
+            for sector in (0, 8):
+                blk.submit(T_IN, sector, in_len=512)
+                b.drv.kick(0)
+            assert b.vqs[0].used_idx() == 0                # RAM kept what the driver put there
+            assert b.vdev.queues[0].used_idx == 2
+        assert fast.vdev._fast.requests == 0
+        assert_same(fast, slow)
+    finally:
+        fast.close()
+        slow.close()
