@@ -775,3 +775,21 @@ def test_a_used_ring_in_ram_made_read_only_is_left_to_the_python_path(tmp_path):
     finally:
         fast.close()
         slow.close()
+
+
+def test_kicks_of_a_queue_the_driver_did_not_enable_are_ignored_by_the_front_too(tmp_path):
+    """A driver that enabled one queue of two and kicks the other: Python ignores the kick
+    (a guest error), and the front must not be armed for that queue, whose rings it would
+    read at whatever addresses the registers hold."""
+    b = Bench(tmp_path, disk_size=DISK, ram=16 << 20, native=True, props={"num-queues": "2"})
+    try:
+        b.vqs = b.drv.init(b.alloc, nqueues=1)
+        assert b.vdev.queues[1].active is False
+        front = Front(b)
+        for _ in range(3):
+            front.kick(1)
+        assert b.vdev._fast.front_kicks == 0 and b.vdev._fast.requests == 0
+        assert not b.vdev.broken
+        assert b.run(T_IN, 8, in_len=512)[1] == S_OK      # queue 0 is served as ever
+    finally:
+        b.close()
