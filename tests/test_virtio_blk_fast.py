@@ -818,3 +818,39 @@ def test_the_front_serves_each_queue_of_a_multiqueue_driver_from_its_own_slot(tm
         assert not b.vdev.broken
     finally:
         b.close()
+
+
+def test_the_notify_byte_budget_counts_each_request_once_on_the_native_path(tmp_path):
+    """A byte budget one more than a request's bytes (header, data, status): the first request
+    stays under it, the second crosses it and completes, the third waits, on both paths."""
+    fast, slow = pair(tmp_path)
+    try:
+        for b in (fast, slow):
+            b.start()
+            b.vdev.notify_max_bytes = 16 + 512 + 1 + 1
+            b.vdev.defer = lambda fn, qi: None           # the rest waits for the next kick
+            blk = BlkRequests(b.vqs[0])
+            for i in range(3):
+                blk.submit(T_IN, i, in_len=512)
+            b.drv.kick(0)
+        assert fast.vqs[0].used_idx() == 2 and fast.vdev._fast.requests == 2
+        assert state(fast) == state(slow)
+    finally:
+        fast.close()
+        slow.close()
+
+
+def test_with_cache_unsafe_writes_run_natively_even_in_writethrough_mode(tmp_path):
+    """cache=unsafe drops flushes, so writethrough asks nothing of a write beyond the write:
+    the native path keeps serving writes when the driver turns writeback off."""
+    fast, slow = pair(tmp_path, cache="unsafe")
+    try:
+        for b in (fast, slow):
+            b.start()
+            b.drv.cfg_write(32, 1, 0)                   # writeback off: writethrough
+            assert b.run(T_OUT, 0, out=b"\4" * 512)[1:] == (S_OK, 1)
+        assert fast.vdev._fast.requests == 1
+        assert state(fast) == state(slow)
+    finally:
+        fast.close()
+        slow.close()
