@@ -6,6 +6,7 @@ notification the completions owe."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import struct
@@ -42,6 +43,19 @@ def with_lane(b: Bench, threads: int) -> Front:
     return Front(b)
 
 
+@contextlib.contextmanager
+def lane_bench(tmp_path, threads: int):
+    """A bench with the native path, an I/O thread and a lane of `threads` workers, and the
+    front in front of it: (bench, front), closed afterwards."""
+    b = Bench(tmp_path, disk_size=DISK, ram=16 << 20, native=True)
+    front = with_lane(b, threads)
+    try:
+        yield b, front
+    finally:
+        b.io.close()
+        b.close()
+
+
 def open_lane(front: Front, blk: BlkRequests, n: int = 3) -> list:
     """A first kick with several requests (Python's): the front then has the lane."""
     reqs = [blk.submit(T_IN, 8 * i, in_len=4096) for i in range(n)]
@@ -59,9 +73,7 @@ def wait_used(vq, n: int, timeout: float = 10.0) -> None:
 
 @pytest.mark.parametrize("event_idx", [True, False])
 def test_a_polling_drivers_requests_complete_on_the_ring_without_any_python(tmp_path, event_idx):
-    b = Bench(tmp_path, disk_size=DISK, ram=16 << 20, native=True)
-    front = with_lane(b, 1)
-    try:
+    with lane_bench(tmp_path, 1) as (b, front):
         polling(b, event_idx)
         vq, blk = b.vqs[0], BlkRequests(b.vqs[0])
         first = open_lane(front, blk)
@@ -85,9 +97,6 @@ def test_a_polling_drivers_requests_complete_on_the_ring_without_any_python(tmp_
         assert (q.last_avail_idx, q.used_idx, q.inflight) == (15, 15, set())
         assert b.vdev._fast.lane_requests == 12
         assert b.irq_levels == irqs                   # the driver polls
-    finally:
-        b.io.close()
-        b.close()
 
 
 @pytest.mark.parametrize("threads", [0, 1])
@@ -193,9 +202,7 @@ def test_a_write_the_worker_cannot_complete_is_run_by_python_at_the_drain(tmp_pa
 
 
 def test_a_head_made_available_again_while_the_lane_has_it_breaks_the_device(tmp_path):
-    b = Bench(tmp_path, disk_size=DISK, ram=16 << 20, native=True)
-    front = with_lane(b, 0)
-    try:
+    with lane_bench(tmp_path, 0) as (b, front):
         polling(b, False)
         blk = BlkRequests(b.vqs[0])
         open_lane(front, blk)
@@ -206,15 +213,10 @@ def test_a_head_made_available_again_while_the_lane_has_it_breaks_the_device(tmp
         front.kick(0)
         assert b.needs_reset
         assert "in flight" in str(b.vdev.error)
-    finally:
-        b.io.close()
-        b.close()
 
 
 def test_a_reset_with_requests_in_the_lane_waits_for_them_and_nothing_completes_after(tmp_path):
-    b = Bench(tmp_path, disk_size=DISK, ram=16 << 20, native=True)
-    front = with_lane(b, 0)
-    try:
+    with lane_bench(tmp_path, 0) as (b, front):
         polling(b, False)
         vq, blk = b.vqs[0], BlkRequests(b.vqs[0])
         first = open_lane(front, blk)
@@ -232,15 +234,10 @@ def test_a_reset_with_requests_in_the_lane_waits_for_them_and_nothing_completes_
         assert vq.used_idx() == used
         b.start()                                     # and the device works again
         assert b.run(T_IN, 0, in_len=512)[1] == S_OK
-    finally:
-        b.io.close()
-        b.close()
 
 
 def test_a_driver_that_wants_interrupts_again_gets_one_at_the_drain(tmp_path):
-    b = Bench(tmp_path, disk_size=DISK, ram=16 << 20, native=True)
-    front = with_lane(b, 0)
-    try:
+    with lane_bench(tmp_path, 0) as (b, front):
         polling(b, False)
         vq, blk = b.vqs[0], BlkRequests(b.vqs[0])
         open_lane(front, blk)
@@ -251,16 +248,11 @@ def test_a_driver_that_wants_interrupts_again_gets_one_at_the_drain(tmp_path):
         vq.set_avail_flags(0)                         # interrupts wanted from now on
         front.new_slice()
         assert b.irq_levels[-1] is True
-    finally:
-        b.io.close()
-        b.close()
 
 
 def test_a_flush_behind_queued_writes_waits_for_them(tmp_path):
     """A FLUSH is Python's: the front hands the kick over and Python drains the lane first."""
-    b = Bench(tmp_path, disk_size=DISK, ram=16 << 20, native=True)
-    front = with_lane(b, 0)
-    try:
+    with lane_bench(tmp_path, 0) as (b, front):
         polling(b, False)
         vq, blk = b.vqs[0], BlkRequests(b.vqs[0])
         first = open_lane(front, blk)
@@ -272,9 +264,6 @@ def test_a_flush_behind_queued_writes_waits_for_them(tmp_path):
         used = [h for h, _ in vq.get_used()]
         assert used == [r.head for r in first + writes + [flush]]
         assert blk.result(flush)[1] == S_OK
-    finally:
-        b.io.close()
-        b.close()
 
 
 def lane_threads() -> int:
@@ -396,9 +385,7 @@ def test_a_write_the_lane_leaves_that_fails_under_werror_stop_is_parked_until_th
 def test_a_request_the_lane_leaves_whose_chain_the_driver_broke_meanwhile_breaks_the_device(tmp_path):
     """Python walks the chain of a request the worker left again at the drain: a descriptor
     rewritten meanwhile to point outside RAM is a ring error, with its reason kept."""
-    b = Bench(tmp_path, disk_size=DISK, ram=16 << 20, native=True)
-    front = with_lane(b, 0)
-    try:
+    with lane_bench(tmp_path, 0) as (b, front):
         polling(b, False)
         vq, blk = b.vqs[0], BlkRequests(b.vqs[0])
         open_lane(front, blk)
@@ -410,6 +397,3 @@ def test_a_request_the_lane_leaves_whose_chain_the_driver_broke_meanwhile_breaks
         front.new_slice()
         assert b.needs_reset and b.vdev.broken
         assert "not RAM" in str(b.vdev.error)
-    finally:
-        b.io.close()
-        b.close()
